@@ -1,0 +1,20 @@
+# The two commands of the README: `make demo` (set up + lecture workflow), `make test` (set up + tests).
+PY := .venv/bin/python
+OUT ?= outputs/lecture
+
+.PHONY: setup demo test test-fast clean bench
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup
+	@$(PY) -m workflows.cli lecture --out $(OUT)
+
+test: setup
+	@$(PY) -m pytest -q
+
+test-fast: setup
+	@$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf .venv outputs .pytest_cache

@@ -1,0 +1,530 @@
+"""Design stage: an lme4 formula and a data frame become arrays (lme4's ``lFormula``).
+
+Only one grouping factor is supported (students in schools). The random-effects design is kept as
+the N × q matrix ``Z`` of per-row covariates plus the group index of every row, never as a dense
+N × (J·q) matrix. Everything later stages need is in :class:`Design`; the per-group cross-products
+of §7.1 of the lme4 algorithm notes are in :class:`GroupCrossprods`.
+
+Formula parsing: the random-effect bars ``(lhs | g)`` and ``(lhs || g)`` are split off here (the
+``formulae`` library does not keep the terms of one bar together nor know ``||``); the fixed part
+and the left-hand side of each bar are turned into model matrices by ``formulae``, with R's
+treatment contrasts, and the column names are rewritten the way R names them
+(``Intercept`` → ``(Intercept)``, ``k[b]`` → ``kb``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import formulae
+import numpy as np
+import pandas as pd
+
+from data.errors import DataError, FormulaError
+
+__all__ = [
+    "BarTerm",
+    "Design",
+    "GroupCrossprods",
+    "RandomTerm",
+    "group_crossprods",
+    "make_design",
+    "parse_formula",
+]
+
+_RANK_TOL = 1e-7
+
+
+@dataclass(frozen=True)
+class BarTerm:
+    """One random-effects bar of a formula: ``(lhs | group)`` or, with ``correlated=False``,
+    ``(lhs || group)``."""
+
+    lhs: str
+    group: str
+    correlated: bool
+
+
+@dataclass(frozen=True)
+class ParsedFormula:
+    """A formula split into response, fixed right-hand side and random-effects bars."""
+
+    formula: str
+    response: str
+    fixed: str
+    bars: tuple[BarTerm, ...]
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One lme4 random-effects term after ``||`` expansion: a block of columns of ``Z`` whose
+    covariance is ``σ² T Tᵀ`` with ``T`` lower triangular (a single column for uncorrelated terms).
+
+    ``columns`` are positions in ``Design.Z``; ``names`` are lme4's names for them.
+    """
+
+    names: tuple[str, ...]
+    columns: tuple[int, ...]
+    group: str
+
+
+@dataclass(frozen=True)
+class Design:
+    """Arrays for a two-level linear mixed model with one grouping factor.
+
+    Fields
+    ------
+    formula, response, group : the formula as given, the response column, the grouping column.
+    y : (n,) response.  X : (n, p) fixed-effects model matrix (full column rank).
+    x_names : lme4's names of the columns of X.
+    Z : (n, q) random-effects covariates of each row (the left-hand sides of all bars, stacked).
+    z_names : lme4's names of the columns of Z.
+    terms : the random-effects terms in lme4's order; they partition the columns of Z.
+    group_index : (n,) integer code 0..J-1 of each row's group.
+    group_levels : the J group labels in R's ``levels(factor(g))`` order (sorted).
+    n_na_dropped : rows removed because a variable of the model was missing or not finite.
+    dropped_columns : fixed-effect columns dropped because X was rank deficient.
+    """
+
+    formula: str
+    response: str
+    group: str
+    y: np.ndarray
+    X: np.ndarray
+    x_names: tuple[str, ...]
+    Z: np.ndarray
+    z_names: tuple[str, ...]
+    terms: tuple[RandomTerm, ...]
+    group_index: np.ndarray
+    group_levels: np.ndarray
+    n_na_dropped: int = 0
+    dropped_columns: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def n(self) -> int:
+        """Number of observations (rows used)."""
+        return int(self.y.shape[0])
+
+    @property
+    def p(self) -> int:
+        """Number of fixed effects (rank of X)."""
+        return int(self.X.shape[1])
+
+    @property
+    def q(self) -> int:
+        """Number of random effects per group."""
+        return int(self.Z.shape[1])
+
+    @property
+    def n_groups(self) -> int:
+        """Number of groups J."""
+        return int(self.group_levels.shape[0])
+
+    @property
+    def group_sizes(self) -> np.ndarray:
+        """n_j, the number of rows in each group, in ``group_levels`` order."""
+        return np.bincount(self.group_index, minlength=self.n_groups)
+
+    @property
+    def theta_template(self) -> np.ndarray:
+        """q × q integer matrix: entry (r, c) is the index in θ of T[r, c], or −1 for a structural
+        zero. θ holds each term's lower triangle column-wise, term after term (lme4's layout)."""
+        tmpl = -np.ones((self.q, self.q), dtype=int)
+        k = 0
+        for term in self.terms:
+            cols = term.columns
+            for ci, c in enumerate(cols):
+                for r in cols[ci:]:
+                    tmpl[r, c] = k
+                    k += 1
+        return tmpl
+
+    @property
+    def n_theta(self) -> int:
+        """Length of θ: Σ_k nc_k (nc_k + 1) / 2 over the terms."""
+        return int(sum(len(t.columns) * (len(t.columns) + 1) // 2 for t in self.terms))
+
+    @property
+    def theta_lower(self) -> np.ndarray:
+        """lme4's lower bounds of θ: 0 for diagonal elements of T, −∞ for off-diagonal ones."""
+        tmpl = self.theta_template
+        lower = np.full(self.n_theta, -np.inf)
+        for r, c in zip(*np.nonzero(tmpl >= 0), strict=True):
+            if r == c:
+                lower[tmpl[r, c]] = 0.0
+        return lower
+
+    @property
+    def theta_names(self) -> tuple[str, ...]:
+        """Names of the θ elements, e.g. ``schid.(Intercept)``, ``schid.famsesc.(Intercept)``."""
+        tmpl = self.theta_template
+        names = [""] * self.n_theta
+        for r, c in zip(*np.nonzero(tmpl >= 0), strict=True):
+            nm = self.z_names[r] if r == c else f"{self.z_names[r]}.{self.z_names[c]}"
+            names[tmpl[r, c]] = f"{self.group}.{nm}"
+        return tuple(names)
+
+    def theta_to_T(self, theta: np.ndarray) -> np.ndarray:
+        """Relative covariance factor T (q × q, lower triangular) from θ: Σ_b = σ² T Tᵀ."""
+        theta = np.asarray(theta, dtype=float)
+        if theta.shape != (self.n_theta,):
+            raise ValueError(f"theta must have length {self.n_theta}, got shape {theta.shape}")
+        tmpl = self.theta_template
+        T = np.zeros((self.q, self.q))
+        mask = tmpl >= 0
+        T[mask] = theta[tmpl[mask]]
+        return T
+
+    def T_to_theta(self, T: np.ndarray) -> np.ndarray:
+        """θ from a relative covariance factor T (inverse of :meth:`theta_to_T`)."""
+        tmpl = self.theta_template
+        theta = np.empty(self.n_theta)
+        mask = tmpl >= 0
+        theta[tmpl[mask]] = np.asarray(T)[mask]
+        return theta
+
+    def theta_start(self) -> np.ndarray:
+        """lme4's starting θ: 1 on T's diagonal, 0 off it; for intercept-only models
+        ``θ0 = sqrt(v_g / v_e)`` with v_g = var(ave(y, g)) and v_e = var(y) − v_g when v_e > 0."""
+        theta = self.T_to_theta(np.eye(self.q))
+        if self.z_names == ("(Intercept)",):
+            means = np.bincount(self.group_index, weights=self.y) / self.group_sizes
+            v_g = float(np.var(means[self.group_index], ddof=1))
+            v_e = float(np.var(self.y, ddof=1)) - v_g
+            if v_e > 0:
+                theta = np.array([np.sqrt(v_g / v_e)])
+        return theta
+
+
+@dataclass(frozen=True)
+class GroupCrossprods:
+    """Per-group cross-products, one pass over the data (§7.1 of the lme4 notes).
+
+    ``A[j] = Z_jᵀZ_j`` (J, q, q), ``B[j] = Z_jᵀX_j`` (J, q, p), ``c[j] = Z_jᵀy_j`` (J, q); global
+    ``XtX = XᵀX``, ``Xty = Xᵀy``, ``yty = yᵀy``; ``n`` rows and ``p`` fixed effects. These are all the
+    (RE)ML criterion needs, so they can also be aggregated elsewhere (a database, a cluster).
+    """
+
+    A: np.ndarray
+    B: np.ndarray
+    c: np.ndarray
+    XtX: np.ndarray
+    Xty: np.ndarray
+    yty: float
+    n: int
+    p: int
+
+    @property
+    def n_groups(self) -> int:
+        """Number of groups J."""
+        return int(self.A.shape[0])
+
+
+def group_crossprods(design: Design) -> GroupCrossprods:
+    """Compute :class:`GroupCrossprods` with O(n·(q² + qp)) work and O(n) extra memory."""
+    g, J = design.group_index, design.n_groups
+    Z, X, y = design.Z, design.X, design.y
+    q, p = design.q, design.p
+
+    def gsum(w: np.ndarray) -> np.ndarray:
+        return np.bincount(g, weights=w, minlength=J)
+
+    A = np.empty((J, q, q))
+    for a in range(q):
+        for b in range(a, q):
+            A[:, a, b] = A[:, b, a] = gsum(Z[:, a] * Z[:, b])
+    B = np.empty((J, q, p))
+    for a in range(q):
+        for b in range(p):
+            B[:, a, b] = gsum(Z[:, a] * X[:, b])
+    c = np.stack([gsum(Z[:, a] * y) for a in range(q)], axis=1)
+    return GroupCrossprods(
+        A=A, B=B, c=c, XtX=X.T @ X, Xty=X.T @ y, yty=float(y @ y), n=design.n, p=p
+    )
+
+
+# ----------------------------------------------------------------------------- formula parsing
+
+
+def _matching_paren(s: str, i: int) -> int:
+    depth = 0
+    for k in range(i, len(s)):
+        if s[k] == "(":
+            depth += 1
+        elif s[k] == ")":
+            depth -= 1
+            if depth == 0:
+                return k
+    raise FormulaError(f"unbalanced parentheses in formula '{s}': close every '(' with ')'")
+
+
+def _top_level_bar(s: str) -> tuple[int, int] | None:
+    """Position and width (1 or 2) of the top-level '|' or '||' in s, or None."""
+    depth = 0
+    for k, ch in enumerate(s):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            return k, 2 if s[k + 1 : k + 2] == "|" else 1
+    return None
+
+
+def parse_formula(formula: str) -> ParsedFormula:
+    """Split an lme4 formula into response, fixed part and random-effects bars.
+
+    ``"y ~ 1 + x + (1 + x | g)"`` → response ``y``, fixed ``1 + x``, one correlated bar
+    ``(1 + x | g)``. Bars must stand at the top level of the right-hand side.
+    """
+    if not isinstance(formula, str) or formula.count("~") != 1:
+        raise FormulaError(
+            f"formula '{formula}' must have exactly one '~', like 'y ~ 1 + x + (1 + x | g)'"
+        )
+    lhs, rhs = (part.strip() for part in formula.split("~"))
+    if not lhs:
+        raise FormulaError(f"formula '{formula}' has no response: write 'y ~ ...'")
+    bars: list[BarTerm] = []
+    fixed_parts: list[str] = []
+    i, start = 0, 0
+    while i < len(rhs):
+        if rhs[i] == "(":
+            j = _matching_paren(rhs, i)
+            inner = rhs[i + 1 : j]
+            bar = _top_level_bar(inner)
+            if bar is not None:
+                fixed_parts.append(rhs[start:i])
+                pos, width = bar
+                term_lhs, grp = inner[:pos].strip(), inner[pos + width :].strip()
+                if not term_lhs or not grp:
+                    raise FormulaError(
+                        f"random-effects term '({inner})' needs both sides of the bar, "
+                        "like '(1 + x | g)'"
+                    )
+                bars.append(BarTerm(lhs=term_lhs, group=grp, correlated=(width == 1)))
+                start = j + 1
+            i = j + 1
+        else:
+            i += 1
+    fixed_parts.append(rhs[start:])
+    fixed = " ".join(fixed_parts)
+    fixed = re.sub(r"\+\s*(\+\s*)+", "+ ", fixed)
+    fixed = re.sub(r"^\s*\+|\+\s*$", "", fixed.strip()).strip()
+    if not fixed:
+        fixed = "1"
+    return ParsedFormula(formula=formula, response=lhs, fixed=fixed, bars=tuple(bars))
+
+
+def _r_name(label: str) -> str:
+    """R's column name for a formulae column label: ``Intercept`` → ``(Intercept)``,
+    ``k[b]`` → ``kb``, ``x:k[b]`` → ``x:kb``."""
+    if label == "Intercept":
+        return "(Intercept)"
+    return re.sub(r"\[([^\]]*)\]", r"\1", label)
+
+
+def _model_matrix(response: str, rhs: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    try:
+        dm = formulae.design_matrices(f"{response} ~ {rhs}", frame, na_action="error")
+    except Exception as exc:  # formulae raises several types; give the user one clear message
+        raise FormulaError(f"cannot build the model matrix for '{rhs}': {exc}") from exc
+    if dm.common is None:
+        return np.zeros((len(frame), 0)), []
+    mat = np.array(dm.common.design_matrix, dtype=float)
+    names: list[str] = []
+    for term_name, term in dm.common.terms.items():
+        sl = dm.common.slices[term_name]
+        labels = list(term.labels)
+        if len(labels) != sl.stop - sl.start:
+            labels = [f"{term_name}{k}" for k in range(sl.stop - sl.start)]
+        names.extend(_r_name(lab) for lab in labels)
+    return mat, names
+
+
+def _full_rank_columns(X: np.ndarray, tol: float = _RANK_TOL) -> list[int]:
+    """Columns kept by a LINPACK-style limited-pivoting QR (R's ``dqrdc2``): a column is dropped
+    when its norm after projection on the kept columns is below ``tol`` times its original norm."""
+    kept: list[int] = []
+    Q = np.zeros((X.shape[0], 0))
+    for k in range(X.shape[1]):
+        col = X[:, k]
+        norm0 = np.linalg.norm(col)
+        resid = col - Q @ (Q.T @ col)
+        resid = resid - Q @ (Q.T @ resid)
+        rn = np.linalg.norm(resid)
+        if norm0 > 0 and rn > tol * norm0:
+            kept.append(k)
+            Q = np.column_stack([Q, resid / rn])
+    return kept
+
+
+_IDENT = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+_FUNCS = {"C", "I", "log", "exp", "sqrt", "center", "scale", "standardize", "np", "abs"}
+
+
+def _variables(expr: str, columns: pd.Index) -> list[str]:
+    """Column names used in a formula expression (identifiers that are columns of the data)."""
+    out = []
+    for tok in _IDENT.findall(expr):
+        if tok in columns and tok not in out:
+            out.append(tok)
+    return out
+
+
+def _missing_variables(expr: str, columns: pd.Index) -> list[str]:
+    stripped = re.sub(r"\"[^\"]*\"|'[^']*'", "", expr)
+    out = []
+    for m in _IDENT.finditer(stripped):
+        tok = m.group(0)
+        after = stripped[m.end() : m.end() + 1]
+        if tok in columns or tok in _FUNCS or after == "(" or re.fullmatch(r"[0-9.]+", tok):
+            continue
+        if tok not in out:
+            out.append(tok)
+    return out
+
+
+def make_design(formula: str, data: pd.DataFrame) -> Design:
+    """Build the :class:`Design` of ``formula`` on ``data`` (lme4's ``lFormula``).
+
+    Rows with a missing or non-finite value in any variable of the model are dropped (lme4's
+    ``na.omit``) and counted in ``n_na_dropped``. Rank-deficient fixed-effect columns are dropped
+    (recorded in ``dropped_columns``), as lme4's default ``check.rankX = "message+drop.cols"``.
+    """
+    parsed = parse_formula(formula)
+    if not parsed.bars:
+        raise FormulaError(
+            f"formula '{formula}' has no random-effects term such as '(1 | school)': "
+            "this is not a mixed model; add one, or use ordinary least squares"
+        )
+    groups = sorted({b.group for b in parsed.bars})
+    if len(groups) > 1:
+        raise FormulaError(
+            f"formula '{formula}' has several grouping factors ({', '.join(groups)}); "
+            "twolevel fits two-level models with one grouping factor"
+        )
+    group = groups[0]
+    columns = data.columns
+    if group not in columns:
+        raise DataError(
+            f"grouping column '{group}' is not in the data; available columns: "
+            f"{', '.join(map(str, columns))}"
+        )
+    exprs = [parsed.response, parsed.fixed] + [b.lhs for b in parsed.bars]
+    missing = [v for e in exprs for v in _missing_variables(e, columns)]
+    if missing:
+        raise DataError(
+            f"column(s) {', '.join(repr(m) for m in dict.fromkeys(missing))} of formula "
+            f"'{formula}' not in the data; available columns: {', '.join(map(str, columns))}"
+        )
+    used = list(dict.fromkeys([v for e in exprs for v in _variables(e, columns)] + [group]))
+    frame = data[used].copy()
+    if not pd.api.types.is_numeric_dtype(frame[parsed.response]):
+        raise DataError(
+            f"response column '{parsed.response}' is not numeric (dtype {frame[parsed.response].dtype});"
+            " convert it to numbers first"
+        )
+    bad = frame[group].isna()
+    for col in used:
+        s = frame[col]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            bad |= ~np.isfinite(s.to_numpy(dtype=float, na_value=np.nan))
+        else:
+            bad |= s.isna()
+    n_dropped = int(bad.sum())
+    frame = frame.loc[~bad].reset_index(drop=True)
+    if len(frame) == 0:
+        raise DataError(f"no complete rows left for formula '{formula}' after removing missing values")
+
+    X_full, x_names_full = _model_matrix(parsed.response, parsed.fixed, frame)
+    keep = _full_rank_columns(X_full)
+    dropped = tuple(x_names_full[k] for k in range(len(x_names_full)) if k not in keep)
+    X = np.ascontiguousarray(X_full[:, keep])
+    x_names = tuple(x_names_full[k] for k in keep)
+
+    z_blocks: list[np.ndarray] = []
+    z_names: list[str] = []
+    terms: list[RandomTerm] = []
+    for bar in parsed.bars:
+        mat, names = _model_matrix(parsed.response, bar.lhs, frame)
+        if mat.shape[1] == 0:
+            raise FormulaError(f"random-effects term '({bar.lhs} | {bar.group})' has no columns")
+        pieces = [[k] for k in range(mat.shape[1])] if not bar.correlated else [list(range(mat.shape[1]))]
+        for piece in pieces:
+            cols = []
+            for k in piece:
+                if names[k] in z_names:
+                    raise FormulaError(
+                        f"random effect '{names[k]}' appears twice for '{group}' in '{formula}'; "
+                        "list each random effect once"
+                    )
+                cols.append(len(z_names))
+                z_names.append(names[k])
+                z_blocks.append(mat[:, k])
+            terms.append(RandomTerm(names=tuple(names[k] for k in piece), columns=tuple(cols), group=group))
+    Z = np.ascontiguousarray(np.column_stack(z_blocks))
+
+    codes, levels = _factorize_sorted(frame[group])
+    y = frame[parsed.response].to_numpy(dtype=float).copy()
+    design = Design(
+        formula=formula,
+        response=parsed.response,
+        group=group,
+        y=y,
+        X=X,
+        x_names=x_names,
+        Z=Z,
+        z_names=tuple(z_names),
+        terms=tuple(terms),
+        group_index=codes,
+        group_levels=levels,
+        n_na_dropped=n_dropped,
+        dropped_columns=dropped,
+        notes=_design_notes(n_dropped, dropped),
+    )
+    _check_design(design)
+    return design
+
+
+def _factorize_sorted(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes and sorted levels of a grouping column (R's ``factor()`` order)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        s = s.cat.remove_unused_categories()
+        return s.cat.codes.to_numpy().astype(np.intp), np.asarray(s.cat.categories)
+    codes, levels = pd.factorize(s, sort=True)
+    return codes.astype(np.intp), np.asarray(levels)
+
+
+def _design_notes(n_dropped: int, dropped: tuple[str, ...]) -> tuple[str, ...]:
+    notes = []
+    if n_dropped:
+        notes.append(f"{n_dropped} row(s) with missing or non-finite values removed (na.omit)")
+    if dropped:
+        notes.append(
+            "fixed-effect model matrix is rank deficient so dropping "
+            f"{len(dropped)} column(s): {', '.join(dropped)}"
+        )
+    return tuple(notes)
+
+
+def _check_design(d: Design) -> None:
+    """lme4's ``lFormula`` checks, with messages that say what to do."""
+    J = d.n_groups
+    if J < 2:
+        raise DataError(
+            f"grouping column '{d.group}' has only {J} group "
+            f"({', '.join(map(str, d.group_levels))}); a two-level model needs at least 2 groups"
+        )
+    if J >= d.n:
+        raise DataError(
+            f"grouping column '{d.group}' has {J} groups for {d.n} rows: the number of groups must "
+            "be smaller than the number of observations (is the grouping column a row id?)"
+        )
+    if d.n <= J * d.q:
+        raise DataError(
+            f"number of observations ({d.n}) <= number of random effects ({J * d.q}) for "
+            f"'{d.group}': the random-effects parameters and the residual variance are "
+            "unidentifiable; use fewer random slopes"
+        )

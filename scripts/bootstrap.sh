@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv with a Python >= 3.12 and install twolevel (editable) with the locked dependencies.
+# Idempotent: does nothing when .venv is already up to date with pyproject.toml and requirements.lock.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stamp=.venv/.twolevel-installed
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt requirements.lock ]; then
+  exit 0
+fi
+py=$(scripts/find_python.sh)
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)'; then
+  rm -rf .venv
+  echo "[setup] creating .venv with $py"
+  "$py" -m venv .venv
+fi
+echo "[setup] installing dependencies (first run: about 1-2 minutes)"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[test]"
+touch "$stamp"
+echo "[setup] done: $(.venv/bin/python --version)"

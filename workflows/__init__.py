@@ -1,0 +1,1 @@
+"""Workflows: command line, lecture report, plots (the top layer)."""

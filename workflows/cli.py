@@ -1,0 +1,51 @@
+"""The ``twolevel`` command line.
+
+Each subcommand lives in its own module under ``workflows/commands/`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a function taking the parsed
+arguments and returning the exit status. User errors (:class:`data.errors.TwolevelError`) are
+printed as one line on stderr with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from data.errors import TwolevelError
+
+# Modules under workflows/commands/, in the order their subcommands are listed by --help.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="twolevel",
+        description="Two-level (students-in-schools) models: REML with lme4 parity, and PyMC.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"workflows.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TwolevelError as exc:
+        print(f"twolevel {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"twolevel {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``twolevel`` command line, one module each (see ``workflows.cli``)."""
