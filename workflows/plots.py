@@ -1,0 +1,322 @@
+"""Figures of the lecture workflow (matplotlib, Agg backend; ArviZ for the Bayesian diagnostics).
+
+Every function takes tables computed elsewhere (``models.shrinkage``, ``models.residuals``, the
+fits) and returns a matplotlib ``Figure`` (or an ArviZ ``PlotCollection``); nothing here computes a
+statistic a report quotes. Figures stay legible at 742 schools: schools are plotted by rank, never
+one tick label per school; only the most extreme schools are named, in a side box.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+__all__ = [
+    "caterpillar_figure",
+    "residual_figure",
+    "school_ppc_figure",
+    "shrinkage_figure",
+    "shrinkage_by_size_figure",
+    "student_ppc_figure",
+]
+
+C_REML = "#1f5fa8"
+C_BAYES = "#c0392b"
+C_OLS = "#7f7f7f"
+C_HI = "#e69f00"
+
+
+def _school_label(s) -> str:
+    return str(s)
+
+
+def caterpillar_figure(
+    table: pd.DataFrame,
+    title: str,
+    ylabel: str,
+    reference: float = 0.0,
+    reference_label: str = "0",
+    n_extremes: int = 5,
+) -> Figure:
+    """Caterpillar plot: schools sorted by the REML estimate, 95% intervals, REML BLUP ± 1.96
+    conditional SD (left) and posterior mean with 95% posterior interval (right) on the same axes.
+
+    ``table`` is from :func:`models.shrinkage.caterpillar_table`. The ``n_extremes`` lowest and
+    highest schools are drawn in orange and named in a box (no per-school tick labels).
+    """
+    has_bayes = "bayes" in table.columns
+    ncols = 2 if has_bayes else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(12 if has_bayes else 7.5, 4.8), sharey=True,
+                             squeeze=False, layout="constrained")
+    J = len(table)
+    x = table["rank"].to_numpy()
+    ext = np.zeros(J, bool)
+    k = min(n_extremes, J // 2)
+    ext[:k] = True
+    ext[J - k :] = True
+    lw = 0.6 if J > 300 else 1.0
+    ms = 1.5 if J > 300 else 3.0
+    panels = [("reml", "REML BLUP ± 1.96 conditional SD", C_REML)]
+    if has_bayes:
+        panels.append(("bayes", "posterior mean, 95% interval", C_BAYES))
+    for ax, (src, name, color) in zip(axes[0], panels, strict=True):
+        lo, hi, est = table[f"{src}_lo"].to_numpy(), table[f"{src}_hi"].to_numpy(), table[src].to_numpy()
+        segs = np.stack([np.column_stack([x, lo]), np.column_stack([x, hi])], axis=1)
+        colors = np.where(ext[:, None], matplotlib.colors.to_rgba(C_HI), matplotlib.colors.to_rgba(color, 0.45))
+        ax.add_collection(LineCollection(segs, colors=colors, linewidths=lw))
+        ax.scatter(x[~ext], est[~ext], s=ms, color=color, zorder=3, linewidths=0)
+        ax.scatter(x[ext], est[ext], s=ms * 6, color=C_HI, zorder=4, edgecolors="k", linewidths=0.3)
+        ax.axhline(reference, color="k", lw=0.8, ls="--")
+        n_excl = int(table[f"{src}_excludes_ref"].sum())
+        ax.set_title(f"{name}\n{n_excl} of {J} intervals exclude {reference_label}", fontsize=10)
+        ax.set_xlim(0, J + 1)
+        ax.set_xlabel(f"school rank (by REML estimate, 1 = lowest; {J} schools)")
+        ax.margins(y=0.03)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    low = table.iloc[:k]
+    high = table.iloc[J - k :][::-1]
+    lines = ["highest:"] + [f"{_school_label(s)}  {v:+.2f}" for s, v in zip(high.school, high.reml, strict=True)]
+    lines += ["lowest:"] + [f"{_school_label(s)}  {v:+.2f}" for s, v in zip(low.school, low.reml, strict=True)]
+    axes[0][-1].text(
+        1.02, 0.5, "\n".join(lines), transform=axes[0][-1].transAxes, va="center", ha="left",
+        fontsize=8, family="monospace",
+        bbox=dict(boxstyle="round", fc="white", ec=C_HI),
+    )
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def shrinkage_figure(
+    table: pd.DataFrame,
+    coefs: tuple[str, str],
+    gamma: np.ndarray,
+    ellipse_reml: np.ndarray,
+    ellipse_bayes: np.ndarray | None = None,
+    labels: tuple[str, str] | None = None,
+    clip_quantile: float = 0.995,
+) -> Figure:
+    """Bivariate shrinkage plot of each school's intercept and slope.
+
+    Left: arrows from the OLS estimate (grey circle) to the REML BLUP coefficient (blue), with the
+    95% ellipse of the estimated T around γ; axes cover the central ``clip_quantile`` of the OLS
+    estimates (the number of schools outside is printed). Right: a zoom on the partially pooled
+    estimates, arrows REML BLUP → posterior mean (red), the REML ellipse (solid) and the ellipse of
+    the posterior-mean T (dashed).
+    """
+    a, b = coefs
+    labels = labels or (a, b)
+    fig, (ax, az_) = plt.subplots(1, 2, figsize=(13, 6.2), layout="constrained")
+    ols = table[[f"{a}.ols", f"{b}.ols"]].to_numpy()
+    reml = table[[f"{a}.reml", f"{b}.reml"]].to_numpy()
+    has_bayes = f"{a}.bayes" in table.columns
+    ok = np.isfinite(ols).all(axis=1)
+    d = reml[ok] - ols[ok]
+    ax.quiver(ols[ok, 0], ols[ok, 1], d[:, 0], d[:, 1], angles="xy", scale_units="xy", scale=1,
+              color=C_OLS, alpha=0.5, width=0.0012, headwidth=4, headlength=5)
+    ax.scatter(ols[ok, 0], ols[ok, 1], s=6, facecolors="none", edgecolors=C_OLS, linewidths=0.5,
+               label="OLS (no pooling)")
+    ax.scatter(reml[:, 0], reml[:, 1], s=5, color=C_REML, linewidths=0, zorder=3,
+               label="REML BLUP (fixef + ranef)")
+    for axis in (ax, az_):
+        axis.plot(ellipse_reml[:, 0], ellipse_reml[:, 1], color=C_REML, lw=1.6,
+                  label="95% ellipse of REML T around γ")
+        axis.plot(*gamma, marker="X", ms=8, color="k", ls="none", label="γ (fixed effects)", zorder=5)
+        axis.set_xlabel(f"school intercept: {labels[0]}")
+        axis.set_ylabel(f"school slope: {labels[1]}")
+        axis.grid(alpha=0.3)
+    lo = np.nanquantile(ols, 1 - clip_quantile, axis=0)
+    hi = np.nanquantile(ols, clip_quantile, axis=0)
+    pad = 0.05 * (hi - lo)
+    ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+    ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+    outside = int(((ols < lo - pad) | (ols > hi + pad)).any(axis=1).sum())
+    note = f"\n({outside} extreme OLS point(s) outside the axes)" if outside else ""
+    ax.set_title(f"OLS → REML BLUP, {len(table)} schools{note}", fontsize=10)
+    ax.legend(loc="lower left", fontsize=8, markerscale=2, framealpha=0.9)
+
+    pts = [reml, ellipse_reml]
+    az_.scatter(reml[:, 0], reml[:, 1], s=6, color=C_REML, linewidths=0, label="REML BLUP")
+    if has_bayes:
+        post = table[[f"{a}.bayes", f"{b}.bayes"]].to_numpy()
+        d = post - reml
+        az_.quiver(reml[:, 0], reml[:, 1], d[:, 0], d[:, 1], angles="xy", scale_units="xy", scale=1,
+                   color=C_BAYES, alpha=0.6, width=0.0015, headwidth=4, headlength=5)
+        az_.scatter(post[:, 0], post[:, 1], s=6, color=C_BAYES, linewidths=0, label="posterior mean")
+        pts.append(post)
+    if ellipse_bayes is not None:
+        az_.plot(ellipse_bayes[:, 0], ellipse_bayes[:, 1], color=C_BAYES, lw=1.4, ls="--",
+                 label="95% ellipse of posterior-mean T")
+        pts.append(ellipse_bayes)
+    allp = np.vstack(pts)
+    lo2, hi2 = allp.min(axis=0), allp.max(axis=0)
+    pad2 = 0.04 * (hi2 - lo2)
+    az_.set_xlim(lo2[0] - pad2[0], hi2[0] + pad2[0])
+    az_.set_ylim(lo2[1] - pad2[1], hi2[1] + pad2[1])
+    az_.set_title("zoom: REML BLUP → posterior mean (partial pooling)", fontsize=10)
+    az_.legend(loc="lower left", fontsize=8, markerscale=2, framealpha=0.9)
+    return fig
+
+
+def shrinkage_by_size_figure(table: pd.DataFrame, coefs: list[str], labels: dict[str, str]) -> Figure:
+    """Where the estimates move, by school size n_j, one column per coefficient. Top: |BLUP − OLS|
+    (blue) and |posterior mean − OLS| (red) per school, with their means by n_j. Bottom: posterior
+    mean − BLUP per school (where Bayesian and REML shrinkage differ)."""
+    has_bayes = any(f"{c}.bayes_minus_reml" in table.columns for c in coefs)
+    nrows = 2 if has_bayes else 1
+    fig, axes = plt.subplots(nrows, len(coefs), figsize=(5.5 * len(coefs), 3.3 * nrows),
+                             squeeze=False, layout="constrained")
+    rng = np.random.default_rng(0)
+    n = table["n"].to_numpy(float)
+    jit = rng.uniform(-0.2, 0.2, len(n))
+    for j, c in enumerate(coefs):
+        ax = axes[0][j]
+        top = 0.0
+        for src, color, lab, off in (("reml", C_REML, "|BLUP − OLS|", -0.12),
+                                     ("bayes", C_BAYES, "|posterior mean − OLS|", 0.12)):
+            col = f"{c}.shift_{src}"
+            if col not in table.columns:
+                continue
+            v = table[col].abs().to_numpy()
+            ax.scatter(n + jit + off, v, s=3, color=color, alpha=0.3, linewidths=0)
+            m = pd.Series(v).groupby(n).mean()
+            ax.plot(m.index, m.to_numpy(), color=color, lw=2, marker="o", ms=3,
+                    label=f"{lab}, mean by n_j")
+            top = max(top, float(np.nanquantile(v, 0.99)))
+        ax.set_ylim(0, top * 1.05)
+        ax.set_xlabel("school size n_j")
+        ax.set_ylabel("|shift from OLS|")
+        ax.set_title(f"{labels.get(c, c)}: movement from OLS", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        if has_bayes:
+            ax2 = axes[1][j]
+            v = table[f"{c}.bayes_minus_reml"].to_numpy()
+            ax2.scatter(n + jit, v, s=3, color=C_BAYES, alpha=0.4, linewidths=0)
+            m = pd.Series(np.abs(v)).groupby(n).mean()
+            ax2.plot(m.index, m.to_numpy(), color="k", lw=1.6, marker="o", ms=3,
+                     label="mean |posterior mean − BLUP| by n_j")
+            ax2.axhline(0, color="k", lw=0.8, ls="--")
+            ax2.set_xlabel("school size n_j")
+            ax2.set_ylabel("posterior mean − BLUP")
+            ax2.set_title(f"{labels.get(c, c)}: Bayes vs REML", fontsize=10)
+            ax2.grid(alpha=0.3)
+            ax2.legend(fontsize=8)
+    fig.suptitle("How far estimates move, by school size", fontsize=11)
+    return fig
+
+
+def residual_figure(
+    u: pd.DataFrame, covariates: pd.DataFrame, u_labels: dict[str, str], cov_labels: dict[str, str]
+) -> Figure:
+    """Level-2 residuals (BLUPs of u_qj, one column each) against school-level covariates (e.g.
+    n_j and mean SES), with a lowess-like running mean to show any trend."""
+    ucols, ccols = list(u.columns), list(covariates.columns)
+    fig, axes = plt.subplots(len(ucols), len(ccols), figsize=(5 * len(ccols), 3.4 * len(ucols)),
+                             squeeze=False, layout="constrained")
+    for i, uc in enumerate(ucols):
+        for j, cc in enumerate(ccols):
+            ax = axes[i][j]
+            xv = covariates[cc].to_numpy(float)
+            yv = u[uc].to_numpy(float)
+            discrete = np.unique(xv).size <= 30
+            jit = np.random.default_rng(1).uniform(-0.25, 0.25, len(xv)) if discrete else 0.0
+            ax.scatter(xv + jit, yv, s=5, alpha=0.5, color=C_REML, linewidths=0)
+            ax.axhline(0, color="k", lw=0.8, ls="--")
+            trend = _running_mean(xv, yv, discrete)
+            ax.plot(trend[0], trend[1], color=C_BAYES, lw=2, label="running mean")
+            r = np.corrcoef(xv, yv)[0, 1]
+            ax.set_title(f"{u_labels.get(uc, uc)} vs {cov_labels.get(cc, cc)} (r = {r:+.2f})", fontsize=9)
+            ax.set_xlabel(cov_labels.get(cc, cc))
+            ax.set_ylabel(u_labels.get(uc, uc))
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Level-2 residuals (REML BLUPs) against school characteristics", fontsize=11)
+    return fig
+
+
+def _running_mean(x: np.ndarray, y: np.ndarray, discrete: bool, bins: int = 15):
+    if discrete:
+        s = pd.Series(y).groupby(x).mean()
+        return s.index.to_numpy(float), s.to_numpy()
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
+    s = pd.DataFrame({"x": x, "y": y, "b": idx}).groupby("b").mean()
+    return s["x"].to_numpy(), s["y"].to_numpy()
+
+
+def school_ppc_figure(
+    observed: dict[str, np.ndarray],
+    replicated: dict[str, np.ndarray],
+    labels: dict[str, str],
+    title: str,
+    n_lines: int = 60,
+) -> Figure:
+    """School-level predictive check: for each statistic (e.g. school means, within-school SDs,
+    per-school OLS slopes) the distribution across schools in the data (black) against the same
+    distribution in ``n_lines`` replicated data sets (coloured), as ECDFs, plus the observed
+    spread (SD across schools) against its predictive distribution.
+
+    ``observed[k]`` has shape (J,), ``replicated[k]`` shape (draws, J).
+    """
+    keys = list(observed)
+    fig, axes = plt.subplots(2, len(keys), figsize=(4.6 * len(keys), 6.4), squeeze=False,
+                             layout="constrained")
+    for j, k in enumerate(keys):
+        obs = np.asarray(observed[k], float)
+        rep = np.asarray(replicated[k], float)
+        ax = axes[0][j]
+        sel = np.linspace(0, rep.shape[0] - 1, min(n_lines, rep.shape[0])).astype(int)
+        for d in sel:
+            r = np.sort(rep[d][np.isfinite(rep[d])])
+            ax.plot(r, np.linspace(0, 1, r.size), color=C_BAYES, alpha=0.12, lw=0.8)
+        o = np.sort(obs[np.isfinite(obs)])
+        ax.plot(o, np.linspace(0, 1, o.size), color="k", lw=1.6, label="data")
+        ax.plot([], [], color=C_BAYES, label="replicated")
+        ax.set_title(f"{labels.get(k, k)}: ECDF across schools", fontsize=9)
+        ax.set_xlabel(labels.get(k, k))
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        lo, hi = np.nanquantile(rep, [0.005, 0.995])
+        lo, hi = min(lo, o.min()), max(hi, o.max())
+        ax.set_xlim(lo, hi)
+        ax2 = axes[1][j]
+        sd_rep = np.nanstd(rep, axis=1, ddof=1)
+        sd_obs = float(np.nanstd(obs, ddof=1))
+        ax2.hist(sd_rep, bins=30, color=C_BAYES, alpha=0.6)
+        ax2.axvline(sd_obs, color="k", lw=2)
+        p = float(np.mean(sd_rep >= sd_obs))
+        ax2.set_title(f"SD across schools: data {sd_obs:.3g}, P(rep ≥ data) = {p:.2f}", fontsize=9)
+        ax2.set_xlabel(f"SD of {labels.get(k, k)}")
+        ax2.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def student_ppc_figure(y: np.ndarray, y_rep: np.ndarray, title: str, n_lines: int = 60) -> Figure:
+    """Student-level predictive check: density (histogram outline) of the observed scores against
+    ``n_lines`` replicated data sets; ``y_rep`` has shape (draws, N)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4), layout="constrained")
+    lo, hi = np.nanquantile(np.concatenate([y, y_rep.ravel()]), [0.001, 0.999])
+    bins = np.linspace(lo, hi, 70)
+    sel = np.linspace(0, y_rep.shape[0] - 1, min(n_lines, y_rep.shape[0])).astype(int)
+    centers = 0.5 * (bins[1:] + bins[:-1])
+    for d in sel:
+        h, _ = np.histogram(y_rep[d], bins=bins, density=True)
+        ax.plot(centers, h, color=C_BAYES, alpha=0.12, lw=0.8)
+    h, _ = np.histogram(y, bins=bins, density=True)
+    ax.plot(centers, h, color="k", lw=1.8, label="data")
+    ax.plot([], [], color=C_BAYES, label="replicated")
+    ax.set_xlabel("score")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    return fig
