@@ -129,7 +129,7 @@ def require_columns(
         levels = pd.unique(frame[group])
         if len(levels) < 2:
             raise DataError(
-                f"grouping column '{group}' of {source} has only 1 group ({levels[0]}); "
+                f"grouping column '{group}' of {source} has only 1 group ({group} = {levels[0]}); "
                 "a two-level model needs at least 2 groups"
             )
     frame.attrs[NOTES_ATTR] = tuple(df.attrs.get(NOTES_ATTR, ())) + notes
@@ -152,7 +152,7 @@ def _as_numeric(s: pd.Series, col: str, source: str) -> pd.Series:
     conv = pd.to_numeric(s, errors="coerce")
     offending = np.flatnonzero(conv.isna().to_numpy() & s.notna().to_numpy())
     if offending.size:
-        shown = ", ".join(f"row {k + 1}: {s.iloc[k]!r}" for k in offending[:_N_SHOWN])
+        shown = ", ".join(f"data row {k + 1}: {s.iloc[k]!r}" for k in offending[:_N_SHOWN])
         more = f" and {offending.size - _N_SHOWN} more" if offending.size > _N_SHOWN else ""
         raise DataError(
             f"column '{col}' of {source} must be numeric but has {offending.size} non-numeric "
@@ -197,9 +197,10 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
             f"file '{p}' is empty; give a table with a header row and data rows"
         ) from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:  # ParserError, ArrowInvalid too
+        hint = f"a {kind} file" + ("" if kind == "Parquet" else " (UTF-8 text with a header row)")
         raise DataError(
-            f"cannot read file '{p}' as {kind}: {_one_line(exc)}; check that it is a {kind} file "
-            "with a header row"
+            f"cannot read file '{p}' as {kind}: {_one_line(exc).rstrip('.')}; check that it is "
+            f"{hint}"
         ) from None
     if len(df) == 0:
         raise DataError(

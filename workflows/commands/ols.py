@@ -47,15 +47,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write ``frame`` to ``path`` via a temporary file in the same folder and a rename, so the
-    file is either complete or absent; creates the folder if needed."""
+    file is either complete or absent; creates the folder if needed. An OS error (no permission,
+    the path is a folder, a parent is a file) is a :class:`TwolevelError` naming the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise TwolevelError(
+            f"cannot write '{path}': {exc.strerror or exc}; choose another output path"
+        ) from None
     try:
         with os.fdopen(fd, "w", newline="") as fh:
             frame.to_csv(fh, index=False)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise TwolevelError(
+            f"cannot write '{path}': {exc.strerror or exc}; choose another output path"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
