@@ -274,6 +274,7 @@ class ReportWriter:
         self.sections: list[Section] = []
         self.files: list[str] = []
         self.tmp: Path | None = None
+        self.finished = False
 
     # context manager ------------------------------------------------------------------
     def __enter__(self) -> ReportWriter:
@@ -289,8 +290,16 @@ class ReportWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.tmp is not None
         if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            if not self.finished:
+                shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        self.finish()
+
+    def finish(self) -> Path:
+        """Render the pages and swap the finished folder into place (once; also on exit)."""
+        assert self.tmp is not None
+        if self.finished:
+            return self.target
         try:
             self._write_pages()
             _fsync_tree(self.tmp)
@@ -298,6 +307,8 @@ class ReportWriter:
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
+        self.finished = True
+        return self.target
 
     # content ---------------------------------------------------------------------------
     def path(self, relative: str) -> Path:
