@@ -2,7 +2,6 @@
 
 from data.centering import Centering, center, group_means
 from data.errors import DataError, FormulaError, TwolevelError
-from data.lecture import simulate_lecture_data
 from data.loaders import (
     CheckedFrame,
     load_data,
@@ -29,3 +28,12 @@ __all__ = [
     "require_columns",
     "simulate_lecture_data",
 ]
+
+
+def __getattr__(name: str):
+    # Imported lazily so that ``python -m data.lecture`` does not import the module twice.
+    if name == "simulate_lecture_data":
+        from data.lecture import simulate_lecture_data
+
+        return simulate_lecture_data
+    raise AttributeError(f"module 'data' has no attribute {name!r}")

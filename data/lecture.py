@@ -6,8 +6,8 @@ generating values equal to the lecture's ``lmer`` estimates. See ``data/README.m
 
 Generating model (school j, student i)::
 
-    ses_ij      = m_j + w_ij,                m_j ~ N(0, SD_SES_BETWEEN²), w_ij ~ N(0, SD_SES_WITHIN²)
-    meanses_j   = mean_i ses_ij              (of the stored, rounded ses)
+    ses_ij      = m_j + w_ij,       m_j ~ N(0, SD_SES_BETWEEN²), w_ij ~ N(0, SD_SES_WITHIN²)
+    meanses_j   = mean_i ses_ij     (of the stored, rounded ses)
     famsesc_ij  = ses_ij − meanses_j
     a_j         = GAMMA01 · meanses_j + u0_j (total intercept deviation)
     (a_j, u1_j) ~ N(0, T),   T = [[τ00, ρ√(τ00 τ11)], [ρ√(τ00 τ11), τ11]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -30,8 +31,10 @@ def test_grand_mean_centering():
     c = center(df, "x")
     np.testing.assert_allclose(c.centered, [-2.0, -1.0, 3.0])
     assert c.method == "grand-mean" and c.by is None and c.n_groups == 1
-    assert c.describe() == "'x_gmc' = x − 3 (grand-mean centering: the overall mean of x over 3 rows)"
-    with pytest.raises(Exception):  # frozen record
+    assert c.describe() == (
+        "'x_gmc' = x − 3 (grand-mean centering: the overall mean of x over 3 rows)"
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
         c.column = "y"  # type: ignore[misc]
 
 
@@ -51,5 +54,6 @@ def test_centering_errors():
         center(df, "z")
     with pytest.raises(DataError, match=re.escape("column 's' is not numeric (dtype")):
         center(df, "s")
-    with pytest.raises(DataError, match=re.escape("column 'x' has 1 missing or non-finite value(s)")):
+    msg = "column 'x' has 1 missing or non-finite value(s); remove those rows"
+    with pytest.raises(DataError, match=re.escape(msg)):
         center(df, "x", by="g")

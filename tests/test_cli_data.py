@@ -24,7 +24,10 @@ def test_lecture_command(tmp_path, capsys):
     out_dir = tmp_path / "lec"
     code, out, err = run_cli(capsys, "lecture", "--out", str(out_dir))
     assert code == 0 and err == ""
-    assert "N = 11,091 students, J = 742 schools; students per school min 10, mean 14.95, max 25" in out
+    assert (
+        "N = 11,091 students, J = 742 schools; students per school min 10, mean 14.95, max 25"
+        in out
+    )
     assert "group-mean centering over 742 groups" in out
     assert "B0_hat = (Intercept), B1_hat = famsesc" in out
     assert "  1002 " in out and "  1039 " in out and "  1040 " not in out  # first 20 schools

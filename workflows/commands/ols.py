@@ -38,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "or path of a CSV/Parquet file")
     p.add_argument("--y", help="response column (e.g. g1rscore)")
     p.add_argument("--x", nargs="+", help="level-1 predictor column(s) (e.g. famsesc)")
-    p.add_argument("--formula", help="level-1 formula instead of --y/--x, e.g. 'g1rscore ~ famsesc'")
+    p.add_argument(
+        "--formula", help="level-1 formula instead of --y/--x, e.g. 'g1rscore ~ famsesc'"
+    )
     p.add_argument("--group", help="grouping column (e.g. schid)")
     p.add_argument("--csv", metavar="OUT", help="write the full table to this CSV file")
     p.add_argument("--rows", type=int, default=20, help="rows to print (0: all; default 20)")
