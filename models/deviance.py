@@ -1,0 +1,330 @@
+"""Profiled (RE)ML deviance of a two-level linear mixed model as a pure function of θ.
+
+This is lme4's ``mkLmerDevfun`` / ``devFunOnly`` for one grouping factor, computed from the
+per-group cross-products of :class:`models.design.GroupCrossprods` (§7 of the lme4 algorithm
+notes): one penalised least squares (PLS) solve costs O(J·(q³ + q²p) + p³), vectorised over the J
+groups with batched NumPy linear algebra (the loops below run over the q ≤ a few random effects,
+never over groups).
+
+Notation (lme4's): T is the q × q lower-triangular relative covariance factor built from θ
+(Σ_b = σ² T Tᵀ); for group j, A_j = Z_jᵀZ_j, B_j = Z_jᵀX_j, c_j = Z_jᵀy_j and
+M_j = TᵀA_jT + I_q = L_j L_jᵀ. Negative diagonal θ and a singular T are accepted (M_j ≥ I is
+always positive definite); numDeriv's Hessian steps go there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import solve_triangular
+
+from data.errors import TwolevelError
+from models.design import Design, GroupCrossprods, group_crossprods
+
+__all__ = [
+    "PLSState",
+    "deviance_gradient",
+    "log_det_L2",
+    "log_det_RX2",
+    "make_deviance",
+    "ml_deviance",
+    "pls_state",
+    "pwrss",
+    "reml_criterion",
+    "sigma_hat",
+]
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+# ------------------------------------------------------------------------ batched triangular
+
+
+def _forward_solve(L: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Solve L_j X_j = Y_j for all groups: L (J, q, q) lower triangular, Y (J, q, k)."""
+    q = L.shape[1]
+    X = np.empty_like(Y)
+    for i in range(q):
+        acc = Y[:, i, :]
+        if i:
+            acc = acc - np.einsum("jm,jmk->jk", L[:, i, :i], X[:, :i, :])
+        X[:, i, :] = acc / L[:, i, i, None]
+    return X
+
+
+def _backward_solve_t(L: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Solve L_jᵀ X_j = Y_j for all groups: L (J, q, q) lower triangular, Y (J, q, k)."""
+    q = L.shape[1]
+    X = np.empty_like(Y)
+    for i in range(q - 1, -1, -1):
+        acc = Y[:, i, :]
+        if i < q - 1:
+            acc = acc - np.einsum("jm,jmk->jk", L[:, i + 1 :, i], X[:, i + 1 :, :])
+        X[:, i, :] = acc / L[:, i, i, None]
+    return X
+
+
+def _batched_cholesky(M: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of every M_j (J, q, q); closed form for q = 1 and q = 2."""
+    q = M.shape[1]
+    if q == 1:
+        return np.sqrt(M)
+    if q == 2:
+        L = np.zeros_like(M)
+        l11 = np.sqrt(M[:, 0, 0])
+        l21 = M[:, 1, 0] / l11
+        L[:, 0, 0] = l11
+        L[:, 1, 0] = l21
+        L[:, 1, 1] = np.sqrt(M[:, 1, 1] - l21 * l21)
+        return L
+    return np.linalg.cholesky(M)
+
+
+# ------------------------------------------------------------------------------- PLS state
+
+
+@dataclass(frozen=True)
+class PLSState:
+    """Solution of the penalised least squares problem at one θ (lme4's ``merPredD`` state).
+
+    Fields
+    ------
+    T : (q, q) relative covariance factor.
+    L : (J, q, q) lower Cholesky factors of M_j = TᵀA_jT + I_q.
+    R : (J, q, p) blocks of R_ZX: R_j = L_j⁻¹ TᵀB_j.
+    cu : (J, q) blocks of c_u: cu_j = L_j⁻¹ Tᵀc_j.
+    RX : (p, p) upper-triangular R_X with R_XᵀR_X = XᵀX − Σ_j R_jᵀR_j.
+    cbeta : (p,) c_β = R_X⁻ᵀ(Xᵀy − Σ_j R_jᵀcu_j).
+    beta : (p,) β̂(θ) = R_X⁻¹ c_β.
+    u : (J, q) spherical conditional modes ũ_j = L_j⁻ᵀ(cu_j − R_jβ̂).
+    b : (J, q) conditional modes on the original scale, b̃_j = T ũ_j.
+    r2 : penalised weighted residual sum of squares r²(θ) (lme4's ``pwrss``).
+    ldL2 : log|L|² = 2 Σ_j Σ_i log L_j[i, i].
+    ldRX2 : log|R_X|² = 2 Σ_i log |R_X[i, i]|.
+    n, p : number of observations and of fixed effects.
+    """
+
+    T: np.ndarray
+    L: np.ndarray
+    R: np.ndarray
+    cu: np.ndarray
+    RX: np.ndarray
+    cbeta: np.ndarray
+    beta: np.ndarray
+    u: np.ndarray
+    b: np.ndarray
+    r2: float
+    ldL2: float
+    ldRX2: float
+    n: int
+    p: int
+
+
+def pls_state(cp: GroupCrossprods, T: np.ndarray) -> PLSState:
+    """Solve the PLS problem at relative covariance factor ``T`` (§7.2 of the lme4 notes).
+
+    r² is the square of the last diagonal element of the Cholesky factor of the (p+1) × (p+1)
+    matrix ``[[XᵀX, Xᵀy], [yᵀX, yᵀy]] − Σ_j [R_j cu_j]ᵀ[R_j cu_j]`` (MixedModels.jl's ``pwrss``),
+    which is lme4's ``yᵀy − ‖c_u‖² − ‖c_β‖²`` without a separate subtraction.
+
+    Raises
+    ------
+    TwolevelError
+        If the down-dated XᵀX is not positive definite (lme4: "Downdated VtV is not positive
+        definite"), i.e. the fixed effects are not identifiable given the random effects.
+    """
+    T = np.asarray(T, dtype=float)
+    J, q, p = cp.B.shape
+    Tt = T.T
+    M = np.matmul(np.matmul(Tt, cp.A), T)
+    idx = np.arange(q)
+    M[:, idx, idx] += 1.0
+    L = _batched_cholesky(M)
+    rhs = np.concatenate([np.matmul(Tt, cp.B), np.matmul(Tt, cp.c[:, :, None])], axis=2)
+    Rc = _forward_solve(L, rhs)  # (J, q, p+1): [R_j | cu_j]
+    flat = Rc.reshape(J * q, p + 1)
+    aug = np.empty((p + 1, p + 1))
+    aug[:p, :p] = cp.XtX
+    aug[:p, p] = aug[p, :p] = cp.Xty
+    aug[p, p] = cp.yty
+    aug -= flat.T @ flat
+    try:
+        U = np.linalg.cholesky(aug).T  # upper: UᵀU = aug
+    except np.linalg.LinAlgError:
+        U = _cholesky_upper_with_zero_tail(aug)
+    RX = U[:p, :p]
+    cbeta = U[:p, p]
+    r2 = float(U[p, p] ** 2)
+    beta = solve_triangular(RX, cbeta, lower=False) if p else np.zeros(0)
+    R = Rc[:, :, :p]
+    cu = Rc[:, :, p]
+    u = _backward_solve_t(L, (cu - np.einsum("jqp,p->jq", R, beta))[:, :, None])[:, :, 0]
+    b = u @ Tt
+    diagL = L[:, idx, idx]
+    ldL2 = float(2.0 * np.sum(np.log(diagL)))
+    ldRX2 = float(2.0 * np.sum(np.log(np.abs(np.diag(RX))))) if p else 0.0
+    return PLSState(
+        T=T, L=L, R=R, cu=cu, RX=RX, cbeta=cbeta, beta=beta, u=u, b=b, r2=r2,
+        ldL2=ldL2, ldRX2=ldRX2, n=cp.n, p=p,
+    )
+
+
+def _cholesky_upper_with_zero_tail(aug: np.ndarray) -> np.ndarray:
+    """Upper Cholesky of ``aug`` when only its last pivot (r²) is ≤ 0 through rounding (an exact
+    fit); otherwise the fixed effects are not estimable and a :class:`TwolevelError` is raised."""
+    p = aug.shape[0] - 1
+    try:
+        Ux = np.linalg.cholesky(aug[:p, :p]).T
+    except np.linalg.LinAlgError as exc:
+        raise TwolevelError(
+            "downdated XᵀX is not positive definite (lme4: 'Downdated VtV is not positive "
+            "definite'): the fixed effects cannot be separated from the random effects; remove "
+            "fixed-effect columns that are constant within every group or rescale predictors"
+        ) from exc
+    U = np.zeros_like(aug)
+    U[:p, :p] = Ux
+    U[:p, p] = solve_triangular(Ux, aug[:p, p], trans="T", lower=False)
+    U[p, p] = np.sqrt(max(aug[p, p] - U[:p, p] @ U[:p, p], 0.0))
+    return U
+
+
+# --------------------------------------------------------------------- the named quantities
+
+
+def pwrss(state: PLSState) -> float:
+    """Penalised weighted residual sum of squares r²(θ) = ‖y − Xβ̂ − ZTũ‖² + ‖ũ‖²."""
+    return state.r2
+
+
+def log_det_L2(state: PLSState) -> float:
+    """log|L_θ|² = Σ_j log det(TᵀA_jT + I_q) = 2 Σ_j Σ_i log L_j[i, i]."""
+    return state.ldL2
+
+
+def log_det_RX2(state: PLSState) -> float:
+    """log|R_X|² = log det(XᵀV_θ⁻¹X) with V_θ = I + ZTTᵀZᵀ (unscaled) = 2 Σ_i log|R_X[i, i]|."""
+    return state.ldRX2
+
+
+def ml_deviance(state: PLSState) -> float:
+    """Profiled ML deviance: d_ML(θ) = log|L|² + n·[1 + log(2π r²(θ) / n)]."""
+    n = state.n
+    return state.ldL2 + n * (1.0 + _LOG_2PI + np.log(state.r2 / n))
+
+
+def reml_criterion(state: PLSState) -> float:
+    """Profiled REML criterion (−2 × restricted log-likelihood):
+    d_REML(θ) = log|L|² + log|R_X|² + (n − p)·[1 + log(2π r²(θ) / (n − p))]."""
+    dof = state.n - state.p
+    return state.ldL2 + state.ldRX2 + dof * (1.0 + _LOG_2PI + np.log(state.r2 / dof))
+
+
+def criterion(state: PLSState, reml: bool) -> float:
+    """:func:`reml_criterion` if ``reml`` else :func:`ml_deviance`."""
+    return reml_criterion(state) if reml else ml_deviance(state)
+
+
+def sigma_hat(state: PLSState, reml: bool) -> float:
+    """Residual SD at θ: σ̂ = sqrt(r² / (n − p)) for REML, sqrt(r² / n) for ML (lme4's
+    ``sigmaREML`` / ``sigmaML``)."""
+    dof = state.n - state.p if reml else state.n
+    return float(np.sqrt(state.r2 / dof))
+
+
+def unscaled_vcov(state: PLSState) -> np.ndarray:
+    """(R_XᵀR_X)⁻¹ = R_X⁻¹R_X⁻ᵀ; vcov(β̂) = σ̂²·(R_XᵀR_X)⁻¹."""
+    RXinv = solve_triangular(state.RX, np.eye(state.p), lower=False)
+    return RXinv @ RXinv.T
+
+
+def cond_var_unscaled(state: PLSState) -> np.ndarray:
+    """(J, q, q) T M_j⁻¹ Tᵀ; the conditional variance of b_j is σ̂²·T M_j⁻¹ Tᵀ (lme4 postVar)."""
+    J, q, _ = state.L.shape
+    eye = np.broadcast_to(np.eye(q), (J, q, q))
+    Linv = _forward_solve(state.L, np.ascontiguousarray(eye))
+    G = np.matmul(state.T, np.swapaxes(Linv, 1, 2))  # T L_j⁻ᵀ
+    return np.matmul(G, np.swapaxes(G, 1, 2))
+
+
+# ------------------------------------------------------------------------ analytic gradient
+
+
+def deviance_gradient(
+    design: Design, cp: GroupCrossprods, theta: np.ndarray, reml: bool = True
+) -> np.ndarray:
+    """Analytic gradient of the profiled criterion with respect to θ (§7.3 of the lme4 notes).
+
+    With E_k the indicator of θ_k's position (r_k, c_k) in T and W_j = B_j − A_jT M_j⁻¹TᵀB_j:
+
+    * ∂log|L|²/∂θ_k = 2 Σ_j [A_j T M_j⁻¹]_{r_k c_k}
+    * ∂r²/∂θ_k = −2 Σ_j ũ_j[c_k] · [c_j − B_jβ̂ − A_jTũ_j]_{r_k}
+    * ∂log|R_X|²/∂θ_k = −tr((R_XᵀR_X)⁻¹ Σ_j W_jᵀ(E_kTᵀ + TE_kᵀ)W_j)
+
+    and ∇d = ∂log|L|² [+ ∂log|R_X|²] + (dof / r²)·∂r², dof = n − p (REML) or n (ML).
+    """
+    theta = np.asarray(theta, dtype=float)
+    T = design.theta_to_T(theta)
+    st = pls_state(cp, T)
+    J, q, p = cp.B.shape
+    # M_j⁻¹ = L_j⁻ᵀ L_j⁻¹
+    eye = np.ascontiguousarray(np.broadcast_to(np.eye(q), (J, q, q)))
+    Minv = _backward_solve_t(st.L, _forward_solve(st.L, eye))
+    ATMinv = np.matmul(np.matmul(cp.A, T), Minv)  # (J, q, q)
+    dld = 2.0 * ATMinv.sum(axis=0)  # [r, c]
+    resid = cp.c - np.einsum("jqp,p->jq", cp.B, st.beta) - np.einsum(
+        "jab,jb->ja", np.matmul(cp.A, T), st.u
+    )
+    dr2 = -2.0 * np.einsum("jc,jr->rc", st.u, resid)
+    tmpl = design.theta_template
+    grad = np.empty(theta.shape[0])
+    rows, cols = np.nonzero(tmpl >= 0)
+    if reml:
+        W = cp.B - np.matmul(np.matmul(ATMinv, T.T), cp.B)  # (J, q, p)
+        Cu = unscaled_vcov(st)
+        # Σ_j W_jᵀ(E_kTᵀ + TE_kᵀ)W_j = Σ_j (W_j[r]ᵀ(TᵀW_j)[c] + its transpose)
+        TW = np.matmul(T.T, W)
+        dof = st.n - st.p
+    else:
+        dof = st.n
+    for r, c in zip(rows, cols, strict=True):
+        k = tmpl[r, c]
+        g = dld[r, c] + dof / st.r2 * dr2[r, c]
+        if reml:
+            S = np.einsum("ja,jb->ab", W[:, r, :], TW[:, c, :])
+            g -= float(np.sum(Cu * (S + S.T)))
+        grad[k] = g
+    return grad
+
+
+# ------------------------------------------------------------------------ the deviance function
+
+
+def make_deviance(
+    design: Design, reml: bool = True, crossprods: GroupCrossprods | None = None
+) -> Callable[[np.ndarray], float]:
+    """The profiled REML criterion (``reml=True``) or ML deviance as a pure function of θ
+    (lme4's ``lmer(..., devFunOnly = TRUE)``).
+
+    Parameters
+    ----------
+    design : the :class:`~models.design.Design` (gives the θ → T layout).
+    reml : REML criterion if True, else ML deviance.
+    crossprods : per-group cross-products; computed from ``design`` when not given.
+
+    Returns
+    -------
+    ``devfun(theta) -> float``, with no hidden state: each call solves the PLS problem afresh.
+    """
+    cp = crossprods if crossprods is not None else group_crossprods(design)
+    to_T = design.theta_to_T
+
+    def devfun(theta: np.ndarray) -> float:
+        return float(criterion(pls_state(cp, to_T(theta)), reml))
+
+    devfun.__doc__ = (
+        f"{'REML criterion' if reml else 'ML deviance'} of '{design.formula}' at θ "
+        f"(length {design.n_theta}: {', '.join(design.theta_names)})."
+    )
+    return devfun

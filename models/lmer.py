@@ -1,0 +1,149 @@
+"""``lmer(formula, data)``: design → profiled deviance → optimizer → frozen result (lme4's stages).
+
+>>> fit = lmer("Reaction ~ Days + (Days | Subject)", sleepstudy)   # doctest: +SKIP
+>>> print(fit.summary())                                            # doctest: +SKIP
+
+The default optimizer reproduces lme4's own optimizer path (NLopt BOBYQA with lme4's settings,
+restart_edge, check.boundary), so the printed numbers are lme4's; ``optimizer="tight"`` polishes
+the optimum further (see :mod:`models.optimize`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from data.errors import FormulaError, TwolevelError
+from models.deviance import criterion, deviance_gradient, make_deviance, pls_state
+from models.design import Design, GroupCrossprods, group_crossprods, make_design
+from models.optimize import MODES, optimize_theta, refit_ml_theta
+from models.results import LmerFit
+
+__all__ = ["lmer", "fit_design", "refit_ml", "check_random_slopes"]
+
+
+def data_fingerprint(design: Design) -> str:
+    """Hash of the response, the grouping and the row count of the rows used (``anova`` compares
+    it to refuse models fitted to different data)."""
+    h = hashlib.sha1()
+    h.update(np.ascontiguousarray(design.y).tobytes())
+    h.update(np.ascontiguousarray(design.group_index).tobytes())
+    h.update(str(design.n).encode())
+    return h.hexdigest()
+
+
+def check_random_slopes(design: Design, cp: GroupCrossprods) -> None:
+    """Refuse a random slope whose variable is constant within every group when the same term
+    has a random intercept: its group-to-group variation is the intercept's, so its variance
+    cannot be estimated (a level-2 variable, e.g. a school's size, has no within-school slope)."""
+    names = design.z_names
+    for term in design.terms:
+        if "(Intercept)" not in term.names:
+            continue
+        i0 = term.columns[term.names.index("(Intercept)")]
+        nj = cp.A[:, i0, i0]
+        for nm, k in zip(term.names, term.columns, strict=True):
+            if k == i0:
+                continue
+            mean = cp.A[:, i0, k] / nj
+            within = cp.A[:, k, k] - nj * mean**2  # Σ_i (z_ik − z̄_jk)² per group
+            scale = float(np.sum(cp.A[:, k, k])) or 1.0
+            if np.all(within <= 1e-10 * scale):
+                raise FormulaError(
+                    f"random slope '{names[k]}' in '({' + '.join(term.names)} | {design.group})' "
+                    f"is constant within every '{design.group}' group: a group-level variable has "
+                    f"no within-group slope that could vary; keep '{nm}' as a fixed effect and "
+                    f"remove it from the random-effects term"
+                )
+
+
+def fit_design(
+    design: Design,
+    REML: bool = True,
+    optimizer: str = "lme4",
+    data_name: str = "data",
+    crossprods: GroupCrossprods | None = None,
+) -> LmerFit:
+    """Fit a model whose :class:`~models.design.Design` is already built (lme4's
+    ``mkLmerDevfun`` → ``optimizeLmer`` → ``mkMerMod``)."""
+    if optimizer not in MODES:
+        raise TwolevelError(
+            f"unknown optimizer '{optimizer}'; choose 'lme4' (lme4's exact path, default) or "
+            "'tight' (lme4's path then a gradient polish)"
+        )
+    cp = crossprods if crossprods is not None else group_crossprods(design)
+    check_random_slopes(design, cp)
+    fn = make_deviance(design, reml=REML, crossprods=cp)
+    opt = optimize_theta(
+        fn, design.theta_start(), design.theta_lower, mode=optimizer,
+        gradient=lambda th: deviance_gradient(design, cp, th, REML),
+    )
+    state = pls_state(cp, design.theta_to_T(opt.theta))
+    assert abs(criterion(state, REML) - opt.fmin) <= 1e-9 * max(1.0, abs(opt.fmin))
+    return LmerFit(
+        design=design, crossprods=cp, reml=REML, theta=np.asarray(opt.theta, dtype=float),
+        state=state, optsum=opt, data_name=data_name, data_fingerprint=data_fingerprint(design),
+    )
+
+
+def lmer(
+    formula: str,
+    data: pd.DataFrame,
+    REML: bool = True,
+    optimizer: str = "lme4",
+    data_name: str = "data",
+) -> LmerFit:
+    """Fit a two-level linear mixed model by REML (default) or ML, like ``lme4::lmer``.
+
+    Parameters
+    ----------
+    formula : lme4 formula with one grouping factor, e.g. ``"y ~ 1 + x*w + (1 + x | school)"``;
+        ``(1 + x || g)`` for uncorrelated effects.
+    data : a data frame with the columns of the formula.
+    REML : REML (True) or maximum likelihood (False).
+    optimizer : "lme4" (lme4's exact optimizer path; default) or "tight".
+    data_name : the name printed in ``summary()``'s "Data:" line.
+
+    Returns
+    -------
+    LmerFit
+        With ``fixef``, ``vcov``, ``VarCorr``, ``ranef``, ``coef``, ``summary`` and the rest of
+        lme4's vocabulary.
+
+    Warns
+    -----
+    UserWarning
+        For lme4's messages: rank-deficient fixed effects dropped, rows with missing values
+        removed, singular fit, non-convergence.
+    """
+    design = make_design(formula, data)
+    for note in design.notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    fit = fit_design(design, REML=REML, optimizer=optimizer, data_name=data_name)
+    if fit.is_singular():
+        warnings.warn(fit.singular_explanation(), UserWarning, stacklevel=2)
+    if not fit.converged:
+        warnings.warn(
+            f"optimizer did not converge ({fit.optsum.status_message})", UserWarning, stacklevel=2
+        )
+    return fit
+
+
+def refit_ml(fit: LmerFit) -> LmerFit:
+    """lme4's ``refitML``: the same model refitted by ML, with minqa-style BOBYQA started at the
+    REML θ̂ (:func:`models.optimize.refit_ml_theta`). ML fits are returned unchanged."""
+    if not fit.reml:
+        return fit
+    d, cp = fit.design, fit.crossprods
+    fn = make_deviance(d, reml=False, crossprods=cp)
+    opt = refit_ml_theta(
+        fn, fit.theta, d.theta_lower, gradient=lambda th: deviance_gradient(d, cp, th, False)
+    )
+    state = pls_state(cp, d.theta_to_T(opt.theta))
+    return LmerFit(
+        design=d, crossprods=cp, reml=False, theta=np.asarray(opt.theta, dtype=float),
+        state=state, optsum=opt, data_name=fit.data_name, data_fingerprint=fit.data_fingerprint,
+    )

@@ -1,0 +1,564 @@
+"""The frozen result of :func:`models.lmer.lmer` with lme4's vocabulary (lme4's ``merMod``).
+
+Everything is computed from the design, the per-group cross-products and θ̂: the PLS state at θ̂
+gives β̂, ũ, R_X and r²; the rest are small functions of those (§2 and §4 of the lme4 notes).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from data.errors import TwolevelError
+from models.deviance import (
+    PLSState,
+    cond_var_unscaled,
+    ml_deviance,
+    reml_criterion,
+    sigma_hat,
+    unscaled_vcov,
+)
+from models.design import Design, GroupCrossprods
+from models.optimize import SINGULAR_TOL, OptSummary
+from models.rformat import (
+    abbreviate,
+    cat_fill,
+    print_char_matrix,
+    print_coefmat,
+    print_named,
+    r_format,
+    r_round,
+    zapsmall,
+)
+
+__all__ = ["DDF_METHODS", "LmerFit", "VarCorr", "ddf_method"]
+
+# Denominator-df methods for summary(ddf=...) and coef_table(ddf=...): name → (target, title).
+# The target "module:function" is imported on first use and called as f(fit, L) → (se, df) for
+# the rows of L (one contrast per row); None means lme4's plain t table without df or p.
+DDF_METHODS: dict[str, tuple[str | None, str]] = {
+    "Satterthwaite": ("models.satterthwaite:ddf_satterthwaite", "Satterthwaite's method"),
+    "lme4": (None, ""),
+}
+
+
+def ddf_method(name: str) -> tuple[Callable | None, str]:
+    """The (function, title) registered in :data:`DDF_METHODS` under ``name``."""
+    if name not in DDF_METHODS:
+        raise TwolevelError(
+            f"unknown ddf method '{name}'; choose one of: {', '.join(DDF_METHODS)}"
+        )
+    target, title = DDF_METHODS[name]
+    if target is None:
+        return None, title
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func), title
+
+
+# ----------------------------------------------------------------------------------- VarCorr
+
+
+@dataclass(frozen=True)
+class VarCorr:
+    """Estimated variance components (lme4's ``VarCorr``).
+
+    Fields
+    ------
+    group : the grouping factor.  names : the random effects (columns of Z).
+    terms : the names of each random-effects term (correlations exist only within a term).
+    cov : (q, q) covariance matrix σ̂²TTᵀ of the random effects.  residual : σ̂².
+    """
+
+    group: str
+    names: tuple[str, ...]
+    terms: tuple[tuple[str, ...], ...]
+    cov: np.ndarray
+    residual: float
+
+    @property
+    def variances(self) -> pd.Series:
+        """Variance of each random effect."""
+        return pd.Series(np.diag(self.cov), index=list(self.names), name="variance")
+
+    @property
+    def sds(self) -> pd.Series:
+        """Standard deviation of each random effect."""
+        return pd.Series(np.sqrt(np.diag(self.cov)), index=list(self.names), name="sd")
+
+    @property
+    def correlations(self) -> pd.DataFrame:
+        """Correlation matrix Σ_ab / (sd_a sd_b) (NaN where an SD is 0)."""
+        sd = np.sqrt(np.diag(self.cov))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            R = self.cov / np.outer(sd, sd)
+        return pd.DataFrame(R, index=list(self.names), columns=list(self.names))
+
+    @property
+    def residual_sd(self) -> float:
+        """σ̂."""
+        return math.sqrt(self.residual)
+
+    def pairs(self) -> list[tuple[str, str, float, float]]:
+        """(name_a, name_b, covariance, correlation) within each term, lme4's order."""
+        R = self.correlations.to_numpy()
+        idx = {n: i for i, n in enumerate(self.names)}
+        out = []
+        for term in self.terms:
+            for a in range(len(term)):
+                for b in range(a + 1, len(term)):
+                    i, j = idx[term[a]], idx[term[b]]
+                    out.append((term[a], term[b], float(self.cov[i, j]), float(R[i, j])))
+        return out
+
+    def _term_groups(self) -> list[str]:
+        return [self.group if k == 0 else f"{self.group}.{k}" for k in range(len(self.terms))]
+
+    def to_frame(self) -> pd.DataFrame:
+        """lme4's ``as.data.frame(VarCorr(fit))``: grp, var1, var2, vcov, sdcor; variances, then
+        covariances of each term, then the residual."""
+        rows = []
+        idx = {n: i for i, n in enumerate(self.names)}
+        R = self.correlations.to_numpy()
+        for grp, term in zip(self._term_groups(), self.terms, strict=True):
+            for nm in term:
+                i = idx[nm]
+                rows.append((grp, nm, None, self.cov[i, i], math.sqrt(self.cov[i, i])))
+            for a in range(len(term)):
+                for b in range(a + 1, len(term)):
+                    i, j = idx[term[a]], idx[term[b]]
+                    rows.append((grp, term[a], term[b], self.cov[i, j], R[i, j]))
+        rows.append(("Residual", None, None, self.residual, math.sqrt(self.residual)))
+        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+
+    def to_dict(self) -> dict:
+        """{"variances", "covariances", "correlations", "residual"} (the CLI's JSON layout)."""
+        return {
+            "variances": {k: float(v) for k, v in self.variances.items()},
+            "covariances": {f"{a}:{b}": c for a, b, c, _ in self.pairs()},
+            "correlations": {f"{a}:{b}": r for a, b, _, r in self.pairs()},
+            "residual": float(self.residual),
+        }
+
+    def table(self, digits: int = 4) -> str:
+        """lme4's random-effects table (``formatVC``): Groups, Name, Variance, Std.Dev., Corr."""
+        groups = self._term_groups()
+        idx = {n: i for i, n in enumerate(self.names)}
+        var = [self.cov[idx[n], idx[n]] for t in self.terms for n in t] + [self.residual]
+        sds = [math.sqrt(v) for v in var]
+        vs, ss = r_format(var, digits), r_format(sds, digits)
+        gcol, ncol = [], []
+        for grp, term in zip(groups, self.terms, strict=True):
+            for k, nm in enumerate(term):
+                gcol.append(grp if k == 0 else "")
+                ncol.append(nm)
+        gcol.append("Residual")
+        ncol.append("")
+        maxlen = max(len(t) for t in self.terms)
+        corr_cols = max(maxlen - 1, 0)
+        corr_cells = []
+        Rall = self.correlations.to_numpy()
+        dig = max(2, digits - 2)
+        for term in self.terms:
+            ii = [idx[n] for n in term]
+            Rt = Rall[np.ix_(ii, ii)]
+            fm = r_format(r_round(Rt, dig).ravel(order="F"), 7, nsmall=dig)
+            k = len(term)
+            for a in range(k):
+                row = [fm[b * k + a] if a > b else "" for b in range(k)]
+                row = (row + [""] * maxlen)[:corr_cols]
+                corr_cells.append(row)
+        corr_cells.append([""] * corr_cols)
+        cells = [
+            [g, n, v, s] + c for g, n, v, s, c in zip(gcol, ncol, vs, ss, corr_cells, strict=True)
+        ]
+        cols = ["Groups", "Name", "Variance", "Std.Dev."]
+        if corr_cols:
+            cols += ["Corr"] + [""] * (corr_cols - 1)
+        return print_char_matrix(cells, cols, [""] * len(cells), right=False)
+
+    def summary(self) -> str:
+        """The random-effects table as printed by ``summary(fit)``."""
+        return self.table()
+
+
+# ------------------------------------------------------------------------------------ LmerFit
+
+
+@dataclass(frozen=True)
+class LmerFit:
+    """A fitted two-level linear mixed model (lme4's ``lmerMod`` + lmerTest's additions).
+
+    Fields
+    ------
+    design : the :class:`~models.design.Design`.  crossprods : its per-group cross-products.
+    reml : fitted by REML (True) or ML.  theta : θ̂.  state : the PLS solution at θ̂.
+    optsum : how θ̂ was obtained (:class:`~models.optimize.OptSummary`).
+    data_name : how the data are called in printouts ("Data: ...").
+    data_fingerprint : hash of the rows used (``anova`` refuses fits to different data).
+    """
+
+    design: Design
+    crossprods: GroupCrossprods
+    reml: bool
+    theta: np.ndarray
+    state: PLSState
+    optsum: OptSummary
+    data_name: str = "data"
+    data_fingerprint: str = ""
+
+    # ------------------------------------------------------------------ sizes and parameters
+    @property
+    def nobs(self) -> int:
+        """Number of observations used."""
+        return self.design.n
+
+    @property
+    def ngroups(self) -> int:
+        """Number of groups."""
+        return self.design.n_groups
+
+    @property
+    def npar(self) -> int:
+        """lme4's df of logLik: p + length(θ) + 1 (σ)."""
+        return self.design.p + self.design.n_theta + 1
+
+    @property
+    def sigma(self) -> float:
+        """σ̂: sqrt(r²/(n−p)) for REML fits, sqrt(r²/n) for ML fits."""
+        return sigma_hat(self.state, self.reml)
+
+    @property
+    def beta(self) -> np.ndarray:
+        """β̂ as an array (see :meth:`fixef`)."""
+        return self.state.beta
+
+    @property
+    def reml_criterion(self) -> float:
+        """lme4's ``REMLcrit``: d_REML at θ̂ (for ML fits evaluated at the ML θ̂)."""
+        return float(reml_criterion(self.state))
+
+    @property
+    def criterion(self) -> float:
+        """The optimised criterion: REML criterion (REML fit) or ML deviance (ML fit)."""
+        return self.reml_criterion if self.reml else float(ml_deviance(self.state))
+
+    @property
+    def loglik(self) -> float:
+        """lme4's ``logLik``: −criterion/2 (the restricted log-likelihood for REML fits)."""
+        return -self.criterion / 2.0
+
+    @property
+    def aic(self) -> float:
+        """−2 logLik + 2 npar."""
+        return -2.0 * self.loglik + 2.0 * self.npar
+
+    @property
+    def bic(self) -> float:
+        """−2 logLik + log(nobs) npar."""
+        return -2.0 * self.loglik + math.log(self.nobs) * self.npar
+
+    def deviance(self, reml: bool = False) -> float:
+        """``deviance(fit, REML = reml)``: the ML deviance at θ̂ (reml=False; for a REML fit this
+        is at the REML θ̂, as lme4) or the REML criterion (reml=True)."""
+        return self.reml_criterion if reml else float(ml_deviance(self.state))
+
+    @property
+    def converged(self) -> bool:
+        """The optimizer's convergence flag (lme4's rule on the NLopt status)."""
+        return self.optsum.converged
+
+    # ------------------------------------------------------------------- fixed effects
+    def fixef(self) -> pd.Series:
+        """β̂ named by lme4's coefficient names."""
+        return pd.Series(self.state.beta, index=list(self.design.x_names), name="fixef")
+
+    def vcov(self) -> pd.DataFrame:
+        """vcov(β̂) = σ̂²·(R_XᵀR_X)⁻¹."""
+        V = self.sigma**2 * unscaled_vcov(self.state)
+        names = list(self.design.x_names)
+        return pd.DataFrame(V, index=names, columns=names)
+
+    def se(self) -> pd.Series:
+        """Standard errors sqrt(diag vcov(β̂))."""
+        return pd.Series(np.sqrt(np.diag(self.vcov().to_numpy())), index=list(self.design.x_names))
+
+    @cached_property
+    def varpar_info(self):
+        """lmerTest's Hessian / vcov(varpar) / Jacobian (:class:`models.satterthwaite.VarparInfo`),
+        computed on first use."""
+        from models.satterthwaite import varpar_info
+
+        return varpar_info(self)
+
+    def coef_table(self, ddf: str = "Satterthwaite") -> pd.DataFrame:
+        """Fixed-effects table: Estimate, Std. Error, df, t value, Pr(>|t|) (lmerTest's
+        ``summary(fit, ddf=...)$coefficients``); ``ddf="lme4"`` gives Estimate, SE, t only."""
+        func, _ = ddf_method(ddf)
+        est = self.state.beta
+        names = list(self.design.x_names)
+        if func is None:
+            se = self.se().to_numpy()
+            return pd.DataFrame(
+                {"Estimate": est, "Std. Error": se, "t value": est / se}, index=names
+            )
+        se, df = func(self, np.eye(self.design.p))
+        t = est / se
+        p = 2.0 * stats.t.sf(np.abs(t), df)
+        return pd.DataFrame(
+            {"Estimate": est, "Std. Error": se, "df": df, "t value": t, "Pr(>|t|)": p},
+            index=names,
+        )
+
+    def contest(self, L, rhs=0.0, ddf: str = "Satterthwaite") -> dict:
+        """Test of a contrast: a p-vector L → lmerTest's ``contest1D`` (Estimate, SE, df, t, p);
+        a k × p matrix → ``contestMD`` (F test with Satterthwaite DenDF)."""
+        from models.satterthwaite import contest1d, contest_md
+
+        if ddf != "Satterthwaite":
+            raise TwolevelError("contest() implements ddf='Satterthwaite' only")
+        L = np.asarray(L, dtype=float)
+        if L.ndim == 1 or L.shape[0] == 1:
+            return contest1d(self, L.ravel(), float(np.ravel(rhs)[0]))
+        return contest_md(self, L, rhs)
+
+    # ------------------------------------------------------------------ random effects
+    def VarCorr(self) -> VarCorr:
+        """Variance components Σ = σ̂²TTᵀ and σ̂² (:class:`VarCorr`)."""
+        T = self.state.T
+        return VarCorr(
+            group=self.design.group,
+            names=self.design.z_names,
+            terms=tuple(t.names for t in self.design.terms),
+            cov=self.sigma**2 * (T @ T.T),
+            residual=self.sigma**2,
+        )
+
+    def cond_var(self) -> np.ndarray:
+        """(J, q, q) conditional covariance of b_j given y (lme4's postVar): σ̂²·T M_j⁻¹ Tᵀ."""
+        return self.sigma**2 * cond_var_unscaled(self.state)
+
+    def ranef(self, cond_var: bool = True) -> pd.DataFrame:
+        """Conditional modes (BLUPs) b̃_j = Tũ_j per group, with (cond_var=True) their
+        conditional SDs ``condsd_<name>``, variances ``condvar_<name>`` and covariances
+        ``condcov_<a>:<b>`` (lme4's ``ranef(fit, condVar = TRUE)``)."""
+        names = list(self.design.z_names)
+        idx = pd.Index(self.design.group_levels, name=self.design.group)
+        df = pd.DataFrame(self.state.b, index=idx, columns=names)
+        if cond_var:
+            V = self.cond_var()
+            for i, n in enumerate(names):
+                df[f"condsd_{n}"] = np.sqrt(V[:, i, i])
+            for i, n in enumerate(names):
+                df[f"condvar_{n}"] = V[:, i, i]
+            for i in range(len(names)):
+                for j in range(i + 1, len(names)):
+                    df[f"condcov_{names[i]}:{names[j]}"] = V[:, i, j]
+        return df
+
+    def coef(self) -> pd.DataFrame:
+        """Per-group coefficients: fixed effects plus that group's BLUPs (lme4's ``coef``)."""
+        fe = self.fixef()
+        idx = pd.Index(self.design.group_levels, name=self.design.group)
+        out = pd.DataFrame(np.tile(fe.to_numpy(), (self.ngroups, 1)), index=idx, columns=fe.index)
+        for k, n in enumerate(self.design.z_names):
+            if n in out.columns:
+                out[n] = out[n] + self.state.b[:, k]
+            else:
+                out[n] = self.state.b[:, k]
+        return out
+
+    # ------------------------------------------------------------------ fitted and residuals
+    def fitted(self) -> np.ndarray:
+        """Conditional fitted values μ_i = x_iᵀβ̂ + z_iᵀb̃_{g(i)}."""
+        d = self.design
+        return d.X @ self.state.beta + np.einsum("nq,nq->n", d.Z, self.state.b[d.group_index])
+
+    def residuals(self, scaled: bool = False) -> np.ndarray:
+        """y − μ; divided by σ̂ when ``scaled`` (lme4's ``residuals(fit, scaled = TRUE)``)."""
+        r = self.design.y - self.fitted()
+        return r / self.sigma if scaled else r
+
+    # ------------------------------------------------------------------ singularity
+    def is_singular(self, tol: float = SINGULAR_TOL) -> bool:
+        """lme4's ``isSingular``: any θ with lower bound 0 (a diagonal of T) below ``tol``."""
+        lower = self.design.theta_lower
+        return bool(np.any(self.theta[lower == 0] < tol))
+
+    def singular_explanation(self, tol: float = SINGULAR_TOL) -> str:
+        """Plain words: which variance is (near) zero or which correlation is ±1, and what to do.
+        Empty when the fit is not singular."""
+        if not self.is_singular(tol):
+            return ""
+        vc = self.VarCorr()
+        sd = vc.sds.to_numpy()
+        R = vc.correlations.to_numpy()
+        g = self.design.group
+        scale = max(float(sd.max()), self.sigma)
+        parts = []
+        zero = [n for n, s in zip(vc.names, sd, strict=True) if s <= 1e-4 * scale]
+        for n in zero:
+            parts.append(
+                f"the variance of '{n}' across {g} groups is estimated as (nearly) zero"
+            )
+        for a, b, _, r in vc.pairs():
+            if a in zero or b in zero or not np.isfinite(r):
+                continue
+            if abs(r) > 0.999:
+                parts.append(
+                    f"the correlation between '{a}' and '{b}' across {g} groups is "
+                    f"estimated as {r:+.3f} (at the ±1 boundary)"
+                )
+        if not parts:
+            parts.append(
+                f"the {len(vc.names)} × {len(vc.names)} covariance matrix of the random effects "
+                f"for {g} is (nearly) singular: one effect is a linear combination of the others"
+            )
+        slopes = [n for n in vc.names if n != "(Intercept)"]
+        advice = (
+            "The data do not support this random-effects structure. Simplify it: drop the random "
+            + (f"slope(s) of {', '.join(repr(s) for s in slopes)} " if slopes else "term ")
+            + "(e.g. '(1 | " + g + ")'), or fit uncorrelated effects with '||'; compare the "
+            "models with anova(). The fixed effects remain usable; a Bayesian fit with a prior "
+            "on the covariance avoids the boundary."
+        )
+        return "boundary (singular) fit: " + "; ".join(parts) + ". " + advice
+
+    # ------------------------------------------------------------------ printing
+    def summary(self, ddf: str = "Satterthwaite") -> str:
+        """lme4 + lmerTest's ``summary(fit)`` printout (R's layout and digits; digits = 4)."""
+        digits = 4
+        func, ddf_title = ddf_method(ddf)
+        out: list[str] = []
+        method = "REML" if self.reml else "maximum likelihood"
+        if func is None:
+            title, cls = f"Linear mixed model fit by {method}", "lmerMod"
+        else:
+            sep = "" if self.reml else " "
+            title = f"Linear mixed model fit by {method}{sep}. t-tests use {ddf_title}"
+            cls = "lmerModLmerTest"
+        if len(title) + 5 + len(cls) > 80:
+            lines = textwrap.wrap(title, width=77, subsequent_indent="  ")
+            out.append(cat_fill([*lines, " [", cls, "]"]))
+        else:
+            out.append(f"{title} ['{cls}']")
+        out.append(f"Formula: {deparse_formula(self.design.formula)}")
+        out.append(f"   Data: {self.data_name}")
+        out.append("")
+        if self.reml:
+            out.append(f"REML criterion at convergence: {_r_num(self.reml_criterion, 1)}")
+        else:
+            vals = [self.aic, self.bic, self.loglik, self.criterion]
+            f = r_format(list(r_round(vals, 1)), 7)
+            f.append(str(self.nobs - self.npar))
+            out.append(print_named(["AIC", "BIC", "logLik", "deviance", "df.resid"], f))
+        out.append("")
+        q = np.quantile(self.residuals(scaled=True), [0, 0.25, 0.5, 0.75, 1.0])
+        out.append("Scaled residuals: ")
+        out.append(
+            print_named(["Min", "1Q", "Median", "3Q", "Max"], r_format(zapsmall(q, digits + 1), digits))
+        )
+        out.append("")
+        out.append("Random effects:")
+        out.append(self.VarCorr().table(digits))
+        out.append(
+            f"Number of obs: {self.nobs}, groups:  {self.design.group}, {self.ngroups}"
+        )
+        out.append("")
+        out.append("Fixed effects:")
+        tab = self.coef_table(ddf)
+        out.append(
+            print_coefmat(
+                tab.to_numpy(), list(tab.index), list(tab.columns), digits=digits,
+                has_pvalue=func is not None,
+            )
+        )
+        p = self.design.p
+        if p > 1:
+            V = self.vcov().to_numpy()
+            sd = np.sqrt(np.diag(V))
+            C = V / np.outer(sd, sd)
+            names = list(self.design.x_names)
+            fm = r_format(r_round(C, 3).ravel(order="F"), 7, nsmall=3)
+            cells = [[fm[j * p + i] if i > j else "" for j in range(p - 1)] for i in range(1, p)]
+            out.append("")
+            out.append("Correlation of Fixed Effects:")
+            out.append(
+                print_char_matrix(
+                    cells,
+                    [abbreviate(n, 6) for n in names[:-1]],
+                    [abbreviate(n, 11) for n in names[1:]],
+                    right=False,
+                )
+            )
+        notes = list(self.design.notes)
+        if self.is_singular():
+            notes.append(self.singular_explanation())
+        if not self.converged:
+            notes.append(
+                f"optimizer did not converge: {self.optsum.status_message}; try optimizer='tight'"
+            )
+        if notes:
+            out.append("")
+            out.extend(notes)
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def to_frame(self) -> pd.DataFrame:
+        """Fixed-effects table with Satterthwaite df and p (one row per coefficient)."""
+        return self.coef_table("Satterthwaite")
+
+    def to_dict(self, ddf: str = "Satterthwaite") -> dict:
+        """The CLI's JSON object (keys fixed by issue 3)."""
+        tab = self.coef_table(ddf)
+
+        def col(name: str) -> dict:
+            return {k: float(v) for k, v in tab[name].items()}
+
+        return {
+            "formula": self.design.formula,
+            "reml": bool(self.reml),
+            "nobs": int(self.nobs),
+            "ngroups": int(self.ngroups),
+            "criterion": float(self.criterion),
+            "loglik": float(self.loglik),
+            "aic": float(self.aic),
+            "bic": float(self.bic),
+            "theta": [float(v) for v in self.theta],
+            "sigma": float(self.sigma),
+            "fixef": col("Estimate"),
+            "se": col("Std. Error"),
+            "df": col("df"),
+            "t": col("t value"),
+            "p": col("Pr(>|t|)"),
+            "varcorr": self.VarCorr().to_dict(),
+            "singular": bool(self.is_singular()),
+            "converged": bool(self.converged),
+        }
+
+
+def _r_num(x: float, digits: int) -> str:
+    """R's ``cat(round(x, digits))`` (up to 7 significant digits, trailing zeros dropped)."""
+    return f"{float(r_round(x, digits)):.7g}"
+
+
+def deparse_formula(formula: str) -> str:
+    """R's ``deparse`` spacing of a formula: spaces around ~ + - * | ||, none around ':'."""
+    s = re.sub(r"\s+", "", formula)
+    s = re.sub(r"\|\|", "\x00", s)
+    s = re.sub(r"([~+*|\x00])", r" \1 ", s)
+    s = re.sub(r"(?<=[^\s(~])-", " - ", s)
+    s = s.replace("\x00", "||")
+    s = re.sub(r"\s+", " ", s).strip()
+    s = s.replace("( ", "(").replace(" )", ")")
+    return s
