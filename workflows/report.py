@@ -239,7 +239,9 @@ class Section:
         df.to_csv(path, index=index)
         shown = df if max_rows is None else df.head(max_rows)
         note = caption
-        if max_rows is not None and len(df) > max_rows:
+        if max_rows == 0:
+            note = f"{caption} ({len(df)} rows, in the CSV)".strip()
+        elif max_rows is not None and len(df) > max_rows:
             note = f"{caption} (first {max_rows} of {len(df)} rows; full table in the CSV)".strip()
         self.blocks.append(
             _Block("table", {"name": name, "df": shown, "caption": note, "digits": digits,
@@ -359,7 +361,8 @@ class ReportWriter:
                         out += [f"*{p['caption']}* ([CSV]({p['csv']}))", ""]
                     else:
                         out += [f"([CSV]({p['csv']}))", ""]
-                    out += [markdown_table(p["df"], p["digits"], p["index"]), ""]
+                    if len(p["df"]):
+                        out += [markdown_table(p["df"], p["digits"], p["index"]), ""]
                 elif b.kind == "figure":
                     out += [f"![{p['caption']}]({p['src']})", ""]
                     if p["caption"]:
@@ -393,7 +396,8 @@ class ReportWriter:
                     link = f'<a href="{p["csv"]}">CSV</a>'
                     cap = _inline_html(p["caption"]) + (" " if p["caption"] else "")
                     out.append(f'<p class="caption">{cap}({link})</p>')
-                    out.append(_html_table(p["df"], p["digits"], p["index"]))
+                    if len(p["df"]):
+                        out.append(_html_table(p["df"], p["digits"], p["index"]))
                 elif b.kind == "figure":
                     out.append(
                         f'<figure><img src="{p["src"]}" alt="{html.escape(p["caption"])}">'
