@@ -1,0 +1,675 @@
+"""Confidence intervals: likelihood profiles (lme4's ``confint(method = "profile")``), Wald, and the
+parametric bootstrap.
+
+Profile (lme4 ``profile.merMod`` + ``confint.thpr``, §6 of the lme4 algorithm notes)
+    1. Refit by **ML** (lme4 always profiles the ML deviance, even for REML fits).
+    2. Parameters: the SDs and correlations of the random effects and σ ("sdcor" scale, in θ's
+       order: ``sd_(Intercept)|g``, ``cor_x.(Intercept)|g``, ``sd_x|g``, then ``sigma``), then the
+       fixed effects.
+    3. For a variance parameter ψ_w held at a value, the ML deviance
+       D(ψ) = log|L_θ|² + r²(θ)/σ² + n log(2πσ²), θ = chol(Σ_b/σ²), is minimised over the other
+       variance parameters (BOBYQA, bounds sd ≥ 0, −1 ≤ cor ≤ 1, σ ≥ 0; β is profiled by the PLS
+       solve); for a fixed effect β_k held at b, x_k·b moves into an offset and the ML criterion of
+       the reduced model is minimised over θ (lme4's ``fe.zeta``). ζ = sign(ψ − ψ̂)·√(D − D_min).
+    4. Points are placed as lme4 does: a first step of 1% of ψ̂ (0.001 when ψ̂ = 0; for fixed
+       effects δ·SE_ML), then steps aiming at Δζ = δ = cutoff/8 with cutoff = √χ²_{nptot}(0.99)
+       (capped at 10× the previous step, clamped to the bounds), until |ζ| > cutoff or a bound, at
+       most 100 points per side.
+    5. The CI ends are ζ⁻¹(±z_{(1+level)/2}) through R's ``backSpline`` of the natural
+       interpolating cubic spline ζ(ψ) (``splines::interpSpline``): a piecewise cubic in ζ that
+       interpolates the points with slopes 1/ζ′, quadratic (or linear) on the two end intervals.
+       If ζ is not increasing at the points, lme4 warns "non-monotonic profile" and falls back to
+       linear interpolation (or NA when a decrease exceeds 0.01); an end beyond the profiled range
+       is the parameter's bound (0 for an SD, ±1 for a correlation).
+
+Wald
+    β̂ ± z_{(1+level)/2}·SE (SE from the fit's vcov; REML σ̂ for REML fits); NaN for variance
+    parameters, as lme4.
+
+Parametric bootstrap (lme4 ``bootMer(type = "parametric", use.u = FALSE)`` + percentile CIs)
+    Simulate b* ~ N(0, σ̂²TTᵀ), ε* ~ N(0, σ̂²), y* = Xβ̂ + Zb* + ε* (vectorised over rows), refit with
+    the same criterion (REML or ML), collect (SDs, correlations, σ, β); percentile intervals
+    (``boot.ci(type = "perc")``: the empirical quantiles, R's type-7 here). Seeded; progress on
+    stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import nlopt
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.interpolate import CubicSpline
+
+from data.errors import TwolevelError
+from models.deviance import make_deviance, ml_deviance, pls_state, sigma_hat
+from models.design import Design, GroupCrossprods, group_crossprods
+from models.optimize import optimize_theta
+
+__all__ = [
+    "BootResult",
+    "Profile",
+    "ProfileTrace",
+    "back_spline_predict",
+    "confint_boot",
+    "confint_profile",
+    "confint_wald",
+    "cv_to_sv",
+    "parameter_names",
+    "profile",
+    "profile_lrt",
+    "ml_refit",
+    "MLRefit",
+    "sv_to_cv",
+]
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+_BIG = 1e300
+
+
+# ------------------------------------------------------------------ parameter transformations
+
+
+def parameter_names(design: Design) -> list[str]:
+    """lme4's ``oldNames = FALSE`` names of the variance parameters (θ order) and ``sigma``:
+    ``sd_(Intercept)|g``, ``cor_x.(Intercept)|g``, ``sd_x|g``, …, ``sigma``."""
+    tmpl = design.theta_template
+    names = [""] * design.n_theta
+    zn, g = design.z_names, design.group
+    for r, c in zip(*np.nonzero(tmpl >= 0), strict=True):
+        names[tmpl[r, c]] = f"sd_{zn[r]}|{g}" if r == c else f"cor_{zn[r]}.{zn[c]}|{g}"
+    return names + ["sigma"]
+
+
+def cv_to_sv(design: Design, theta: np.ndarray, sigma: float) -> np.ndarray:
+    """lme4's ``Cv_to_Sv``: θ and σ → (SDs on T's diagonal positions, correlations on its
+    off-diagonal positions, in θ order; then σ), from Σ_b = σ²TTᵀ."""
+    T = design.theta_to_T(np.asarray(theta, dtype=float))
+    S = sigma**2 * T @ T.T
+    sd = np.sqrt(np.diag(S))
+    tmpl = design.theta_template
+    out = np.empty(design.n_theta + 1)
+    for r, c in zip(*np.nonzero(tmpl >= 0), strict=True):
+        if r == c:
+            out[tmpl[r, c]] = sd[r]
+        else:
+            den = sd[r] * sd[c]
+            out[tmpl[r, c]] = S[r, c] / den if den > 0 else 0.0
+    out[-1] = sigma
+    return out
+
+
+def _chol_psd(S: np.ndarray) -> np.ndarray | None:
+    """Lower Cholesky factor of a positive semi-definite S (zero pivots give zero columns);
+    None if S is indefinite."""
+    q = S.shape[0]
+    L = np.zeros_like(S)
+    scale = max(float(np.max(np.abs(np.diag(S)))), 1e-300)
+    for j in range(q):
+        d = S[j, j] - L[j, :j] @ L[j, :j]
+        if d < -1e-10 * scale:
+            return None
+        if d <= 1e-14 * scale:
+            if np.any(np.abs(S[j + 1 :, j] - L[j + 1 :, :j] @ L[j, :j]) > 1e-7 * scale):
+                return None
+            continue
+        L[j, j] = np.sqrt(d)
+        L[j + 1 :, j] = (S[j + 1 :, j] - L[j + 1 :, :j] @ L[j, :j]) / L[j, j]
+    return L
+
+
+def sv_to_cv(design: Design, sv: np.ndarray) -> np.ndarray | None:
+    """lme4's ``Sv_to_Cv``: (SDs, correlations, σ) → θ = the Cholesky factor of Σ_b/σ² in θ's
+    layout; None when the correlations do not form a positive semi-definite matrix."""
+    sv = np.asarray(sv, dtype=float)
+    sigma = sv[-1]
+    tmpl = design.theta_template
+    q = design.q
+    sd = np.zeros(q)
+    for r in range(q):
+        sd[r] = sv[tmpl[r, r]]
+    S = np.zeros((q, q))
+    for r, c in zip(*np.nonzero(tmpl >= 0), strict=True):
+        if r == c:
+            S[r, r] = sd[r] ** 2
+        else:
+            S[r, c] = S[c, r] = sv[tmpl[r, c]] * sd[r] * sd[c]
+    L = _chol_psd(S)
+    if L is None or sigma <= 0:
+        return None
+    return design.T_to_theta(L / sigma)
+
+
+# ---------------------------------------------------------------------- deviance functions
+
+
+def _ml_dev_sv(design: Design, cp: GroupCrossprods) -> Callable[[np.ndarray], float]:
+    """lme4's ``devfun2``: the ML deviance at (SDs, correlations, σ), β profiled:
+    D = log|L_θ|² + r²(θ)/σ² + n log(2πσ²)."""
+
+    def dev(sv: np.ndarray) -> float:
+        theta = sv_to_cv(design, sv)
+        if theta is None or not np.all(np.isfinite(theta)):
+            return _BIG
+        st = pls_state(cp, design.theta_to_T(theta))
+        s2 = float(sv[-1]) ** 2
+        return float(st.ldL2 + st.r2 / s2 + cp.n * (_LOG_2PI + np.log(s2)))
+
+    return dev
+
+
+def _drop_fixed(cp: GroupCrossprods, k: int, value: float) -> GroupCrossprods:
+    """Cross-products of the model with β_k fixed at ``value``: column k of X moves into an offset
+    (y → y − x_k·value) and is dropped."""
+    keep = [i for i in range(cp.p) if i != k]
+    return GroupCrossprods(
+        A=cp.A,
+        B=np.ascontiguousarray(cp.B[:, :, keep]),
+        c=cp.c - cp.B[:, :, k] * value,
+        XtX=cp.XtX[np.ix_(keep, keep)],
+        Xty=cp.Xty[keep] - cp.XtX[keep, k] * value,
+        yty=float(cp.yty - 2.0 * value * cp.Xty[k] + value**2 * cp.XtX[k, k]),
+        n=cp.n,
+        p=cp.p - 1,
+    )
+
+
+def _minimize(
+    fn: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray, upper: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Bounded minimisation with NLopt's BOBYQA (tight tolerances), best point kept."""
+    n = x0.shape[0]
+    if n == 0:
+        return x0, float(fn(x0))
+    best = {"x": np.array(x0, dtype=float), "f": np.inf}
+
+    def obj(x: np.ndarray, grad: np.ndarray) -> float:
+        f = float(fn(x))
+        if f < best["f"]:
+            best["x"], best["f"] = np.array(x), f
+        return f
+
+    x0 = np.clip(np.asarray(x0, dtype=float), lower, upper)
+    opt = nlopt.opt(nlopt.LN_BOBYQA, n)
+    opt.set_lower_bounds(lower)
+    opt.set_upper_bounds(upper)
+    opt.set_min_objective(obj)
+    opt.set_xtol_rel(1e-10)
+    opt.set_ftol_abs(1e-12)
+    opt.set_maxeval(20_000)
+    step = np.where(np.abs(x0) > 0, 0.1 * np.abs(x0), 0.05)
+    room = np.minimum(upper - x0, x0 - lower)
+    step = np.where(np.isfinite(room) & (room > 0), np.minimum(step, 0.5 * room + 1e-12), step)
+    opt.set_initial_step(np.maximum(step, 1e-6))
+    try:
+        opt.optimize(x0)
+    except (nlopt.RoundoffLimited, RuntimeError, ValueError):
+        pass
+    return best["x"], best["f"]
+
+
+# ----------------------------------------------------------------------------- the profile
+
+
+@dataclass(frozen=True)
+class ProfileTrace:
+    """The profile of one parameter: points sorted by the parameter value.
+
+    ``par`` the parameter values, ``zeta`` the signed square root of the deviance increase,
+    ``lower`` / ``upper`` the parameter's bounds, ``estimate`` its ML estimate.
+    """
+
+    name: str
+    par: np.ndarray
+    zeta: np.ndarray
+    estimate: float
+    lower: float
+    upper: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Likelihood profiles of all parameters of an ML refit (lme4's ``thpr`` object).
+
+    Fields
+    ------
+    traces : {name: ProfileTrace} in lme4's order (variance parameters, sigma, fixed effects).
+    ml_theta, ml_sigma, ml_beta : the ML refit.  base_deviance : its deviance D_min.
+    cutoff : √χ²_nptot(1 − alphamax).  delta : the ζ step.
+    warnings : messages such as "non-monotonic profile for …".
+    """
+
+    traces: dict[str, ProfileTrace]
+    ml_theta: np.ndarray
+    ml_sigma: float
+    ml_beta: np.ndarray
+    base_deviance: float
+    cutoff: float
+    delta: float
+    warnings: tuple[str, ...] = field(default=())
+
+    def confint(self, level: float = 0.95) -> pd.DataFrame:
+        """lme4's ``confint.thpr``: ends of the profile CI of each parameter (see module doc)."""
+        a = (1.0 - level) / 2.0
+        zq = stats.norm.ppf([a, 1.0 - a])
+        rows, msgs = [], []
+        for name, tr in self.traces.items():
+            lo_hi, msg = _invert(tr, zq)
+            if msg:
+                msgs.append(msg)
+            rows.append(lo_hi)
+        for m in msgs:
+            warnings.warn(m, stacklevel=2)
+        cols = [f"{100 * a:.3g} %", f"{100 * (1 - a):.3g} %"]
+        return pd.DataFrame(rows, index=pd.Index(list(self.traces), name="parameter"), columns=cols)
+
+    def to_frame(self) -> pd.DataFrame:
+        """All profile points: parameter, value, ζ (long format)."""
+        parts = [
+            pd.DataFrame({"parameter": n, "value": t.par, "zeta": t.zeta})
+            for n, t in self.traces.items()
+        ]
+        return pd.concat(parts, ignore_index=True)
+
+
+def back_spline_predict(par: np.ndarray, zeta: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """R's ``predict(backSpline(interpSpline(zeta ~ par)), z)``.
+
+    ``interpSpline`` is the natural cubic interpolating spline ζ(ψ); ``backSpline`` its inverse: on
+    each interior interval the cubic in ζ with values ψ_k, ψ_{k+1} and slopes 1/ζ′(ψ_k),
+    1/ζ′(ψ_{k+1}); on the first and last intervals a quadratic matching the inner end's slope,
+    made linear if its curvature has the wrong sign. NaN outside the range of ζ. Raises
+    ValueError ("spline must be monotone") when ζ is not strictly increasing.
+    """
+    x = np.asarray(par, dtype=float)
+    y = np.asarray(zeta, dtype=float)
+    nk = x.shape[0]
+    if np.any(np.diff(x) <= 0):
+        raise ValueError("knot positions must be strictly increasing")
+    adiff = np.diff(y)
+    if not np.all(adiff > 0):
+        raise ValueError("spline must be monotone")
+    if nk == 2:
+        deriv = np.full(2, adiff[0] / (x[1] - x[0]))
+    else:
+        deriv = CubicSpline(x, y, bc_type="natural")(x, 1)
+    kdiff = np.diff(x)
+    c = np.zeros((nk, 4))
+    c[:, 0] = x
+    c[:, 1] = 1.0 / deriv
+    for i in range(nk - 1):
+        a = np.array([[adiff[i] ** 2, adiff[i] ** 3], [2 * adiff[i], 3 * adiff[i] ** 2]])
+        b = np.array([kdiff[i] - adiff[i] * c[i, 1], c[i + 1, 1] - c[i, 1]])
+        c[i, 2:4] = np.linalg.solve(a, b)
+    if nk > 2:
+        c[0, 3] = c[nk - 2, 3] = 0.0
+        a = np.array([[adiff[0], adiff[0] ** 2], [1.0, 2 * adiff[0]]])
+        c[0, 1:3] = np.linalg.solve(a, np.array([kdiff[0], 1.0 / deriv[1]]))
+        c[nk - 2, 2] = (kdiff[nk - 2] - adiff[nk - 2] * c[nk - 2, 1]) / adiff[nk - 2] ** 2
+    if c[0, 2] > 0:
+        c[0, 2] = 0.0
+        c[0, 1] = kdiff[0] / adiff[0]
+    if c[nk - 2, 2] < 0:
+        c[nk - 2, 2] = 0.0
+        c[nk - 2, 1] = kdiff[nk - 2] / adiff[nk - 2]
+    z = np.atleast_1d(np.asarray(z, dtype=float))
+    out = np.full(z.shape, np.nan)
+    for m, zz in enumerate(z):
+        if zz < y[0] or zz > y[-1]:
+            continue
+        i = min(int(np.searchsorted(y, zz, side="right")) - 1, nk - 2)
+        d = zz - y[i]
+        out[m] = c[i, 0] + d * (c[i, 1] + d * (c[i, 2] + d * c[i, 3]))
+    return out
+
+
+def _invert(tr: ProfileTrace, zq: np.ndarray, non_mono_tol: float = 1e-2) -> tuple[list, str]:
+    """confint.thpr for one trace; returns ([lo, hi], warning or "")."""
+    ok = np.isfinite(tr.zeta)
+    par, zeta = tr.par[ok], tr.zeta[ok]
+    msg = ""
+    try:
+        p = back_spline_predict(par, zeta, zq)
+    except ValueError:
+        if zeta.size == 0:
+            return [np.nan, np.nan], f"bad profile for {tr.name}"
+        if np.min(np.diff(zeta)) < -non_mono_tol:
+            return [np.nan, np.nan], f"non-monotonic profile for {tr.name}"
+        msg = f"bad spline fit for {tr.name}: falling back to linear interpolation"
+        order = np.argsort(zeta, kind="stable")
+        zs, ps = zeta[order], par[order]
+        p = np.array([np.interp(v, zs, ps) if zs[0] <= v <= zs[-1] else np.nan for v in zq])
+    if np.isnan(p[0]):
+        p[0] = tr.lower
+    if np.isnan(p[1]):
+        p[1] = tr.upper
+    return [float(p[0]), float(p[1])], msg
+
+
+def _fill_side(
+    zfun: Callable[[float, np.ndarray], tuple[float, np.ndarray]],
+    first: tuple[float, float, np.ndarray],
+    second: tuple[float, float, np.ndarray],
+    lowcut: float,
+    upcut: float,
+    cutoff: float,
+    delta: float,
+    maxpts: int,
+    maxmult: float,
+) -> list[tuple[float, float]]:
+    """lme4's ``fillmat`` + ``nextpar``: rows (ψ, ζ) starting from two rows, stepping to Δζ = δ."""
+    rows = [first, second]  # (psi, zeta, others)
+    i = 1
+    while (
+        i < maxpts - 1
+        and lowcut < rows[i][0] < upcut
+        and (not np.isfinite(rows[i][1]) or abs(rows[i][1]) <= cutoff)
+    ):
+        (p0, z0, _), (p1, z1, s1) = rows[i - 1], rows[i]
+        num = p1 - p0
+        den = z1 - z0
+        if not np.isfinite(den) or den == 0:
+            step = 1e-6
+        else:
+            step = delta * num / den
+            if step < 0:
+                step = 1e-6
+            elif abs(step) > abs(maxmult * num):
+                step = abs(maxmult * num)
+        nxt = min(upcut, max(lowcut, p1 + np.sign(num) * step))
+        z, others = zfun(nxt, s1)
+        rows.append((nxt, z, others))
+        i += 1
+    return [(p, z) for p, z, _ in rows]
+
+
+def profile(
+    design: Design,
+    cp: GroupCrossprods | None = None,
+    *,
+    which: Sequence[str] | None = None,
+    alphamax: float = 0.01,
+    maxpts: int = 100,
+    delta_cutoff: float = 1.0 / 8.0,
+    maxmult: float = 10.0,
+    theta_start: np.ndarray | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Profile:
+    """Profile the ML deviance over every parameter (lme4's ``profile.merMod``, module doc).
+
+    Parameters
+    ----------
+    design, cp : the model (cross-products computed when not given).
+    which : parameter names to profile (default all, see :func:`parameter_names` + fixed effects).
+    alphamax, maxpts, delta_cutoff, maxmult : lme4's arguments.
+    theta_start : where the ML refit starts (e.g. the REML θ̂, as lme4's ``refitML``).
+    progress : called with a short message before each parameter.
+    """
+    cp = cp if cp is not None else group_crossprods(design)
+    refit = ml_refit(design, cp, theta_start)
+    theta_ml, sig_ml, base, beta_ml, se_ml = (
+        refit.theta, refit.sigma, refit.deviance, refit.beta, refit.se
+    )
+
+    vnames = parameter_names(design)
+    nvp = len(vnames)
+    names = vnames + list(design.x_names)
+    nptot = len(names)
+    sv_opt = cv_to_sv(design, theta_ml, sig_ml)
+    cutoff = float(np.sqrt(stats.chi2.ppf(1.0 - alphamax, nptot)))
+    delta = cutoff * delta_cutoff
+    lower, upper = _sv_bounds(design)
+    wanted = names if which is None else list(which)
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        raise TwolevelError(
+            f"cannot profile {', '.join(map(repr, unknown))}: parameters are {', '.join(names)}"
+        )
+    dev2 = _ml_dev_sv(design, cp)
+    msgs: list[str] = []
+    traces: dict[str, ProfileTrace] = {}
+
+    for w, name in enumerate(vnames):
+        if name not in wanted:
+            continue
+        if progress:
+            progress(f"profiling {name}")
+        pw = float(sv_opt[w])
+        others0 = np.delete(sv_opt, w)
+        lo_o, up_o = np.delete(lower, w), np.delete(upper, w)
+
+        def zeta(xx: float, s: np.ndarray, w: int = w, pw: float = pw, lo_o=lo_o, up_o=up_o):
+            def f(o: np.ndarray) -> float:
+                return dev2(np.insert(o, w, xx))
+
+            o, fv = _minimize(f, s, lo_o, up_o)
+            dd = fv - base
+            if dd < -1e-6:
+                msgs.append(f"profiling {name} found a lower deviance ({dd:.3g}): the ML fit "
+                            "had not converged")
+            return float(np.sign(xx - pw) * np.sqrt(max(dd, 0.0))), o
+
+        shift = 1e-3 if pw == 0 else pw * 1.01
+        zs, os_ = zeta(shift, others0)
+        opt_row = (pw, 0.0, others0)
+        sh_row = (shift, zs, os_)
+        up_rows = _fill_side(zeta, opt_row, sh_row, lower[w], upper[w], cutoff, delta,
+                             maxpts, maxmult)
+        lo_rows = (
+            _fill_side(zeta, sh_row, opt_row, lower[w], upper[w], cutoff, delta, maxpts, maxmult)
+            if pw > lower[w]
+            else []
+        )
+        traces[name] = _trace(name, up_rows + lo_rows, pw, lower[w], upper[w])
+
+    for k, name in enumerate(design.x_names):
+        if name not in wanted:
+            continue
+        if progress:
+            progress(f"profiling {name}")
+        est = float(beta_ml[k])
+
+        def fe_zeta(fw: float, _s: np.ndarray, k: int = k, est: float = est):
+            cpk = _drop_fixed(cp, k, fw)
+
+            def f(th: np.ndarray) -> float:
+                return float(ml_deviance(pls_state(cpk, design.theta_to_T(th))))
+
+            lo_t = design.theta_lower
+            th, fv = _minimize(f, theta_ml, lo_t, np.full(lo_t.shape, np.inf))
+            dd = fv - base
+            return float(np.sign(fw - est) * np.sqrt(dd)) if dd >= 0 else np.nan, th
+
+        first = est + delta * se_ml[k]
+        zf, tf = fe_zeta(first, theta_ml)
+        opt_row = (est, 0.0, theta_ml)
+        sh_row = (first, zf, tf)
+        up_rows = _fill_side(fe_zeta, opt_row, sh_row, -np.inf, np.inf, cutoff, delta,
+                             maxpts, maxmult)
+        lo_rows = _fill_side(fe_zeta, sh_row, opt_row, -np.inf, np.inf, cutoff, delta,
+                             maxpts, maxmult)
+        traces[name] = _trace(name, up_rows + lo_rows, est, -np.inf, np.inf)
+
+    return Profile(
+        traces=traces, ml_theta=theta_ml, ml_sigma=sig_ml, ml_beta=beta_ml, base_deviance=base,
+        cutoff=cutoff, delta=delta, warnings=tuple(dict.fromkeys(msgs)),
+    )
+
+
+def _trace(name: str, rows: list[tuple[float, float]], est: float, lo: float, hi: float):
+    uniq = sorted(set(rows), key=lambda r: r[0])
+    par = np.array([r[0] for r in uniq])
+    zeta = np.array([r[1] for r in uniq])
+    return ProfileTrace(name=name, par=par, zeta=zeta, estimate=est, lower=lo, upper=hi)
+
+
+def confint_profile(
+    design: Design,
+    cp: GroupCrossprods | None = None,
+    level: float = 0.95,
+    **kwargs,
+) -> pd.DataFrame:
+    """lme4's ``confint(fit, method = "profile", oldNames = FALSE)``; see :func:`profile`."""
+    return profile(design, cp, **kwargs).confint(level)
+
+
+@dataclass(frozen=True)
+class MLRefit:
+    """lme4's ``refitML``: the ML optimum (θ̂, σ̂, β̂, SE(β̂) with σ̂_ML) and its deviance."""
+
+    theta: np.ndarray
+    sigma: float
+    beta: np.ndarray
+    se: np.ndarray
+    deviance: float
+
+
+def ml_refit(
+    design: Design, cp: GroupCrossprods, theta_start: np.ndarray | None = None,
+    mode: str = "tight",
+) -> MLRefit:
+    """Minimise the ML deviance (from ``theta_start``, e.g. the REML θ̂; lme4's θ0 otherwise)."""
+    devml = make_deviance(design, reml=False, crossprods=cp)
+    start = design.theta_start() if theta_start is None else np.asarray(theta_start, float)
+    opt = optimize_theta(devml, start, design.theta_lower, mode=mode)
+    st = pls_state(cp, design.theta_to_T(opt.theta))
+    sig = sigma_hat(st, reml=False)
+    RXi = np.linalg.inv(st.RX)
+    se = sig * np.sqrt(np.sum(RXi**2, axis=1))
+    return MLRefit(theta=opt.theta, sigma=sig, beta=st.beta, se=se, deviance=ml_deviance(st))
+
+
+def profile_lrt(
+    design: Design, cp: GroupCrossprods, refit: MLRefit, name: str, value: float
+) -> float:
+    """D_prof(ψ = value) − D_min for one variance parameter (sdcor scale, :func:`parameter_names`)
+    or fixed effect: the likelihood-ratio statistic ζ². A value lies inside the level-(1 − α)
+    profile interval iff this is ≤ χ²₁(1 − α) (for a monotone ζ); the coverage study uses it."""
+    vnames = parameter_names(design)
+    if name in vnames:
+        w = vnames.index(name)
+        lower, upper = _sv_bounds(design)
+        dev2 = _ml_dev_sv(design, cp)
+        sv0 = cv_to_sv(design, refit.theta, refit.sigma)
+        _, fv = _minimize(lambda o: dev2(np.insert(o, w, value)), np.delete(sv0, w),
+                          np.delete(lower, w), np.delete(upper, w))
+        return float(fv - refit.deviance)
+    if name in design.x_names:
+        cpk = _drop_fixed(cp, design.x_names.index(name), value)
+        lo_t = design.theta_lower
+        _, fv = _minimize(lambda th: float(ml_deviance(pls_state(cpk, design.theta_to_T(th)))),
+                          refit.theta, lo_t, np.full(lo_t.shape, np.inf))
+        return float(fv - refit.deviance)
+    raise TwolevelError(
+        f"unknown parameter '{name}': use one of {', '.join(vnames + list(design.x_names))}"
+    )
+
+
+def _sv_bounds(design: Design) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds on the sdcor scale: sd ≥ 0, −1 ≤ cor ≤ 1, σ ≥ 0 (lme4's profile bounds)."""
+    tmpl = design.theta_template
+    diag_idx = {int(tmpl[r, r]) for r in range(design.q)}
+    nv = design.n_theta
+    lower = np.array([0.0 if k in diag_idx else -1.0 for k in range(nv)] + [0.0])
+    upper = np.array([np.inf if k in diag_idx else 1.0 for k in range(nv)] + [np.inf])
+    return lower, upper
+
+
+# -------------------------------------------------------------------------------- Wald
+
+
+def confint_wald(
+    names: Sequence[str], beta: np.ndarray, se: np.ndarray, level: float = 0.95,
+    variance_names: Sequence[str] = (),
+) -> pd.DataFrame:
+    """lme4's ``confint(method = "Wald")``: β̂ ± z_{(1+level)/2}·SE for the fixed effects; rows of
+    ``variance_names`` (if given) are NaN, as lme4 prints them."""
+    a = (1.0 - level) / 2.0
+    z = float(stats.norm.ppf(1.0 - a))
+    beta, se = np.asarray(beta, float), np.asarray(se, float)
+    lo = np.concatenate([np.full(len(variance_names), np.nan), beta - z * se])
+    hi = np.concatenate([np.full(len(variance_names), np.nan), beta + z * se])
+    cols = [f"{100 * a:.3g} %", f"{100 * (1 - a):.3g} %"]
+    return pd.DataFrame(
+        np.column_stack([lo, hi]),
+        index=pd.Index(list(variance_names) + list(names), name="parameter"), columns=cols,
+    )
+
+
+# ---------------------------------------------------------------------- parametric bootstrap
+
+
+@dataclass(frozen=True)
+class BootResult:
+    """Parametric bootstrap replicates (lme4's ``bootMer`` ``t`` matrix) and their intervals."""
+
+    names: tuple[str, ...]
+    estimate: np.ndarray
+    replicates: np.ndarray  # (nsim, k)
+    seed: int
+    reml: bool
+    n_failed: int = 0
+
+    def confint(self, level: float = 0.95) -> pd.DataFrame:
+        """Percentile intervals (``boot.ci(type = "perc")``)."""
+        a = (1.0 - level) / 2.0
+        ok = np.all(np.isfinite(self.replicates), axis=1)
+        qs = np.quantile(self.replicates[ok], [a, 1.0 - a], axis=0)
+        cols = [f"{100 * a:.3g} %", f"{100 * (1 - a):.3g} %"]
+        return pd.DataFrame(qs.T, index=pd.Index(self.names, name="parameter"), columns=cols)
+
+
+def _fit_sv_beta(design: Design, cp: GroupCrossprods, reml: bool, start: np.ndarray):
+    dev = make_deviance(design, reml=reml, crossprods=cp)
+    o = optimize_theta(dev, start, design.theta_lower)
+    st = pls_state(cp, design.theta_to_T(o.theta))
+    sig = sigma_hat(st, reml)
+    return np.concatenate([cv_to_sv(design, o.theta, sig), st.beta]), o.theta
+
+
+def confint_boot(
+    design: Design,
+    theta: np.ndarray,
+    sigma: float,
+    beta: np.ndarray,
+    *,
+    reml: bool = True,
+    nsim: int = 500,
+    seed: int = 1,
+    level: float = 0.95,
+    progress: bool = True,
+) -> BootResult:
+    """Parametric bootstrap (module doc): ``nsim`` data sets simulated from (θ̂, σ̂, β̂), each refitted
+    with the same criterion; rows of the result are (SDs, correlations, σ, β). Progress is printed
+    on stderr every 10% when ``progress``."""
+    if nsim < 2:
+        raise TwolevelError(f"the bootstrap needs nsim >= 2 simulations, got {nsim}")
+    rng = np.random.default_rng(seed)
+    T = design.theta_to_T(np.asarray(theta, float))
+    J, q, n = design.n_groups, design.q, design.n
+    g, Z, X = design.group_index, design.Z, design.X
+    mean = X @ np.asarray(beta, float)
+    names = tuple(parameter_names(design)) + tuple(design.x_names)
+    est = np.concatenate([cv_to_sv(design, theta, sigma), beta])
+    reps = np.full((nsim, len(names)), np.nan)
+    start = np.asarray(theta, float)
+    failed = 0
+    for i in range(nsim):
+        b = sigma * rng.standard_normal((J, q)) @ T.T
+        y = mean + np.einsum("ik,ik->i", Z, b[g]) + sigma * rng.standard_normal(n)
+        d = replace(design, y=y)
+        try:
+            reps[i], _ = _fit_sv_beta(d, group_crossprods(d), reml, start)
+        except TwolevelError:
+            failed += 1
+        if progress and (i + 1) % max(1, nsim // 10) == 0:
+            print(f"bootstrap: {i + 1}/{nsim} refits", file=sys.stderr, flush=True)
+    return BootResult(names=names, estimate=est, replicates=reps, seed=seed, reml=reml,
+                      n_failed=failed)
+
+
