@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-__all__ = ["LectureAnswers", "REMLQuantities", "lecture_answers", "slope_one_sd"]
+__all__ = [
+    "LectureAnswers",
+    "REMLQuantities",
+    "comparison_verdict",
+    "lecture_answers",
+    "slope_one_sd",
+]
 
 
 def slope_one_sd(gamma10: float | np.ndarray, tau11: float | np.ndarray, k: float = 1.0):
@@ -199,3 +205,68 @@ def lecture_answers(
         table=table, answers=answers, prob_corr_negative=p_neg, reml=reml,
         labels={"y": y_label, "x": x_label},
     )
+
+
+def comparison_verdict(
+    chisq: float,
+    df: int,
+    p_naive: float,
+    p_mixture: float | None,
+    loo_student: tuple[float, float] | None = None,
+    loo_school: tuple[float, float] | None = None,
+    bad_k: tuple[int, int] | None = None,
+    alpha: float = 0.05,
+) -> str:
+    """Plain words on whether the random slope is needed (m1 vs m2), from the LRT and from LOO.
+
+    Parameters
+    ----------
+    chisq, df, p_naive, p_mixture : the LRT of m2 (random intercept) against m1 (random slope):
+        χ², its df, the naive χ²_df p-value and the boundary-corrected mixture p (None if none).
+    loo_student, loo_school : (elpd(m1) − elpd(m2), SE of the difference) for PSIS-LOO per
+        student and leave-one-school-out; positive favours the random slope.
+    bad_k : (students, schools) with Pareto k above the reliability threshold (in either model).
+    alpha : significance level for the LRT sentence.
+
+    Rules: the LRT "supports" the random slope when p < alpha (the mixture p when available); a LOO
+    difference "favours" a model when it is more than 2 SE from 0, otherwise the models "predict
+    about equally well".
+    """
+    use_mix = p_mixture is not None and bool(np.isfinite(p_mixture))
+    p = float(p_mixture) if use_mix else float(p_naive)
+    which = "boundary-corrected" if use_mix else "naive"
+    parts = [
+        f"Likelihood-ratio test (ML refits): χ² = {chisq:.2f} on {df} df, naive p = {p_naive:.3g}"
+        + (f", boundary-corrected p = {p:.3g}" if use_mix else "")
+        + ". "
+        + (f"At the {alpha:g} level the {which} test says the slopes vary across schools "
+           "(τ11 > 0): keep the random slope."
+           if p < alpha else
+           f"At the {alpha:g} level the {which} test does not show that the slopes vary across "
+           "schools.")
+    ]
+
+    def loo_words(name: str, v: tuple[float, float]) -> str:
+        diff, se = v
+        if abs(diff) > 2 * se:
+            better = "the random-slope model m1" if diff > 0 else "the random-intercept model m2"
+            return (f"{name}: elpd difference m1 − m2 = {diff:.1f} (SE {se:.1f}), more than 2 SE: "
+                    f"{better} predicts better.")
+        return (f"{name}: elpd difference m1 − m2 = {diff:.1f} (SE {se:.1f}), within 2 SE: the two "
+                "models predict about equally well, so the random slope adds little for "
+                "prediction.")
+
+    if loo_student is not None:
+        parts.append(loo_words("PSIS-LOO for new students in these schools", loo_student))
+    if loo_school is not None:
+        parts.append(loo_words("Leave-one-school-out (school effects integrated out) for new "
+                               "schools", loo_school))
+    if bad_k is not None:
+        s, j = bad_k
+        if s or j:
+            parts.append(f"Pareto k: {s} student(s) and {j} school(s) above the reliability "
+                         "threshold, so those LOO estimates are approximate.")
+        else:
+            parts.append("Pareto k: every student and school below the reliability threshold, so "
+                         "the LOO estimates are reliable.")
+    return " ".join(parts)
