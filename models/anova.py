@@ -170,8 +170,9 @@ def _print_anova_table(res: AnovaResult, digits: int = 5) -> str:
     legend = ""
     if okp.any() and (pv[okp] < 0.1).any():
         stars = [_stars(p) for p in pv]
+        w = max(len(s) for s in stars)
         for c, s in zip(cells, stars, strict=True):
-            c.append(s.ljust(3))
+            c.append(s.ljust(w))
         cols.append("")
         legend = "\n---\nSignif. codes:  0 ‘***’ 0.001 ‘**’ 0.01 ‘*’ 0.05 ‘.’ 0.1 ‘ ’ 1"
     return print_char_matrix(cells, cols, list(res.names), right=True) + legend
