@@ -58,7 +58,7 @@ class WorkflowSpec:
     x_centered : name of the centred column (default ``c<x>``); an existing column of that name is
         used when it equals the recomputed centring (to 1e-9), so published numbers are reproduced.
     y_label, x_label : words for the report ("reading score", "SES").
-    title : the report's title.
+    title : the report's title.  group_label : the word for a group ("school").
     """
 
     data: str
@@ -70,6 +70,7 @@ class WorkflowSpec:
     y_label: str | None = None
     x_label: str | None = None
     title: str | None = None
+    group_label: str = "school"
 
     @property
     def xc(self) -> str:
@@ -403,7 +404,7 @@ def _run_steps(
 
     eff = settings.effective()
     y_label, x_label = _labels(spec)
-    xc, g = spec.xc, spec.group
+    xc, g, gl = spec.xc, spec.group, spec.group_label
     t_start = time.perf_counter()
     with ReportWriter(out, title=spec.title or f"Two-level model of {spec.y}") as rep:
         s_answers = rep.section("Answers to the lecture's questions")
@@ -427,22 +428,23 @@ def _run_steps(
             for n in d.notes:
                 s_data.text(f"Note: {n}")
             s_data.text(
-                f"Centering: {d.centering_note}. Because {x_label} is centred on its {g} means, "
-                f"the intercept of {g} j is its mean {y_label}, and the slope is the within-{g} "
+                f"Centering: {d.centering_note}. Because {x_label} is centred on its {gl} means, "
+                f"the intercept of {gl} j is its mean {y_label}, and the slope is the within-{gl} "
                 f"relation of {y_label} to {x_label}."
             )
-            sizes = d.sizes.value_counts().sort_index().rename_axis("students in group")
-            s_data.table("group_sizes", sizes.reset_index(name="groups"),
-                         caption=f"How many {g}s have each size")
+            sizes = d.sizes.value_counts().sort_index().rename_axis(f"students per {gl}")
+            s_data.table("group_sizes", sizes.reset_index(name=f"{gl}s"),
+                         caption=f"How many {gl}s have each size")
             ols_tab = d.ols.to_frame()
             s_data.text(
-                f"Per-{g} OLS of `{spec.y} ~ {xc}` (the lecture's B0_hat = intercept, "
-                f"B1_hat = slope): the first 20 {g}s as the lecture shows them."
+                f"Per-{gl} OLS of `{spec.y} ~ {xc}` (the lecture's B0_hat = intercept, "
+                f"B1_hat = slope): the first 20 {gl}s as the lecture shows them."
             )
             s_data.table("per_school_ols", ols_tab, max_rows=20, digits=2,
-                         caption=f"Per-{g} OLS estimates")
+                         columns=[g, "n_j", "B0_hat", "B1_hat"],
+                         caption=f"Per-{gl} OLS estimates")
             if len(d.ols.flagged):
-                s_data.text(f"{len(d.ols.flagged)} {g}(s) have no estimable OLS slope "
+                s_data.text(f"{len(d.ols.flagged)} {gl}(s) have no estimable OLS slope "
                             "(kept with NaN; see the `note` column of the CSV).")
 
         # 2 ---------------------------------------------------------------- REML
@@ -467,14 +469,14 @@ def _run_steps(
         with progress.step("caterpillar plots"):
             z = 1.959963984540054
             for k, e in enumerate(rv.effects):
-                nice = "intercept" if e == "(Intercept)" else f"{e} slope"
+                nice = "intercept" if e == "(Intercept)" else f"{x_label} slope"
                 tab = caterpillar_table(rv.u.index, rv.u[e], rv.u_sd[e], bv.u_mean[e],
                                         bv.u_lo[e], bv.u_hi[e], z=z)
                 s_cat.table(f"caterpillar_u{k}", tab, max_rows=0,
                             caption=f"u{k}j ({nice}): REML BLUP ± 1.96 cond. SD and posterior "
                                     "mean with 95% interval, sorted")
                 fig = plots.caterpillar_figure(
-                    tab, f"School effects u{k}j ({nice} deviation from γ{k}0), {len(tab)} {g}s",
+                    tab, f"School effects u{k}j ({nice} deviation from γ{k}0), {len(tab)} {gl}s",
                     f"u{k}j", reference=0.0)
                 s_cat.figure(f"caterpillar_u{k}", fig,
                              caption=f"u{k}j: {nice} deviations, sorted by the REML BLUP")
@@ -484,7 +486,7 @@ def _run_steps(
                 s_cat.table(f"caterpillar_beta{k}", tab_a, max_rows=0,
                             caption=f"β{k}j = γ{k}0 + u{k}j (absolute {nice}s), sorted")
                 fig = plots.caterpillar_figure(
-                    tab_a, f"School {nice}s β{k}j = γ{k}0 + u{k}j, {len(tab_a)} {g}s",
+                    tab_a, f"School {nice}s β{k}j = γ{k}0 + u{k}j, {len(tab_a)} {gl}s",
                     f"β{k}j", reference=gamma, reference_label=f"γ{k}0 = {gamma:.2f}")
                 s_cat.figure(f"caterpillar_beta{k}", fig,
                              caption=f"β{k}j: absolute school {nice}s (option 'absolute')")
@@ -512,6 +514,8 @@ def _run_steps(
             s_shr.table("shrinkage_by_size", ssum.by_size,
                         caption="Mean movement by school size band")
             s_shr.table("shrinkage_per_school", shr.reset_index(), max_rows=10, digits=3,
+                        columns=[g, "n"] + [f"{e}.{k}" for e in rv.effects
+                                            for k in ("ols", "reml", "bayes")],
                         caption="Per school: OLS, REML and posterior-mean coefficients")
             gam = np.array([float(rv.fixef[e]) for e in rv.effects[:2]])
             gpost = np.array([bv.beta[:, bv.fixed.index(e)].mean() for e in rv.effects[:2]])
@@ -677,16 +681,24 @@ def add_repro_section(sec, spec, settings, eff, command, progress, rep, elapsed)
 def add_residual_section(sec, spec: WorkflowSpec, d: PreparedData, reml: dict, rv: RemlView,
                          plots) -> None:
     """The lecture's level-2 residual summary table and residual plots."""
-    from models.residuals import level2_residual_summary
+    from models.residuals import format_residual_summary, level2_residual_summary, school_table
 
     y_label, x_label = _labels(spec)
-    summ = level2_residual_summary(reml["m1"])
+    gl = spec.group_label
+    m1 = reml["m1"]
+    summ = level2_residual_summary(rv.u.to_numpy())
     sec.text("Level-2 residuals are the REML BLUPs of u0j (school mean deviation from γ00) and "
              "u1j (slope deviation from γ10), as in the lecture's summary table.")
-    sec.pre(summ.summary(), caption="Level-2 residual summary (mean, sd, percentiles, histogram)")
-    sec.table("level2_residual_summary", summ.to_frame(), caption="Level-2 residual summary")
-    sec.table("level2_residuals_per_school", summ.per_school.reset_index(), max_rows=10,
-              caption="Per school: n_j, OLS estimates, BLUPs, conditional SDs, reliability")
+    sec.pre(format_residual_summary(summ), caption="Level-2 residual summary (mean, sd, "
+                                                   "percentiles, histogram)")
+    sec.table("level2_residual_summary", summ, caption="Level-2 residual summary")
+    per = school_table(m1.design, m1.crossprods, m1.theta, m1.sigma)
+    names = list(m1.design.z_names)
+    sec.table("level2_residuals_per_school", per, max_rows=10, digits=3,
+              columns=[spec.group, "n_j"] + [f"{k}_{n}" for n in names for k in ("BLUP", "condSD")]
+              + [f"reliability_{n}" for n in names],
+              caption="Per school: n_j, OLS estimates, BLUPs, conditional SDs, EB coefficients, "
+                      "reliability, precision weights")
     means_name = d.centering.means.name
     cov = pd.DataFrame({
         "n": d.sizes.reindex(rv.u.index).to_numpy(),
@@ -695,12 +707,12 @@ def add_residual_section(sec, spec: WorkflowSpec, d: PreparedData, reml: dict, r
     u = rv.u.set_axis([f"u{k}j" for k in range(len(rv.effects))], axis=1)
     fig = plots.residual_figure(
         u, cov, {c: c for c in u.columns},
-        {"n": f"{spec.group} size n_j", "xbar": f"{spec.group} mean {x_label} ({spec.x})"})
+        {"n": f"{gl} size n_j", "xbar": f"{gl} mean {x_label} ({means_name})"})
     sec.figure("level2_residuals", fig,
-               caption=f"u0j and u1j against {spec.group} size and {spec.group} mean {x_label}")
+               caption=f"u0j and u1j against {gl} size and {gl} mean {x_label}")
     r_xbar = [float(np.corrcoef(cov["xbar"], u[c])[0, 1]) for c in u.columns]
     sec.text(
-        f"Correlation with {spec.group} mean {x_label}: u0j {r_xbar[0]:+.2f}, u1j {r_xbar[1]:+.2f}. "
+        f"Correlation with {gl} mean {x_label}: u0j {r_xbar[0]:+.2f}, u1j {r_xbar[1]:+.2f}. "
         + ("A clear trend of u0j with mean " + x_label + " means part of the between-school "
            "variation is explained by school composition (a contextual effect): adding "
            f"`--level2 {means_name}` models it." if abs(r_xbar[0]) > 0.2 else

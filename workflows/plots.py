@@ -83,8 +83,11 @@ def caterpillar_figure(
     axes[0][0].set_ylabel(ylabel)
     low = table.iloc[:k]
     high = table.iloc[J - k :][::-1]
-    lines = ["highest:"] + [f"{_school_label(s)}  {v:+.2f}" for s, v in zip(high.school, high.reml, strict=True)]
-    lines += ["lowest:"] + [f"{_school_label(s)}  {v:+.2f}" for s, v in zip(low.school, low.reml, strict=True)]
+    fmt = "{:+.2f}" if reference == 0 else "{:.2f}"
+    lines = ["highest:"] + [f"{_school_label(s)}  {fmt.format(v)}"
+                            for s, v in zip(high.school, high.reml, strict=True)]
+    lines += ["lowest:"] + [f"{_school_label(s)}  {fmt.format(v)}"
+                            for s, v in zip(low.school, low.reml, strict=True)]
     axes[0][-1].text(
         1.02, 0.5, "\n".join(lines), transform=axes[0][-1].transAxes, va="center", ha="left",
         fontsize=8, family="monospace",

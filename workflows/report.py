@@ -233,16 +233,21 @@ class Section:
         max_rows: int | None = None,
         digits: int = 4,
         index: bool = False,
+        columns: list[str] | None = None,
     ) -> Path:
-        """Write ``df`` in full to ``tables/<name>.csv`` and show (its first ``max_rows`` rows)."""
+        """Write ``df`` in full to ``tables/<name>.csv`` and show its first ``max_rows`` rows
+        (all when None, none when 0) and only ``columns`` if given."""
         path = self.writer.path(f"tables/{name}.csv")
         df.to_csv(path, index=index)
-        shown = df if max_rows is None else df.head(max_rows)
+        shown = df if columns is None else df[columns]
+        shown = shown if max_rows is None else shown.head(max_rows)
         note = caption
         if max_rows == 0:
             note = f"{caption} ({len(df)} rows, in the CSV)".strip()
         elif max_rows is not None and len(df) > max_rows:
-            note = f"{caption} (first {max_rows} of {len(df)} rows; full table in the CSV)".strip()
+            note = f"{caption} (first {max_rows} of {len(df)} rows; all in the CSV)".strip()
+        if columns is not None and len(columns) < df.shape[1]:
+            note += f" ({len(columns)} of {df.shape[1]} columns shown)"
         self.blocks.append(
             _Block("table", {"name": name, "df": shown, "caption": note, "digits": digits,
                              "index": index, "csv": f"tables/{name}.csv"})
