@@ -47,8 +47,10 @@ __all__ = [
     "cluster_robust_vcov",
     "coefficient_equations",
     "unit_ols",
+    "ddf_hlm",
     "hlm_ddf",
     "hlm_statistics",
+    "hlm_statistics_fit",
     "icc",
     "plausible_range",
     "precision_weights",
@@ -434,3 +436,22 @@ def hlm_statistics(
         x_names=design.x_names, model_se=np.sqrt(np.diag(model_vcov)),
         robust_se=np.sqrt(np.diag(robust)), hlm_df=hlm_ddf(design),
     )
+
+
+# ------------------------------------------------------------------------ LmerFit adapters
+
+
+def hlm_statistics_fit(fit) -> HLMStatistics:
+    """:func:`hlm_statistics` at a fitted model (``models.lmer.lmer``'s :class:`LmerFit`)."""
+    return hlm_statistics(fit.design, fit.crossprods, fit.theta, fit.sigma, fit.beta)
+
+
+def ddf_hlm(fit, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``summary(fit, ddf="HLM")``'s hook: model-based SEs of the rows of ``L`` with HLM's df
+    (:func:`hlm_ddf`); a contrast involving several fixed effects gets the smallest of their df."""
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    V = fit.vcov().to_numpy()
+    se = np.sqrt(np.einsum("ij,jk,ik->i", L, V, L))
+    df_fe = hlm_ddf(fit.design)
+    df = np.array([float(np.min(df_fe[np.abs(row) > 0])) if np.any(row) else np.nan for row in L])
+    return se, df

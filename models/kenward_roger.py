@@ -36,7 +36,9 @@ from models.design import Design, GroupCrossprods
 __all__ = [
     "KRResult",
     "KR_REML_ONLY_MESSAGE",
+    "ddf_kenward_roger",
     "kenward_roger",
+    "kenward_roger_fit",
     "kr_ddf",
     "kr_vcov_adjusted",
 ]
@@ -287,3 +289,20 @@ def kenward_roger(
     df = np.array([kr_ddf(Lm[i], pieces) for i in range(Lm.shape[0])])
     est = Lm @ np.asarray(beta, dtype=float) if beta is not None else np.full(Lm.shape[0], np.nan)
     return KRResult(names=row_names, estimate=est, vcov_adj=pieces.Phi_A, se=se, df=df)
+
+
+# ------------------------------------------------------------------------ LmerFit adapters
+
+
+def kenward_roger_fit(fit, L: np.ndarray | None = None) -> KRResult:
+    """:func:`kenward_roger` at a fitted model (``models.lmer.lmer``'s :class:`LmerFit`): its θ̂,
+    σ̂ and β̂; raises for an ML fit (lmerTest's rule)."""
+    return kenward_roger(
+        fit.design, fit.crossprods, fit.theta, fit.sigma, L=L, beta=fit.beta, reml=fit.reml
+    )
+
+
+def ddf_kenward_roger(fit, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``summary(fit, ddf="Kenward-Roger")``'s hook: (SE_KR, df_KR) of each row of ``L``."""
+    r = kenward_roger_fit(fit, L)
+    return r.se, r.df

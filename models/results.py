@@ -47,6 +47,8 @@ __all__ = ["DDF_METHODS", "LmerFit", "VarCorr", "ddf_method"]
 # the rows of L (one contrast per row); None means lme4's plain t table without df or p.
 DDF_METHODS: dict[str, tuple[str | None, str]] = {
     "Satterthwaite": ("models.satterthwaite:ddf_satterthwaite", "Satterthwaite's method"),
+    "Kenward-Roger": ("models.kenward_roger:ddf_kenward_roger", "Kenward-Roger's method"),
+    "HLM": ("models.hlm:ddf_hlm", "HLM's J - S - 1 df rule"),
     "lme4": (None, ""),
 }
 

@@ -122,3 +122,55 @@ def test_contrast_and_errors(hsb):
         kenward_roger(des, cp, g["theta"], g["sigma"], reml=False)
     with pytest.raises(TwolevelError, match="contrast L has 3 columns but the model has 2"):
         kenward_roger(des, cp, g["theta"], g["sigma"], L=[1.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("key", ["hsb_uncorrelated", "hsb_slopes_as_outcomes"])
+def test_kr_two_terms_and_level2_predictors(hsb, key):
+    """pbkrtest with '||' (two terms on one factor) and with cross-level interactions
+    (goldens kr_hlm_lme4.json, made by kr_hlm_lme4.R)."""
+    g = load_golden("kr_hlm_lme4.json")[key]
+    des = make_design(g["formula"], hsb)
+    cp = group_crossprods(des)
+    r = kenward_roger(des, cp, g["theta"], g["sigma"])
+    def key_of(n):  # formulae writes 'sectorPublic:cses' where R writes 'cses:sectorPublic'
+        return ":".join(sorted(n.split(":")))
+
+    got_se = {key_of(n): v for n, v in zip(r.names, r.se, strict=True)}
+    got_df = {key_of(n): v for n, v in zip(r.names, r.df, strict=True)}
+    for name, se, df in zip(map(key_of, g["names"]), g["se"], g["df"], strict=True):
+        assert got_se[name] == pytest.approx(se, rel=1e-6), name
+        assert got_df[name] == pytest.approx(df, rel=1e-6), name
+
+
+def _golden_block(name):
+    from conftest import GOLDENS
+
+    text = (GOLDENS / "kr_summaries_lme4.txt").read_text().splitlines()
+    i = text.index(f"===== {name}")
+    j = next(k for k in range(i + 1, len(text)) if text[k].startswith("====="))
+    return text[i + 1 : j]
+
+
+@pytest.mark.parametrize("data_name, formula, block", [
+    ("sleepstudy", "Reaction ~ Days + (Days | Subject)", "sleepstudy_kr"),
+    ("hsb", "mAch ~ 1 + cses + (1 + cses | school)", "hsb_kr"),
+])
+def test_summary_kenward_roger_prints_like_lmertest(request, data_name, formula, block):
+    from models.lmer import lmer
+
+    fit = lmer(formula, request.getfixturevalue(data_name),
+               data_name="Hsb82" if data_name == "hsb" else data_name)
+    got = fit.summary(ddf="Kenward-Roger").splitlines()
+    want = _golden_block(block)
+    assert [ln.rstrip() for ln in got] == [ln.rstrip() for ln in want]
+
+
+def test_kr_on_ml_fit_refused(sleepstudy):
+    from models.kenward_roger import ddf_kenward_roger
+    from models.lmer import lmer
+
+    fit = lmer("Reaction ~ Days + (Days | Subject)", sleepstudy, REML=False)
+    with pytest.raises(TwolevelError, match="Kenward-Roger's method is only available for REML"):
+        fit.summary(ddf="Kenward-Roger")
+    with pytest.raises(TwolevelError, match="only available for REML model fits; refit with"):
+        ddf_kenward_roger(fit, np.eye(2))
