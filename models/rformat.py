@@ -30,8 +30,8 @@ _EPS = float(np.finfo(float).eps)
 
 
 def r_round(x, digits: int):
-    """R's ``round(x, digits)`` (round half to even on the decimal representation)."""
-    return np.round(np.asarray(x, dtype=float), int(digits))
+    """R's ``round(x, digits)``; a negative zero becomes 0 (R prints no "-0")."""
+    return np.round(np.asarray(x, dtype=float), int(digits)) + 0.0
 
 
 def _sci_parts(x: float, digits: int) -> tuple[int, int, bool]:
@@ -92,7 +92,7 @@ def zapsmall(x, digits: int) -> np.ndarray:
     x = np.asarray(x, dtype=float)
     mx = float(np.max(np.abs(x[np.isfinite(x)]))) if np.isfinite(x).any() else 0.0
     d = max(0.0, digits - math.log10(mx)) if mx > 0 else digits
-    return np.round(x, int(math.floor(d + 0.5)))
+    return np.round(x, int(math.floor(d + 0.5))) + 0.0
 
 
 def format_pval(pv: Sequence[float], digits: int, eps: float = _EPS) -> list[str]:
