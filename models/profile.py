@@ -52,10 +52,12 @@ from models.design import Design, GroupCrossprods, group_crossprods
 from models.optimize import optimize_theta
 
 __all__ = [
+    "CONFINT_METHODS",
     "BootResult",
     "Profile",
     "ProfileTrace",
     "back_spline_predict",
+    "confint",
     "confint_boot",
     "confint_profile",
     "confint_wald",
@@ -673,3 +675,42 @@ def confint_boot(
                       n_failed=failed)
 
 
+
+
+# ------------------------------------------------------------------------ LmerFit adapter
+
+CONFINT_METHODS = ("profile", "Wald", "boot")
+
+
+def confint(
+    fit,
+    method: str = "profile",
+    level: float = 0.95,
+    *,
+    nsim: int = 500,
+    seed: int = 1,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """lme4's ``confint(fit, method = ..., oldNames = FALSE)`` for a fitted model
+    (``models.lmer.lmer``'s :class:`LmerFit`): rows sd_…, cor_…, sigma, then the fixed effects.
+
+    * ``"profile"``: ML profile of every parameter (refits by ML from the fit's θ̂, as lme4);
+    * ``"Wald"``: fixed effects only, β̂ ± z·SE with the fit's vcov; variance rows NaN;
+    * ``"boot"``: parametric bootstrap percentile intervals (``nsim``, ``seed``).
+    """
+    method = {"wald": "Wald"}.get(str(method).lower(), str(method).lower())
+    if method not in CONFINT_METHODS:
+        raise TwolevelError(
+            f"unknown confint method '{method}'; choose one of: {', '.join(CONFINT_METHODS)}"
+        )
+    if not 0.0 < level < 1.0:
+        raise TwolevelError(f"confidence level must be between 0 and 1 (e.g. 0.95), got {level}")
+    d = fit.design
+    if method == "profile":
+        say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else None
+        return profile(d, fit.crossprods, theta_start=fit.theta, progress=say).confint(level)
+    if method == "Wald":
+        return confint_wald(list(d.x_names), fit.beta, fit.se().to_numpy(), level,
+                            variance_names=parameter_names(d))
+    return confint_boot(d, fit.theta, fit.sigma, fit.beta, reml=fit.reml, nsim=nsim, seed=seed,
+                        level=level, progress=progress).confint(level)

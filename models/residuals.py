@@ -31,7 +31,9 @@ from models.hlm import coefficient_equations, unit_ols
 __all__ = [
     "format_residual_summary",
     "level2_residual_summary",
+    "residual_summary_fit",
     "school_table",
+    "school_table_fit",
     "sparkline",
     "write_csv_atomic",
 ]
@@ -153,3 +155,16 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# ------------------------------------------------------------------------ LmerFit adapters
+
+
+def residual_summary_fit(fit) -> pd.DataFrame:
+    """:func:`level2_residual_summary` of a fitted model's BLUPs (lme4's ``ranef``)."""
+    return level2_residual_summary(fit.state.b)
+
+
+def school_table_fit(fit) -> pd.DataFrame:
+    """:func:`school_table` at a fitted model's θ̂ and σ̂."""
+    return school_table(fit.design, fit.crossprods, fit.theta, fit.sigma)

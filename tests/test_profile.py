@@ -131,3 +131,22 @@ def test_bootstrap_seeded_and_sensible(sleepstudy, capsys):
     assert sd == pytest.approx([6.82, 1.55], rel=0.35)
     with pytest.raises(TwolevelError, match="needs nsim >= 2"):
         confint_boot(*args, nsim=1)
+
+
+def test_confint_on_fit(sleepstudy):
+    from models.lmer import lmer
+    from models.profile import confint
+
+    g = load_golden("sleepstudy_lme4.json")["m1_reml"]
+    fit = lmer(SLEEP, sleepstudy)
+    w = confint(fit, "Wald")
+    assert list(w.index) == list(g["profile_ci95"])
+    assert np.isnan(w.iloc[:4].to_numpy()).all()
+    assert w.loc["Days"].to_numpy() == pytest.approx([7.4376, 13.4970], abs=6e-4)
+    pr = confint(fit, "profile")
+    for name, (lo, hi) in g["profile_ci95"].items():
+        assert pr.loc[name].to_numpy() == pytest.approx([lo, hi], abs=2e-3), name
+    with pytest.raises(TwolevelError, match="unknown confint method 'bayes'; choose one of"):
+        confint(fit, "bayes")
+    with pytest.raises(TwolevelError, match="confidence level must be between 0 and 1"):
+        confint(fit, "Wald", level=95)
