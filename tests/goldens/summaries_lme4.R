@@ -14,4 +14,10 @@ sep("hsb_uncorrelated"); print(summary(lmer(mAch ~ 1 + cses + meanses + (1 + cse
 sep("lecture_reml"); l1 <- lmer(g1rscore ~ 1 + famsesc + (1 + famsesc | schid), lecture); print(summary(l1))
 sep("lecture_anova"); l0 <- lmer(g1rscore ~ 1 + famsesc + (1 | schid), lecture)
 print(suppressMessages(anova(l0, l1)))
+sep("sim_contests")
+sim <- read.csv("tests/goldens/sim_3re.csv"); sim$g <- factor(sim$g)
+m3 <- lmer(y ~ x1*w + x2 + (1+x1+x2|g), sim)
+print(anova(m3, type = 3))
+print(contestMD(m3, rbind(c(0,1,0,0,0), c(0,0,0,1,0))), digits = 10)  # x1, x2
+print(contest1D(m3, c(0,1,0,-1,0)), digits = 10)  # x1 - x2
 sep("end")
