@@ -16,6 +16,7 @@ from pathlib import Path
 
 from data.loaders import BUILTIN_DATASETS, load_data
 from models.lmer import lmer
+from workflows import inference
 from workflows.commands.ols import write_csv_atomic
 
 
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write BLUPs and conditional SDs per group to this CSV file")
     p.add_argument("--optimizer", choices=("lme4", "tight"), default="lme4",
                    help="lme4: lme4's exact optimizer path (default); tight: then a polish")
+    inference.add_arguments(p)  # --ddf, --confint, --level, --nsim, --seed, --hlm, --schools
     p.set_defaults(func=run)
 
 
@@ -52,10 +54,13 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         fit = lmer(args.formula, df, REML=not args.ml, optimizer=args.optimizer,
                    data_name=data_label(args.data))
+    extras = inference.compute(fit, args)  # before any output: errors leave nothing half-done
     if args.json:
-        print(json.dumps(fit.to_dict(), indent=2))
+        print(json.dumps(fit.to_dict(extras.ddf) | extras.json, indent=2))
     else:
-        print(fit.summary())
+        print(fit.summary(extras.ddf))
+        for block in extras.text:
+            print("\n" + block)
         shown = set(fit.design.notes) | {fit.singular_explanation()}
         for w in caught:
             if str(w.message) not in shown:
@@ -64,4 +69,5 @@ def run(args: argparse.Namespace) -> int:
         re = fit.ranef(cond_var=True)
         keep = list(fit.design.z_names) + [f"condsd_{n}" for n in fit.design.z_names]
         write_csv_atomic(re[keep].reset_index(), args.ranef)
+    extras.write_files(args)
     return 0
