@@ -123,7 +123,26 @@ class PLSState:
 
 
 def pls_state(cp: GroupCrossprods, T: np.ndarray) -> PLSState:
+    """Solve the PLS problem at ``T`` and return the full :class:`PLSState` (see :func:`_pls`)."""
+    return _pls(cp, T, full=True)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """The three pieces of the profiled criterion (the cheap path of :func:`_pls`)."""
+
+    r2: float
+    ldL2: float
+    ldRX2: float
+    n: int
+    p: int
+
+
+def _pls(cp: GroupCrossprods, T: np.ndarray, full: bool):
     """Solve the PLS problem at relative covariance factor ``T`` (§7.2 of the lme4 notes).
+
+    All per-group work is done component by component on length-J vectors (q is small), so one
+    evaluation is O(J·(q³ + q²p)) vectorised flops and two (J·q) × (p+1) matrix products.
 
     r² is the square of the last diagonal element of the Cholesky factor of the (p+1) × (p+1)
     matrix ``[[XᵀX, Xᵀy], [yᵀX, yᵀy]] − Σ_j [R_j cu_j]ᵀ[R_j cu_j]`` (MixedModels.jl's ``pwrss``),
@@ -137,19 +156,42 @@ def pls_state(cp: GroupCrossprods, T: np.ndarray) -> PLSState:
     """
     T = np.asarray(T, dtype=float)
     J, q, p = cp.B.shape
-    Tt = T.T
-    M = np.matmul(np.matmul(Tt, cp.A), T)
-    idx = np.arange(q)
-    M[:, idx, idx] += 1.0
-    L = _batched_cholesky(M)
-    rhs = np.concatenate([np.matmul(Tt, cp.B), np.matmul(Tt, cp.c[:, :, None])], axis=2)
-    Rc = _forward_solve(L, rhs)  # (J, q, p+1): [R_j | cu_j]
-    flat = Rc.reshape(J * q, p + 1)
+    A = cp.A
+    # A_j T, then M_j = Tᵀ(A_j T) + I, as q × q lists of length-J vectors (T is lower triangular)
+    AT = [[sum(A[:, a, b] * T[b, c] for b in range(c, q) if T[b, c] != 0.0) for c in range(q)]
+          for a in range(q)]
+    M = [[None] * q for _ in range(q)]
+    for a in range(q):
+        for c in range(a + 1):
+            v = sum(T[b, a] * AT[b][c] for b in range(a, q) if T[b, a] != 0.0)
+            v = np.zeros(J) + v  # a scalar 0 when T's column a is 0
+            if a == c:
+                v = v + 1.0
+            M[a][c] = M[c][a] = v
+    # Cholesky M_j = L_j L_jᵀ, per component
+    Lc: list[list[np.ndarray | None]] = [[None] * q for _ in range(q)]
+    for i in range(q):
+        d = M[i][i] - sum(Lc[i][k] ** 2 for k in range(i)) if i else M[i][i]
+        Lc[i][i] = np.sqrt(d)
+        for r in range(i + 1, q):
+            off = M[r][i] - sum(Lc[r][k] * Lc[i][k] for k in range(i)) if i else M[r][i]
+            Lc[r][i] = off / Lc[i][i]
+    # right-hand sides Tᵀ[B_j c_j] (q vectors of shape (J, p+1)), then forward substitution
+    Bc = np.concatenate([cp.B, cp.c[:, :, None]], axis=2)
+    rhs = [sum(T[b, a] * Bc[:, b, :] for b in range(a, q) if T[b, a] != 0.0) for a in range(q)]
+    rhs = [np.zeros((J, p + 1)) + r for r in rhs]
+    Rc = []
+    for i in range(q):
+        acc = rhs[i]
+        for k in range(i):
+            acc = acc - Lc[i][k][:, None] * Rc[k]
+        Rc.append(acc / Lc[i][i][:, None])
     aug = np.empty((p + 1, p + 1))
     aug[:p, :p] = cp.XtX
     aug[:p, p] = aug[p, :p] = cp.Xty
     aug[p, p] = cp.yty
-    aug -= flat.T @ flat
+    for i in range(q):
+        aug -= Rc[i].T @ Rc[i]
     try:
         U = np.linalg.cholesky(aug).T  # upper: UᵀU = aug
     except np.linalg.LinAlgError:
@@ -157,17 +199,29 @@ def pls_state(cp: GroupCrossprods, T: np.ndarray) -> PLSState:
     RX = U[:p, :p]
     cbeta = U[:p, p]
     r2 = float(U[p, p] ** 2)
-    beta = solve_triangular(RX, cbeta, lower=False) if p else np.zeros(0)
-    R = Rc[:, :, :p]
-    cu = Rc[:, :, p]
-    u = _backward_solve_t(L, (cu - np.einsum("jqp,p->jq", R, beta))[:, :, None])[:, :, 0]
-    b = u @ Tt
-    diagL = L[:, idx, idx]
-    ldL2 = float(2.0 * np.sum(np.log(diagL)))
+    ldL2 = float(2.0 * sum(np.sum(np.log(Lc[i][i])) for i in range(q)))
     ldRX2 = float(2.0 * np.sum(np.log(np.abs(np.diag(RX))))) if p else 0.0
+    if not full:
+        return _Parts(r2=r2, ldL2=ldL2, ldRX2=ldRX2, n=cp.n, p=p)
+    beta = solve_triangular(RX, cbeta, lower=False) if p else np.zeros(0)
+    # ũ_j = L_j⁻ᵀ(cu_j − R_jβ̂), backward substitution per component
+    w = [Rc[i][:, p] - Rc[i][:, :p] @ beta for i in range(q)]
+    uc: list[np.ndarray | None] = [None] * q
+    for i in range(q - 1, -1, -1):
+        acc = w[i]
+        for k in range(i + 1, q):
+            acc = acc - Lc[k][i] * uc[k]
+        uc[i] = acc / Lc[i][i]
+    L = np.zeros((J, q, q))
+    for i in range(q):
+        for k in range(i + 1):
+            L[:, i, k] = Lc[i][k]
+    Rcs = np.stack(Rc, axis=1)  # (J, q, p+1)
+    u = np.stack(uc, axis=1)
+    b = u @ T.T
     return PLSState(
-        T=T, L=L, R=R, cu=cu, RX=RX, cbeta=cbeta, beta=beta, u=u, b=b, r2=r2,
-        ldL2=ldL2, ldRX2=ldRX2, n=cp.n, p=p,
+        T=T, L=L, R=Rcs[:, :, :p], cu=Rcs[:, :, p], RX=RX, cbeta=cbeta, beta=beta, u=u, b=b,
+        r2=r2, ldL2=ldL2, ldRX2=ldRX2, n=cp.n, p=p,
     )
 
 
@@ -208,20 +262,20 @@ def log_det_RX2(state: PLSState) -> float:
     return state.ldRX2
 
 
-def ml_deviance(state: PLSState) -> float:
+def ml_deviance(state: PLSState | _Parts) -> float:
     """Profiled ML deviance: d_ML(θ) = log|L|² + n·[1 + log(2π r²(θ) / n)]."""
     n = state.n
     return state.ldL2 + n * (1.0 + _LOG_2PI + np.log(state.r2 / n))
 
 
-def reml_criterion(state: PLSState) -> float:
+def reml_criterion(state: PLSState | _Parts) -> float:
     """Profiled REML criterion (−2 × restricted log-likelihood):
     d_REML(θ) = log|L|² + log|R_X|² + (n − p)·[1 + log(2π r²(θ) / (n − p))]."""
     dof = state.n - state.p
     return state.ldL2 + state.ldRX2 + dof * (1.0 + _LOG_2PI + np.log(state.r2 / dof))
 
 
-def criterion(state: PLSState, reml: bool) -> float:
+def criterion(state: PLSState | _Parts, reml: bool) -> float:
     """:func:`reml_criterion` if ``reml`` else :func:`ml_deviance`."""
     return reml_criterion(state) if reml else ml_deviance(state)
 
@@ -321,7 +375,7 @@ def make_deviance(
     to_T = design.theta_to_T
 
     def devfun(theta: np.ndarray) -> float:
-        return float(criterion(pls_state(cp, to_T(theta)), reml))
+        return float(criterion(_pls(cp, to_T(theta), full=False), reml))
 
     devfun.__doc__ = (
         f"{'REML criterion' if reml else 'ML deviance'} of '{design.formula}' at θ "

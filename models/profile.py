@@ -18,9 +18,12 @@ Profile (lme4 ``profile.merMod`` + ``confint.thpr``, §6 of the lme4 algorithm n
     5. The CI ends are ζ⁻¹(±z_{(1+level)/2}) through R's ``backSpline`` of the natural
        interpolating cubic spline ζ(ψ) (``splines::interpSpline``): a piecewise cubic in ζ that
        interpolates the points with slopes 1/ζ′, quadratic (or linear) on the two end intervals.
-       If ζ is not increasing at the points, lme4 warns "non-monotonic profile" and falls back to
-       linear interpolation (or NA when a decrease exceeds 0.01); an end beyond the profiled range
-       is the parameter's bound (0 for an SD, ±1 for a correlation).
+       If ζ is not increasing at the points, lme4 warns "bad spline fit … falling back to linear
+       interpolation" and interpolates ψ(ζ) linearly (points sorted by ζ, ties averaged; NA only
+       when every step decreases — lme4's test is ``min(diff(ζ) < −0.01)``); an end beyond the
+       profiled range is the parameter's bound (0 for an SD, ±1 for a correlation). A
+       correlation's profile can plateau where the slope SD reaches 0 (the correlation no longer
+       matters there), which is what triggers the fallback on HSB and the lecture data.
 
 Wald
     β̂ ± z_{(1+level)/2}·SE (SE from the fit's vcov; REML σ̂ for REML fits); NaN for variance
@@ -340,11 +343,14 @@ def _invert(tr: ProfileTrace, zq: np.ndarray, non_mono_tol: float = 1e-2) -> tup
     except ValueError:
         if zeta.size == 0:
             return [np.nan, np.nan], f"bad profile for {tr.name}"
-        if np.min(np.diff(zeta)) < -non_mono_tol:
+        # lme4 tests ``min(diff(zeta) < -non.mono.tol)``: the minimum of a logical vector, TRUE
+        # only when *every* step decreases; otherwise it interpolates linearly
+        # (``approxfun(zeta, par)``: sorted by ζ, tied ζ averaged).
+        if zeta.size < 2 or np.all(np.diff(zeta) < -non_mono_tol):
             return [np.nan, np.nan], f"non-monotonic profile for {tr.name}"
         msg = f"bad spline fit for {tr.name}: falling back to linear interpolation"
-        order = np.argsort(zeta, kind="stable")
-        zs, ps = zeta[order], par[order]
+        zs, inv = np.unique(zeta, return_inverse=True)
+        ps = np.bincount(inv, weights=par) / np.bincount(inv)
         p = np.array([np.interp(v, zs, ps) if zs[0] <= v <= zs[-1] else np.nan for v in zq])
     if np.isnan(p[0]):
         p[0] = tr.lower
