@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import formulae
 import numpy as np
@@ -221,27 +222,74 @@ class GroupCrossprods:
         """Number of groups J."""
         return int(self.A.shape[0])
 
+    @cached_property
+    def columns(self) -> tuple[dict[tuple[int, int], np.ndarray], tuple[np.ndarray, ...]]:
+        """Contiguous copies for component-wise PLS (computed once): ``A[:, a, b]`` for a ≤ b as
+        length-J vectors keyed (a, b), and for each a the (J, p+1) block ``[B_j c_j][a, :]``."""
+        q = self.A.shape[1]
+        a_cols = {(a, b): np.ascontiguousarray(self.A[:, a, b]) for a in range(q)
+                  for b in range(a, q)}
+        bc = tuple(np.ascontiguousarray(np.concatenate([self.B[:, a, :], self.c[:, a, None]],
+                                                       axis=1)) for a in range(q))
+        return a_cols, bc
+
 
 def group_crossprods(design: Design) -> GroupCrossprods:
-    """Compute :class:`GroupCrossprods` with O(n·(q² + qp)) work and O(n) extra memory."""
+    """Compute :class:`GroupCrossprods` with O(n·(q² + qp)) work and O(n) extra memory.
+
+    Each distinct product of two columns is summed by group once (``np.bincount``): columns that
+    Z and X share (the intercept, a variable with both a fixed and a random slope) are detected
+    and their products reused, and a product with the all-ones column is the column itself (or
+    the group sizes)."""
     g, J = design.group_index, design.n_groups
     Z, X, y = design.Z, design.X, design.y
     q, p = design.q, design.p
 
-    def gsum(w: np.ndarray) -> np.ndarray:
-        return np.bincount(g, weights=w, minlength=J)
+    # distinct columns: ids into `cols`; -1 is the all-ones column
+    cols: list[np.ndarray] = []
+
+    def col_id(v: np.ndarray) -> int:
+        if v.shape[0] and v[0] == 1.0 and np.all(v == 1.0):
+            return -1
+        for k, w in enumerate(cols):
+            if w is v or np.array_equal(w, v):
+                return k
+        cols.append(np.ascontiguousarray(v))
+        return len(cols) - 1
+
+    zid = [col_id(Z[:, a]) for a in range(q)]
+    xid = [col_id(X[:, b]) for b in range(p)]
+    yid = col_id(y)
+    cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def gsum(i: int, k: int) -> np.ndarray:
+        key = (min(i, k), max(i, k))
+        if key not in cache:
+            a, b = key
+            if a == -1 and b == -1:
+                w = None
+            elif a == -1:
+                w = cols[b]
+            else:
+                w = cols[a] * cols[b]
+            cache[key] = np.bincount(g, weights=w, minlength=J).astype(float, copy=False)
+        return cache[key]
 
     A = np.empty((J, q, q))
     for a in range(q):
         for b in range(a, q):
-            A[:, a, b] = A[:, b, a] = gsum(Z[:, a] * Z[:, b])
+            A[:, a, b] = A[:, b, a] = gsum(zid[a], zid[b])
     B = np.empty((J, q, p))
     for a in range(q):
         for b in range(p):
-            B[:, a, b] = gsum(Z[:, a] * X[:, b])
-    c = np.stack([gsum(Z[:, a] * y) for a in range(q)], axis=1)
+            B[:, a, b] = gsum(zid[a], xid[b])
+    c = np.empty((J, q))
+    for a in range(q):
+        c[:, a] = gsum(zid[a], yid)
+    # einsum, not BLAS: OpenBLAS threads long dot products, which stalls on a busy machine
     return GroupCrossprods(
-        A=A, B=B, c=c, XtX=X.T @ X, Xty=X.T @ y, yty=float(y @ y), n=design.n, p=p
+        A=A, B=B, c=c, XtX=np.einsum("ij,ik->jk", X, X), Xty=np.einsum("ij,i->j", X, y),
+        yty=float(np.einsum("i,i->", y, y)), n=design.n, p=p,
     )
 
 
@@ -326,6 +374,9 @@ def _r_name(label: str) -> str:
 
 
 def _model_matrix(response: str, rhs: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    simple = _simple_model_matrix(response, rhs, frame)
+    if simple is not None:
+        return simple
     try:
         dm = formulae.design_matrices(f"{response} ~ {rhs}", frame, na_action="error")
     except Exception as exc:  # formulae raises several types; give the user one clear message
@@ -333,30 +384,99 @@ def _model_matrix(response: str, rhs: str, frame: pd.DataFrame) -> tuple[np.ndar
     if dm.common is None:
         return np.zeros((len(frame), 0)), []
     mat = np.array(dm.common.design_matrix, dtype=float)
+    return mat, _column_names(dm.common)
+
+
+def _column_names(common) -> list[str]:
     names: list[str] = []
-    for term_name, term in dm.common.terms.items():
-        sl = dm.common.slices[term_name]
+    for term_name, term in common.terms.items():
+        sl = common.slices[term_name]
         labels = list(term.labels)
         if len(labels) != sl.stop - sl.start:
             labels = [f"{term_name}{k}" for k in range(sl.stop - sl.start)]
         names.extend(_r_name(lab) for lab in labels)
+    return names
+
+
+_HEAD_ROWS = 64
+
+
+def _simple_model_matrix(
+    response: str, rhs: str, frame: pd.DataFrame
+) -> tuple[np.ndarray, list[str]] | None:
+    """The model matrix without ``formulae`` evaluating every row, when every term of ``rhs`` is
+    the intercept or a plain numeric column (``1 + x + w``), or None.
+
+    ``formulae`` still parses the formula: it is run on the first rows, its terms decide whether
+    the shortcut applies (no factors, interactions, calls or stateful transforms such as
+    ``center(x)``, whose values depend on all rows), and its matrix on those rows must equal the
+    shortcut's. The columns are then the data's own columns, as float."""
+    n = len(frame)
+    if n <= _HEAD_ROWS:
+        return None
+    head = frame.iloc[:_HEAD_ROWS]
+    try:
+        dm = formulae.design_matrices(f"{response} ~ {rhs}", head, na_action="error")
+    except Exception:
+        return None  # the full evaluation below reports the error
+    if dm.common is None:
+        return None
+    sources: list[str | None] = []
+    for term_name, term in dm.common.terms.items():
+        kind = getattr(term, "kind", None)
+        if kind == "intercept":
+            sources.append(None)
+            continue
+        comps = getattr(term, "components", None)
+        if kind != "numeric" or not comps or len(comps) != 1:
+            return None
+        comp = comps[0]
+        name = getattr(comp, "name", None)
+        if (type(comp).__name__ != "Variable" or name != term_name or name not in frame.columns
+                or list(term.labels) != [name]):
+            return None
+        s = frame[name]
+        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            return None
+        sources.append(name)
+    names = _column_names(dm.common)
+    if len(names) != len(sources):
+        return None
+    mat = np.empty((n, len(sources)))
+    for k, src in enumerate(sources):
+        mat[:, k] = 1.0 if src is None else frame[src].to_numpy(dtype=float)
+    if not np.array_equal(mat[:_HEAD_ROWS], np.asarray(dm.common.design_matrix, dtype=float)):
+        return None
     return mat, names
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """a·b for long vectors without BLAS (OpenBLAS threads ``ddot`` above 10,000 elements, which
+    stalls for milliseconds when the other cores are busy)."""
+    return float(np.einsum("i,i->", a, b))
 
 
 def _full_rank_columns(X: np.ndarray, tol: float = _RANK_TOL) -> list[int]:
     """Columns kept by a LINPACK-style limited-pivoting QR (R's ``dqrdc2``): a column is dropped
-    when its norm after projection on the kept columns is below ``tol`` times its original norm."""
+    when its norm after projection on the kept columns is below ``tol`` times its original norm.
+
+    Gram–Schmidt with reorthogonalisation, on contiguous copies of the columns (one pass each)."""
     kept: list[int] = []
-    Q = np.zeros((X.shape[0], 0))
+    Q: list[np.ndarray] = []
     for k in range(X.shape[1]):
-        col = X[:, k]
-        norm0 = np.linalg.norm(col)
-        resid = col - Q @ (Q.T @ col)
-        resid = resid - Q @ (Q.T @ resid)
-        rn = np.linalg.norm(resid)
+        col = np.ascontiguousarray(X[:, k], dtype=float)
+        norm0 = float(np.sqrt(_dot(col, col)))
+        resid = col
+        for _ in range(2):
+            if Q:
+                coef = [_dot(qv, resid) for qv in Q]
+                resid = resid.copy() if resid is col else resid
+                for cf, qv in zip(coef, Q, strict=True):
+                    resid -= cf * qv
+        rn = float(np.sqrt(_dot(resid, resid)))
         if norm0 > 0 and rn > tol * norm0:
             kept.append(k)
-            Q = np.column_stack([Q, resid / rn])
+            Q.append(resid / rn)
     return kept
 
 
@@ -420,21 +540,23 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
             f"'{formula}' not in the data; available columns: {', '.join(map(str, columns))}"
         )
     used = list(dict.fromkeys([v for e in exprs for v in _variables(e, columns)] + [group]))
-    frame = data[used].copy()
+    frame = data[used]
     if not pd.api.types.is_numeric_dtype(frame[parsed.response]):
         raise DataError(
             f"response column '{parsed.response}' is not numeric (dtype {frame[parsed.response].dtype});"
             " convert it to numbers first"
         )
-    bad = frame[group].isna()
+    bad = frame[group].isna().to_numpy().copy()
     for col in used:
         s = frame[col]
+        if pd.api.types.is_integer_dtype(s) and not pd.api.types.is_extension_array_dtype(s):
+            continue  # plain integers are always finite
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
             bad |= ~np.isfinite(s.to_numpy(dtype=float, na_value=np.nan))
         else:
-            bad |= s.isna()
+            bad |= s.isna().to_numpy()
     n_dropped = int(bad.sum())
-    frame = frame.loc[~bad].reset_index(drop=True)
+    frame = frame.loc[~bad].reset_index(drop=True) if n_dropped else frame.reset_index(drop=True)
     if len(frame) == 0:
         raise DataError(f"no complete rows left for formula '{formula}' after removing missing values")
 
@@ -493,6 +615,15 @@ def _factorize_sorted(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(s.dtype, pd.CategoricalDtype):
         s = s.cat.remove_unused_categories()
         return s.cat.codes.to_numpy().astype(np.intp), np.asarray(s.cat.categories)
+    if pd.api.types.is_integer_dtype(s) and not pd.api.types.is_extension_array_dtype(s):
+        v = s.to_numpy()
+        lo, hi = int(v.min()), int(v.max())
+        if hi - lo <= 4 * v.shape[0] + 1024:  # dense range: O(n) table lookup, same as factorize
+            present = np.zeros(hi - lo + 1, dtype=bool)
+            present[v - lo] = True
+            levels = np.flatnonzero(present)
+            table = np.cumsum(present, dtype=np.intp) - 1
+            return table[v - lo], (levels + lo).astype(v.dtype)
     codes, levels = pd.factorize(s, sort=True)
     return codes.astype(np.intp), np.asarray(levels)
 

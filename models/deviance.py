@@ -39,6 +39,38 @@ __all__ = [
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
+# ------------------------------------------------------------------------ small triangular
+
+
+def _solve_upper(R: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve R x = b for a small upper-triangular R (p × p, b (p,) or (p, k)) by back
+    substitution in NumPy; SciPy's LAPACK call is used for large p. (A LAPACK call on a 2 × 2
+    matrix can stall for milliseconds on a busy machine when OpenBLAS wakes its threads.)"""
+    p = R.shape[0]
+    if p > 16:
+        return solve_triangular(R, b, lower=False)
+    x = np.array(b, dtype=float, copy=True)
+    for i in range(p - 1, -1, -1):
+        if i < p - 1:
+            x[i] -= R[i, i + 1 :] @ x[i + 1 :]
+        x[i] /= R[i, i]
+    return x
+
+
+def _solve_upper_t(R: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve Rᵀ x = b for a small upper-triangular R (forward substitution; see
+    :func:`_solve_upper`)."""
+    p = R.shape[0]
+    if p > 16:
+        return solve_triangular(R, b, trans="T", lower=False)
+    x = np.array(b, dtype=float, copy=True)
+    for i in range(p):
+        if i:
+            x[i] -= R[:i, i] @ x[:i]
+        x[i] /= R[i, i]
+    return x
+
+
 # ------------------------------------------------------------------------ batched triangular
 
 
@@ -138,6 +170,83 @@ class _Parts:
     p: int
 
 
+def _cholesky_components(cp: GroupCrossprods, T: np.ndarray) -> list[list[np.ndarray | None]]:
+    """Lower Cholesky factors of M_j = TᵀA_jT + I_q, as a q × q list of length-J vectors (entry
+    [r][c] for r ≥ c; None above the diagonal)."""
+    J, q = cp.A.shape[0], cp.A.shape[1]
+    a_cols, _ = cp.columns
+
+    def A(a: int, b: int) -> np.ndarray:
+        return a_cols[(a, b) if a <= b else (b, a)]
+
+    # A_j T, then M_j = Tᵀ(A_j T) + I, as q × q lists of length-J vectors (T is lower triangular)
+    AT = [[_lincomb([(T[b, c], A(a, b)) for b in range(c, q)]) for c in range(q)]
+          for a in range(q)]
+    M = [[None] * q for _ in range(q)]
+    for a in range(q):
+        for c in range(a + 1):
+            v = _lincomb([(T[b, a], AT[b][c]) for b in range(a, q)])
+            v = np.zeros(J) + v  # a scalar 0 when T's column a is 0
+            if a == c:
+                v = v + 1.0
+            M[a][c] = M[c][a] = v
+    Lc: list[list[np.ndarray | None]] = [[None] * q for _ in range(q)]
+    for i in range(q):
+        d = M[i][i] - sum(Lc[i][k] ** 2 for k in range(i)) if i else M[i][i]
+        Lc[i][i] = np.sqrt(d)
+        for r in range(i + 1, q):
+            off = M[r][i] - sum(Lc[r][k] * Lc[i][k] for k in range(i)) if i else M[r][i]
+            Lc[r][i] = off / Lc[i][i]
+    return Lc
+
+
+def _lincomb(terms):
+    """Σ coef·vec over the terms with a non-zero scalar coefficient (0.0 when there is none)."""
+    out = 0.0
+    for coef, vec in terms:
+        if coef != 0.0:
+            out = out + (vec if coef == 1.0 else coef * vec)
+    return out
+
+
+def _pls_cheap(cp: GroupCrossprods, T: np.ndarray) -> _Parts:
+    """r², log|L|² and log|R_X|² at T without the conditional modes (the optimizer's path).
+
+    With W_j = L_j⁻¹Tᵀ (q × q, from the component-wise Cholesky), R_j = W_j[B_j c_j] and
+    Σ_j R_jᵀR_j is down-dated from [[XᵀX, Xᵀy], [yᵀX, yᵀy]] as in :func:`_pls`."""
+    J, q, p = cp.B.shape
+    _, bc = cp.columns
+    Lc = _cholesky_components(cp, T)
+    # L_j⁻¹ (lower triangular), component-wise
+    Li: list[list[np.ndarray | None]] = [[None] * q for _ in range(q)]
+    for i in range(q):
+        Li[i][i] = 1.0 / Lc[i][i]
+        for k in range(i):
+            acc = sum(Lc[i][m] * Li[m][k] for m in range(k, i))
+            Li[i][k] = -acc * Li[i][i]
+    aug = np.empty((p + 1, p + 1))
+    aug[:p, :p] = cp.XtX
+    aug[:p, p] = aug[p, :p] = cp.Xty
+    aug[p, p] = cp.yty
+    for i in range(q):
+        # R_j[i] = Σ_c (L_j⁻¹Tᵀ)[i, c]·[B_j c_j][c] with (L⁻¹Tᵀ)[i, c] = Σ_{k ≤ min(i, c)} L⁻¹[i, k]·T[c, k]
+        Ri = 0.0
+        for c in range(q):
+            w = _lincomb([(T[c, k], Li[i][k]) for k in range(min(i, c) + 1)])
+            if isinstance(w, np.ndarray):
+                Ri = Ri + w[:, None] * bc[c]
+        if isinstance(Ri, np.ndarray):
+            aug -= Ri.T @ Ri
+    try:
+        U = np.linalg.cholesky(aug).T
+    except np.linalg.LinAlgError:
+        U = _cholesky_upper_with_zero_tail(aug)
+    r2 = float(U[p, p] ** 2)
+    ldL2 = float(2.0 * sum(np.sum(np.log(Lc[i][i])) for i in range(q)))
+    ldRX2 = float(2.0 * np.sum(np.log(np.abs(np.diag(U)[:p])))) if p else 0.0
+    return _Parts(r2=r2, ldL2=ldL2, ldRX2=ldRX2, n=cp.n, p=p)
+
+
 def _pls(cp: GroupCrossprods, T: np.ndarray, full: bool):
     """Solve the PLS problem at relative covariance factor ``T`` (§7.2 of the lme4 notes).
 
@@ -156,26 +265,9 @@ def _pls(cp: GroupCrossprods, T: np.ndarray, full: bool):
     """
     T = np.asarray(T, dtype=float)
     J, q, p = cp.B.shape
-    A = cp.A
-    # A_j T, then M_j = Tᵀ(A_j T) + I, as q × q lists of length-J vectors (T is lower triangular)
-    AT = [[sum(A[:, a, b] * T[b, c] for b in range(c, q) if T[b, c] != 0.0) for c in range(q)]
-          for a in range(q)]
-    M = [[None] * q for _ in range(q)]
-    for a in range(q):
-        for c in range(a + 1):
-            v = sum(T[b, a] * AT[b][c] for b in range(a, q) if T[b, a] != 0.0)
-            v = np.zeros(J) + v  # a scalar 0 when T's column a is 0
-            if a == c:
-                v = v + 1.0
-            M[a][c] = M[c][a] = v
-    # Cholesky M_j = L_j L_jᵀ, per component
-    Lc: list[list[np.ndarray | None]] = [[None] * q for _ in range(q)]
-    for i in range(q):
-        d = M[i][i] - sum(Lc[i][k] ** 2 for k in range(i)) if i else M[i][i]
-        Lc[i][i] = np.sqrt(d)
-        for r in range(i + 1, q):
-            off = M[r][i] - sum(Lc[r][k] * Lc[i][k] for k in range(i)) if i else M[r][i]
-            Lc[r][i] = off / Lc[i][i]
+    if not full:
+        return _pls_cheap(cp, T)
+    Lc = _cholesky_components(cp, T)
     # right-hand sides Tᵀ[B_j c_j] (q vectors of shape (J, p+1)), then forward substitution
     Bc = np.concatenate([cp.B, cp.c[:, :, None]], axis=2)
     rhs = [sum(T[b, a] * Bc[:, b, :] for b in range(a, q) if T[b, a] != 0.0) for a in range(q)]
@@ -203,9 +295,9 @@ def _pls(cp: GroupCrossprods, T: np.ndarray, full: bool):
     ldRX2 = float(2.0 * np.sum(np.log(np.abs(np.diag(RX))))) if p else 0.0
     if not full:
         return _Parts(r2=r2, ldL2=ldL2, ldRX2=ldRX2, n=cp.n, p=p)
-    beta = solve_triangular(RX, cbeta, lower=False) if p else np.zeros(0)
+    beta = _solve_upper(RX, cbeta) if p else np.zeros(0)
     # ũ_j = L_j⁻ᵀ(cu_j − R_jβ̂), backward substitution per component
-    w = [Rc[i][:, p] - Rc[i][:, :p] @ beta for i in range(q)]
+    w = [Rc[i][:, p] - np.einsum("jk,k->j", Rc[i][:, :p], beta) for i in range(q)]
     uc: list[np.ndarray | None] = [None] * q
     for i in range(q - 1, -1, -1):
         acc = w[i]
@@ -239,7 +331,7 @@ def _cholesky_upper_with_zero_tail(aug: np.ndarray) -> np.ndarray:
         ) from exc
     U = np.zeros_like(aug)
     U[:p, :p] = Ux
-    U[:p, p] = solve_triangular(Ux, aug[:p, p], trans="T", lower=False)
+    U[:p, p] = _solve_upper_t(Ux, aug[:p, p])
     U[p, p] = np.sqrt(max(aug[p, p] - U[:p, p] @ U[:p, p], 0.0))
     return U
 
@@ -289,7 +381,7 @@ def sigma_hat(state: PLSState, reml: bool) -> float:
 
 def unscaled_vcov(state: PLSState) -> np.ndarray:
     """(R_XᵀR_X)⁻¹ = R_X⁻¹R_X⁻ᵀ; vcov(β̂) = σ̂²·(R_XᵀR_X)⁻¹."""
-    RXinv = solve_triangular(state.RX, np.eye(state.p), lower=False)
+    RXinv = _solve_upper(state.RX, np.eye(state.p))
     return RXinv @ RXinv.T
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from models.deviance import pls_state, unscaled_vcov
+from models.deviance import _pls, pls_state, unscaled_vcov
 
 __all__ = [
     "VarparInfo",
@@ -136,7 +136,7 @@ def devfun_vp(fit) -> Callable[[np.ndarray], float]:
     def D(varpar: np.ndarray) -> float:
         theta, sigma = varpar[:-1], varpar[-1]
         s2 = sigma * sigma
-        st = pls_state(cp, design.theta_to_T(theta))
+        st = _pls(cp, design.theta_to_T(theta), full=False)  # r², log|L|², log|R_X|² only
         dev = st.ldL2 + st.r2 / s2 + st.n * (_LOG_2PI + np.log(s2))
         if reml:
             dev += st.ldRX2 - st.p * (_LOG_2PI + np.log(s2))
