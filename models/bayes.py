@@ -1,0 +1,411 @@
+"""Bayesian fit of the two-level model: design → PyMC model → NUTS → frozen :class:`BayesFit`.
+
+The stages mirror the REML engine (:mod:`models.lmer`): the same formula strings and column names
+(:func:`models.design.make_design`), the model built by :func:`models.pymc_model.build_model`
+(LKJ prior on the school-effect correlation, school effects non-centred or integrated out), NUTS
+through :func:`models.pymc_model.sample_nuts`, then a result that records how it was obtained.
+
+Default: ``likelihood="collapsed"``. The school effects are integrated out analytically, NUTS
+samples only (β, σ, sd, LKJ factor), and every school's effects are then drawn from their exact
+Gaussian conditional posterior b_j | y, β, Σ, σ (:func:`models.collapsed.draw_school_effects`):
+the same joint posterior as the non-centred model, without its funnel (no divergences by
+construction) and with O(J) work per gradient.
+
+Stored in the returned DataTree (PyMC 6 / ArviZ 1.x layout):
+
+* ``posterior``: ``beta`` [fixed], ``sigma``, ``sd`` [effect], ``corr`` [effect, effect_b]
+  (q ≥ 2), ``b_school`` [school, effect] (the school effects u_j).
+* ``log_likelihood``: ``<response>`` [obs], each student's log density given the school's
+  effects (for PSIS-LOO over students), and ``<response>_by_school`` [school], each school's
+  log density with its effects integrated out (for leave-one-school-out).
+* ``sample_stats`` (nutpie's, with ``diverging`` and ``energy``) and the ``warmup_*`` groups.
+
+This module does not import PyMC (only :mod:`models.pymc_model` does).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from data.errors import DataError
+from models.collapsed import draw_school_effects, school_marginal_loglik
+from models.design import Design, GroupCrossprods, group_crossprods, make_design
+from models.priors import ModelPriors
+
+__all__ = [
+    "BayesFit",
+    "Diagnostics",
+    "SamplerSettings",
+    "diagnose",
+    "fit_bayes",
+    "posterior_predictive",
+    "prior_predictive",
+]
+
+GATE = {"max_rhat": 1.01, "min_ess": 400.0, "min_bfmi": 0.3}
+_LOG2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """NUTS settings: ``chains`` × ``draws`` after ``tune`` adaptation steps, on ``cores`` threads;
+    ``seed`` makes the run reproducible (also the draws of the school effects)."""
+
+    chains: int = 4
+    draws: int = 1000
+    tune: int = 1000
+    seed: int = 20250121
+    target_accept: float = 0.8
+    cores: int = 2
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """The diagnostic gate of a NUTS run, over **every** parameter including each school effect.
+
+    divergences : post-warmup divergent transitions.  max_rhat : largest rank-normalised split
+    R̂.  min_ess_bulk / min_ess_tail : smallest bulk / tail ESS.  bfmi : per chain.
+    worst_rhat / worst_ess : the parameter that attains the extreme.  problems : plain-words
+    failures of the gate (R̂ > 1.01, ESS < 400, any divergence, BFMI < 0.3); empty when it passes.
+    """
+
+    divergences: int
+    max_rhat: float
+    min_ess_bulk: float
+    min_ess_tail: float
+    bfmi: tuple[float, ...]
+    worst_rhat: str
+    worst_ess: str
+    problems: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row: the numbers and whether the gate passed."""
+        return pd.DataFrame([{
+            "divergences": self.divergences, "max_rhat": self.max_rhat,
+            "min_ess_bulk": self.min_ess_bulk, "min_ess_tail": self.min_ess_tail,
+            "min_bfmi": min(self.bfmi) if self.bfmi else np.nan,
+            "worst_rhat": self.worst_rhat, "worst_ess": self.worst_ess,
+            "passed": self.passed,
+        }])
+
+
+def _flat_params(post: xr.Dataset) -> dict[str, np.ndarray]:
+    """Every scalar parameter of the posterior as (chain, draw) arrays named like
+    ``beta[(Intercept)]``, ``corr[famsesc,(Intercept)]`` (below the diagonal only: the diagonal is
+    1), ``b_school[1001,famsesc]``."""
+    out: dict[str, np.ndarray] = {}
+    for name in ("beta", "sigma", "sd", "corr", "b_school"):
+        if name not in post:
+            continue
+        da = post[name]
+        other = [d for d in da.dims if d not in ("chain", "draw")]
+        arr = da.transpose("chain", "draw", *other).to_numpy()
+        if not other:
+            out[name] = arr
+            continue
+        labels = [[str(v) for v in da[d].to_numpy()] for d in other]
+        for idx in np.ndindex(*arr.shape[2:]):
+            if name == "corr" and idx[0] <= idx[1]:
+                continue
+            lab = ",".join(labels[k][i] for k, i in enumerate(idx))
+            out[f"{name}[{lab}]"] = arr[(slice(None), slice(None), *idx)]
+    return out
+
+
+def diagnose(dt) -> Diagnostics:
+    """R̂, bulk/tail ESS (ArviZ), divergences and BFMI of a posterior DataTree, and the gate."""
+    import arviz as az
+
+    params = _flat_params(dt["posterior"].to_dataset())
+    names = list(params)
+    arr = np.stack([params[n] for n in names], axis=-1)  # (chain, draw, K)
+    ds = xr.Dataset({"x": (("chain", "draw", "k"), arr)})
+    rhat = np.asarray(az.rhat(ds)["x"].to_numpy(), float)
+    ess_b = np.asarray(az.ess(ds, method="bulk")["x"].to_numpy(), float)
+    ess_t = np.asarray(az.ess(ds, method="tail")["x"].to_numpy(), float)
+    stats = dt["sample_stats"]
+    div = int(stats["diverging"].sum()) if "diverging" in stats else 0
+    bfmi: tuple[float, ...] = ()
+    if "energy" in stats:
+        e = stats["energy"].transpose("chain", "draw").to_numpy()
+        bfmi = tuple(float(np.mean(np.diff(c) ** 2) / np.var(c)) for c in e)
+    i_r, i_e = int(np.nanargmax(rhat)), int(np.nanargmin(ess_b))
+    d = Diagnostics(
+        divergences=div, max_rhat=float(rhat[i_r]), min_ess_bulk=float(ess_b[i_e]),
+        min_ess_tail=float(np.nanmin(ess_t)), bfmi=bfmi, worst_rhat=names[i_r],
+        worst_ess=names[i_e], problems=(),
+    )
+    probs = []
+    if d.divergences:
+        probs.append(f"{d.divergences} divergent transitions after warm-up: the posterior has "
+                     "regions NUTS cannot explore; do not report this fit (raise target_accept, "
+                     "or use likelihood='collapsed')")
+    if d.max_rhat > GATE["max_rhat"]:
+        probs.append(f"R-hat {d.max_rhat:.3f} > {GATE['max_rhat']} for {d.worst_rhat}: the chains "
+                     "disagree; run more tuning and draws")
+    if d.min_ess_bulk < GATE["min_ess"] or d.min_ess_tail < GATE["min_ess"]:
+        probs.append(f"effective sample size too small (bulk {d.min_ess_bulk:.0f}, tail "
+                     f"{d.min_ess_tail:.0f} < {GATE['min_ess']:.0f}; worst: {d.worst_ess}): "
+                     "run more draws")
+    if bfmi and min(bfmi) < GATE["min_bfmi"]:
+        probs.append(f"BFMI {min(bfmi):.2f} < {GATE['min_bfmi']} in some chain: the energy "
+                     "distribution is poorly explored")
+    return Diagnostics(**{**d.__dict__, "problems": tuple(probs)})
+
+
+def _draws(da: xr.DataArray, *dims: str) -> np.ndarray:
+    """(S, *dims) array of a posterior variable, chains and draws flattened (chain-major)."""
+    return da.transpose("chain", "draw", *dims).to_numpy().reshape(-1, *[da.sizes[d] for d in dims])
+
+
+def cholesky_draws(post: xr.Dataset, q: int) -> np.ndarray:
+    """Σ = LLᵀ factor per draw, (S, q, q): from ``chol_cov`` (LKJCholeskyCov's packed lower
+    triangle, row-major) or, for independent effects, L = diag(sd)."""
+    if "chol_cov" in post:
+        packed = _draws(post["chol_cov"], post["chol_cov"].dims[-1])
+        L = np.zeros((packed.shape[0], q, q))
+        L[:, *np.tril_indices(q)] = packed
+        return L
+    sd = _draws(post["sd"], "effect")
+    return sd[:, :, None] * np.eye(q)[None]
+
+
+def pointwise_loglik(design: Design, cp: GroupCrossprods, beta: np.ndarray, b: np.ndarray,
+                     L: np.ndarray, sigma: np.ndarray, chunk: int = 250):
+    """Per-student log density given the school effects, log N(y_i | x_iβ + z_i b_j, σ²), (S, n),
+    and per-school log density with the effects integrated out (S, J)
+    (:func:`models.collapsed.school_marginal_loglik`). One chunked pass over draws."""
+    S = beta.shape[0]
+    g, X, Z, y = design.group_index, design.X, design.Z, design.y
+    order = np.argsort(g, kind="stable")
+    starts = np.r_[0, np.cumsum(design.group_sizes)[:-1]]
+    ll = np.empty((S, design.n))
+    rss0 = np.empty((S, design.n_groups))
+    for s0 in range(0, S, chunk):
+        sl = slice(s0, min(S, s0 + chunk))
+        r = y[None, :] - beta[sl] @ X.T  # (s, n): y − Xβ
+        rss0[sl] = np.add.reduceat((r * r)[:, order], starts, axis=1)
+        for k in range(design.q):
+            r -= Z[None, :, k] * b[sl, :, k][:, g]
+        s2 = sigma[sl, None] ** 2
+        ll[sl] = -0.5 * (_LOG2PI + np.log(s2) + r * r / s2)
+    ll_school = school_marginal_loglik(cp.A, cp.B, cp.c, rss0, design.group_sizes, beta, L, sigma)
+    return ll, ll_school
+
+
+@dataclass(frozen=True)
+class BayesFit:
+    """A finished NUTS fit and how it was obtained.
+
+    Fields
+    ------
+    formula, design, priors, likelihood ("collapsed", "suffstat", "student"), n_centered
+    (centred leading effects; 0 = non-centred), settings (:class:`SamplerSettings`), datatree
+    (the posterior, log-likelihoods and sampler statistics), diagnostics (:class:`Diagnostics`),
+    timings (seconds per stage), sampler (text).
+    """
+
+    formula: str
+    design: Design
+    priors: ModelPriors
+    likelihood: str
+    n_centered: int
+    settings: SamplerSettings
+    datatree: object
+    diagnostics: Diagnostics
+    timings: dict[str, float] = field(default_factory=dict)
+    sampler: str = ""
+
+    @property
+    def posterior(self) -> xr.Dataset:
+        return self.datatree["posterior"].to_dataset()
+
+    def draws(self, name: str, *dims: str) -> np.ndarray:
+        """Draws of a posterior variable, (S, *dims), chains flattened."""
+        return _draws(self.posterior[name], *dims)
+
+    def to_frame(self, prob: float = 0.95) -> pd.DataFrame:
+        """mean, sd, quantiles, ESS and R̂ of γ (``fixef:``), SDs (``sd:``), correlations
+        (``corr:A:B``) and σ, indexed by those names."""
+        import arviz as az
+
+        post = self.posterior
+        rows: dict[str, np.ndarray] = {}
+        for k, nm in enumerate(post["fixed"].to_numpy()):
+            rows[f"fixef:{nm}"] = post["beta"].isel(fixed=k).to_numpy()
+        eff = [str(e) for e in post["effect"].to_numpy()]
+        for k, nm in enumerate(eff):
+            rows[f"sd:{nm}"] = post["sd"].isel(effect=k).to_numpy()
+        if "corr" in post:
+            for a in range(len(eff)):
+                for b in range(a):
+                    rows[f"corr:{eff[b]}:{eff[a]}"] = post["corr"].isel(effect=a, effect_b=b).to_numpy()
+        rows["sigma"] = post["sigma"].to_numpy()
+        names = list(rows)
+        arr = np.stack([rows[n] for n in names], axis=-1)
+        ds = xr.Dataset({"x": (("chain", "draw", "k"), arr)})
+        ess_b = az.ess(ds, method="bulk")["x"].to_numpy()
+        ess_t = az.ess(ds, method="tail")["x"].to_numpy()
+        rhat = az.rhat(ds)["x"].to_numpy()
+        flat = arr.reshape(-1, arr.shape[-1])
+        lo, hi = (1 - prob) / 2, (1 + prob) / 2
+        return pd.DataFrame({
+            "mean": flat.mean(0), "sd": flat.std(0, ddof=1),
+            f"q{100 * lo:g}": np.quantile(flat, lo, axis=0),
+            f"q{100 * hi:g}": np.quantile(flat, hi, axis=0),
+            "ess_bulk": ess_b, "ess_tail": ess_t, "r_hat": rhat,
+        }, index=pd.Index(names, name="parameter"))
+
+    def summary(self) -> str:
+        """A printed summary: model, sampler, settings, diagnostics gate, posterior table."""
+        s, d = self.settings, self.diagnostics
+        lines = [
+            f"Bayesian linear mixed model fit by NUTS ({self.sampler})",
+            f"Formula: {self.formula}",
+            f"Likelihood: {self.likelihood}"
+            + (" (school effects integrated out, drawn afterwards from their exact conditional)"
+               if self.likelihood == "collapsed" else
+               f" ({self.n_centered} leading effect(s) centred, the rest non-centred)"),
+            f"Priors:\n  " + str(self.priors).replace("\n", "\n  "),
+            f"Chains: {s.chains} x {s.draws} draws after {s.tune} tuning steps; seed {s.seed}; "
+            f"target_accept {s.target_accept}",
+            f"Diagnostics (all parameters incl. {self.design.n_groups} x {self.design.q} school "
+            f"effects): divergences {d.divergences}, max R-hat {d.max_rhat:.4f}, min ESS bulk "
+            f"{d.min_ess_bulk:.0f}, min ESS tail {d.min_ess_tail:.0f}, BFMI "
+            + (", ".join(f"{b:.2f}" for b in d.bfmi) or "n/a"),
+            "Gate: passed" if d.passed else "Gate: FAILED\n  " + "\n  ".join(d.problems),
+            "",
+            self.to_frame().to_string(float_format=lambda v: f"{v:.4g}"),
+        ]
+        return "\n".join(lines)
+
+    def posterior_json(self) -> dict[str, dict[str, float]]:
+        """``{name: {mean, sd, q2.5, q97.5}}`` for the CLI's ``--json``."""
+        f = self.to_frame()
+        return {n: {"mean": float(r["mean"]), "sd": float(r["sd"]), "q2.5": float(r["q2.5"]),
+                    "q97.5": float(r["q97.5"])} for n, r in f.iterrows()}
+
+    def save(self, path, pointwise: bool = False) -> None:
+        """Write the DataTree as NetCDF (reopen with ``xarray.open_datatree`` / ArviZ). The
+        per-student log-likelihood (S × n doubles) is left out unless ``pointwise``."""
+        dt = self.datatree.copy()
+        for grp in ("sample_stats", "warmup_sample_stats"):
+            if grp in dt:
+                ds = dt[grp].to_dataset()
+                drop = [v for v in ds.data_vars if ds[v].dtype == object]
+                dt[grp] = xr.DataTree(ds.drop_vars(drop))
+        if not pointwise and "log_likelihood" in dt:
+            ds = dt["log_likelihood"].to_dataset()
+            dt["log_likelihood"] = xr.DataTree(ds.drop_vars(self.design.response))
+        dt.attrs = {**dt.attrs, "twolevel_formula": self.formula,
+                    "twolevel_likelihood": self.likelihood}
+        dt.to_netcdf(path, engine="h5netcdf")
+
+
+def fit_bayes(
+    formula: str,
+    data: pd.DataFrame,
+    *,
+    priors: ModelPriors | None = None,
+    likelihood: str = "collapsed",
+    centering: str | int = "auto",
+    settings: SamplerSettings | None = None,
+    progress: bool = True,
+    log_likelihood: bool = True,
+) -> BayesFit:
+    """Fit ``formula`` (lme4 syntax, one grouping factor) by NUTS and run the diagnostic gate.
+
+    ``likelihood``/``centering``/``priors`` go to :func:`models.pymc_model.build_model`. A failed
+    gate does not raise: it warns in plain words and is recorded in ``fit.diagnostics``.
+    """
+    from models.pymc_model import build_model, sample_nuts
+
+    settings = settings or SamplerSettings()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    design = make_design(formula, data)
+    if design.n_groups < 2:
+        raise DataError(
+            f"'{design.group}' has a single group ({design.group_levels[0]!s}): a school-level "
+            "variance cannot be estimated from one school; supply data with several groups"
+        )
+    cp = group_crossprods(design)
+    built = build_model(design, priors, likelihood=likelihood, centering=centering, crossprods=cp)
+    timings["build"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    dt = sample_nuts(built, draws=settings.draws, tune=settings.tune, chains=settings.chains,
+                     cores=settings.cores, seed=settings.seed,
+                     target_accept=settings.target_accept, progress=progress)
+    timings["compile+sample"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    post = dt["posterior"].to_dataset()
+    q = design.q
+    L = cholesky_draws(post, q)
+    beta, sigma = _draws(post["beta"], "fixed"), _draws(post["sigma"])
+    C, D = post.sizes["chain"], post.sizes["draw"]
+    if "b_school" not in post:
+        rng = np.random.default_rng([settings.seed, 1])
+        b = draw_school_effects(cp.A, cp.B, cp.c, beta, L, sigma, rng)
+        post["b_school"] = (("chain", "draw", "school", "effect"), b.reshape(C, D, *b.shape[1:]))
+    post = post.assign_coords(school=[str(s) for s in design.group_levels],
+                              effect=list(design.z_names))
+    dt["posterior"] = xr.DataTree(post)
+    timings["school effects"] = time.perf_counter() - t2
+    if log_likelihood:
+        t3 = time.perf_counter()
+        b = _draws(post["b_school"], "school", "effect")
+        ll, lls = pointwise_loglik(design, cp, beta, b, L, sigma)
+        dt["log_likelihood"] = xr.DataTree(xr.Dataset({
+            design.response: (("chain", "draw", "obs"), ll.reshape(C, D, -1)),
+            f"{design.response}_by_school": (("chain", "draw", "school"), lls.reshape(C, D, -1)),
+        }, coords={"school": [str(s) for s in design.group_levels]}))
+        timings["log-likelihood"] = time.perf_counter() - t3
+    t4 = time.perf_counter()
+    diag = diagnose(dt)
+    timings["diagnostics"] = time.perf_counter() - t4
+    for p in diag.problems:
+        warnings.warn(f"NUTS fit of '{formula}': {p}", RuntimeWarning, stacklevel=2)
+    return BayesFit(
+        formula=formula, design=design, priors=built.priors, likelihood=likelihood,
+        n_centered=built.n_centered, settings=settings, datatree=dt, diagnostics=diag,
+        timings=timings, sampler="nutpie, PyMC model compiled by PyTensor/Numba",
+    )
+
+
+def posterior_predictive(fit: BayesFit, n_draws: int, seed: int) -> np.ndarray:
+    """Replicated outcomes y_rep (n_draws, n) from ``n_draws`` posterior draws (evenly spaced):
+    y_rep = Xβ + Z b_j + σ ε, the school effects of the same draw."""
+    d = fit.design
+    beta, sigma = fit.draws("beta", "fixed"), fit.draws("sigma")
+    b = fit.draws("b_school", "school", "effect")
+    idx = np.linspace(0, beta.shape[0] - 1, n_draws).astype(int)
+    rng = np.random.default_rng(seed)
+    mu = beta[idx] @ d.X.T + np.einsum("nq,snq->sn", d.Z, b[idx][:, d.group_index, :])
+    return mu + sigma[idx, None] * rng.standard_normal(mu.shape)
+
+
+def prior_predictive(design: Design, priors: ModelPriors | None, n_draws: int, seed: int,
+                     likelihood: str = "collapsed") -> dict[str, np.ndarray]:
+    """Draws from the prior: ``beta`` (S, p), ``sigma`` (S,), ``L`` (S, q, q), ``b`` (S, J, q)
+    and ``y`` (S, n) = Xβ + Z b_j + σ ε (PyMC draws the hyperparameters)."""
+    from models.pymc_model import build_model, prior_draws
+
+    built = build_model(design, priors, likelihood=likelihood)
+    h = prior_draws(built, n_draws, seed)
+    rng = np.random.default_rng([seed, 2])
+    w = rng.standard_normal((n_draws, design.n_groups, design.q))
+    b = np.einsum("skl,sjl->sjk", h["L"], w)
+    mu = h["beta"] @ design.X.T + np.einsum("nq,snq->sn", design.Z, b[:, design.group_index, :])
+    y = mu + h["sigma"][:, None] * rng.standard_normal(mu.shape)
+    return {**h, "b": b, "y": y}
+

@@ -1,0 +1,196 @@
+"""Priors of the Bayesian two-level model, as plain values (no PyMC here).
+
+A :class:`Prior` names a distribution and its parameters, like bambi's ``Prior``; it prints as
+``Normal(mu: 0.0, sigma: 1.0)``. :class:`ModelPriors` holds one prior per block of parameters and
+:func:`default_priors` scales them to the data (weakly informative, bambi/rstanarm style):
+
+* ``beta`` (fixed effects): Normal(mu, sigma) per coefficient. The intercept has
+  ``mu = mean(y)``, ``sigma = 2.5 · sd(y)``; a slope of column ``x_k`` has ``mu = 0``,
+  ``sigma = 2.5 · sd(y) / sd(x_k)``.
+* ``sd`` (random-effect standard deviations, the ``sd_dist`` of the LKJ prior): HalfNormal per
+  effect with ``sigma = sd(y)`` for the intercept and ``sd(y) / sd(z_k)`` for a slope on ``z_k``.
+* ``corr``: LKJ(η) on the correlation matrix of the random effects, η = 2 (mild shrinkage to 0).
+* ``sigma`` (residual SD): HalfStudentT(nu = 4, sigma = sd(y)).
+
+Every block can be replaced: ``default_priors(design).replace(sigma=Prior("HalfNormal",
+sigma=20.0))``. Vector parameters (one value per coefficient or per effect) may be given as a
+scalar (recycled) or as a sequence of the right length; :func:`check_priors` says what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from data.errors import TwolevelError
+from models.design import Design
+
+__all__ = ["Prior", "ModelPriors", "default_priors", "check_priors", "SUPPORTED"]
+
+# Distribution name -> parameters it needs (and, for positive-only parameters, `positive`).
+SUPPORTED: dict[str, tuple[str, ...]] = {
+    "Normal": ("mu", "sigma"),
+    "StudentT": ("nu", "mu", "sigma"),
+    "HalfNormal": ("sigma",),
+    "HalfStudentT": ("nu", "sigma"),
+    "HalfCauchy": ("beta",),
+    "Exponential": ("lam",),
+    "LKJ": ("eta",),
+}
+_LOCATION = {"Normal", "StudentT"}  # for `beta`
+_POSITIVE = {"HalfNormal", "HalfStudentT", "HalfCauchy", "Exponential"}  # for `sd`, `sigma`
+
+
+def _fmt(v: object) -> str:
+    arr = np.asarray(v, dtype=float)
+    if arr.ndim == 0:
+        return repr(round(float(arr), 4))
+    return "[" + ", ".join(repr(round(float(x), 4)) for x in arr) + "]"
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A named distribution with its parameters, e.g. ``Prior("Normal", mu=0.0, sigma=1.0)``.
+
+    Parameters may be scalars or sequences (one value per coefficient / effect).
+    """
+
+    dist: str
+    params: dict[str, object] = field(default_factory=dict)
+
+    def __init__(self, dist: str, **params: object) -> None:
+        object.__setattr__(self, "dist", dist)
+        object.__setattr__(
+            self,
+            "params",
+            {k: (float(v) if np.ndim(v) == 0 else tuple(float(x) for x in v)) for k, v in params.items()},
+        )
+
+    def __str__(self) -> str:
+        inner = ", ".join(f"{k}: {_fmt(v)}" for k, v in self.params.items())
+        return f"{self.dist}({inner})"
+
+    def param(self, name: str, size: int | None = None) -> np.ndarray:
+        """Parameter ``name`` as an array, broadcast to ``size`` entries when given."""
+        v = np.asarray(self.params[name], dtype=float)
+        if size is None:
+            return v
+        return np.broadcast_to(v, (size,)).copy() if v.ndim == 0 else v
+
+
+@dataclass(frozen=True)
+class ModelPriors:
+    """The priors of one two-level model (see the module docstring for the defaults).
+
+    Fields
+    ------
+    beta : prior of the fixed effects (Normal or StudentT), one entry per column of X.
+    sd : prior of the random-effect SDs (positive family), one entry per random effect.
+    corr : LKJ prior of the random-effect correlation matrix (``Prior("LKJ", eta=2.0)``).
+    sigma : prior of the residual SD (positive family, scalar parameters).
+    fixed_names, effect_names : the names the vector entries refer to (for printing).
+    """
+
+    beta: Prior
+    sd: Prior
+    corr: Prior
+    sigma: Prior
+    fixed_names: tuple[str, ...] = ()
+    effect_names: tuple[str, ...] = ()
+
+    def replace(self, **changes: Prior) -> ModelPriors:
+        """A copy with some blocks replaced (checked by :func:`check_priors` when used)."""
+        return dataclasses.replace(self, **changes)
+
+    def __str__(self) -> str:
+        lines = [
+            f"beta  [{', '.join(self.fixed_names)}] ~ {self.beta}",
+            f"sd    [{', '.join(self.effect_names)}] ~ {self.sd}",
+            f"corr  ~ {self.corr}",
+            f"sigma ~ {self.sigma}",
+        ]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, str]:
+        """The priors as printable strings, keyed by parameter block."""
+        return {k: str(getattr(self, k)) for k in ("beta", "sd", "corr", "sigma")}
+
+
+def _sd(x: np.ndarray) -> float:
+    s = float(np.std(x, ddof=1)) if x.size > 1 else 0.0
+    return s if s > 0 and np.isfinite(s) else 1.0
+
+
+def default_priors(design: Design) -> ModelPriors:
+    """Weakly informative priors scaled to the data of ``design`` (module docstring).
+
+    Scales: ``s_y = sd(y)``; for a non-constant column ``x_k`` of X (or ``z_k`` of Z) the slope
+    scale is ``s_y / sd(x_k)``; constant columns (the intercept) use ``s_y`` and, in ``beta``,
+    are centred at ``mean(y)``.
+    """
+    y = design.y
+    s_y = _sd(y)
+    mu, sig = [], []
+    for k in range(design.p):
+        col = design.X[:, k]
+        if np.ptp(col) == 0:
+            mu.append(float(np.mean(y)) if col[0] != 0 else 0.0)
+            sig.append(2.5 * s_y / max(abs(float(col[0])), 1e-12))
+        else:
+            mu.append(0.0)
+            sig.append(2.5 * s_y / _sd(col))
+    sd_scale = []
+    for k in range(design.q):
+        col = design.Z[:, k]
+        sd_scale.append(s_y if np.ptp(col) == 0 else s_y / _sd(col))
+    return ModelPriors(
+        beta=Prior("Normal", mu=mu, sigma=sig),
+        sd=Prior("HalfNormal", sigma=sd_scale),
+        corr=Prior("LKJ", eta=2.0),
+        sigma=Prior("HalfStudentT", nu=4.0, sigma=s_y),
+        fixed_names=design.x_names,
+        effect_names=design.z_names,
+    )
+
+
+def _check_block(name: str, prior: Prior, families: set[str], size: int | None) -> None:
+    if not isinstance(prior, Prior):
+        raise TwolevelError(f"prior '{name}' must be a models.priors.Prior, got {type(prior).__name__}")
+    if prior.dist not in families:
+        raise TwolevelError(
+            f"prior '{name}' is {prior.dist}, which twolevel cannot use there; "
+            f"choose one of: {', '.join(sorted(families))}"
+        )
+    needed = SUPPORTED[prior.dist]
+    missing = [p for p in needed if p not in prior.params]
+    extra = [p for p in prior.params if p not in needed]
+    if missing or extra:
+        raise TwolevelError(
+            f"prior '{name}' = {prior} must have exactly the parameters {', '.join(needed)} "
+            f"(missing: {', '.join(missing) or 'none'}; unknown: {', '.join(extra) or 'none'})"
+        )
+    for p, v in prior.params.items():
+        arr = np.asarray(v, dtype=float)
+        if arr.ndim == 1 and size is not None and arr.shape[0] != size:
+            raise TwolevelError(
+                f"prior '{name}' parameter '{p}' has {arr.shape[0]} values but the model has "
+                f"{size} {'coefficients' if name == 'beta' else 'entries'} for it; give one value "
+                f"or {size}"
+            )
+        if arr.ndim == 1 and size is None:
+            raise TwolevelError(f"prior '{name}' parameter '{p}' must be a single number")
+        if not np.all(np.isfinite(arr)):
+            raise TwolevelError(f"prior '{name}' parameter '{p}' must be finite, got {_fmt(arr)}")
+        if p != "mu" and np.any(arr <= 0):
+            raise TwolevelError(f"prior '{name}' parameter '{p}' must be positive, got {_fmt(arr)}")
+
+
+def check_priors(priors: ModelPriors, design: Design) -> None:
+    """Raise :class:`TwolevelError` naming the block and parameter when a prior does not fit
+    ``design`` (wrong family, missing parameter, wrong length, non-positive scale)."""
+    _check_block("beta", priors.beta, _LOCATION, design.p)
+    _check_block("sd", priors.sd, _POSITIVE, design.q)
+    _check_block("corr", priors.corr, {"LKJ"}, None)
+    _check_block("sigma", priors.sigma, _POSITIVE, None)

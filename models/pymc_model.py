@@ -1,0 +1,510 @@
+"""PyMC builders for the two-level model (the only module of twolevel that imports PyMC/PyTensor).
+
+Model (school j, student i; q random effects with lme4's names, p fixed effects)::
+
+    y_ij = x_ij β + z_ij b_j + e_ij,   e_ij ~ N(0, σ²),   b_j ~ N_q(0, Σ),   Σ = L Lᵀ
+    L = diag(sd) · chol(corr),   corr ~ LKJ(η),   sd_k ~ prior.sd,   β ~ prior.beta,   σ ~ prior.sigma
+
+Three likelihoods give the same posterior of (β, Σ, σ) (and of b when it is sampled):
+
+``likelihood="student"``
+    The textbook observation-level model ``y ~ Normal(Xβ + (Z∘b[g]), σ)``: O(n) work per gradient.
+``likelihood="suffstat"``
+    The same Gaussian likelihood from the per-school cross-products of the REML engine
+    (:func:`models.design.group_crossprods`), O(J) work per gradient; see :func:`suffstat_loglik`.
+``likelihood="collapsed"`` (default of :mod:`models.bayes`)
+    The school effects integrated out analytically (Woodbury), see :func:`collapsed_loglik`; only
+    β, σ and the LKJ factor are sampled. The school effects are drawn afterwards from their exact
+    Gaussian conditional posterior (:func:`draw_school_effects`, in :mod:`models.bayes`).
+
+Variable names (fixed, relied on by :mod:`models.bayes` and the CLI)
+-------------------------------------------------------------------
+``beta`` (dims ``fixed``), ``sigma``, ``chol_cov`` (LKJCholeskyCov's packed factor, q ≥ 2),
+``sd`` (dims ``effect``), ``corr`` (dims ``effect, effect_b``; q ≥ 2), ``z`` (standard-normal
+school effects, dims ``school, effect_nc``), ``b_centered`` (centred school effects, dims
+``school, effect_c``), ``b_school`` (school effects, dims ``school, effect``; not in the collapsed
+model, where bayes adds it after sampling), potentials ``loglik`` (suffstat) /
+``marginal_loglik`` (collapsed) and the observed ``<response>`` (student).
+Coordinates: ``fixed`` = lme4 names of X's columns, ``effect`` = lme4 names of Z's columns
+(``(Intercept)``, ``famsesc``), ``school`` = the group levels.
+
+Parameterisation of the sampled school effects: the first ``m`` effects are centred (sampled as
+``b_centered ~ MvNormal(0, L₁₁L₁₁ᵀ)``), the rest non-centred (``z ~ N(0, 1)``,
+``b = w₁ L₂₁ᵀ + z L₂₂ᵀ`` with ``w₁ = L₁₁⁻¹ b_centered``), which is exactly ``b = w Lᵀ`` with
+``w ~ N(0, I)``. ``m = 0`` is the fully non-centred model, ``m = q`` the centred one.
+:func:`choose_centering` gives the documented rule (centre the leading effects whose average
+reliability is ≥ 0.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+
+from data.errors import FormulaError, TwolevelError
+from models.design import Design, GroupCrossprods, group_crossprods
+from models.priors import ModelPriors, Prior, check_priors, default_priors
+
+__all__ = [
+    "LIKELIHOODS",
+    "build_model",
+    "choose_centering",
+    "collapsed_loglik",
+    "reliabilities",
+    "suffstat_loglik",
+    "effect_structure",
+]
+
+LIKELIHOODS = ("collapsed", "suffstat", "student")
+RELIABILITY_CUTOFF = 0.5
+_LOG2PI = float(np.log(2 * np.pi))
+
+
+# ----------------------------------------------------------------------------- structure checks
+
+
+def effect_structure(design: Design) -> str:
+    """``"lkj"`` for one correlated term with all random effects (``(1 + x | g)``), ``"diag"`` when
+    every term has a single effect (``(1 | g)``, ``(1 + x || g)``); anything else cannot be built."""
+    terms = design.terms
+    if len(terms) == 1 and len(terms[0].columns) >= 2:
+        return "lkj"
+    if all(len(t.columns) == 1 for t in terms):
+        return "diag"
+    blocks = " + ".join("(" + " + ".join(t.names) + f" | {t.group})" for t in terms)
+    raise FormulaError(
+        f"formula '{design.formula}' splits the random effects into blocks {blocks}; the Bayesian "
+        "builders take either one correlated block '(1 + x | g)' or only independent effects "
+        "'(1 + x || g)': write the random part in one of these forms"
+    )
+
+
+# ----------------------------------------------------------------------------- centering rule
+
+
+def reliabilities(design: Design, cp: GroupCrossprods | None = None) -> np.ndarray:
+    """Average reliability of each random effect from a quick moment estimate.
+
+    λ_k = mean_j τ̂_kk / (τ̂_kk + σ̂² [A_j⁻¹]_kk) over schools where A_j = Z_jᵀZ_j is invertible,
+    with σ̂² the pooled within-school residual variance of per-school OLS fits of y on (X, Z)
+    reduced to Z, and τ̂_kk = max(var_j(b̂_jk) − mean_j σ̂²[A_j⁻¹]_kk, 0) (method of moments on
+    the per-school OLS coefficients b̂_j = A_j⁻¹ Z_jᵀ(y_j − X_j β̂), β̂ the pooled OLS estimate).
+    """
+    cp = cp or group_crossprods(design)
+    beta = np.linalg.lstsq(design.X, design.y, rcond=None)[0]
+    d = cp.c - cp.B @ beta  # Z_jᵀ(y_j − X_jβ̂)
+    n_j = design.group_sizes
+    q = design.q
+    ok = (n_j > q + 1) & (np.linalg.cond(cp.A) < 1e10)
+    if ok.sum() < 2:
+        return np.zeros(q)
+    Ainv = np.linalg.inv(cp.A[ok])
+    bhat = np.einsum("jkl,jl->jk", Ainv, d[ok])
+    r = design.y - design.X @ beta
+    rss_j = np.bincount(design.group_index, weights=r * r, minlength=design.n_groups)[ok]
+    rss_j = rss_j - np.einsum("jk,jk->j", bhat, d[ok])
+    sigma2 = max(float(rss_j.sum() / (n_j[ok] - q).sum()), 1e-12)
+    samp = sigma2 * np.diagonal(Ainv, axis1=1, axis2=2)  # (J, q)
+    tau = np.maximum(np.var(bhat, axis=0, ddof=1) - samp.mean(axis=0), 0.0)
+    return np.mean(tau / (tau + samp), axis=0)
+
+
+def choose_centering(design: Design, cp: GroupCrossprods | None = None) -> int:
+    """Number of leading random effects to sample centred: the longest leading run of effects
+    whose :func:`reliabilities` value is ≥ 0.5 (well-identified school effects sample better
+    centred, weakly identified ones non-centred)."""
+    rel = reliabilities(design, cp)
+    m = 0
+    while m < len(rel) and rel[m] >= RELIABILITY_CUTOFF:
+        m += 1
+    return m
+
+
+# ----------------------------------------------------------------------------- likelihood maths
+
+
+def residual_ss(cp: GroupCrossprods, beta, b=None):
+    """Σ_i (y_i − x_iβ − z_i b_j)² from the cross-products:
+
+    yᵀy − 2βᵀXᵀy + βᵀXᵀXβ − 2 Σ_j b_jᵀ(c_j − B_jβ) + Σ_j b_jᵀ A_j b_j   (b terms omitted when
+    ``b`` is None). Works on NumPy arrays and PyTensor tensors alike.
+    """
+    mod = pt if isinstance(beta, pt.TensorVariable) else np
+    ss = cp_yty(cp) - 2.0 * mod.dot(cp_Xty(cp), beta) + mod.dot(beta, mod.dot(cp_XtX(cp), beta))
+    if b is None:
+        return ss
+    d = cp_c(cp) - mod.tensordot(cp_B(cp), beta, axes=[[2], [0]])  # (J, q): Z_jᵀ(y_j − X_jβ)
+    quad = (b[:, :, None] * cp_A(cp) * b[:, None, :]).sum(axis=(1, 2))
+    return ss - 2.0 * (b * d).sum() + quad.sum()
+
+
+# Accessors so that residual_ss works on a GroupCrossprods and on a dict of pm.Data tensors.
+def cp_yty(cp):  # noqa: D103
+    return cp["yty"] if isinstance(cp, dict) else cp.yty
+
+
+def cp_Xty(cp):  # noqa: D103
+    return cp["Xty"] if isinstance(cp, dict) else cp.Xty
+
+
+def cp_XtX(cp):  # noqa: D103
+    return cp["XtX"] if isinstance(cp, dict) else cp.XtX
+
+
+def cp_c(cp):  # noqa: D103
+    return cp["c"] if isinstance(cp, dict) else cp.c
+
+
+def cp_B(cp):  # noqa: D103
+    return cp["B"] if isinstance(cp, dict) else cp.B
+
+
+def cp_A(cp):  # noqa: D103
+    return cp["A"] if isinstance(cp, dict) else cp.A
+
+
+def suffstat_loglik(cp, n: int, beta, b, sigma):
+    """Gaussian log-likelihood of all students from the cross-products, given the school effects:
+
+    log p(y | β, b, σ) = −n/2 · log(2πσ²) − RSS(β, b) / (2σ²),  RSS from :func:`residual_ss`.
+    """
+    mod = pt if isinstance(sigma, pt.TensorVariable) else np
+    return -0.5 * n * (_LOG2PI + 2.0 * mod.log(sigma)) - residual_ss(cp, beta, b) / (2.0 * sigma**2)
+
+
+def _unrolled_cholesky(M: list[list], mod):
+    """Cholesky factor R (lower, list of lists) of a small q×q SPD matrix whose entries are
+    vectors over schools: r_kk = √(M_kk − Σ_l<k r_kl²), r_ik = (M_ik − Σ_l<k r_il r_kl) / r_kk."""
+    q = len(M)
+    R = [[None] * q for _ in range(q)]
+    for k in range(q):
+        s = M[k][k]
+        for l in range(k):
+            s = s - R[k][l] ** 2
+        R[k][k] = mod.sqrt(s)
+        for i in range(k + 1, q):
+            s = M[i][k]
+            for l in range(k):
+                s = s - R[i][l] * R[k][l]
+            R[i][k] = s / R[k][k]
+    return R
+
+
+def collapsed_terms(cp, beta, L, sigma, mod=pt):
+    """Per-school pieces of the marginal likelihood with b_j integrated out.
+
+    With d_j = Z_jᵀ(y_j − X_jβ) = c_j − B_jβ, u_j = Lᵀd_j and M_j = I + LᵀA_jL / σ² = R_jR_jᵀ:
+
+    log|V_j| = n_j log σ² + log|M_j|,   (y_j−X_jβ)ᵀV_j⁻¹(y_j−X_jβ) = (r_jᵀr_j − ‖R_j⁻¹u_j‖²/σ²)/σ²
+
+    where V_j = σ²I + Z_jΣZ_jᵀ. Returns ``(logdet_M, quad)``: two length-J vectors,
+    log|M_j| and ‖R_j⁻¹u_j‖².
+    """
+    A, c, B = cp_A(cp), cp_c(cp), cp_B(cp)
+    q = len(L)
+    d = c - mod.tensordot(B, beta, axes=[[2], [0]])  # (J, q)
+    s2 = sigma**2
+    # AL[k][b] = Σ_l A[:, k, l] L[l][b]   (vectors over schools)
+    AL = [[sum(A[:, k, l] * L[l][bb] for l in range(q) if L[l][bb] is not None) for bb in range(q)]
+          for k in range(q)]
+    M = [[None] * q for _ in range(q)]
+    for a in range(q):
+        for bb in range(a, q):
+            v = sum(L[k][a] * AL[k][bb] for k in range(q) if L[k][a] is not None) / s2
+            if a == bb:
+                v = v + 1.0
+            M[a][bb] = M[bb][a] = v
+    u = [sum(L[k][a] * d[:, k] for k in range(q) if L[k][a] is not None) for a in range(q)]
+    R = _unrolled_cholesky(M, mod)
+    logdet = sum(2.0 * mod.log(R[k][k]) for k in range(q))
+    # forward solve R v = u
+    v = []
+    for k in range(q):
+        s = u[k]
+        for l in range(k):
+            s = s - R[k][l] * v[l]
+        v.append(s / R[k][k])
+    quad = sum(vk**2 for vk in v)
+    return logdet, quad
+
+
+def collapsed_loglik(cp, n: int, beta, L, sigma, mod=pt):
+    """Marginal log-likelihood log p(y | β, Σ = LLᵀ, σ) with the school effects integrated out:
+
+    −½ [ n log(2πσ²) + Σ_j log|M_j| + (RSS₀(β) − Σ_j ‖R_j⁻¹Lᵀd_j‖² / σ²) / σ² ]
+
+    with RSS₀(β) = ‖y − Xβ‖² from the global cross-products (:func:`residual_ss` without b) and
+    the per-school terms of :func:`collapsed_terms`. ``L`` is a q×q list of lists of scalars
+    (``None`` for structural zeros). O(J q³) work.
+    """
+    logdet, quad = collapsed_terms(cp, beta, L, sigma, mod)
+    s2 = sigma**2
+    rss0 = residual_ss(cp, beta)
+    return -0.5 * (n * (_LOG2PI + mod.log(s2)) + logdet.sum() + (rss0 - quad.sum() / s2) / s2)
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def _rv(name: str, prior: Prior, size: int | None = None, dims=None):
+    """A PyMC random variable for ``prior`` (vector when ``size`` is given)."""
+    kw = {k: (prior.param(k, size) if size is not None else float(prior.param(k)))
+          for k in prior.params}
+    cls = getattr(pm, prior.dist)
+    if size is None:
+        return cls(name, **kw)
+    return cls(name, **kw, dims=dims)
+
+
+def _dist(prior: Prior, size: int):
+    kw = {k: prior.param(k, size) for k in prior.params}
+    return getattr(pm, prior.dist).dist(**kw, shape=size)
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A PyMC model with how it was built.
+
+    Fields
+    ------
+    model : the ``pm.Model``.  design : the :class:`Design`.  priors : the priors used.
+    likelihood : "collapsed", "suffstat" or "student".  n_centered : leading centred effects
+    (meaningless for "collapsed").  structure : "lkj" or "diag".
+    """
+
+    model: pm.Model
+    design: Design
+    priors: ModelPriors
+    likelihood: str
+    n_centered: int
+    structure: str
+
+
+def build_model(
+    design: Design,
+    priors: ModelPriors | None = None,
+    *,
+    likelihood: str = "collapsed",
+    centering: str | int = "noncentered",
+    crossprods: GroupCrossprods | None = None,
+) -> BuiltModel:
+    """Build the PyMC model of ``design`` (see the module docstring for names and maths).
+
+    Parameters
+    ----------
+    design : from :func:`models.design.make_design` (the same formula as the REML engine).
+    priors : default :func:`models.priors.default_priors` (design).
+    likelihood : "collapsed" (school effects integrated out), "suffstat" (school effects sampled,
+        likelihood from per-school cross-products) or "student" (per-student likelihood).
+    centering : "noncentered" (all effects z ~ N(0, 1)), "centered", "auto"
+        (:func:`choose_centering`) or an int m: the first m effects centred.
+    crossprods : precomputed :func:`group_crossprods` (design) (saves one pass over the data).
+    """
+    if likelihood not in LIKELIHOODS:
+        raise TwolevelError(
+            f"likelihood '{likelihood}' is not known; choose one of {', '.join(LIKELIHOODS)}"
+        )
+    structure = effect_structure(design)
+    priors = priors if priors is not None else default_priors(design)
+    check_priors(priors, design)
+    cp = crossprods if crossprods is not None else group_crossprods(design)
+    q, p, J = design.q, design.p, design.n_groups
+    if centering == "noncentered":
+        m = 0
+    elif centering == "centered":
+        m = q
+    elif centering == "auto":
+        m = choose_centering(design, cp)
+    elif isinstance(centering, (int, np.integer)) and 0 <= int(centering) <= q:
+        m = int(centering)
+    else:
+        raise TwolevelError(
+            f"centering {centering!r} is not valid; use 'noncentered', 'centered', 'auto' or a "
+            f"number of leading centred effects between 0 and {q}"
+        )
+    effects = list(design.z_names)
+    coords = {
+        "fixed": list(design.x_names),
+        "effect": effects,
+        "effect_b": effects,
+        "school": [str(s) for s in design.group_levels],
+        "effect_c": effects[:m],
+        "effect_nc": effects[m:],
+    }
+    if likelihood == "student":
+        coords["obs"] = np.arange(design.n)
+
+    with pm.Model(coords=coords) as model:
+        beta = _rv("beta", priors.beta, p, dims="fixed")
+        sigma = _rv("sigma", priors.sigma)
+        if structure == "lkj":
+            chol, _, sds = pm.LKJCholeskyCov(
+                "chol_cov", n=q, eta=float(priors.corr.param("eta")),
+                sd_dist=_dist(priors.sd, q), compute_corr=True, store_in_trace=False,
+            )
+            pm.Deterministic("sd", sds, dims="effect")
+            corr_mat = chol / sds[:, None]
+            pm.Deterministic("corr", corr_mat @ corr_mat.T, dims=("effect", "effect_b"))
+            L = [[chol[i, j] if j <= i else None for j in range(q)] for i in range(q)]
+        else:
+            sds = _rv("sd", priors.sd, q, dims="effect")
+            chol = pt.diag(sds)
+            L = [[sds[i] if j == i else None for j in range(q)] for i in range(q)]
+
+        if likelihood == "collapsed":
+            data = _data_crossprods(cp)
+            pm.Potential("marginal_loglik", collapsed_loglik(data, design.n, beta, L, sigma))
+        else:
+            b = _school_effects(chol, m, q, J)
+            if likelihood == "suffstat":
+                data = _data_crossprods(cp)
+                pm.Potential("loglik", suffstat_loglik(data, design.n, beta, b, sigma))
+            else:
+                X = pm.Data("X", design.X, dims=("obs", "fixed"))
+                Z = pm.Data("Z", design.Z, dims=("obs", "effect"))
+                g = pm.Data("school_idx", design.group_index, dims="obs")
+                mu = pt.dot(X, beta) + (Z * b[g]).sum(axis=1)
+                pm.Normal(design.response, mu=mu, sigma=sigma, observed=design.y, dims="obs")
+    return BuiltModel(model, design, priors, likelihood, m, structure)
+
+
+def _data_crossprods(cp: GroupCrossprods) -> dict:
+    """The cross-products as ``pm.Data`` (stored in ``constant_data``; settable for re-use)."""
+    return {
+        "A": pm.Data("A", cp.A, dims=("school", "effect", "effect_b")),
+        "B": pm.Data("B", cp.B, dims=("school", "effect", "fixed")),
+        "c": pm.Data("c", cp.c, dims=("school", "effect")),
+        "XtX": pm.Data("XtX", cp.XtX),
+        "Xty": pm.Data("Xty", cp.Xty),
+        "yty": pm.Data("yty", np.float64(cp.yty)),
+    }
+
+
+def _school_effects(chol, m: int, q: int, J: int):
+    """School effects b (J × q) = w Lᵀ, the first m columns centred (module docstring)."""
+    parts = []
+    if m > 0:
+        L11 = chol[:m, :m]
+        if m == 1:
+            bc = pm.Normal("b_centered", mu=0.0, sigma=L11[0, 0], dims=("school", "effect_c"))
+        else:
+            bc = pm.MvNormal("b_centered", mu=pt.zeros(m), chol=L11, dims=("school", "effect_c"))
+        parts.append(bc)
+    if m < q:
+        z = pm.Normal("z", 0.0, 1.0, dims=("school", "effect_nc"))
+        bn = pt.dot(z, chol[m:, m:].T)
+        if m > 0:
+            w1 = pt.linalg.solve_triangular(chol[:m, :m], bc.T, lower=True).T  # (J, m)
+            bn = bn + pt.dot(w1, chol[m:, :m].T)
+        parts.append(bn)
+    b = parts[0] if len(parts) == 1 else pt.concatenate(parts, axis=1)
+    return pm.Deterministic("b_school", b, dims=("school", "effect"))
+
+
+def prior_draws(built: BuiltModel, draws: int, seed: int | None) -> dict[str, np.ndarray]:
+    """Draws of the hyperparameters from the prior: ``beta`` (draws, p), ``sigma`` (draws,),
+    ``L`` (draws, q, q) lower-triangular factor of Σ."""
+    names = ["beta", "sigma"] + (["chol_cov"] if built.structure == "lkj" else ["sd"])
+    model = built.model
+    vars_ = [model[n] for n in names]
+    out = pm.draw(vars_, draws=draws, random_seed=seed)
+    q = built.design.q
+    res = {"beta": np.asarray(out[0]).reshape(draws, -1), "sigma": np.asarray(out[1]).reshape(draws)}
+    if built.structure == "lkj":
+        packed = np.asarray(out[2]).reshape(draws, -1)
+        L = np.zeros((draws, q, q))
+        L[:, *np.tril_indices(q)] = packed
+        res["L"] = L
+    else:
+        sd = np.asarray(out[2]).reshape(draws, q)
+        res["L"] = np.einsum("sk,kl->skl", sd, np.eye(q))
+    return res
+
+
+# ----------------------------------------------------------------------------- NUTS
+
+
+def compile_nuts(built: BuiltModel):
+    """The model's log-density and gradient compiled by PyTensor's Numba backend (disk-cached),
+    wrapped for nutpie's Rust NUTS through :func:`nutpie.compiled_pyfunc.from_pyfunc`.
+
+    nutpie's own ``compile_pymc_model`` wraps the same PyTensor functions in a Numba ``cfunc``
+    that cannot be cached and costs ~10 s of compilation on every run; calling the cached
+    PyTensor function from nutpie's Python callback costs ~40 µs a gradient instead (the
+    collapsed lecture model needs ~25,000 gradients for 4 × 2000 iterations). The density is
+    PyMC's own (``model.logp()`` with its transforms and Jacobians): nothing is rewritten here.
+    """
+    from nutpie.compile_pymc import _make_functions, _prepare_dims_and_coords
+    from nutpie.compiled_pyfunc import from_pyfunc
+    from pymc.initial_point import make_initial_point_fn
+
+    model = built.model
+    ip_fn = make_initial_point_fn(model=model, return_transformed=True)
+    n_dim, _, logp_pt, expand_pt, init_fn, shape_info, reparam = _make_functions(
+        model, mode="NUMBA", compute_grad=True, join_expanded=False, pymc_initial_point_fn=ip_fn
+    )
+    logp_jit, expand_jit = logp_pt.vm.jit_fn, expand_pt.vm.jit_fn
+    logp_shared = [v.get_value() for v in logp_pt.get_shared()]
+    expand_shared = [v.get_value() for v in expand_pt.get_shared()]
+    names, _, shapes = shape_info
+
+    def make_logp():
+        def logp(x, **_):
+            value, grad = logp_jit(x, *logp_shared)
+            return float(value), np.asarray(grad, dtype="float64", order="C")
+
+        return logp
+
+    def make_expand(seed1, seed2, chain):
+        def expand(x, **_):
+            vals = expand_jit(x, *expand_shared)
+            return {n: np.asarray(v, dtype="float64", order="C").reshape(s)
+                    for n, v, s in zip(names, vals, shapes, strict=True)}
+
+        return expand
+
+    dims, coords = _prepare_dims_and_coords(model, shape_info, reparam)
+    return from_pyfunc(
+        ndim=n_dim, make_logp_fn=make_logp, make_expand_fn=make_expand,
+        make_initial_point_fn=init_fn, expanded_dtypes=[np.dtype("float64")] * len(names),
+        expanded_shapes=shapes, expanded_names=names, dims=dims, coords=coords,
+        reparameterized_names=reparam,
+    )
+
+
+def sample_nuts(
+    built: BuiltModel,
+    *,
+    draws: int,
+    tune: int,
+    chains: int,
+    cores: int,
+    seed: int,
+    target_accept: float,
+    progress: bool,
+):
+    """NUTS (nutpie's Rust sampler, diagonal mass matrix adaptation) on :func:`compile_nuts`;
+    returns nutpie's DataTree (``posterior``, ``sample_stats``, ``warmup_*``)."""
+    import nutpie
+
+    compiled = compile_nuts(built)
+    return nutpie.sample(
+        compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
+        target_accept=target_accept, progress_bar=progress,
+    )
+
+
+def logp_points(built: BuiltModel, points: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """PyMC's joint log-density (transformed space, Jacobians included) at each point (a dict of
+    value-variable name → value, as ``model.initial_point()`` names them). For tests."""
+    f = built.model.compile_logp()
+    return np.array([float(f(pt_)) for pt_ in points])
+
+
+def value_var_names(built: BuiltModel) -> list[str]:
+    """Names of the model's free value variables (transformed space), in model order."""
+    return [built.model.rvs_to_values[rv].name for rv in built.model.free_RVs]
