@@ -252,7 +252,9 @@ def group_crossprods(design: Design) -> GroupCrossprods:
         if v.shape[0] and v[0] == 1.0 and np.all(v == 1.0):
             return -1
         for k, w in enumerate(cols):
-            if w is v or np.array_equal(w, v):
+            same_view = (w.shape == v.shape and w.strides == v.strides
+                         and w.__array_interface__["data"][0] == v.__array_interface__["data"][0])
+            if same_view or np.array_equal(w, v):
                 return k
         cols.append(np.ascontiguousarray(v))
         return len(cols) - 1
@@ -442,7 +444,7 @@ def _simple_model_matrix(
     names = _column_names(dm.common)
     if len(names) != len(sources):
         return None
-    mat = np.empty((n, len(sources)))
+    mat = np.empty((n, len(sources)), order="F")  # contiguous columns
     for k, src in enumerate(sources):
         mat[:, k] = 1.0 if src is None else frame[src].to_numpy(dtype=float)
     if not np.array_equal(mat[:_HEAD_ROWS], np.asarray(dm.common.design_matrix, dtype=float)):
@@ -560,17 +562,25 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
     if len(frame) == 0:
         raise DataError(f"no complete rows left for formula '{formula}' after removing missing values")
 
-    X_full, x_names_full = _model_matrix(parsed.response, parsed.fixed, frame)
+    matrices: dict[str, tuple[np.ndarray, list[str]]] = {}
+
+    def model_matrix(rhs: str) -> tuple[np.ndarray, list[str]]:
+        # the same right-hand side (e.g. '1 + x' fixed and '(1 + x | g)') is built once
+        if rhs.strip() not in matrices:
+            matrices[rhs.strip()] = _model_matrix(parsed.response, rhs, frame)
+        return matrices[rhs.strip()]
+
+    X_full, x_names_full = model_matrix(parsed.fixed)
     keep = _full_rank_columns(X_full)
     dropped = tuple(x_names_full[k] for k in range(len(x_names_full)) if k not in keep)
-    X = np.ascontiguousarray(X_full[:, keep])
+    X = X_full if len(keep) == X_full.shape[1] else np.asfortranarray(X_full[:, keep])
     x_names = tuple(x_names_full[k] for k in keep)
 
     z_blocks: list[np.ndarray] = []
     z_names: list[str] = []
     terms: list[RandomTerm] = []
     for bar in parsed.bars:
-        mat, names = _model_matrix(parsed.response, bar.lhs, frame)
+        mat, names = model_matrix(bar.lhs)
         if mat.shape[1] == 0:
             raise FormulaError(f"random-effects term '({bar.lhs} | {bar.group})' has no columns")
         pieces = [[k] for k in range(mat.shape[1])] if not bar.correlated else [list(range(mat.shape[1]))]
@@ -586,7 +596,12 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
                 z_names.append(names[k])
                 z_blocks.append(mat[:, k])
             terms.append(RandomTerm(names=tuple(names[k] for k in piece), columns=tuple(cols), group=group))
-    Z = np.ascontiguousarray(np.column_stack(z_blocks))
+    if len(parsed.bars) == 1 and len(z_blocks) == mat.shape[1]:
+        Z = mat  # one bar: its model matrix is Z (shared with X when the two are the same)
+    else:
+        Z = np.empty((len(frame), len(z_blocks)), order="F")
+        for k, blk in enumerate(z_blocks):
+            Z[:, k] = blk
 
     codes, levels = _factorize_sorted(frame[group])
     y = frame[parsed.response].to_numpy(dtype=float).copy()
@@ -619,11 +634,12 @@ def _factorize_sorted(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         v = s.to_numpy()
         lo, hi = int(v.min()), int(v.max())
         if hi - lo <= 4 * v.shape[0] + 1024:  # dense range: O(n) table lookup, same as factorize
+            idx = v - lo if lo else v
             present = np.zeros(hi - lo + 1, dtype=bool)
-            present[v - lo] = True
+            present[idx] = True
             levels = np.flatnonzero(present)
             table = np.cumsum(present, dtype=np.intp) - 1
-            return table[v - lo], (levels + lo).astype(v.dtype)
+            return table[idx], (levels + lo).astype(v.dtype)
     codes, levels = pd.factorize(s, sort=True)
     return codes.astype(np.intp), np.asarray(levels)
 

@@ -414,34 +414,82 @@ def deviance_gradient(
     T = design.theta_to_T(theta)
     st = pls_state(cp, T)
     J, q, p = cp.B.shape
-    # M_j⁻¹ = L_j⁻ᵀ L_j⁻¹
-    eye = np.ascontiguousarray(np.broadcast_to(np.eye(q), (J, q, q)))
-    Minv = _backward_solve_t(st.L, _forward_solve(st.L, eye))
-    ATMinv = np.matmul(np.matmul(cp.A, T), Minv)  # (J, q, q)
-    dld = 2.0 * ATMinv.sum(axis=0)  # [r, c]
-    resid = cp.c - np.einsum("jqp,p->jq", cp.B, st.beta) - np.einsum(
-        "jab,jb->ja", np.matmul(cp.A, T), st.u
-    )
-    dr2 = -2.0 * np.einsum("jc,jr->rc", st.u, resid)
+    AT, ATMinv, W, TW = _gradient_blocks(cp, T, st, with_w=reml)
+    u = [np.ascontiguousarray(st.u[:, a]) for a in range(q)]
+    _, bc = cp.columns
+    # resid_j = c_j − B_jβ̂ − A_jTũ_j, component-wise
+    resid = []
+    for a in range(q):
+        v = bc[a][:, p] - np.einsum("jk,k->j", bc[a][:, :p], st.beta)
+        for k in range(q):
+            if isinstance(AT[a][k], np.ndarray):
+                v = v - AT[a][k] * u[k]
+        resid.append(v)
     tmpl = design.theta_template
     grad = np.empty(theta.shape[0])
     rows, cols = np.nonzero(tmpl >= 0)
     if reml:
-        W = cp.B - np.matmul(np.matmul(ATMinv, T.T), cp.B)  # (J, q, p)
         Cu = unscaled_vcov(st)
-        # Σ_j W_jᵀ(E_kTᵀ + TE_kᵀ)W_j = Σ_j (W_j[r]ᵀ(TᵀW_j)[c] + its transpose)
-        TW = np.matmul(T.T, W)
         dof = st.n - st.p
     else:
         dof = st.n
     for r, c in zip(rows, cols, strict=True):
         k = tmpl[r, c]
-        g = dld[r, c] + dof / st.r2 * dr2[r, c]
+        dld = 2.0 * float(np.sum(ATMinv[r][c]))
+        dr2 = -2.0 * float(np.einsum("j,j->", u[c], resid[r]))
+        g = dld + dof / st.r2 * dr2
         if reml:
-            S = np.einsum("ja,jb->ab", W[:, r, :], TW[:, c, :])
+            # Σ_j W_jᵀ(E_kTᵀ + TE_kᵀ)W_j = Σ_j (W_j[r]ᵀ(TᵀW_j)[c] + its transpose)
+            S = np.einsum("ja,jb->ab", W[r], TW[c])
             g -= float(np.sum(Cu * (S + S.T)))
         grad[k] = g
     return grad
+
+
+def _gradient_blocks(cp: GroupCrossprods, T: np.ndarray, st: PLSState, with_w: bool = True):
+    """Component-wise pieces of the analytic derivatives at T (q × q lists of length-J vectors,
+    or 0.0 where structurally zero): A_jT, A_jT M_j⁻¹, and (with ``with_w``) the q blocks (J, p)
+    of W_j = B_j − A_jT M_j⁻¹TᵀB_j and of TᵀW_j."""
+    J, q, p = cp.B.shape
+    a_cols, bc = cp.columns
+
+    def A(a: int, b: int) -> np.ndarray:
+        return a_cols[(a, b) if a <= b else (b, a)]
+
+    Lc = [[np.ascontiguousarray(st.L[:, i, k]) if k <= i else None for k in range(q)]
+          for i in range(q)]
+    Li: list[list] = [[None] * q for _ in range(q)]
+    for i in range(q):
+        Li[i][i] = 1.0 / Lc[i][i]
+        for k in range(i):
+            Li[i][k] = -sum(Lc[i][m] * Li[m][k] for m in range(k, i)) * Li[i][i]
+    # M⁻¹ = L⁻ᵀL⁻¹: M⁻¹[a][b] = Σ_{i ≥ max(a, b)} L⁻¹[i][a]·L⁻¹[i][b]
+    Minv = [[None] * q for _ in range(q)]
+    for a in range(q):
+        for b in range(a + 1):
+            Minv[a][b] = Minv[b][a] = sum(Li[i][a] * Li[i][b] for i in range(a, q))
+    AT = [[_lincomb([(T[b, c], A(a, b)) for b in range(c, q)]) for c in range(q)]
+          for a in range(q)]
+    ATMinv = [[_lincomb([(1.0, AT[r][k] * Minv[k][c]) for k in range(q)
+                         if isinstance(AT[r][k], np.ndarray)]) for c in range(q)]
+              for r in range(q)]
+    ATMinv = [[v if isinstance(v, np.ndarray) else np.zeros(J) for v in row] for row in ATMinv]
+    if not with_w:
+        return AT, ATMinv, None, None
+    # (A T M⁻¹ Tᵀ)[a][k] = Σ_m ATMinv[a][m]·T[k, m]
+    W = []
+    for a in range(q):
+        v = bc[a][:, :p]
+        for k in range(q):
+            coef = _lincomb([(T[k, m], ATMinv[a][m]) for m in range(k + 1)])
+            if isinstance(coef, np.ndarray):
+                v = v - coef[:, None] * bc[k][:, :p]
+        W.append(np.ascontiguousarray(v))
+    TW = []
+    for c in range(q):
+        v = _lincomb([(T[a, c], W[a]) for a in range(c, q)])
+        TW.append(v if isinstance(v, np.ndarray) else np.zeros((J, p)))
+    return AT, ATMinv, W, TW
 
 
 # ------------------------------------------------------------------------ the deviance function

@@ -147,7 +147,11 @@ def devfun_vp(fit) -> Callable[[np.ndarray], float]:
 
 def covbeta(fit, varpar: np.ndarray) -> np.ndarray:
     """C(θ, σ) = σ²·(R_X(θ)ᵀR_X(θ))⁻¹, lmerTest's ``get_covbeta``."""
-    st = pls_state(fit.crossprods, fit.design.theta_to_T(varpar[:-1]))
+    theta = np.asarray(varpar[:-1], dtype=float)
+    if np.array_equal(theta, np.asarray(fit.theta, dtype=float)):
+        st = fit.state  # the fit's own PLS solution
+    else:
+        st = pls_state(fit.crossprods, fit.design.theta_to_T(theta))
     return varpar[-1] ** 2 * unscaled_vcov(st)
 
 
@@ -157,22 +161,19 @@ def covbeta_jacobian_analytic(fit) -> np.ndarray:
     ∂C/∂σ = 2σ·C_u and ∂C/∂θ_k = −σ²·C_u·[∂(R_XᵀR_X)/∂θ_k]·C_u with C_u = (R_XᵀR_X)⁻¹,
     ∂(R_XᵀR_X)/∂θ_k = −Σ_j W_jᵀ(E_kTᵀ + TE_kᵀ)W_j and W_j = B_j − A_jT M_j⁻¹TᵀB_j.
     """
-    from models.deviance import _backward_solve_t, _forward_solve
+    from models.deviance import _gradient_blocks
 
     design, cp = fit.design, fit.crossprods
     theta, sigma = np.asarray(fit.theta, dtype=float), float(fit.sigma)
     T = design.theta_to_T(theta)
-    st = pls_state(cp, T)
-    J, q, p = cp.B.shape
-    eye = np.ascontiguousarray(np.broadcast_to(np.eye(q), (J, q, q)))
-    Minv = _backward_solve_t(st.L, _forward_solve(st.L, eye))
-    W = cp.B - np.matmul(np.matmul(np.matmul(cp.A, T), Minv), np.matmul(T.T, cp.B))
-    TtW = np.matmul(T.T, W)
+    st = fit.state if np.array_equal(fit.state.T, T) else pls_state(cp, T)
+    p = cp.B.shape[2]
+    _, _, W, TtW = _gradient_blocks(cp, T, st, with_w=True)
     Cu = unscaled_vcov(st)
     tmpl = design.theta_template
     out = np.empty((design.n_theta + 1, p, p))
     for r, c in zip(*np.nonzero(tmpl >= 0), strict=True):
-        S = np.einsum("ja,jb->ab", W[:, r, :], TtW[:, c, :])
+        S = np.einsum("ja,jb->ab", W[r], TtW[c])
         dRtR = -(S + S.T)
         out[tmpl[r, c]] = -(sigma**2) * Cu @ dRtR @ Cu
     out[-1] = 2.0 * sigma * Cu
