@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data.errors import DataError
 from models.collapsed import draw_school_effects, school_marginal_loglik
 from models.design import Design, GroupCrossprods, group_crossprods, make_design
 from models.priors import ModelPriors
@@ -334,11 +333,6 @@ def fit_bayes(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     design = make_design(formula, data)
-    if design.n_groups < 2:
-        raise DataError(
-            f"'{design.group}' has a single group ({design.group_levels[0]!s}): a school-level "
-            "variance cannot be estimated from one school; supply data with several groups"
-        )
     cp = group_crossprods(design)
     built = build_model(design, priors, likelihood=likelihood, centering=centering, crossprods=cp)
     timings["build"] = time.perf_counter() - t0

@@ -411,7 +411,7 @@ def prior_draws(built: BuiltModel, draws: int, seed: int | None) -> dict[str, np
     names = ["beta", "sigma"] + (["chol_cov"] if built.structure == "lkj" else ["sd"])
     model = built.model
     vars_ = [model[n] for n in names]
-    out = pm.draw(vars_, draws=draws, random_seed=seed)
+    out = pm.draw(vars_, draws=draws, random_seed=seed, mode="NUMBA")  # cached; the C default costs s
     q = built.design.q
     res = {"beta": np.asarray(out[0]).reshape(draws, -1), "sigma": np.asarray(out[1]).reshape(draws)}
     if built.structure == "lkj":

@@ -1,0 +1,268 @@
+"""The PyMC builders (structure, exact fast likelihoods), the collapsed pieces, the sampler and its
+diagnostic gate, and every error message of the Bayesian entry points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from scipy.stats import multivariate_normal
+
+from data.errors import DataError, FormulaError, TwolevelError
+from models.bayes import SamplerSettings, diagnose, fit_bayes, posterior_predictive, prior_predictive
+from models.collapsed import draw_school_effects, school_marginal_loglik
+from models.design import group_crossprods, make_design
+from models.priors import Prior, default_priors
+from models.pymc_model import build_model, collapsed_loglik, value_var_names
+
+F_SLOPE = "y ~ 1 + x + w + (1 + x | g)"
+
+
+def _sim(J=12, seed=0, nmin=3, nmax=9):
+    """A small two-level data set with a random intercept and slope and a level-2 predictor."""
+    rng = np.random.default_rng(seed)
+    n = rng.integers(nmin, nmax + 1, J)
+    g = np.repeat(np.arange(J), n)
+    x = rng.normal(size=g.size)
+    w = rng.normal(size=J)[g]
+    b = rng.multivariate_normal([0, 0], [[4.0, -0.6], [-0.6, 1.0]], size=J)
+    y = 10 + 2 * x + 0.5 * w + b[g, 0] + b[g, 1] * x + rng.normal(scale=1.5, size=g.size)
+    return pd.DataFrame({"g": [f"s{k:02d}" for k in g], "x": x, "w": w, "y": y})
+
+
+@pytest.fixture(scope="module")
+def small():
+    return _sim()
+
+
+@pytest.fixture(scope="module")
+def design(small):
+    return make_design(F_SLOPE, small)
+
+
+def _random_points(built, k, seed):
+    """Random points in the unconstrained space of the model's free variables."""
+    rng = np.random.default_rng(seed)
+    ip = built.model.initial_point()
+    return [{n: np.asarray(v) + rng.normal(scale=0.5, size=np.shape(v)) for n, v in ip.items()}
+            for _ in range(k)]
+
+
+# ----------------------------------------------------------------------------- structure
+
+
+@pytest.mark.parametrize("likelihood", ["student", "suffstat", "collapsed"])
+def test_model_names_dims_and_finite_gradient(design, likelihood):
+    built = build_model(design, likelihood=likelihood, centering="noncentered")
+    m = built.model
+    assert built.structure == "lkj"
+    assert list(m.coords["fixed"]) == ["(Intercept)", "x", "w"]
+    assert list(m.coords["effect"]) == ["(Intercept)", "x"]
+    assert list(m.coords["school"]) == sorted({f"s{k:02d}" for k in range(12)})
+    names = set(m.named_vars)
+    assert {"beta", "sigma", "chol_cov", "sd", "corr"} <= names
+    assert m.named_vars_to_dims["beta"] == ("fixed",)
+    assert m.named_vars_to_dims["corr"] == ("effect", "effect_b")
+    if likelihood == "collapsed":
+        assert "b_school" not in names and "marginal_loglik" in names
+    else:
+        assert m.named_vars_to_dims["b_school"] == ("school", "effect")
+        assert m.named_vars_to_dims["z"] == ("school", "effect_nc")
+    dlogp = m.compile_dlogp()
+    for pt_ in _random_points(built, 3, 1):
+        assert np.all(np.isfinite(dlogp(pt_)))
+
+
+def test_centering_options(design):
+    b1 = build_model(design, likelihood="suffstat", centering=1)
+    assert b1.model.named_vars_to_dims["b_centered"] == ("school", "effect_c")
+    assert list(b1.model.coords["effect_nc"]) == ["x"]
+    b2 = build_model(design, likelihood="suffstat", centering="centered")
+    assert "z" not in b2.model.named_vars and b2.n_centered == 2
+    assert build_model(design, likelihood="suffstat", centering="auto").n_centered in (0, 1, 2)
+
+
+def test_independent_effects_use_halfnormal_sds(small):
+    d = make_design("y ~ 1 + x + (1 + x || g)", small)
+    built = build_model(d, likelihood="collapsed")
+    assert built.structure == "diag" and "chol_cov" not in built.model.named_vars
+    assert built.model.named_vars_to_dims["sd"] == ("effect",)
+
+
+def test_priors_print_and_override(design):
+    pri = default_priors(design)
+    text = str(pri)
+    assert "beta  [(Intercept), x, w] ~ Normal(" in text and "corr  ~ LKJ(eta: 2.0)" in text
+    new = pri.replace(corr=Prior("LKJ", eta=4.0), sigma=Prior("HalfNormal", sigma=3.0))
+    built = build_model(design, new, likelihood="collapsed")
+    assert built.priors.corr.params["eta"] == 4.0
+
+
+# ----------------------------------------------------------------------------- exact likelihoods
+
+
+def test_suffstat_logp_equals_student_logp(design):
+    """Same free variables, same density: the per-school cross-products are exact."""
+    a = build_model(design, likelihood="student", centering="noncentered")
+    b = build_model(design, likelihood="suffstat", centering="noncentered")
+    assert value_var_names(a) == value_var_names(b)
+    fa, fb = a.model.compile_logp(), b.model.compile_logp()
+    ga, gb = a.model.compile_dlogp(), b.model.compile_dlogp()
+    for pt_ in _random_points(a, 5, 2):
+        la, lb = float(fa(pt_)), float(fb(pt_))
+        assert lb == pytest.approx(la, rel=1e-8)
+        np.testing.assert_allclose(gb(pt_), ga(pt_), rtol=1e-7, atol=1e-7)
+
+
+def test_collapsed_loglik_is_the_integrated_likelihood(design):
+    """log p(y | β, Σ, σ) from the Woodbury pieces equals the dense multivariate normal density
+    of every school, V_j = σ²I + Z_jΣZ_jᵀ (school effects integrated out)."""
+    cp = group_crossprods(design)
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        beta = rng.normal(size=design.p)
+        Lm = np.array([[rng.uniform(0.5, 2), 0.0], [rng.normal(), rng.uniform(0.2, 1)]])
+        sigma = rng.uniform(0.5, 2)
+        dense = 0.0
+        for j in range(design.n_groups):
+            idx = design.group_index == j
+            Zj = design.Z[idx]
+            V = sigma**2 * np.eye(idx.sum()) + Zj @ Lm @ Lm.T @ Zj.T
+            dense += multivariate_normal(design.X[idx] @ beta, V).logpdf(design.y[idx])
+        Lnp = [[Lm[0, 0], None], [Lm[1, 0], Lm[1, 1]]]
+        got = collapsed_loglik(cp, design.n, beta, Lnp, sigma, mod=np)
+        assert got == pytest.approx(dense, rel=1e-10)
+        rss0 = np.array([[np.sum((design.y - design.X @ beta)[design.group_index == j] ** 2)
+                          for j in range(design.n_groups)]])
+        per = school_marginal_loglik(cp.A, cp.B, cp.c, rss0, design.group_sizes, beta[None],
+                                     Lm[None], np.array([sigma]))
+        assert per.sum() == pytest.approx(dense, rel=1e-10)
+
+
+def test_conditional_school_effects_match_dense_formula(design):
+    """b_j | y, β, Σ, σ ~ N(P Z_jᵀr_j/σ², P), P = (Σ⁻¹ + Z_jᵀZ_j/σ²)⁻¹: mean and covariance of
+    40,000 draws within Monte-Carlo error."""
+    cp = group_crossprods(design)
+    beta = np.array([10.0, 2.0, 0.5])
+    Lm = np.array([[2.0, 0.0], [-0.3, 0.9]])
+    sigma, S, j = 1.5, 40_000, 4
+    b = draw_school_effects(cp.A, cp.B, cp.c, np.tile(beta, (S, 1)), np.tile(Lm, (S, 1, 1)),
+                            np.full(S, sigma), np.random.default_rng(5))[:, j]
+    idx = design.group_index == j
+    Zj, r = design.Z[idx], design.y[idx] - design.X[idx] @ beta
+    P = np.linalg.inv(np.linalg.inv(Lm @ Lm.T) + Zj.T @ Zj / sigma**2)
+    m = P @ Zj.T @ r / sigma**2
+    assert np.all(np.abs(b.mean(0) - m) < 4 * np.sqrt(np.diag(P) / S))
+    np.testing.assert_allclose(np.cov(b.T), P, rtol=0.05, atol=0.01)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@pytest.fixture(scope="module")
+def small_fit(small):
+    return fit_bayes(F_SLOPE, _sim(J=40, seed=4),
+                     settings=SamplerSettings(chains=2, draws=300, tune=300, seed=11),
+                     progress=False)
+
+
+def test_small_fit_is_reproducible_and_complete(small_fit):
+    dt = small_fit.datatree
+    post = dt["posterior"]
+    assert post["b_school"].dims == ("chain", "draw", "school", "effect")
+    assert post["b_school"].shape == (2, 300, 40, 2)
+    ll = dt["log_likelihood"]
+    assert ll["y"].shape[-1] == small_fit.design.n and ll["y_by_school"].shape[-1] == 40
+    d = small_fit.diagnostics
+    assert d.divergences == 0 and d.max_rhat < 1.05 and len(d.bfmi) == 2
+    assert d.worst_ess.startswith(("beta", "sd", "corr", "sigma", "b_school"))
+    again = fit_bayes(F_SLOPE, _sim(J=40, seed=4),
+                      settings=SamplerSettings(chains=2, draws=300, tune=300, seed=11),
+                      progress=False)
+    xr.testing.assert_equal(dt["posterior"].to_dataset(), again.datatree["posterior"].to_dataset())
+    f = small_fit.to_frame()
+    assert list(f.index) == ["fixef:(Intercept)", "fixef:x", "fixef:w", "sd:(Intercept)", "sd:x",
+                             "corr:(Intercept):x", "sigma"]
+    assert "Gate:" in small_fit.summary()
+
+
+def test_posterior_saves_and_reopens(small_fit, tmp_path):
+    import arviz as az
+
+    path = tmp_path / "post.nc"
+    small_fit.save(path)
+    dt = az.from_netcdf(path)
+    assert "y_by_school" in dt["log_likelihood"] and "y" not in dt["log_likelihood"]
+    np.testing.assert_array_equal(dt["posterior"]["beta"].to_numpy(),
+                                  small_fit.posterior["beta"].to_numpy())
+
+
+def test_predictive_draws_have_the_data_shape(small_fit):
+    yrep = posterior_predictive(small_fit, 7, seed=1)
+    assert yrep.shape == (7, small_fit.design.n) and np.isfinite(yrep).all()
+    pri = prior_predictive(small_fit.design, None, 5, seed=2)
+    assert pri["y"].shape == (5, small_fit.design.n) and pri["b"].shape == (5, 40, 2)
+
+
+def test_gate_reports_each_problem_in_plain_words():
+    rng = np.random.default_rng(0)
+    bad = rng.normal(size=(2, 50))
+    bad[1] += 5.0  # the chains disagree
+    post = xr.Dataset({"beta": (("chain", "draw", "fixed"), bad[:, :, None]),
+                       "sigma": (("chain", "draw"), np.abs(bad) + 1)},
+                      coords={"fixed": ["(Intercept)"]})
+    div = np.zeros((2, 50), bool)
+    div[0, 3] = True
+    energy = np.cumsum(rng.normal(size=(2, 50)), axis=1) * 0.01 + rng.normal(size=(2, 50)) * 1e-4
+    stats = xr.Dataset({"diverging": (("chain", "draw"), div),
+                        "energy": (("chain", "draw"), energy)})
+    dt = xr.DataTree.from_dict({"posterior": post, "sample_stats": stats})
+    d = diagnose(dt)
+    text = "\n".join(d.problems)
+    assert not d.passed
+    assert "1 divergent transitions after warm-up" in text
+    assert "R-hat" in text and "the chains disagree; run more tuning and draws" in text
+    assert "effective sample size too small" in text
+    assert "the energy distribution is poorly explored" in text
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_formula_the_builders_cannot_express(small):
+    d = make_design("y ~ 1 + x + w + (1 + x | g) + (0 + w | g)", small)
+    with pytest.raises(FormulaError, match=r"splits the random effects into blocks "
+                                           r"\(\(Intercept\) \+ x \| g\) \+ \(w \| g\)"):
+        build_model(d)
+
+
+def test_prior_with_wrong_shape(design):
+    pri = default_priors(design).replace(beta=Prior("Normal", mu=0.0, sigma=[1.0, 2.0]))
+    with pytest.raises(TwolevelError, match="prior 'beta' parameter 'sigma' has 2 values but the "
+                                            "model has 3 coefficients for it; give one value or 3"):
+        build_model(design, pri)
+
+
+def test_prior_of_wrong_family_and_parameters(design):
+    with pytest.raises(TwolevelError, match="prior 'sd' is Normal, which twolevel cannot use there"):
+        build_model(design, default_priors(design).replace(sd=Prior("Normal", mu=0, sigma=1)))
+    with pytest.raises(TwolevelError, match=r"missing: sigma; unknown: scale"):
+        build_model(design, default_priors(design).replace(sigma=Prior("HalfNormal", scale=1)))
+    with pytest.raises(TwolevelError, match="prior 'corr' parameter 'eta' must be positive"):
+        build_model(design, default_priors(design).replace(corr=Prior("LKJ", eta=-1.0)))
+
+
+def test_unknown_likelihood_and_centering(design):
+    with pytest.raises(TwolevelError, match="likelihood 'exact' is not known; choose one of "
+                                            "collapsed, suffstat, student"):
+        build_model(design, likelihood="exact")
+    with pytest.raises(TwolevelError, match="centering 'half' is not valid"):
+        build_model(design, centering="half")
+
+
+def test_one_school_is_refused():
+    df = pd.DataFrame({"g": ["a"] * 6, "x": np.arange(6.0), "y": np.arange(6.0) ** 1.5})
+    with pytest.raises(DataError, match=r"grouping column 'g' has only 1 group \(a\); a two-level model needs at "
+                                      "least 2 groups"):
+        fit_bayes("y ~ 1 + x + (1 | g)", df, progress=False)
