@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
+_CHEAP_INVERSE = True
 
 
 # ------------------------------------------------------------------------ small triangular
@@ -215,7 +216,7 @@ def _pls_cheap(cp: GroupCrossprods, T: np.ndarray) -> _Parts:
     With W_j = L_j⁻¹Tᵀ (q × q, from the component-wise Cholesky), R_j = W_j[B_j c_j] and
     Σ_j R_jᵀR_j is down-dated from [[XᵀX, Xᵀy], [yᵀX, yᵀy]] as in :func:`_pls`."""
     J, q, p = cp.B.shape
-    _, bc = cp.columns
+    bc, xty, yty = cp.shifted  # y − Xγ: same r², less cancellation
     Lc = _cholesky_components(cp, T)
     # L_j⁻¹ (lower triangular), component-wise
     Li: list[list[np.ndarray | None]] = [[None] * q for _ in range(q)]
@@ -226,8 +227,8 @@ def _pls_cheap(cp: GroupCrossprods, T: np.ndarray) -> _Parts:
             Li[i][k] = -acc * Li[i][i]
     aug = np.empty((p + 1, p + 1))
     aug[:p, :p] = cp.XtX
-    aug[:p, p] = aug[p, :p] = cp.Xty
-    aug[p, p] = cp.yty
+    aug[:p, p] = aug[p, :p] = xty
+    aug[p, p] = yty
     for i in range(q):
         # R_j[i] = Σ_c (L_j⁻¹Tᵀ)[i, c]·[B_j c_j][c] with (L⁻¹Tᵀ)[i, c] = Σ_{k ≤ min(i, c)} L⁻¹[i, k]·T[c, k]
         Ri = 0.0
@@ -265,12 +266,12 @@ def _pls(cp: GroupCrossprods, T: np.ndarray, full: bool):
     """
     T = np.asarray(T, dtype=float)
     J, q, p = cp.B.shape
-    if not full:
+    if not full and _CHEAP_INVERSE:
         return _pls_cheap(cp, T)
     Lc = _cholesky_components(cp, T)
     # right-hand sides Tᵀ[B_j c_j] (q vectors of shape (J, p+1)), then forward substitution
-    Bc = np.concatenate([cp.B, cp.c[:, :, None]], axis=2)
-    rhs = [sum(T[b, a] * Bc[:, b, :] for b in range(a, q) if T[b, a] != 0.0) for a in range(q)]
+    _, bc = cp.columns
+    rhs = [_lincomb([(T[b, a], bc[b]) for b in range(a, q)]) for a in range(q)]
     rhs = [np.zeros((J, p + 1)) + r for r in rhs]
     Rc = []
     for i in range(q):
