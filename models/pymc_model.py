@@ -41,9 +41,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import warnings
+
 import numpy as np
-import pymc as pm
-import pytensor.tensor as pt
+
+# Our compiled functions use PyTensor's Numba backend; the C backend's BLAS check is irrelevant.
+warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS installation")
+
+import pymc as pm  # noqa: E402
+import pytensor.tensor as pt  # noqa: E402
 
 from data.errors import FormulaError, TwolevelError
 from models.design import Design, GroupCrossprods, group_crossprods
@@ -428,7 +434,29 @@ def prior_draws(built: BuiltModel, draws: int, seed: int | None) -> dict[str, np
 # ----------------------------------------------------------------------------- NUTS
 
 
-def compile_nuts(built: BuiltModel):
+_COMPILED: dict[int, tuple] = {}
+
+
+def _nutpie_functions(built: BuiltModel):
+    """nutpie's PyTensor functions of the model in NUMBA mode (cached per model object)."""
+    from nutpie.compile_pymc import _make_functions, _prepare_dims_and_coords
+    from pymc.initial_point import make_initial_point_fn
+
+    key = id(built.model)
+    if key not in _COMPILED:
+        model = built.model
+        ip_fn = make_initial_point_fn(model=model, return_transformed=True)
+        n_dim, _, logp_pt, expand_pt, init_fn, shape_info, reparam = _make_functions(
+            model, mode="NUMBA", compute_grad=True, join_expanded=False,
+            pymc_initial_point_fn=ip_fn,
+        )
+        dims, coords = _prepare_dims_and_coords(model, shape_info, reparam)
+        _COMPILED[key] = (model, n_dim, logp_pt, expand_pt, init_fn, shape_info, reparam, dims,
+                          coords)
+    return _COMPILED[key][1:]
+
+
+def compile_nuts(built: BuiltModel, data: dict[str, np.ndarray] | None = None):
     """The model's log-density and gradient compiled by PyTensor's Numba backend (disk-cached),
     wrapped for nutpie's Rust NUTS through :func:`nutpie.compiled_pyfunc.from_pyfunc`.
 
@@ -437,19 +465,21 @@ def compile_nuts(built: BuiltModel):
     PyTensor function from nutpie's Python callback costs ~40 µs a gradient instead (the
     collapsed lecture model needs ~25,000 gradients for 4 × 2000 iterations). The density is
     PyMC's own (``model.logp()`` with its transforms and Jacobians): nothing is rewritten here.
-    """
-    from nutpie.compile_pymc import _make_functions, _prepare_dims_and_coords
-    from nutpie.compiled_pyfunc import from_pyfunc
-    from pymc.initial_point import make_initial_point_fn
 
-    model = built.model
-    ip_fn = make_initial_point_fn(model=model, return_transformed=True)
-    n_dim, _, logp_pt, expand_pt, init_fn, shape_info, reparam = _make_functions(
-        model, mode="NUMBA", compute_grad=True, join_expanded=False, pymc_initial_point_fn=ip_fn
-    )
+    ``data`` replaces the values of ``pm.Data`` variables by name (e.g. new cross-products
+    ``c``, ``Xty``, ``yty`` of a simulated response with the same design) without recompiling.
+    """
+    from nutpie.compiled_pyfunc import from_pyfunc
+
+    n_dim, logp_pt, expand_pt, init_fn, shape_info, reparam, dims, coords = _nutpie_functions(built)
+    data = data or {}
+    unknown = set(data) - {v.name for v in [*logp_pt.get_shared(), *expand_pt.get_shared()]}
+    if unknown:
+        raise TwolevelError(f"data {sorted(unknown)} are not pm.Data of the model; known: "
+                            f"{sorted(v.name for v in logp_pt.get_shared())}")
     logp_jit, expand_jit = logp_pt.vm.jit_fn, expand_pt.vm.jit_fn
-    logp_shared = [v.get_value() for v in logp_pt.get_shared()]
-    expand_shared = [v.get_value() for v in expand_pt.get_shared()]
+    logp_shared = [np.asarray(data.get(v.name, v.get_value())) for v in logp_pt.get_shared()]
+    expand_shared = [np.asarray(data.get(v.name, v.get_value())) for v in expand_pt.get_shared()]
     names, _, shapes = shape_info
 
     def make_logp():
@@ -467,12 +497,11 @@ def compile_nuts(built: BuiltModel):
 
         return expand
 
-    dims, coords = _prepare_dims_and_coords(model, shape_info, reparam)
     return from_pyfunc(
         ndim=n_dim, make_logp_fn=make_logp, make_expand_fn=make_expand,
         make_initial_point_fn=init_fn, expanded_dtypes=[np.dtype("float64")] * len(names),
-        expanded_shapes=shapes, expanded_names=names, dims=dims, coords=coords,
-        reparameterized_names=reparam,
+        expanded_shapes=shapes, expanded_names=names, dims=dict(dims), coords=dict(coords),
+        reparameterized_names=list(reparam),
     )
 
 
@@ -486,12 +515,13 @@ def sample_nuts(
     seed: int,
     target_accept: float,
     progress: bool,
+    data: dict[str, np.ndarray] | None = None,
 ):
     """NUTS (nutpie's Rust sampler, diagonal mass matrix adaptation) on :func:`compile_nuts`;
     returns nutpie's DataTree (``posterior``, ``sample_stats``, ``warmup_*``)."""
     import nutpie
 
-    compiled = compile_nuts(built)
+    compiled = compile_nuts(built, data)
     return nutpie.sample(
         compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
         target_accept=target_accept, progress_bar=progress,
