@@ -25,6 +25,25 @@ def test_kr_json(capsys):
     assert out["df"] == out["kr_df"] and out["se"] == pytest.approx(out["kr_se"])
 
 
+def test_hsb_all_inference_flags_json(capsys):
+    """Issue 5 through the CLI's own REML fit (not lme4's θ̂), all three flags at once: pbkrtest's
+    SE and df within 1e-4 relative, lme4's profile intervals within 2e-3, HLM's keys."""
+    with pytest.warns(UserWarning, match="bad spline fit for cor_cses"):  # as lme4 warns
+        out = _json(capsys, "hsb", HSB, "--ddf", "kenward-roger", "--confint", "profile", "--hlm")
+    assert {"kr_se", "kr_df", "confint", "reliability", "chi2_tau", "plausible_range"} <= set(out)
+    g = load_golden("hsb82_lme4.json")["m1_reml"]["profile_ci95"]
+    assert list(out["confint"]) == list(g)
+    for name, (lo, hi) in g.items():
+        assert out["confint"][name] == pytest.approx([lo, hi], abs=2e-3), name
+    assert set(out["chi2_tau"]["cses"]) == {"chisq", "df", "p"}
+    assert out["chi2_tau"]["cses"]["p"] == pytest.approx(0.0026, abs=5e-5)
+    assert out["plausible_range"]["cses"] == pytest.approx([0.56, 3.83], abs=5e-3)
+    assert out["kr_se"] == pytest.approx(
+        {"(Intercept)": 0.244508689672, "cses": 0.128413946658}, rel=1e-4)
+    assert out["kr_df"] == pytest.approx({"(Intercept)": 158.845291, "cses": 148.490414}, rel=1e-4)
+    assert out["df"] == out["kr_df"]
+
+
 def test_hlm_json_and_text(capsys, tmp_path):
     csv = tmp_path / "schools.csv"
     out = _json(capsys, "hsb", HSB, "--hlm", "--schools", str(csv))
@@ -33,6 +52,9 @@ def test_hlm_json_and_text(capsys, tmp_path):
     assert out["chi2_tau"]["cses"]["df"] == 159
     assert out["chi2_tau"]["cses"]["p"] == pytest.approx(0.0026, abs=5e-5)
     assert out["plausible_range"]["(Intercept)"] == pytest.approx([6.86, 18.41], abs=5e-3)
+    assert out["plausible_range"]["cses"] == pytest.approx([0.56, 3.83], abs=5e-3)
+    c0 = out["chi2_tau"]["(Intercept)"]
+    assert c0["chisq"] == pytest.approx(1771.01, abs=0.005) and c0["df"] == 159 and c0["p"] < 1e-250
     assert out["hlm_df"] == {"(Intercept)": 159.0, "cses": 159.0}
     tab = pd.read_csv(csv)
     assert len(tab) == 160 and "reliability_cses" in tab.columns

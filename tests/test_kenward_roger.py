@@ -10,7 +10,7 @@ from conftest import load_golden
 from data.errors import TwolevelError
 from models.deviance import pls_state, sigma_hat
 from models.design import group_crossprods, make_design
-from models.kenward_roger import kenward_roger, kr_ddf, kr_vcov_adjusted
+from models.kenward_roger import kenward_roger, kenward_roger_fit, kr_ddf, kr_vcov_adjusted
 
 SIM_THETA = [0.828738090645, -0.109408141387, 0.0303154782751, 0.554110593927, 0.11725651123,
              0.43697218766]
@@ -34,6 +34,15 @@ def test_hsb_kr_matches_pbkrtest(hsb):
     np.testing.assert_allclose(r.se, [0.244508689672178, 0.128413946658041], rtol=1e-6)
     np.testing.assert_allclose(r.df, [158.845290986362, 148.490414097893], rtol=1e-6)
     assert r.names == ("(Intercept)", "cses")
+
+
+def test_hsb_kr_at_engine_fit(hsb):
+    """Issue 5 acceptance at the engine's own REML fit: within 1e-4 relative of pbkrtest."""
+    from models.lmer import lmer
+
+    r = kenward_roger_fit(lmer("mAch ~ 1 + cses + (1 + cses | school)", hsb))
+    np.testing.assert_allclose(r.se, [0.244508689672, 0.128413946658], rtol=1e-4)
+    np.testing.assert_allclose(r.df, [158.845291, 148.490414], rtol=1e-4)
 
 
 def test_sleepstudy_kr_df_17(sleepstudy):
