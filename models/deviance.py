@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
-_CHEAP_INVERSE = True
 
 
 # ------------------------------------------------------------------------ small triangular
@@ -248,6 +247,171 @@ def _pls_cheap(cp: GroupCrossprods, T: np.ndarray) -> _Parts:
     return _Parts(r2=r2, ldL2=ldL2, ldRX2=ldRX2, n=cp.n, p=p)
 
 
+_BATCH_ELEMENTS = 200_000  # (points × pairs × groups) per chunk of a batched evaluation
+_K_BYTES_MAX = 256 * 2**20  # the per-group outer products are kept below this size
+
+
+def _pair_coefs(U: np.ndarray, out_pairs: np.ndarray, in_pairs: np.ndarray) -> np.ndarray:
+    """(K, n_pairs, n_pairs) coefficients of the symmetric product UᵀSU in the pairs basis:
+    (UᵀSU)[a, c] = Σ_{b ≤ d} S_bd·(U[b, a]U[d, c] + [b ≠ d]·U[d, a]U[b, c]) for U (K, q, q)."""
+    a, c = out_pairs[:, 0][:, None], out_pairs[:, 1][:, None]
+    b, d = in_pairs[:, 0][None, :], in_pairs[:, 1][None, :]
+    off = (in_pairs[:, 0] != in_pairs[:, 1]).astype(float)[None, :]
+    return U[:, b, a] * U[:, d, c] + off * U[:, d, a] * U[:, b, c]
+
+
+def _batch_workspace(cp: GroupCrossprods):
+    """Arrays for :func:`_pls_batch`, built once per cross-products object (None when the
+    per-group outer products would exceed ``_K_BYTES_MAX``)."""
+    ws = cp.__dict__.get("_pls_batch_ws", False)
+    if ws is not False:
+        return ws
+    J, q, p = cp.B.shape
+    pairs = np.array([(a, b) for a in range(q) for b in range(a, q)], dtype=int)
+    n_pairs, m = pairs.shape[0], (p + 1) ** 2
+    if n_pairs * J * m * 8 > _K_BYTES_MAX:
+        ws = None
+    else:
+        a_cols, _ = cp.columns
+        bc, xty, yty = cp.shifted
+        astack = np.stack([a_cols[(a, b)] for a, b in pairs])  # (n_pairs, J)
+        kmat = np.empty((n_pairs, J, p + 1, p + 1))
+        for k, (c, d) in enumerate(pairs):
+            kmat[k] = np.einsum("jm,jn->jmn", bc[c], bc[d])
+            if c != d:
+                kmat[k] += np.swapaxes(kmat[k], 1, 2)
+        aug0 = np.empty((p + 1, p + 1))
+        aug0[:p, :p] = cp.XtX
+        aug0[:p, p] = aug0[p, :p] = xty
+        aug0[p, p] = yty
+        index = {(int(a), int(b)): k for k, (a, b) in enumerate(pairs)}
+        diag = np.array([index[(i, i)] for i in range(q)])
+        # flat positions in T of the factors of _pair_coefs, for UᵀSU with U = T and U = Tᵀ
+        terms = []
+        for a, c in pairs:
+            row_m, row_g = [], []
+            for b, d in pairs:
+                off = b != d
+                row_m.append((b * q + a, d * q + c, d * q + a, b * q + c, off))
+                row_g.append((a * q + b, c * q + d, a * q + d, c * q + b, off))
+            terms.append((row_m, row_g))
+        kmat_t = np.ascontiguousarray(kmat.reshape(n_pairs * J, m).T)  # (m, n_pairs·J)
+        ws = (pairs, astack, kmat_t, aug0, index, diag, terms)
+    cp.__dict__["_pls_batch_ws"] = ws  # cached like a cached_property (the dataclass is frozen)
+    return ws
+
+
+def _pls_batch(cp: GroupCrossprods, Ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(r², log|L|², log|R_X|²) at K relative covariance factors ``Ts`` (K, q, q) at once.
+
+    Same quantities as :func:`_pls_cheap`, organised for few NumPy calls: M_j = TᵀA_jT + I is a
+    linear map of the q(q+1)/2 distinct A_j entries, the component-wise Cholesky gives L_j⁻¹ and
+    M_j⁻¹ = L_j⁻ᵀL_j⁻¹, and Σ_j R_jᵀR_j = Σ_j [B_j c_j]ᵀ(T M_j⁻¹ Tᵀ)[B_j c_j] is one product of the
+    entries of T M_j⁻¹ Tᵀ with the precomputed per-group outer products of [B_j c_j] (for
+    y − Xγ, see :attr:`GroupCrossprods.shifted`)."""
+    Ts = np.asarray(Ts, dtype=float)
+    K = Ts.shape[0]
+    J, q, p = cp.B.shape
+    ws = _batch_workspace(cp)
+    if ws is None:
+        parts = [_pls_cheap(cp, T) for T in Ts]
+        return (np.array([x.r2 for x in parts]), np.array([x.ldL2 for x in parts]),
+                np.array([x.ldRX2 for x in parts]))
+    pairs, astack, kmat_t, aug0, index, diag, terms = ws
+    n_pairs = pairs.shape[0]
+    chunk = max(1, _BATCH_ELEMENTS // (n_pairs * J))
+    if K > chunk:
+        outs = [_pls_batch(cp, Ts[i : i + chunk]) for i in range(0, K, chunk)]
+        return tuple(np.concatenate([o[k] for o in outs]) for k in range(3))
+    if K == 1:  # the optimizer's case: the small coefficient matrices in plain Python
+        t = Ts[0].ravel().tolist()
+        cm = np.array([[[t[i] * t[j] + (t[k] * t[l] if off else 0.0)
+                         for i, j, k, l, off in row_m] for row_m, _ in terms]])
+        cg = np.array([[[t[i] * t[j] + (t[k] * t[l] if off else 0.0)
+                         for i, j, k, l, off in row_g] for _, row_g in terms]])
+    else:
+        cm = _pair_coefs(Ts, pairs, pairs)
+        cg = _pair_coefs(np.swapaxes(Ts, 1, 2), pairs, pairs)
+    M = np.matmul(cm, astack)  # (K, n_pairs, J)
+    M[:, diag, :] += 1.0
+
+    def Mc(a: int, b: int) -> np.ndarray:
+        return M[:, index[(a, b) if a <= b else (b, a)], :]
+
+    # Cholesky and L⁻¹, component-wise on (K, J) arrays
+    Lc: list[list] = [[None] * q for _ in range(q)]
+    for i in range(q):
+        d = Mc(i, i) - sum(Lc[i][k] ** 2 for k in range(i)) if i else Mc(i, i)
+        Lc[i][i] = np.sqrt(d)
+        for r in range(i + 1, q):
+            off = Mc(r, i) - sum(Lc[r][k] * Lc[i][k] for k in range(i)) if i else Mc(r, i)
+            Lc[r][i] = off / Lc[i][i]
+    Li: list[list] = [[None] * q for _ in range(q)]
+    for i in range(q):
+        Li[i][i] = 1.0 / Lc[i][i]
+        for k in range(i):
+            Li[i][k] = -sum(Lc[i][m] * Li[m][k] for m in range(k, i)) * Li[i][i]
+    Minv = np.empty((K, n_pairs, J))
+    for k, (a, b) in enumerate(pairs):
+        Minv[:, k, :] = sum(Li[i][a] * Li[i][b] for i in range(b, q))  # a ≤ b
+    G = np.matmul(cg, Minv)  # T M⁻¹ Tᵀ
+    # einsum, not BLAS: a threaded GEMM/GEMV of this shape stalls when the other cores are busy
+    S = np.einsum("kn,mn->km", G.reshape(K, n_pairs * J), kmat_t).reshape(K, p + 1, p + 1)
+    aug = aug0[None, :, :] - S
+    ldL2 = 2.0 * sum(np.sum(np.log(Lc[i][i]), axis=1) for i in range(q))
+    if K == 1:
+        U = _small_cholesky_upper(aug[0])
+        if U is not None:
+            r2 = U[p][p] ** 2
+            ldRX2 = 2.0 * sum(np.log(abs(U[i][i])) for i in range(p)) if p else 0.0
+            return np.array([r2]), np.asarray(ldL2, dtype=float), np.array([ldRX2])
+    try:
+        Lx = np.linalg.cholesky(aug)
+        r2 = Lx[:, p, p] ** 2
+        dg = np.abs(np.diagonal(Lx, axis1=1, axis2=2)[:, :p])
+    except np.linalg.LinAlgError:
+        Us = [_cholesky_upper_with_zero_tail(a) if not _is_pd(a) else np.linalg.cholesky(a).T
+              for a in aug]
+        r2 = np.array([U[p, p] ** 2 for U in Us])
+        dg = np.abs(np.array([np.diag(U)[:p] for U in Us]).reshape(K, p))
+    ldRX2 = 2.0 * np.sum(np.log(dg), axis=1) if p else np.zeros(K)
+    return r2, np.asarray(ldL2, dtype=float), ldRX2
+
+
+def _small_cholesky_upper(a: np.ndarray) -> list[list[float]] | None:
+    """Upper Cholesky factor of a small symmetric matrix in plain Python (rows of U with
+    UᵀU = a), or None when a pivot is not positive (the caller then uses LAPACK's answer)."""
+    n = a.shape[0]
+    if n > 6:
+        return None
+    A = a.tolist()
+    U = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        d = A[i][i] - sum(U[k][i] * U[k][i] for k in range(i))
+        if not d > 0.0:
+            return None
+        uii = d**0.5
+        U[i][i] = uii
+        for j in range(i + 1, n):
+            U[i][j] = (A[i][j] - sum(U[k][i] * U[k][j] for k in range(i))) / uii
+    return U
+
+
+def _is_pd(a: np.ndarray) -> bool:
+    try:
+        np.linalg.cholesky(a)
+    except np.linalg.LinAlgError:
+        return False
+    return True
+
+
+def _pls_fast(cp: GroupCrossprods, T: np.ndarray) -> _Parts:
+    """:func:`_pls_batch` at one T, as :class:`_Parts`."""
+    r2, ldL2, ldRX2 = _pls_batch(cp, np.asarray(T, dtype=float)[None, :, :])
+    return _Parts(r2=float(r2[0]), ldL2=float(ldL2[0]), ldRX2=float(ldRX2[0]), n=cp.n,
+                  p=cp.B.shape[2])
+
+
 def _pls(cp: GroupCrossprods, T: np.ndarray, full: bool):
     """Solve the PLS problem at relative covariance factor ``T`` (§7.2 of the lme4 notes).
 
@@ -266,8 +430,8 @@ def _pls(cp: GroupCrossprods, T: np.ndarray, full: bool):
     """
     T = np.asarray(T, dtype=float)
     J, q, p = cp.B.shape
-    if not full and _CHEAP_INVERSE:
-        return _pls_cheap(cp, T)
+    if not full:
+        return _pls_fast(cp, T)
     Lc = _cholesky_components(cp, T)
     # right-hand sides Tᵀ[B_j c_j] (q vectors of shape (J, p+1)), then forward substitution
     _, bc = cp.columns

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from models.deviance import _pls, pls_state, unscaled_vcov
+from models.deviance import _pls, _pls_batch, pls_state, unscaled_vcov
 
 __all__ = [
     "VarparInfo",
@@ -58,6 +58,20 @@ def numderiv_hessian(
     combined by Richardson extrapolation H_k ← (4^m H_{k+1} − H_k)/(4^m − 1).
     """
     x = np.asarray(x, dtype=float)
+    batch = getattr(f, "batch", None)
+    if batch is not None:
+        # the evaluation points do not depend on the values: record them, evaluate them all at
+        # once (f.batch), then replay the same arithmetic with the values
+        points: list[np.ndarray] = []
+
+        def record(z: np.ndarray) -> float:
+            points.append(np.array(z, dtype=float))
+            return 0.0
+
+        numderiv_hessian(record, x, d=d, eps=eps, zero_tol=zero_tol, r=r, v=v)
+        values = iter(np.asarray(batch(np.array(points)), dtype=float).tolist())
+        return numderiv_hessian(lambda z: next(values), x, d=d, eps=eps, zero_tol=zero_tol,
+                                r=r, v=v)
     n = x.shape[0]
     f0 = f(x)
     h0 = np.abs(d * x) + eps * (np.abs(x) < zero_tol)
@@ -132,16 +146,40 @@ def devfun_vp(fit) -> Callable[[np.ndarray], float]:
     * REML: D = log|L|² + log|R_X|² + r²(θ)/s² + (n − p)·log(2π s²)
     """
     design, cp, reml = fit.design, fit.crossprods, fit.reml
+    n, p = cp.n, cp.p
+
+    def combine(r2: float, ldL2: float, ldRX2: float, sigma: float) -> float:
+        s2 = sigma * sigma
+        dev = ldL2 + r2 / s2 + n * (_LOG_2PI + np.log(s2))
+        if reml:
+            dev += ldRX2 - p * (_LOG_2PI + np.log(s2))
+        return float(dev)
 
     def D(varpar: np.ndarray) -> float:
         theta, sigma = varpar[:-1], varpar[-1]
-        s2 = sigma * sigma
         st = _pls(cp, design.theta_to_T(theta), full=False)  # r², log|L|², log|R_X|² only
-        dev = st.ldL2 + st.r2 / s2 + st.n * (_LOG_2PI + np.log(s2))
-        if reml:
-            dev += st.ldRX2 - st.p * (_LOG_2PI + np.log(s2))
-        return float(dev)
+        return combine(st.r2, st.ldL2, st.ldRX2, sigma)
 
+    def batch(varpars: np.ndarray) -> np.ndarray:
+        """D at each row of ``varpars``; the PLS parts depend on θ only, so each distinct θ is
+        solved once and all of them in one batched evaluation (:func:`_pls_batch`)."""
+        varpars = np.asarray(varpars, dtype=float)
+        keys: dict[bytes, int] = {}
+        rows = []
+        for th in varpars[:, :-1]:
+            key = th.tobytes()
+            if key not in keys:
+                keys[key] = len(keys)
+                rows.append(th)
+        Ts = np.array([design.theta_to_T(th) for th in rows])
+        r2, ldL2, ldRX2 = _pls_batch(cp, Ts)
+        out = np.empty(varpars.shape[0])
+        for i, vp in enumerate(varpars):
+            k = keys[vp[:-1].tobytes()]
+            out[i] = combine(float(r2[k]), float(ldL2[k]), float(ldRX2[k]), float(vp[-1]))
+        return out
+
+    D.batch = batch
     return D
 
 
