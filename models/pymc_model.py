@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import threading
 import warnings
 
 import numpy as np
@@ -445,7 +446,16 @@ def _nutpie_functions(built: BuiltModel):
     key = id(built.model)
     if key not in _COMPILED:
         model = built.model
-        ip_fn = make_initial_point_fn(model=model, return_transformed=True)
+        # as nutpie does: PyMC's support point jittered by U(−1, 1) on the unconstrained scale
+        # (a new start for every chain and every retry), called under a lock
+        ip_raw = make_initial_point_fn(model=model, jitter_rvs=set(model.free_RVs),
+                                       return_transformed=True)
+        lock = threading.Lock()
+
+        def ip_fn(seed):
+            with lock:
+                return ip_raw(seed)
+
         n_dim, _, logp_pt, expand_pt, init_fn, shape_info, reparam = _make_functions(
             model, mode="NUMBA", compute_grad=True, join_expanded=False,
             pymc_initial_point_fn=ip_fn,

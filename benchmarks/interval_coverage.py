@@ -23,7 +23,7 @@ spline inversion aside). Monte-Carlo SE = √(p(1 − p)/N).
 
 Usage::
 
-    nice -n 10 .venv/bin/python benchmarks/coverage.py --nsim 1000 --seed 20251125 \\
+    nice -n 10 .venv/bin/python benchmarks/interval_coverage.py --nsim 1000 --seed 20251125 \\
         --out outputs/coverage.csv
 """
 
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-profile", action="store_true", help="skip the profile intervals")
     ap.add_argument("--out", default="outputs/coverage.csv", help="per-replicate results CSV")
     args = ap.parse_args(argv)
-    cmd = "nice -n 10 .venv/bin/python benchmarks/coverage.py " + " ".join(
+    cmd = "nice -n 10 .venv/bin/python benchmarks/interval_coverage.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     design = make_design(FORMULA, load_lecture())
     cp0 = group_crossprods(design)
