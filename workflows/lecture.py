@@ -463,7 +463,8 @@ def _run_steps(
 
         # 4 ---------------------------------------------------------------- comparison
         with progress.step("model comparison: PSIS-LOO per student and per school, LRT"):
-            add_comparison_section(s_cmp, spec, reml, bayes, plots)
+            verdict = add_comparison_section(s_cmp, spec, reml, bayes, plots)
+            progress.note(verdict)
 
         # 5 ---------------------------------------------------------------- caterpillar
         with progress.step("caterpillar plots"):
@@ -718,3 +719,326 @@ def add_residual_section(sec, spec: WorkflowSpec, d: PreparedData, reml: dict, r
            f"`--level2 {means_name}` models it." if abs(r_xbar[0]) > 0.2 else
            "No strong trend with school composition.")
     )
+
+
+# ----------------------------------------------------------------------------- step 3: Bayes
+
+
+def _stack(da, *dims: str) -> np.ndarray:
+    """Draws of a posterior variable as an array (S, *dims), chains and draws flattened."""
+    return da.stack(sample=("chain", "draw")).transpose("sample", *dims).to_numpy()
+
+
+def bayes_view(dt, school_index: pd.Index) -> BayesView:
+    """Copy what the later steps need out of a posterior DataTree with the builders' fixed names
+    (``beta`` [fixed], ``sigma``, ``sd`` [effect], ``corr`` [effect, effect_b], ``b_school``
+    [school, effect]; see :mod:`models.pymc_model`)."""
+    post = dt["posterior"]
+    schools = [str(v) for v in post["school"].to_numpy()]
+    if schools != [str(v) for v in school_index]:
+        raise ValueError("posterior schools are not in the order of the REML fit's groups")
+    fixed = tuple(str(v) for v in post["fixed"].to_numpy())
+    effects = [str(v) for v in post["effect"].to_numpy()]
+    beta = _stack(post["beta"], "fixed")
+    sd = _stack(post["sd"], "effect")
+    if "corr" in post:
+        corr = _stack(post["corr"], "effect", "effect_b")
+    else:
+        corr = np.repeat(np.eye(len(effects))[None], sd.shape[0], axis=0)
+    T = sd[:, :, None] * sd[:, None, :] * corr
+    b = post["b_school"]
+    q = b.quantile([0.025, 0.975], dim=("chain", "draw"))
+    idx = pd.Index(school_index, name=school_index.name)
+
+    def frame(da) -> pd.DataFrame:
+        return pd.DataFrame(da.transpose("school", "effect").to_numpy(), index=idx, columns=effects)
+
+    u_mean, u_lo, u_hi = frame(b.mean(("chain", "draw"))), frame(q.sel(quantile=0.025)), \
+        frame(q.sel(quantile=0.975))
+    gamma = post["beta"].sel(fixed=[e for e in effects if e in fixed])
+    absb = b + gamma.rename(fixed="effect").reindex(effect=effects, fill_value=0.0)
+    qa = absb.quantile([0.025, 0.975], dim=("chain", "draw"))
+    return BayesView(
+        fixed=fixed, beta=beta, T=T, sigma=_stack(post["sigma"]),
+        u_mean=u_mean, u_lo=u_lo, u_hi=u_hi,
+        coef_mean=frame(absb.mean(("chain", "draw"))), coef_lo=frame(qa.sel(quantile=0.025)),
+        coef_hi=frame(qa.sel(quantile=0.975)),
+    )
+
+
+def fit_bayes(spec: WorkflowSpec, d: PreparedData, reml: dict[str, Any], eff: RunSettings,
+              progress: Progress) -> dict[str, Any]:
+    """m1 and m2 by NUTS (:func:`models.bayes.fit_bayes`), with prior and posterior predictive
+    draws; each random step has its own seed derived from the run's seed.
+
+    Returns ``m1``, ``m2`` (:class:`models.bayes.BayesFit`), ``prior_m1``/``prior_m2`` and
+    ``ppc_m1``/``ppc_m2`` (replicated scores, draws × students, in the design's row order),
+    ``view`` (:class:`BayesView` of m1, schools in the REML fit's order) and ``warnings`` (messages
+    of the sampler other than the diagnostics gate, which is in ``fit.diagnostics``).
+    """
+    import warnings
+
+    from models.bayes import SamplerSettings, posterior_predictive, prior_predictive
+    from models.bayes import fit_bayes as nuts
+
+    out: dict[str, Any] = {"warnings": []}
+    for m, formula in (("m1", spec.formula_m1), ("m2", spec.formula_m2)):
+        t0 = time.perf_counter()
+        settings = SamplerSettings(chains=eff.chains, draws=eff.draws, tune=eff.tune,
+                                   seed=eff.seed_for(f"bayes_{m}"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit = nuts(formula, d.frame, settings=settings, progress=False)
+            out[f"prior_{m}"] = prior_predictive(fit.design, None, eff.ppc_draws,
+                                                 eff.seed_for(f"prior_{m}"))["y"]
+            out[f"ppc_{m}"] = posterior_predictive(fit, eff.ppc_draws, eff.seed_for(f"ppc_{m}"))
+        for w in caught:
+            msg = str(w.message)
+            if issubclass(w.category, RuntimeWarning) and not msg.startswith("NUTS fit of") \
+                    and msg not in out["warnings"]:
+                out["warnings"].append(msg)
+        out[m] = fit
+        dg = fit.diagnostics
+        progress.note(
+            f"{m}: {dg.divergences} divergences, max R-hat {dg.max_rhat:.3f}, min ESS bulk "
+            f"{dg.min_ess_bulk:.0f} / tail {dg.min_ess_tail:.0f}, min BFMI "
+            f"{min(dg.bfmi) if dg.bfmi else float('nan'):.2f}: gate "
+            f"{'passed' if dg.passed else 'FAILED'} ({time.perf_counter() - t0:.1f} s, of which "
+            f"sampling {fit.timings.get('compile+sample', float('nan')):.1f} s)")
+    out["view"] = bayes_view(out["m1"].datatree, reml_view(reml["m1"]).u.index)
+    return out
+
+
+def _reml_value(fit, parameter: str) -> float:
+    """The REML estimate named like a row of :meth:`models.bayes.BayesFit.to_frame`."""
+    vc = fit.VarCorr()
+    kind, _, name = parameter.partition(":")
+    if kind == "fixef":
+        return float(fit.fixef()[name])
+    if kind == "sd":
+        return float(vc.sds[name])
+    if kind == "corr":
+        a, b = name.split(":")
+        return float(vc.correlations.loc[a, b])
+    if parameter == "sigma":
+        return float(vc.residual_sd)
+    raise ValueError(f"no REML estimate for posterior parameter '{parameter}'")
+
+
+def bayes_vs_reml(fits: dict[str, Any], reml: dict[str, Any]) -> pd.DataFrame:
+    """Posterior mean, SD and 95% interval beside the REML estimate, per model and parameter."""
+    rows = []
+    for m, fit in fits.items():
+        post = fit.to_frame()
+        for p, r in post.iterrows():
+            est = _reml_value(reml[m], str(p))
+            rows.append({"model": m, "parameter": p, "reml": est, "post_mean": r["mean"],
+                         "post_sd": r["sd"], "q2.5": r["q2.5"], "q97.5": r["q97.5"],
+                         "diff_in_post_sd": (r["mean"] - est) / r["sd"],
+                         "reml_inside_95": bool(r["q2.5"] <= est <= r["q97.5"])})
+    return pd.DataFrame(rows)
+
+
+def _compare_words(tab: pd.DataFrame) -> str:
+    """Plain words on how posterior means relate to the REML estimates."""
+    worst = tab.loc[tab["diff_in_post_sd"].abs().idxmax()]
+    outside = tab[~tab["reml_inside_95"]]
+    text = (f"Posterior means and REML estimates agree closely: the largest gap is "
+            f"{worst['parameter']} in {worst['model']} (posterior mean {worst['post_mean']:.4g}, "
+            f"REML {worst['reml']:.4g}, {abs(worst['diff_in_post_sd']):.2f} posterior SDs apart). ")
+    if outside.empty:
+        text += "Every REML estimate lies inside its 95% posterior interval."
+    else:
+        text += ("REML estimates outside the 95% posterior interval: "
+                 + ", ".join(f"{r.parameter} ({r.model})" for r in outside.itertuples()) + ".")
+    if abs(worst["diff_in_post_sd"]) > 0.25:
+        text += (f" {worst['parameter']} is the least sharply estimated: its 95% posterior interval "
+                 f"[{worst['q2.5']:.3g}, {worst['q97.5']:.3g}] is wide, and a point estimate "
+                 "(REML) and a posterior mean summarise such a posterior differently; the prior "
+                 "also weighs more where the data say little.")
+    return text
+
+
+def add_bayes_section(sec, rep, spec: WorkflowSpec, d: PreparedData, reml: dict[str, Any],
+                      bayes: dict[str, Any], eff: RunSettings, plots) -> None:
+    """Summaries, diagnostics, posterior tables, Bayes vs REML, posterior files, and the prior and
+    posterior predictive checks per student and per school."""
+    from models.bayes import GATE
+    from workflows.school_stats import SCHOOL_STATISTICS, predictive_pvalues, school_statistics
+
+    y_label, x_label = _labels(spec)
+    gl = spec.group_label
+    fits = {"m1": bayes["m1"], "m2": bayes["m2"]}
+    f1 = fits["m1"]
+    sec.text(
+        f"Both models are fitted by NUTS (nutpie, {eff.chains} chains × {eff.draws} draws after "
+        f"{eff.tune} tuning steps). The {gl} effects are integrated out while sampling (no "
+        f"funnel, so no divergences by construction) and each {gl}'s effects are then drawn from "
+        "their exact conditional posterior. Priors are weakly informative and scaled to the "
+        "data; they are printed in each summary."
+        + (" **--quick run: too few draws to report; the diagnostics gate is expected to fail "
+           "on effective sample size.**" if eff.quick else ""))
+    diag = pd.concat([f.diagnostics.to_frame().assign(model=m, formula=f.formula)
+                      for m, f in fits.items()], ignore_index=True)
+    diag = diag[["model", "formula", "divergences", "max_rhat", "min_ess_bulk", "min_ess_tail",
+                 "min_bfmi", "worst_rhat", "worst_ess", "passed"]]
+    sec.table("bayes_diagnostics", diag, digits=4,
+              caption=f"Diagnostics over every parameter, including each {gl}'s effects "
+                      f"(gate: no divergences, R-hat ≤ {GATE['max_rhat']}, bulk and tail ESS ≥ "
+                      f"{GATE['min_ess']:.0f}, BFMI ≥ {GATE['min_bfmi']})")
+    failed = {m: f.diagnostics.problems for m, f in fits.items() if f.diagnostics.problems}
+    if failed:
+        for m, probs in failed.items():
+            sec.text(f"**The diagnostics gate failed for {m}**: " + "; ".join(probs)
+                     + ". Its posterior numbers below are provisional: rerun without `--quick` "
+                       "(or with more draws) before reporting them.")
+    else:
+        sec.text("Both fits pass the diagnostics gate: no divergent transitions, every R-hat "
+                 f"≤ {GATE['max_rhat']}, every bulk and tail ESS ≥ {GATE['min_ess']:.0f} and "
+                 f"BFMI ≥ {GATE['min_bfmi']} in every chain, so the posterior summaries can be "
+                 "reported.")
+    for w in bayes.get("warnings", []):
+        sec.text(f"Sampler note: {w}")
+    for m, f in fits.items():
+        sec.pre(f.summary(), caption=f"{m}: {f.formula}")
+        sec.table(f"posterior_{m}", f.to_frame().reset_index(), digits=4,
+                  caption=f"{m}: posterior mean, SD, 95% interval, ESS and R-hat")
+    cmp_tab = bayes_vs_reml(fits, reml)
+    sec.table("bayes_vs_reml", cmp_tab, digits=4,
+              caption="REML estimate beside the posterior mean, SD and 95% interval")
+    sec.text(_compare_words(cmp_tab))
+    for m, f in fits.items():
+        rep.save_file(f"posterior_{m}.nc", f.save)
+    sec.text("The posteriors are saved as `posterior_m1.nc` and `posterior_m2.nc` (NetCDF; "
+             "`arviz.from_netcdf(...)` or `xarray.open_datatree(...)` reopens them), with the "
+             f"per-{gl} log-likelihood used for leave-one-{gl}-out.")
+
+    # predictive checks --------------------------------------------------------------------
+    des = f1.design
+    if fits["m2"].design.n != des.n:
+        raise ValueError(f"m1 and m2 use different rows ({des.n} vs {fits['m2'].design.n}); "
+                         "both formulas must use the same variables")
+    x = des.X[:, des.x_names.index(spec.xc)]
+    obs = school_statistics(des.y, des.group_index, x)
+    labels = {k: f"{v} of {y_label}" for k, v in SCHOOL_STATISTICS.items()}
+    labels["slope"] = f"per-{gl} OLS slope on {spec.xc}"
+    S = bayes["prior_m1"].shape[0]
+    fig = plots.student_ppc_figure(
+        des.y, bayes["prior_m1"], xlabel=y_label,
+        title=f"Prior predictive check, m1: {y_label} of {des.n:,} students, data (black) and "
+              f"{S} data sets drawn from the priors")
+    sec.figure("prior_predictive_students", fig,
+               caption="Prior predictive: do the priors allow scores of the data's scale?")
+    rep_prior = school_statistics(bayes["prior_m1"], des.group_index, x)
+    fig = plots.school_ppc_figure(obs, rep_prior, labels,
+                                  f"Prior predictive check, m1: {gl}-level statistics "
+                                  f"({des.n_groups} {gl}s)")
+    sec.figure("prior_predictive_schools", fig,
+               caption=f"Prior predictive, per {gl}: the distribution across {gl}s of the "
+                       f"{gl} means, within-{gl} SDs and per-{gl} OLS slopes")
+    fig = plots.student_ppc_figure(
+        des.y, bayes["ppc_m1"], xlabel=y_label,
+        title=f"Posterior predictive check, m1: {y_label} of {des.n:,} students, data (black) "
+              f"and {bayes['ppc_m1'].shape[0]} replicated data sets")
+    sec.figure("posterior_predictive_students", fig,
+               caption="Posterior predictive per student (m1)")
+    rep_m1 = school_statistics(bayes["ppc_m1"], des.group_index, x)
+    rep_m2 = school_statistics(bayes["ppc_m2"], des.group_index, x)
+    obs_fig = {**obs, "slope_m2": obs["slope"]}
+    rep_fig = {**rep_m1, "slope_m2": rep_m2["slope"]}
+    fig = plots.school_ppc_figure(
+        obs_fig, rep_fig, {**labels, "slope_m2": f"per-{gl} OLS slope, m2 replicates"},
+        f"Posterior predictive check per {gl}: m1 (first three columns) and m2, the model "
+        f"without a random slope (last column)")
+    sec.figure("posterior_predictive_schools", fig,
+               caption=f"Posterior predictive per {gl}: can each model reproduce how much the "
+                       f"{gl} means, SDs and slopes vary?")
+    rows = []
+    for name, rep_stats in (("prior m1", rep_prior), ("posterior m1", rep_m1),
+                            ("posterior m2", rep_m2)):
+        rows += [{"check": name, **r} for r in predictive_pvalues(obs, rep_stats)]
+    ppc = pd.DataFrame(rows)
+    sec.table("ppc_school_statistics", ppc, digits=3,
+              caption=f"SD across {gl}s of each {gl}-level statistic: data, mean over "
+                      "replicates, and share of replicates at least as large (near 0 or 1 = "
+                      "the model misses it)")
+    p = ppc.set_index(["check", "statistic"])["p_replicated_ge_data"]
+    words = []
+    for m in ("m1", "m2"):
+        v = float(p[(f"posterior {m}", "slope")])
+        verb = ("reproduces" if 0.1 <= v <= 0.9 else
+                "only just reproduces" if 0.025 <= v <= 0.975 else "does not reproduce")
+        words.append(f"{m} {verb} how much the per-{gl} OLS slopes vary (share of replicated "
+                     f"data sets with a larger spread {v:.2f})")
+    sec.text("Posterior predictive check of the slopes: " + "; ".join(words) + ". In m2 every "
+             f"{gl} has the same slope, so its replicated per-{gl} slopes vary only through "
+             f"sampling noise; a share near 0 means the data's slopes vary more than that.")
+
+
+def add_comparison_section(sec, spec: WorkflowSpec, reml: dict[str, Any], bayes: dict[str, Any],
+                           plots) -> str:
+    """PSIS-LOO per student and leave-one-school-out for m1 and m2 (ArviZ), Pareto k, and the LRT,
+    with the plain-words verdict of :func:`models.lecture_answers.comparison_verdict`. Returns
+    the verdict."""
+    import warnings
+
+    import arviz as az
+
+    from models.lecture_answers import comparison_verdict
+
+    gl = spec.group_label
+    resp = bayes["m1"].design.response
+    var = {"students": resp, "schools": f"{resp}_by_school"}
+    models = ("m1", "m2")
+    loo: dict[str, dict[str, Any]] = {m: {} for m in models}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # high Pareto k is reported below, in a table and figure
+        for m in models:
+            for lev, v in var.items():
+                loo[m][lev] = az.loo(bayes[m].datatree, var_name=v, pointwise=True)
+    sec.text(
+        f"PSIS-LOO estimates how well each model predicts data it has not seen. **Per student**: "
+        f"a new student in one of these {gl}s (the log-likelihood of each student given the "
+        f"{gl}'s effects). **Per {gl}** (leave-one-{gl}-out): a new {gl}, with the {gl} effects "
+        "integrated out. elpd = expected log predictive density (higher is better); the "
+        "tables compare m1 with m2 (elpd_diff = elpd(m1) − elpd(m2), dse its SE).")
+    diffs = {}
+    for lev in var:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c = az.compare({m: loo[m][lev] for m in models}, reference="m2", round_to="none")
+        diffs[lev] = (float(c.loc["m1", "elpd_diff"]), float(c.loc["m1", "dse"]))
+        unit = "student" if lev == "students" else gl
+        sec.table(f"loo_compare_{lev}", c.reset_index(names="model"), digits=3,
+                  caption=f"az.compare, leave-one-{unit}-out (reference m2)")
+    rows, bad_union = [], {}
+    for lev in var:
+        thr = float(loo["m1"][lev].good_k)
+        bad_union[lev] = int(np.sum(np.logical_or.reduce(
+            [np.asarray(loo[m][lev].pareto_k) > thr for m in models])))
+        for m in models:
+            k = np.asarray(loo[m][lev].pareto_k, float)
+            rows.append({"model": m, "level": lev, "n": k.size, "elpd_loo": float(loo[m][lev].elpd),
+                         "se": float(loo[m][lev].se), "p_loo": float(loo[m][lev].p),
+                         "k_threshold": thr, "n_k_above_threshold": int((k > thr).sum()),
+                         "n_k_above_0.7": int((k > 0.7).sum()), "n_k_above_1": int((k > 1).sum()),
+                         "max_k": float(k.max())})
+    sec.table("pareto_k", pd.DataFrame(rows), digits=3,
+              caption="PSIS-LOO per model and level, with Pareto k diagnostics (k above the "
+                      "threshold: that point's LOO estimate is unreliable)")
+    fig = plots.pareto_k_figure(
+        {m: {lev: np.asarray(loo[m][lev].pareto_k, float) for lev in var} for m in models},
+        {lev: float(loo["m1"][lev].good_k) for lev in var},
+        {"students": "student", "schools": gl},
+        "Pareto k of PSIS-LOO per student (left) and per school (right)".replace("school", gl))
+    sec.figure("pareto_k", fig, caption="Pareto k per student and per school, both models")
+    a = reml["anova"]
+    i = list(a.names).index("m1")
+    sec.pre(str(a), caption="The likelihood-ratio test of section 2, for comparison")
+    p_mix = float(a.p_mixture[i])
+    verdict = comparison_verdict(
+        float(a.chisq[i]), int(a.df[i]), float(a.p[i]), p_mix if np.isfinite(p_mix) else None,
+        loo_student=diffs["students"], loo_school=diffs["schools"],
+        bad_k=(bad_union["students"], bad_union["schools"]))
+    sec.text(f"**Verdict.** {verdict}")
+    return verdict

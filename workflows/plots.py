@@ -8,6 +8,8 @@ one tick label per school; only the most extreme schools are named, in a side bo
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -20,6 +22,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = [
     "caterpillar_figure",
+    "pareto_k_figure",
     "residual_figure",
     "school_ppc_figure",
     "shrinkage_figure",
@@ -303,7 +306,8 @@ def school_ppc_figure(
     return fig
 
 
-def student_ppc_figure(y: np.ndarray, y_rep: np.ndarray, title: str, n_lines: int = 60) -> Figure:
+def student_ppc_figure(y: np.ndarray, y_rep: np.ndarray, title: str, n_lines: int = 60,
+                       xlabel: str = "score") -> Figure:
     """Student-level predictive check: density (histogram outline) of the observed scores against
     ``n_lines`` replicated data sets; ``y_rep`` has shape (draws, N)."""
     fig, ax = plt.subplots(figsize=(7.5, 4), layout="constrained")
@@ -317,9 +321,55 @@ def student_ppc_figure(y: np.ndarray, y_rep: np.ndarray, title: str, n_lines: in
     h, _ = np.histogram(y, bins=bins, density=True)
     ax.plot(centers, h, color="k", lw=1.8, label="data")
     ax.plot([], [], color=C_BAYES, label="replicated")
-    ax.set_xlabel("score")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(textwrap.fill(title, 85), fontsize=10)
+    return fig
+
+
+def pareto_k_figure(
+    k: dict[str, dict[str, np.ndarray]],
+    thresholds: dict[str, float],
+    units: dict[str, str],
+    title: str,
+) -> Figure:
+    """Pareto k of PSIS-LOO per unit, one row per model and one column per level.
+
+    ``k[model][level]`` is the array of k (one per student, or per school), ``thresholds[level]``
+    the reliability threshold for that level (drawn dashed, with k = 1 dotted), ``units[level]``
+    the words for the x axis ("student", "school"). Points above the threshold are orange; each
+    panel's title counts them.
+    """
+    models = list(k)
+    levels = list(next(iter(k.values())))
+    fig, axes = plt.subplots(len(models), len(levels), figsize=(5.6 * len(levels), 2.9 * len(models)),
+                             squeeze=False, sharey=True, layout="constrained")
+    top = max(1.05, max(float(np.nanmax(v)) for d in k.values() for v in d.values()) + 0.05)
+    bottom = min(0.0, min(float(np.nanmin(v)) for d in k.values() for v in d.values()) - 0.05)
+    for i, m in enumerate(models):
+        for j, lev in enumerate(levels):
+            ax = axes[i][j]
+            v = np.asarray(k[m][lev], float)
+            thr = thresholds[lev]
+            bad = v > thr
+            idx = np.arange(1, v.size + 1)
+            ms = 2 if v.size > 2000 else (5 if v.size > 300 else 9)
+            ax.scatter(idx[~bad], v[~bad], s=ms, color=C_REML, alpha=0.5, linewidths=0)
+            ax.scatter(idx[bad], v[bad], s=ms * 4, color=C_HI, edgecolors="k", linewidths=0.3,
+                       zorder=3)
+            ax.axhline(thr, color="k", lw=0.9, ls="--", label=f"threshold {thr:.2f}")
+            if thr < 1.0:
+                ax.axhline(1.0, color="k", lw=0.7, ls=":", label="k = 1")
+            ax.set_xlim(0, v.size + 1)
+            ax.set_ylim(bottom, top)
+            ax.set_title(f"{m}, per {units[lev]}: {int(bad.sum())} of {v.size} above "
+                         f"{thr:.2f} (max {np.nanmax(v):.2f})", fontsize=9)
+            ax.set_xlabel(f"{units[lev]} (data order)")
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("Pareto k")
+    axes[0][0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(title, fontsize=11)
     return fig

@@ -11,8 +11,10 @@ same report as ``twolevel lecture``. ``--data`` is a CSV/Parquet file or a built
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
+from data.errors import TwolevelError
 from data.loaders import BUILTIN_DATASETS
 from workflows.lecture import RunSettings, WorkflowSpec, run_workflow
 
@@ -26,6 +28,26 @@ def add_run_options(p: argparse.ArgumentParser, default_out: str | None) -> None
                    help="few draws (2 chains x 150): for tests and a first look, not for reporting")
     p.add_argument("--seed", type=int, default=RunSettings.seed,
                    help="random seed of every sampling step (default %(default)s)")
+
+
+def check_output_folder(out: str | os.PathLike) -> Path:
+    """The report folder ``out`` if it can be written (created or replaced as a whole); raises a
+    :class:`TwolevelError` naming the path otherwise. Creates nothing."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise TwolevelError(f"cannot write '{path}': it is a file, not a folder; choose another "
+                            "output folder with --out")
+    parent = path.resolve().parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise TwolevelError(f"cannot write '{path}': '{probe}' is a file, not a folder; choose "
+                            "another output folder with --out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise TwolevelError(f"cannot write '{path}': permission denied on '{probe}'; choose "
+                            "another output folder with --out")
+    return path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,6 +78,6 @@ def run(args: argparse.Namespace) -> int:
         x_centered=args.x_centered,
         title=f"Two-level model of {args.y} on {args.x} within {args.group} ({Path(args.data).name})",
     )
-    out = args.out or f"outputs/run-{Path(args.data).stem}"
+    out = check_output_folder(args.out or f"outputs/run-{Path(args.data).stem}")
     run_workflow(spec, RunSettings(seed=args.seed, quick=args.quick), out)
     return 0
