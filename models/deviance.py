@@ -216,6 +216,9 @@ def _pls_cheap(cp: GroupCrossprods, T: np.ndarray) -> _Parts:
     Σ_j R_jᵀR_j is down-dated from [[XᵀX, Xᵀy], [yᵀX, yᵀy]] as in :func:`_pls`."""
     J, q, p = cp.B.shape
     bc, xty, yty = cp.shifted  # y − Xγ: same r², less cancellation
+    bct = cp.__dict__.get("_shifted_t")
+    if bct is None:  # (p+1, J) rows: contiguous along the groups, for fast products and sums
+        bct = cp.__dict__["_shifted_t"] = tuple(np.ascontiguousarray(b.T) for b in bc)
     Lc = _cholesky_components(cp, T)
     # L_j⁻¹ (lower triangular), component-wise
     Li: list[list[np.ndarray | None]] = [[None] * q for _ in range(q)]
@@ -234,9 +237,9 @@ def _pls_cheap(cp: GroupCrossprods, T: np.ndarray) -> _Parts:
         for c in range(q):
             w = _lincomb([(T[c, k], Li[i][k]) for k in range(min(i, c) + 1)])
             if isinstance(w, np.ndarray):
-                Ri = Ri + w[:, None] * bc[c]
+                Ri = Ri + w * bct[c]  # (p+1, J)
         if isinstance(Ri, np.ndarray):
-            aug -= Ri.T @ Ri
+            aug -= np.einsum("aj,bj->ab", Ri, Ri)  # not BLAS: threaded GEMM stalls under load
     try:
         U = np.linalg.cholesky(aug).T
     except np.linalg.LinAlgError:
@@ -248,7 +251,8 @@ def _pls_cheap(cp: GroupCrossprods, T: np.ndarray) -> _Parts:
 
 
 _BATCH_ELEMENTS = 200_000  # (points × pairs × groups) per chunk of a batched evaluation
-_K_BYTES_MAX = 256 * 2**20  # the per-group outer products are kept below this size
+_K_ELEMENTS_MAX = 300_000  # per-group outer products kept only up to this many numbers; above,
+# (many groups) reading them costs more than the component-wise R_j of _pls_cheap
 
 
 def _pair_coefs(U: np.ndarray, out_pairs: np.ndarray, in_pairs: np.ndarray) -> np.ndarray:
@@ -262,14 +266,14 @@ def _pair_coefs(U: np.ndarray, out_pairs: np.ndarray, in_pairs: np.ndarray) -> n
 
 def _batch_workspace(cp: GroupCrossprods):
     """Arrays for :func:`_pls_batch`, built once per cross-products object (None when the
-    per-group outer products would exceed ``_K_BYTES_MAX``)."""
+    per-group outer products would exceed ``_K_ELEMENTS_MAX`` numbers)."""
     ws = cp.__dict__.get("_pls_batch_ws", False)
     if ws is not False:
         return ws
     J, q, p = cp.B.shape
     pairs = np.array([(a, b) for a in range(q) for b in range(a, q)], dtype=int)
     n_pairs, m = pairs.shape[0], (p + 1) ** 2
-    if n_pairs * J * m * 8 > _K_BYTES_MAX:
+    if n_pairs * J * m > _K_ELEMENTS_MAX:
         ws = None
     else:
         a_cols, _ = cp.columns
