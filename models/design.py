@@ -128,10 +128,11 @@ class Design:
         """n_j, the number of rows in each group, in ``group_levels`` order."""
         return np.bincount(self.group_index, minlength=self.n_groups)
 
-    @property
+    @cached_property
     def theta_template(self) -> np.ndarray:
         """q × q integer matrix: entry (r, c) is the index in θ of T[r, c], or −1 for a structural
-        zero. θ holds each term's lower triangle column-wise, term after term (lme4's layout)."""
+        zero. θ holds each term's lower triangle column-wise, term after term (lme4's layout).
+        Computed once; read-only."""
         tmpl = -np.ones((self.q, self.q), dtype=int)
         k = 0
         for term in self.terms:
@@ -140,6 +141,7 @@ class Design:
                 for r in cols[ci:]:
                     tmpl[r, c] = k
                     k += 1
+        tmpl.flags.writeable = False
         return tmpl
 
     @property
@@ -582,6 +584,7 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
         )
     used = list(dict.fromkeys([v for e in exprs for v in _variables(e, columns)] + [group]))
     frame = data[used]
+    frame.attrs = {}  # pandas deep-copies attrs (e.g. a loader's notes) on every column access
     if not pd.api.types.is_numeric_dtype(frame[parsed.response]):
         raise DataError(
             f"response column '{parsed.response}' is not numeric (dtype {frame[parsed.response].dtype});"

@@ -342,27 +342,45 @@ def _pls_batch(cp: GroupCrossprods, Ts: np.ndarray) -> tuple[np.ndarray, np.ndar
     def Mc(a: int, b: int) -> np.ndarray:
         return M[:, index[(a, b) if a <= b else (b, a)], :]
 
-    # Cholesky and L⁻¹, component-wise on (K, J) arrays
-    Lc: list[list] = [[None] * q for _ in range(q)]
-    for i in range(q):
-        d = Mc(i, i) - sum(Lc[i][k] ** 2 for k in range(i)) if i else Mc(i, i)
-        Lc[i][i] = np.sqrt(d)
-        for r in range(i + 1, q):
-            off = Mc(r, i) - sum(Lc[r][k] * Lc[i][k] for k in range(i)) if i else Mc(r, i)
-            Lc[r][i] = off / Lc[i][i]
-    Li: list[list] = [[None] * q for _ in range(q)]
-    for i in range(q):
-        Li[i][i] = 1.0 / Lc[i][i]
-        for k in range(i):
-            Li[i][k] = -sum(Lc[i][m] * Li[m][k] for m in range(k, i)) * Li[i][i]
     Minv = np.empty((K, n_pairs, J))
-    for k, (a, b) in enumerate(pairs):
-        Minv[:, k, :] = sum(Li[i][a] * Li[i][b] for i in range(b, q))  # a ≤ b
+    if q == 1:  # the general code below, written out (same arithmetic)
+        l00 = np.sqrt(M[:, 0, :])
+        i00 = 1.0 / l00
+        np.multiply(i00, i00, out=Minv[:, 0, :])
+        logdiag = [l00]
+    elif q == 2:
+        l00 = np.sqrt(M[:, 0, :])
+        l10 = M[:, 1, :] / l00
+        l11 = np.sqrt(M[:, 2, :] - l10**2)
+        i00 = 1.0 / l00
+        i11 = 1.0 / l11
+        i10 = -(l10 * i00) * i11
+        Minv[:, 0, :] = i00 * i00 + i10 * i10
+        np.multiply(i10, i11, out=Minv[:, 1, :])
+        np.multiply(i11, i11, out=Minv[:, 2, :])
+        logdiag = [l00, l11]
+    else:
+        # Cholesky and L⁻¹, component-wise on (K, J) arrays
+        Lc: list[list] = [[None] * q for _ in range(q)]
+        for i in range(q):
+            d = Mc(i, i) - sum(Lc[i][k] ** 2 for k in range(i)) if i else Mc(i, i)
+            Lc[i][i] = np.sqrt(d)
+            for r in range(i + 1, q):
+                off = Mc(r, i) - sum(Lc[r][k] * Lc[i][k] for k in range(i)) if i else Mc(r, i)
+                Lc[r][i] = off / Lc[i][i]
+        Li: list[list] = [[None] * q for _ in range(q)]
+        for i in range(q):
+            Li[i][i] = 1.0 / Lc[i][i]
+            for k in range(i):
+                Li[i][k] = -sum(Lc[i][m] * Li[m][k] for m in range(k, i)) * Li[i][i]
+        for k, (a, b) in enumerate(pairs):
+            Minv[:, k, :] = sum(Li[i][a] * Li[i][b] for i in range(b, q))  # a ≤ b
+        logdiag = [Lc[i][i] for i in range(q)]
     G = np.matmul(cg, Minv)  # T M⁻¹ Tᵀ
     # einsum, not BLAS: a threaded GEMM/GEMV of this shape stalls when the other cores are busy
     S = np.einsum("kn,mn->km", G.reshape(K, n_pairs * J), kmat_t).reshape(K, p + 1, p + 1)
     aug = aug0[None, :, :] - S
-    ldL2 = 2.0 * sum(np.sum(np.log(Lc[i][i]), axis=1) for i in range(q))
+    ldL2 = 2.0 * sum(np.sum(np.log(v), axis=1) for v in logdiag)
     if K == 1:
         U = _small_cholesky_upper(aug[0])
         if U is not None:
