@@ -889,9 +889,11 @@ def add_bayes_section(sec, rep, spec: WorkflowSpec, d: PreparedData, reml: dict[
     failed = {m: f.diagnostics.problems for m, f in fits.items() if f.diagnostics.problems}
     if failed:
         for m, probs in failed.items():
+            fix = ("rerun without `--quick`" if eff.quick else
+                   "rerun with more tuning steps and draws (`RunSettings`) or another `--seed`")
             sec.text(f"**The diagnostics gate failed for {m}**: " + "; ".join(probs)
-                     + ". Its posterior numbers below are provisional: rerun without `--quick` "
-                       "(or with more draws) before reporting them.")
+                     + f". Its posterior numbers in this report (also in sections 5-8) are "
+                       f"provisional: {fix} before reporting them.")
     else:
         sec.text("Both fits pass the diagnostics gate: no divergent transitions, every R-hat "
                  f"≤ {GATE['max_rhat']}, every bulk and tail ESS ≥ {GATE['min_ess']:.0f} and "

@@ -370,6 +370,9 @@ def pareto_k_figure(
             ax.grid(alpha=0.3)
             if j == 0:
                 ax.set_ylabel("Pareto k")
-    axes[0][0].legend(fontsize=8, loc="upper left")
+    handles, labs = axes[0][0].get_legend_handles_labels()
+    handles.append(axes[0][0].scatter([], [], s=20, color=C_HI, edgecolors="k", linewidths=0.3))
+    labs.append("k above the threshold (LOO estimate unreliable)")
+    fig.legend(handles, labs, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
     return fig
