@@ -49,7 +49,8 @@ def hand_written(data: str, draws: int, tune: int, chains: int, seed: int) -> di
     df = load_data(data)
     pri = default_priors(make_design(formula, df))  # the same priors as ours
     schools, codes = np.unique(df[g].astype(str).to_numpy(), return_inverse=True)
-    coords = {"school": schools, "effect": ["(Intercept)", x], "fixed": ["(Intercept)", x]}
+    coords = {"school": schools, "effect": ["(Intercept)", x], "effect_b": ["(Intercept)", x],
+              "fixed": ["(Intercept)", x]}
     with pm.Model(coords=coords):
         beta = pm.Normal("beta", mu=np.array(pri.beta.params["mu"]),
                          sigma=np.array(pri.beta.params["sigma"]), dims="fixed")
@@ -110,7 +111,10 @@ def main() -> None:
         wall, out = run_fresh([py, "-m", "workflows.cli", "bayes", data, formula, "--json",
                                "--no-progress", "--draws", str(a.draws), "--tune", str(a.tune),
                                "--chains", str(a.chains), "--seed", str(a.seed)])
-        r = json.loads(out[out.index("{"):])
+        r = json.loads(out[out.index("{"):out.rindex("}") + 1])
+        extra = out[out.rindex("}") + 1:].strip()
+        if extra:
+            print(f"[{data}] ours printed: {extra}")
         rows.append({"data": data, "model": "ours (collapsed, nutpie)", "wall_s": wall,
                      "divergences": r["divergences"], "max_rhat": r["max_rhat"],
                      "min_ess_bulk": r["min_ess_bulk"], "min_ess_tail": r["min_ess_tail"]})
