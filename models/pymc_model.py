@@ -141,37 +141,19 @@ def residual_ss(cp: GroupCrossprods, beta, b=None):
     ``b`` is None). Works on NumPy arrays and PyTensor tensors alike.
     """
     mod = pt if isinstance(beta, pt.TensorVariable) else np
-    ss = cp_yty(cp) - 2.0 * mod.dot(cp_Xty(cp), beta) + mod.dot(beta, mod.dot(cp_XtX(cp), beta))
+    ss = (_cp(cp, "yty") - 2.0 * mod.dot(_cp(cp, "Xty"), beta)
+          + mod.dot(beta, mod.dot(_cp(cp, "XtX"), beta)))
     if b is None:
         return ss
-    d = cp_c(cp) - mod.tensordot(cp_B(cp), beta, axes=[[2], [0]])  # (J, q): Z_jᵀ(y_j − X_jβ)
-    quad = (b[:, :, None] * cp_A(cp) * b[:, None, :]).sum(axis=(1, 2))
+    d = _cp(cp, "c") - mod.tensordot(_cp(cp, "B"), beta, axes=[[2], [0]])  # Z_jᵀ(y_j − X_jβ)
+    quad = (b[:, :, None] * _cp(cp, "A") * b[:, None, :]).sum(axis=(1, 2))
     return ss - 2.0 * (b * d).sum() + quad.sum()
 
 
-# Accessors so that residual_ss works on a GroupCrossprods and on a dict of pm.Data tensors.
-def cp_yty(cp):  # noqa: D103
-    return cp["yty"] if isinstance(cp, dict) else cp.yty
-
-
-def cp_Xty(cp):  # noqa: D103
-    return cp["Xty"] if isinstance(cp, dict) else cp.Xty
-
-
-def cp_XtX(cp):  # noqa: D103
-    return cp["XtX"] if isinstance(cp, dict) else cp.XtX
-
-
-def cp_c(cp):  # noqa: D103
-    return cp["c"] if isinstance(cp, dict) else cp.c
-
-
-def cp_B(cp):  # noqa: D103
-    return cp["B"] if isinstance(cp, dict) else cp.B
-
-
-def cp_A(cp):  # noqa: D103
-    return cp["A"] if isinstance(cp, dict) else cp.A
+def _cp(cp, name: str):
+    """Cross-product ``name`` (A, B, c, XtX, Xty, yty) of a :class:`GroupCrossprods` or of the dict
+    of ``pm.Data`` tensors of :func:`_data_crossprods`, so the maths below serves both."""
+    return cp[name] if isinstance(cp, dict) else getattr(cp, name)
 
 
 def suffstat_loglik(cp, n: int, beta, b, sigma):
@@ -211,7 +193,7 @@ def collapsed_terms(cp, beta, L, sigma, mod=pt):
     where V_j = σ²I + Z_jΣZ_jᵀ. Returns ``(logdet_M, quad)``: two length-J vectors,
     log|M_j| and ‖R_j⁻¹u_j‖².
     """
-    A, c, B = cp_A(cp), cp_c(cp), cp_B(cp)
+    A, c, B = _cp(cp, "A"), _cp(cp, "c"), _cp(cp, "B")
     q = len(L)
     d = c - mod.tensordot(B, beta, axes=[[2], [0]])  # (J, q)
     s2 = sigma**2
