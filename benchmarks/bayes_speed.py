@@ -111,10 +111,7 @@ def main() -> None:
         wall, out = run_fresh([py, "-m", "workflows.cli", "bayes", data, formula, "--json",
                                "--no-progress", "--draws", str(a.draws), "--tune", str(a.tune),
                                "--chains", str(a.chains), "--seed", str(a.seed)])
-        r = json.loads(out[out.index("{"):out.rindex("}") + 1])
-        extra = out[out.rindex("}") + 1:].strip()
-        if extra:
-            print(f"[{data}] ours printed: {extra}")
+        r = json.loads(out)
         rows.append({"data": data, "model": "ours (collapsed, nutpie)", "wall_s": wall,
                      "divergences": r["divergences"], "max_rhat": r["max_rhat"],
                      "min_ess_bulk": r["min_ess_bulk"], "min_ess_tail": r["min_ess_tail"]})

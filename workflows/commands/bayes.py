@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                                                       for k, v in fit.timings.items()) + ")")
     for w in caught:
         if issubclass(w.category, RuntimeWarning) and "NUTS fit" in str(w.message):
-            print(f"warning: {w.message}")
+            print(f"twolevel bayes: warning: {w.message}", file=sys.stderr)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
