@@ -56,7 +56,8 @@ def hand_written(data: str, draws: int, tune: int, chains: int, seed: int) -> di
                          sigma=np.array(pri.beta.params["sigma"]), dims="fixed")
         chol, corr, sds = pm.LKJCholeskyCov(
             "chol_cov", n=2, eta=2.0, compute_corr=True,
-            sd_dist=pm.HalfNormal.dist(sigma=np.array(pri.sd.params["sigma"]), shape=2))
+            sd_dist=getattr(pm, pri.sd.dist).dist(
+                **{k: np.array(v) for k, v in pri.sd.params.items()}, shape=2))
         pm.Deterministic("sd", sds, dims="effect")
         pm.Deterministic("corr", corr, dims=("effect", "effect_b"))
         z = pm.Normal("z", 0.0, 1.0, dims=("school", "effect"))

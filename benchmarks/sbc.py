@@ -52,7 +52,8 @@ def main() -> None:
 
     design = make_design("y ~ 1 + x + (1 + x | g)", design_data(a.seed))
     priors = ModelPriors(
-        beta=Prior("Normal", mu=0.0, sigma=[5.0, 2.0]), sd=Prior("HalfNormal", sigma=[3.0, 1.5]),
+        beta=Prior("Normal", mu=0.0, sigma=[5.0, 2.0]),
+        sd=Prior("Gamma", alpha=2.0, beta=[2.0 / 3.0, 2.0 / 1.5]),  # the default family
         corr=Prior("LKJ", eta=2.0), sigma=Prior("HalfStudentT", nu=4.0, sigma=2.0),
         fixed_names=design.x_names, effect_names=design.z_names,
     )

@@ -266,3 +266,14 @@ def test_one_school_is_refused():
     with pytest.raises(DataError, match=r"grouping column 'g' has only 1 group \(a\); a two-level model needs at "
                                       "least 2 groups"):
         fit_bayes("y ~ 1 + x + (1 | g)", df, progress=False)
+
+
+def test_default_sd_prior_is_boundary_avoiding_gamma(design):
+    """Gamma(2, 2/s) per random effect (module docstring of models.priors), s the data scale."""
+    pri = default_priors(design)
+    assert pri.sd.dist == "Gamma" and pri.sd.params["alpha"] == 2.0
+    s_y = float(np.std(design.y, ddof=1))
+    assert pri.sd.params["beta"][0] == pytest.approx(2.0 / s_y, rel=1e-12)
+    s_x = float(np.std(design.Z[:, 1], ddof=1))
+    assert pri.sd.params["beta"][1] == pytest.approx(2.0 * s_x / s_y, rel=1e-12)
+    assert "sd    [(Intercept), x] ~ Gamma(alpha: 2.0, beta: [" in str(pri)
