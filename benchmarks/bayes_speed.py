@@ -9,14 +9,16 @@ compilation, sampling, drawing the school effects, log-likelihoods and diagnosti
   effects integrated out and drawn afterwards from their exact conditional posterior), 4 chains ×
   1000 draws after 1000 tuning steps on 2 cores.
 * ``hand``: the model a PyMC user writes by hand — observation-level likelihood, non-centred school
-  effects ``z @ chol.T``, ``pm.LKJCholeskyCov(eta=2)`` — sampled with ``pm.sample()``'s defaults
-  (which pick nutpie when it is installed; if that fails, as recorded in stack-notes, PyMC's own
-  NUTS is run and the failure reported), same draws, chains, cores and priors as ours.
+  effects ``z @ chol.T``, ``pm.LKJCholeskyCov(eta=2)`` — with the same priors, draws, chains and
+  cores as ours, sampled twice: with ``pm.sample()``'s defaults (which pick nutpie when it is
+  installed, as it is beside twolevel; if that fails, as recorded in stack-notes, PyMC's own NUTS
+  is run and the failure reported) and with PyMC's own NUTS (``nuts_sampler="pymc"``, what a
+  PyMC installation without nutpie runs).
 * bambi is reported only when installed (its default model has no intercept–slope correlation).
 
 For every run: divergences, max R-hat and min bulk ESS over **all** parameters (γ, SDs,
 correlation, σ and every school effect), and min-ESS per second of wall time. Ratios are against
-the hand-written model measured in the same run.
+the two hand-written runs measured in the same run.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ CASES = {
 }
 
 
-def hand_written(data: str, draws: int, tune: int, chains: int, seed: int) -> dict:
+def hand_written(data: str, draws: int, tune: int, chains: int, seed: int,
+                 nuts_sampler: str | None) -> dict:
     """The observation-level non-centred LKJ model, written as in PyMC's documentation."""
     import numpy as np
     import pymc as pm
@@ -66,10 +69,10 @@ def hand_written(data: str, draws: int, tune: int, chains: int, seed: int) -> di
         xv = df[x].to_numpy(float)
         mu = beta[0] + b[codes, 0] + (beta[1] + b[codes, 1]) * xv
         pm.Normal("y", mu=mu, sigma=sigma, observed=df[y].to_numpy(float))
-        sampler = "default (nutpie)"
+        sampler = "pymc" if nuts_sampler == "pymc" else "default (nutpie)"
         try:
             dt = pm.sample(draws=draws, tune=tune, chains=chains, cores=2, random_seed=seed,
-                           progressbar=False)
+                           progressbar=False, nuts_sampler=nuts_sampler)
         except Exception as exc:  # noqa: BLE001 - reported, then PyMC's own NUTS
             sampler = f"pymc (default failed: {type(exc).__name__}: {str(exc)[:120]})"
             dt = pm.sample(draws=draws, tune=tune, chains=chains, cores=2, random_seed=seed,
@@ -98,11 +101,12 @@ def main() -> None:
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--seed", type=int, default=20250121)
     ap.add_argument("--skip-hand", action="store_true", help="only our fit")
-    ap.add_argument("--worker", choices=["hand"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["hand", "hand-pymc"], help=argparse.SUPPRESS)
     ap.add_argument("--worker-data", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.worker == "hand":
-        print(json.dumps(hand_written(a.worker_data, a.draws, a.tune, a.chains, a.seed)))
+    if a.worker:
+        sampler = "pymc" if a.worker == "hand-pymc" else None
+        print(json.dumps(hand_written(a.worker_data, a.draws, a.tune, a.chains, a.seed, sampler)))
         return
 
     py = sys.executable
@@ -117,8 +121,8 @@ def main() -> None:
                      "divergences": r["divergences"], "max_rhat": r["max_rhat"],
                      "min_ess_bulk": r["min_ess_bulk"], "min_ess_tail": r["min_ess_tail"]})
         print(f"[{data}] ours: {wall:.1f} s, min ESS bulk {r['min_ess_bulk']:.0f}", flush=True)
-        if not a.skip_hand:
-            wall, out = run_fresh([py, str(Path(__file__).resolve()), "--worker", "hand",
+        for worker in ([] if a.skip_hand else ["hand", "hand-pymc"]):
+            wall, out = run_fresh([py, str(Path(__file__).resolve()), "--worker", worker,
                                    "--worker-data", data, "--draws", str(a.draws), "--tune",
                                    str(a.tune), "--chains", str(a.chains), "--seed", str(a.seed)])
             r = json.loads(out.strip().splitlines()[-1])
@@ -126,7 +130,8 @@ def main() -> None:
                          "wall_s": wall, "divergences": r["divergences"],
                          "max_rhat": r["max_rhat"], "min_ess_bulk": r["min_ess_bulk"],
                          "min_ess_tail": r["min_ess_tail"]})
-            print(f"[{data}] hand: {wall:.1f} s, min ESS bulk {r['min_ess_bulk']:.0f}", flush=True)
+            print(f"[{data}] {worker}: {wall:.1f} s, min ESS bulk {r['min_ess_bulk']:.0f}",
+                  flush=True)
     try:
         import bambi  # noqa: F401
         print("bambi is installed but not benchmarked here (no intercept-slope correlation)")
@@ -139,10 +144,11 @@ def main() -> None:
     t["min_ess_per_s"] = t["min_ess_bulk"] / t["wall_s"]
     for data in t["data"].unique():
         sel = t["data"] == data
-        hand = t[sel & t["model"].str.startswith("hand")]
-        if len(hand):
-            t.loc[sel, "ratio_vs_hand"] = t.loc[sel, "min_ess_per_s"] / float(
-                hand["min_ess_per_s"].iloc[0])
+        for kind in ("default (nutpie)", "pymc"):
+            hand = t[sel & (t["model"] == f"hand-written, sampler {kind}")]
+            if len(hand):
+                t.loc[sel, f"ratio_vs_hand_{kind.split()[0]}"] = (
+                    t.loc[sel, "min_ess_per_s"] / float(hand["min_ess_per_s"].iloc[0]))
     print()
     print(f"{a.chains} chains x {a.draws} draws (+{a.tune} tuning), fresh process each, 2 cores")
     from workflows.report import markdown_table
