@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -54,9 +55,14 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         fit = lmer(args.formula, df, REML=not args.ml, optimizer=args.optimizer,
                    data_name=data_label(args.data))
-    extras = inference.compute(fit, args)  # before any output: errors leave nothing half-done
+    with warnings.catch_warnings(record=True) as caught_extra:
+        warnings.simplefilter("always")
+        extras = inference.compute(fit, args)  # before any output: errors leave nothing half-done
+    caught = list(caught) + list(caught_extra)
     if args.json:
         print(json.dumps(fit.to_dict(extras.ddf) | extras.json, indent=2))
+        for w in caught_extra:  # lme4's notes on the intervals; stdout holds only the JSON
+            print(f"twolevel fit: note: {w.message}", file=sys.stderr)
     else:
         print(fit.summary(extras.ddf))
         for block in extras.text:
