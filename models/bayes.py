@@ -276,7 +276,7 @@ class BayesFit:
             + (" (school effects integrated out, drawn afterwards from their exact conditional)"
                if self.likelihood == "collapsed" else
                f" ({self.n_centered} leading effect(s) centred, the rest non-centred)"),
-            f"Priors:\n  " + str(self.priors).replace("\n", "\n  "),
+            "Priors:\n  " + str(self.priors).replace("\n", "\n  "),
             f"Chains: {s.chains} x {s.draws} draws after {s.tune} tuning steps; seed {s.seed}; "
             f"target_accept {s.target_accept}",
             f"Diagnostics (all parameters incl. {self.design.n_groups} x {self.design.q} school "

@@ -38,11 +38,9 @@ reliability is ≥ 0.5).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import threading
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,9 +50,9 @@ warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS ins
 import pymc as pm  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 
-from data.errors import FormulaError, TwolevelError
-from models.design import Design, GroupCrossprods, group_crossprods
-from models.priors import ModelPriors, Prior, check_priors, default_priors
+from data.errors import FormulaError, TwolevelError  # noqa: E402
+from models.design import Design, GroupCrossprods, group_crossprods  # noqa: E402
+from models.priors import ModelPriors, Prior, check_priors, default_priors  # noqa: E402
 
 __all__ = [
     "LIKELIHOODS",

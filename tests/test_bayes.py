@@ -10,7 +10,13 @@ import xarray as xr
 from scipy.stats import multivariate_normal
 
 from data.errors import DataError, FormulaError, TwolevelError
-from models.bayes import SamplerSettings, diagnose, fit_bayes, posterior_predictive, prior_predictive
+from models.bayes import (
+    SamplerSettings,
+    diagnose,
+    fit_bayes,
+    posterior_predictive,
+    prior_predictive,
+)
 from models.collapsed import draw_school_effects, school_marginal_loglik
 from models.design import group_crossprods, make_design
 from models.priors import Prior, default_priors

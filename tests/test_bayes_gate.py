@@ -6,8 +6,8 @@ REML estimates (golden files). Speed is measured by benchmarks/bayes_speed.py, n
 from __future__ import annotations
 
 import pytest
-
 from conftest import load_golden
+
 from data.loaders import load_data
 from models.bayes import fit_bayes
 
