@@ -12,9 +12,10 @@ import argparse
 import json
 import warnings
 
-from data.loaders import BUILTIN_DATASETS, load_data
+from data.loaders import load_data
 from models.anova import anova
 from models.lmer import lmer
+from workflows.commands import add_data_argument
 from workflows.commands.fit import data_label
 
 
@@ -26,8 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("data", metavar="DATA", help=f"built-in name ({', '.join(BUILTIN_DATASETS)}) "
-                   "or path of a CSV/Parquet file")
+    add_data_argument(p)
     p.add_argument("small", metavar="FORMULA_SMALL", help="the smaller model's lme4 formula")
     p.add_argument("big", metavar="FORMULA_BIG", help="the bigger model's lme4 formula")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")

@@ -23,7 +23,8 @@ import warnings
 from pathlib import Path
 
 from data.errors import TwolevelError
-from data.loaders import BUILTIN_DATASETS, load_data
+from data.loaders import load_data
+from workflows.commands import add_data_argument
 from workflows.report import atomic_replace_dir
 
 
@@ -38,8 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("data", metavar="DATA", help=f"built-in name ({', '.join(BUILTIN_DATASETS)}) "
-                   "or path of a CSV/Parquet file")
+    add_data_argument(p)
     p.add_argument("formula", metavar="FORMULA", help="lme4 formula with one grouping factor")
     p.add_argument("--chains", type=int, default=d.chains)
     p.add_argument("--draws", type=int, default=d.draws)

@@ -18,6 +18,7 @@ from pathlib import Path
 from data.loaders import BUILTIN_DATASETS, load_data
 from models.lmer import lmer
 from workflows import inference
+from workflows.commands import add_data_argument
 from workflows.commands.ols import write_csv_atomic
 
 
@@ -34,8 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("data", metavar="DATA", help=f"built-in name ({', '.join(BUILTIN_DATASETS)}) "
-                   "or path of a CSV/Parquet file")
+    add_data_argument(p)
     p.add_argument("formula", metavar="FORMULA",
                    help="lme4 formula, e.g. 'g1rscore ~ 1 + famsesc + (1 + famsesc | schid)'")
     p.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")

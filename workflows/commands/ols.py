@@ -17,6 +17,7 @@ import pandas as pd
 from data.errors import TwolevelError
 from data.loaders import BUILTIN_DATASETS, load_data, require_columns
 from models.ols import GroupOLS, group_ols
+from workflows.commands import add_data_argument
 
 # Default (y, x, group) of the built-in data sets.
 DEFAULT_COLUMNS: dict[str, tuple[str, str, str]] = {
@@ -34,8 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("data", metavar="DATA", help=f"built-in name ({', '.join(BUILTIN_DATASETS)}) "
-                   "or path of a CSV/Parquet file")
+    add_data_argument(p)
     p.add_argument("--y", help="response column (e.g. g1rscore)")
     p.add_argument("--x", nargs="+", help="level-1 predictor column(s) (e.g. famsesc)")
     p.add_argument(
