@@ -518,13 +518,6 @@ def sample_nuts(
     )
 
 
-def logp_points(built: BuiltModel, points: list[dict[str, np.ndarray]]) -> np.ndarray:
-    """PyMC's joint log-density (transformed space, Jacobians included) at each point (a dict of
-    value-variable name → value, as ``model.initial_point()`` names them). For tests."""
-    f = built.model.compile_logp()
-    return np.array([float(f(pt_)) for pt_ in points])
-
-
 def value_var_names(built: BuiltModel) -> list[str]:
     """Names of the model's free value variables (transformed space), in model order."""
     return [built.model.rvs_to_values[rv].name for rv in built.model.free_RVs]
