@@ -236,14 +236,13 @@ class GroupCrossprods:
         return a_cols, bc
 
     @cached_property
-    def shifted(self) -> tuple[tuple[np.ndarray, ...], np.ndarray, float]:
-        """The blocks of :attr:`columns` and Xᵀy, yᵀy for the response y − Xγ, with γ the OLS
-        coefficients (computed once): ``(bc, Xᵀ(y − Xγ), ‖y − Xγ‖²)``.
+    def shifted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The blocks ``[B_j c_j]`` (J, q, p+1) and ``[[XᵀX, Xᵀy], [yᵀX, yᵀy]]`` (p+1, p+1) for the
+        response y − Xγ, with γ the OLS coefficients, and γ (computed once).
 
         r²(θ) and both log-determinants are the same for y and y − Xγ (β̂ absorbs Xγ), but the
         down-dating that yields r² then cancels far less (‖y − Xγ‖² instead of ‖y‖²), so the
         criterion has ~10× less rounding noise, which numDeriv's Hessian (Satterthwaite) feels."""
-        _, bc = self.columns
         p = self.p
         try:
             gamma = np.linalg.solve(self.XtX, self.Xty) if p else np.zeros(0)
@@ -251,14 +250,15 @@ class GroupCrossprods:
             gamma = np.zeros(p)
         if not np.all(np.isfinite(gamma)):
             gamma = np.zeros(p)
-        bcs = []
-        for blk in bc:
-            b = blk.copy()
-            b[:, p] -= np.einsum("jk,k->j", blk[:, :p], gamma)
-            bcs.append(b)
-        xty = self.Xty - self.XtX @ gamma
-        yty = float(self.yty - 2.0 * gamma @ self.Xty + gamma @ self.XtX @ gamma)
-        return tuple(bcs), xty, yty
+        J, q = self.c.shape
+        BC = np.empty((J, q, p + 1))
+        BC[:, :, :p] = self.B
+        BC[:, :, p] = self.c - np.einsum("jak,k->ja", self.B, gamma)
+        aug = np.empty((p + 1, p + 1))
+        aug[:p, :p] = self.XtX
+        aug[:p, p] = aug[p, :p] = self.Xty - self.XtX @ gamma
+        aug[p, p] = float(self.yty - 2.0 * gamma @ self.Xty + gamma @ self.XtX @ gamma)
+        return BC, aug, gamma
 
 
 def group_crossprods(design: Design) -> GroupCrossprods:

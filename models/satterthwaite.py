@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from models.deviance import _pls, _pls_batch, pls_state, unscaled_vcov
+from models.deviance import _gradient_sums, _pls_parts, _pls_parts_batch, pls_state, unscaled_vcov
 
 __all__ = [
     "VarparInfo",
@@ -157,12 +157,12 @@ def devfun_vp(fit) -> Callable[[np.ndarray], float]:
 
     def D(varpar: np.ndarray) -> float:
         theta, sigma = varpar[:-1], varpar[-1]
-        st = _pls(cp, design.theta_to_T(theta), full=False)  # r², log|L|², log|R_X|² only
+        st = _pls_parts(cp, design.theta_to_T(theta))  # r², log|L|², log|R_X|² only
         return combine(st.r2, st.ldL2, st.ldRX2, sigma)
 
     def batch(varpars: np.ndarray) -> np.ndarray:
         """D at each row of ``varpars``; the PLS parts depend on θ only, so each distinct θ is
-        solved once and all of them in one batched evaluation (:func:`_pls_batch`)."""
+        solved once and all of them in one batched evaluation (:func:`_pls_parts_batch`)."""
         varpars = np.asarray(varpars, dtype=float)
         keys: dict[bytes, int] = {}
         rows = []
@@ -172,7 +172,7 @@ def devfun_vp(fit) -> Callable[[np.ndarray], float]:
                 keys[key] = len(keys)
                 rows.append(th)
         Ts = np.array([design.theta_to_T(th) for th in rows])
-        r2, ldL2, ldRX2 = _pls_batch(cp, Ts)
+        r2, ldL2, ldRX2 = _pls_parts_batch(cp, Ts)
         out = np.empty(varpars.shape[0])
         for i, vp in enumerate(varpars):
             k = keys[vp[:-1].tobytes()]
@@ -199,20 +199,17 @@ def covbeta_jacobian_analytic(fit) -> np.ndarray:
     ∂C/∂σ = 2σ·C_u and ∂C/∂θ_k = −σ²·C_u·[∂(R_XᵀR_X)/∂θ_k]·C_u with C_u = (R_XᵀR_X)⁻¹,
     ∂(R_XᵀR_X)/∂θ_k = −Σ_j W_jᵀ(E_kTᵀ + TE_kᵀ)W_j and W_j = B_j − A_jT M_j⁻¹TᵀB_j.
     """
-    from models.deviance import _gradient_blocks
-
     design, cp = fit.design, fit.crossprods
     theta, sigma = np.asarray(fit.theta, dtype=float), float(fit.sigma)
     T = design.theta_to_T(theta)
     st = fit.state if np.array_equal(fit.state.T, T) else pls_state(cp, T)
     p = cp.B.shape[2]
-    _, _, W, TtW = _gradient_blocks(cp, T, st, with_w=True)
+    _, _, S = _gradient_sums(cp, T, st, with_w=True)
     Cu = unscaled_vcov(st)
     tmpl = design.theta_template
     out = np.empty((design.n_theta + 1, p, p))
     for r, c in zip(*np.nonzero(tmpl >= 0), strict=True):
-        S = np.einsum("ja,jb->ab", W[r], TtW[c])
-        dRtR = -(S + S.T)
+        dRtR = -(S[r, c] + S[r, c].T)
         out[tmpl[r, c]] = -(sigma**2) * Cu @ dRtR @ Cu
     out[-1] = 2.0 * sigma * Cu
     return out

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import load_golden
 from models.deviance import (
+    _pls_parts_batch,
     deviance_gradient,
     make_deviance,
     ml_deviance,
@@ -121,3 +122,37 @@ def test_gradient_double_bar_structural_zeros(sleepstudy):
     g = deviance_gradient(d, cp, th)
     fd = [(f(th + 1e-6 * e) - f(th - 1e-6 * e)) / 2e-6 for e in np.eye(2)]
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "formula, theta",
+    [
+        ("Reaction ~ Days + (1 | Subject)", [0.8]),
+        ("Reaction ~ Days + (1 + Days | Subject)", [0.9, 0.1, 0.2]),
+        ("Reaction ~ Days + (1 + Days | Subject)", [-1e-4, 0.3, 0.0]),
+        ("Reaction ~ Days + (Days || Subject)", [0.9, 0.2]),
+    ],
+)
+def test_compiled_criterion_equals_numpy_pls_state(formula, theta, sleepstudy):
+    # the optimizer's compiled path (models.kernels) against the full NumPy PLS solution
+    d = make_design(formula, sleepstudy)
+    cp = group_crossprods(d)
+    th = np.array(theta)
+    st = pls_state(cp, d.theta_to_T(th))
+    assert make_deviance(d, crossprods=cp)(th) == pytest.approx(reml_criterion(st), rel=1e-12)
+    assert make_deviance(d, reml=False, crossprods=cp)(th) == pytest.approx(ml_deviance(st),
+                                                                            rel=1e-12)
+
+
+def test_compiled_criterion_any_q_and_batch(sim_design):
+    cp = group_crossprods(sim_design)
+    f = make_deviance(sim_design, crossprods=cp)
+    thetas = [SIM_THETA, SIM_THETA * 0.5, np.ones(6)]
+    for th in thetas:
+        st = pls_state(cp, sim_design.theta_to_T(th))
+        assert f(th) == pytest.approx(reml_criterion(st), rel=1e-12)
+    r2, ldL2, ldRX2 = _pls_parts_batch(cp, np.array([sim_design.theta_to_T(t) for t in thetas]))
+    for k, th in enumerate(thetas):
+        st = pls_state(cp, sim_design.theta_to_T(th))
+        np.testing.assert_allclose([r2[k], ldL2[k], ldRX2[k]], [st.r2, st.ldL2, st.ldRX2],
+                                   rtol=1e-12)
