@@ -15,8 +15,9 @@ treatment contrasts, and the column names are rewritten the way R names them
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import formulae
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 _RANK_TOL = 1e-7
+_FORMULA_CACHE = 64  # formula strings (and right-hand sides) whose parsed structure is kept
 
 
 @dataclass(frozen=True)
@@ -169,16 +171,23 @@ class Design:
             names[tmpl[r, c]] = f"{self.group}.{nm}"
         return tuple(names)
 
+    @cached_property
+    def _theta_positions(self) -> np.ndarray:
+        """Flat positions in T (row-major) of θ_0, θ_1, … (from :attr:`theta_template`)."""
+        flat = self.theta_template.ravel()
+        pos = np.flatnonzero(flat >= 0)
+        return pos[np.argsort(flat[pos])]
+
     def theta_to_T(self, theta: np.ndarray) -> np.ndarray:
         """Relative covariance factor T (q × q, lower triangular) from θ: Σ_b = σ² T Tᵀ."""
         theta = np.asarray(theta, dtype=float)
-        if theta.shape != (self.n_theta,):
-            raise ValueError(f"theta must have length {self.n_theta}, got shape {theta.shape}")
-        tmpl = self.theta_template
-        T = np.zeros((self.q, self.q))
-        mask = tmpl >= 0
-        T[mask] = theta[tmpl[mask]]
-        return T
+        pos = self._theta_positions
+        if theta.shape != pos.shape:
+            raise ValueError(f"theta must have length {pos.shape[0]}, got shape {theta.shape}")
+        q = self.Z.shape[1]
+        T = np.zeros(q * q)
+        T[pos] = theta
+        return T.reshape(q, q)
 
     def T_to_theta(self, T: np.ndarray) -> np.ndarray:
         """θ from a relative covariance factor T (inverse of :meth:`theta_to_T`)."""
@@ -354,12 +363,18 @@ def parse_formula(formula: str) -> ParsedFormula:
     """Split an lme4 formula into response, fixed part and random-effects bars.
 
     ``"y ~ 1 + x + (1 + x | g)"`` → response ``y``, fixed ``1 + x``, one correlated bar
-    ``(1 + x | g)``. Bars must stand at the top level of the right-hand side.
+    ``(1 + x | g)``. Bars must stand at the top level of the right-hand side. The result of
+    each formula string is cached (it is immutable).
     """
     if not isinstance(formula, str) or formula.count("~") != 1:
         raise FormulaError(
             f"formula '{formula}' must have exactly one '~', like 'y ~ 1 + x + (1 + x | g)'"
         )
+    return _parse_formula(formula)
+
+
+@lru_cache(maxsize=_FORMULA_CACHE)
+def _parse_formula(formula: str) -> ParsedFormula:
     lhs, rhs = (part.strip() for part in formula.split("~"))
     if not lhs:
         raise FormulaError(f"formula '{formula}' has no response: write 'y ~ ...'")
@@ -402,16 +417,49 @@ def _r_name(label: str) -> str:
     return re.sub(r"\[([^\]]*)\]", r"\1", label)
 
 
-def _model_matrix(response: str, rhs: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-    simple = _simple_model_matrix(response, rhs, frame)
+class _ModelData:
+    """The complete rows of the model's columns: ``column(name)`` as a float array, and the model
+    frame (a data frame) built only when ``formulae`` has to see the rows.
+
+    Fields
+    ------
+    n : number of complete rows.  dtypes : ((name, dtype), ...) of the used columns.
+    """
+
+    def __init__(self, data: pd.DataFrame, series: dict[str, pd.Series], rows, n: int):
+        self._data, self._series, self._rows = data, series, rows
+        self._frame: pd.DataFrame | None = None
+        self.n = n
+        self.dtypes = tuple((col, s.dtype) for col, s in series.items())
+
+    def column(self, col: str) -> np.ndarray:
+        """Column ``col`` of the complete rows, as float (a view when it is float64 already and
+        no row was dropped)."""
+        s = self._series[col]
+        if pd.api.types.is_extension_array_dtype(s):  # nullable dtypes: NA in dropped rows
+            return s.to_numpy(dtype=float, na_value=np.nan)[self._rows]
+        return s.to_numpy(dtype=float)[self._rows]
+
+    def frame(self) -> pd.DataFrame:
+        """The model frame: the used columns of the complete rows, index 0..n-1."""
+        if self._frame is None:
+            f = self._data[list(self._series)]
+            f.attrs = {}  # pandas deep-copies attrs (e.g. a loader's notes) on every column access
+            self._frame = f.loc[self._rows].reset_index(drop=True)
+        return self._frame
+
+
+def _model_matrix(response: str, rhs: str, md: _ModelData) -> tuple[np.ndarray, list[str]]:
+    """Model matrix of ``rhs`` and R's names of its columns."""
+    simple = _simple_model_matrix(response, rhs, md)
     if simple is not None:
         return simple
     try:
-        dm = formulae.design_matrices(f"{response} ~ {rhs}", frame, na_action="error")
+        dm = formulae.design_matrices(f"{response} ~ {rhs}", md.frame(), na_action="error")
     except Exception as exc:  # formulae raises several types; give the user one clear message
         raise FormulaError(f"cannot build the model matrix for '{rhs}': {exc}") from exc
     if dm.common is None:
-        return np.zeros((len(frame), 0)), []
+        return np.zeros((md.n, 0)), []
     mat = np.array(dm.common.design_matrix, dtype=float)
     return mat, _column_names(dm.common)
 
@@ -431,23 +479,54 @@ _HEAD_ROWS = 64
 
 
 def _simple_model_matrix(
-    response: str, rhs: str, frame: pd.DataFrame
+    response: str, rhs: str, md: _ModelData
 ) -> tuple[np.ndarray, list[str]] | None:
     """The model matrix without ``formulae`` evaluating every row, when every term of ``rhs`` is
-    the intercept or a plain numeric column (``1 + x + w``), or None.
-
-    ``formulae`` still parses the formula: it is run on the first rows, its terms decide whether
-    the shortcut applies (no factors, interactions, calls or stateful transforms such as
-    ``center(x)``, whose values depend on all rows), and its matrix on those rows must equal the
-    shortcut's. The columns are then the data's own columns, as float."""
-    n = len(frame)
-    if n <= _HEAD_ROWS:
+    the intercept or a plain numeric column (``1 + x + w``), or None (see :func:`_simple_plan`).
+    The columns are then the data's own columns, as float."""
+    if md.n <= _HEAD_ROWS:
         return None
-    head = frame.iloc[:_HEAD_ROWS]
+    plan = _simple_plan(response, rhs, md.dtypes, lambda: md.frame().iloc[:_HEAD_ROWS])
+    if plan is None:
+        return None
+    sources, names = plan
+    mat = np.empty((md.n, len(sources)), order="F")  # contiguous columns
+    for k, src in enumerate(sources):
+        mat[:, k] = 1.0 if src is None else md.column(src)
+    return mat, list(names)
+
+
+_PLANS: dict[tuple, tuple[tuple[str | None, ...], tuple[str, ...]] | None] = {}
+
+
+def _simple_plan(
+    response: str, rhs: str, dtypes: tuple, head: Callable[[], pd.DataFrame]
+) -> tuple[tuple[str | None, ...], tuple[str, ...]] | None:
+    """Which data column (None for the intercept) each model-matrix column of ``rhs`` is, and
+    R's names of them, when every term is the intercept or a plain numeric column; else None.
+
+    ``formulae`` parses the formula on the first rows ``head()``: its terms decide whether the
+    shortcut applies (no factors, interactions, calls or stateful transforms such as
+    ``center(x)``, whose values depend on all rows), and its matrix on those rows must equal the
+    shortcut's. The answer depends on the formula and the columns' names and dtypes only, so it
+    is kept per (response, rhs, column dtypes) (at most ``_FORMULA_CACHE`` of them)."""
+    key = (response, rhs, dtypes)
+    if key in _PLANS:
+        return _PLANS[key]
+    plan = _find_simple_plan(response, rhs, head())
+    if len(_PLANS) >= _FORMULA_CACHE:
+        _PLANS.pop(next(iter(_PLANS)))
+    _PLANS[key] = plan
+    return plan
+
+
+def _find_simple_plan(
+    response: str, rhs: str, head: pd.DataFrame
+) -> tuple[tuple[str | None, ...], tuple[str, ...]] | None:
     try:
         dm = formulae.design_matrices(f"{response} ~ {rhs}", head, na_action="error")
     except Exception:
-        return None  # the full evaluation below reports the error
+        return None  # the full evaluation reports the error
     if dm.common is None:
         return None
     sources: list[str | None] = []
@@ -461,22 +540,22 @@ def _simple_model_matrix(
             return None
         comp = comps[0]
         name = getattr(comp, "name", None)
-        if (type(comp).__name__ != "Variable" or name != term_name or name not in frame.columns
+        if (type(comp).__name__ != "Variable" or name != term_name or name not in head.columns
                 or list(term.labels) != [name]):
             return None
-        s = frame[name]
+        s = head[name]
         if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
             return None
         sources.append(name)
     names = _column_names(dm.common)
     if len(names) != len(sources):
         return None
-    mat = np.empty((n, len(sources)), order="F")  # contiguous columns
+    mat = np.empty((len(head), len(sources)))
     for k, src in enumerate(sources):
-        mat[:, k] = 1.0 if src is None else frame[src].to_numpy(dtype=float)
-    if not np.array_equal(mat[:_HEAD_ROWS], np.asarray(dm.common.design_matrix, dtype=float)):
+        mat[:, k] = 1.0 if src is None else head[src].to_numpy(dtype=float)
+    if not np.array_equal(mat, np.asarray(dm.common.design_matrix, dtype=float)):
         return None
-    return mat, names
+    return tuple(sources), tuple(names)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -583,16 +662,15 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
             f"'{formula}' not in the data; available columns: {', '.join(map(str, columns))}"
         )
     used = list(dict.fromkeys([v for e in exprs for v in _variables(e, columns)] + [group]))
-    frame = data[used]
-    frame.attrs = {}  # pandas deep-copies attrs (e.g. a loader's notes) on every column access
-    if not pd.api.types.is_numeric_dtype(frame[parsed.response]):
+    series = {col: data[col] for col in used}  # no copies; a model frame only when needed
+    response = series[parsed.response]
+    if not pd.api.types.is_numeric_dtype(response):
         raise DataError(
-            f"response column '{parsed.response}' is not numeric (dtype {frame[parsed.response].dtype});"
+            f"response column '{parsed.response}' is not numeric (dtype {response.dtype});"
             " convert it to numbers first"
         )
-    bad = frame[group].isna().to_numpy().copy()
-    for col in used:
-        s = frame[col]
+    bad = series[group].isna().to_numpy().copy()
+    for s in series.values():
         if pd.api.types.is_integer_dtype(s) and not pd.api.types.is_extension_array_dtype(s):
             continue  # plain integers are always finite
         if s.dtype == np.float64:
@@ -602,16 +680,15 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
         else:
             bad |= s.isna().to_numpy()
     n_dropped = int(bad.sum())
-    frame = frame.loc[~bad].reset_index(drop=True) if n_dropped else frame.reset_index(drop=True)
-    if len(frame) == 0:
+    if n_dropped == len(bad):
         raise DataError(f"no complete rows left for formula '{formula}' after removing missing values")
-
+    md = _ModelData(data, series, ~bad if n_dropped else slice(None), len(bad) - n_dropped)
     matrices: dict[str, tuple[np.ndarray, list[str]]] = {}
 
     def model_matrix(rhs: str) -> tuple[np.ndarray, list[str]]:
         # the same right-hand side (e.g. '1 + x' fixed and '(1 + x | g)') is built once
         if rhs.strip() not in matrices:
-            matrices[rhs.strip()] = _model_matrix(parsed.response, rhs, frame)
+            matrices[rhs.strip()] = _model_matrix(parsed.response, rhs, md)
         return matrices[rhs.strip()]
 
     X_full, x_names_full = model_matrix(parsed.fixed)
@@ -643,12 +720,12 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
     if len(parsed.bars) == 1 and len(z_blocks) == mat.shape[1]:
         Z = mat  # one bar: its model matrix is Z (shared with X when the two are the same)
     else:
-        Z = np.empty((len(frame), len(z_blocks)), order="F")
+        Z = np.empty((md.n, len(z_blocks)), order="F")
         for k, blk in enumerate(z_blocks):
             Z[:, k] = blk
 
-    codes, levels = _factorize_sorted(frame[group])
-    y = frame[parsed.response].to_numpy(dtype=float).copy()
+    codes, levels = _factorize_sorted(series[group][~bad] if n_dropped else series[group])
+    y = np.array(md.column(parsed.response))  # a copy: the design owns its arrays
     design = Design(
         formula=formula,
         response=parsed.response,
