@@ -10,29 +10,18 @@ the optimum further (see :mod:`models.optimize`).
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 
 import numpy as np
 import pandas as pd
 
 from data.errors import FormulaError, TwolevelError
-from models.deviance import criterion, deviance_gradient, make_deviance, pls_state
 from models.design import Design, GroupCrossprods, group_crossprods, make_design
+from models.deviance import criterion, deviance_gradient, make_deviance, pls_state
 from models.optimize import MODES, optimize_theta, refit_ml_theta
 from models.results import LmerFit
 
 __all__ = ["lmer", "fit_design", "refit_ml", "check_random_slopes"]
-
-
-def data_fingerprint(design: Design) -> str:
-    """Hash of the response, the grouping and the row count of the rows used (``anova`` compares
-    it to refuse models fitted to different data)."""
-    h = hashlib.sha1()
-    h.update(np.ascontiguousarray(design.y))  # the buffers themselves, no bytes copies
-    h.update(np.ascontiguousarray(design.group_index))
-    h.update(str(design.n).encode())
-    return h.hexdigest()
 
 
 def check_random_slopes(design: Design, cp: GroupCrossprods) -> None:
@@ -85,7 +74,7 @@ def fit_design(
     assert abs(criterion(state, REML) - opt.fmin) <= 1e-9 * max(1.0, abs(opt.fmin))
     return LmerFit(
         design=design, crossprods=cp, reml=REML, theta=np.asarray(opt.theta, dtype=float),
-        state=state, optsum=opt, data_name=data_name, data_fingerprint=data_fingerprint(design),
+        state=state, optsum=opt, data_name=data_name,
     )
 
 
@@ -145,5 +134,5 @@ def refit_ml(fit: LmerFit) -> LmerFit:
     state = pls_state(cp, d.theta_to_T(opt.theta))
     return LmerFit(
         design=d, crossprods=cp, reml=False, theta=np.asarray(opt.theta, dtype=float),
-        state=state, optsum=opt, data_name=fit.data_name, data_fingerprint=fit.data_fingerprint,
+        state=state, optsum=opt, data_name=fit.data_name,
     )

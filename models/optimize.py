@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import nlopt
 import numpy as np
@@ -67,7 +68,8 @@ class OptSummary:
     evaluations : number of criterion evaluations by the optimizer(s) (lme4's ``feval`` counts the
         first BOBYQA run only; ``bobyqa_evaluations`` is that number).
     status : NLopt return code of the (last) BOBYQA run (< 0 or 5 means not converged, as lme4).
-    gradient : analytic gradient of the criterion at θ̂ (§7.3), or central differences.
+    gradient_fn : computes the gradient of the criterion at θ̂ (analytic, §7.3, or central
+        differences); :attr:`gradient` calls it once, on first use (it is not needed for the fit).
     at_lower : θ̂_i equals its lower bound (a variance-factor exactly 0).
     restarted_edge : lme4's restart_edge restarted the optimizer.
     boundary_set : indices θ_i that check.boundary moved onto the bound.
@@ -84,12 +86,17 @@ class OptSummary:
     evaluations: int
     bobyqa_evaluations: int
     status: int
-    gradient: np.ndarray
+    gradient_fn: Callable[[], np.ndarray] = field(repr=False, compare=False)
     at_lower: tuple[bool, ...]
     restarted_edge: bool = False
     boundary_set: tuple[int, ...] = ()
     messages: tuple[str, ...] = field(default=())
     lme4_fmin: float = float("nan")
+
+    @cached_property
+    def gradient(self) -> np.ndarray:
+        """Gradient of the criterion at θ̂ (see ``gradient_fn``), computed on first use."""
+        return np.asarray(self.gradient_fn(), dtype=float)
 
     @property
     def converged(self) -> bool:
@@ -228,6 +235,18 @@ def _fd_gradient(fn: Callable[[np.ndarray], float], x: np.ndarray, h: float = 1e
     return np.array([(fn(x + h * e) - fn(x - h * e)) / (2 * h) for e in np.eye(x.shape[0])])
 
 
+def _gradient_at(
+    fn: Callable[[np.ndarray], float],
+    x: np.ndarray,
+    gradient: Callable[[np.ndarray], np.ndarray] | None,
+) -> Callable[[], np.ndarray]:
+    """A function computing the gradient at x: ``gradient(x)``, else central differences of fn."""
+    x = np.array(x, dtype=float)
+    if gradient is not None:
+        return lambda: gradient(x)
+    return lambda: _fd_gradient(fn, x)
+
+
 def optimize_theta(
     fn: Callable[[np.ndarray], float],
     theta0: np.ndarray,
@@ -272,10 +291,10 @@ def optimize_theta(
         optimizer += " + L-BFGS-B (analytic gradient) + Nelder-Mead polish"
         if f < lme4_f:
             messages.append(f"polish lowered the criterion by {lme4_f - f:.3g} below lme4's path")
-    grad = gradient(x) if gradient is not None else _fd_gradient(fn, x)
     return OptSummary(
         optimizer=optimizer, mode=mode, theta0=theta0, lower=lower, theta=x, fmin=f,
-        evaluations=total, bobyqa_evaluations=nev, status=status, gradient=np.asarray(grad),
+        evaluations=total, bobyqa_evaluations=nev, status=status,
+        gradient_fn=_gradient_at(fn, x, gradient),
         at_lower=tuple(bool(v) for v in (x == lower)), restarted_edge=restarted,
         boundary_set=moved, messages=tuple(messages), lme4_fmin=lme4_f,
     )
@@ -330,13 +349,12 @@ def refit_ml_theta(
         initial_step=rhobeg,
     )
     f = float(fn_ml(x))
-    grad = gradient(x) if gradient is not None else _fd_gradient(fn_ml, x)
     return OptSummary(
         optimizer=(
             f"refitML: BOBYQA from the REML theta, rhobeg={rhobeg:.4g}, "
             "rhoend=1e-6*rhobeg (minqa-style; NLopt LN_BOBYQA)"
         ),
         mode="refitML", theta0=x0, lower=lower, theta=x, fmin=f, evaluations=nev,
-        bobyqa_evaluations=nev, status=status, gradient=np.asarray(grad),
+        bobyqa_evaluations=nev, status=status, gradient_fn=_gradient_at(fn_ml, x, gradient),
         at_lower=tuple(bool(v) for v in (x == lower)), messages=(), lme4_fmin=f,
     )

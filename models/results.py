@@ -6,6 +6,7 @@ gives β̂, ũ, R_X and r²; the rest are small functions of those (§2 and §4 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 import re
@@ -205,7 +206,6 @@ class LmerFit:
     reml : fitted by REML (True) or ML.  theta : θ̂.  state : the PLS solution at θ̂.
     optsum : how θ̂ was obtained (:class:`~models.optimize.OptSummary`).
     data_name : how the data are called in printouts ("Data: ...").
-    data_fingerprint : hash of the rows used (``anova`` refuses fits to different data).
     """
 
     design: Design
@@ -215,7 +215,16 @@ class LmerFit:
     state: PLSState
     optsum: OptSummary
     data_name: str = "data"
-    data_fingerprint: str = ""
+
+    @cached_property
+    def data_fingerprint(self) -> str:
+        """Hash of the response, the grouping and the row count of the rows used (``anova``
+        refuses to compare fits to different data); computed on first use."""
+        h = hashlib.sha1()
+        h.update(np.ascontiguousarray(self.design.y))  # the buffers themselves, no bytes copies
+        h.update(np.ascontiguousarray(self.design.group_index))
+        h.update(str(self.design.n).encode())
+        return h.hexdigest()
 
     # ------------------------------------------------------------------ sizes and parameters
     @property
