@@ -34,8 +34,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from data.errors import TwolevelError
 from models.collapsed import draw_school_effects, school_marginal_loglik
 from models.design import Design, GroupCrossprods, group_crossprods, make_design
+from models.diagnostics import DiagnosticsHelper, rhat_ess
 from models.priors import ModelPriors
 
 __all__ = [
@@ -55,7 +57,11 @@ _LOG2PI = float(np.log(2.0 * np.pi))
 @dataclass(frozen=True)
 class SamplerSettings:
     """NUTS settings: ``chains`` × ``draws`` after ``tune`` adaptation steps, on ``cores`` threads;
-    ``seed`` makes the run reproducible (also the draws of the school effects)."""
+    ``seed`` makes the run reproducible (also the draws of the school effects). ``adaptation`` is
+    nutpie's mass-matrix adaptation: ``"low_rank"`` (default: the diagonal plus a low-rank
+    correction learned from the draws and gradients, which captures the correlation of the SDs
+    with the LKJ factor; about 30% more ESS per gradient on the lecture model than ``"diag"``),
+    ``"diag"`` or ``"draw_diag"``."""
 
     chains: int = 4
     draws: int = 1000
@@ -63,6 +69,7 @@ class SamplerSettings:
     seed: int = 20250121
     target_accept: float = 0.8
     cores: int = 2
+    adaptation: str = "low_rank"
 
 
 @dataclass(frozen=True)
@@ -122,17 +129,21 @@ def _flat_params(post: xr.Dataset) -> dict[str, np.ndarray]:
     return out
 
 
-def diagnose(dt) -> Diagnostics:
-    """R̂, bulk/tail ESS (ArviZ), divergences and BFMI of a posterior DataTree, and the gate."""
-    import arviz as az
+# ArviZ's R̂/ESS cost ~2 ms a parameter on one core: above this many parameters, half of them
+# go to a helper process (models.diagnostics) on the second core
+SPLIT_DIAGNOSTICS_ABOVE = 400
 
+
+def diagnose(dt, helper: DiagnosticsHelper | None = None) -> Diagnostics:
+    """R̂, bulk/tail ESS (ArviZ), divergences and BFMI of a posterior DataTree, and the gate.
+    A started ``helper`` process computes half of R̂ and ESS."""
     params = _flat_params(dt["posterior"].to_dataset())
     names = list(params)
     arr = np.stack([params[n] for n in names], axis=-1)  # (chain, draw, K)
-    ds = xr.Dataset({"x": (("chain", "draw", "k"), arr)})
-    rhat = np.asarray(az.rhat(ds)["x"].to_numpy(), float)
-    ess_b = np.asarray(az.ess(ds, method="bulk")["x"].to_numpy(), float)
-    ess_t = np.asarray(az.ess(ds, method="tail")["x"].to_numpy(), float)
+    if helper is not None:
+        rhat, ess_b, ess_t = helper.rhat_ess(arr)
+    else:
+        rhat, ess_b, ess_t = rhat_ess(arr)
     stats = dt["sample_stats"]
     div = int(stats["diverging"].sum()) if "diverging" in stats else 0
     bfmi: tuple[float, ...] = ()
@@ -180,27 +191,50 @@ def cholesky_draws(post: xr.Dataset, q: int) -> np.ndarray:
     return sd[:, :, None] * np.eye(q)[None]
 
 
-def pointwise_loglik(design: Design, cp: GroupCrossprods, beta: np.ndarray, b: np.ndarray,
-                     L: np.ndarray, sigma: np.ndarray, chunk: int = 250):
-    """Per-student log density given the school effects, log N(y_i | x_iβ + z_i b_j, σ²), (S, n),
-    and per-school log density with the effects integrated out (S, J)
-    (:func:`models.collapsed.school_marginal_loglik`). One chunked pass over draws."""
-    S = beta.shape[0]
-    g, X, Z, y = design.group_index, design.X, design.Z, design.y
+def school_residual_ss(design: Design, beta: np.ndarray) -> np.ndarray:
+    """r_jᵀr_j = ‖y_j − X_jβ‖² per draw and school, (S, J), from each school's own cross-products:
+
+    r_jᵀr_j = y_jᵀy_j − 2βᵀX_jᵀy_j + βᵀX_jᵀX_jβ   (one pass over the students, then O(S·J·p²)).
+    """
+    X, y, g = design.X, design.y, design.group_index
     order = np.argsort(g, kind="stable")
     starts = np.r_[0, np.cumsum(design.group_sizes)[:-1]]
+    Xs, ys = X[order], y[order]
+    yty = np.add.reduceat(ys * ys, starts)
+    Xty = np.add.reduceat(Xs * ys[:, None], starts, axis=0)  # (J, p)
+    XtX = np.add.reduceat(Xs[:, :, None] * Xs[:, None, :], starts, axis=0)  # (J, p, p)
+    return (yty[None] - 2.0 * beta @ Xty.T
+            + np.einsum("sk,jkl,sl->sj", beta, XtX, beta, optimize=True))
+
+
+def student_loglik(design: Design, beta: np.ndarray, b: np.ndarray, sigma: np.ndarray,
+                   chunk: int = 250) -> np.ndarray:
+    """Per-student log density given the school's effects, (S, n):
+
+    log N(y_i | x_iβ + z_i b_j, σ²) = −½ [log 2πσ² + (y_i − x_iβ − z_i b_j)²/σ²]. Chunked over draws.
+    """
+    S = beta.shape[0]
+    g, X, Z, y = design.group_index, design.X, design.Z, design.y
     ll = np.empty((S, design.n))
-    rss0 = np.empty((S, design.n_groups))
     for s0 in range(0, S, chunk):
         sl = slice(s0, min(S, s0 + chunk))
         r = y[None, :] - beta[sl] @ X.T  # (s, n): y − Xβ
-        rss0[sl] = np.add.reduceat((r * r)[:, order], starts, axis=1)
         for k in range(design.q):
             r -= Z[None, :, k] * b[sl, :, k][:, g]
         s2 = sigma[sl, None] ** 2
         ll[sl] = -0.5 * (_LOG2PI + np.log(s2) + r * r / s2)
-    ll_school = school_marginal_loglik(cp.A, cp.B, cp.c, rss0, design.group_sizes, beta, L, sigma)
-    return ll, ll_school
+    return ll
+
+
+def school_loglik(design: Design, cp: GroupCrossprods, beta: np.ndarray, L: np.ndarray,
+                  sigma: np.ndarray) -> np.ndarray:
+    """Per-school log density with the school's effects integrated out, (S, J)
+    (:func:`models.collapsed.school_marginal_loglik` with :func:`school_residual_ss`)."""
+    rss0 = school_residual_ss(design, beta)
+    return school_marginal_loglik(cp.A, cp.B, cp.c, rss0, design.group_sizes, beta, L, sigma)
+
+
+LOG_LIKELIHOODS = ("both", "school", "none")
 
 
 @dataclass(frozen=True)
@@ -237,8 +271,6 @@ class BayesFit:
     def to_frame(self, prob: float = 0.95) -> pd.DataFrame:
         """mean, sd, quantiles, ESS and R̂ of γ (``fixef:``), SDs (``sd:``), correlations
         (``corr:A:B``) and σ, indexed by those names."""
-        import arviz as az
-
         post = self.posterior
         rows: dict[str, np.ndarray] = {}
         for k, nm in enumerate(post["fixed"].to_numpy()):
@@ -253,10 +285,7 @@ class BayesFit:
         rows["sigma"] = post["sigma"].to_numpy()
         names = list(rows)
         arr = np.stack([rows[n] for n in names], axis=-1)
-        ds = xr.Dataset({"x": (("chain", "draw", "k"), arr)})
-        ess_b = az.ess(ds, method="bulk")["x"].to_numpy()
-        ess_t = az.ess(ds, method="tail")["x"].to_numpy()
-        rhat = az.rhat(ds)["x"].to_numpy()
+        rhat, ess_b, ess_t = rhat_ess(arr)
         flat = arr.reshape(-1, arr.shape[-1])
         lo, hi = (1 - prob) / 2, (1 + prob) / 2
         return pd.DataFrame({
@@ -306,7 +335,8 @@ class BayesFit:
                 dt[grp] = xr.DataTree(ds.drop_vars(drop))
         if not pointwise and "log_likelihood" in dt:
             ds = dt["log_likelihood"].to_dataset()
-            dt["log_likelihood"] = xr.DataTree(ds.drop_vars(self.design.response))
+            dt["log_likelihood"] = xr.DataTree(ds.drop_vars(self.design.response,
+                                                            errors="ignore"))
         dt.attrs = {**dt.attrs, "twolevel_formula": self.formula,
                     "twolevel_likelihood": self.likelihood}
         dt.to_netcdf(path, engine="h5netcdf")
@@ -321,57 +351,57 @@ def fit_bayes(
     centering: str | int = "auto",
     settings: SamplerSettings | None = None,
     progress: bool = True,
-    log_likelihood: bool = True,
+    log_likelihood: str = "both",
 ) -> BayesFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) by NUTS and run the diagnostic gate.
 
     ``likelihood``/``centering``/``priors`` go to :func:`models.pymc_model.build_model`. A failed
     gate does not raise: it warns in plain words and is recorded in ``fit.diagnostics``.
+    ``log_likelihood``: which pointwise log-likelihoods to store — ``"both"`` (per student, for
+    PSIS-LOO, and per school, for leave-one-school-out), ``"school"`` (per school only: S × J
+    instead of S × n numbers) or ``"none"``.
     """
     from models.pymc_model import build_model, sample_nuts
 
+    if log_likelihood not in LOG_LIKELIHOODS:
+        raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "
+                            f"{', '.join(LOG_LIKELIHOODS)}; use one of those")
     settings = settings or SamplerSettings()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     design = make_design(formula, data)
     cp = group_crossprods(design)
-    built = build_model(design, priors, likelihood=likelihood, centering=centering, crossprods=cp)
-    timings["build"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    dt = sample_nuts(built, draws=settings.draws, tune=settings.tune, chains=settings.chains,
-                     cores=settings.cores, seed=settings.seed,
-                     target_accept=settings.target_accept, progress=progress)
-    timings["compile+sample"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    post = dt["posterior"].to_dataset()
-    q = design.q
-    L = cholesky_draws(post, q)
-    beta, sigma = _draws(post["beta"], "fixed"), _draws(post["sigma"])
-    C, D = post.sizes["chain"], post.sizes["draw"]
-    if "b_school" not in post:
-        rng = np.random.default_rng([settings.seed, 1])
-        b = draw_school_effects(cp.A, cp.B, cp.c, beta, L, sigma, rng)
-        post["b_school"] = (("chain", "draw", "school", "effect"), b.reshape(C, D, *b.shape[1:]))
-    post = post.assign_coords(school=[str(s) for s in design.group_levels],
-                              effect=list(design.z_names))
-    dt["posterior"] = xr.DataTree(post)
-    timings["school effects"] = time.perf_counter() - t2
-    # the diagnostics (ArviZ, mostly sorting) and the log-likelihoods (NumPy) release the GIL for
-    # most of their work: run them side by side on the two cores
-    t3 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fut_diag = pool.submit(diagnose, xr.DataTree.from_dict(
-            {"posterior": post, "sample_stats": dt["sample_stats"].to_dataset()}))
-        if log_likelihood:
-            b = _draws(post["b_school"], "school", "effect")
-            ll, lls = pointwise_loglik(design, cp, beta, b, L, sigma)
-            dt["log_likelihood"] = xr.DataTree(xr.Dataset({
-                design.response: (("chain", "draw", "obs"), ll.reshape(C, D, -1)),
-                f"{design.response}_by_school": (("chain", "draw", "school"),
-                                                 lls.reshape(C, D, -1)),
-            }, coords={"school": [str(s) for s in design.group_levels]}))
-        diag = fut_diag.result()
-    timings["log-likelihood + diagnostics"] = time.perf_counter() - t3
+    n_params = design.p + 1 + design.q * (design.q + 1) // 2 + design.n_groups * design.q
+    helper = (DiagnosticsHelper()  # starts now: imports ArviZ while the model samples
+              if settings.cores > 1 and n_params > SPLIT_DIAGNOSTICS_ABOVE else None)
+    try:
+        built = build_model(design, priors, likelihood=likelihood, centering=centering,
+                            crossprods=cp)
+        timings["build"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        dt = sample_nuts(built, draws=settings.draws, tune=settings.tune, chains=settings.chains,
+                         cores=settings.cores, seed=settings.seed,
+                         target_accept=settings.target_accept, adaptation=settings.adaptation,
+                         progress=progress)
+        timings["compile+sample"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        post = _with_school_effects(dt["posterior"].to_dataset(), design, cp, settings.seed)
+        dt["posterior"] = xr.DataTree(post)
+        timings["school effects"] = time.perf_counter() - t2
+        # the diagnostics (ArviZ; half in the helper process) and the log-likelihoods (NumPy,
+        # which releases the GIL) side by side
+        t3 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            fut_diag = pool.submit(diagnose, xr.DataTree.from_dict(
+                {"posterior": post, "sample_stats": dt["sample_stats"].to_dataset()}), helper)
+            if log_likelihood != "none":
+                dt["log_likelihood"] = xr.DataTree(
+                    _log_likelihoods(post, design, cp, per_student=log_likelihood == "both"))
+            diag = fut_diag.result()
+        timings["log-likelihood + diagnostics"] = time.perf_counter() - t3
+    finally:
+        if helper is not None:
+            helper.close()
     for p in diag.problems:
         warnings.warn(f"NUTS fit of '{formula}': {p}", RuntimeWarning, stacklevel=2)
     return BayesFit(
@@ -379,6 +409,39 @@ def fit_bayes(
         n_centered=built.n_centered, settings=settings, datatree=dt, diagnostics=diag,
         timings=timings, sampler="nutpie, PyMC model compiled by PyTensor/Numba",
     )
+
+
+def _with_school_effects(post: xr.Dataset, design: Design, cp: GroupCrossprods,
+                         seed: int) -> xr.Dataset:
+    """The posterior with ``b_school`` [school, effect]: drawn from the exact conditional
+    (:func:`models.collapsed.draw_school_effects`, seeded by ``[seed, 1]``) when the model
+    integrated them out; school and effect coordinates named after the data."""
+    if "b_school" not in post:
+        L = cholesky_draws(post, design.q)
+        beta, sigma = _draws(post["beta"], "fixed"), _draws(post["sigma"])
+        b = draw_school_effects(cp.A, cp.B, cp.c, beta, L, sigma,
+                                np.random.default_rng([seed, 1]))
+        C, D = post.sizes["chain"], post.sizes["draw"]
+        post["b_school"] = (("chain", "draw", "school", "effect"), b.reshape(C, D, *b.shape[1:]))
+    return post.assign_coords(school=[str(s) for s in design.group_levels],
+                              effect=list(design.z_names))
+
+
+def _log_likelihoods(post: xr.Dataset, design: Design, cp: GroupCrossprods,
+                     per_student: bool) -> xr.Dataset:
+    """The ``log_likelihood`` group: ``<response>_by_school`` [school] (:func:`school_loglik`)
+    and, if ``per_student``, ``<response>`` [obs] (:func:`student_loglik`)."""
+    C, D = post.sizes["chain"], post.sizes["draw"]
+    beta, sigma = _draws(post["beta"], "fixed"), _draws(post["sigma"])
+    ll = {}
+    if per_student:
+        b = _draws(post["b_school"], "school", "effect")
+        ll[design.response] = (("chain", "draw", "obs"),
+                               student_loglik(design, beta, b, sigma).reshape(C, D, -1))
+    ll[f"{design.response}_by_school"] = (
+        ("chain", "draw", "school"),
+        school_loglik(design, cp, beta, cholesky_draws(post, design.q), sigma).reshape(C, D, -1))
+    return xr.Dataset(ll, coords={"school": [str(s) for s in design.group_levels]})
 
 
 def posterior_predictive(fit: BayesFit, n_draws: int, seed: int) -> np.ndarray:

@@ -65,6 +65,7 @@ __all__ = [
 ]
 
 LIKELIHOODS = ("collapsed", "suffstat", "student")
+ADAPTATIONS = ("low_rank", "diag", "draw_diag")
 RELIABILITY_CUTOFF = 0.5
 _LOG2PI = float(np.log(2 * np.pi))
 
@@ -506,15 +507,20 @@ def sample_nuts(
     target_accept: float,
     progress: bool,
     data: dict[str, np.ndarray] | None = None,
+    adaptation: str = "low_rank",
 ):
-    """NUTS (nutpie's Rust sampler, diagonal mass matrix adaptation) on :func:`compile_nuts`;
-    returns nutpie's DataTree (``posterior``, ``sample_stats``, ``warmup_*``)."""
+    """NUTS (nutpie's Rust sampler) on :func:`compile_nuts` with nutpie's mass-matrix
+    ``adaptation`` (``"low_rank"``, ``"diag"``, ``"draw_diag"``); returns nutpie's DataTree
+    (``posterior``, ``sample_stats``, ``warmup_*``)."""
     import nutpie
 
+    if adaptation not in ADAPTATIONS:
+        raise TwolevelError(f"adaptation {adaptation!r} is not one of nutpie's "
+                            f"{', '.join(ADAPTATIONS)}; use one of those")
     compiled = compile_nuts(built, data)
     return nutpie.sample(
         compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
-        target_accept=target_accept, progress_bar=progress,
+        target_accept=target_accept, progress_bar=progress, adaptation=adaptation,
     )
 
 

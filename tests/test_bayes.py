@@ -16,6 +16,8 @@ from models.bayes import (
     fit_bayes,
     posterior_predictive,
     prior_predictive,
+    school_residual_ss,
+    student_loglik,
 )
 from models.collapsed import draw_school_effects, school_marginal_loglik
 from models.design import group_crossprods, make_design
@@ -146,6 +148,24 @@ def test_collapsed_loglik_is_the_integrated_likelihood(design):
         assert per.sum() == pytest.approx(dense, rel=1e-10)
 
 
+def test_pointwise_pieces_equal_their_direct_formulas(design):
+    """Per-school ‖y_j − X_jβ‖² from each school's cross-products equals the direct sum over its
+    students; per-student log densities equal scipy's normal log density."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(8)
+    beta = rng.normal(size=(3, design.p))
+    rss = school_residual_ss(design, beta)
+    direct = np.array([[np.sum((design.y - design.X @ bs)[design.group_index == j] ** 2)
+                        for j in range(design.n_groups)] for bs in beta])
+    np.testing.assert_allclose(rss, direct, rtol=1e-10)
+    b = rng.normal(size=(3, design.n_groups, design.q))
+    sigma = rng.uniform(0.5, 2.0, size=3)
+    ll = student_loglik(design, beta, b, sigma, chunk=2)
+    mu = beta @ design.X.T + (design.Z[None] * b[:, design.group_index]).sum(-1)
+    np.testing.assert_allclose(ll, norm.logpdf(design.y[None], mu, sigma[:, None]), rtol=1e-12)
+
+
 def test_conditional_school_effects_match_dense_formula(design):
     """b_j | y, β, Σ, σ ~ N(P Z_jᵀr_j/σ², P), P = (Σ⁻¹ + Z_jᵀZ_j/σ²)⁻¹: mean and covariance of
     40,000 draws within Monte-Carlo error."""
@@ -265,6 +285,26 @@ def test_unknown_likelihood_and_centering(design):
         build_model(design, likelihood="exact")
     with pytest.raises(TwolevelError, match="centering 'half' is not valid"):
         build_model(design, centering="half")
+
+
+def test_unknown_adaptation_and_log_likelihood(small):
+    from models.pymc_model import sample_nuts
+
+    built = build_model(make_design("y ~ 1 + x + (1 | g)", small))
+    with pytest.raises(TwolevelError, match="adaptation 'dense' is not one of nutpie's low_rank, "
+                                            "diag, draw_diag; use one of those"):
+        sample_nuts(built, draws=10, tune=10, chains=1, cores=1, seed=1, target_accept=0.8,
+                    progress=False, adaptation="dense")
+    with pytest.raises(TwolevelError, match="log_likelihood 'all' is not one of both, school, "
+                                            "none; use one of those"):
+        fit_bayes("y ~ 1 + x + (1 | g)", small, progress=False, log_likelihood="all")
+
+
+def test_log_likelihood_per_school_only(small):
+    fit = fit_bayes("y ~ 1 + x + (1 | g)", small, progress=False, log_likelihood="school",
+                    settings=SamplerSettings(chains=2, draws=100, tune=100, seed=2))
+    ll = fit.datatree["log_likelihood"]
+    assert list(ll.data_vars) == ["y_by_school"] and ll["y_by_school"].shape == (2, 100, 12)
 
 
 def test_one_school_is_refused():

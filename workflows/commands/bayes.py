@@ -74,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
                                seed=args.seed, target_accept=args.target_accept, cores=args.cores)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
+        # compute only what is written: posterior.nc keeps the per-school log-likelihood
+        # (leave-one-school-out); nothing else here reads a log-likelihood
         fit = fit_bayes(args.formula, df, likelihood=args.likelihood, settings=settings,
-                        progress=not (args.no_progress or args.json))
+                        progress=not (args.no_progress or args.json),
+                        log_likelihood="school" if args.out else "none")
     wall = time.perf_counter() - t0
     d = fit.diagnostics
     if args.json:
