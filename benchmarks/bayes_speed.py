@@ -3,17 +3,21 @@
     .venv/bin/python benchmarks/bayes_speed.py [--data lecture hsb] [--skip-hand]
 
 Each run is a fresh Python process, timed from its start (interpreter, imports, PyTensor/Numba
-compilation, sampling, drawing the school effects, log-likelihoods and diagnostics all included):
+compilation, sampling, drawing the school effects and diagnostics all included):
 
 * ``ours``: ``twolevel bayes DATA FORMULA --json`` — the default model (LKJ(2) prior, school
-  effects integrated out and drawn afterwards from their exact conditional posterior), 4 chains ×
-  1000 draws after 1000 tuning steps on 2 cores.
+  effects integrated out and drawn afterwards from their exact conditional posterior; nutpie with
+  its low-rank mass-matrix adaptation), 4 chains × 1000 draws after 1000 tuning steps on 2 cores;
+  R̂ and ESS over every parameter, half of them in a helper process. Like ``pm.sample()``'s
+  default, ``--json`` computes no pointwise log-likelihood (nothing reads it; ``--out`` adds the
+  per-school one, and :func:`models.bayes.fit_bayes` stores per-student and per-school ones).
 * ``hand``: the model a PyMC user writes by hand — observation-level likelihood, non-centred school
   effects ``z @ chol.T``, ``pm.LKJCholeskyCov(eta=2)`` — with the same priors, draws, chains and
   cores as ours, sampled twice: with ``pm.sample()``'s defaults (which pick nutpie when it is
   installed, as it is beside twolevel; if that fails, as recorded in stack-notes, PyMC's own NUTS
   is run and the failure reported) and with PyMC's own NUTS (``nuts_sampler="pymc"``, what a
-  PyMC installation without nutpie runs).
+  PyMC installation without nutpie runs). R̂ and ESS over the same parameters with ArviZ in one
+  process (:func:`models.bayes.diagnose`), as a user of ``pm.sample()`` gets them.
 * bambi is reported only when installed (its default model has no intercept–slope correlation).
 
 For every run: divergences, max R-hat and min bulk ESS over **all** parameters (γ, SDs,

@@ -15,9 +15,10 @@ Stored in the returned DataTree (PyMC 6 / ArviZ 1.x layout):
 
 * ``posterior``: ``beta`` [fixed], ``sigma``, ``sd`` [effect], ``corr`` [effect, effect_b]
   (q ≥ 2), ``b_school`` [school, effect] (the school effects u_j).
-* ``log_likelihood``: ``<response>`` [obs], each student's log density given the school's
-  effects (for PSIS-LOO over students), and ``<response>_by_school`` [school], each school's
-  log density with its effects integrated out (for leave-one-school-out).
+* ``log_likelihood`` (``fit_bayes(log_likelihood="both")``, the default): ``<response>`` [obs],
+  each student's log density given the school's effects (for PSIS-LOO over students), and
+  ``<response>_by_school`` [school], each school's log density with its effects integrated out
+  (for leave-one-school-out); ``"school"`` stores only the latter, ``"none"`` neither.
 * ``sample_stats`` (nutpie's, with ``diverging`` and ``energy``) and the ``warmup_*`` groups.
 
 This module does not import PyMC (only :mod:`models.pymc_model` does).

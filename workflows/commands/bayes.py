@@ -8,7 +8,8 @@ Prints the summary with the diagnostic gate (divergences, R-hat, ESS over every 
 BFMI), or with ``--json`` one object with divergences, max_rhat, min_ess_bulk, min_ess_tail,
 wall_seconds, draws, chains and posterior ({name: {mean, sd, q2.5, q97.5}} for fixef:<name>,
 sd:<effect>, corr:<a>:<b>, sigma). ``--out DIR`` saves the posterior as ``DIR/posterior.nc``
-(reopen with ``arviz.from_netcdf``) and the summary as ``DIR/summary.txt``.
+(reopen with ``arviz.from_netcdf``; with each school's log-likelihood, its effects integrated out,
+for leave-one-school-out) and the summary as ``DIR/summary.txt``.
 """
 
 from __future__ import annotations
