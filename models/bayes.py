@@ -58,7 +58,10 @@ _LOG2PI = float(np.log(2.0 * np.pi))
 @dataclass(frozen=True)
 class SamplerSettings:
     """NUTS settings: ``chains`` × ``draws`` after ``tune`` adaptation steps, on ``cores`` threads;
-    ``seed`` makes the run reproducible (also the draws of the school effects). ``adaptation`` is
+    ``seed`` makes the run reproducible (also the draws of the school effects). ``target_accept``
+    is 0.9 (PyMC's default is 0.8): the longer trajectories decorrelate the skewed posterior of the
+    slope SD, about 25% more ESS for about 25% more sampling time on the lecture model, so more
+    ESS per second of a whole fit, and fewer low-ESS seeds on HSB. ``adaptation`` is
     nutpie's mass-matrix adaptation: ``"low_rank"`` (default: the diagonal plus a low-rank
     correction learned from the draws and gradients, which captures the correlation of the SDs
     with the LKJ factor; about 30% more ESS per gradient on the lecture model than ``"diag"``),
@@ -68,7 +71,7 @@ class SamplerSettings:
     draws: int = 1000
     tune: int = 1000
     seed: int = 20250121
-    target_accept: float = 0.8
+    target_accept: float = 0.9
     cores: int = 2
     adaptation: str = "low_rank"
 
