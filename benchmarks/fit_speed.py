@@ -23,7 +23,10 @@ Every job is run once as a warm-up and then ``--repeats`` times (``--big-repeats
 jobs) in the same process; the median wall-clock time is reported. R's timings are taken inside
 one R session with ``proc.time()`` around each call, so R's start-up, package loading and CSV
 reading are excluded. The R anchors are measured in the same run of this script (the ratio
-column is R's median / ours).
+column is R's median / ours). Before each timed call both sides collect garbage (``gc.collect()``,
+R's ``gc()``), which leaves the CPU caches cold for the call; the lecture jobs are also timed back
+to back without it (``--warm-repeats`` calls on each side, as ``timeit`` and R's
+``microbenchmark`` do).
 
 Memory
 ------
@@ -109,15 +112,17 @@ def _fit_satterthwaite(df: pd.DataFrame):
     return fit, fit.coef_table(ddf="Satterthwaite")
 
 
-def time_median(fn, repeats: int) -> tuple[float, list[float]]:
-    """One warm-up call, then ``repeats`` timed calls; (median, all times) in seconds. The
+def time_median(fn, repeats: int, collect: bool = True) -> tuple[float, list[float]]:
+    """One warm-up call, then ``repeats`` timed calls, each after a full garbage collection
+    (``collect``, as R's side calls ``gc()``) or back to back; (median, all times) in seconds. The
     warm-up's time is appended last (not part of the median)."""
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
-        gc.collect()
+        if collect:
+            gc.collect()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -208,14 +213,14 @@ def _run_child(cmd: list[str], **kw) -> tuple[str, str, float]:
 R_TIMING = r"""
 suppressPackageStartupMessages({library(lme4); library(lmerTest)})
 args <- commandArgs(trailingOnly = TRUE)
-csv <- args[1]; reps <- as.integer(args[2]); satt <- args[3] == "1"
+csv <- args[1]; reps <- as.integer(args[2]); satt <- args[3] == "1"; warm <- as.integer(args[4])
 dat <- read.csv(csv)
 f <- g1rscore ~ 1 + famsesc + (1 + famsesc | schid)
-tm <- function(fun, reps, label) {
+tm <- function(fun, reps, label, collect = TRUE) {
   t0 <- proc.time()[["elapsed"]]; invisible(fun())   # warm-up (first call), reported apart
   cat(sprintf("%s_FIRST %s\n", label, proc.time()[["elapsed"]] - t0))
   t <- numeric(reps)
-  for (i in seq_len(reps)) { gc(); t0 <- proc.time()[["elapsed"]]; invisible(fun())
+  for (i in seq_len(reps)) { if (collect) gc(); t0 <- proc.time()[["elapsed"]]; invisible(fun())
                              t[i] <- proc.time()[["elapsed"]] - t0 }
   t
 }
@@ -228,6 +233,12 @@ if (satt) {
   cat(sprintf("SATT %s\n", paste(s_t, collapse = " ")))
   cf <- coef(summary(lmerTest::lmer(f, data = dat, REML = TRUE)))
   cat(sprintf("DF %s\n", paste(format(cf[, "df"], digits = 10), collapse = " ")))
+}
+if (warm > 0) {  # back to back, no gc() before each call, `warm` repeats
+  cat(sprintf("FITW %s\n", paste(tm(function() lme4::lmer(f, data = dat, REML = TRUE), warm,
+                                     "FITW", FALSE), collapse = " ")))
+  cat(sprintf("SATTW %s\n", paste(tm(function() summary(lmerTest::lmer(f, data = dat,
+                                      REML = TRUE)), warm, "SATTW", FALSE), collapse = " ")))
 }
 """
 
@@ -251,14 +262,15 @@ def r_available() -> bool:
     return res.returncode == 0
 
 
-def r_timings(csv: Path, reps: int, satt: bool, workdir: Path) -> dict:
+def r_timings(csv: Path, reps: int, satt: bool, workdir: Path, warm: int = 0) -> dict:
     script = workdir / "timing.R"
     script.write_text(R_TIMING)
-    out, _, peak = _run_child(["Rscript", str(script), str(csv), str(reps), "1" if satt else "0"])
+    out, _, peak = _run_child(["Rscript", str(script), str(csv), str(reps), "1" if satt else "0",
+                               str(warm)])
     res: dict = {"peak_mb": peak}
     for line in out.splitlines():
         key, _, rest = line.partition(" ")
-        if key in ("FIT", "SATT", "FIXEF", "DF", "FIT_FIRST", "SATT_FIRST"):
+        if key in ("FIT", "SATT", "FIXEF", "DF", "FIT_FIRST", "SATT_FIRST", "FITW", "SATTW"):
             res[key.lower()] = [float(v) for v in rest.split()]
     return res
 
@@ -346,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats per lecture job (≥5)")
     ap.add_argument("--big-repeats", type=int, default=5, help="timed repeats per 1M job")
+    ap.add_argument("--warm-repeats", type=int, default=20,
+                    help="timed repeats of the back-to-back lecture jobs (both sides)")
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--schools", type=int, default=50_000)
     ap.add_argument("--seed", type=int, default=20251125)
@@ -371,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t_fit, all_fit = time_median(lambda: _fit(lecture), args.repeats)
     t_satt, all_satt = time_median(lambda: _fit_satterthwaite(lecture), args.repeats)
+    t_fitw, _ = time_median(lambda: _fit(lecture), args.warm_repeats, collect=False)
+    t_sattw, _ = time_median(lambda: _fit_satterthwaite(lecture), args.warm_repeats, collect=False)
     fit, tab = _fit_satterthwaite(lecture)
     print(f"ours lecture fit: {[round(t, 4) for t in all_fit[:-1]]} (first call "
           f"{all_fit[-1]:.4f})", flush=True)
@@ -381,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fit_speed_") as tmp:
         tmpdir = Path(tmp)
         if use_r:
-            r_lect = r_timings(Path(LECTURE_CSV), args.repeats, True, tmpdir)
+            r_lect = r_timings(Path(LECTURE_CSV), args.repeats, True, tmpdir,
+                               warm=args.warm_repeats)
             print(f"R lecture lme4 fit: {r_lect['fit']} (first call {r_lect['fit_first']})",
                   flush=True)
             print(f"R lecture lmerTest summary: {r_lect['satt']} (first call "
@@ -399,6 +416,10 @@ def main(argv: list[str] | None = None) -> int:
                      "theirs": med(r_lect["fit"]) if r_lect else None})
         rows.append({"job": "lecture fit + Satterthwaite table", "ours": t_satt,
                      "theirs": med(r_lect["satt"]) if r_lect else None})
+        rows.append({"job": "lecture fit, back to back (no forced gc)", "ours": t_fitw,
+                     "theirs": med(r_lect.get("fitw")) if r_lect else None})
+        rows.append({"job": "lecture fit + Satterthwaite, back to back", "ours": t_sattw,
+                     "theirs": med(r_lect.get("sattw")) if r_lect else None})
         t_sm = statsmodels_time(lecture, args.repeats)
         if t_sm is not None:
             rows.append({"job": "lecture fit, statsmodels MixedLM (REML)", "ours": t_fit,
