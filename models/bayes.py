@@ -198,15 +198,20 @@ def cholesky_draws(post: xr.Dataset, q: int) -> np.ndarray:
 def school_residual_ss(design: Design, beta: np.ndarray) -> np.ndarray:
     """r_jᵀr_j = ‖y_j − X_jβ‖² per draw and school, (S, J), from each school's own cross-products:
 
-    r_jᵀr_j = y_jᵀy_j − 2βᵀX_jᵀy_j + βᵀX_jᵀX_jβ   (one pass over the students, then O(S·J·p²)).
+    r_jᵀr_j = y_jᵀy_j − 2βᵀX_jᵀy_j + βᵀX_jᵀX_jβ   (per-school sums by ``np.bincount``, as
+    :func:`models.design.group_crossprods`; then O(S·J·p²)).
     """
-    X, y, g = design.X, design.y, design.group_index
-    order = np.argsort(g, kind="stable")
-    starts = np.r_[0, np.cumsum(design.group_sizes)[:-1]]
-    Xs, ys = X[order], y[order]
-    yty = np.add.reduceat(ys * ys, starts)
-    Xty = np.add.reduceat(Xs * ys[:, None], starts, axis=0)  # (J, p)
-    XtX = np.add.reduceat(Xs[:, :, None] * Xs[:, None, :], starts, axis=0)  # (J, p, p)
+    X, y, g, J, p = design.X, design.y, design.group_index, design.n_groups, design.p
+
+    def gsum(w: np.ndarray) -> np.ndarray:
+        return np.bincount(g, weights=w, minlength=J)
+
+    yty = gsum(y * y)
+    Xty = np.stack([gsum(X[:, k] * y) for k in range(p)], axis=1)  # (J, p)
+    XtX = np.empty((J, p, p))
+    for k in range(p):
+        for m in range(k, p):
+            XtX[:, k, m] = XtX[:, m, k] = gsum(X[:, k] * X[:, m])
     return (yty[None] - 2.0 * beta @ Xty.T
             + np.einsum("sk,jkl,sl->sj", beta, XtX, beta, optimize=True))
 
