@@ -8,7 +8,7 @@ setup:
 	@bash scripts/bootstrap.sh
 
 demo: setup
-	@$(PY) -m workflows.cli lecture --out $(OUT)
+	@$(PY) -m twolevel lecture --out $(OUT)
 
 test: setup
 	@$(PY) -m pytest -q

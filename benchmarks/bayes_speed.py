@@ -10,14 +10,14 @@ compilation, sampling, drawing the school effects and diagnostics all included):
   its low-rank mass-matrix adaptation), 4 chains × 1000 draws after 1000 tuning steps on 2 cores;
   R̂ and ESS over every parameter, half of them in a helper process. Like ``pm.sample()``'s
   default, ``--json`` computes no pointwise log-likelihood (nothing reads it; ``--out`` adds the
-  per-school one, and :func:`models.bayes.fit_bayes` stores per-student and per-school ones).
+  per-school one, and :func:`twolevel.models.bayes.fit.fit_bayes` stores per-student and per-school ones).
 * ``hand``: the model a PyMC user writes by hand — observation-level likelihood, non-centred school
   effects ``z @ chol.T``, ``pm.LKJCholeskyCov(eta=2)`` — with the same priors, draws, chains and
   cores as ours, sampled twice: with ``pm.sample()``'s defaults (which pick nutpie when it is
   installed, as it is beside twolevel; if that fails, as recorded in stack-notes, PyMC's own NUTS
   is run and the failure reported) and with PyMC's own NUTS (``nuts_sampler="pymc"``, what a
   PyMC installation without nutpie runs). R̂ and ESS over the same parameters with ArviZ in one
-  process (:func:`models.bayes.diagnose`), as a user of ``pm.sample()`` gets them.
+  process (:func:`twolevel.models.bayes.fit.diagnose`), as a user of ``pm.sample()`` gets them.
 * bambi is reported only when installed (its default model has no intercept–slope correlation).
 
 For every run: divergences, max R-hat and min bulk ESS over **all** parameters (γ, SDs,
@@ -47,10 +47,10 @@ def hand_written(data: str, draws: int, tune: int, chains: int, seed: int,
     import numpy as np
     import pymc as pm
 
-    from data.loaders import load_data
-    from models.bayes import diagnose
-    from models.design import make_design
-    from models.priors import default_priors
+    from twolevel.data.loaders import load_data
+    from twolevel.models.bayes.fit import diagnose
+    from twolevel.models.design import make_design
+    from twolevel.models.bayes.priors import default_priors
 
     formula, y, x, g = CASES[data]
     df = load_data(data)
@@ -117,7 +117,7 @@ def main() -> None:
     rows = []
     for data in a.data:
         formula = CASES[data][0]
-        wall, out = run_fresh([py, "-m", "workflows.cli", "bayes", data, formula, "--json",
+        wall, out = run_fresh([py, "-m", "twolevel.workflows.cli", "bayes", data, formula, "--json",
                                "--no-progress", "--draws", str(a.draws), "--tune", str(a.tune),
                                "--chains", str(a.chains), "--seed", str(a.seed)])
         r = json.loads(out)
@@ -155,7 +155,7 @@ def main() -> None:
                     t.loc[sel, "min_ess_per_s"] / float(hand["min_ess_per_s"].iloc[0]))
     print()
     print(f"{a.chains} chains x {a.draws} draws (+{a.tune} tuning), fresh process each, 2 cores")
-    from workflows.report import markdown_table
+    from twolevel.workflows.report import markdown_table
 
     print(markdown_table(t, digits=4))
 

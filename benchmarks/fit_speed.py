@@ -8,7 +8,7 @@ Usage::
 Jobs
 ----
 * lecture fit: ``lmer("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)", lecture, REML=True)`` on
-  ``data/ecls_k_like.csv`` (11,091 students, 742 schools) loaded with ``data.loaders.load_lecture``.
+  ``data/ecls_k_like.csv`` (11,091 students, 742 schools) loaded with ``twolevel.data.loaders.load_lecture``.
 * lecture fit + Satterthwaite: the same fit then the coefficient table with Satterthwaite df and p
   (``fit.coef_table()``: numDeriv Hessian of D(θ, σ), analytic Jacobian of vcov(β̂)); R's anchor is
   ``summary(lmerTest::lmer(...))`` (lmerTest's fit, its Hessian/Jacobian, and the table).
@@ -100,7 +100,7 @@ def simulate(n_rows: int = 1_000_000, n_schools: int = 50_000, seed: int = 20251
 
 
 def _fit(df: pd.DataFrame):
-    from models.lmer import lmer
+    from twolevel.models.lmm.lmer import lmer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -156,8 +156,8 @@ def _memory_child(npy: str) -> None:
     """Run in a fresh interpreter: load the data, print RSS after loading, fit, print RSS."""
     import resource
 
-    import models.lmer  # noqa: F401  (imports counted in the baseline, not in the fit)
-    import models.satterthwaite  # noqa: F401
+    import twolevel.models.lmm.lmer  # noqa: F401  (imports counted in the baseline, not in the fit)
+    import twolevel.models.lmm.satterthwaite  # noqa: F401
 
     base = _rss_mb()
     arr = np.load(npy)
@@ -373,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         _memory_child(args.memory_child)
         return 0
 
-    from data.lecture import LECTURE_CSV
-    from data.loaders import load_lecture
+    from twolevel.data.lecture import LECTURE_CSV
+    from twolevel.data.loaders import load_lecture
 
     use_r = not args.no_r and r_available()
     rows: list[dict] = []

@@ -43,13 +43,13 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.loaders import load_lecture  # noqa: E402
-from models.design import GroupCrossprods, group_crossprods, make_design  # noqa: E402
-from models.hlm import hlm_ddf  # noqa: E402
-from models.kenward_roger import kenward_roger_fit  # noqa: E402
-from models.lmer import fit_design  # noqa: E402
-from models.profile import ml_refit, profile_lrt  # noqa: E402
-from models.satterthwaite import ddf_satterthwaite  # noqa: E402
+from twolevel.data.loaders import load_lecture  # noqa: E402
+from twolevel.models.design import GroupCrossprods, group_crossprods, make_design  # noqa: E402
+from twolevel.models.inference.hlm import hlm_ddf  # noqa: E402
+from twolevel.models.inference.kenward_roger import kenward_roger_fit  # noqa: E402
+from twolevel.models.lmm.lmer import fit_design  # noqa: E402
+from twolevel.models.inference.profile import ml_refit, profile_lrt  # noqa: E402
+from twolevel.models.lmm.satterthwaite import ddf_satterthwaite  # noqa: E402
 
 FORMULA = "g1rscore ~ 1 + famsesc + (1 + famsesc | schid)"
 TRUE = {"gamma00": 95.26, "gamma10": 7.38, "tau00": 54.893, "tau11": 4.656, "rho": -0.24,

@@ -46,10 +46,10 @@ def main() -> None:
 
     import warnings
 
-    from models.bayes import SamplerSettings, cholesky_draws, prior_predictive
-    from models.design import group_crossprods, make_design
-    from models.priors import ModelPriors, Prior
-    from models.pymc_model import build_model, sample_nuts
+    from twolevel.models.bayes.fit import SamplerSettings, cholesky_draws, prior_predictive
+    from twolevel.models.design import group_crossprods, make_design
+    from twolevel.models.bayes.priors import ModelPriors, Prior
+    from twolevel.models.bayes.pymc_model import build_model, sample_nuts
 
     design = make_design("y ~ 1 + x + (1 + x | g)", design_data(a.seed))
     priors = ModelPriors(

@@ -1,8 +1,8 @@
 """Data sets, loaders and centering helpers (the bottom layer: imports nothing from the project)."""
 
-from data.centering import Centering, center, group_means
-from data.errors import DataError, FormulaError, TwolevelError
-from data.loaders import (
+from twolevel.data.centering import Centering, center, group_means
+from twolevel.data.errors import DataError, FormulaError, TwolevelError
+from twolevel.data.loaders import (
     CheckedFrame,
     load_data,
     load_hsb,
@@ -31,9 +31,9 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Imported lazily so that ``python -m data.lecture`` does not import the module twice.
+    # Imported lazily so that ``python -m twolevel.data.lecture`` does not import the module twice.
     if name == "simulate_lecture_data":
-        from data.lecture import simulate_lecture_data
+        from twolevel.data.lecture import simulate_lecture_data
 
         return simulate_lecture_data
     raise AttributeError(f"module 'data' has no attribute {name!r}")

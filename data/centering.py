@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from data.errors import DataError
+from twolevel.data.errors import DataError
 
 __all__ = ["Centering", "center", "group_means"]
 
@@ -74,7 +74,7 @@ def center(
     Parameters
     ----------
     df : the data; ``column`` (and ``by``) must exist and ``column`` be numeric and finite
-        (use :func:`data.loaders.require_columns` first to remove missing values).
+        (use :func:`twolevel.data.loaders.require_columns` first to remove missing values).
     column : the predictor to centre.
     by : the grouping column for group-mean centering; ``None`` for grand-mean centering.
     name : name of the centred series (default ``c<column>`` for group-mean, like HSB's ``cses``,

@@ -18,7 +18,7 @@ the intercept variance of the lecture's model without ``meanses`` is τ00 while 
 ``meanses`` finds a level-2 effect. Random numbers come from NumPy's legacy ``RandomState``, whose
 streams are frozen across NumPy versions, and only element-wise arithmetic is used; stored values
 are rounded to fixed decimals (scores 2, SES 3, derived columns 12), so the CSV is byte-identical on
-every regeneration. Regenerate the shipped file with ``python -m data.lecture --write``.
+every regeneration. Regenerate the shipped file with ``python -m twolevel.data.lecture --write``.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def write_lecture_csv(path: str | os.PathLike[str] = LECTURE_CSV, seed: int = LE
 
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m data.lecture", description="Regenerate the lecture data set."
+        prog="python -m twolevel.data.lecture", description="Regenerate the lecture data set."
     )
     parser.add_argument("--write", action="store_true", help=f"write {LECTURE_CSV.name}")
     parser.add_argument("--out", default=str(LECTURE_CSV), help="path to write (with --write)")

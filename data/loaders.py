@@ -5,7 +5,7 @@ Every loader returns a validated :class:`pandas.DataFrame`. Validation is shared
 or non-finite values in the columns a model uses are removed *and counted* (lme4's ``na.omit``,
 never silently), and a grouping column must have at least two groups. What was removed is recorded
 in ``frame.attrs["twolevel_notes"]`` (a tuple of sentences) and ``frame.attrs["n_dropped"]``.
-Every problem is a :class:`data.errors.DataError` whose message names the file, column, rows or
+Every problem is a :class:`twolevel.data.errors.DataError` whose message names the file, column, rows or
 group and says what to do.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.errors import DataError
+from twolevel.data.errors import DataError
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -217,7 +217,7 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
 def load_lecture() -> pd.DataFrame:
     """The simulated ECLS-K:2011-like lecture data (``data/ecls_k_like.csv``; see data/README.md):
     11,091 students in 742 schools, columns ``schid, stuid, g1rscore, ses, meanses, famsesc``."""
-    from data.lecture import LECTURE_CSV
+    from twolevel.data.lecture import LECTURE_CSV
 
     df = read_table(LECTURE_CSV)
     df = require_columns(

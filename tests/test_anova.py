@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import GOLDENS, load_golden
-from data.errors import TwolevelError
-from data.loaders import load_data
-from models.anova import anova, mixture_pvalue
-from models.lmer import lmer
+from twolevel.data.errors import TwolevelError
+from twolevel.data.loaders import load_data
+from twolevel.models.inference.anova import anova, mixture_pvalue
+from twolevel.models.lmm.lmer import lmer
 
 CASES = {
     "sleepstudy": ("sleepstudy_lme4.json", "Reaction ~ 1 + Days + (1 | Subject)",

@@ -9,8 +9,8 @@ import pytest
 import xarray as xr
 from scipy.stats import multivariate_normal
 
-from data.errors import DataError, FormulaError, TwolevelError
-from models.bayes import (
+from twolevel.data.errors import DataError, FormulaError, TwolevelError
+from twolevel.models.bayes.fit import (
     SamplerSettings,
     diagnose,
     fit_bayes,
@@ -19,10 +19,10 @@ from models.bayes import (
     school_residual_ss,
     student_loglik,
 )
-from models.collapsed import draw_school_effects, school_marginal_loglik
-from models.design import group_crossprods, make_design
-from models.priors import Prior, default_priors
-from models.pymc_model import build_model, collapsed_loglik, value_var_names
+from twolevel.models.bayes.collapsed import draw_school_effects, school_marginal_loglik
+from twolevel.models.design import group_crossprods, make_design
+from twolevel.models.bayes.priors import Prior, default_priors
+from twolevel.models.bayes.pymc_model import build_model, collapsed_loglik, value_var_names
 
 F_SLOPE = "y ~ 1 + x + w + (1 + x | g)"
 
@@ -288,7 +288,7 @@ def test_unknown_likelihood_and_centering(design):
 
 
 def test_unknown_adaptation_and_log_likelihood(small):
-    from models.pymc_model import sample_nuts
+    from twolevel.models.bayes.pymc_model import sample_nuts
 
     built = build_model(make_design("y ~ 1 + x + (1 | g)", small))
     with pytest.raises(TwolevelError, match="adaptation 'dense' is not one of nutpie's low_rank, "
@@ -315,7 +315,7 @@ def test_one_school_is_refused():
 
 
 def test_default_sd_prior_is_boundary_avoiding_gamma(design):
-    """Gamma(2, 2/s) per random effect (module docstring of models.priors), s the data scale."""
+    """Gamma(2, 2/s) per random effect (module docstring of twolevel.models.bayes.priors), s the data scale."""
     pri = default_priors(design)
     assert pri.sd.dist == "Gamma" and pri.sd.params["alpha"] == 2.0
     s_y = float(np.std(design.y, ddof=1))

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from conftest import load_golden
 
-from data.loaders import load_data
-from models.bayes import fit_bayes
+from twolevel.data.loaders import load_data
+from twolevel.models.bayes.fit import fit_bayes
 
 
 @pytest.mark.slow

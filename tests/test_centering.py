@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import DataError, center, load_hsb
+from twolevel.data import DataError, center, load_hsb
 
 
 def test_hsb_group_mean_centering_reproduces_cses_and_meanses():

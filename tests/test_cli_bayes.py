@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflows.cli import main
+from twolevel.workflows.cli import main
 
 KEYS = ["divergences", "max_rhat", "min_ess_bulk", "min_ess_tail", "wall_seconds", "draws",
         "chains", "posterior"]

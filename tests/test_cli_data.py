@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workflows.cli import main
+from twolevel.workflows.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def test_unwritable_output_is_one_line_and_leaves_nothing(tmp_path, capsys):
 def test_console_script_exit_status_and_stderr(tmp_path):
     """The real command line (a subprocess): exit 2, one stderr line, no traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "workflows.cli", "ols", str(tmp_path / "nope.csv"),
+        [sys.executable, "-m", "twolevel.workflows.cli", "ols", str(tmp_path / "nope.csv"),
          "--y", "y", "--x", "x", "--group", "g"],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import GOLDENS, load_golden
-from workflows.cli import main
+from twolevel.workflows.cli import main
 
 FIT_KEYS = ["formula", "reml", "nobs", "ngroups", "criterion", "loglik", "aic", "bic", "theta",
             "sigma", "fixef", "se", "df", "t", "p", "varcorr", "singular", "converged"]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import load_golden
 
-from workflows.cli import main
+from twolevel.workflows.cli import main
 
 SLEEP = "Reaction ~ 1 + Days + (1 + Days | Subject)"
 HSB = "mAch ~ 1 + cses + (1 + cses | school)"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import (
+from twolevel.data import (
     DataError,
     load_data,
     load_hsb,
@@ -19,7 +19,7 @@ from data import (
     require_columns,
     simulate_lecture_data,
 )
-from data.lecture import LECTURE_CSV, LECTURE_SEED, lecture_csv_text
+from twolevel.data.lecture import LECTURE_CSV, LECTURE_SEED, lecture_csv_text
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.errors import DataError, FormulaError
-from models.design import group_crossprods, make_design, parse_formula
+from twolevel.data.errors import DataError, FormulaError
+from twolevel.models.design import group_crossprods, make_design, parse_formula
 
 
 def test_parse_formula_splits_bars():

@@ -1,4 +1,4 @@
-"""Profiled deviance (models/deviance.py) against lme4's devfun, and its analytic gradient.
+"""Profiled deviance (models/lmm/deviance.py) against lme4's devfun, and its analytic gradient.
 
 Reference values: lme4 1.1-31 (R 4.2.2) — the lme4 algorithm notes §9 for sim_3re, and the
 REML criteria of tests/goldens/*_lme4.json evaluated at lme4's θ̂.
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import load_golden
-from models.deviance import (
+from twolevel.models.lmm.deviance import (
     _pls_parts_batch,
     deviance_gradient,
     make_deviance,
@@ -17,7 +17,7 @@ from models.deviance import (
     reml_criterion,
     sigma_hat,
 )
-from models.design import group_crossprods, make_design
+from twolevel.models.design import group_crossprods, make_design
 
 SIM_FORMULA = "y ~ x1*w + x2 + (1+x1+x2|g)"
 SIM_THETA = np.array([0.9, 0.1, -0.2, 0.5, 0.05, 0.3])
@@ -134,7 +134,7 @@ def test_gradient_double_bar_structural_zeros(sleepstudy):
     ],
 )
 def test_compiled_criterion_equals_numpy_pls_state(formula, theta, sleepstudy):
-    # the optimizer's compiled path (models.kernels) against the full NumPy PLS solution
+    # the optimizer's compiled path (twolevel.models.lmm.kernels) against the full NumPy PLS solution
     d = make_design(formula, sleepstudy)
     cp = group_crossprods(d)
     th = np.array(theta)

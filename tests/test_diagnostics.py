@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.diagnostics import DiagnosticsHelper, rhat_ess
+from twolevel.models.bayes.diagnostics import DiagnosticsHelper, rhat_ess
 
 
 def _chains(seed=0, k=9):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import load_golden
 
-from data.errors import TwolevelError
-from models.deviance import make_deviance, pls_state, sigma_hat
-from models.design import group_crossprods, make_design
-from models.hlm import (
+from twolevel.data.errors import TwolevelError
+from twolevel.models.lmm.deviance import make_deviance, pls_state, sigma_hat
+from twolevel.models.design import group_crossprods, make_design
+from twolevel.models.inference.hlm import (
     cluster_robust_vcov,
     coefficient_equations,
     hlm_ddf,
@@ -25,7 +25,7 @@ from models.hlm import (
     slope_precision_weights,
     unit_ols,
 )
-from models.optimize import optimize_theta
+from twolevel.models.lmm.optimize import optimize_theta
 
 
 def _reml(df, formula):
@@ -122,7 +122,7 @@ def test_precision_weights_match_ols_variances(hsb_rs):
 
 
 def test_unit_ols_agrees_with_models_ols(hsb, hsb_rs):
-    from models.ols import group_ols
+    from twolevel.models.tables.ols import group_ols
 
     des, cp, *_ = hsb_rs
     mine = unit_ols(des, cp)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from conftest import load_golden
 
-from data.errors import TwolevelError
-from models.deviance import pls_state, sigma_hat
-from models.design import group_crossprods, make_design
-from models.kenward_roger import kenward_roger, kenward_roger_fit, kr_ddf, kr_vcov_adjusted
+from twolevel.data.errors import TwolevelError
+from twolevel.models.lmm.deviance import pls_state, sigma_hat
+from twolevel.models.design import group_crossprods, make_design
+from twolevel.models.inference.kenward_roger import kenward_roger, kenward_roger_fit, kr_ddf, kr_vcov_adjusted
 
 SIM_THETA = [0.828738090645, -0.109408141387, 0.0303154782751, 0.554110593927, 0.11725651123,
              0.43697218766]
@@ -38,7 +38,7 @@ def test_hsb_kr_matches_pbkrtest(hsb):
 
 def test_hsb_kr_at_engine_fit(hsb):
     """Issue 5 acceptance at the engine's own REML fit: within 1e-4 relative of pbkrtest."""
-    from models.lmer import lmer
+    from twolevel.models.lmm.lmer import lmer
 
     r = kenward_roger_fit(lmer("mAch ~ 1 + cses + (1 + cses | school)", hsb))
     np.testing.assert_allclose(r.se, [0.244508689672, 0.128413946658], rtol=1e-4)
@@ -113,7 +113,7 @@ def test_per_group_equals_dense_at_arbitrary_theta(sleepstudy):
     for a, b in zip(pieces.P, P, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-14)
     # a 2-row contrast (q = 2 F-test df) and a single one agree with the same Lb_ddf on dense P
-    from models.kenward_roger import KRPieces
+    from twolevel.models.inference.kenward_roger import KRPieces
 
     dense = KRPieces(Phi=Phi, P=tuple(P), W=W, Phi_A=Phi_A, condition=1.0)
     for L in (np.array([1.0, 2.0]), np.eye(2)):
@@ -165,7 +165,7 @@ def _golden_block(name):
     ("hsb", "mAch ~ 1 + cses + (1 + cses | school)", "hsb_kr"),
 ])
 def test_summary_kenward_roger_prints_like_lmertest(request, data_name, formula, block):
-    from models.lmer import lmer
+    from twolevel.models.lmm.lmer import lmer
 
     fit = lmer(formula, request.getfixturevalue(data_name),
                data_name="Hsb82" if data_name == "hsb" else data_name)
@@ -175,8 +175,8 @@ def test_summary_kenward_roger_prints_like_lmertest(request, data_name, formula,
 
 
 def test_kr_on_ml_fit_refused(sleepstudy):
-    from models.kenward_roger import ddf_kenward_roger
-    from models.lmer import lmer
+    from twolevel.models.inference.kenward_roger import ddf_kenward_roger
+    from twolevel.models.lmm.lmer import lmer
 
     fit = lmer("Reaction ~ Days + (Days | Subject)", sleepstudy, REML=False)
     with pytest.raises(TwolevelError, match="Kenward-Roger's method is only available for REML"):

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from conftest import GOLDENS, load_golden
-from data.errors import DataError, FormulaError, TwolevelError
-from data.loaders import load_data
-from models.lmer import lmer
-from models.results import deparse_formula
+from twolevel.data.errors import DataError, FormulaError, TwolevelError
+from twolevel.data.loaders import load_data
+from twolevel.models.lmm.lmer import lmer
+from twolevel.models.lmm.results import deparse_formula
 
 CASES = {
     "sleepstudy": ("sleepstudy_lme4.json", "Reaction ~ 1 + Days + (1 + Days | Subject)"),

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data import FormulaError, load_hsb, load_lecture
-from models.ols import group_ols
+from twolevel.data import FormulaError, load_hsb, load_lecture
+from twolevel.models.tables.ols import group_ols
 
 
 def test_hsb_school_1224_matches_r_lm():

@@ -10,12 +10,11 @@ import pytest
 from conftest import load_golden
 from scipy import stats
 
-from data.errors import TwolevelError
-from models.design import group_crossprods, make_design
-from models.profile import (
+from twolevel.data.errors import TwolevelError
+from twolevel.models.design import group_crossprods, make_design
+from twolevel.models.inference.intervals import confint_boot, confint_wald
+from twolevel.models.inference.profile import (
     back_spline_predict,
-    confint_boot,
-    confint_wald,
     cv_to_sv,
     ml_refit,
     parameter_names,
@@ -134,8 +133,8 @@ def test_bootstrap_seeded_and_sensible(sleepstudy, capsys):
 
 
 def test_confint_on_fit(sleepstudy):
-    from models.lmer import lmer
-    from models.profile import confint
+    from twolevel.models.lmm.lmer import lmer
+    from twolevel.models.inference.intervals import confint
 
     g = load_golden("sleepstudy_lme4.json")["m1_reml"]
     fit = lmer(SLEEP, sleepstudy)

@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.anova import anova
-from models.lmer import lmer
-from models.results import LmerFit
+from twolevel.models.inference.anova import anova
+from twolevel.models.lmm.lmer import lmer
+from twolevel.models.lmm.results import LmerFit
 
 pytestmark = pytest.mark.needs_r
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from conftest import load_golden
 
-from models.design import group_crossprods, make_design
-from models.residuals import (
+from twolevel.models.design import group_crossprods, make_design
+from twolevel.models.inference.residuals import (
     format_residual_summary,
     level2_residual_summary,
     school_table,

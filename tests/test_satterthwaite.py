@@ -1,4 +1,4 @@
-"""Satterthwaite df (models/satterthwaite.py) against lmerTest 3.1-3.
+"""Satterthwaite df (models/lmm/satterthwaite.py) against lmerTest 3.1-3.
 
 References: sim_3re df from the lme4 algorithm notes §9; contest1D / contestMD values printed by
 tests/goldens/summaries_lme4.R (section sim_contests of summaries_lme4.txt; R 4.2.2, lmerTest
@@ -11,8 +11,8 @@ SE 0.1345156521, df 39.04117665, t 6.514966324, p 9.94869565e-08.
 import numpy as np
 import pytest
 
-from models.lmer import lmer
-from models.satterthwaite import fstat_ddf, numderiv_hessian, numderiv_jacobian, varpar_info
+from twolevel.models.lmm.lmer import lmer
+from twolevel.models.lmm.satterthwaite import fstat_ddf, numderiv_hessian, numderiv_jacobian, varpar_info
 
 SIM_DF = {  # lme4 notes §9 (lmerTest), in R's column order
     "(Intercept)": 38.9549816647, "x1": 39.0388920574, "w": 38.5891212368,

@@ -1,5 +1,5 @@
 """School-level statistics of the predictive checks (workflows/school_stats.py) against pandas and
-the per-school OLS of models/ols.py."""
+the per-school OLS of models/tables/ols.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflows.school_stats import predictive_pvalues, school_statistics
+from twolevel.workflows.school_stats import predictive_pvalues, school_statistics
 
 
 def _data(seed=0):
@@ -45,8 +45,8 @@ def test_replicates_row_by_row():
 
 
 def test_lecture_slopes_equal_group_ols():
-    from data.loaders import load_lecture
-    from models.ols import group_ols
+    from twolevel.data.loaders import load_lecture
+    from twolevel.models.tables.ols import group_ols
 
     df = load_lecture()
     codes, levels = pd.factorize(df["schid"], sort=True)

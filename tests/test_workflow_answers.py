@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.loaders import load_lecture
-from models.lecture_answers import comparison_verdict, lecture_answers
-from models.lmer import lmer
-from workflows.lecture import reml_quantities, reml_view
+from twolevel.data.loaders import load_lecture
+from twolevel.models.tables.lecture_answers import comparison_verdict, lecture_answers
+from twolevel.models.lmm.lmer import lmer
+from twolevel.workflows.lecture import reml_quantities, reml_view
 
 
 @pytest.fixture(scope="module")

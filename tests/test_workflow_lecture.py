@@ -40,7 +40,7 @@ FIGURES = [
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "workflows.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "twolevel.workflows.cli", *args], capture_output=True,
                           text=True, cwd=ROOT, timeout=900, env=env, **kw)
 
 
@@ -76,7 +76,7 @@ def test_progress_sections_figures(quick):
         assert (out / "tables" / f"{t}.csv").exists(), t
     ols = pd.read_csv(out / "tables" / "per_school_ols.csv")
     assert len(ols) == 742 and ols["n_j"].sum() == 11_091
-    assert "twolevel lecture --quick --seed 7" in md or "workflows.cli lecture --quick" in md
+    assert "twolevel lecture --quick --seed 7" in md or "twolevel.workflows.cli lecture --quick" in md
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
 
@@ -84,8 +84,8 @@ def test_answers_equal_the_fitted_models(quick):
     """Refit m1 by REML and reopen the saved posterior: the report's answers are those numbers."""
     import xarray as xr
 
-    from data.loaders import load_lecture
-    from models.lmer import lmer
+    from twolevel.data.loaders import load_lecture
+    from twolevel.models.lmm.lmer import lmer
 
     out, _ = quick
     ans = pd.read_csv(out / "tables" / "lecture_answers.csv").set_index("symbol")
@@ -127,7 +127,7 @@ def test_killed_run_leaves_previous_report_untouched(quick, tmp_path):
     before = _snapshot(out)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workflows.cli", "lecture", "--quick", "--seed", "8",
+        [sys.executable, "-m", "twolevel.workflows.cli", "lecture", "--quick", "--seed", "8",
          "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
     try:

@@ -12,15 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.shrinkage import (
+from twolevel.models.tables.shrinkage import (
     caterpillar_table,
     describe_shrinkage,
     shrinkage_summary,
     shrinkage_table,
     t_ellipse,
 )
-from workflows import plots
-from workflows.report import ReportWriter, atomic_replace_dir, markdown_table, recover_and_clean
+from twolevel.workflows import plots
+from twolevel.workflows.report import ReportWriter, atomic_replace_dir, markdown_table, recover_and_clean
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_killed_writer_leaves_previous_report_and_is_cleaned_up(tmp_path):
         f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from workflows.report import ReportWriter
+        from twolevel.workflows.report import ReportWriter
         with ReportWriter({str(target)!r}, title="two") as rep:
             rep.save_file("data.txt", lambda p: p.write_text("two"))
             print("building", flush=True)
@@ -125,7 +125,7 @@ def test_killed_writer_leaves_previous_report_and_is_cleaned_up(tmp_path):
 def test_crash_between_renames_is_recovered(tmp_path, monkeypatch):
     """Without an atomic exchange the old folder is renamed aside first; if the process dies
     before the new one is renamed in, the next run puts the old one back."""
-    import workflows.report as report
+    import twolevel.workflows.report as report
 
     target = tmp_path / "rep"
     _write_small(target, "one")

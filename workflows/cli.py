@@ -2,7 +2,7 @@
 
 Each subcommand lives in its own module under ``workflows/commands/`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to a function taking the parsed
-arguments and returning the exit status. User errors (:class:`data.errors.TwolevelError`) are
+arguments and returning the exit status. User errors (:class:`twolevel.data.errors.TwolevelError`) are
 printed as one line on stderr with exit status 2, never as a traceback.
 """
 
@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from data.errors import TwolevelError
+from twolevel.data.errors import TwolevelError
 
 # Modules under workflows/commands/, in the order their subcommands are listed by --help.
 COMMAND_MODULES: tuple[str, ...] = ("lecture", "run", "ols", "fit", "anova", "bayes")
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(f"workflows.commands.{name}").register(sub)
+        importlib.import_module(f"twolevel.workflows.commands.{name}").register(sub)
     return parser
 
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from data.errors import TwolevelError
-from models.hlm import hlm_statistics_fit
-from models.kenward_roger import kenward_roger_fit
-from models.profile import confint
-from models.residuals import (
+from twolevel.data.errors import TwolevelError
+from twolevel.models.inference.hlm import hlm_statistics_fit
+from twolevel.models.inference.kenward_roger import kenward_roger_fit
+from twolevel.models.inference.intervals import confint
+from twolevel.models.inference.residuals import (
     format_residual_summary,
     residual_summary_fit,
     school_table_fit,

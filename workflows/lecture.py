@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data.centering import Centering, center
-from data.errors import DataError
-from data.loaders import load_data, require_columns
-from models.ols import GroupOLS, group_ols
+from twolevel.data.centering import Centering, center
+from twolevel.data.errors import DataError
+from twolevel.data.loaders import load_data, require_columns
+from twolevel.models.tables.ols import GroupOLS, group_ols
 
 __all__ = ["LECTURE_SPEC", "RunSettings", "WorkflowSpec", "run_workflow"]
 
@@ -252,7 +252,7 @@ def command_line(argv: list[str] | None = None) -> str:
     argv = list(sys.argv if argv is None else argv)
     prog = Path(argv[0]).name if argv else "twolevel"
     if prog in ("cli.py", "__main__.py", "-m"):
-        prog = "python -m workflows.cli"
+        prog = "python -m twolevel.workflows.cli"
     elif prog != "twolevel":
         prog = "twolevel"
     return " ".join([prog, *map(shlex.quote, argv[1:])])
@@ -337,7 +337,7 @@ class BayesView:
 
 
 def reml_view(fit) -> RemlView:
-    """Copy what the later steps need out of an :class:`models.results.LmerFit`."""
+    """Copy what the later steps need out of an :class:`twolevel.models.lmm.results.LmerFit`."""
     names = list(fit.design.z_names)
     vc = fit.VarCorr()
     re = fit.ranef(cond_var=True)
@@ -355,7 +355,7 @@ def reml_view(fit) -> RemlView:
 
 def reml_quantities(view: RemlView, xc: str):
     """The REML numbers the lecture's questions use (γ00, γ10, SEs, T, σ²)."""
-    from models.lecture_answers import REMLQuantities
+    from twolevel.models.tables.lecture_answers import REMLQuantities
 
     i0, i1 = view.effects.index("(Intercept)"), view.effects.index(xc)
     return REMLQuantities(
@@ -367,7 +367,7 @@ def reml_quantities(view: RemlView, xc: str):
 
 
 def bayes_answer_draws(view: BayesView, xc: str, effects: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Posterior draws of γ00, γ10, τ00, τ11, τ01 for :func:`models.lecture_answers.lecture_answers`."""
+    """Posterior draws of γ00, γ10, τ00, τ11, τ01 for :func:`twolevel.models.tables.lecture_answers.lecture_answers`."""
     i0, i1 = effects.index("(Intercept)"), effects.index(xc)
     f0, f1 = view.fixed.index("(Intercept)"), view.fixed.index(xc)
     return {
@@ -391,16 +391,16 @@ def _fixef_frame(fit, ddf: str = "Satterthwaite") -> pd.DataFrame:
 def _run_steps(
     spec: WorkflowSpec, settings: RunSettings, out: Path, command: str, progress: Progress
 ) -> Path:
-    from models.lecture_answers import lecture_answers
-    from models.shrinkage import (
+    from twolevel.models.tables.lecture_answers import lecture_answers
+    from twolevel.models.tables.shrinkage import (
         caterpillar_table,
         describe_shrinkage,
         shrinkage_summary,
         shrinkage_table,
         t_ellipse,
     )
-    from workflows import plots
-    from workflows.report import ReportWriter
+    from twolevel.workflows import plots
+    from twolevel.workflows.report import ReportWriter
 
     eff = settings.effective()
     y_label, x_label = _labels(spec)
@@ -571,10 +571,10 @@ def fit_reml(spec: WorkflowSpec, d: PreparedData, profile_ci: bool = True) -> di
     confidence intervals for m1. All computed by ``models``."""
     import warnings
 
-    from models.anova import anova
-    from models.hlm import hlm_statistics
-    from models.kenward_roger import kenward_roger
-    from models.lmer import lmer
+    from twolevel.models.inference.anova import anova
+    from twolevel.models.inference.hlm import hlm_statistics
+    from twolevel.models.inference.kenward_roger import kenward_roger
+    from twolevel.models.lmm.lmer import lmer
 
     name = Path(str(spec.data)).name
     out: dict[str, Any] = {"warnings": []}
@@ -589,7 +589,7 @@ def fit_reml(spec: WorkflowSpec, d: PreparedData, profile_ci: bool = True) -> di
     out["hlm"] = hlm_statistics(m1.design, m1.crossprods, m1.theta, m1.sigma, m1.beta)
     out["profile"] = None
     if profile_ci:
-        from models.profile import confint_profile
+        from twolevel.models.inference.profile import confint_profile
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -682,7 +682,7 @@ def add_repro_section(sec, spec, settings, eff, command, progress, rep, elapsed)
 def add_residual_section(sec, spec: WorkflowSpec, d: PreparedData, reml: dict, rv: RemlView,
                          plots) -> None:
     """The lecture's level-2 residual summary table and residual plots."""
-    from models.residuals import format_residual_summary, level2_residual_summary, school_table
+    from twolevel.models.inference.residuals import format_residual_summary, level2_residual_summary, school_table
 
     y_label, x_label = _labels(spec)
     gl = spec.group_label
@@ -732,7 +732,7 @@ def _stack(da, *dims: str) -> np.ndarray:
 def bayes_view(dt, school_index: pd.Index) -> BayesView:
     """Copy what the later steps need out of a posterior DataTree with the builders' fixed names
     (``beta`` [fixed], ``sigma``, ``sd`` [effect], ``corr`` [effect, effect_b], ``b_school``
-    [school, effect]; see :mod:`models.pymc_model`)."""
+    [school, effect]; see :mod:`twolevel.models.bayes.pymc_model`)."""
     post = dt["posterior"]
     schools = [str(v) for v in post["school"].to_numpy()]
     if schools != [str(v) for v in school_index]:
@@ -768,18 +768,18 @@ def bayes_view(dt, school_index: pd.Index) -> BayesView:
 
 def fit_bayes(spec: WorkflowSpec, d: PreparedData, reml: dict[str, Any], eff: RunSettings,
               progress: Progress) -> dict[str, Any]:
-    """m1 and m2 by NUTS (:func:`models.bayes.fit_bayes`), with prior and posterior predictive
+    """m1 and m2 by NUTS (:func:`twolevel.models.bayes.fit.fit_bayes`), with prior and posterior predictive
     draws; each random step has its own seed derived from the run's seed.
 
-    Returns ``m1``, ``m2`` (:class:`models.bayes.BayesFit`), ``prior_m1``/``prior_m2`` and
+    Returns ``m1``, ``m2`` (:class:`twolevel.models.bayes.fit.BayesFit`), ``prior_m1``/``prior_m2`` and
     ``ppc_m1``/``ppc_m2`` (replicated scores, draws × students, in the design's row order),
     ``view`` (:class:`BayesView` of m1, schools in the REML fit's order) and ``warnings`` (messages
     of the sampler other than the diagnostics gate, which is in ``fit.diagnostics``).
     """
     import warnings
 
-    from models.bayes import SamplerSettings, posterior_predictive, prior_predictive
-    from models.bayes import fit_bayes as nuts
+    from twolevel.models.bayes.fit import SamplerSettings, posterior_predictive, prior_predictive
+    from twolevel.models.bayes.fit import fit_bayes as nuts
 
     out: dict[str, Any] = {"warnings": []}
     for m, formula in (("m1", spec.formula_m1), ("m2", spec.formula_m2)):
@@ -810,7 +810,7 @@ def fit_bayes(spec: WorkflowSpec, d: PreparedData, reml: dict[str, Any], eff: Ru
 
 
 def _reml_value(fit, parameter: str) -> float:
-    """The REML estimate named like a row of :meth:`models.bayes.BayesFit.to_frame`."""
+    """The REML estimate named like a row of :meth:`twolevel.models.bayes.fit.BayesFit.to_frame`."""
     vc = fit.VarCorr()
     kind, _, name = parameter.partition(":")
     if kind == "fixef":
@@ -863,8 +863,8 @@ def add_bayes_section(sec, rep, spec: WorkflowSpec, d: PreparedData, reml: dict[
                       bayes: dict[str, Any], eff: RunSettings, plots) -> None:
     """Summaries, diagnostics, posterior tables, Bayes vs REML, posterior files, and the prior and
     posterior predictive checks per student and per school."""
-    from models.bayes import GATE
-    from workflows.school_stats import SCHOOL_STATISTICS, predictive_pvalues, school_statistics
+    from twolevel.models.bayes.fit import GATE
+    from twolevel.workflows.school_stats import SCHOOL_STATISTICS, predictive_pvalues, school_statistics
 
     y_label, x_label = _labels(spec)
     gl = spec.group_label
@@ -980,13 +980,13 @@ def add_bayes_section(sec, rep, spec: WorkflowSpec, d: PreparedData, reml: dict[
 def add_comparison_section(sec, spec: WorkflowSpec, reml: dict[str, Any], bayes: dict[str, Any],
                            plots) -> str:
     """PSIS-LOO per student and leave-one-school-out for m1 and m2 (ArviZ), Pareto k, and the LRT,
-    with the plain-words verdict of :func:`models.lecture_answers.comparison_verdict`. Returns
+    with the plain-words verdict of :func:`twolevel.models.tables.lecture_answers.comparison_verdict`. Returns
     the verdict."""
     import warnings
 
     import arviz as az
 
-    from models.lecture_answers import comparison_verdict
+    from twolevel.models.tables.lecture_answers import comparison_verdict
 
     gl = spec.group_label
     resp = bayes["m1"].design.response

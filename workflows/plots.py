@@ -1,6 +1,6 @@
 """Figures of the lecture workflow (matplotlib, Agg backend; ArviZ for the Bayesian diagnostics).
 
-Every function takes tables computed elsewhere (``models.shrinkage``, ``models.residuals``, the
+Every function takes tables computed elsewhere (``twolevel.models.tables.shrinkage``, ``twolevel.models.inference.residuals``, the
 fits) and returns a matplotlib ``Figure`` (or an ArviZ ``PlotCollection``); nothing here computes a
 statistic a report quotes. Figures stay legible at 742 schools: schools are plotted by rank, never
 one tick label per school; only the most extreme schools are named, in a side box.
@@ -51,7 +51,7 @@ def caterpillar_figure(
     """Caterpillar plot: schools sorted by the REML estimate, 95% intervals, REML BLUP ± 1.96
     conditional SD (left) and posterior mean with 95% posterior interval (right) on the same axes.
 
-    ``table`` is from :func:`models.shrinkage.caterpillar_table`. The ``n_extremes`` lowest and
+    ``table`` is from :func:`twolevel.models.tables.shrinkage.caterpillar_table`. The ``n_extremes`` lowest and
     highest schools are drawn in orange and named in a box (no per-school tick labels).
     """
     has_bayes = "bayes" in table.columns

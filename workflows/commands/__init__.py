@@ -1,10 +1,10 @@
-"""Subcommands of the ``twolevel`` command line, one module each (see ``workflows.cli``)."""
+"""Subcommands of the ``twolevel`` command line, one module each (see ``twolevel.workflows.cli``)."""
 
 from __future__ import annotations
 
 import argparse
 
-from data.loaders import BUILTIN_DATASETS
+from twolevel.data.loaders import BUILTIN_DATASETS
 
 
 def add_data_argument(p: argparse.ArgumentParser) -> None:

@@ -12,11 +12,11 @@ import argparse
 import json
 import warnings
 
-from data.loaders import load_data
-from models.anova import anova
-from models.lmer import lmer
-from workflows.commands import add_data_argument
-from workflows.commands.fit import data_label
+from twolevel.data.loaders import load_data
+from twolevel.models.inference.anova import anova
+from twolevel.models.lmm.lmer import lmer
+from twolevel.workflows.commands import add_data_argument
+from twolevel.workflows.commands.fit import data_label
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -23,15 +23,15 @@ import time
 import warnings
 from pathlib import Path
 
-from data.errors import TwolevelError
-from data.loaders import load_data
-from workflows.commands import add_data_argument
-from workflows.report import atomic_replace_dir
+from twolevel.data.errors import TwolevelError
+from twolevel.data.loaders import load_data
+from twolevel.workflows.commands import add_data_argument
+from twolevel.workflows.report import atomic_replace_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bayes`` subcommand."""
-    from models.bayes import SamplerSettings
+    from twolevel.models.bayes.fit import SamplerSettings
 
     d = SamplerSettings()
     p = sub.add_parser(
@@ -66,7 +66,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fit, print, then write --out (atomically: the folder appears whole or not at all)."""
-    from models.bayes import SamplerSettings, fit_bayes
+    from twolevel.models.bayes.fit import SamplerSettings, fit_bayes
 
     t0 = time.perf_counter()
     _check(args)

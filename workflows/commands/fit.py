@@ -15,11 +15,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from data.loaders import BUILTIN_DATASETS, load_data
-from models.lmer import lmer
-from workflows import inference
-from workflows.commands import add_data_argument
-from workflows.commands.ols import write_csv_atomic
+from twolevel.data.loaders import BUILTIN_DATASETS, load_data
+from twolevel.models.lmm.lmer import lmer
+from twolevel.workflows import inference
+from twolevel.workflows.commands import add_data_argument
+from twolevel.workflows.commands.ols import write_csv_atomic
 
 
 def data_label(spec: str) -> str:

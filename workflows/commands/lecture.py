@@ -3,7 +3,7 @@
     twolevel lecture [--out DIR] [--quick] [--seed N]
 
 Prints the data description and the per-school OLS table as the lecture shows them (first 20
-schools), then runs the whole workflow of Lecture 5 (``workflows.lecture``): REML fits of
+schools), then runs the whole workflow of Lecture 5 (``twolevel.workflows.lecture``): REML fits of
 ``g1rscore ~ 1 + famsesc + (1 + famsesc | schid)`` and of the random-intercept model, the same two
 models by NUTS, LOO and LRT comparison, caterpillar, shrinkage and residual plots, and the
 lecture's questions answered. The report (``index.html``, ``report.md``, ``tables/*.csv``,
@@ -18,11 +18,11 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from data.centering import Centering, center
-from data.loaders import load_lecture
-from models.ols import GroupOLS, group_ols
-from workflows.commands.run import add_run_options, check_output_folder
-from workflows.lecture import LECTURE_SPEC, RunSettings, run_workflow
+from twolevel.data.centering import Centering, center
+from twolevel.data.loaders import load_lecture
+from twolevel.models.tables.ols import GroupOLS, group_ols
+from twolevel.workflows.commands.run import add_run_options, check_output_folder
+from twolevel.workflows.lecture import LECTURE_SPEC, RunSettings, run_workflow
 
 OLS_FORMULA = "g1rscore ~ famsesc"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from data.errors import TwolevelError
-from data.loaders import BUILTIN_DATASETS, load_data, require_columns
-from models.ols import GroupOLS, group_ols
-from workflows.commands import add_data_argument
+from twolevel.data.errors import TwolevelError
+from twolevel.data.loaders import BUILTIN_DATASETS, load_data, require_columns
+from twolevel.models.tables.ols import GroupOLS, group_ols
+from twolevel.workflows.commands import add_data_argument
 
 # Default (y, x, group) of the built-in data sets.
 DEFAULT_COLUMNS: dict[str, tuple[str, str, str]] = {

@@ -14,9 +14,9 @@ import argparse
 import os
 from pathlib import Path
 
-from data.errors import TwolevelError
-from data.loaders import BUILTIN_DATASETS
-from workflows.lecture import RunSettings, WorkflowSpec, run_workflow
+from twolevel.data.errors import TwolevelError
+from twolevel.data.loaders import BUILTIN_DATASETS
+from twolevel.workflows.lecture import RunSettings, WorkflowSpec, run_workflow
 
 
 def add_run_options(p: argparse.ArgumentParser, default_out: str | None) -> None:

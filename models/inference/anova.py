@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from data.errors import TwolevelError
-from models.lmer import refit_ml
-from models.results import LmerFit
-from models.rformat import format_pval, print_char_matrix, r_format, r_round, zapsmall
+from twolevel.data.errors import TwolevelError
+from twolevel.models.lmm.lmer import refit_ml
+from twolevel.models.lmm.results import LmerFit
+from twolevel.models.rformat import format_pval, print_char_matrix, r_format, r_round, zapsmall
 
 __all__ = ["AnovaResult", "anova", "mixture_pvalue"]
 
@@ -105,7 +105,7 @@ class AnovaResult:
             out.append(REFIT_MESSAGE)
         out.append(f"Data: {self.data_name}")
         out.append("Models:")
-        from models.results import deparse_formula
+        from twolevel.models.lmm.results import deparse_formula
 
         for nm, f in zip(self.names, self.formulas, strict=True):
             out.append(f"{nm}: {deparse_formula(f)}")
@@ -277,7 +277,7 @@ def anova(*fits: LmerFit, names: list[str] | None = None, refit: bool = True) ->
     """Likelihood-ratio table of nested fits (lme4's ``anova(m_small, m_big)``).
 
     REML fits are refitted by ML first (lme4's ``refitML``; ``refitted`` is set and
-    ``summary()`` says so). Raises :class:`~data.errors.TwolevelError` when the fits use
+    ``summary()`` says so). Raises :class:`~twolevel.data.errors.TwolevelError` when the fits use
     different data or are not nested.
     """
     if len(fits) < 2:

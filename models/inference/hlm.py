@@ -8,7 +8,7 @@ model's ICC .1804 comes from the REML fit of ``mAch ~ 1 + (1 | school)`` (τ00 8
 So HLM's REML estimates are lme4's REML estimates; the tests pin that down.
 
 Per-unit OLS (the part HLM's formulas need, from the cross-products; the lecture's OLS table
-    itself, with per-school SEs, is ``models.ols.group_ols``)
+    itself, with per-school SEs, is ``twolevel.models.tables.ols.group_ols``)
     β̂_j = A_j⁻¹c_j, the OLS regression of y on the level-1 covariates of the random coefficients
     (the columns of Z) within unit j; V_j = σ̂² A_j⁻¹ and v_qqj = [V_j]_qq. A unit has "sufficient
     data" when n_j > q and A_j has full rank (condition number < 1e10). Level-1 covariates with a
@@ -36,8 +36,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from data.errors import TwolevelError
-from models.design import Design, GroupCrossprods
+from twolevel.data.errors import TwolevelError
+from twolevel.models.design import Design, GroupCrossprods
 
 __all__ = [
     "CoefficientEquation",
@@ -442,7 +442,7 @@ def hlm_statistics(
 
 
 def hlm_statistics_fit(fit) -> HLMStatistics:
-    """:func:`hlm_statistics` at a fitted model (``models.lmer.lmer``'s :class:`LmerFit`)."""
+    """:func:`hlm_statistics` at a fitted model (``twolevel.models.lmm.lmer.lmer``'s :class:`LmerFit`)."""
     return hlm_statistics(fit.design, fit.crossprods, fit.theta, fit.sigma, fit.beta)
 
 

@@ -2,61 +2,33 @@
 
 Only one grouping factor is supported (students in schools). The random-effects design is kept as
 the N × q matrix ``Z`` of per-row covariates plus the group index of every row, never as a dense
-N × (J·q) matrix. Everything later stages need is in :class:`Design`; the per-group cross-products
-of §7.1 of the lme4 algorithm notes are in :class:`GroupCrossprods`.
-
-Formula parsing: the random-effect bars ``(lhs | g)`` and ``(lhs || g)`` are split off here (the
-``formulae`` library does not keep the terms of one bar together nor know ``||``); the fixed part
-and the left-hand side of each bar are turned into model matrices by ``formulae``, with R's
-treatment contrasts, and the column names are rewritten the way R names them
-(``Intercept`` → ``(Intercept)``, ``k[b]`` → ``kb``).
+N × (J·q) matrix. Everything later stages need is in :class:`Design`. The fixed part and the
+left-hand side of each bar (split off by :mod:`twolevel.models.design.formula`) are turned into
+model matrices by ``formulae``, with R's treatment contrasts and R's column names.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 
 import formulae
 import numpy as np
 import pandas as pd
 
-from data.errors import DataError, FormulaError
+from twolevel.data.errors import DataError, FormulaError
+from twolevel.models.design.formula import (
+    _FORMULA_CACHE,
+    _missing_variables,
+    _r_name,
+    _variables,
+    parse_formula,
+)
 
-__all__ = [
-    "BarTerm",
-    "Design",
-    "GroupCrossprods",
-    "RandomTerm",
-    "group_crossprods",
-    "make_design",
-    "parse_formula",
-]
+__all__ = ["Design", "RandomTerm", "make_design"]
 
 _RANK_TOL = 1e-7
-_FORMULA_CACHE = 64  # formula strings (and right-hand sides) whose parsed structure is kept
-
-
-@dataclass(frozen=True)
-class BarTerm:
-    """One random-effects bar of a formula: ``(lhs | group)`` or, with ``correlated=False``,
-    ``(lhs || group)``."""
-
-    lhs: str
-    group: str
-    correlated: bool
-
-
-@dataclass(frozen=True)
-class ParsedFormula:
-    """A formula split into response, fixed right-hand side and random-effects bars."""
-
-    formula: str
-    response: str
-    fixed: str
-    bars: tuple[BarTerm, ...]
 
 
 @dataclass(frozen=True)
@@ -208,213 +180,6 @@ class Design:
             if v_e > 0:
                 theta = np.array([np.sqrt(v_g / v_e)])
         return theta
-
-
-@dataclass(frozen=True)
-class GroupCrossprods:
-    """Per-group cross-products, one pass over the data (§7.1 of the lme4 notes).
-
-    ``A[j] = Z_jᵀZ_j`` (J, q, q), ``B[j] = Z_jᵀX_j`` (J, q, p), ``c[j] = Z_jᵀy_j`` (J, q); global
-    ``XtX = XᵀX``, ``Xty = Xᵀy``, ``yty = yᵀy``; ``n`` rows and ``p`` fixed effects. These are all the
-    (RE)ML criterion needs, so they can also be aggregated elsewhere (a database, a cluster).
-    """
-
-    A: np.ndarray
-    B: np.ndarray
-    c: np.ndarray
-    XtX: np.ndarray
-    Xty: np.ndarray
-    yty: float
-    n: int
-    p: int
-
-    @property
-    def n_groups(self) -> int:
-        """Number of groups J."""
-        return int(self.A.shape[0])
-
-    @cached_property
-    def columns(self) -> tuple[dict[tuple[int, int], np.ndarray], tuple[np.ndarray, ...]]:
-        """Contiguous copies for component-wise PLS (computed once): ``A[:, a, b]`` for a ≤ b as
-        length-J vectors keyed (a, b), and for each a the (J, p+1) block ``[B_j c_j][a, :]``."""
-        q = self.A.shape[1]
-        a_cols = {(a, b): np.ascontiguousarray(self.A[:, a, b]) for a in range(q)
-                  for b in range(a, q)}
-        bc = tuple(np.ascontiguousarray(np.concatenate([self.B[:, a, :], self.c[:, a, None]],
-                                                       axis=1)) for a in range(q))
-        return a_cols, bc
-
-    @cached_property
-    def shifted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The blocks ``[B_j c_j]`` (J, q, p+1) and ``[[XᵀX, Xᵀy], [yᵀX, yᵀy]]`` (p+1, p+1) for the
-        response y − Xγ, with γ the OLS coefficients, and γ (computed once).
-
-        r²(θ) and both log-determinants are the same for y and y − Xγ (β̂ absorbs Xγ), but the
-        down-dating that yields r² then cancels far less (‖y − Xγ‖² instead of ‖y‖²), so the
-        criterion has ~10× less rounding noise, which numDeriv's Hessian (Satterthwaite) feels."""
-        p = self.p
-        try:
-            gamma = np.linalg.solve(self.XtX, self.Xty) if p else np.zeros(0)
-        except np.linalg.LinAlgError:
-            gamma = np.zeros(p)
-        if not np.all(np.isfinite(gamma)):
-            gamma = np.zeros(p)
-        J, q = self.c.shape
-        BC = np.empty((J, q, p + 1))
-        BC[:, :, :p] = self.B
-        BC[:, :, p] = self.c - np.einsum("jak,k->ja", self.B, gamma)
-        aug = np.empty((p + 1, p + 1))
-        aug[:p, :p] = self.XtX
-        aug[:p, p] = aug[p, :p] = self.Xty - self.XtX @ gamma
-        aug[p, p] = float(self.yty - 2.0 * gamma @ self.Xty + gamma @ self.XtX @ gamma)
-        return BC, aug, gamma
-
-
-def group_crossprods(design: Design) -> GroupCrossprods:
-    """Compute :class:`GroupCrossprods` with O(n·(q² + qp)) work and O(n) extra memory.
-
-    Each distinct product of two columns is summed by group once (``np.bincount``): columns that
-    Z and X share (the intercept, a variable with both a fixed and a random slope) are detected
-    and their products reused, and a product with the all-ones column is the column itself (or
-    the group sizes)."""
-    g, J = design.group_index, design.n_groups
-    Z, X, y = design.Z, design.X, design.y
-    q, p = design.q, design.p
-
-    # distinct columns: ids into `cols`; -1 is the all-ones column
-    cols: list[np.ndarray] = []
-
-    def col_id(v: np.ndarray) -> int:
-        if v.shape[0] and v[0] == 1.0 and np.all(v == 1.0):
-            return -1
-        for k, w in enumerate(cols):
-            same_view = (w.shape == v.shape and w.strides == v.strides
-                         and w.__array_interface__["data"][0] == v.__array_interface__["data"][0])
-            if same_view or np.array_equal(w, v):
-                return k
-        cols.append(np.ascontiguousarray(v))
-        return len(cols) - 1
-
-    zid = [col_id(Z[:, a]) for a in range(q)]
-    xid = [col_id(X[:, b]) for b in range(p)]
-    yid = col_id(y)
-    cache: dict[tuple[int, int], np.ndarray] = {}
-
-    def gsum(i: int, k: int) -> np.ndarray:
-        key = (min(i, k), max(i, k))
-        if key not in cache:
-            a, b = key
-            if a == -1 and b == -1:
-                w = None
-            elif a == -1:
-                w = cols[b]
-            else:
-                w = cols[a] * cols[b]
-            cache[key] = np.bincount(g, weights=w, minlength=J).astype(float, copy=False)
-        return cache[key]
-
-    A = np.empty((J, q, q))
-    for a in range(q):
-        for b in range(a, q):
-            A[:, a, b] = A[:, b, a] = gsum(zid[a], zid[b])
-    B = np.empty((J, q, p))
-    for a in range(q):
-        for b in range(p):
-            B[:, a, b] = gsum(zid[a], xid[b])
-    c = np.empty((J, q))
-    for a in range(q):
-        c[:, a] = gsum(zid[a], yid)
-    # einsum, not BLAS: OpenBLAS threads long dot products, which stalls on a busy machine
-    return GroupCrossprods(
-        A=A, B=B, c=c, XtX=np.einsum("ij,ik->jk", X, X), Xty=np.einsum("ij,i->j", X, y),
-        yty=float(np.einsum("i,i->", y, y)), n=design.n, p=p,
-    )
-
-
-# ----------------------------------------------------------------------------- formula parsing
-
-
-def _matching_paren(s: str, i: int) -> int:
-    depth = 0
-    for k in range(i, len(s)):
-        if s[k] == "(":
-            depth += 1
-        elif s[k] == ")":
-            depth -= 1
-            if depth == 0:
-                return k
-    raise FormulaError(f"unbalanced parentheses in formula '{s}': close every '(' with ')'")
-
-
-def _top_level_bar(s: str) -> tuple[int, int] | None:
-    """Position and width (1 or 2) of the top-level '|' or '||' in s, or None."""
-    depth = 0
-    for k, ch in enumerate(s):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "|" and depth == 0:
-            return k, 2 if s[k + 1 : k + 2] == "|" else 1
-    return None
-
-
-def parse_formula(formula: str) -> ParsedFormula:
-    """Split an lme4 formula into response, fixed part and random-effects bars.
-
-    ``"y ~ 1 + x + (1 + x | g)"`` → response ``y``, fixed ``1 + x``, one correlated bar
-    ``(1 + x | g)``. Bars must stand at the top level of the right-hand side. The result of
-    each formula string is cached (it is immutable).
-    """
-    if not isinstance(formula, str) or formula.count("~") != 1:
-        raise FormulaError(
-            f"formula '{formula}' must have exactly one '~', like 'y ~ 1 + x + (1 + x | g)'"
-        )
-    return _parse_formula(formula)
-
-
-@lru_cache(maxsize=_FORMULA_CACHE)
-def _parse_formula(formula: str) -> ParsedFormula:
-    lhs, rhs = (part.strip() for part in formula.split("~"))
-    if not lhs:
-        raise FormulaError(f"formula '{formula}' has no response: write 'y ~ ...'")
-    bars: list[BarTerm] = []
-    fixed_parts: list[str] = []
-    i, start = 0, 0
-    while i < len(rhs):
-        if rhs[i] == "(":
-            j = _matching_paren(rhs, i)
-            inner = rhs[i + 1 : j]
-            bar = _top_level_bar(inner)
-            if bar is not None:
-                fixed_parts.append(rhs[start:i])
-                pos, width = bar
-                term_lhs, grp = inner[:pos].strip(), inner[pos + width :].strip()
-                if not term_lhs or not grp:
-                    raise FormulaError(
-                        f"random-effects term '({inner})' needs both sides of the bar, "
-                        "like '(1 + x | g)'"
-                    )
-                bars.append(BarTerm(lhs=term_lhs, group=grp, correlated=(width == 1)))
-                start = j + 1
-            i = j + 1
-        else:
-            i += 1
-    fixed_parts.append(rhs[start:])
-    fixed = " ".join(fixed_parts)
-    fixed = re.sub(r"\+\s*(\+\s*)+", "+ ", fixed)
-    fixed = re.sub(r"^\s*\+|\+\s*$", "", fixed.strip()).strip()
-    if not fixed:
-        fixed = "1"
-    return ParsedFormula(formula=formula, response=lhs, fixed=fixed, bars=tuple(bars))
-
-
-def _r_name(label: str) -> str:
-    """R's column name for a formulae column label: ``Intercept`` → ``(Intercept)``,
-    ``k[b]`` → ``kb``, ``x:k[b]`` → ``x:kb``."""
-    if label == "Intercept":
-        return "(Intercept)"
-    return re.sub(r"\[([^\]]*)\]", r"\1", label)
 
 
 class _ModelData:
@@ -600,32 +365,6 @@ def _full_rank_columns(X: np.ndarray, tol: float = _RANK_TOL) -> list[int]:
             kept.append(k)
             Q.append(resid / rn)
     return kept
-
-
-_IDENT = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
-_FUNCS = {"C", "I", "log", "exp", "sqrt", "center", "scale", "standardize", "np", "abs"}
-
-
-def _variables(expr: str, columns: pd.Index) -> list[str]:
-    """Column names used in a formula expression (identifiers that are columns of the data)."""
-    out = []
-    for tok in _IDENT.findall(expr):
-        if tok in columns and tok not in out:
-            out.append(tok)
-    return out
-
-
-def _missing_variables(expr: str, columns: pd.Index) -> list[str]:
-    stripped = re.sub(r"\"[^\"]*\"|'[^']*'", "", expr)
-    out = []
-    for m in _IDENT.finditer(stripped):
-        tok = m.group(0)
-        after = stripped[m.end() : m.end() + 1]
-        if tok in columns or tok in _FUNCS or after == "(" or re.fullmatch(r"[0-9.]+", tok):
-            continue
-        if tok not in out:
-            out.append(tok)
-    return out
 
 
 def make_design(formula: str, data: pd.DataFrame) -> Design:

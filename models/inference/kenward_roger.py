@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from data.errors import TwolevelError
-from models.design import Design, GroupCrossprods
+from twolevel.data.errors import TwolevelError
+from twolevel.models.design import Design, GroupCrossprods
 
 __all__ = [
     "KRResult",
@@ -295,7 +295,7 @@ def kenward_roger(
 
 
 def kenward_roger_fit(fit, L: np.ndarray | None = None) -> KRResult:
-    """:func:`kenward_roger` at a fitted model (``models.lmer.lmer``'s :class:`LmerFit`): its θ̂,
+    """:func:`kenward_roger` at a fitted model (``twolevel.models.lmm.lmer.lmer``'s :class:`LmerFit`): its θ̂,
     σ̂ and β̂; raises for an ML fit (lmerTest's rule)."""
     return kenward_roger(
         fit.design, fit.crossprods, fit.theta, fit.sigma, L=L, beta=fit.beta, reml=fit.reml

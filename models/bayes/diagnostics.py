@@ -4,7 +4,7 @@ parameters, optionally shared with a helper process.
 ArviZ computes R̂ and ESS one parameter at a time in Python (about 2 ms a parameter for 4 × 1000
 draws, holding the GIL), so the gate over every school effect of the lecture model (1,490
 parameters) costs about 2.7 s on one core. :class:`DiagnosticsHelper` starts a separate Python
-process early (``python -m models.diagnostics``: it imports ArviZ while the model compiles and
+process early (``python -m twolevel.models.bayes.diagnostics``: it imports ArviZ while the model compiles and
 samples, using the second core), sends it half of the parameters as ``.npy`` bytes through a pipe
 and computes the other half here. It is a plain subprocess: nothing is forked from this
 multi-threaded process and the user's ``__main__`` is never re-imported. Any failure of the helper
@@ -55,7 +55,7 @@ class DiagnosticsHelper:
             p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
         try:
             self._proc: subprocess.Popen | None = subprocess.Popen(
-                [sys.executable, "-m", "models.diagnostics"], stdin=subprocess.PIPE,
+                [sys.executable, "-m", "twolevel.models.bayes.diagnostics"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         except OSError:
             self._proc = None

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.deviance import cond_var_unscaled, pls_state
-from models.design import Design, GroupCrossprods
-from models.hlm import coefficient_equations, unit_ols
+from twolevel.models.lmm.deviance import cond_var_unscaled, pls_state
+from twolevel.models.design import Design, GroupCrossprods
+from twolevel.models.inference.hlm import coefficient_equations, unit_ols
 
 __all__ = [
     "format_residual_summary",

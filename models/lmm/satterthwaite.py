@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from models.deviance import _gradient_sums, _pls_parts, _pls_parts_batch, pls_state, unscaled_vcov
+from twolevel.models.lmm.deviance import _gradient_sums, _pls_parts, _pls_parts_batch, pls_state, unscaled_vcov
 
 __all__ = [
     "VarparInfo",

@@ -5,7 +5,7 @@
 
 The default optimizer reproduces lme4's own optimizer path (NLopt BOBYQA with lme4's settings,
 restart_edge, check.boundary), so the printed numbers are lme4's; ``optimizer="tight"`` polishes
-the optimum further (see :mod:`models.optimize`).
+the optimum further (see :mod:`twolevel.models.lmm.optimize`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from data.errors import FormulaError, TwolevelError
-from models.design import Design, GroupCrossprods, group_crossprods, make_design
-from models.deviance import criterion, deviance_gradient, make_deviance, pls_state
-from models.optimize import MODES, optimize_theta, refit_ml_theta
-from models.results import LmerFit
+from twolevel.data.errors import FormulaError, TwolevelError
+from twolevel.models.design import Design, GroupCrossprods, group_crossprods, make_design
+from twolevel.models.lmm.deviance import criterion, deviance_gradient, make_deviance, pls_state
+from twolevel.models.lmm.optimize import MODES, optimize_theta, refit_ml_theta
+from twolevel.models.lmm.results import LmerFit
 
 __all__ = ["lmer", "fit_design", "refit_ml", "check_random_slopes"]
 
@@ -56,7 +56,7 @@ def fit_design(
     data_name: str = "data",
     crossprods: GroupCrossprods | None = None,
 ) -> LmerFit:
-    """Fit a model whose :class:`~models.design.Design` is already built (lme4's
+    """Fit a model whose :class:`~twolevel.models.design.Design` is already built (lme4's
     ``mkLmerDevfun`` → ``optimizeLmer`` → ``mkMerMod``)."""
     if optimizer not in MODES:
         raise TwolevelError(
@@ -123,7 +123,7 @@ def lmer(
 
 def refit_ml(fit: LmerFit) -> LmerFit:
     """lme4's ``refitML``: the same model refitted by ML, with minqa-style BOBYQA started at the
-    REML θ̂ (:func:`models.optimize.refit_ml_theta`). ML fits are returned unchanged."""
+    REML θ̂ (:func:`twolevel.models.lmm.optimize.refit_ml_theta`). ML fits are returned unchanged."""
     if not fit.reml:
         return fit
     d, cp = fit.design, fit.crossprods

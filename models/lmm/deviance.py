@@ -1,9 +1,9 @@
 """Profiled (RE)ML deviance of a two-level linear mixed model as a pure function of θ.
 
 This is lme4's ``mkLmerDevfun`` / ``devFunOnly`` for one grouping factor, computed from the
-per-group cross-products of :class:`models.design.GroupCrossprods` (§7 of the lme4 algorithm
+per-group cross-products of :class:`twolevel.models.design.GroupCrossprods` (§7 of the lme4 algorithm
 notes): one penalised least squares (PLS) solve costs O(J·(q³ + q²p) + p³). The optimizer's path
-(r², log|L|², log|R_X|² only) is a compiled loop over the J groups (:mod:`models.kernels`); the
+(r², log|L|², log|R_X|² only) is a compiled loop over the J groups (:mod:`twolevel.models.lmm.kernels`); the
 full solution with the conditional modes (:func:`pls_state`, once per fit) is NumPy, component by
 component on length-J vectors, and also serves as the kernel's independent check in the tests.
 
@@ -22,9 +22,9 @@ from typing import NamedTuple
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from data.errors import TwolevelError
-from models.design import Design, GroupCrossprods, group_crossprods
-from models.kernels import (
+from twolevel.data.errors import TwolevelError
+from twolevel.models.design import Design, GroupCrossprods, group_crossprods
+from twolevel.models.lmm.kernels import (
     X_NOT_PD,
     pls_parts_batch_kernel,
     pls_parts_kernel,
@@ -154,7 +154,7 @@ def _not_estimable() -> TwolevelError:
 
 def _pls_parts(cp: GroupCrossprods, T: np.ndarray) -> _Parts:
     """r², log|L|² and log|R_X|² at T without the conditional modes (the optimizer's path):
-    :func:`models.kernels.pls_parts_kernel` on the blocks of :attr:`GroupCrossprods.shifted`
+    :func:`twolevel.models.lmm.kernels.pls_parts_kernel` on the blocks of :attr:`GroupCrossprods.shifted`
     (the response y − Xγ: same r², less cancellation).
 
     Raises
@@ -401,7 +401,7 @@ def _gradient_sums(
     cp: GroupCrossprods, T: np.ndarray, st: PLSState, with_w: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The per-group sums of the analytic derivatives at T and the state's β̂
-    (:func:`models.kernels.theta_grad_kernel`): Σ_j A_jT M_j⁻¹ (q, q), Σ_j ũ_j[c]·resid_j[r]
+    (:func:`twolevel.models.lmm.kernels.theta_grad_kernel`): Σ_j A_jT M_j⁻¹ (q, q), Σ_j ũ_j[c]·resid_j[r]
     (q, q) and, with ``with_w``, Σ_j W_j[r]ᵀ(TᵀW_j)[c] (q, q, p, p)."""
     BC, _, gamma = cp.shifted  # c_j − B_jβ̂ is the same for y − Xγ and β̂ − γ
     return theta_grad_kernel(np.asarray(T, dtype=float), cp.A, BC, st.beta - gamma, with_w)
@@ -418,7 +418,7 @@ def make_deviance(
 
     Parameters
     ----------
-    design : the :class:`~models.design.Design` (gives the θ → T layout).
+    design : the :class:`~twolevel.models.design.Design` (gives the θ → T layout).
     reml : REML criterion if True, else ML deviance.
     crossprods : per-group cross-products; computed from ``design`` when not given.
 

@@ -1,13 +1,13 @@
 """Bayesian fit of the two-level model: design → PyMC model → NUTS → frozen :class:`BayesFit`.
 
-The stages mirror the REML engine (:mod:`models.lmer`): the same formula strings and column names
-(:func:`models.design.make_design`), the model built by :func:`models.pymc_model.build_model`
+The stages mirror the REML engine (:mod:`twolevel.models.lmm.lmer`): the same formula strings and column names
+(:func:`twolevel.models.design.make_design`), the model built by :func:`twolevel.models.bayes.pymc_model.build_model`
 (LKJ prior on the school-effect correlation, school effects non-centred or integrated out), NUTS
-through :func:`models.pymc_model.sample_nuts`, then a result that records how it was obtained.
+through :func:`twolevel.models.bayes.pymc_model.sample_nuts`, then a result that records how it was obtained.
 
 Default: ``likelihood="collapsed"``. The school effects are integrated out analytically, NUTS
 samples only (β, σ, sd, LKJ factor), and every school's effects are then drawn from their exact
-Gaussian conditional posterior b_j | y, β, Σ, σ (:func:`models.collapsed.draw_school_effects`):
+Gaussian conditional posterior b_j | y, β, Σ, σ (:func:`twolevel.models.bayes.collapsed.draw_school_effects`):
 the same joint posterior as the non-centred model, without its funnel (no divergences by
 construction) and with O(J) work per gradient.
 
@@ -21,7 +21,7 @@ Stored in the returned DataTree (PyMC 6 / ArviZ 1.x layout):
   (for leave-one-school-out); ``"school"`` stores only the latter, ``"none"`` neither.
 * ``sample_stats`` (nutpie's, with ``diverging`` and ``energy``) and the ``warmup_*`` groups.
 
-This module does not import PyMC (only :mod:`models.pymc_model` does).
+This module does not import PyMC (only :mod:`twolevel.models.bayes.pymc_model` does).
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data.errors import TwolevelError
-from models.collapsed import draw_school_effects, school_marginal_loglik
-from models.design import Design, GroupCrossprods, group_crossprods, make_design
-from models.diagnostics import DiagnosticsHelper, rhat_ess
-from models.priors import ModelPriors
+from twolevel.data.errors import TwolevelError
+from twolevel.models.bayes.collapsed import draw_school_effects, school_marginal_loglik
+from twolevel.models.design import Design, GroupCrossprods, group_crossprods, make_design
+from twolevel.models.bayes.diagnostics import DiagnosticsHelper, rhat_ess
+from twolevel.models.bayes.priors import ModelPriors
 
 __all__ = [
     "BayesFit",
@@ -134,7 +134,7 @@ def _flat_params(post: xr.Dataset) -> dict[str, np.ndarray]:
 
 
 # ArviZ's R̂/ESS cost ~2 ms a parameter on one core: above this many parameters, half of them
-# go to a helper process (models.diagnostics) on the second core
+# go to a helper process (twolevel.models.bayes.diagnostics) on the second core
 SPLIT_DIAGNOSTICS_ABOVE = 400
 
 
@@ -199,7 +199,7 @@ def school_residual_ss(design: Design, beta: np.ndarray) -> np.ndarray:
     """r_jᵀr_j = ‖y_j − X_jβ‖² per draw and school, (S, J), from each school's own cross-products:
 
     r_jᵀr_j = y_jᵀy_j − 2βᵀX_jᵀy_j + βᵀX_jᵀX_jβ   (per-school sums by ``np.bincount``, as
-    :func:`models.design.group_crossprods`; then O(S·J·p²)).
+    :func:`twolevel.models.design.group_crossprods`; then O(S·J·p²)).
     """
     X, y, g, J, p = design.X, design.y, design.group_index, design.n_groups, design.p
 
@@ -238,7 +238,7 @@ def student_loglik(design: Design, beta: np.ndarray, b: np.ndarray, sigma: np.nd
 def school_loglik(design: Design, cp: GroupCrossprods, beta: np.ndarray, L: np.ndarray,
                   sigma: np.ndarray) -> np.ndarray:
     """Per-school log density with the school's effects integrated out, (S, J)
-    (:func:`models.collapsed.school_marginal_loglik` with :func:`school_residual_ss`)."""
+    (:func:`twolevel.models.bayes.collapsed.school_marginal_loglik` with :func:`school_residual_ss`)."""
     rss0 = school_residual_ss(design, beta)
     return school_marginal_loglik(cp.A, cp.B, cp.c, rss0, design.group_sizes, beta, L, sigma)
 
@@ -364,13 +364,13 @@ def fit_bayes(
 ) -> BayesFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) by NUTS and run the diagnostic gate.
 
-    ``likelihood``/``centering``/``priors`` go to :func:`models.pymc_model.build_model`. A failed
+    ``likelihood``/``centering``/``priors`` go to :func:`twolevel.models.bayes.pymc_model.build_model`. A failed
     gate does not raise: it warns in plain words and is recorded in ``fit.diagnostics``.
     ``log_likelihood``: which pointwise log-likelihoods to store — ``"both"`` (per student, for
     PSIS-LOO, and per school, for leave-one-school-out), ``"school"`` (per school only: S × J
     instead of S × n numbers) or ``"none"``.
     """
-    from models.pymc_model import build_model, sample_nuts
+    from twolevel.models.bayes.pymc_model import build_model, sample_nuts
 
     if log_likelihood not in LOG_LIKELIHOODS:
         raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "
@@ -423,7 +423,7 @@ def fit_bayes(
 def _with_school_effects(post: xr.Dataset, design: Design, cp: GroupCrossprods,
                          seed: int) -> xr.Dataset:
     """The posterior with ``b_school`` [school, effect]: drawn from the exact conditional
-    (:func:`models.collapsed.draw_school_effects`, seeded by ``[seed, 1]``) when the model
+    (:func:`twolevel.models.bayes.collapsed.draw_school_effects`, seeded by ``[seed, 1]``) when the model
     integrated them out; school and effect coordinates named after the data."""
     if "b_school" not in post:
         L = cholesky_draws(post, design.q)
@@ -469,7 +469,7 @@ def prior_predictive(design: Design, priors: ModelPriors | None, n_draws: int, s
                      likelihood: str = "collapsed") -> dict[str, np.ndarray]:
     """Draws from the prior: ``beta`` (S, p), ``sigma`` (S,), ``L`` (S, q, q), ``b`` (S, J, q)
     and ``y`` (S, n) = Xβ + Z b_j + σ ε (PyMC draws the hyperparameters)."""
-    from models.pymc_model import build_model, prior_draws
+    from twolevel.models.bayes.pymc_model import build_model, prior_draws
 
     built = build_model(design, priors, likelihood=likelihood)
     h = prior_draws(built, n_draws, seed)

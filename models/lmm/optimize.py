@@ -259,7 +259,7 @@ def optimize_theta(
 
     Parameters
     ----------
-    fn : the criterion, a pure function of θ (:func:`models.deviance.make_deviance`).
+    fn : the criterion, a pure function of θ (:func:`twolevel.models.lmm.deviance.make_deviance`).
     theta0 : lme4's starting θ (``Design.theta_start()``).
     lower : lme4's lower bounds (``Design.theta_lower``).
     mode : "lme4" (lme4's exact path; default) or "tight" (lme4's path, then a gradient polish).

@@ -5,7 +5,7 @@ or data frames. Each group's work is a q × q LDLᵀ factorisation and a few q �
 in small work arrays, so one pass costs O(J·(q³ + q²p)) flops and O(1) extra memory. Compiled on
 first use (``cache=True``: later processes load the machine code from ``__pycache__``).
 
-Notation as in :mod:`models.deviance`: T (q × q, lower triangular), A_j = Z_jᵀZ_j,
+Notation as in :mod:`twolevel.models.lmm.deviance`: T (q × q, lower triangular), A_j = Z_jᵀZ_j,
 [B_j c_j] = Z_jᵀ[X_j y_j], M_j = TᵀA_jT + I_q = L_jL_jᵀ.
 """
 

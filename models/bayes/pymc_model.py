@@ -11,13 +11,13 @@ Three likelihoods give the same posterior of (β, Σ, σ) (and of b when it is s
     The textbook observation-level model ``y ~ Normal(Xβ + (Z∘b[g]), σ)``: O(n) work per gradient.
 ``likelihood="suffstat"``
     The same Gaussian likelihood from the per-school cross-products of the REML engine
-    (:func:`models.design.group_crossprods`), O(J) work per gradient; see :func:`suffstat_loglik`.
-``likelihood="collapsed"`` (default of :mod:`models.bayes`)
+    (:func:`twolevel.models.design.group_crossprods`), O(J) work per gradient; see :func:`suffstat_loglik`.
+``likelihood="collapsed"`` (default of :mod:`twolevel.models.bayes.fit`)
     The school effects integrated out analytically (Woodbury), see :func:`collapsed_loglik`; only
     β, σ and the LKJ factor are sampled. The school effects are drawn afterwards from their exact
-    Gaussian conditional posterior (:func:`draw_school_effects`, in :mod:`models.bayes`).
+    Gaussian conditional posterior (:func:`draw_school_effects`, in :mod:`twolevel.models.bayes.fit`).
 
-Variable names (fixed, relied on by :mod:`models.bayes` and the CLI)
+Variable names (fixed, relied on by :mod:`twolevel.models.bayes.fit` and the CLI)
 -------------------------------------------------------------------
 ``beta`` (dims ``fixed``), ``sigma``, ``chol_cov`` (LKJCholeskyCov's packed factor, q ≥ 2),
 ``sd`` (dims ``effect``), ``corr`` (dims ``effect, effect_b``; q ≥ 2), ``z`` (standard-normal
@@ -50,9 +50,9 @@ warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS ins
 import pymc as pm  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 
-from data.errors import FormulaError, TwolevelError  # noqa: E402
-from models.design import Design, GroupCrossprods, group_crossprods  # noqa: E402
-from models.priors import ModelPriors, Prior, check_priors, default_priors  # noqa: E402
+from twolevel.data.errors import FormulaError, TwolevelError  # noqa: E402
+from twolevel.models.design import Design, GroupCrossprods, group_crossprods  # noqa: E402
+from twolevel.models.bayes.priors import ModelPriors, Prior, check_priors, default_priors  # noqa: E402
 
 __all__ = [
     "LIKELIHOODS",
@@ -284,8 +284,8 @@ def build_model(
 
     Parameters
     ----------
-    design : from :func:`models.design.make_design` (the same formula as the REML engine).
-    priors : default :func:`models.priors.default_priors` (design).
+    design : from :func:`twolevel.models.design.make_design` (the same formula as the REML engine).
+    priors : default :func:`twolevel.models.bayes.priors.default_priors` (design).
     likelihood : "collapsed" (school effects integrated out), "suffstat" (school effects sampled,
         likelihood from per-school cross-products) or "student" (per-student likelihood).
     centering : "noncentered" (all effects z ~ N(0, 1)), "centered", "auto"

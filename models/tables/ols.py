@@ -6,7 +6,7 @@ school j gets its own regression ``y_j = X_j β_j + r_j`` (R's ``lm`` on that sc
     β̂_j = (X_jᵀX_j)⁻¹ X_jᵀy_j,    s_j² = ‖y_j − X_j β̂_j‖² / (n_j − p),
     SE(β̂_jk) = s_j · sqrt([(X_jᵀX_j)⁻¹]_kk).
 
-The model matrix comes from :func:`models.design.make_design` (same formula handling, R's names,
+The model matrix comes from :func:`twolevel.models.design.make_design` (same formula handling, R's names,
 listwise deletion counted). Full-rank groups are solved together from per-group cross-products;
 groups where a coefficient is not estimable (fewer rows than coefficients, or a predictor with no
 variation in the group) are handled one by one as R's ``lm`` does (aliased columns get ``NaN``) and
@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from data.errors import FormulaError
-from models.design import _full_rank_columns, make_design, parse_formula
+from twolevel.data.errors import FormulaError
+from twolevel.models.design import make_design, parse_formula
+from twolevel.models.design.matrices import _full_rank_columns
 
 __all__ = ["GroupOLS", "group_ols"]
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data.errors import TwolevelError
-from models.design import Design
+from twolevel.data.errors import TwolevelError
+from twolevel.models.design import Design
 
 __all__ = ["Prior", "ModelPriors", "default_priors", "check_priors", "SUPPORTED"]
 
@@ -166,7 +166,7 @@ def default_priors(design: Design) -> ModelPriors:
 
 def _check_block(name: str, prior: Prior, families: set[str], size: int | None) -> None:
     if not isinstance(prior, Prior):
-        raise TwolevelError(f"prior '{name}' must be a models.priors.Prior, got {type(prior).__name__}")
+        raise TwolevelError(f"prior '{name}' must be a twolevel.models.bayes.priors.Prior, got {type(prior).__name__}")
     if prior.dist not in families:
         raise TwolevelError(
             f"prior '{name}' is {prior.dist}, which twolevel cannot use there; "

@@ -1,4 +1,4 @@
-"""The frozen result of :func:`models.lmer.lmer` with lme4's vocabulary (lme4's ``merMod``).
+"""The frozen result of :func:`twolevel.models.lmm.lmer.lmer` with lme4's vocabulary (lme4's ``merMod``).
 
 Everything is computed from the design, the per-group cross-products and θ̂: the PLS state at θ̂
 gives β̂, ũ, R_X and r²; the rest are small functions of those (§2 and §4 of the lme4 notes).
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from data.errors import TwolevelError
-from models.deviance import (
+from twolevel.data.errors import TwolevelError
+from twolevel.models.lmm.deviance import (
     PLSState,
     cond_var_unscaled,
     ml_deviance,
@@ -28,9 +28,9 @@ from models.deviance import (
     sigma_hat,
     unscaled_vcov,
 )
-from models.design import Design, GroupCrossprods
-from models.optimize import SINGULAR_TOL, OptSummary
-from models.rformat import (
+from twolevel.models.design import Design, GroupCrossprods
+from twolevel.models.lmm.optimize import SINGULAR_TOL, OptSummary
+from twolevel.models.rformat import (
     abbreviate,
     cat_fill,
     print_char_matrix,
@@ -47,9 +47,9 @@ __all__ = ["DDF_METHODS", "LmerFit", "VarCorr", "ddf_method"]
 # The target "module:function" is imported on first use and called as f(fit, L) → (se, df) for
 # the rows of L (one contrast per row); None means lme4's plain t table without df or p.
 DDF_METHODS: dict[str, tuple[str | None, str]] = {
-    "Satterthwaite": ("models.satterthwaite:ddf_satterthwaite", "Satterthwaite's method"),
-    "Kenward-Roger": ("models.kenward_roger:ddf_kenward_roger", "Kenward-Roger's method"),
-    "HLM": ("models.hlm:ddf_hlm", "HLM's J - S - 1 df rule"),
+    "Satterthwaite": ("twolevel.models.lmm.satterthwaite:ddf_satterthwaite", "Satterthwaite's method"),
+    "Kenward-Roger": ("twolevel.models.inference.kenward_roger:ddf_kenward_roger", "Kenward-Roger's method"),
+    "HLM": ("twolevel.models.inference.hlm:ddf_hlm", "HLM's J - S - 1 df rule"),
     "lme4": (None, ""),
 }
 
@@ -202,9 +202,9 @@ class LmerFit:
 
     Fields
     ------
-    design : the :class:`~models.design.Design`.  crossprods : its per-group cross-products.
+    design : the :class:`~twolevel.models.design.Design`.  crossprods : its per-group cross-products.
     reml : fitted by REML (True) or ML.  theta : θ̂.  state : the PLS solution at θ̂.
-    optsum : how θ̂ was obtained (:class:`~models.optimize.OptSummary`).
+    optsum : how θ̂ was obtained (:class:`~twolevel.models.lmm.optimize.OptSummary`).
     data_name : how the data are called in printouts ("Data: ...").
     """
 
@@ -304,9 +304,9 @@ class LmerFit:
 
     @cached_property
     def varpar_info(self):
-        """lmerTest's Hessian / vcov(varpar) / Jacobian (:class:`models.satterthwaite.VarparInfo`),
+        """lmerTest's Hessian / vcov(varpar) / Jacobian (:class:`twolevel.models.lmm.satterthwaite.VarparInfo`),
         computed on first use."""
-        from models.satterthwaite import varpar_info
+        from twolevel.models.lmm.satterthwaite import varpar_info
 
         return varpar_info(self)
 
@@ -332,7 +332,7 @@ class LmerFit:
     def contest(self, L, rhs=0.0, ddf: str = "Satterthwaite") -> dict:
         """Test of a contrast: a p-vector L → lmerTest's ``contest1D`` (Estimate, SE, df, t, p);
         a k × p matrix → ``contestMD`` (F test with Satterthwaite DenDF)."""
-        from models.satterthwaite import contest1d, contest_md
+        from twolevel.models.lmm.satterthwaite import contest1d, contest_md
 
         if ddf != "Satterthwaite":
             raise TwolevelError("contest() implements ddf='Satterthwaite' only")

@@ -1,0 +1,116 @@
+"""twolevel: two-level (students-in-schools) models, exact REML/ML with lme4 + lmerTest parity and
+a PyMC workflow.
+
+>>> import twolevel as tl
+>>> d = tl.load_data("lecture")
+>>> m1 = tl.lmer("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)", d)   # REML, lme4's digits
+>>> print(m1.summary())                                                  # doctest: +SKIP
+
+The public API is lme4's vocabulary; each name is imported on first use, so ``import twolevel``
+is cheap and PyMC is imported only by :func:`fit_bayes`. The repository's folders map into this
+namespace: ``data/`` → :mod:`twolevel.data`, ``models/`` → :mod:`twolevel.models`,
+``workflows/`` → :mod:`twolevel.workflows`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+# public name → module that defines it
+_API: dict[str, str] = {
+    # data
+    "load_data": "twolevel.data.loaders",
+    "read_table": "twolevel.data.loaders",
+    "center": "twolevel.data.centering",
+    "group_means": "twolevel.data.centering",
+    "Centering": "twolevel.data.centering",
+    "TwolevelError": "twolevel.data.errors",
+    "DataError": "twolevel.data.errors",
+    "FormulaError": "twolevel.data.errors",
+    # design and statistics
+    "make_design": "twolevel.models.design",
+    "group_crossprods": "twolevel.models.design",
+    "Design": "twolevel.models.design",
+    "GroupCrossprods": "twolevel.models.design",
+    # the LMM engine
+    "lmer": "twolevel.models.lmm.lmer",
+    "refit_ml": "twolevel.models.lmm.lmer",
+    "LmerFit": "twolevel.models.lmm.results",
+    "VarCorr": "twolevel.models.lmm.results",
+    # inference on a fit
+    "anova": "twolevel.models.inference.anova",
+    "AnovaResult": "twolevel.models.inference.anova",
+    "confint": "twolevel.models.inference.intervals",
+    "profile": "twolevel.models.inference.profile",
+    "Profile": "twolevel.models.inference.profile",
+    "kenward_roger_fit": "twolevel.models.inference.kenward_roger",
+    "hlm_statistics_fit": "twolevel.models.inference.hlm",
+    "HLMStatistics": "twolevel.models.inference.hlm",
+    "school_table_fit": "twolevel.models.inference.residuals",
+    "residual_summary_fit": "twolevel.models.inference.residuals",
+    # Bayes
+    "fit_bayes": "twolevel.models.bayes.fit",
+    "BayesFit": "twolevel.models.bayes.fit",
+    "SamplerSettings": "twolevel.models.bayes.fit",
+    "prior_predictive": "twolevel.models.bayes.fit",
+    "posterior_predictive": "twolevel.models.bayes.fit",
+    "Prior": "twolevel.models.bayes.priors",
+    "ModelPriors": "twolevel.models.bayes.priors",
+    "default_priors": "twolevel.models.bayes.priors",
+    # tables
+    "group_ols": "twolevel.models.tables.ols",
+    "GroupOLS": "twolevel.models.tables.ols",
+    "shrinkage_table": "twolevel.models.tables.shrinkage",
+    "caterpillar_table": "twolevel.models.tables.shrinkage",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'twolevel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
+
+
+if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazily
+    from twolevel.data.centering import Centering, center, group_means  # noqa: F401
+    from twolevel.data.errors import DataError, FormulaError, TwolevelError  # noqa: F401
+    from twolevel.data.loaders import load_data, read_table  # noqa: F401
+    from twolevel.models.bayes.fit import (  # noqa: F401
+        BayesFit,
+        SamplerSettings,
+        fit_bayes,
+        posterior_predictive,
+        prior_predictive,
+    )
+    from twolevel.models.bayes.priors import ModelPriors, Prior, default_priors  # noqa: F401
+    from twolevel.models.design import (  # noqa: F401
+        Design,
+        GroupCrossprods,
+        group_crossprods,
+        make_design,
+    )
+    from twolevel.models.inference.anova import AnovaResult, anova  # noqa: F401
+    from twolevel.models.inference.hlm import HLMStatistics, hlm_statistics_fit  # noqa: F401
+    from twolevel.models.inference.intervals import confint  # noqa: F401
+    from twolevel.models.inference.kenward_roger import kenward_roger_fit  # noqa: F401
+    from twolevel.models.inference.profile import Profile, profile  # noqa: F401
+    from twolevel.models.inference.residuals import (  # noqa: F401
+        residual_summary_fit,
+        school_table_fit,
+    )
+    from twolevel.models.lmm.lmer import lmer, refit_ml  # noqa: F401
+    from twolevel.models.lmm.results import LmerFit, VarCorr  # noqa: F401
+    from twolevel.models.tables.ols import GroupOLS, group_ols  # noqa: F401
+    from twolevel.models.tables.shrinkage import caterpillar_table, shrinkage_table  # noqa: F401
