@@ -50,6 +50,15 @@ _API: dict[str, str] = {
     "hlm_statistics_fit": "twolevel.models.inference.hlm",
     "HLMStatistics": "twolevel.models.inference.hlm",
     "school_table_fit": "twolevel.models.inference.residuals",
+    "predict": "twolevel.models.inference.predict",
+    "simulate": "twolevel.models.inference.simulate",
+    "bootstrap": "twolevel.models.inference.simulate",
+    "BootstrapResult": "twolevel.models.inference.simulate",
+    "icc": "twolevel.models.inference.effect_sizes",
+    "icc_at": "twolevel.models.inference.effect_sizes",
+    "r2_nakagawa": "twolevel.models.inference.effect_sizes",
+    "prv": "twolevel.models.inference.effect_sizes",
+    "snijders_bosker": "twolevel.models.inference.effect_sizes",
     "residual_summary_fit": "twolevel.models.inference.residuals",
     # Bayes
     "fit_bayes": "twolevel.models.bayes.fit",
@@ -105,7 +114,16 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
     from twolevel.models.inference.hlm import HLMStatistics, hlm_statistics_fit  # noqa: F401
     from twolevel.models.inference.intervals import confint  # noqa: F401
     from twolevel.models.inference.kenward_roger import kenward_roger_fit  # noqa: F401
+    from twolevel.models.inference.effect_sizes import (  # noqa: F401
+        icc,
+        icc_at,
+        prv,
+        r2_nakagawa,
+        snijders_bosker,
+    )
+    from twolevel.models.inference.predict import predict  # noqa: F401
     from twolevel.models.inference.profile import Profile, profile  # noqa: F401
+    from twolevel.models.inference.simulate import BootstrapResult, bootstrap, simulate  # noqa: F401
     from twolevel.models.inference.residuals import (  # noqa: F401
         residual_summary_fit,
         school_table_fit,
