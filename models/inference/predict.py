@@ -116,8 +116,8 @@ def _check_new_levels(rows: NewRows, allow_new_levels: bool, group: str) -> None
         more = "" if len(rows.new_groups) <= 5 else f" and {len(rows.new_groups) - 5} more"
         raise DataError(
             f"new level(s) of '{group}' in newdata: {shown}{more} (not in the fitted data); "
-            "pass allow_new_levels=True to predict them with school effect 0 (the population "
-            "value), or use a fitted school"
+            "pass allow_new_levels=True (--allow-new-levels) to predict them with school effect 0 (the "
+            "population value), or use a fitted school"
         )
 
 
