@@ -25,7 +25,6 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-
 from twolevel.models.inference.effect_sizes import icc, prv, r2_nakagawa, snijders_bosker
 from twolevel.models.inference.predict import predict
 from twolevel.models.lmm.lmer import lmer
@@ -46,29 +45,33 @@ js <- function(x) {
     if (is.null(names(x))) return(paste0("[", body, "]"))
     return(paste0("{", paste0('"', names(x), '":', vapply(x, js, ""), collapse = ","), "}"))
   }
-  v <- if (is.character(x)) paste0('"', x, '"') else ifelse(is.finite(x), sprintf("%.17g", x), "null")
+  v <- if (is.character(x)) paste0('"', x, '"')
+       else ifelse(is.finite(x), sprintf("%.17g", x), "null")
   if (length(v) == 1) v else paste0("[", paste(v, collapse = ","), "]")
 }
 d <- read.csv(csv, stringsAsFactors = TRUE)
 d[[group]] <- factor(as.character(d[[group]]))
 nd <- read.csv(ndcsv, stringsAsFactors = FALSE)
 nd[[group]] <- as.character(nd[[group]])
-for (v in names(nd)) if (is.factor(d[[v]]) && v != group) nd[[v]] <- factor(nd[[v]], levels = levels(d[[v]]))
+for (v in names(nd))
+  if (is.factor(d[[v]]) && v != group) nd[[v]] <- factor(nd[[v]], levels = levels(d[[v]]))
 m <- lmer(as.formula(formula), data = d)
 # dense joint covariance of (b - b_hat, beta_hat - beta) (lme4 1.1-37's vcov_full, spec §1)
 X <- getME(m, "X"); Z <- getME(m, "Z"); Lam <- getME(m, "Lambda")
 ZL <- as.matrix(Z %*% Lam)
-A <- rbind(cbind(crossprod(ZL) + diag(ncol(ZL)), crossprod(ZL, X)), cbind(crossprod(X, ZL), crossprod(X)))
+A <- rbind(cbind(crossprod(ZL) + diag(ncol(ZL)), crossprod(ZL, X)),
+           cbind(crossprod(X, ZL), crossprod(X)))
 D <- as.matrix(Matrix::bdiag(Lam, diag(ncol(X))))
 C <- sigma(m)^2 * D %*% solve(A) %*% t(D)
 known <- nd[[group]] %in% levels(d[[group]])
 ndk <- nd[known, , drop = FALSE]
 ndk[[group]] <- factor(ndk[[group]], levels = levels(d[[group]]))
-Xk <- model.matrix(terms(m), cbind(ndk, setNames(data.frame(0), all.vars(as.formula(formula))[1])),
-                   contrasts.arg = attr(X, "contrasts"))
+resp <- setNames(data.frame(0), all.vars(as.formula(formula))[1])
+Xk <- model.matrix(terms(m), cbind(ndk, resp), contrasts.arg = attr(X, "contrasts"))
 Xk <- Xk[, colnames(X), drop = FALSE]
-rt <- lme4::mkReTrms(lme4::findbars(as.formula(formula)), model.frame(lme4::subbars(as.formula(formula)),
-     cbind(ndk, setNames(data.frame(0), all.vars(as.formula(formula))[1]))), drop.unused.levels = FALSE)
+rt <- lme4::mkReTrms(lme4::findbars(as.formula(formula)),
+                     model.frame(lme4::subbars(as.formula(formula)), cbind(ndk, resp)),
+                     drop.unused.levels = FALSE)
 Zk <- as.matrix(t(rt$Zt))
 W <- cbind(Zk, Xk)
 pev <- rowSums((W %*% C) * W)

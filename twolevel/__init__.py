@@ -111,9 +111,6 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
         make_design,
     )
     from twolevel.models.inference.anova import AnovaResult, anova  # noqa: F401
-    from twolevel.models.inference.hlm import HLMStatistics, hlm_statistics_fit  # noqa: F401
-    from twolevel.models.inference.intervals import confint  # noqa: F401
-    from twolevel.models.inference.kenward_roger import kenward_roger_fit  # noqa: F401
     from twolevel.models.inference.effect_sizes import (  # noqa: F401
         icc,
         icc_at,
@@ -121,13 +118,16 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
         r2_nakagawa,
         snijders_bosker,
     )
+    from twolevel.models.inference.hlm import HLMStatistics, hlm_statistics_fit  # noqa: F401
+    from twolevel.models.inference.intervals import confint  # noqa: F401
+    from twolevel.models.inference.kenward_roger import kenward_roger_fit  # noqa: F401
     from twolevel.models.inference.predict import predict  # noqa: F401
     from twolevel.models.inference.profile import Profile, profile  # noqa: F401
-    from twolevel.models.inference.simulate import BootstrapResult, bootstrap, simulate  # noqa: F401
     from twolevel.models.inference.residuals import (  # noqa: F401
         residual_summary_fit,
         school_table_fit,
     )
+    from twolevel.models.inference.simulate import BootstrapResult, bootstrap, simulate  # noqa: F401
     from twolevel.models.lmm.lmer import lmer, refit_ml  # noqa: F401
     from twolevel.models.lmm.results import LmerFit, VarCorr  # noqa: F401
     from twolevel.models.tables.ols import GroupOLS, group_ols  # noqa: F401

@@ -1,5 +1,5 @@
-"""Posterior predictions and Bayesian effect sizes from a :class:`~twolevel.models.bayes.fit.BayesFit`
-(NumPy on the fit's posterior DataTree; no PyMC).
+"""Posterior predictions and Bayesian effect sizes from a
+:class:`~twolevel.models.bayes.fit.BayesFit` (NumPy on the fit's posterior DataTree; no PyMC).
 
 For each posterior draw s with (β_s, T_s = L_sL_sᵀ, σ_s) (§5.4 of ``predict-simulate-r2.md``):
 
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import xarray as xr
-
 from twolevel.data.errors import DataError, TwolevelError
 from twolevel.models.design.newdata import new_model_matrices
 

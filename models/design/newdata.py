@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
 from twolevel.data.errors import DataError, FormulaError
 from twolevel.models.design.formula import _missing_variables, _variables, parse_formula
 from twolevel.models.design.matrices import Design

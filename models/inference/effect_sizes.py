@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
 from twolevel.data.errors import TwolevelError
 
 __all__ = [

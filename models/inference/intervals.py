@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
-
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design, GroupCrossprods
 from twolevel.models.inference.profile import parameter_names, profile

@@ -16,7 +16,8 @@ Semantics are lme4's (§1 of ``predict-simulate-r2.md``):
 
 Intervals (normal quantiles; all of them **plug in θ̂**, i.e. ignore the uncertainty of T̂ and σ̂,
 which matters with few schools; ``interval="bootstrap"`` then gives parametric-bootstrap
-prediction intervals that include it, see :func:`twolevel.models.inference.simulate.bootstrap_predict`):
+prediction intervals that include it, see
+:func:`twolevel.models.inference.simulate.bootstrap_predict`):
 
 * ``"confidence"``: for the fitted mean; se = sqrt(x₀ᵀV̂x₀) for population values and new
   schools, and for a known school the joint prediction error sqrt(PEV) of x₀ᵀβ̂ + z₀ᵀb̃_j (lme4
@@ -34,7 +35,6 @@ import re
 import numpy as np
 import pandas as pd
 from scipy import stats
-
 from twolevel.data.errors import DataError, TwolevelError
 from twolevel.models.design.newdata import NewRows, new_model_matrices
 from twolevel.models.lmm.deviance import _forward_solve, unscaled_vcov
@@ -116,8 +116,8 @@ def _check_new_levels(rows: NewRows, allow_new_levels: bool, group: str) -> None
         more = "" if len(rows.new_groups) <= 5 else f" and {len(rows.new_groups) - 5} more"
         raise DataError(
             f"new level(s) of '{group}' in newdata: {shown}{more} (not in the fitted data); "
-            "pass allow_new_levels=True (--allow-new-levels) to predict them with school effect 0 (the "
-            "population value), or use a fitted school"
+            "pass allow_new_levels=True (--allow-new-levels) to predict them with school "
+            "effect 0 (the population value), or use a fitted school"
         )
 
 

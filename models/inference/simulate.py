@@ -20,7 +20,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 from scipy import sparse, stats
-
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods
 from twolevel.models.inference.profile import cv_to_sv, parameter_names
@@ -69,8 +68,8 @@ def simulate(
 
     Returns a data frame with columns ``sim_1 … sim_nsim`` (rows of newdata, or the fitted rows).
     """
-    from twolevel.models.inference.predict import predict
     from twolevel.models.design.newdata import NewRows, new_model_matrices
+    from twolevel.models.inference.predict import predict
 
     nsim = _check_nsim(nsim)
     d = fit.design
