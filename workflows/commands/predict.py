@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bayes", action="store_true", help="Bayesian fit (NUTS) and predictive draws")
     p.add_argument("--draws", type=int, default=1000, help="NUTS draws per chain (--bayes)")
     p.add_argument("--chains", type=int, default=4, help="NUTS chains (--bayes)")
+    p.add_argument("--tune", type=int, default=1000, help="NUTS tuning steps (--bayes)")
     p.set_defaults(func=run)
 
 
@@ -70,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         from twolevel.models.bayes.fit import SamplerSettings, fit_bayes
         from twolevel.models.bayes.predict import predict_bayes
 
-        settings = SamplerSettings(chains=args.chains, draws=args.draws, seed=args.seed)
+        settings = SamplerSettings(chains=args.chains, draws=args.draws, tune=args.tune,
+                                   seed=args.seed)
         fit = fit_bayes(args.formula, df, settings=settings, progress=False)
         res = predict_bayes(fit, nd, re_form=args.re_form, allow_new_levels=args.allow_new_levels,
                             seed=args.seed).summary(args.level)
