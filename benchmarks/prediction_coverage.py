@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         m_true = float(X0[0] @ beta)
         cov["new school"].append(stats.norm.cdf((mu + z * se - m_true) / s_new)
                                  - stats.norm.cdf((mu - z * se - m_true) / s_new))
-        for (k, j), key in zip(schools.items(), list(cov)[1:], strict=True):
+        for j, key in zip(schools.values(), list(cov)[1:], strict=True):
             jj = np.array([j])
             pev = float(prediction_error_variance(f, X0, X0, jj)[0])
             se = np.sqrt(pev + sig**2)

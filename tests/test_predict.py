@@ -249,3 +249,27 @@ def test_cli_predict_and_fit_json(tmp_path, capsys):
     assert js["icc_unadjusted"] == pytest.approx(0.52056886, rel=1e-7)
     assert [js["r2_marginal"], js["r2_conditional"]] == pytest.approx([0.27865106, 0.79921992],
                                                                       rel=1e-7)
+
+
+def test_simulated_crossprods_have_the_exact_moments(m1):
+    from twolevel.models.inference.simulate import _NoiseBasis, simulate_crossprods
+
+    d, cp = m1.design, m1.crossprods
+    basis = _NoiseBasis.of(d, cp)
+    rng = np.random.default_rng(2)
+    b = rng.standard_normal((d.n_groups, 2)) * [20.0, 5.0]
+    sig, beta = m1.sigma, m1.beta
+    draws = [simulate_crossprods(d, cp, basis, b, sig, beta, rng) for _ in range(4000)]
+    c0 = np.array([x.c[0] for x in draws])
+    xty = np.array([x.Xty for x in draws])
+    yty = np.array([x.yty for x in draws])
+    mean = d.X @ beta + np.einsum("nq,nq->n", d.Z, b[d.group_index])
+    # E c_j = B_jβ + A_jb_j, Cov c_j = σ²A_j; Cov Xᵀy = σ²XᵀX; E yᵀy = ‖Xβ + Zb‖² + nσ²
+    se = np.sqrt(np.diag(sig**2 * cp.A[0]) / 4000)
+    assert np.all(np.abs(c0.mean(0) - (cp.B[0] @ beta + cp.A[0] @ b[0])) < 4 * se)
+    np.testing.assert_allclose(np.cov(c0.T), sig**2 * cp.A[0], rtol=0.1)
+    np.testing.assert_allclose(np.cov(xty.T), sig**2 * cp.XtX, rtol=0.1)
+    e_yty = mean @ mean + d.n * sig**2
+    assert abs(yty.mean() - e_yty) < 4 * yty.std() / np.sqrt(4000)
+    # Var yᵀy = 4σ²‖μ‖² + 2nσ⁴ for y ~ N(μ, σ²I)
+    assert yty.var() == pytest.approx(4 * sig**2 * (mean @ mean) + 2 * d.n * sig**4, rel=0.1)

@@ -1,11 +1,12 @@
 """Simulation from a fitted model (lme4's ``simulate.merMod``) and the parametric bootstrap
 (lme4's ``bootMer``, laid out as MixedModels.jl's ``parametricbootstrap``).
 
-The bootstrap never rebuilds a design: Z_jᵀZ_j, Z_jᵀX_j and XᵀX are the fit's
-(:class:`~twolevel.models.design.GroupCrossprods`); each replicate only needs the response's
-cross-products c_j = Z_jᵀy*_j, Xᵀy* and y*ᵀy*, which come from one sparse product for a batch
-of simulated responses. Each refit starts at θ̂ (lme4's ``refit`` warm start) and uses the fit's
-criterion (REML or ML) and optimizer path (§3 of ``predict-simulate-r2.md``).
+The bootstrap never rebuilds a design nor touches the rows: Z_jᵀZ_j, Z_jᵀX_j and XᵀX are the
+fit's (:class:`~twolevel.models.design.GroupCrossprods`); each replicate only needs the
+response's cross-products c_j = Z_jᵀy*_j, Xᵀy* and y*ᵀy*, which are drawn directly from their
+exact joint distribution in O(J) work (:func:`simulate_crossprods`). Each refit starts at θ̂
+(lme4's ``refit`` warm start) and uses the fit's criterion (REML or ML) and optimizer path
+(§3 of ``predict-simulate-r2.md``).
 
 Random numbers are NumPy's (``numpy.random.default_rng(seed)``); R's stream cannot be reproduced,
 so results agree with lme4's in distribution, not draw by draw.
@@ -19,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-from scipy import sparse, stats
+from scipy import stats
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods
 from twolevel.models.inference.profile import cv_to_sv, parameter_names
@@ -36,10 +37,10 @@ __all__ = [
     "parametric_bootstrap",
     "refits",
     "simulate",
+    "simulate_crossprods",
 ]
 
 BOOT_TYPES = ("perc", "basic", "norm", "shortest")
-_BATCH = 64  # simulated responses per sparse product
 
 
 def _check_nsim(nsim) -> int:
@@ -123,12 +124,71 @@ class Replicate:
     state: object
 
 
-def _zt_sparse(design: Design) -> sparse.csr_matrix:
-    """Zᵀ as a sparse (J·q) × n matrix, rows ordered school by school, then effect."""
-    n, q = design.n, design.q
-    rows = (design.group_index[:, None] * q + np.arange(q)[None, :]).ravel()
-    cols = np.repeat(np.arange(n), q)
-    return sparse.csr_matrix((design.Z.ravel(), (rows, cols)), shape=(design.n_groups * q, n))
+def _school_xtx(design: Design) -> np.ndarray:
+    """X_jᵀX_j per school, (J, p, p) (one pass over the rows, once per bootstrap)."""
+    g, J, X = design.group_index, design.n_groups, design.X
+    p = X.shape[1]
+    out = np.empty((J, p, p))
+    for a in range(p):
+        for b in range(a, p):
+            out[:, a, b] = out[:, b, a] = np.bincount(g, weights=X[:, a] * X[:, b], minlength=J)
+    return out
+
+
+@dataclass(frozen=True)
+class _NoiseBasis:
+    """Per school, an orthonormal basis of the residual's cross-products W_jᵀe_j with
+    W_j = [Z_j X_j]: G_j = W_jᵀW_j = U_jΛ_jU_jᵀ, ``F[j] = U_jΛ_j^{1/2}`` (zero columns where
+    Λ_j = 0), ``keep[j]`` marks the non-zero Λ_j (their count is rank W_j)."""
+
+    F: np.ndarray
+    keep: np.ndarray
+
+    @classmethod
+    def of(cls, design: Design, cp: GroupCrossprods) -> _NoiseBasis:
+        q, p = design.q, design.p
+        J = design.n_groups
+        G = np.empty((J, q + p, q + p))
+        G[:, :q, :q] = cp.A
+        G[:, :q, q:] = cp.B
+        G[:, q:, :q] = np.swapaxes(cp.B, 1, 2)
+        G[:, q:, q:] = _school_xtx(design)
+        lam, U = np.linalg.eigh(G)
+        tol = 1e-10 * np.maximum(lam.max(axis=1, keepdims=True), 1e-300)
+        keep = lam > tol
+        F = U * np.sqrt(np.where(keep, lam, 0.0))[:, None, :]
+        return cls(F=F, keep=keep)
+
+
+def simulate_crossprods(
+    design: Design, cp: GroupCrossprods, basis: _NoiseBasis, b: np.ndarray, sigma: float,
+    beta: np.ndarray, rng: np.random.Generator,
+) -> GroupCrossprods:
+    """The response cross-products of y* = Xβ + Zb + σε without forming y* (exact, O(J·(q+p)²)):
+
+    * W_jᵀε_j = F_jξ_j, ξ_j ~ N(0, I) (:class:`_NoiseBasis`), split into Z_jᵀε_j and X_jᵀε_j;
+    * c_j = B_jβ + A_jb_j + σZ_jᵀε_j;  Xᵀy = XᵀXβ + Σ_j B_jᵀb_j + σΣ_jX_jᵀε_j;
+    * yᵀy = ‖Xβ + Zb‖² + 2σ(βᵀXᵀε + Σ_j b_jᵀZ_jᵀε_j) + σ²εᵀε, with
+      ‖Xβ + Zb‖² = βᵀXᵀXβ + 2Σ_j b_jᵀB_jβ + Σ_j b_jᵀA_jb_j and
+      εᵀε = Σ_j‖ξ_j‖² + χ²(n − Σ_j rank W_j) (the part of ε_j orthogonal to W_j is
+      independent of W_jᵀε_j).
+    """
+    q = design.q
+    xi = rng.standard_normal(basis.F.shape[:2])
+    xi[~basis.keep] = 0.0
+    w = np.einsum("jab,jb->ja", basis.F, xi)
+    ze, xe = w[:, :q], w[:, q:].sum(axis=0)
+    Bbeta = cp.B @ beta  # (J, q)
+    Ab = np.einsum("jab,jb->ja", cp.A, b)
+    c = Bbeta + Ab + sigma * ze
+    Xty = cp.XtX @ beta + np.einsum("jaq,ja->q", cp.B, b) + sigma * xe
+    dof = design.n - int(basis.keep.sum())
+    chi = rng.chisquare(dof) if dof > 0 else 0.0
+    ete = float(np.sum(xi * xi)) + chi
+    mm = float(beta @ cp.XtX @ beta + 2.0 * np.sum(b * Bbeta) + np.sum(b * Ab))
+    cross = float(beta @ xe + np.sum(b * ze))
+    yty = mm + 2.0 * sigma * cross + sigma**2 * ete
+    return replace(cp, c=c, Xty=Xty, yty=yty)
 
 
 def refits(
@@ -144,38 +204,28 @@ def refits(
     on_failure: Callable[[int, Exception], None] | None = None,
 ) -> Iterator[Replicate | None]:
     """Simulate ``nsim`` responses from (θ, σ, β) with fresh school effects (``use.u = FALSE``)
-    and refit each from the per-school cross-products; yields a :class:`Replicate` (or None when
-    the refit failed, after calling ``on_failure``)."""
-    J, q, n = design.n_groups, design.q, design.n
+    and refit each from its cross-products (:func:`simulate_crossprods`, no pass over the rows);
+    yields a :class:`Replicate` (or None when the refit failed, after calling ``on_failure``)."""
+    J, q = design.n_groups, design.q
     T = design.theta_to_T(np.asarray(theta, float))
-    mean = design.X @ np.asarray(beta, float)
-    Zt = _zt_sparse(design)
-    Xt = np.ascontiguousarray(design.X.T)
+    beta = np.asarray(beta, float)
+    basis = _NoiseBasis.of(design, cp)
     lower = design.theta_lower
     start = np.asarray(theta, float)
-    done = 0
-    while done < nsim:
-        k = min(_BATCH, nsim - done)
-        b = sigma * rng.standard_normal((k, J, q)) @ T.T  # (k, J, q)
-        zb = np.einsum("iq,kiq->ik", design.Z, b[:, design.group_index, :])
-        Y = mean[:, None] + zb + sigma * rng.standard_normal((n, k))
-        C = np.asarray(Zt @ Y)  # (J·q, k)
-        XtY = Xt @ Y
-        yty = np.einsum("ik,ik->k", Y, Y)
-        for s in range(k):
-            cps = replace(cp, c=C[:, s].reshape(J, q), Xty=XtY[:, s], yty=float(yty[s]))
-            try:
-                fn = make_deviance(design, reml=reml, crossprods=cps)
-                opt = optimize_theta(fn, start, lower)
-                st = pls_state(cps, design.theta_to_T(opt.theta))
-                yield Replicate(b_true=b[s], theta=np.asarray(opt.theta, float),
-                                sigma=sigma_hat(st, reml), objective=float(criterion(st, reml)),
-                                state=st)
-            except TwolevelError as exc:
-                if on_failure is not None:
-                    on_failure(done + s, exc)
-                yield None
-        done += k
+    for i in range(nsim):
+        b = sigma * rng.standard_normal((J, q)) @ T.T
+        cps = simulate_crossprods(design, cp, basis, b, sigma, beta, rng)
+        try:
+            fn = make_deviance(design, reml=reml, crossprods=cps)
+            opt = optimize_theta(fn, start, lower)
+            st = pls_state(cps, design.theta_to_T(opt.theta))
+            yield Replicate(b_true=b, theta=np.asarray(opt.theta, float),
+                            sigma=sigma_hat(st, reml), objective=float(criterion(st, reml)),
+                            state=st)
+        except TwolevelError as exc:
+            if on_failure is not None:
+                on_failure(i, exc)
+            yield None
 
 
 # ----------------------------------------------------------------------- bootstrap table
