@@ -18,6 +18,11 @@ The coverage is the average of these exact conditional probabilities (Monte-Carl
 spread), the method of ``predict-simulate-r2.md`` §6. Intervals plug in θ̂; with 742 schools that
 is adequate.
 
+``--bayes K`` adds K data sets (simulated row by row) fitted by NUTS (collapsed model, 2 chains ×
+``--draws``), with the equal-tailed 95% posterior predictive intervals of the same students (new
+school: effects from N(0, T_s) per draw; existing school: its conditional draws), scored the same
+way. Each fit takes tens of seconds, so K is small and its Monte-Carlo SE large.
+
 Usage::
 
     nice -n 10 .venv/bin/python benchmarks/prediction_coverage.py --nsim 2000 --seed 1
@@ -33,6 +38,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -70,6 +76,8 @@ def main(argv=None) -> int:
     ap.add_argument("--nsim", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--x0", type=float, default=None, help="famsesc of the student (default 1 SD)")
+    ap.add_argument("--bayes", type=int, default=0, help="data sets fitted by NUTS (default 0)")
+    ap.add_argument("--draws", type=int, default=500, help="NUTS draws per chain (--bayes)")
     args = ap.parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -112,7 +120,50 @@ def main(argv=None) -> int:
     for k, v in cov.items():
         v = np.asarray(v)
         print(f"{k:32s} {v.mean():9.4f} {v.std(ddof=1) / np.sqrt(v.size):8.5f}")
+    if args.bayes > 0:
+        bayes_coverage(design, X0, schools, args)
     return 0
+
+
+def bayes_coverage(design, X0, schools, args) -> None:
+    """The ``--bayes`` part (module docstring)."""
+    from twolevel.models.bayes.fit import SamplerSettings, fit_bayes
+    from twolevel.models.bayes.predict import predict_bayes
+
+    beta, sigma, Tcov = true_parameters()
+    frame = load_lecture()
+    rng = np.random.default_rng([args.seed, 7])
+    levels = design.group_levels
+    nd = pd.DataFrame({"famsesc": X0[0, 1], "schid": ["__new__"]
+                       + [levels[j] for j in schools.values()]})
+    s_new = float(np.sqrt(X0[0] @ Tcov @ X0[0] + sigma**2))
+    m_true = float(X0[0] @ beta)
+    cov = {"new school": []} | {f"existing ({k})": [] for k in schools}
+    t0 = time.perf_counter()
+    for k in range(args.bayes):
+        b = rng.standard_normal((design.n_groups, 2)) @ np.linalg.cholesky(Tcov).T
+        y = (design.X @ beta + np.einsum("nq,nq->n", design.Z, b[design.group_index])
+             + sigma * rng.standard_normal(design.n))
+        df = frame.assign(g1rscore=y)  # make_design keeps the rows in order (no NA here)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = fit_bayes(FORMULA, df, progress=False, log_likelihood="none",
+                            settings=SamplerSettings(chains=2, draws=args.draws,
+                                                     tune=args.draws, seed=args.seed + k))
+        s = predict_bayes(fit, nd, allow_new_levels=True, seed=k).summary(0.95)
+        lo, hi = s["lwr"].to_numpy(), s["upr"].to_numpy()
+        cov["new school"].append(stats.norm.cdf((hi[0] - m_true) / s_new)
+                                 - stats.norm.cdf((lo[0] - m_true) / s_new))
+        for i, (name, j) in enumerate(schools.items(), start=1):
+            truth = m_true + float(X0[0] @ b[j])
+            cov[f"existing ({name})"].append(stats.norm.cdf((hi[i] - truth) / sigma)
+                                             - stats.norm.cdf((lo[i] - truth) / sigma))
+    print(f"Bayes (NUTS, collapsed, 2 x {args.draws} draws): {args.bayes} data sets, "
+          f"{time.perf_counter() - t0:.0f} s")
+    for k, v in cov.items():
+        v = np.asarray(v)
+        se = v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else float("nan")
+        print(f"{k:32s} {v.mean():9.4f} {se:8.5f}")
 
 
 if __name__ == "__main__":
