@@ -113,6 +113,10 @@ def test_bad_input_messages(m1):
         predict(m1, pd.DataFrame({"Days": [1.0]}))
     with pytest.raises(TwolevelError, match="re_form='~Days' is not supported"):
         predict(m1, re_form="~Days")
+    with pytest.raises(TwolevelError, match="names random effect 'x', which the model does not"):
+        predict(m1, re_form="~(x | Subject)")
+    with pytest.raises(TwolevelError, match="intervals need re_form=None"):
+        predict(m1, re_form="~(1 | Subject)", interval="prediction")
     with pytest.raises(TwolevelError, match="unknown interval 'credible'"):
         predict(m1, interval="credible")
     with pytest.raises(TwolevelError, match="level must be between 0 and 1"):

@@ -6,7 +6,7 @@ new and existing groups), one Rscript call fits the model and returns:
 
 =========================================================  =====================================
 ``predict(m, nd, re.form = NULL, allow.new.levels = TRUE)``  1e-8 relative
-``predict(m, nd, re.form = NA)``, ``predict(m)``             1e-8 relative
+``predict(m, nd, re.form = NA | ~(1 | g))``, ``predict(m)``  1e-8 relative
 PEV of known-group rows, dense σ²·[Z X] D A⁻¹ Dᵀ [Z X]ᵀ      1e-6 relative (evaluated in R)
 ``performance::icc``, ``r2_nakagawa``                        1e-6 relative
 PRV, Snijders–Bosker from lme4's ``VarCorr`` (by hand)       1e-6 relative + 1e-8 absolute
@@ -80,6 +80,8 @@ vr <- as.data.frame(VarCorr(lmer(as.formula(ri_f), data = d)))
 res <- list(
   pred_cond = unname(predict(m, nd, re.form = NULL, allow.new.levels = TRUE)),
   pred_pop = unname(predict(m, nd, re.form = NA)),
+  pred_int = unname(predict(m, nd, re.form = as.formula(paste0("~(1 | ", group, ")")),
+                            allow.new.levels = TRUE)),
   fitted = unname(predict(m)),
   pev = unname(pev), known = which(known) - 1,
   icc = unname(unlist(performance::icc(m)[c("ICC_adjusted", "ICC_unadjusted")])),
@@ -132,6 +134,8 @@ def _check(tmp_path, data, nd, formula, group, null_f, ri_f):
         m0, mi = lmer(null_f, data), lmer(ri_f, data)
     np.testing.assert_allclose(predict(m, nd, allow_new_levels=True), r["pred_cond"], rtol=1e-8)
     np.testing.assert_allclose(predict(m, nd, re_form="NA"), r["pred_pop"], rtol=1e-8)
+    np.testing.assert_allclose(predict(m, nd, re_form=f"~(1 | {group})", allow_new_levels=True),
+                               r["pred_int"], rtol=1e-8)
     np.testing.assert_allclose(predict(m), r["fitted"], rtol=1e-8)
     # prediction-error variance of the known-group rows: the prediction interval's variance less σ²
     known = np.asarray(r["known"], dtype=int)

@@ -66,6 +66,9 @@ _API: dict[str, str] = {
     "SamplerSettings": "twolevel.models.bayes.fit",
     "prior_predictive": "twolevel.models.bayes.fit",
     "posterior_predictive": "twolevel.models.bayes.fit",
+    "predict_bayes": "twolevel.models.bayes.predict",
+    "bayes_r2": "twolevel.models.bayes.predict",
+    "bayes_icc": "twolevel.models.bayes.predict",
     "Prior": "twolevel.models.bayes.priors",
     "ModelPriors": "twolevel.models.bayes.priors",
     "default_priors": "twolevel.models.bayes.priors",
@@ -103,6 +106,7 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
         posterior_predictive,
         prior_predictive,
     )
+    from twolevel.models.bayes.predict import bayes_icc, bayes_r2, predict_bayes  # noqa: F401
     from twolevel.models.bayes.priors import ModelPriors, Prior, default_priors  # noqa: F401
     from twolevel.models.design import (  # noqa: F401
         Design,

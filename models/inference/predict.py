@@ -4,7 +4,8 @@ prediction intervals.
 Semantics are lme4's (§1 of ``predict-simulate-r2.md``):
 
 * ``re_form=None`` conditions on every school's BLUPs: ŷ₀ = x₀ᵀβ̂ + z₀ᵀb̃_j;
-  ``re_form="NA"`` (or ``"~0"``) gives the population value x₀ᵀβ̂.
+  ``re_form="NA"`` (or ``"~0"``) gives the population value x₀ᵀβ̂; a formula such as
+  ``"~(1 | school)"`` uses only the BLUPs of the effects it names (no intervals then).
 * A school not in the fit (or a missing school label) gets b = 0 when ``allow_new_levels``,
   and is an error otherwise (lme4's "new levels detected in newdata").
 * The new rows' model matrices are rebuilt from the fit's design
@@ -45,6 +46,7 @@ __all__ = [
     "prediction_error_variance",
     "new_school_variance",
     "parse_re_form",
+    "re_form_mask",
 ]
 
 INTERVALS = ("confidence", "prediction", "bootstrap")
@@ -66,6 +68,39 @@ def parse_re_form(re_form) -> bool:
         f"re_form={re_form!r} is not supported: use None (condition on the schools' BLUPs) or "
         "'NA' / '~0' (population level, no school effects)"
     )
+
+
+def re_form_mask(design, re_form) -> np.ndarray:
+    """Which random effects (columns of Z) ``re_form`` conditions on: all for None, none for
+    "NA"/"~0", and for a formula like ``"~(1 | school)"`` or ``"~(0 + x | school)"`` the effects
+    its bars name (lme4's partial ``re.form``)."""
+    q = design.q
+    try:
+        return np.full(q, parse_re_form(re_form))
+    except TwolevelError:
+        if not isinstance(re_form, str) or "|" not in re_form:
+            raise
+    from twolevel.models.design.formula import parse_formula
+
+    bars = parse_formula("y " + re_form.strip()).bars
+    mask = np.zeros(q, dtype=bool)
+    for bar in bars:
+        if bar.group != design.group:
+            raise TwolevelError(
+                f"re_form {re_form!r} names grouping factor '{bar.group}'; the model's is "
+                f"'{design.group}'"
+            )
+        parts = [t.strip() for t in bar.lhs.replace("-", "+-").split("+") if t.strip()]
+        names = [] if any(t in ("0", "-1") for t in parts) else ["(Intercept)"]
+        names += [t for t in parts if t not in ("0", "1", "-1")]
+        for nm in names:
+            if nm not in design.z_names:
+                raise TwolevelError(
+                    f"re_form {re_form!r} names random effect '{nm}', which the model does not "
+                    f"have; its random effects are: {', '.join(design.z_names)}"
+                )
+            mask[design.z_names.index(nm)] = True
+    return mask
 
 
 def _joint_blocks(fit, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +174,8 @@ def predict(
     fit : an :class:`~twolevel.models.lmm.results.LmerFit`.
     newdata : data frame of new rows (the columns of the formula, and the school column unless
         ``re_form`` is population level); None for the fitted rows.
-    re_form : None (condition on the BLUPs) or "NA" / "~0" (population level).
+    re_form : None (condition on the BLUPs), "NA" / "~0" (population level), or a formula
+        naming some of the random effects, e.g. "~(1 | school)".
     allow_new_levels : predict schools not in the fit with school effect 0.
     interval : None, "confidence", "prediction" or "bootstrap" (see the module docstring).
     level : coverage of the intervals.
@@ -151,14 +187,19 @@ def predict(
     ``fit``, ``se`` (the standard deviation behind the interval; NaN for "bootstrap"), ``lwr``,
     ``upr``, index as newdata's.
     """
-    cond = parse_re_form(re_form)
+    d = fit.design
+    mask = re_form_mask(d, re_form)
+    cond = bool(mask.any())
+    if interval is not None and cond and not mask.all():
+        raise TwolevelError(
+            f"intervals need re_form=None (all school effects) or 'NA' (none), not {re_form!r}"
+        )
     if interval is not None and interval not in INTERVALS:
         raise TwolevelError(
             f"unknown interval {interval!r}; choose one of: {', '.join(INTERVALS)} (or None)"
         )
     if not 0.0 < float(level) < 1.0:
         raise TwolevelError(f"level must be between 0 and 1 (e.g. 0.95), got {level}")
-    d = fit.design
     if newdata is None:
         rows = NewRows(X=d.X, Z=d.Z, group_index=d.group_index, new_groups=())
         index = pd.RangeIndex(d.n)
@@ -177,7 +218,7 @@ def predict(
     pred = rows.X @ fit.beta
     if cond:
         jk = rows.group_index[known]
-        pred[known] += np.einsum("mq,mq->m", rows.Z[known], fit.state.b[jk])
+        pred[known] += np.einsum("mq,mq->m", rows.Z[known][:, mask], fit.state.b[jk][:, mask])
     if interval is None:
         return pred
     if interval == "bootstrap":
