@@ -277,3 +277,20 @@ def test_simulated_crossprods_have_the_exact_moments(m1):
     assert abs(yty.mean() - e_yty) < 4 * yty.std() / np.sqrt(4000)
     # Var yᵀy = 4σ²‖μ‖² + 2nσ⁴ for y ~ N(μ, σ²I)
     assert yty.var() == pytest.approx(4 * sig**2 * (mean @ mean) + 2 * d.n * sig**4, rel=0.1)
+
+
+def test_pickled_design_cannot_rebuild_transforms():
+    import pickle
+
+    from twolevel.data.errors import FormulaError
+    from twolevel.models.design import make_design
+    from twolevel.models.design.newdata import new_model_matrices
+
+    rng = np.random.default_rng(1)
+    d = pd.DataFrame({"g": np.repeat(np.arange(20), 5), "k": rng.choice(["a", "b"], 100),
+                      "x": rng.normal(size=100), "y": rng.normal(size=100)})
+    des = make_design("y ~ center(x) + k + (1 | g)", d)
+    assert new_model_matrices(des, d.head(2)).X == pytest.approx(des.X[:2])
+    again = pickle.loads(pickle.dumps(des))
+    with pytest.raises(FormulaError, match="restored from a pickle.*refit the model"):
+        new_model_matrices(again, d.head(2))

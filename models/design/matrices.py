@@ -44,6 +44,16 @@ class RandomTerm:
     group: str
 
 
+class _ModelSpecs(dict):
+    """right-hand side → (``formulae`` term object or None, column names). The term objects
+    keep their evaluation environment (modules), which cannot be pickled: a pickled design keeps
+    the names and marks those specs ``"unpickled"`` (predicting new data then needs a refit)."""
+
+    def __reduce__(self):
+        return (_ModelSpecs, ({k: (None if spec is None else "unpickled", names)
+                               for k, (spec, names) in self.items()},))
+
+
 @dataclass(frozen=True)
 class Design:
     """Arrays for a two-level linear mixed model with one grouping factor.
@@ -431,7 +441,7 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
         raise DataError(f"no complete rows left for formula '{formula}' after removing missing values")
     md = _ModelData(data, series, ~bad if n_dropped else slice(None), len(bad) - n_dropped)
     matrices: dict[str, tuple[np.ndarray, list[str]]] = {}
-    specs: dict[str, tuple[object | None, tuple[str, ...]]] = {}
+    specs = _ModelSpecs()
 
     def model_matrix(rhs: str) -> tuple[np.ndarray, list[str]]:
         # the same right-hand side (e.g. '1 + x' fixed and '(1 + x | g)') is built once

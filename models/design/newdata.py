@@ -99,6 +99,11 @@ def _matrix(design: Design, rhs: str, nd: pd.DataFrame, names: tuple[str, ...]) 
     """Columns ``names`` of the model matrix of ``rhs`` on ``nd``, as the fit built them."""
     rec = design.model_specs.get(rhs.strip())
     spec = None if rec is None else rec[0]
+    if isinstance(spec, str):
+        raise FormulaError(
+            f"this design was restored from a pickle, which cannot keep how '{rhs}' was built "
+            "(factor levels, transforms); refit the model to predict new data"
+        )
     m = len(nd)
     if spec is None:  # plain numeric columns (or a design built before model_specs existed)
         out = np.empty((m, len(names)))
