@@ -185,6 +185,14 @@ def test_simulate_moments(m1):
     assert np.array_equal(full.to_numpy(), simulate(m1, 3, seed=1).to_numpy())
     with pytest.raises(DataError, match="new level"):
         simulate(m1, 2, newdata=pd.DataFrame({"Days": [1], "Subject": ["nope"]}))
+    with pytest.raises(DataError, match="newdata lacks the grouping column 'Subject'"):
+        simulate(m1, 2, newdata={"Days": [1]})
+    # two rows of one new subject share its effect: their difference has variance 2σ̂² + τ11·1
+    two = simulate(m1, 4000, seed=5, allow_new_levels=True,
+                   newdata={"Days": [0, 1], "Subject": ["nn", "nn"]}).to_numpy()
+    diff = two[1] - two[0]
+    expect = 2 * 654.94 + 35.071714
+    assert diff.var(ddof=1) == pytest.approx(expect, abs=4 * expect * np.sqrt(2 / 4000))
 
 
 def test_bootstrap_table_and_intervals(m1):

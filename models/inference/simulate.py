@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 from scipy import stats
-from twolevel.data.errors import TwolevelError
+from twolevel.data.errors import DataError, TwolevelError
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods
 from twolevel.models.inference.profile import cv_to_sv, parameter_names
 from twolevel.models.lmm.deviance import criterion, make_deviance, pls_state, sigma_hat
@@ -80,6 +80,9 @@ def simulate(
         index = pd.RangeIndex(d.n)
     else:
         nd = newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(newdata)
+        if d.group not in nd.columns:
+            raise DataError(f"newdata lacks the grouping column '{d.group}': simulate draws or "
+                            "conditions on each school's effects, so it needs the school")
         rows = new_model_matrices(d, nd)
         index = nd.index
         if rows.new_groups and not allow_new_levels:
@@ -97,8 +100,8 @@ def simulate(
         # one effect per school present: fitted schools by index, new ones by label
         gi = rows.group_index.copy()
         if (gi < 0).any():
-            labels = pd.Series(np.asarray(newdata[d.group]) if d.group in newdata else [None] * m)
-            codes, _ = pd.factorize(labels[gi < 0].astype(str))
+            labels = pd.Series(nd[d.group].to_numpy()).astype(str)
+            codes, _ = pd.factorize(labels[gi < 0])
             gi[gi < 0] = d.n_groups + codes
         n_lev = int(gi.max()) + 1
         for s in range(nsim):
