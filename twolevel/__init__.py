@@ -35,6 +35,7 @@ _API: dict[str, str] = {
     "group_crossprods": "twolevel.models.design",
     "Design": "twolevel.models.design",
     "GroupCrossprods": "twolevel.models.design",
+    "center_new_rows": "twolevel.models.design.newdata",
     # the LMM engine
     "lmer": "twolevel.models.lmm.lmer",
     "refit_ml": "twolevel.models.lmm.lmer",
@@ -114,6 +115,7 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
         group_crossprods,
         make_design,
     )
+    from twolevel.models.design.newdata import center_new_rows  # noqa: F401
     from twolevel.models.inference.anova import AnovaResult, anova  # noqa: F401
     from twolevel.models.inference.effect_sizes import (  # noqa: F401
         icc,
