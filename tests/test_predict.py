@@ -1,6 +1,7 @@
-"""predict, simulate, bootstrap and the effect sizes without R (issue 12): reference values from
-lme4 1.1-31 / performance 0.10.2 quoted in ``predict-simulate-r2.md`` (§1, §4.5, §6), the
-moments of simulated data, the bootstrap's structure, the CLI, and every bad-input message."""
+"""predict, simulate, bootstrap and the effect sizes without R (issue 12): golden values from
+lme4 1.1-31 / performance 0.10.2 (``tests/goldens/predict_lme4.json``, made by
+``predict_lme4.R``), the moments of simulated data, the bootstrap's structure, the CLI, and every
+bad-input message."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import load_golden
 from twolevel.data.errors import DataError, TwolevelError
 from twolevel.models.design.newdata import center_new_rows
 from twolevel.models.inference.effect_sizes import icc, icc_at, r2_nakagawa, variance_components
@@ -27,55 +30,73 @@ def m1(sleepstudy):
     return lmer(SLEEP, sleepstudy)
 
 
+G = load_golden("predict_lme4.json")
+
+
 def test_predict_reference_values(m1):
-    # lme4: predict(m1)[1:5], predict(m1, re.form = NA)[1:5], new level, subject 308 (spec §1)
-    np.testing.assert_allclose(
-        predict(m1)[:5], [253.66366, 273.32992, 292.99618, 312.66244, 332.32870], rtol=2e-8)
-    np.testing.assert_allclose(
-        predict(m1, re_form="~0")[:5], [251.40510, 261.87239, 272.33968, 282.80696, 293.27425],
-        rtol=2e-8)
+    g = G["sleepstudy"]
+    np.testing.assert_allclose(predict(m1)[:5], g["fitted_1_5"], rtol=1e-9)
+    np.testing.assert_allclose(predict(m1, re_form="~0")[:5], g["population_1_5"], rtol=1e-9)
+    new = predict(m1, pd.DataFrame({"Days": [0, 5, 9], "Subject": "new"}), allow_new_levels=True)
+    np.testing.assert_allclose(new, g["new_days_0_5_9"], rtol=1e-9)
+    # a missing school label is a new level too (lme4 with allow.new.levels)
     nd = pd.DataFrame({"Days": [5, 5, 5], "Subject": [308, "new", None]})
     np.testing.assert_allclose(predict(m1, nd, allow_new_levels=True),
-                               [351.99496, 303.74153, 303.74153], rtol=2e-8)
+                               [g["s308_day5"], g["new_days_0_5_9"][1], g["new_days_0_5_9"][1]],
+                               rtol=1e-9)
     assert np.array_equal(m1.predict(nd, allow_new_levels=True),
                           predict(m1, nd, allow_new_levels=True))
 
 
 def test_prediction_intervals_reference_values(m1):
-    # spec §6: Var(pred) 719.19714 (308, Days 5: PEV 64.257127 + σ²) and 2331.6780 (new subject)
+    g = G["sleepstudy"]
+    z = 1.959963984540054
     nd = pd.DataFrame({"Days": [5, 5], "Subject": ["308", "new"]})
     tab = predict(m1, nd, allow_new_levels=True, interval="prediction")
-    np.testing.assert_allclose(tab["se"] ** 2, [719.19714, 2331.6780], rtol=1e-7)
-    np.testing.assert_allclose(tab[["lwr", "upr"]].to_numpy(),
-                               [[299.43294, 404.55699], [209.09987, 398.38320]], rtol=1e-7)
-    # the joint PEV is below condVar + vcov without the covariance (810.80851, merTools-like)
+    x0 = np.array([1.0, 5.0])
+    V, T = np.reshape(g["vcov_fixed"], (2, 2)), np.reshape(g["T"], (2, 2))
+    var = [g["pev_308_day5"] + g["sigma2"], x0 @ V @ x0 + x0 @ T @ x0 + g["sigma2"]]
+    np.testing.assert_allclose(tab["se"] ** 2, var, rtol=1e-7)  # spec §6: 719.197, 2331.678
+    np.testing.assert_allclose(tab["upr"] - tab["fit"], z * np.sqrt(var), rtol=1e-7)
+    # the joint PEV is below condVar + vcov without their covariance (spec §6: 810.80851)
     assert tab["se"].iloc[0] ** 2 < 810.80851
-    # confidence: lme4 1.1-37's se.fit for rows 1-5, conditional and population
+    # confidence: lme4 1.1-37's se.fit², conditional (PEV) and population (x₀ᵀV̂x₀)
     conf = predict(m1, pd.DataFrame({"Days": np.arange(5.0), "Subject": "308"}),
                    interval="confidence")
-    np.testing.assert_allclose(conf["se"], [12.254811, 10.543385, 9.1138315, 8.1164815,
-                                            7.7206869], rtol=1e-6)
+    np.testing.assert_allclose(conf["se"] ** 2, g["pev_308_days_0_4"], rtol=1e-6)
+    X0 = np.column_stack([np.ones(5), np.arange(5.0)])
     pop = predict(m1, pd.DataFrame({"Days": np.arange(5.0)}), re_form="NA",
                   interval="confidence", level=0.9)
-    np.testing.assert_allclose(pop["se"], [6.8245967, 6.7869293, 7.0942673, 7.7054383,
-                                           8.5555749], rtol=1e-6)
+    np.testing.assert_allclose(pop["se"] ** 2, np.einsum("mp,pk,mk->m", X0, V, X0), rtol=1e-6)
     assert (pop["upr"] - pop["fit"]).to_numpy() == pytest.approx(1.6448536 * pop["se"], rel=1e-6)
 
 
-def test_effect_sizes_reference_values(m1, hsb):
-    # performance 0.10.2 (spec §4.5)
-    vc = variance_components(m1)
-    assert [vc.fixed, vc.random, vc.residual] == pytest.approx(
-        [908.95336, 1698.0837, 654.94001], rel=1e-7)
-    assert [icc(m1).adjusted, icc(m1).unadjusted] == pytest.approx([0.72166026, 0.52056886],
-                                                                   rel=1e-7)
+def test_hsb_reference_values(hsb):
+    g = G["hsb82"]
+    data = hsb.assign(school=hsb["school"].astype(str))
+    m2 = lmer("mAch ~ 1 + cses + (1 + cses | school)", data)
+    nd = pd.DataFrame({"cses": [1.0, 0.0, 1.0, 0.0], "school": ["1224", "1224", "new", "new"]})
+    tab = predict(m2, nd, allow_new_levels=True, interval="prediction")
+    np.testing.assert_allclose(tab["fit"], g["fit_1224_cses_1_0"] + g["new_cses_1_0"], rtol=1e-8)
+    np.testing.assert_allclose(tab["se"][:2] ** 2, np.add(g["pev_1224_cses_1_0"], g["sigma2"]),
+                               rtol=1e-6)  # spec §6: 37.948759, 37.417007
+    i, r2 = icc(m2), r2_nakagawa(m2)
+    np.testing.assert_allclose([i.adjusted, i.unadjusted], g["icc"], rtol=1e-6)
+    np.testing.assert_allclose([r2.marginal, r2.conditional], g["r2"], rtol=1e-6)
+
+
+def test_effect_sizes_reference_values(m1):
+    g = G["sleepstudy"]
+    vc = variance_components(m1)  # spec §4.5: 908.95336, 1698.0837, 654.94001
+    assert vc.residual == pytest.approx(g["sigma2"], rel=1e-7)
+    np.testing.assert_allclose([icc(m1).adjusted, icc(m1).unadjusted], g["icc"], rtol=1e-6)
     r2 = r2_nakagawa(m1)
-    assert [r2.marginal, r2.conditional] == pytest.approx([0.27865106, 0.79921992], rel=1e-7)
-    assert m1.effect_sizes()["icc"] == pytest.approx(0.72166026, rel=1e-7)
+    np.testing.assert_allclose([r2.marginal, r2.conditional], g["r2"], rtol=1e-6)
+    assert m1.effect_sizes()["icc"] == pytest.approx(g["icc"][0], rel=1e-6)
     assert "ICC adjusted 0.7217" in m1.summary(effect_sizes=True)
     # ρ(x) with a random slope: at Days = 0 it is τ00/(τ00 + σ²)
-    assert icc_at(m1, [1.0, 0.0])[0] == pytest.approx(612.10016 / (612.10016 + 654.94001),
-                                                      rel=1e-5)
+    t00 = g["T"][0]
+    assert icc_at(m1, [1.0, 0.0])[0] == pytest.approx(t00 / (t00 + g["sigma2"]), rel=1e-5)
     with pytest.raises(TwolevelError, match="z must have 2 columns"):
         icc_at(m1, [1.0])
 
