@@ -23,6 +23,11 @@ is adequate.
 school: effects from N(0, T_s) per draw; existing school: its conditional draws), scored the same
 way. Each fit takes tens of seconds, so K is small and its Monte-Carlo SE large.
 
+``--few-schools K`` adds the case where the plug-in falls short: the design of the first 6
+sleepstudy subjects (J = 6), data simulated from its REML fit, a new subject at Days = 5, the
+plug-in interval against the studentized parametric-bootstrap interval
+(``interval="bootstrap"``, ``--boot-nsim`` refits each), K data sets.
+
 Usage::
 
     nice -n 10 .venv/bin/python benchmarks/prediction_coverage.py --nsim 2000 --seed 1
@@ -78,6 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--x0", type=float, default=None, help="famsesc of the student (default 1 SD)")
     ap.add_argument("--bayes", type=int, default=0, help="data sets fitted by NUTS (default 0)")
     ap.add_argument("--draws", type=int, default=500, help="NUTS draws per chain (--bayes)")
+    ap.add_argument("--few-schools", type=int, default=0, help="data sets at J = 6 (default 0)")
+    ap.add_argument("--boot-nsim", type=int, default=300, help="refits per bootstrap interval")
     args = ap.parse_args(argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -122,7 +129,49 @@ def main(argv=None) -> int:
         print(f"{k:32s} {v.mean():9.4f} {v.std(ddof=1) / np.sqrt(v.size):8.5f}")
     if args.bayes > 0:
         bayes_coverage(design, X0, schools, args)
+    if args.few_schools > 0:
+        few_schools_coverage(args)
     return 0
+
+
+def few_schools_coverage(args) -> None:
+    """The ``--few-schools`` part (module docstring)."""
+    from twolevel.data.loaders import load_sleepstudy
+    from twolevel.models.inference.predict import predict
+    from twolevel.models.lmm.lmer import lmer
+
+    f = "Reaction ~ Days + (Days | Subject)"
+    d = load_sleepstudy()
+    small = d[d["Subject"].isin([308, 309, 310, 330, 331, 332])].reset_index(drop=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = lmer(f, small)
+    beta, sigma, T = m.beta, m.sigma, m.VarCorr().cov
+    X, Z, g = m.design.X, m.design.Z, m.design.group_index
+    x0 = np.array([1.0, 5.0])
+    s_true, mu_true = float(np.sqrt(x0 @ T @ x0 + sigma**2)), float(x0 @ beta)
+    nd = pd.DataFrame({"Days": [5.0], "Subject": ["new"]})
+    rng = np.random.default_rng([args.seed, 11])
+    cov = {"plug-in": [], "bootstrap-t": []}
+    t0 = time.perf_counter()
+    for k in range(args.few_schools):
+        b = rng.multivariate_normal([0.0, 0.0], T, size=6)
+        y = X @ beta + np.einsum("nq,nq->n", Z, b[g]) + sigma * rng.standard_normal(len(small))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mk = lmer(f, small.assign(Reaction=y))
+        for name, kind in (("plug-in", "prediction"), ("bootstrap-t", "bootstrap")):
+            r = predict(mk, nd, allow_new_levels=True, interval=kind, nsim=args.boot_nsim,
+                        seed=k)
+            lo, hi = float(r["lwr"].iloc[0]), float(r["upr"].iloc[0])
+            cov[name].append(stats.norm.cdf((hi - mu_true) / s_true)
+                             - stats.norm.cdf((lo - mu_true) / s_true))
+    print(f"few schools (first 6 sleepstudy subjects, new subject at Days 5): "
+          f"{args.few_schools} data sets, {args.boot_nsim} refits per bootstrap interval, "
+          f"{time.perf_counter() - t0:.0f} s")
+    for k, v in cov.items():
+        v = np.asarray(v)
+        print(f"{k:32s} {v.mean():9.4f} {v.std(ddof=1) / np.sqrt(v.size):8.5f}")
 
 
 def bayes_coverage(design, X0, schools, args) -> None:

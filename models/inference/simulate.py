@@ -388,15 +388,48 @@ def bootstrap(fit, nsim: int = 1000, seed: int | None = 1, *, progress: bool = F
 # ------------------------------------------------------------------ bootstrap prediction
 
 
+class _ReplicateFit:
+    """What the plug-in interval functions of :mod:`twolevel.models.inference.predict` read from
+    a fit (``state``, ``sigma``, ``VarCorr().cov``), for one bootstrap refit."""
+
+    def __init__(self, state, sigma: float):
+        self.state, self.sigma = state, sigma
+        self._cov = sigma**2 * state.T @ state.T.T
+
+    def VarCorr(self):  # noqa: N802 (lme4's name)
+        return self
+
+    @property
+    def cov(self) -> np.ndarray:
+        return self._cov
+
+
+def plugin_prediction_sd(fit, rows, known: np.ndarray) -> np.ndarray:
+    """The plug-in prediction SD of each row: sqrt(PEV + σ̂²) for rows of known schools
+    (``known``), sqrt(x₀ᵀV̂x₀ + z₀ᵀT̂z₀ + σ̂²) for the others."""
+    from twolevel.models.inference.predict import new_school_variance, prediction_error_variance
+
+    var = np.empty(rows.X.shape[0])
+    if (~known).any():
+        var[~known] = new_school_variance(fit, rows.X[~known], rows.Z[~known])
+    if known.any():
+        var[known] = fit.sigma**2 + prediction_error_variance(
+            fit, rows.X[known], rows.Z[known], rows.group_index[known])
+    return np.sqrt(var)
+
+
 def bootstrap_predict(fit, rows, pred: np.ndarray, cond: bool, *, nsim: int = 1000,
                       seed: int | None = 1, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Parametric-bootstrap prediction intervals that include the uncertainty of θ̂.
+    """Studentized parametric-bootstrap prediction intervals (bootstrap-t), which carry the
+    uncertainty of θ̂ that the plug-in interval ignores.
 
     For each replicate, a data set and a new student's score y₀* are simulated from the fit
     (the student's school effect is that school's simulated b*_j for a fitted school, a fresh
-    N(0, T̂) draw for a new school or a population-level prediction); the model is refitted and
-    the prediction error e* = y₀* − ŷ₀* is recorded (ŷ₀* = x₀ᵀβ̂* + z₀ᵀb̃*_j, or x₀ᵀβ̂*). The
-    interval is ŷ₀ + the (1 ∓ level)/2 quantiles of e*."""
+    N(0, T̂) draw for a new school or a population-level prediction); the model is refitted, and
+    the prediction error is studentized by the refit's own plug-in prediction SD ŝ₀*:
+    t* = (y₀* − ŷ₀*)/ŝ₀* (ŷ₀* = x₀ᵀβ̂* + z₀ᵀb̃*_j, or x₀ᵀβ̂*). The interval is
+    ŷ₀ + ŝ₀·[q_{(1−level)/2}(t*), q_{(1+level)/2}(t*)] with the fit's plug-in ŝ₀. When T̂* is
+    underestimated, ŝ₀* is too small and t* has heavy tails, which widens the interval."""
     nsim = _check_nsim(nsim)
     d = fit.design
     rng = np.random.default_rng(seed)
@@ -405,7 +438,7 @@ def bootstrap_predict(fit, rows, pred: np.ndarray, cond: bool, *, nsim: int = 10
     m, q = rows.Z.shape
     T, sigma = fit.state.T, fit.sigma
     mean0 = rows.X @ fit.beta
-    errs = np.full((nsim, m), np.nan)
+    tstat = np.full((nsim, m), np.nan)
     for i, rep in enumerate(refits(d, fit.crossprods, fit.theta, sigma, fit.beta, reml=fit.reml,
                                    nsim=nsim, rng=rng)):
         if rep is None:
@@ -415,9 +448,11 @@ def bootstrap_predict(fit, rows, pred: np.ndarray, cond: bool, *, nsim: int = 10
         y0 = mean0 + np.einsum("mq,mq->m", rows.Z, b0) + sigma * rng.standard_normal(m)
         yhat = rows.X @ rep.state.beta
         yhat[known] += np.einsum("mq,mq->m", rows.Z[known], rep.state.b[j])
-        errs[i] = y0 - yhat
+        s_star = plugin_prediction_sd(_ReplicateFit(rep.state, rep.sigma), rows, known)
+        tstat[i] = (y0 - yhat) / s_star
     a = (1.0 - level) / 2.0
-    ok = np.all(np.isfinite(errs), axis=1)
-    lo = np.array([norm_inter(errs[ok, k], [a])[0] for k in range(m)])
-    hi = np.array([norm_inter(errs[ok, k], [1 - a])[0] for k in range(m)])
-    return pred + lo, pred + hi
+    ok = np.all(np.isfinite(tstat), axis=1)
+    s0 = plugin_prediction_sd(fit, rows, known)
+    lo = np.array([norm_inter(tstat[ok, k], [a])[0] for k in range(m)])
+    hi = np.array([norm_inter(tstat[ok, k], [1 - a])[0] for k in range(m)])
+    return pred + s0 * lo, pred + s0 * hi
