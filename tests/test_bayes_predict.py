@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+
 from twolevel.data.errors import DataError
 from twolevel.models.bayes.fit import SamplerSettings, fit_bayes
 from twolevel.models.bayes.predict import bayes_icc, bayes_r2, predict_bayes

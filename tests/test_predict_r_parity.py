@@ -25,6 +25,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+
 from twolevel.models.inference.effect_sizes import icc, prv, r2_nakagawa, snijders_bosker
 from twolevel.models.inference.predict import predict
 from twolevel.models.lmm.lmer import lmer

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import xarray as xr
+
 from twolevel.data.errors import DataError, TwolevelError
-from twolevel.models.design.newdata import new_model_matrices
+from twolevel.models.design.newdata import check_new_levels, new_model_matrices, parse_re_form
 
 __all__ = ["BayesPredictions", "bayes_icc", "bayes_r2", "predict_bayes"]
 
@@ -80,8 +81,6 @@ def predict_bayes(
 ) -> BayesPredictions:
     """Posterior predictive draws of ``newdata``'s rows (module docstring). ``re_form`` and
     ``allow_new_levels`` as :func:`twolevel.models.inference.predict.predict`."""
-    from twolevel.models.inference.predict import _check_new_levels, parse_re_form
-
     cond = parse_re_form(re_form)
     d = fit.design
     nd = newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(newdata)
@@ -92,7 +91,7 @@ def predict_bayes(
         )
     rows = new_model_matrices(d, nd)
     if cond:
-        _check_new_levels(rows, allow_new_levels, d.group)
+        check_new_levels(rows, allow_new_levels, d.group)
     post = fit.posterior
     C, D = post.sizes["chain"], post.sizes["draw"]
     beta, sigma = _flat(post["beta"], "fixed"), _flat(post["sigma"])

@@ -15,15 +15,24 @@ Centring done *outside* the formula (a group-mean-centred column such as ``famse
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from twolevel.data.errors import DataError, FormulaError
+
+from twolevel.data.errors import DataError, FormulaError, TwolevelError
 from twolevel.models.design.formula import _missing_variables, _variables, parse_formula
 from twolevel.models.design.matrices import Design
 
-__all__ = ["NewRows", "center_new_rows", "match_groups", "new_model_matrices"]
+__all__ = [
+    "NewRows",
+    "center_new_rows",
+    "check_new_levels",
+    "match_groups",
+    "new_model_matrices",
+    "parse_re_form",
+]
 
 
 @dataclass(frozen=True)
@@ -222,3 +231,33 @@ def center_new_rows(
             )
     nd[name] = nd[column].to_numpy(dtype=float) - m
     return nd
+
+
+def parse_re_form(re_form) -> bool:
+    """True when ``re_form`` conditions on the school effects (``None``, lme4's ``NULL``), False
+    for the population level (``"NA"``, ``"~0"``, ``"~ 0"``, ``"0"``, NaN). Other formulas are
+    not supported (one grouping factor: all or none)."""
+    if re_form is None:
+        return True
+    if isinstance(re_form, float) and np.isnan(re_form):
+        return False
+    if isinstance(re_form, str):
+        s = re.sub(r"\s+", "", re_form)
+        if s in ("NA", "~0", "0", "~-1", "NULL") or s.upper() == "NA":
+            return s == "NULL"
+    raise TwolevelError(
+        f"re_form={re_form!r} is not supported: use None (condition on the schools' BLUPs) or "
+        "'NA' / '~0' (population level, no school effects)"
+    )
+
+
+def check_new_levels(rows: NewRows, allow_new_levels: bool, group: str) -> None:
+    """lme4's "new levels detected in newdata" unless ``allow_new_levels`` (names them)."""
+    if rows.new_groups and not allow_new_levels:
+        shown = ", ".join(repr(g) for g in rows.new_groups[:5])
+        more = "" if len(rows.new_groups) <= 5 else f" and {len(rows.new_groups) - 5} more"
+        raise DataError(
+            f"new level(s) of '{group}' in newdata: {shown}{more} (not in the fitted data); "
+            "pass allow_new_levels=True (--allow-new-levels) to predict them with school "
+            "effect 0 (the population value), or use a fitted school"
+        )

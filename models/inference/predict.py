@@ -31,13 +31,17 @@ prediction intervals that include it, see
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 from scipy import stats
+
 from twolevel.data.errors import DataError, TwolevelError
-from twolevel.models.design.newdata import NewRows, new_model_matrices
+from twolevel.models.design.newdata import (
+    NewRows,
+    check_new_levels,
+    new_model_matrices,
+    parse_re_form,
+)
 from twolevel.models.lmm.deviance import _forward_solve, unscaled_vcov
 
 __all__ = [
@@ -50,24 +54,6 @@ __all__ = [
 ]
 
 INTERVALS = ("confidence", "prediction", "bootstrap")
-
-
-def parse_re_form(re_form) -> bool:
-    """True when ``re_form`` conditions on the school effects (``None``, lme4's ``NULL``), False
-    for the population level (``"NA"``, ``"~0"``, ``"~ 0"``, ``"0"``, NaN). Other formulas are
-    not supported (one grouping factor: all or none)."""
-    if re_form is None:
-        return True
-    if isinstance(re_form, float) and np.isnan(re_form):
-        return False
-    if isinstance(re_form, str):
-        s = re.sub(r"\s+", "", re_form)
-        if s in ("NA", "~0", "0", "~-1", "NULL") or s.upper() == "NA":
-            return s == "NULL"
-    raise TwolevelError(
-        f"re_form={re_form!r} is not supported: use None (condition on the schools' BLUPs) or "
-        "'NA' / '~0' (population level, no school effects)"
-    )
 
 
 def re_form_mask(design, re_form) -> np.ndarray:
@@ -145,17 +131,6 @@ def new_school_variance(fit, X0: np.ndarray, Z0: np.ndarray) -> np.ndarray:
     return fixed_variance(fit, X0) + np.einsum("mq,qr,mr->m", Z0, That, Z0) + fit.sigma**2
 
 
-def _check_new_levels(rows: NewRows, allow_new_levels: bool, group: str) -> None:
-    if rows.new_groups and not allow_new_levels:
-        shown = ", ".join(repr(g) for g in rows.new_groups[:5])
-        more = "" if len(rows.new_groups) <= 5 else f" and {len(rows.new_groups) - 5} more"
-        raise DataError(
-            f"new level(s) of '{group}' in newdata: {shown}{more} (not in the fitted data); "
-            "pass allow_new_levels=True (--allow-new-levels) to predict them with school "
-            "effect 0 (the population value), or use a fitted school"
-        )
-
-
 def predict(
     fit,
     newdata=None,
@@ -213,7 +188,7 @@ def predict(
         rows = new_model_matrices(d, nd)
         index = nd.index
         if cond:
-            _check_new_levels(rows, allow_new_levels, d.group)
+            check_new_levels(rows, allow_new_levels, d.group)
     known = rows.group_index >= 0
     pred = rows.X @ fit.beta
     if cond:

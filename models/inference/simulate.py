@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 from scipy import stats
+
 from twolevel.data.errors import DataError, TwolevelError
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods
 from twolevel.models.inference.profile import cv_to_sv, parameter_names
@@ -86,9 +87,9 @@ def simulate(
         rows = new_model_matrices(d, nd)
         index = nd.index
         if rows.new_groups and not allow_new_levels:
-            from twolevel.models.inference.predict import _check_new_levels
+            from twolevel.models.design.newdata import check_new_levels
 
-            _check_new_levels(rows, False, d.group)
+            check_new_levels(rows, False, d.group)
     eta = predict(fit, newdata, re_form=None if use_u else "NA", allow_new_levels=allow_new_levels)
     m, q = rows.Z.shape
     sims = np.empty((m, nsim))
