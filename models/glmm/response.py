@@ -9,6 +9,7 @@ trials), n (trials, 1 unless ``cbind``), the offset o, and η⁰ = o + g(mustart
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from dataclasses import dataclass
@@ -102,6 +103,22 @@ def _split_offsets(rhs: str) -> tuple[str, list[str]]:
     out = re.sub(r"\+\s*(\+\s*)+", "+ ", out)
     out = re.sub(r"^\s*\+|\+\s*$", "", out.strip()).strip()
     return out, offsets
+
+
+def _inline_I(rhs: str, data: dict, names: dict) -> str:
+    """Replace each ``I(expr)`` by a computed column (R arithmetic, ``^`` for powers, which
+    ``formulae`` does not read); ``names`` maps the column to R's name ``I(expr)``."""
+    out = rhs
+    while True:
+        m = re.search(r"(?<![A-Za-z0-9_.])I\s*\(", out)
+        if not m:
+            return out
+        end = _matching_paren(out, m.end() - 1)
+        expr = out[m.end() : end].strip()
+        col = f"glmer_I{len(names)}_"
+        data[col] = expr
+        names[col] = "I(" + re.sub(r"\s*\^\s*", "^", expr) + ")"
+        out = out[: m.start()] + col + out[end + 1 :]
 
 
 def _cbind_parts(lhs: str) -> tuple[str, str] | None:
@@ -227,13 +244,24 @@ def glmer_design(
         off_missing |= miss
     yv = np.where(off_missing | ~np.isfinite(prior), np.nan, yv)
 
-    bars = " + ".join(f"({b.lhs} {'|' if b.correlated else '||'} {b.group})" for b in parsed.bars)
+    icols: dict[str, str] = {}
+    inames: dict[str, str] = {}
+    fixed = _inline_I(fixed, icols, inames)
+    bar_lhs = [_inline_I(b.lhs, icols, inames) for b in parsed.bars]
+    bars = " + ".join(f"({lhs_} {'|' if b.correlated else '||'} {b.group})"
+                      for lhs_, b in zip(bar_lhs, parsed.bars, strict=True))
     inner = f"{_Y} ~ {fixed}" + (f" + {bars}" if bars else "")
-    frame = data.assign(**{_Y: yv})
+    frame = data.assign(**{_Y: yv}, **{c: _eval(e, data) for c, e in icols.items()})
     frame.attrs = {}
     design = make_design(inner, frame)
+    if inames:
+        def rn(names):
+            return tuple(inames.get(n, n) for n in names)
+        design = dataclasses.replace(
+            design, formula=formula, x_names=rn(design.x_names), z_names=rn(design.z_names),
+            terms=tuple(dataclasses.replace(t, names=rn(t.names)) for t in design.terms))
     # the rows make_design kept: the same complete-case rule on the same columns
-    exprs = [fixed] + [b.lhs for b in parsed.bars]
+    exprs = [fixed] + bar_lhs
     used = list(dict.fromkeys([v for e in exprs for v in _variables(e, frame.columns)]
                               + [parsed.bars[0].group, _Y]))
     keep = np.ones(len(frame), dtype=bool)
