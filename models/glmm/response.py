@@ -254,6 +254,7 @@ def glmer_design(
     frame = data.assign(**{_Y: yv}, **{c: _eval(e, data) for c, e in icols.items()})
     frame.attrs = {}
     design = make_design(inner, frame)
+    design = dataclasses.replace(design, formula=formula, response=lhs)
     if inames:
         def rn(names):
             return tuple(inames.get(n, n) for n in names)
