@@ -51,27 +51,53 @@ def _separation_note(prob: GlmmProblem) -> str | None:
             "intercept is driven by the prior N(0, 1) of u alone and its estimate is unreliable")
 
 
-def _conv_messages(H: np.ndarray | None, g: np.ndarray | None, singular: bool) -> list[str]:
-    """lme4's ``checkConv``: singular fits skip the gradient and Hessian checks."""
-    if singular or H is None:
+def _check_hess(H: np.ndarray, hesstype: str = "") -> list[str]:
+    """lme4's ``checkHess`` (tol 1e-6)."""
+    try:
+        ev = np.linalg.eigvalsh(H)
+    except np.linalg.LinAlgError:
+        return ["Problem with Hessian check (infinite or missing values?)"]
+    sp = f" {hesstype} " if hesstype else " "
+    neg = int((ev < -HESS_TOL).sum())
+    if neg:
+        return [f"Model failed to converge: degenerate{sp}Hessian with {neg} negative eigenvalues"]
+    try:
+        np.linalg.cholesky(H)
+        pd_ok = True
+    except np.linalg.LinAlgError:
+        pd_ok = False
+    if (np.abs(ev) < HESS_TOL).any() or not pd_ok:
+        return [f"{hesstype} Hessian is numerically singular: parameters are not uniquely "
+                "determined"]
+    msgs = []
+    if ev.max() * HESS_TOL > 1:
+        msgs.append("Model is nearly unidentifiable: very large eigenvalue\n - Rescale variables?")
+    elif ev.min() / ev.max() < HESS_TOL:
+        msgs.append("Model is nearly unidentifiable: large eigenvalue ratio\n - Rescale variables?")
+    return msgs
+
+
+def _conv_messages(H: np.ndarray | None, g: np.ndarray | None, singular: bool,
+                   n_theta: int) -> list[str]:
+    """lme4's ``checkConv``: singular fits skip the gradient and Hessian checks; the scaled
+    gradient max min(|H^{-1/2}g|, |g|) against 2e-3, then ``checkHess`` of the β block and of
+    the whole Hessian."""
+    if singular or H is None or g is None:
         return []
+    if not np.all(np.isfinite(g)):
+        return ["Gradient contains NAs"]
     msgs = []
     try:
-        s = np.linalg.solve(np.linalg.cholesky(H).T, g)  # solve(chol(H), g) with R's upper factor
-        sc = np.max(np.minimum(np.abs(s), np.abs(g)))
+        s = np.linalg.solve(np.linalg.cholesky(H).T, g)  # R: solve(chol(H), g)
+        sc = float(np.max(np.minimum(np.abs(s), np.abs(g))))
         if sc > GRAD_TOL:
-            msgs.append(f"Model failed to converge with max|grad| = {sc:.6g} (tol = {GRAD_TOL:g}, "
+            msgs.append(f"Model failed to converge with max|grad| = {sc:g} (tol = {GRAD_TOL:g}, "
                         "component 1)")
     except np.linalg.LinAlgError:
-        msgs.append("Model failed to converge: the Hessian is not positive definite")
-        return msgs
-    ev = np.linalg.eigvalsh(H)
-    if ev.min() < 0:
-        msgs.append(f"Model failed to converge: degenerate Hessian with "
-                    f"{int((ev < 0).sum())} negative eigenvalues")
-    elif ev.min() / ev.max() < HESS_TOL:
-        msgs.append("Model is nearly unidentifiable: very large eigenvalue ratio - "
-                    "Rescale variables?")
+        msgs.append("unable to evaluate scaled gradient")
+    if H.shape[0] > n_theta:
+        msgs += _check_hess(H[n_theta:, n_theta:], "fixed-effect")
+    msgs += _check_hess(H)
     return msgs
 
 
@@ -154,7 +180,8 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
     st = prob.stage2_state(par, exact=(optimizer == "tight"), want_rx=True)
     theta = par[:n_t].copy()
     singular = bool(np.any(theta[lower_t == 0] < SINGULAR_TOL))
-    msgs = _conv_messages(H, g, singular)
+    msgs = _conv_messages(H, g, singular, n_t)
+    msgs = list(dict.fromkeys(msgs))
     for m in msgs:
         warnings.warn(m, stacklevel=2)
     info = GlmerOptInfo(optimizer, theta1, fe1, nm.feval, nm.message, g, H, polish_feval,

@@ -341,10 +341,12 @@ class GlmerFit:
             out.append("Correlation of Fixed Effects:")
             out.append(print_char_matrix(cells, [abbreviate(n, 6) for n in names[:-1]],
                                          [abbreviate(n, 11) for n in names[1:]], right=False))
+        if self.optinfo.messages:  # lme4's .prt.warn, right under the table
+            out.append("optimizer (Nelder_Mead) convergence code: 0 (OK)")
+            out.extend(dict.fromkeys(self.optinfo.messages))
         notes = list(self.notes)
         if self.is_singular():
             notes.append(self.singular_explanation())
-        notes.extend(self.optinfo.messages)
         if notes:
             out.append("")
             out.extend(notes)
