@@ -300,7 +300,8 @@ class GlmerFit:
         title = f"Generalized linear mixed model fit by maximum likelihood ({approx})"
         cls = "glmerMod"
         if len(title) + 5 + len(cls) > 80:
-            lines = textwrap.wrap(title, width=77, subsequent_indent="  ")
+            lines = textwrap.wrap(title, width=77, subsequent_indent="  ",
+                                  break_on_hyphens=False)  # R's strwrap breaks at spaces only
             return cat_fill([*lines, " [", cls, "]"])
         return f"{title} ['{cls}']"
 
