@@ -88,6 +88,7 @@ class GlmmProblem:
         self.J, self.q, self.p = design.n_groups, design.q, design.p
         self.n_theta = design.n_theta
         self.nodes, self.weights = gh_rule(self.nagq) if self.nagq > 1 else (None, None)
+        self.csat = resp.saturated_constant(family)  # a(μ) = Σ d_i(μ) + C_sat for every μ
         eta0 = resp.offset + family.linkfun(resp.mustart(family))
         self.lp0 = np.zeros(design.n)
         st = self._pirls(design.theta_to_T(self.theta0), resp.offset, eta0, joint=True)
@@ -111,7 +112,7 @@ class GlmmProblem:
             joint, want_rx, exact, r.y, r.w, self.X, self.Z, self.g, self.family.code,
             np.ascontiguousarray(T, dtype=float), np.ascontiguousarray(offset), eta,
             TOL_EXACT if exact else TOL_PWRSS, 4 * MAXIT if exact else MAXIT,
-            r.ka, r.kb, r.kc, u, b, Lfac, RX)
+            self.csat, u, b, Lfac, RX)
         if status != kernels.OK:
             raise PirlsError(_ERRORS[status])
         return PirlsState(ldL2 + usq + aic, u, b, eta, Lfac, RX, ldL2, aic, dev, usq, it,
