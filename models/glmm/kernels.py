@@ -22,7 +22,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["pirls_kernel", "agq_kernel", "row_values_kernel"]
+__all__ = ["pirls_kernel", "agq_kernel", "row_values_kernel", "start_crossprods"]
 
 EPS = 2.220446049250313e-16
 MAX_HALF = 20  # at most 20 step-halvings per iteration (glmer-algorithms §2.3, lme4 1.1-31)
@@ -301,8 +301,10 @@ def _sweep(y, w, X, Z, g, fam, T, offset, u, beta, joint, eta, bT, A, cz, B, XtW
 
 @numba.njit(cache=True)
 def pirls_kernel(joint, want_rx, refresh, y, w, X, Z, g, fam, T, offset, eta, tol, maxit,
-                 csat, u, beta, Lfac, RX):
-    """lme4's PIRLS loop (module docstring). On entry ``eta`` is the starting η and ``offset``
+                 csat, u, beta, Lfac, RX, pre, A0, cz0, B0, XtWX0, XtWz0):
+    """lme4's PIRLS loop (module docstring). With ``pre`` the first iteration's cross-products
+    are taken from A0, cz0, B0, XᵀWX0, XᵀWž0 (computed once per warm start by
+    :func:`start_crossprods`) instead of a pass over the rows. On entry ``eta`` is the starting η and ``offset``
     the offset (with Xβ folded in for the u-only mode); on exit ``eta``, ``u`` (J × q),
     ``beta`` (joint mode), ``Lfac`` (J × q × q) and ``RX`` (p × p, when ``joint`` or
     ``want_rx``) hold the final state.
@@ -329,8 +331,17 @@ def pirls_kernel(joint, want_rx, refresh, y, w, X, Z, g, fam, T, offset, eta, to
     ldL2 = np.nan
     status = NOT_CONVERGED
     it = 0
-    # weights at the starting η; afterwards every sweep leaves the next iteration's weights
-    _accumulate(y, w, X, Z, g, fam, offset, eta, A, cz, B, XtWX, XtWz, with_x)
+    # weights at the starting η (given in A0 … when ``pre``: they depend on the warm start
+    # only); afterwards every sweep leaves the next iteration's weights
+    if pre:
+        A[:] = A0
+        cz[:] = cz0
+        if with_x:
+            B[:] = B0
+            XtWX[:] = XtWX0
+            XtWz[:] = XtWz0
+    else:
+        _accumulate(y, w, X, Z, g, fam, offset, eta, A, cz, B, XtWX, XtWz, with_x)
     for it in range(1, maxit + 1):
         u_old[:] = u
         beta_old[:] = beta
@@ -373,6 +384,21 @@ def pirls_kernel(joint, want_rx, refresh, y, w, X, Z, g, fam, T, offset, eta, to
         for a in range(q):
             usq += u[j, a] * u[j, a]
     return status, it, pdev, ldL2, dev + csat, dev, usq
+
+
+@numba.njit(cache=True)
+def start_crossprods(y, w, X, Z, g, fam, offset, eta, J):
+    """A_j, c_j, B_j, XᵀWX, XᵀWž at the warm start η = o + lp0 with ž = η − o + r (they do not
+    depend on θ; for the u-only mode c_j − B_jβ gives the c_j with Xβ in the offset)."""
+    q = Z.shape[1]
+    p = X.shape[1]
+    A = np.zeros((J, q, q))
+    cz = np.zeros((J, q))
+    B = np.zeros((J, q, p))
+    XtWX = np.zeros((p, p))
+    XtWz = np.zeros(p)
+    _accumulate(y, w, X, Z, g, fam, offset, eta, A, cz, B, XtWX, XtWz, True)
+    return A, cz, B, XtWX, XtWz
 
 
 @numba.njit(cache=True)
