@@ -238,3 +238,19 @@ def test_cbind_equals_proportion_with_weights():
     b = glmer("prop ~ period + (1 | herd)", d, weights="size")
     assert abs(a.minus2loglik - b.minus2loglik) < 1e-8
     np.testing.assert_allclose(a.beta, b.beta, atol=1e-7)
+
+
+def test_singular_fit_is_explained():
+    """No between-group variation: θ̂ on the boundary, lme4's checks skipped, plain words."""
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(30), 8)
+    x = rng.normal(size=g.size)
+    d = pd.DataFrame({"y": rng.binomial(1, 1 / (1 + np.exp(-0.5 * x))), "x": x, "g": g})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = glmer("y ~ x + (1 | g)", d)
+    assert fit.is_singular() and fit.theta[0] < 1e-4
+    text = fit.singular_explanation()
+    assert text.startswith("boundary (singular) fit: the variance of '(Intercept)' across g")
+    assert text in fit.summary() and fit.optinfo.messages == ()
+    assert fit.to_dict()["singular"] is True
