@@ -63,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _glmer_options_check(args: argparse.Namespace) -> None:
+    if args.family is None:
+        if args.link or args.nagq != 1:
+            raise TwolevelError("--link and --nagq need --family binomial or --family poisson")
+        return
     bad = [flag for flag, on in (
         ("--ml", args.ml), ("--hlm", args.hlm), ("--schools", args.schools),
         ("--ddf", args.ddf != "satterthwaite"),
@@ -71,8 +75,6 @@ def _glmer_options_check(args: argparse.Namespace) -> None:
     if bad:
         raise TwolevelError(f"{', '.join(bad)} apply to linear mixed models only; with --family "
                             "use --json, --ranef, --nagq, --link, --optimizer, --confint wald")
-    if args.family is None and (args.link or args.nagq != 1):
-        raise TwolevelError("--link and --nagq need --family binomial or --family poisson")
 
 
 def run_glmer(args: argparse.Namespace) -> int:
