@@ -37,7 +37,8 @@ CASES = {  # golden key: (formula, data, family, link, nAGQ, NM evaluations that
     "cbpp_agq12": (CBPP_F, "cbpp", "binomial", None, 12, True),
     "cbpp_agq20": (CBPP_F, "cbpp", "binomial", None, 20, True),
     "cbpp_agq25": (CBPP_F, "cbpp", "binomial", None, 25, True),
-    "grouseticks": ("TICKS ~ YEAR + cHEIGHT + (1 | BROOD)", "grouseticks", "poisson", None, 1, True),
+    "grouseticks": ("TICKS ~ YEAR + cHEIGHT + (1 | BROOD)", "grouseticks", "poisson", None, 1,
+                    True),
     "contraception": ("use ~ age + I(age^2) + urban + livch + (1 + urban | district)",
                       "contraception", "binomial", None, 1, False),
     "sim_slope": ("y ~ 1 + x + (1 + x | g)", "sim_slope", "binomial", None, 1, True),
@@ -254,3 +255,14 @@ def test_singular_fit_is_explained():
     assert text.startswith("boundary (singular) fit: the variance of '(Intercept)' across g")
     assert text in fit.summary() and fit.optinfo.messages == ()
     assert fit.to_dict()["singular"] is True
+
+
+@pytest.mark.parametrize("key", ["cbpp", "sim_int"])
+def test_profile_confint_matches_lme4(key):
+    """confint(fit, method = "profile"): lme4 interpolates a spline through its profile grid, we
+    solve ζ(ψ) = ±1.96 by Brent's method; the two agree to ~1e-5."""
+    ci = fit_case(key).confint(method="profile")
+    ref = G["fits"][key]["profile_ci"]
+    np.testing.assert_allclose(ci.iloc[:, 0].to_numpy(), ref["lower"], atol=2e-4)
+    np.testing.assert_allclose(ci.iloc[:, 1].to_numpy(), ref["upper"], atol=2e-4)
+    assert list(ci.index[1:]) == ref["names"][1:]

@@ -304,7 +304,8 @@ def pirls_kernel(joint, want_rx, refresh, y, w, X, Z, g, fam, T, offset, eta, to
                  csat, u, beta, Lfac, RX, pre, A0, cz0, B0, XtWX0, XtWz0):
     """lme4's PIRLS loop (module docstring). With ``pre`` the first iteration's cross-products
     are taken from A0, cz0, B0, XᵀWX0, XᵀWž0 (computed once per warm start by
-    :func:`start_crossprods`) instead of a pass over the rows. On entry ``eta`` is the starting η and ``offset``
+    :func:`start_crossprods`) instead of a pass over the rows. On entry ``eta`` is the
+    starting η and ``offset``
     the offset (with Xβ folded in for the u-only mode); on exit ``eta``, ``u`` (J × q),
     ``beta`` (joint mode), ``Lfac`` (J × q × q) and ``RX`` (p × p, when ``joint`` or
     ``want_rx``) hold the final state.

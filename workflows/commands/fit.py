@@ -10,8 +10,8 @@ With ``--family binomial|poisson`` (and ``--link``, ``--nagq``) the model is a G
 lme4's ``glmer``: the printout is glmer's ``summary()``, ``--json`` has the keys formula, family,
 link, nagq, nobs, ngroups, deviance (−2 logLik as glmer reports it), loglik, aic, bic, theta,
 fixef, se, z, p, varcorr, singular, converged, and ``--ranef`` writes the conditional modes and
-``condsd_<effect>``. ``--confint wald`` prints Wald intervals; the other inference options are
-for linear mixed models only.
+``condsd_<effect>``. ``--confint wald|profile`` adds Wald or profile intervals (JSON key
+``confint``); the other inference options are for linear mixed models only.
 """
 
 from __future__ import annotations
@@ -70,11 +70,12 @@ def _glmer_options_check(args: argparse.Namespace) -> None:
     bad = [flag for flag, on in (
         ("--ml", args.ml), ("--hlm", args.hlm), ("--schools", args.schools),
         ("--ddf", args.ddf != "satterthwaite"),
-        ("--confint " + str(args.confint), args.confint not in (None, "wald")),
+        ("--confint " + str(args.confint), args.confint not in (None, "wald", "profile")),
     ) if on]
     if bad:
         raise TwolevelError(f"{', '.join(bad)} apply to linear mixed models only; with --family "
-                            "use --json, --ranef, --nagq, --link, --optimizer, --confint wald")
+                            "use --json, --ranef, --nagq, --link, --optimizer, "
+                            "--confint wald|profile")
 
 
 def run_glmer(args: argparse.Namespace) -> int:
@@ -86,7 +87,7 @@ def run_glmer(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         fit = glmer(args.formula, df, family=args.family, link=args.link, nAGQ=args.nagq,
                     optimizer=args.optimizer, data_name=data_label(args.data))
-        ci = fit.confint(args.level) if args.confint == "wald" else None
+        ci = fit.confint(args.level, method=args.confint) if args.confint else None
     if args.json:
         out = fit.to_dict()
         if ci is not None:
@@ -98,7 +99,7 @@ def run_glmer(args: argparse.Namespace) -> int:
     else:
         print(fit.summary())
         if ci is not None:
-            print("\nWald confidence intervals:\n" + ci.to_string())
+            print(f"\n{args.confint.capitalize()} confidence intervals:\n" + ci.to_string())
         shown = set(fit.notes) | set(fit.optinfo.messages)
         for w in caught:
             if str(w.message) not in shown:
