@@ -273,15 +273,36 @@ def _sweep(y, w, X, Z, g, fam, T, offset, u, beta, joint, eta, bT, A, cz, B, XtW
             for c in range(p):
                 e += X[i, c] * beta[c]
         j = g[i]
-        lin = 0.0
-        for a in range(q):
-            lin += Z[i, a] * bT[j, a]
-        e += lin
-        eta[i] = e
-        mu, dmu, V = _family_row(fam, e)
-        dev += _unit_dev(fam, y[i], mu, w[i])
-        Wi = dmu * dmu * w[i] / V
-        zi = e - offset[i] + (y[i] - mu) / dmu
+        if q == 2:  # the common random-slope case, unrolled (same arithmetic as below)
+            lin = 0.0
+            z0, z1 = Z[i, 0], Z[i, 1]
+            lin += z0 * bT[j, 0]
+            lin += z1 * bT[j, 1]
+            e += lin
+            eta[i] = e
+            mu, dmu, V = _family_row(fam, e)
+            dev += _unit_dev(fam, y[i], mu, w[i])
+            Wi = dmu * dmu * w[i] / V
+            zi = e - offset[i] + (y[i] - mu) / dmu
+            if not with_x:
+                za = z0 * Wi
+                cz[j, 0] += za * zi
+                A[j, 0, 0] += za * z0
+                za = z1 * Wi
+                cz[j, 1] += za * zi
+                A[j, 1, 0] += za * z0
+                A[j, 1, 1] += za * z1
+                continue
+        else:
+            lin = 0.0
+            for a in range(q):
+                lin += Z[i, a] * bT[j, a]
+            e += lin
+            eta[i] = e
+            mu, dmu, V = _family_row(fam, e)
+            dev += _unit_dev(fam, y[i], mu, w[i])
+            Wi = dmu * dmu * w[i] / V
+            zi = e - offset[i] + (y[i] - mu) / dmu
         for a in range(q):
             za = Z[i, a] * Wi
             cz[j, a] += za * zi
