@@ -216,6 +216,10 @@ def test_nagq0_matches_spec():
     assert abs(fit.minus2loglik - 184.1086930025) < 1e-6
     np.testing.assert_allclose(fit.beta, [-1.3604757276, -0.9761732361, -1.1110727836,
                                           -1.5596756838], atol=1e-6)
+    text = fit.summary()  # lme4 titles nAGQ = 0 as quadrature; vcov from RX (no Hessian)
+    assert text.startswith("Generalized linear mixed model fit by maximum likelihood (Adaptive\n"
+                           "  Gauss-Hermite Quadrature, nAGQ = 0) [glmerMod]")
+    assert "period4      -1.5597     0.4245  -3.675 0.000238 ***" in text
 
 
 def test_extractors_are_consistent():

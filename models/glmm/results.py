@@ -301,7 +301,7 @@ class GlmerFit:
 
     # ----------------------------------------------------------------- printing
     def _title(self) -> str:
-        approx = ("Laplace Approximation" if self.nagq <= 1 else
+        approx = ("Laplace Approximation" if self.nagq == 1 else
                   f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nagq}")
         title = f"Generalized linear mixed model fit by maximum likelihood ({approx})"
         cls = "glmerMod"
