@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import nlopt
 import numpy as np
 
+from twolevel.data.errors import TwolevelError
+
 __all__ = ["NMResult", "nelder_mead", "bobyqa_stage1", "deriv12", "check_boundary", "polish"]
 
 BOUNDARY_TOL = 1e-5
@@ -216,7 +218,10 @@ def polish(fn: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray,
 
     def obj(x, grad):
         best[2] += 1
-        v = float(fn(np.array(x)))
+        try:
+            v = float(fn(np.array(x)))
+        except TwolevelError:  # PIRLS failed far from the optimum: not a candidate
+            return np.inf
         if not np.isfinite(v):
             return np.inf
         if v < best[0]:
