@@ -41,6 +41,9 @@ _API: dict[str, str] = {
     "refit_ml": "twolevel.models.lmm.lmer",
     "LmerFit": "twolevel.models.lmm.results",
     "VarCorr": "twolevel.models.lmm.results",
+    # the GLMM engine (binomial, Poisson)
+    "glmer": "twolevel.models.glmm.glmer",
+    "GlmerFit": "twolevel.models.glmm.results",
     # inference on a fit
     "anova": "twolevel.models.inference.anova",
     "AnovaResult": "twolevel.models.inference.anova",
