@@ -64,7 +64,8 @@ def test_anova_family_json(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--family", "poisson", "--link", "logit"], "link 'logit' does not exist for family 'poisson'"),
+    (["--family", "poisson", "--link", "logit"],
+     "link 'logit' does not exist for family 'poisson'"),
     (["--family", "binomial", "--nagq", "3"], "nAGQ = 3 > 1 needs a single scalar random effect"),
     (["--link", "probit"], "--link and --nagq need --family"),
     (["--family", "binomial", "--ml"], "--ml apply to linear mixed models only"),

@@ -25,7 +25,8 @@ def _bin(seed=1, J=12, n=10):
 def test_binary_response_with_other_values():
     d = _bin()
     d.loc[5, "y"] = 2
-    with pytest.raises(DataError, match=r"response 'y' has values other than 0/1 in row 5 \(value 2"):
+    with pytest.raises(DataError, match=r"response 'y' has values other than 0/1 in "
+                                        r"row 5 \(value 2"):
         glmer("y ~ x + (1 | g)", d)
 
 
@@ -55,7 +56,8 @@ def test_cbind_successes_exceed_trials_and_negative_counts():
 def test_offset_not_finite():
     d = _bin()
     d.loc[11, "expo"] = 0.0
-    with pytest.raises(DataError, match=r"offset\(log\(expo\)\)' is not finite in row 11 \(value -inf"):
+    with pytest.raises(DataError, match=r"offset\(log\(expo\)\)' is not finite in "
+                                        r"row 11 \(value -inf"):
         glmer("k ~ x + offset(log(expo)) + (1 | g)", d, family="poisson")
 
 
@@ -78,8 +80,9 @@ def test_nagq_above_one_with_several_random_effects():
 def test_complete_separation_within_every_group_warns_and_reports():
     d = _bin()
     d["y"] = (d["g"] % 2).astype(int)  # every school all 0 or all 1
-    with pytest.warns(UserWarning, match=r"complete separation within every group: in each of "
-                                         r"the 12 groups of 'g' the response 'y' is all 0 or all 1"):
+    msg = (r"complete separation within every group: in each of the 12 groups of 'g' the "
+           r"response 'y' is all 0 or all 1")
+    with pytest.warns(UserWarning, match=msg):
         fit = glmer("y ~ x + (1 | g)", d)
     assert any("complete separation" in n for n in fit.notes)
     assert "complete separation" in fit.summary()

@@ -22,7 +22,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["pirls_kernel", "agq_kernel", "row_values_kernel"]
+__all__ = ["pirls_kernel", "agq_kernel", "row_values_kernel", "start_crossprods"]
 
 EPS = 2.220446049250313e-16
 MAX_HALF = 20  # at most 20 step-halvings per iteration (glmer-algorithms §2.3, lme4 1.1-31)
@@ -39,11 +39,10 @@ NOT_PD = 4  # a Cholesky factor failed (non-finite working weights)
 @numba.njit(cache=True, inline="always")
 def _family_row(fam, eta):
     """(μ, dμ/dη, V(μ)) at η with lme4's clamps (family.py's table)."""
-    if fam == 0:  # binomial / logit
-        mu = 1.0 / (1.0 + math.exp(-eta))
-        mu = min(max(mu, EPS), 1.0 - EPS)
-        a = math.exp(-abs(eta))
-        dmu = max(a / ((1.0 + a) * (1.0 + a)), EPS)
+    if fam == 0:  # binomial / logit; dlogis(η) = plogis(η)(1 − plogis(η))
+        m0 = 1.0 / (1.0 + math.exp(-eta))
+        mu = min(max(m0, EPS), 1.0 - EPS)
+        dmu = max(m0 * (1.0 - m0), EPS)
         return mu, dmu, max(mu * (1.0 - mu), EPS)
     if fam == 1:  # binomial / probit
         mu = min(0.5 * math.erfc(-eta / math.sqrt(2.0)), 1.0 - EPS)
@@ -68,21 +67,6 @@ def _unit_dev(fam, y, mu, w):
     if y < 1:
         t += (1.0 - y) * math.log((1.0 - y) / (1.0 - mu))
     return 2.0 * w * t
-
-
-@numba.njit(cache=True, inline="always")
-def _aic_row(fam, mu, ka, kb, kc):
-    """−2 log p(y_i | μ_i): binomial −2(kc + ka log μ + kb log(1−μ)) with ka = c·k,
-    kb = c·(m − k), kc = c·log choose(m, k); Poisson −2(kc + ka log μ − kb μ) with ka = w·y,
-    kb = w, kc = −w·log y!."""
-    if fam == 3:
-        return -2.0 * (kc + (ka * math.log(mu) if ka != 0 else 0.0) - kb * mu)
-    s = kc
-    if ka != 0:
-        s += ka * math.log(mu)
-    if kb != 0:
-        s += kb * math.log(1.0 - mu)
-    return -2.0 * s
 
 
 @numba.njit(cache=True, inline="always")
@@ -260,8 +244,11 @@ def _factor(T, A, cz, B, XtWX, XtWz, Lfac, RX, with_x, joint, u, beta):
 
 
 @numba.njit(cache=True)
-def _update_eta(y, w, X, Z, g, fam, T, offset, u, beta, joint, eta, bT):
-    """η = o (+ Xβ in the joint mode) + z_iᵀ T u_j; returns pdev = Σ d_i(μ) + ‖u‖²."""
+def _sweep(y, w, X, Z, g, fam, T, offset, u, beta, joint, eta, bT, A, cz, B, XtWX, XtWz,
+           with_x):
+    """One pass over the rows: η = o (+ Xβ in the joint mode) + z_iᵀTu_j, μ, the deviance, and
+    the next iteration's working weights and cross-products at that η (see ``_accumulate``).
+    Returns pdev = Σ d_i(μ) + ‖u‖²."""
     n = y.shape[0]
     J, q = u.shape
     p = X.shape[1]
@@ -273,6 +260,12 @@ def _update_eta(y, w, X, Z, g, fam, T, offset, u, beta, joint, eta, bT):
                 s += T[a, b] * u[j, b]
             bT[j, a] = s
             usq += u[j, a] * u[j, a]
+    A[:] = 0.0
+    cz[:] = 0.0
+    if with_x:
+        B[:] = 0.0
+        XtWX[:] = 0.0
+        XtWz[:] = 0.0
     dev = 0.0
     for i in range(n):
         e = offset[i]
@@ -280,24 +273,67 @@ def _update_eta(y, w, X, Z, g, fam, T, offset, u, beta, joint, eta, bT):
             for c in range(p):
                 e += X[i, c] * beta[c]
         j = g[i]
+        if q == 2:  # the common random-slope case, unrolled (same arithmetic as below)
+            lin = 0.0
+            z0, z1 = Z[i, 0], Z[i, 1]
+            lin += z0 * bT[j, 0]
+            lin += z1 * bT[j, 1]
+            e += lin
+            eta[i] = e
+            mu, dmu, V = _family_row(fam, e)
+            dev += _unit_dev(fam, y[i], mu, w[i])
+            Wi = dmu * dmu * w[i] / V
+            zi = e - offset[i] + (y[i] - mu) / dmu
+            if not with_x:
+                za = z0 * Wi
+                cz[j, 0] += za * zi
+                A[j, 0, 0] += za * z0
+                za = z1 * Wi
+                cz[j, 1] += za * zi
+                A[j, 1, 0] += za * z0
+                A[j, 1, 1] += za * z1
+                continue
+        else:
+            lin = 0.0
+            for a in range(q):
+                lin += Z[i, a] * bT[j, a]
+            e += lin
+            eta[i] = e
+            mu, dmu, V = _family_row(fam, e)
+            dev += _unit_dev(fam, y[i], mu, w[i])
+            Wi = dmu * dmu * w[i] / V
+            zi = e - offset[i] + (y[i] - mu) / dmu
         for a in range(q):
-            e += Z[i, a] * bT[j, a]
-        eta[i] = e
-        mu, dmu, V = _family_row(fam, e)
-        dev += _unit_dev(fam, y[i], mu, w[i])
-    return dev + usq
+            za = Z[i, a] * Wi
+            cz[j, a] += za * zi
+            for b in range(a + 1):
+                A[j, a, b] += za * Z[i, b]
+            if with_x:
+                for c in range(p):
+                    B[j, a, c] += za * X[i, c]
+        if with_x:
+            for c in range(p):
+                xc = X[i, c] * Wi
+                XtWz[c] += xc * zi
+                for d in range(c + 1):
+                    XtWX[c, d] += xc * X[i, d]
+    return dev + usq, dev
 
 
 @numba.njit(cache=True)
 def pirls_kernel(joint, want_rx, refresh, y, w, X, Z, g, fam, T, offset, eta, tol, maxit,
-                 ka, kb, kc, u, beta, Lfac, RX):
-    """lme4's PIRLS loop (module docstring). On entry ``eta`` is the starting η and ``offset``
+                 csat, u, beta, Lfac, RX, pre, A0, cz0, B0, XtWX0, XtWz0):
+    """lme4's PIRLS loop (module docstring). With ``pre`` the first iteration's cross-products
+    are taken from A0, cz0, B0, XᵀWX0, XᵀWž0 (computed once per warm start by
+    :func:`start_crossprods`) instead of a pass over the rows. On entry ``eta`` is the
+    starting η and ``offset``
     the offset (with Xβ folded in for the u-only mode); on exit ``eta``, ``u`` (J × q),
     ``beta`` (joint mode), ``Lfac`` (J × q × q) and ``RX`` (p × p, when ``joint`` or
     ``want_rx``) hold the final state.
 
-    Returns (status, iterations, pdev, ldL2, aic, devsum, usq) with aic = −2 log p(y | ũ)
-    (the ``aic`` term), devsum = Σ d_i and usq = ‖ũ‖² at the final μ.
+    Returns (status, iterations, pdev, ldL2, aic, devsum, usq) with devsum = Σ d_i and
+    usq = ‖ũ‖² at the final μ, and aic = −2 log p(y | ũ) = devsum + C_sat (the ``aic`` term;
+    ``csat`` is the saturated constant, so no per-row log-density is needed).
     """
     n = y.shape[0]
     J, q = u.shape
@@ -313,18 +349,30 @@ def pirls_kernel(joint, want_rx, refresh, y, w, X, Z, g, fam, T, offset, eta, to
     beta_old = beta.copy()
     oldpdev = 1.7976931348623157e308
     pdev = oldpdev
+    dev = np.nan
     ldL2 = np.nan
     status = NOT_CONVERGED
     it = 0
+    # weights at the starting η (given in A0 … when ``pre``: they depend on the warm start
+    # only); afterwards every sweep leaves the next iteration's weights
+    if pre:
+        A[:] = A0
+        cz[:] = cz0
+        if with_x:
+            B[:] = B0
+            XtWX[:] = XtWX0
+            XtWz[:] = XtWz0
+    else:
+        _accumulate(y, w, X, Z, g, fam, offset, eta, A, cz, B, XtWX, XtWz, with_x)
     for it in range(1, maxit + 1):
         u_old[:] = u
         beta_old[:] = beta
-        _accumulate(y, w, X, Z, g, fam, offset, eta, A, cz, B, XtWX, XtWz, with_x)
         ok, ldL2 = _factor(T, A, cz, B, XtWX, XtWz, Lfac, RX, with_x, joint, u, beta)
         if not ok:
             status = NOT_PD
             break
-        pdev = _update_eta(y, w, X, Z, g, fam, T, offset, u, beta, joint, eta, bT)
+        pdev, dev = _sweep(y, w, X, Z, g, fam, T, offset, u, beta, joint, eta, bT, A, cz, B,
+                           XtWX, XtWz, with_x)
         if abs((oldpdev - pdev) / pdev) < tol:
             status = OK
             break
@@ -337,7 +385,8 @@ def pirls_kernel(joint, want_rx, refresh, y, w, X, Z, g, fam, T, offset, eta, to
                 if joint:
                     for c in range(p):
                         beta[c] = 0.5 * (beta_old[c] + beta[c])
-                pdev = _update_eta(y, w, X, Z, g, fam, T, offset, u, beta, joint, eta, bT)
+                pdev, dev = _sweep(y, w, X, Z, g, fam, T, offset, u, beta, joint, eta, bT, A,
+                                   cz, B, XtWX, XtWz, with_x)
                 k += 1
             if math.isnan(pdev):
                 status = NAN_PDEV
@@ -346,24 +395,32 @@ def pirls_kernel(joint, want_rx, refresh, y, w, X, Z, g, fam, T, offset, eta, to
                 status = STEP_HALVING
                 break
         oldpdev = pdev
-    if status == OK and refresh:
-        _accumulate(y, w, X, Z, g, fam, offset, eta, A, cz, B, XtWX, XtWz, with_x)
+    if status == OK and refresh:  # L (and RX) at the final weights, left by the last sweep
         u2 = u.copy()
         beta2 = beta.copy()
         ok, ldL2 = _factor(T, A, cz, B, XtWX, XtWz, Lfac, RX, with_x, False, u2, beta2)
         if not ok:
             status = NOT_PD
-    aic = 0.0
-    dev = 0.0
-    for i in range(n):
-        mu, dmu, V = _family_row(fam, eta[i])
-        aic += _aic_row(fam, mu, ka[i], kb[i], kc[i])
-        dev += _unit_dev(fam, y[i], mu, w[i])
     usq = 0.0
     for j in range(J):
         for a in range(q):
             usq += u[j, a] * u[j, a]
-    return status, it, pdev, ldL2, aic, dev, usq
+    return status, it, pdev, ldL2, dev + csat, dev, usq
+
+
+@numba.njit(cache=True)
+def start_crossprods(y, w, X, Z, g, fam, offset, eta, J):
+    """A_j, c_j, B_j, XᵀWX, XᵀWž at the warm start η = o + lp0 with ž = η − o + r (they do not
+    depend on θ; for the u-only mode c_j − B_jβ gives the c_j with Xβ in the offset)."""
+    q = Z.shape[1]
+    p = X.shape[1]
+    A = np.zeros((J, q, q))
+    cz = np.zeros((J, q))
+    B = np.zeros((J, q, p))
+    XtWX = np.zeros((p, p))
+    XtWz = np.zeros(p)
+    _accumulate(y, w, X, Z, g, fam, offset, eta, A, cz, B, XtWX, XtWz, True)
+    return A, cz, B, XtWX, XtWz
 
 
 @numba.njit(cache=True)

@@ -88,10 +88,12 @@ class GlmmProblem:
         self.J, self.q, self.p = design.n_groups, design.q, design.p
         self.n_theta = design.n_theta
         self.nodes, self.weights = gh_rule(self.nagq) if self.nagq > 1 else (None, None)
+        self.csat = resp.saturated_constant(family)  # a(μ) = Σ d_i(μ) + C_sat for every μ
         eta0 = resp.offset + family.linkfun(resp.mustart(family))
         self.lp0 = np.zeros(design.n)
+        self._start = None
         st = self._pirls(design.theta_to_T(self.theta0), resp.offset, eta0, joint=True)
-        self.lp0 = st.eta - resp.offset  # Xβ + ZΛu of the initial joint PIRLS
+        self.set_warm_start(st)  # lp0 = Xβ + ZΛu of the initial joint PIRLS
         self.initial = st
 
     @property
@@ -100,7 +102,7 @@ class GlmmProblem:
         return self.design.T_to_theta(np.eye(self.q))
 
     def _pirls(self, T, offset, eta, *, joint, beta=None, want_rx=False, exact=False,
-               theta=None) -> PirlsState:
+               theta=None, start=None) -> PirlsState:
         u = np.zeros((self.J, self.q))
         b = np.zeros(self.p) if beta is None else np.array(beta, dtype=float)
         Lfac = np.zeros((self.J, self.q, self.q))
@@ -111,25 +113,34 @@ class GlmmProblem:
             joint, want_rx, exact, r.y, r.w, self.X, self.Z, self.g, self.family.code,
             np.ascontiguousarray(T, dtype=float), np.ascontiguousarray(offset), eta,
             TOL_EXACT if exact else TOL_PWRSS, 4 * MAXIT if exact else MAXIT,
-            r.ka, r.kb, r.kc, u, b, Lfac, RX)
+            self.csat, u, b, Lfac, RX, *(start if start is not None else self._no_start()))
         if status != kernels.OK:
             raise PirlsError(_ERRORS[status])
         return PirlsState(ldL2 + usq + aic, u, b, eta, Lfac, RX, ldL2, aic, dev, usq, it,
                           np.asarray(theta if theta is not None else [], dtype=float))
 
+    def _no_start(self):
+        e2, e3 = np.zeros((0, 0)), np.zeros((0, 0, 0))
+        return (False, e3, e2, e3, e2, np.zeros(0))
+
     def stage1_state(self, theta: np.ndarray) -> PirlsState:
         """Joint PIRLS at θ from η = o + lp0 (glmer's stage-1 / nAGQ = 0 objective)."""
         T = self.design.theta_to_T(theta)
+        A0, c0, B0, XtWX0, XtWz0 = self._start
         return self._pirls(T, self.resp.offset, self.resp.offset + self.lp0, joint=True,
-                           theta=theta)
+                           theta=theta, start=(True, A0, c0, B0, XtWX0, XtWz0))
 
     def stage1(self, theta: np.ndarray) -> float:
         """Stage-1 objective value at θ (Laplace value after joint PIRLS)."""
         return self.stage1_state(theta).value
 
     def set_warm_start(self, state: PirlsState) -> None:
-        """``updateGlmerDevfun``: lp0 ← the linear predictor of ``state`` (Xβ + ZΛu)."""
+        """``updateGlmerDevfun``: lp0 ← the linear predictor of ``state`` (Xβ + ZΛu); the
+        working weights and cross-products at η = o + lp0 are computed once here."""
         self.lp0 = state.eta - self.resp.offset
+        r = self.resp
+        self._start = kernels.start_crossprods(r.y, r.w, self.X, self.Z, self.g, self.family.code,
+                                               r.offset, r.offset + self.lp0, self.J)
 
     def stage2_state(self, par: np.ndarray, *, exact: bool = False,
                      want_rx: bool = False) -> PirlsState:
@@ -139,8 +150,11 @@ class GlmmProblem:
         theta, beta = par[: self.n_theta], par[self.n_theta :]
         T = self.design.theta_to_T(theta)
         off = self.resp.offset + self.X @ beta
+        A0, c0, B0, XtWX0, XtWz0 = self._start
+        cz0 = c0 - np.einsum("jac,c->ja", B0, beta)  # Xβ moved into the offset
         st = self._pirls(T, off, self.resp.offset + self.lp0, joint=False, beta=beta,
-                         want_rx=want_rx, exact=exact, theta=theta)
+                         want_rx=want_rx, exact=exact, theta=theta,
+                         start=(True, A0, cz0, B0, XtWX0, XtWz0))
         if self.nagq > 1:
             s0, lm = kernels.agq_kernel(self.resp.y, self.resp.w, self.Z, self.g,
                                         self.family.code, float(T[0, 0]), off, st.u, st.Lfac,

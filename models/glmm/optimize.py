@@ -19,9 +19,12 @@ from dataclasses import dataclass
 import nlopt
 import numpy as np
 
+from twolevel.data.errors import TwolevelError
+
 __all__ = ["NMResult", "nelder_mead", "bobyqa_stage1", "deriv12", "check_boundary", "polish"]
 
 BOUNDARY_TOL = 1e-5
+XCONV = "parameter values converged to within tolerance"
 
 
 @dataclass(frozen=True)
@@ -95,17 +98,17 @@ def nelder_mead(fn: Callable[[np.ndarray], float], x0, lower, upper, xst, xt,
         fl, fh = vals[il], vals[ih]
         c = (pts.sum(axis=1) - pts[:, ih]) / n
         if np.all(np.abs(pts - c[:, None]).max(axis=1) < xt):
-            return NMResult(best[1], best[0], nev, 4, "parameter values converged to within tolerance")
+            return NMResult(best[1], best[0], nev, 4, XCONV)
         xr, ok = reflect(c, 1.0, pts[:, ih], c)
         if not ok:
-            return NMResult(best[1], best[0], nev, 4, "parameter values converged to within tolerance")
+            return NMResult(best[1], best[0], nev, 4, XCONV)
         fr = f(xr)
         if nev >= maxfun:
             return NMResult(best[1], best[0], nev, -4, "reached max evaluations")
         if fr < fl:
             xe, ok = reflect(c, 2.0, pts[:, ih], c)
             if not ok:
-                return NMResult(best[1], best[0], nev, 4, "parameter values converged to within tolerance")
+                return NMResult(best[1], best[0], nev, 4, XCONV)
             fe = f(xe)
             if fe < vals[ih]:
                 pts[:, ih], vals[ih] = xe, fe
@@ -116,7 +119,7 @@ def nelder_mead(fn: Callable[[np.ndarray], float], x0, lower, upper, xst, xt,
         else:
             xc, ok = reflect(c, -0.5 if fh <= fr else 0.5, pts[:, ih], c)
             if not ok:
-                return NMResult(best[1], best[0], nev, 4, "parameter values converged to within tolerance")
+                return NMResult(best[1], best[0], nev, 4, XCONV)
             fc = f(xc)
             if fc < fr and fc < fh:
                 pts[:, ih], vals[ih] = xc, fc
@@ -126,7 +129,7 @@ def nelder_mead(fn: Callable[[np.ndarray], float], x0, lower, upper, xst, xt,
                         xs, ok = reflect(pts[:, il], -0.5, pts[:, k], c)
                         if not ok:
                             return NMResult(best[1], best[0], nev, 4,
-                                            "parameter values converged to within tolerance")
+                                            XCONV)
                         pts[:, k] = xs
                 init = True
         if nev >= maxfun:
@@ -215,7 +218,10 @@ def polish(fn: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray,
 
     def obj(x, grad):
         best[2] += 1
-        v = float(fn(np.array(x)))
+        try:
+            v = float(fn(np.array(x)))
+        except TwolevelError:  # PIRLS failed far from the optimum: not a candidate
+            return np.inf
         if not np.isfinite(v):
             return np.inf
         if v < best[0]:

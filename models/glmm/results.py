@@ -180,9 +180,15 @@ class GlmerFit:
 
     def confint(self, level: float = 0.95, method: str = "Wald") -> pd.DataFrame:
         """Wald intervals β̂ ± z·SE for the fixed effects (``confint(fit, method = "Wald")``;
-        lme4 gives NA for the variance parameters there, omitted here)."""
+        lme4 gives NA for the variance parameters there, omitted here), or ``method="profile"``
+        (:func:`twolevel.models.glmm.profile.confint_profile`: scalar random-effect SDs and
+        fixed effects)."""
+        if method.lower() == "profile":
+            from twolevel.models.glmm.profile import confint_profile
+
+            return confint_profile(self, level)
         if method.lower() != "wald":
-            raise ValueError("only method='Wald' is implemented for glmer fits")
+            raise ValueError("method must be 'Wald' or 'profile'")
         z = stats.norm.ppf(0.5 + level / 2)
         b, se = self.fixef(), self.se()
         lo, hi = f"{100 * (1 - level) / 2:.1f} %", f"{100 * (1 + level) / 2:.1f} %"
@@ -295,7 +301,7 @@ class GlmerFit:
 
     # ----------------------------------------------------------------- printing
     def _title(self) -> str:
-        approx = ("Laplace Approximation" if self.nagq <= 1 else
+        approx = ("Laplace Approximation" if self.nagq == 1 else
                   f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nagq}")
         title = f"Generalized linear mixed model fit by maximum likelihood ({approx})"
         cls = "glmerMod"

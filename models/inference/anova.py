@@ -1,7 +1,8 @@
 """Likelihood-ratio tests between nested fits: lme4's ``anova(m_small, m_big)`` plus a
 boundary-corrected p-value for variance components.
 
-lme4's table (``anovaLmer``), for lmer and for glmer fits (GLMMs are never refitted): REML fits are refitted by ML (``refitML``: "refitting model(s) with
+lme4's table (``anovaLmer``), for lmer and for glmer fits (GLMMs are never refitted): REML fits
+are refitted by ML (``refitML``: "refitting model(s) with
 ML (instead of REML)"), the models are sorted by npar, and consecutive rows are compared:
 Chisq = 2·max(0, ℓ_i − ℓ_{i−1}), Df = npar_i − npar_{i−1}, p = P(χ²_Df > Chisq).
 

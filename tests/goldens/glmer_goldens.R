@@ -74,6 +74,10 @@ fits$sim_int <- extract(m_sim0)
 for (k in c(12, 20)) fits[[paste0("sim_int_agq", k)]] <- extract(fit(y ~ x + (1 | g), sim, binomial, k))
 fits$sim_probit <- extract(fit(y ~ x + (1 | g), sim, binomial(link = "probit")))
 fits$pois_offset <- extract(fit(y ~ x + offset(log(expo)) + (1 | g), pois, poisson))
+ci_of <- function(m) { ci <- suppressMessages(confint(m, method = "profile"))
+  list(names = rownames(ci), lower = unname(ci[, 1]), upper = unname(ci[, 2])) }
+fits$cbpp$profile_ci <- ci_of(fit(f_cbpp, cbpp, binomial))
+fits$sim_int$profile_ci <- ci_of(m_sim0)
 a <- anova(m_sim0, m_sim)
 anova_sim <- list(chisq = a$Chisq[2], df = a$Df[2], p = a[["Pr(>Chisq)"]][2])
 cat(toJSON(list(versions = list(R = R.version.string, lme4 = as.character(packageVersion("lme4"))),

@@ -99,7 +99,7 @@ def add_repro_section(sec, spec, settings, eff, command, progress, rep, elapsed)
     sec.pre(r_code(spec))
     seeds = pd.DataFrame(
         [(k, eff.seed_for(k)) for k in ("prior_m1", "bayes_m1", "ppc_m1", "prior_m2", "bayes_m2",
-                                        "ppc_m2")],
+                                        "ppc_m2", "predict")],
         columns=["random step", "seed"])
     sec.text(f"Run seed: {settings.seed} (`--seed`); every random step uses a seed derived from "
              f"it. Sampling: {eff.chains} chains × {eff.draws} draws after {eff.tune} tuning steps"

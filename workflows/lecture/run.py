@@ -1,4 +1,4 @@
-"""The lecture workflow's orchestrator: :func:`run_workflow` runs the nine steps in order, each a
+"""The lecture workflow's orchestrator: :func:`run_workflow` runs the ten steps in order, each a
 small unit of its own module, and writes the report folder atomically.
 """
 
@@ -12,6 +12,7 @@ from twolevel.workflows.lecture.answers import add_answers_section
 from twolevel.workflows.lecture.bayes import add_bayes_section, fit_bayes
 from twolevel.workflows.lecture.compare import add_comparison_section
 from twolevel.workflows.lecture.effects import add_caterpillar_section, add_shrinkage_section
+from twolevel.workflows.lecture.predictions import add_prediction_section
 from twolevel.workflows.lecture.prepare import add_data_section, prepare_data
 from twolevel.workflows.lecture.record import (
     add_repro_section,
@@ -32,7 +33,7 @@ def run_workflow(
     command: str | None = None,
     emit: Callable[[str], None] = print,
 ) -> Path:
-    """Run the nine steps and write the report folder ``out`` (atomically). Returns its path."""
+    """Run the ten steps and write the report folder ``out`` (atomically). Returns its path."""
     return _run_steps(spec, settings, Path(out), command or command_line(), Progress(emit))
 
 
@@ -55,7 +56,8 @@ def _run_steps(
         s_shr = rep.section("6. Shrinkage: OLS → REML BLUP → posterior mean")
         s_res = rep.section("7. Level-2 residuals")
         s_ans = rep.section("8. The lecture's questions, REML and Bayes side by side")
-        s_repro = rep.section("9. Reproducibility: commands, seeds, software, timings, files")
+        s_pred = rep.section("9. Predictions for new students, and effect sizes")
+        s_repro = rep.section("10. Reproducibility: commands, seeds, software, timings, files")
 
         with progress.step("data: description, centering, per-school OLS"):
             d = prepare_data(spec)
@@ -89,6 +91,10 @@ def _run_steps(
 
         with progress.step("the lecture's questions"):
             add_answers_section(s_ans, s_answers, rep, spec, rv, bv, progress)
+
+        with progress.step("predictions (existing and new schools) and effect sizes"):
+            add_prediction_section(s_pred, spec, d, reml, bayes, rv, plots,
+                                   eff.seed_for("predict"))
 
         with progress.step("report: HTML, Markdown, CSV, figures, NetCDF"):
             add_repro_section(s_repro, spec, settings, eff, command, progress, rep,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-N_STEPS = 9
+N_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,11 @@ class WorkflowSpec:
         """Random intercept only."""
         return f"{self.y} ~ {self.fixed_rhs()} + (1 | {self.group})"
 
+    @property
+    def formula_m0(self) -> str:
+        """The null model (random intercept, no predictors): its ICC and the baseline of PRV."""
+        return f"{self.y} ~ 1 + (1 | {self.group})"
+
 
 LECTURE_SPEC = WorkflowSpec(
     data="lecture",
@@ -95,7 +100,8 @@ class RunSettings:
 
     def seed_for(self, step: str) -> int:
         """A fixed seed per random step, derived from the run's seed."""
-        offsets = {"prior_m1": 1, "bayes_m1": 2, "bayes_m2": 3, "ppc_m1": 4, "ppc_m2": 5, "prior_m2": 6}
+        offsets = {"prior_m1": 1, "bayes_m1": 2, "bayes_m2": 3, "ppc_m1": 4, "ppc_m2": 5, "prior_m2": 6,
+                   "predict": 7}
         return int(self.seed) * 10 + offsets[step]
 
 
