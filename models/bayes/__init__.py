@@ -1,4 +1,6 @@
 """The Bayesian side: priors as plain values (:mod:`.priors`), the PyMC builders
-(:mod:`.pymc_model`, the only module of twolevel that imports PyMC), the collapsed likelihood in
-NumPy (:mod:`.collapsed`), NUTS and the frozen :class:`~.fit.BayesFit` (:mod:`.fit`), and ArviZ's
+(:mod:`.pymc_model` for normal outcomes, :mod:`.pymc_glmm` for binary and count outcomes: the only
+modules of twolevel that import PyMC), the collapsed likelihood in NumPy (:mod:`.collapsed`), the
+pointwise log-likelihoods of binary and count outcomes (:mod:`.glmm_loglik`) and their fit
+(:mod:`.glmm_fit`), NUTS and the frozen :class:`~.fit.BayesFit` (:mod:`.fit`), and ArviZ's
 convergence diagnostics shared with a helper process (:mod:`.diagnostics`)."""
