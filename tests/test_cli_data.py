@@ -35,7 +35,7 @@ def test_lecture_command(tmp_path, capsys):
     assert "B0_hat = (Intercept), B1_hat = famsesc" in out
     assert "  1002 " in out and "  1039 " in out and "  1040 " not in out  # first 20 schools
     assert "... 722 more groups" in out
-    assert "[9/9] report" in out
+    assert "[10/10] report" in out
     table = pd.read_csv(out_dir / "tables" / "per_school_ols.csv")
     assert len(table) == 742 and table["n_j"].sum() == 11_091
     assert list(table.columns[:5]) == ["schid", "n_j", "df_resid", "B0_hat", "B1_hat"]
