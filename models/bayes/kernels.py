@@ -1,0 +1,496 @@
+"""Compiled log-density and gradient of the collapsed two-level model (numba, cached on disk).
+
+The PyMC model of :func:`twolevel.models.bayes.pymc_model.build_model` (``likelihood="collapsed"``)
+is the specification; this module evaluates the same log-density, with PyMC's transforms,
+Jacobians and normalising constants, in the same unconstrained space and the same order as
+``model.value_vars``::
+
+    x = [ β (p) | log σ | LKJCholeskyCov's packed factor, diagonal on the log scale (q(q+1)/2) ]
+    x = [ β (p) | log σ | log sd (q) ]                      (independent effects, "diag")
+
+Its gradient is derived by hand (module functions below give the formulas). Every function is
+compiled by numba with ``cache=True`` and takes one flat float64 array ``data``
+(:func:`pack_data`: a header, the prior parameters, the cross-products) instead of closing over
+the model, so the machine code is generic: compiled once per installation, then loaded from
+``__pycache__`` (or ``NUMBA_CACHE_DIR``) by every later process, whatever the data, formula or
+priors. :func:`logp_cfunc` and :func:`expand_cfunc` are C callbacks with nutpie's signatures:
+nutpie's Rust NUTS calls them from its own threads without the GIL
+(:mod:`twolevel.models.bayes.sampler`).
+
+Collapsed likelihood (as :mod:`twolevel.models.bayes.collapsed`): with d_j = c_j − B_jβ,
+M_j = I + LᵀA_jL/σ² = R_jR_jᵀ, u_j = Lᵀd_j, W_j = M_j⁻¹, h_j = W_ju_j, Q_j = u_jᵀh_j,
+S(β) = yᵀy − 2βᵀXᵀy + βᵀXᵀXβ::
+
+    ℓ = −½ [ n log 2πσ² + Σ_j log|M_j| + S(β)/σ² − Σ_j Q_j/σ⁴ ]
+    ∂ℓ/∂β  = −(XᵀXβ − Xᵀy)/σ² − Σ_j B_jᵀL h_j/σ⁴
+    ∂ℓ/∂L  = Σ_j [ d_j h_jᵀ/σ⁴ − A_jL (W_j/σ² + h_jh_jᵀ/σ⁶) ]            (lower triangle)
+    ∂ℓ/∂σ² = −½ [ n/σ² − Σ_j (q − tr W_j)/σ² − S(β)/σ⁴ + Σ_j (Q_j + h_jᵀh_j)/σ⁶ ]
+
+(from d log|M| = tr(W dM) and dQ = 2hᵀdu − hᵀdM h).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import types
+
+from twolevel.data.errors import TwolevelError
+
+__all__ = ["HEADER", "expand_cfunc", "expand_names", "logp_cfunc", "logp_grad",
+           "logp_and_grad", "pack_data", "support_point"]
+
+# header of the packed data vector
+_Q, _P, _J, _N, _STRUCT, _ETA, _FBETA, _FSIGMA, _FSD, _CONST = range(10)
+HEADER = 10
+LKJ, DIAG = 0, 1
+LOCATION_CODES = {"Normal": 0, "StudentT": 1}
+POSITIVE_CODES = {"HalfNormal": 0, "HalfStudentT": 1, "HalfCauchy": 2, "Exponential": 3,
+                  "Gamma": 4}
+_LOG2PI = math.log(2.0 * math.pi)
+
+
+# ----------------------------------------------------------------------------- priors
+
+
+def _location_params(prior, p: int) -> tuple[np.ndarray, float]:
+    """(p, 3) parameters (μ, s, ν) of the β prior and its summed normalising constant:
+    Normal: −log s − ½ log 2π;  StudentT: lgamma((ν+1)/2) − lgamma(ν/2) − ½ log(νπs²)."""
+    mu, s = prior.param("mu", p), prior.param("sigma", p)
+    nu = prior.param("nu", p) if prior.dist == "StudentT" else np.ones(p)
+    const = 0.0
+    for k in range(p):
+        if prior.dist == "Normal":
+            const += -math.log(s[k]) - 0.5 * _LOG2PI
+        else:
+            const += (math.lgamma((nu[k] + 1) / 2) - math.lgamma(nu[k] / 2)
+                      - 0.5 * math.log(nu[k] * math.pi * s[k] ** 2))
+    return np.stack([mu, s, nu], axis=1), const
+
+
+def _positive_params(prior, size: int) -> tuple[np.ndarray, float]:
+    """(size, 2) parameters (a, b) of a positive prior and its summed normalising constant:
+    HalfNormal(σ=a): ½ log(2/π) − log a;  HalfStudentT(σ=a, ν=b): log 2 + lgamma((ν+1)/2) −
+    lgamma(ν/2) − ½ log(νπa²);  HalfCauchy(β=a): log(2/π) − log a;  Exponential(λ=a): log a;
+    Gamma(α=a, β=b): α log β − lgamma(α)."""
+    d = prior.dist
+    if d == "HalfNormal":
+        a, b = prior.param("sigma", size), np.zeros(size)
+    elif d == "HalfStudentT":
+        a, b = prior.param("sigma", size), prior.param("nu", size)
+    elif d == "HalfCauchy":
+        a, b = prior.param("beta", size), np.zeros(size)
+    elif d == "Exponential":
+        a, b = prior.param("lam", size), np.zeros(size)
+    else:  # Gamma
+        a, b = prior.param("alpha", size), prior.param("beta", size)
+    const = 0.0
+    for k in range(size):
+        if d == "HalfNormal":
+            const += 0.5 * math.log(2 / math.pi) - math.log(a[k])
+        elif d == "HalfStudentT":
+            const += (math.log(2.0) + math.lgamma((b[k] + 1) / 2) - math.lgamma(b[k] / 2)
+                      - 0.5 * math.log(b[k] * math.pi * a[k] ** 2))
+        elif d == "HalfCauchy":
+            const += math.log(2 / math.pi) - math.log(a[k])
+        elif d == "Exponential":
+            const += math.log(a[k])
+        else:
+            const += a[k] * math.log(b[k]) - math.lgamma(a[k])
+    return np.stack([a, b], axis=1), const
+
+
+def lkj_normalizing_constant(eta: float, n: int) -> float:
+    """log normalising constant of LKJ(η) on n × n correlation matrices (PyMC's):
+    (n−1) lgamma(η + (n−1)/2) − Σ_{k=1}^{n−1} [ k/2 log π + lgamma(η + (n−1−k)/2) ]."""
+    return (n - 1) * math.lgamma(eta + 0.5 * (n - 1)) - sum(
+        0.5 * k * math.log(math.pi) + math.lgamma(eta + 0.5 * (n - 1 - k)) for k in range(1, n))
+
+
+def pack_data(cp, n: int, priors, structure: str) -> np.ndarray:
+    """The flat float64 vector the kernels read: header (q, p, J, n, structure, η, prior family
+    codes, constant), β prior (p × 3), σ prior (2), sd prior (q × 2), then A (J×q×q), B (J×q×p),
+    c (J×q), XᵀX (p×p), Xᵀy (p), yᵀy. ``cp`` is a :class:`GroupCrossprods`."""
+    A, B, c = np.asarray(cp.A, float), np.asarray(cp.B, float), np.asarray(cp.c, float)
+    J, q, p = B.shape
+    if priors.beta.dist not in LOCATION_CODES or priors.sigma.dist not in POSITIVE_CODES \
+            or priors.sd.dist not in POSITIVE_CODES:
+        raise TwolevelError(f"priors {priors.to_dict()} have no compiled kernel; use the families "
+                            "of twolevel.models.bayes.priors.SUPPORTED")
+    pb, cb = _location_params(priors.beta, p)
+    ps, cs = _positive_params(priors.sigma, 1)
+    pd_, cd = _positive_params(priors.sd, q)
+    eta = float(priors.corr.param("eta")) if structure == "lkj" else 1.0
+    const = -0.5 * n * _LOG2PI + cb + cs + cd
+    if structure == "lkj":
+        const += lkj_normalizing_constant(eta, q)
+    head = np.array([q, p, J, n, LKJ if structure == "lkj" else DIAG, eta,
+                     LOCATION_CODES[priors.beta.dist], POSITIVE_CODES[priors.sigma.dist],
+                     POSITIVE_CODES[priors.sd.dist], const], float)
+    return np.ascontiguousarray(np.concatenate([
+        head, pb.ravel(), ps.ravel(), pd_.ravel(), A.ravel(), B.ravel(), c.ravel(),
+        np.asarray(cp.XtX, float).ravel(), np.asarray(cp.Xty, float).ravel(),
+        [float(cp.yty)]]))
+
+
+def n_unconstrained(q: int, p: int, structure: str) -> int:
+    """Length of x: p + 1 + q(q+1)/2 (LKJ) or p + 1 + q (independent effects)."""
+    return p + 1 + (q * (q + 1) // 2 if structure == "lkj" else q)
+
+
+def _positive_support(prior, size: int) -> np.ndarray:
+    """PyMC's support point (initial value) of a positive prior: HalfNormal σ, HalfStudentT σ,
+    HalfCauchy β, Exponential 1/λ, Gamma α/β."""
+    d = prior.dist
+    if d in ("HalfNormal", "HalfStudentT"):
+        return prior.param("sigma", size)
+    if d == "HalfCauchy":
+        return prior.param("beta", size)
+    if d == "Exponential":
+        return 1.0 / prior.param("lam", size)
+    return prior.param("alpha", size) / prior.param("beta", size)
+
+
+def support_point(priors, q: int, p: int, structure: str) -> np.ndarray:
+    """PyMC's initial point of the model in x (before nutpie's U(−1, 1) jitter): β at its prior
+    location, log σ at log of σ's support point, the LKJ factor at the identity (all zeros in x)
+    or log sd at the sd prior's support point."""
+    x = np.zeros(n_unconstrained(q, p, structure))
+    x[:p] = priors.beta.param("mu", p)
+    x[p] = math.log(float(_positive_support(priors.sigma, 1)[0]))
+    if structure != "lkj":
+        x[p + 1:] = np.log(_positive_support(priors.sd, q))
+    return x
+
+
+def expand_names(q: int, p: int, structure: str) -> tuple[list[str], list[tuple[int, ...]]]:
+    """Names and shapes of the expanded draw (nutpie's trace order, as PyMC's model has them):
+    the free value variables, then σ, the packed factor ``chol_cov`` (LKJ), ``sd``, ``corr`` (LKJ)."""
+    if structure == "lkj":
+        m = q * (q + 1) // 2
+        return (["beta", "sigma_log__", "chol_cov_cholesky-cov-packed__", "sigma", "chol_cov",
+                 "sd", "corr"], [(p,), (), (m,), (), (m,), (q,), (q, q)])
+    return (["beta", "sigma_log__", "sd_log__", "sigma", "sd"], [(p,), (), (q,), (), (q,)])
+
+
+# ----------------------------------------------------------------------------- compiled maths
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _location_logp(code, x, mu, s, nu):
+    """(variable part of log density, derivative) of β_k's prior: Normal −½((x−μ)/s)²,
+    −(x−μ)/s²;  StudentT −(ν+1)/2 log1p(((x−μ)/s)²/ν), −(ν+1)(x−μ)/(νs² + (x−μ)²)."""
+    r = x - mu
+    if code == 0:
+        return -0.5 * (r / s) ** 2, -r / (s * s)
+    return (-0.5 * (nu + 1.0) * math.log1p((r / s) ** 2 / nu),
+            -(nu + 1.0) * r / (nu * s * s + r * r))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _positive_logp(code, x, a, b):
+    """(variable part of log density, derivative) at x > 0 of HalfNormal(a): −x²/2a², −x/a²;
+    HalfStudentT(a, ν=b): −(ν+1)/2 log1p(x²/νa²), −(ν+1)x/(νa² + x²); HalfCauchy(a):
+    −log1p((x/a)²), −2x/(a² + x²); Exponential(λ=a): −ax, −a; Gamma(α=a, β=b):
+    (α−1) log x − βx, (α−1)/x − β."""
+    if code == 0:
+        return -0.5 * (x / a) ** 2, -x / (a * a)
+    if code == 1:
+        return (-0.5 * (b + 1.0) * math.log1p(x * x / (b * a * a)),
+                -(b + 1.0) * x / (b * a * a + x * x))
+    if code == 2:
+        return -math.log1p((x / a) ** 2), -2.0 * x / (a * a + x * x)
+    if code == 3:
+        return -a * x, -a
+    return (a - 1.0) * math.log(x) - b * x, (a - 1.0) / x - b
+
+
+@numba.njit(cache=True, nogil=True)
+def _factor(x, q, p, struct, L):
+    """Fill L (q × q, lower) from x: LKJ packed rows with exp on the diagonal, or diag(exp)."""
+    for i in range(q):
+        for j in range(q):
+            L[i, j] = 0.0
+    k = p + 1
+    if struct == 0:
+        for i in range(q):
+            for j in range(i + 1):
+                L[i, j] = math.exp(x[k]) if i == j else x[k]
+                k += 1
+    else:
+        for i in range(q):
+            L[i, i] = math.exp(x[k + i])
+
+
+@numba.njit(cache=True, nogil=True)
+def logp_grad(x, grad, data):
+    """log density of the collapsed model at x (unconstrained, module docstring), with PyMC's
+    Jacobians and constants; writes ∂/∂x into ``grad``. ``data`` from :func:`pack_data`."""
+    q, p, J = int(data[_Q]), int(data[_P]), int(data[_J])
+    n, struct, eta = data[_N], int(data[_STRUCT]), data[_ETA]
+    o_pb = HEADER
+    o_ps = o_pb + 3 * p
+    o_pd = o_ps + 2
+    o_A = o_pd + 2 * q
+    o_B = o_A + J * q * q
+    o_c = o_B + J * q * p
+    o_XtX = o_c + J * q
+    o_Xty = o_XtX + p * p
+    yty = data[o_Xty + p]
+
+    L = np.empty((q, q))
+    _factor(x, q, p, struct, L)
+    sigma = math.exp(x[p])
+    s2 = sigma * sigma
+    s4 = s2 * s2
+    s6 = s4 * s2
+
+    d = np.empty(q)
+    u = np.empty(q)
+    h = np.empty(q)
+    w = np.empty(q)
+    AL = np.empty((q, q))
+    M = np.empty((q, q))
+    R = np.empty((q, q))
+    Rinv = np.empty((q, q))
+    W = np.empty((q, q))
+    K = np.empty((q, q))
+    GL = np.zeros((q, q))
+    gB = np.zeros(p)
+    sum_logdet = 0.0
+    sum_Q = 0.0
+    sum_trW = 0.0
+    sum_hh = 0.0
+    for j in range(J):
+        oA = o_A + j * q * q
+        oB = o_B + j * q * p
+        oc = o_c + j * q
+        for k in range(q):
+            s = data[oc + k]
+            for l in range(p):
+                s -= data[oB + k * p + l] * x[l]
+            d[k] = s
+        for a in range(q):
+            for b in range(q):
+                s = 0.0
+                for k in range(b, q):
+                    s += data[oA + a * q + k] * L[k, b]
+                AL[a, b] = s
+        for a in range(q):
+            s = 0.0
+            for k in range(a, q):
+                s += L[k, a] * d[k]
+            u[a] = s
+            for b in range(a + 1):
+                s = 0.0
+                for k in range(a, q):
+                    s += L[k, a] * AL[k, b]
+                M[a, b] = s / s2 + (1.0 if a == b else 0.0)
+        # M = R Rᵀ
+        logdet = 0.0
+        for k in range(q):
+            s = M[k, k]
+            for l in range(k):
+                s -= R[k, l] * R[k, l]
+            r = math.sqrt(s)
+            R[k, k] = r
+            logdet += 2.0 * math.log(r)
+            for i in range(k + 1, q):
+                s = M[i, k]
+                for l in range(k):
+                    s -= R[i, l] * R[k, l]
+                R[i, k] = s / r
+        # Rinv (lower), W = Rinvᵀ Rinv
+        for c in range(q):
+            for i in range(q):
+                if i < c:
+                    Rinv[i, c] = 0.0
+                    continue
+                s = 1.0 if i == c else 0.0
+                for l in range(c, i):
+                    s -= R[i, l] * Rinv[l, c]
+                Rinv[i, c] = s / R[i, i]
+        trW = 0.0
+        for a in range(q):
+            for b in range(a + 1):
+                s = 0.0
+                for k in range(a, q):
+                    s += Rinv[k, a] * Rinv[k, b]
+                W[a, b] = s
+                W[b, a] = s
+            trW += W[a, a]
+        Qj = 0.0
+        hh = 0.0
+        for a in range(q):
+            s = 0.0
+            for b in range(q):
+                s += W[a, b] * u[b]
+            h[a] = s
+            Qj += u[a] * s
+            hh += s * s
+        for a in range(q):
+            s = 0.0
+            for k in range(a + 1):
+                s += L[a, k] * h[k]
+            w[a] = s
+        for l in range(p):
+            s = 0.0
+            for k in range(q):
+                s += data[oB + k * p + l] * w[k]
+            gB[l] += s
+        for a in range(q):
+            for b in range(q):
+                K[a, b] = W[a, b] / s2 + h[a] * h[b] / s6
+        for a in range(q):
+            for b in range(a + 1):
+                s = 0.0
+                for k in range(q):
+                    s += AL[a, k] * K[k, b]
+                GL[a, b] += d[a] * h[b] / s4 - s
+        sum_logdet += logdet
+        sum_Q += Qj
+        sum_trW += trW
+        sum_hh += hh
+
+    # S(β) and its gradient
+    S = yty
+    for k in range(p):
+        xb = 0.0
+        for l in range(p):
+            xb += data[o_XtX + k * p + l] * x[l]
+        S += x[k] * xb - 2.0 * x[k] * data[o_Xty + k]
+        grad[k] = -(xb - data[o_Xty + k]) / s2 - gB[k] / s4
+    lp = data[_CONST] - 0.5 * (n * math.log(s2) + sum_logdet + S / s2 - sum_Q / s4)
+    g_s2 = -0.5 * (n / s2 - (J * q - sum_trW) / s2 - S / s4 + (sum_Q + sum_hh) / s6)
+
+    # β prior
+    fb = int(data[_FBETA])
+    for k in range(p):
+        v, dv = _location_logp(fb, x[k], data[o_pb + 3 * k], data[o_pb + 3 * k + 1],
+                               data[o_pb + 3 * k + 2])
+        lp += v
+        grad[k] += dv
+    # σ prior, log transform (Jacobian x[p])
+    v, dv = _positive_logp(int(data[_FSIGMA]), sigma, data[o_ps], data[o_ps + 1])
+    lp += v + x[p]
+    grad[p] = 2.0 * s2 * g_s2 + sigma * dv + 1.0
+
+    fd = int(data[_FSD])
+    if struct == 0:
+        # LKJCholeskyCov: sd_i = ‖L_i·‖, corr_diag_i = L_ii/sd_i;
+        # log p = Σ_i [(2η − 2 + q − i) log corr_diag_i − i log sd_i + log p_sd(sd_i)]
+        for i in range(q):
+            ss = 0.0
+            for j in range(i + 1):
+                ss += L[i, j] * L[i, j]
+            sd = math.sqrt(ss)
+            kk = 2.0 * eta - 2.0 + q - i
+            v, dv = _positive_logp(fd, sd, data[o_pd + 2 * i], data[o_pd + 2 * i + 1])
+            lp += kk * (math.log(L[i, i]) - math.log(sd)) - i * math.log(sd) + v
+            for j in range(i + 1):
+                g = -(kk + i) * L[i, j] / ss + dv * L[i, j] / sd
+                if i == j:
+                    g += kk / L[i, i]
+                GL[i, j] += g
+        k = p + 1
+        for i in range(q):
+            for j in range(i + 1):
+                if i == j:
+                    lp += x[k]
+                    grad[k] = L[i, i] * GL[i, i] + 1.0
+                else:
+                    grad[k] = GL[i, j]
+                k += 1
+    else:
+        for i in range(q):
+            v, dv = _positive_logp(fd, L[i, i], data[o_pd + 2 * i], data[o_pd + 2 * i + 1])
+            lp += v + x[p + 1 + i]
+            grad[p + 1 + i] = L[i, i] * (GL[i, i] + dv) + 1.0
+    return lp
+
+
+def logp_and_grad(x: np.ndarray, data: np.ndarray) -> tuple[float, np.ndarray]:
+    """(log density, gradient) at x: :func:`logp_grad` from Python."""
+    x = np.ascontiguousarray(x, dtype=float)
+    grad = np.empty_like(x)
+    return float(logp_grad(x, grad, data)), grad
+
+
+@numba.njit(cache=True, nogil=True)
+def _data_view(ptr):
+    """The packed data vector behind nutpie's user-data pointer (its length from the header)."""
+    head = numba.carray(ptr, (HEADER,), np.float64)
+    q, p, J = int(head[_Q]), int(head[_P]), int(head[_J])
+    size = HEADER + 3 * p + 2 + 2 * q + J * q * (q + p + 1) + p * p + p + 1
+    return numba.carray(ptr, (size,), np.float64)
+
+
+@numba.njit(cache=True, nogil=True)
+def expand(x, data, out):
+    """x → the expanded draw of :func:`expand_names`: x itself, σ, then (LKJ) the packed factor,
+    the SDs (row norms of L) and the correlation matrix (L/sd)(L/sd)ᵀ, or (diag) the SDs."""
+    q, p = int(data[_Q]), int(data[_P])
+    struct = int(data[_STRUCT])
+    nx = x.shape[0]
+    for i in range(nx):
+        out[i] = x[i]
+    k = nx
+    out[k] = math.exp(x[p])
+    k += 1
+    L = np.empty((q, q))
+    _factor(x, q, p, struct, L)
+    if struct == 0:
+        for i in range(q):
+            for j in range(i + 1):
+                out[k] = L[i, j]
+                k += 1
+    sd = np.empty(q)
+    for i in range(q):
+        ss = 0.0
+        for j in range(i + 1):
+            ss += L[i, j] * L[i, j]
+        sd[i] = math.sqrt(ss)
+        out[k] = sd[i]
+        k += 1
+    if struct == 0:
+        for a in range(q):
+            for b in range(q):
+                s = 0.0
+                for j in range(min(a, b) + 1):
+                    s += L[a, j] * L[b, j]
+                out[k] = s / (sd[a] * sd[b])
+                k += 1
+
+
+_LOGP_SIG = types.int64(types.uint64, types.CPointer(types.double), types.CPointer(types.double),
+                        types.CPointer(types.double), types.voidptr)
+_EXPAND_SIG = types.int64(types.uint64, types.uint64, types.CPointer(types.double),
+                          types.CPointer(types.double), types.voidptr)
+
+
+@numba.cfunc(_LOGP_SIG, cache=True, nogil=True)
+def logp_cfunc(dim, x_, grad_, logp_, user_data):
+    """nutpie's logp callback: 0 on success, 3 / 4 for a non-finite gradient / density."""
+    data = _data_view(user_data)
+    x = numba.carray(x_, (dim,))
+    grad = numba.carray(grad_, (dim,))
+    lp = logp_grad(x, grad, data)
+    logp_[0] = lp
+    for i in range(dim):
+        if not math.isfinite(grad[i]):
+            return 3
+    if not math.isfinite(lp):
+        return 4
+    return 0
+
+
+@numba.cfunc(_EXPAND_SIG, cache=True, nogil=True)
+def expand_cfunc(dim, n_expanded, x_, out_, user_data):
+    """nutpie's expand callback (:func:`expand`)."""
+    data = _data_view(user_data)
+    x = numba.carray(x_, (dim,))
+    out = numba.carray(out_, (n_expanded,))
+    expand(x, data, out)
+    return 0
