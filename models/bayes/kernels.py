@@ -224,29 +224,81 @@ def _factor(x, q, p, struct, L):
             L[i, i] = math.exp(x[k + i])
 
 
-@numba.njit(cache=True, nogil=True)
-def logp_grad(x, grad, data):
-    """log density of the collapsed model at x (unconstrained, module docstring), with PyMC's
-    Jacobians and constants; writes ∂/∂x into ``grad``. ``data`` from :func:`pack_data`."""
-    q, p, J = int(data[_Q]), int(data[_P]), int(data[_J])
-    n, struct, eta = data[_N], int(data[_STRUCT]), data[_ETA]
-    o_pb = HEADER
-    o_ps = o_pb + 3 * p
-    o_pd = o_ps + 2
-    o_A = o_pd + 2 * q
-    o_B = o_A + J * q * q
-    o_c = o_B + J * q * p
-    o_XtX = o_c + J * q
-    o_Xty = o_XtX + p * p
-    yty = data[o_Xty + p]
+_LOG_FLUSH = 1e100  # the running product of det M_j ≥ 1 is folded into its logarithm above this
 
-    L = np.empty((q, q))
-    _factor(x, q, p, struct, L)
-    sigma = math.exp(x[p])
-    s2 = sigma * sigma
+
+@numba.njit(cache=True, nogil=True)
+def _schools_q2(x, data, L, s2, p, J, o_A, o_B, o_c, GL, gB):
+    """The per-school sums of the module docstring for q = 2 in closed form (W_j = M_j⁻¹ by the
+    adjugate, no square roots; Σ log|M_j| from a running product of det M_j ≥ 1). Adds the
+    school terms of ∂ℓ/∂L into GL and Σ_j B_jᵀL h_j into gB; returns
+    (Σ log|M_j|, Σ Q_j, Σ tr W_j, Σ h_jᵀh_j)."""
+    i2 = 1.0 / s2
+    i4 = i2 * i2
+    i6 = i4 * i2
+    l00, l10, l11 = L[0, 0], L[1, 0], L[1, 1]
+    g00 = 0.0
+    g10 = 0.0
+    g11 = 0.0
+    sum_Q = 0.0
+    sum_trW = 0.0
+    sum_hh = 0.0
+    logsum = 0.0
+    prod = 1.0
+    for j in range(J):
+        oA = o_A + 4 * j
+        oB = o_B + 2 * p * j
+        oc = o_c + 2 * j
+        d0 = data[oc]
+        d1 = data[oc + 1]
+        for l in range(p):
+            d0 -= data[oB + l] * x[l]
+            d1 -= data[oB + p + l] * x[l]
+        a00, a01, a11 = data[oA], data[oA + 1], data[oA + 3]
+        al00 = a00 * l00 + a01 * l10
+        al01 = a01 * l11
+        al10 = a01 * l00 + a11 * l10
+        al11 = a11 * l11
+        M00 = 1.0 + (l00 * al00 + l10 * al10) * i2
+        M01 = (l00 * al01 + l10 * al11) * i2
+        M11 = 1.0 + l11 * al11 * i2
+        det = M00 * M11 - M01 * M01
+        prod *= det
+        if prod > _LOG_FLUSH:
+            logsum += math.log(prod)
+            prod = 1.0
+        idet = 1.0 / det
+        W00 = M11 * idet
+        W01 = -M01 * idet
+        W11 = M00 * idet
+        u0 = l00 * d0 + l10 * d1
+        u1 = l11 * d1
+        h0 = W00 * u0 + W01 * u1
+        h1 = W01 * u0 + W11 * u1
+        sum_Q += u0 * h0 + u1 * h1
+        sum_hh += h0 * h0 + h1 * h1
+        sum_trW += W00 + W11
+        w0 = l00 * h0
+        w1 = l10 * h0 + l11 * h1
+        for l in range(p):
+            gB[l] += data[oB + l] * w0 + data[oB + p + l] * w1
+        K00 = W00 * i2 + h0 * h0 * i6
+        K01 = W01 * i2 + h0 * h1 * i6
+        K11 = W11 * i2 + h1 * h1 * i6
+        g00 += d0 * h0 * i4 - (al00 * K00 + al01 * K01)
+        g10 += d1 * h0 * i4 - (al10 * K00 + al11 * K01)
+        g11 += d1 * h1 * i4 - (al10 * K01 + al11 * K11)
+    GL[0, 0] += g00
+    GL[1, 0] += g10
+    GL[1, 1] += g11
+    return logsum + math.log(prod), sum_Q, sum_trW, sum_hh
+
+
+@numba.njit(cache=True, nogil=True)
+def _schools_general(x, data, L, s2, q, p, J, o_A, o_B, o_c, GL, gB):
+    """:func:`_schools_q2` for any q: M_j = R_jR_jᵀ (Cholesky), W_j = R_j⁻ᵀR_j⁻¹."""
     s4 = s2 * s2
     s6 = s4 * s2
-
     d = np.empty(q)
     u = np.empty(q)
     h = np.empty(q)
@@ -257,12 +309,11 @@ def logp_grad(x, grad, data):
     Rinv = np.empty((q, q))
     W = np.empty((q, q))
     K = np.empty((q, q))
-    GL = np.zeros((q, q))
-    gB = np.zeros(p)
-    sum_logdet = 0.0
     sum_Q = 0.0
     sum_trW = 0.0
     sum_hh = 0.0
+    logsum = 0.0
+    prod = 1.0
     for j in range(J):
         oA = o_A + j * q * q
         oB = o_B + j * q * p
@@ -289,14 +340,16 @@ def logp_grad(x, grad, data):
                     s += L[k, a] * AL[k, b]
                 M[a, b] = s / s2 + (1.0 if a == b else 0.0)
         # M = R Rᵀ
-        logdet = 0.0
         for k in range(q):
             s = M[k, k]
             for l in range(k):
                 s -= R[k, l] * R[k, l]
             r = math.sqrt(s)
             R[k, k] = r
-            logdet += 2.0 * math.log(r)
+            prod *= s
+            if prod > _LOG_FLUSH:
+                logsum += math.log(prod)
+                prod = 1.0
             for i in range(k + 1, q):
                 s = M[i, k]
                 for l in range(k):
@@ -349,10 +402,42 @@ def logp_grad(x, grad, data):
                 for k in range(q):
                     s += AL[a, k] * K[k, b]
                 GL[a, b] += d[a] * h[b] / s4 - s
-        sum_logdet += logdet
         sum_Q += Qj
         sum_trW += trW
         sum_hh += hh
+    return logsum + math.log(prod), sum_Q, sum_trW, sum_hh
+
+
+@numba.njit(cache=True, nogil=True)
+def logp_grad(x, grad, data):
+    """log density of the collapsed model at x (unconstrained, module docstring), with PyMC's
+    Jacobians and constants; writes ∂/∂x into ``grad``. ``data`` from :func:`pack_data`."""
+    q, p, J = int(data[_Q]), int(data[_P]), int(data[_J])
+    n, struct, eta = data[_N], int(data[_STRUCT]), data[_ETA]
+    o_pb = HEADER
+    o_ps = o_pb + 3 * p
+    o_pd = o_ps + 2
+    o_A = o_pd + 2 * q
+    o_B = o_A + J * q * q
+    o_c = o_B + J * q * p
+    o_XtX = o_c + J * q
+    o_Xty = o_XtX + p * p
+    yty = data[o_Xty + p]
+
+    L = np.empty((q, q))
+    _factor(x, q, p, struct, L)
+    sigma = math.exp(x[p])
+    s2 = sigma * sigma
+    s4 = s2 * s2
+    s6 = s4 * s2
+
+    GL = np.zeros((q, q))
+    gB = np.zeros(p)
+    if q == 2:
+        sums = _schools_q2(x, data, L, s2, p, J, o_A, o_B, o_c, GL, gB)
+    else:
+        sums = _schools_general(x, data, L, s2, q, p, J, o_A, o_B, o_c, GL, gB)
+    sum_logdet, sum_Q, sum_trW, sum_hh = sums
 
     # S(β) and its gradient
     S = yty
