@@ -224,8 +224,11 @@ def collapsed_loglik(cp, n: int, beta, L, sigma, mod=pt):
 
 
 def _rv(name: str, prior: Prior, size: int | None = None, dims=None):
-    """A PyMC random variable for ``prior`` (vector when ``size`` is given)."""
-    kw = {k: (prior.param(k, size) if size is not None else float(prior.param(k)))
+    """A PyMC random variable for ``prior`` (vector when ``size`` is given). Scalar parameters are
+    passed as float64 NumPy scalars: a Python float such as 3.0 would become a float32 constant
+    (PyTensor's autocast), and the constants of the density (log √(2/π), ...) would be folded in
+    float32, ~1e-8 off."""
+    kw = {k: (prior.param(k, size) if size is not None else np.float64(prior.param(k)))
           for k in prior.params}
     cls = getattr(pm, prior.dist)
     if size is None:
