@@ -13,7 +13,7 @@ compiled by numba with ``cache=True`` and takes one flat float64 array ``data``
 (:func:`pack_data`: a header, the prior parameters, the cross-products) instead of closing over
 the model, so the machine code is generic: compiled once per installation, then loaded from
 ``__pycache__`` (or ``NUMBA_CACHE_DIR``) by every later process, whatever the data, formula or
-priors. :func:`logp_cfunc` and :func:`expand_cfunc` are C callbacks with nutpie's signatures:
+priors. :func:`logp_cfunc` and :func:`expand_cfunc` give C callbacks with nutpie's signatures:
 nutpie's Rust NUTS calls them from its own threads without the GIL
 (:mod:`twolevel.models.bayes.sampler`).
 
@@ -39,8 +39,8 @@ from numba import types
 
 from twolevel.data.errors import TwolevelError
 
-__all__ = ["HEADER", "expand_cfunc", "expand_names", "logp_cfunc", "logp_grad",
-           "logp_and_grad", "pack_data", "support_point"]
+__all__ = ["HEADER", "expand", "expand_cfunc", "expand_names", "logp_and_grad", "logp_cfunc",
+           "logp_grad", "logp_grad_general", "logp_grad_q2", "pack_data", "support_point"]
 
 # header of the packed data vector
 _Q, _P, _J, _N, _STRUCT, _ETA, _FBETA, _FSIGMA, _FSD, _CONST = range(10)
@@ -178,7 +178,7 @@ def expand_names(q: int, p: int, structure: str) -> tuple[list[str], list[tuple[
 # ----------------------------------------------------------------------------- compiled maths
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True)
 def _location_logp(code, x, mu, s, nu):
     """(variable part of log density, derivative) of β_k's prior: Normal −½((x−μ)/s)²,
     −(x−μ)/s²;  StudentT −(ν+1)/2 log1p(((x−μ)/s)²/ν), −(ν+1)(x−μ)/(νs² + (x−μ)²)."""
@@ -189,7 +189,7 @@ def _location_logp(code, x, mu, s, nu):
             -(nu + 1.0) * r / (nu * s * s + r * r))
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True)
 def _positive_logp(code, x, a, b):
     """(variable part of log density, derivative) at x > 0 of HalfNormal(a): −x²/2a², −x/a²;
     HalfStudentT(a, ν=b): −(ν+1)/2 log1p(x²/νa²), −(ν+1)x/(νa² + x²); HalfCauchy(a):
@@ -409,11 +409,10 @@ def _schools_general(x, data, L, s2, q, p, J, o_A, o_B, o_c, GL, gB):
 
 
 @numba.njit(cache=True, nogil=True)
-def logp_grad(x, grad, data):
-    """log density of the collapsed model at x (unconstrained, module docstring), with PyMC's
-    Jacobians and constants; writes ∂/∂x into ``grad``. ``data`` from :func:`pack_data`."""
+def _offsets(data):
+    """Positions in ``data`` (:func:`pack_data`) of the β, σ and sd prior parameters, A, B, c,
+    XᵀX and Xᵀy."""
     q, p, J = int(data[_Q]), int(data[_P]), int(data[_J])
-    n, struct, eta = data[_N], int(data[_STRUCT]), data[_ETA]
     o_pb = HEADER
     o_ps = o_pb + 3 * p
     o_pd = o_ps + 2
@@ -422,21 +421,22 @@ def logp_grad(x, grad, data):
     o_c = o_B + J * q * p
     o_XtX = o_c + J * q
     o_Xty = o_XtX + p * p
-    yty = data[o_Xty + p]
+    return o_pb, o_ps, o_pd, o_A, o_B, o_c, o_XtX, o_Xty
 
-    L = np.empty((q, q))
-    _factor(x, q, p, struct, L)
-    sigma = math.exp(x[p])
+
+@numba.njit(cache=True, nogil=True)
+def _assemble(x, grad, data, L, sigma, sums, GL, gB):
+    """ℓ and its gradient from the school sums (:func:`_schools_q2`), plus the priors with their
+    transforms' Jacobians: Normal/StudentT β; log σ; LKJCholeskyCov (PyMC's density: sd_i the row
+    norms of L, Σ_i (2η − 2 + q − i) log(L_ii/sd_i) − i log sd_i + log p_sd(sd_i), diagonal on the
+    log scale) or independent log sd."""
+    q, p, J = int(data[_Q]), int(data[_P]), int(data[_J])
+    n, struct, eta = data[_N], int(data[_STRUCT]), data[_ETA]
+    o_pb, o_ps, o_pd, o_A, o_B, o_c, o_XtX, o_Xty = _offsets(data)
+    yty = data[o_Xty + p]
     s2 = sigma * sigma
     s4 = s2 * s2
     s6 = s4 * s2
-
-    GL = np.zeros((q, q))
-    gB = np.zeros(p)
-    if q == 2:
-        sums = _schools_q2(x, data, L, s2, p, J, o_A, o_B, o_c, GL, gB)
-    else:
-        sums = _schools_general(x, data, L, s2, q, p, J, o_A, o_B, o_c, GL, gB)
     sum_logdet, sum_Q, sum_trW, sum_hh = sums
 
     # S(β) and its gradient
@@ -494,6 +494,48 @@ def logp_grad(x, grad, data):
             lp += v + x[p + 1 + i]
             grad[p + 1 + i] = L[i, i] * (GL[i, i] + dv) + 1.0
     return lp
+
+
+
+
+@numba.njit(cache=True, nogil=True)
+def _start(x, data):
+    """L (q × q) from x and σ = exp(x[p])."""
+    q, p = int(data[_Q]), int(data[_P])
+    L = np.empty((q, q))
+    _factor(x, q, p, int(data[_STRUCT]), L)
+    return L, math.exp(x[p])
+
+
+@numba.njit(cache=True, nogil=True)
+def logp_grad_q2(x, grad, data):
+    """log density of the collapsed model at x (unconstrained, module docstring) with PyMC's
+    Jacobians and constants, for q = 2; writes ∂/∂x into ``grad``. ``data`` from
+    :func:`pack_data`."""
+    p, J = int(data[_P]), int(data[_J])
+    o_A, o_B, o_c = _offsets(data)[3:6]
+    L, sigma = _start(x, data)
+    GL = np.zeros((2, 2))
+    gB = np.zeros(p)
+    sums = _schools_q2(x, data, L, sigma * sigma, p, J, o_A, o_B, o_c, GL, gB)
+    return _assemble(x, grad, data, L, sigma, sums, GL, gB)
+
+
+@numba.njit(cache=True, nogil=True)
+def logp_grad_general(x, grad, data):
+    """:func:`logp_grad_q2` for any q (:func:`_schools_general`)."""
+    q, p, J = int(data[_Q]), int(data[_P]), int(data[_J])
+    o_A, o_B, o_c = _offsets(data)[3:6]
+    L, sigma = _start(x, data)
+    GL = np.zeros((q, q))
+    gB = np.zeros(p)
+    sums = _schools_general(x, data, L, sigma * sigma, q, p, J, o_A, o_B, o_c, GL, gB)
+    return _assemble(x, grad, data, L, sigma, sums, GL, gB)
+
+
+def logp_grad(x: np.ndarray, grad: np.ndarray, data: np.ndarray) -> float:
+    """:func:`logp_grad_q2` or :func:`logp_grad_general` by q (only the one used is compiled)."""
+    return (logp_grad_q2 if int(data[_Q]) == 2 else logp_grad_general)(x, grad, data)
 
 
 def logp_and_grad(x: np.ndarray, data: np.ndarray) -> tuple[float, np.ndarray]:
@@ -555,13 +597,12 @@ _EXPAND_SIG = types.int64(types.uint64, types.uint64, types.CPointer(types.doubl
                           types.CPointer(types.double), types.voidptr)
 
 
-@numba.cfunc(_LOGP_SIG, cache=True, nogil=True)
-def logp_cfunc(dim, x_, grad_, logp_, user_data):
-    """nutpie's logp callback: 0 on success, 3 / 4 for a non-finite gradient / density."""
+def _logp_c_q2(dim, x_, grad_, logp_, user_data):
+    """nutpie's logp callback (q = 2): 0 on success, 3 / 4 for a non-finite gradient / density."""
     data = _data_view(user_data)
     x = numba.carray(x_, (dim,))
     grad = numba.carray(grad_, (dim,))
-    lp = logp_grad(x, grad, data)
+    lp = logp_grad_q2(x, grad, data)
     logp_[0] = lp
     for i in range(dim):
         if not math.isfinite(grad[i]):
@@ -571,11 +612,45 @@ def logp_cfunc(dim, x_, grad_, logp_, user_data):
     return 0
 
 
-@numba.cfunc(_EXPAND_SIG, cache=True, nogil=True)
-def expand_cfunc(dim, n_expanded, x_, out_, user_data):
+def _logp_c_general(dim, x_, grad_, logp_, user_data):
+    """nutpie's logp callback (any q): as :func:`_logp_c_q2`."""
+    data = _data_view(user_data)
+    x = numba.carray(x_, (dim,))
+    grad = numba.carray(grad_, (dim,))
+    lp = logp_grad_general(x, grad, data)
+    logp_[0] = lp
+    for i in range(dim):
+        if not math.isfinite(grad[i]):
+            return 3
+    if not math.isfinite(lp):
+        return 4
+    return 0
+
+
+def _expand_c(dim, n_expanded, x_, out_, user_data):
     """nutpie's expand callback (:func:`expand`)."""
     data = _data_view(user_data)
     x = numba.carray(x_, (dim,))
     out = numba.carray(out_, (n_expanded,))
     expand(x, data, out)
     return 0
+
+
+_CFUNCS: dict[str, object] = {}
+
+
+def logp_cfunc(q: int):
+    """The compiled C logp callback for q random effects (created, or loaded from numba's cache,
+    on first use: a q = 2 fit compiles nothing of the general path)."""
+    key = "q2" if q == 2 else "general"
+    if key not in _CFUNCS:
+        fn = _logp_c_q2 if q == 2 else _logp_c_general
+        _CFUNCS[key] = numba.cfunc(_LOGP_SIG, cache=True, nogil=True)(fn)
+    return _CFUNCS[key]
+
+
+def expand_cfunc():
+    """The compiled C expand callback (created or loaded on first use)."""
+    if "expand" not in _CFUNCS:
+        _CFUNCS["expand"] = numba.cfunc(_EXPAND_SIG, cache=True, nogil=True)(_expand_c)
+    return _CFUNCS["expand"]

@@ -86,7 +86,7 @@ def compile_collapsed(design: Design, cp: GroupCrossprods, priors: ModelPriors |
     compiled = CompiledPyMCModel(
         _n_dim=n_dim, dims=dims, _coords=coords,
         _shapes={n: tuple(s) for n, s in zip(names, shapes, strict=True)},
-        compiled_logp_func=kernels.logp_cfunc, compiled_expand_func=kernels.expand_cfunc,
+        compiled_logp_func=kernels.logp_cfunc(q), compiled_expand_func=kernels.expand_cfunc(),
         initial_point_func=initial_point, shared_data={}, shared_var_keys={}, user_data=data,
         n_expanded=start, shape_info=(names, slices, shapes), logp_func=None, expand_func=None,
         reparameterized_names=[n for n in names[1:3]],
