@@ -179,17 +179,6 @@ def expand_names(q: int, p: int, structure: str) -> tuple[list[str], list[tuple[
 
 
 @numba.njit(cache=True, nogil=True)
-def _location_logp(code, x, mu, s, nu):
-    """(variable part of log density, derivative) of β_k's prior: Normal −½((x−μ)/s)²,
-    −(x−μ)/s²;  StudentT −(ν+1)/2 log1p(((x−μ)/s)²/ν), −(ν+1)(x−μ)/(νs² + (x−μ)²)."""
-    r = x - mu
-    if code == 0:
-        return -0.5 * (r / s) ** 2, -r / (s * s)
-    return (-0.5 * (nu + 1.0) * math.log1p((r / s) ** 2 / nu),
-            -(nu + 1.0) * r / (nu * s * s + r * r))
-
-
-@numba.njit(cache=True, nogil=True)
 def _positive_logp(code, x, a, b):
     """(variable part of log density, derivative) at x > 0 of HalfNormal(a): −x²/2a², −x/a²;
     HalfStudentT(a, ν=b): −(ν+1)/2 log1p(x²/νa²), −(ν+1)x/(νa² + x²); HalfCauchy(a):
@@ -207,14 +196,27 @@ def _positive_logp(code, x, a, b):
     return (a - 1.0) * math.log(x) - b * x, (a - 1.0) / x - b
 
 
+_LOG_FLUSH = 1e100  # the running product of det M_j ≥ 1 is folded into its logarithm above this
+
+
 @numba.njit(cache=True, nogil=True)
-def _factor(x, q, p, struct, L):
-    """Fill L (q × q, lower) from x: LKJ packed rows with exp on the diagonal, or diag(exp)."""
-    for i in range(q):
-        for j in range(q):
-            L[i, j] = 0.0
+def logp_grad_q2(x, grad, data):
+    """log density of the collapsed model at x (unconstrained, module docstring) with PyMC's
+    Jacobians and constants, for q = 2; writes ∂/∂x into ``grad``. ``data`` from
+    :func:`pack_data`. The per-school sums in closed form (W_j = M_j⁻¹ by the adjugate, no
+    square roots; Σ log|M_j| from a running product of det M_j ≥ 1), then :func:`_assemble`."""
+    q, p, J = 2, int(data[_P]), int(data[_J])
+    o_pb = HEADER  # positions in data (pack_data)
+    o_ps = o_pb + 3 * p
+    o_pd = o_ps + 2
+    o_A = o_pd + 2 * q
+    o_B = o_A + J * q * q
+    o_c = o_B + J * q * p
+    o_XtX = o_c + J * q
+    o_Xty = o_XtX + p * p
+    L = np.zeros((q, q))  # lower: LKJ packed rows with exp on the diagonal, or diag(exp)
     k = p + 1
-    if struct == 0:
+    if int(data[_STRUCT]) == 0:
         for i in range(q):
             for j in range(i + 1):
                 L[i, j] = math.exp(x[k]) if i == j else x[k]
@@ -222,17 +224,10 @@ def _factor(x, q, p, struct, L):
     else:
         for i in range(q):
             L[i, i] = math.exp(x[k + i])
-
-
-_LOG_FLUSH = 1e100  # the running product of det M_j ≥ 1 is folded into its logarithm above this
-
-
-@numba.njit(cache=True, nogil=True)
-def _schools_q2(x, data, L, s2, p, J, o_A, o_B, o_c, GL, gB):
-    """The per-school sums of the module docstring for q = 2 in closed form (W_j = M_j⁻¹ by the
-    adjugate, no square roots; Σ log|M_j| from a running product of det M_j ≥ 1). Adds the
-    school terms of ∂ℓ/∂L into GL and Σ_j B_jᵀL h_j into gB; returns
-    (Σ log|M_j|, Σ Q_j, Σ tr W_j, Σ h_jᵀh_j)."""
+    sigma = math.exp(x[p])
+    s2 = sigma * sigma
+    GL = np.zeros((2, 2))
+    gB = np.zeros(p)
     i2 = 1.0 / s2
     i4 = i2 * i2
     i6 = i4 * i2
@@ -291,12 +286,36 @@ def _schools_q2(x, data, L, s2, p, J, o_A, o_B, o_c, GL, gB):
     GL[0, 0] += g00
     GL[1, 0] += g10
     GL[1, 1] += g11
-    return logsum + math.log(prod), sum_Q, sum_trW, sum_hh
+    sums = (logsum + math.log(prod), sum_Q, sum_trW, sum_hh)
+    return _assemble(x, grad, data, L, sigma, sums, GL, gB)
 
 
 @numba.njit(cache=True, nogil=True)
-def _schools_general(x, data, L, s2, q, p, J, o_A, o_B, o_c, GL, gB):
-    """:func:`_schools_q2` for any q: M_j = R_jR_jᵀ (Cholesky), W_j = R_j⁻ᵀR_j⁻¹."""
+def logp_grad_general(x, grad, data):
+    """:func:`logp_grad_q2` for any q: M_j = R_jR_jᵀ (Cholesky), W_j = R_j⁻ᵀR_j⁻¹."""
+    q, p, J = int(data[_Q]), int(data[_P]), int(data[_J])
+    o_pb = HEADER  # positions in data (pack_data)
+    o_ps = o_pb + 3 * p
+    o_pd = o_ps + 2
+    o_A = o_pd + 2 * q
+    o_B = o_A + J * q * q
+    o_c = o_B + J * q * p
+    o_XtX = o_c + J * q
+    o_Xty = o_XtX + p * p
+    L = np.zeros((q, q))  # lower: LKJ packed rows with exp on the diagonal, or diag(exp)
+    k = p + 1
+    if int(data[_STRUCT]) == 0:
+        for i in range(q):
+            for j in range(i + 1):
+                L[i, j] = math.exp(x[k]) if i == j else x[k]
+                k += 1
+    else:
+        for i in range(q):
+            L[i, i] = math.exp(x[k + i])
+    sigma = math.exp(x[p])
+    s2 = sigma * sigma
+    GL = np.zeros((q, q))
+    gB = np.zeros(p)
     s4 = s2 * s2
     s6 = s4 * s2
     d = np.empty(q)
@@ -405,15 +424,19 @@ def _schools_general(x, data, L, s2, q, p, J, o_A, o_B, o_c, GL, gB):
         sum_Q += Qj
         sum_trW += trW
         sum_hh += hh
-    return logsum + math.log(prod), sum_Q, sum_trW, sum_hh
+    sums = (logsum + math.log(prod), sum_Q, sum_trW, sum_hh)
+    return _assemble(x, grad, data, L, sigma, sums, GL, gB)
 
 
 @numba.njit(cache=True, nogil=True)
-def _offsets(data):
-    """Positions in ``data`` (:func:`pack_data`) of the β, σ and sd prior parameters, A, B, c,
-    XᵀX and Xᵀy."""
+def _assemble(x, grad, data, L, sigma, sums, GL, gB):
+    """ℓ and its gradient from the school sums (:func:`logp_grad_q2`), plus the priors with their
+    transforms' Jacobians: Normal/StudentT β; log σ; LKJCholeskyCov (PyMC's density: sd_i the row
+    norms of L, Σ_i (2η − 2 + q − i) log(L_ii/sd_i) − i log sd_i + log p_sd(sd_i), diagonal on the
+    log scale) or independent log sd."""
     q, p, J = int(data[_Q]), int(data[_P]), int(data[_J])
-    o_pb = HEADER
+    n, struct, eta = data[_N], int(data[_STRUCT]), data[_ETA]
+    o_pb = HEADER  # positions in data (pack_data)
     o_ps = o_pb + 3 * p
     o_pd = o_ps + 2
     o_A = o_pd + 2 * q
@@ -421,18 +444,6 @@ def _offsets(data):
     o_c = o_B + J * q * p
     o_XtX = o_c + J * q
     o_Xty = o_XtX + p * p
-    return o_pb, o_ps, o_pd, o_A, o_B, o_c, o_XtX, o_Xty
-
-
-@numba.njit(cache=True, nogil=True)
-def _assemble(x, grad, data, L, sigma, sums, GL, gB):
-    """ℓ and its gradient from the school sums (:func:`_schools_q2`), plus the priors with their
-    transforms' Jacobians: Normal/StudentT β; log σ; LKJCholeskyCov (PyMC's density: sd_i the row
-    norms of L, Σ_i (2η − 2 + q − i) log(L_ii/sd_i) − i log sd_i + log p_sd(sd_i), diagonal on the
-    log scale) or independent log sd."""
-    q, p, J = int(data[_Q]), int(data[_P]), int(data[_J])
-    n, struct, eta = data[_N], int(data[_STRUCT]), data[_ETA]
-    o_pb, o_ps, o_pd, o_A, o_B, o_c, o_XtX, o_Xty = _offsets(data)
     yty = data[o_Xty + p]
     s2 = sigma * sigma
     s4 = s2 * s2
@@ -451,12 +462,17 @@ def _assemble(x, grad, data, L, sigma, sums, GL, gB):
     g_s2 = -0.5 * (n / s2 - (J * q - sum_trW) / s2 - S / s4 + (sum_Q + sum_hh) / s6)
 
     # β prior
+    # Normal −½((x−μ)/s)², −(x−μ)/s²;  StudentT −(ν+1)/2 log1p(((x−μ)/s)²/ν), −(ν+1)(x−μ)/(νs² + (x−μ)²)
     fb = int(data[_FBETA])
     for k in range(p):
-        v, dv = _location_logp(fb, x[k], data[o_pb + 3 * k], data[o_pb + 3 * k + 1],
-                               data[o_pb + 3 * k + 2])
-        lp += v
-        grad[k] += dv
+        mu, sk, nu = data[o_pb + 3 * k], data[o_pb + 3 * k + 1], data[o_pb + 3 * k + 2]
+        r = x[k] - mu
+        if fb == 0:
+            lp += -0.5 * (r / sk) ** 2
+            grad[k] += -r / (sk * sk)
+        else:
+            lp += -0.5 * (nu + 1.0) * math.log1p((r / sk) ** 2 / nu)
+            grad[k] += -(nu + 1.0) * r / (nu * sk * sk + r * r)
     # σ prior, log transform (Jacobian x[p])
     v, dv = _positive_logp(int(data[_FSIGMA]), sigma, data[o_ps], data[o_ps + 1])
     lp += v + x[p]
@@ -498,41 +514,6 @@ def _assemble(x, grad, data, L, sigma, sums, GL, gB):
 
 
 
-@numba.njit(cache=True, nogil=True)
-def _start(x, data):
-    """L (q × q) from x and σ = exp(x[p])."""
-    q, p = int(data[_Q]), int(data[_P])
-    L = np.empty((q, q))
-    _factor(x, q, p, int(data[_STRUCT]), L)
-    return L, math.exp(x[p])
-
-
-@numba.njit(cache=True, nogil=True)
-def logp_grad_q2(x, grad, data):
-    """log density of the collapsed model at x (unconstrained, module docstring) with PyMC's
-    Jacobians and constants, for q = 2; writes ∂/∂x into ``grad``. ``data`` from
-    :func:`pack_data`."""
-    p, J = int(data[_P]), int(data[_J])
-    o_A, o_B, o_c = _offsets(data)[3:6]
-    L, sigma = _start(x, data)
-    GL = np.zeros((2, 2))
-    gB = np.zeros(p)
-    sums = _schools_q2(x, data, L, sigma * sigma, p, J, o_A, o_B, o_c, GL, gB)
-    return _assemble(x, grad, data, L, sigma, sums, GL, gB)
-
-
-@numba.njit(cache=True, nogil=True)
-def logp_grad_general(x, grad, data):
-    """:func:`logp_grad_q2` for any q (:func:`_schools_general`)."""
-    q, p, J = int(data[_Q]), int(data[_P]), int(data[_J])
-    o_A, o_B, o_c = _offsets(data)[3:6]
-    L, sigma = _start(x, data)
-    GL = np.zeros((q, q))
-    gB = np.zeros(p)
-    sums = _schools_general(x, data, L, sigma * sigma, q, p, J, o_A, o_B, o_c, GL, gB)
-    return _assemble(x, grad, data, L, sigma, sums, GL, gB)
-
-
 def logp_grad(x: np.ndarray, grad: np.ndarray, data: np.ndarray) -> float:
     """:func:`logp_grad_q2` or :func:`logp_grad_general` by q (only the one used is compiled)."""
     return (logp_grad_q2 if int(data[_Q]) == 2 else logp_grad_general)(x, grad, data)
@@ -543,15 +524,6 @@ def logp_and_grad(x: np.ndarray, data: np.ndarray) -> tuple[float, np.ndarray]:
     x = np.ascontiguousarray(x, dtype=float)
     grad = np.empty_like(x)
     return float(logp_grad(x, grad, data)), grad
-
-
-@numba.njit(cache=True, nogil=True)
-def _data_view(ptr):
-    """The packed data vector behind nutpie's user-data pointer (its length from the header)."""
-    head = numba.carray(ptr, (HEADER,), np.float64)
-    q, p, J = int(head[_Q]), int(head[_P]), int(head[_J])
-    size = HEADER + 3 * p + 2 + 2 * q + J * q * (q + p + 1) + p * p + p + 1
-    return numba.carray(ptr, (size,), np.float64)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -566,8 +538,16 @@ def expand(x, data, out):
     k = nx
     out[k] = math.exp(x[p])
     k += 1
-    L = np.empty((q, q))
-    _factor(x, q, p, struct, L)
+    L = np.zeros((q, q))  # lower: LKJ packed rows with exp on the diagonal, or diag(exp)
+    m = p + 1
+    if struct == 0:
+        for i in range(q):
+            for j in range(i + 1):
+                L[i, j] = math.exp(x[m]) if i == j else x[m]
+                m += 1
+    else:
+        for i in range(q):
+            L[i, i] = math.exp(x[m + i])
     if struct == 0:
         for i in range(q):
             for j in range(i + 1):
@@ -599,7 +579,10 @@ _EXPAND_SIG = types.int64(types.uint64, types.uint64, types.CPointer(types.doubl
 
 def _logp_c_q2(dim, x_, grad_, logp_, user_data):
     """nutpie's logp callback (q = 2): 0 on success, 3 / 4 for a non-finite gradient / density."""
-    data = _data_view(user_data)
+    head = numba.carray(user_data, (HEADER,), np.float64)  # the packed data (pack_data)
+    q, p, J = int(head[_Q]), int(head[_P]), int(head[_J])
+    size = HEADER + 3 * p + 2 + 2 * q + J * q * (q + p + 1) + p * p + p + 1
+    data = numba.carray(user_data, (size,), np.float64)
     x = numba.carray(x_, (dim,))
     grad = numba.carray(grad_, (dim,))
     lp = logp_grad_q2(x, grad, data)
@@ -614,7 +597,10 @@ def _logp_c_q2(dim, x_, grad_, logp_, user_data):
 
 def _logp_c_general(dim, x_, grad_, logp_, user_data):
     """nutpie's logp callback (any q): as :func:`_logp_c_q2`."""
-    data = _data_view(user_data)
+    head = numba.carray(user_data, (HEADER,), np.float64)  # the packed data (pack_data)
+    q, p, J = int(head[_Q]), int(head[_P]), int(head[_J])
+    size = HEADER + 3 * p + 2 + 2 * q + J * q * (q + p + 1) + p * p + p + 1
+    data = numba.carray(user_data, (size,), np.float64)
     x = numba.carray(x_, (dim,))
     grad = numba.carray(grad_, (dim,))
     lp = logp_grad_general(x, grad, data)
@@ -629,7 +615,10 @@ def _logp_c_general(dim, x_, grad_, logp_, user_data):
 
 def _expand_c(dim, n_expanded, x_, out_, user_data):
     """nutpie's expand callback (:func:`expand`)."""
-    data = _data_view(user_data)
+    head = numba.carray(user_data, (HEADER,), np.float64)  # the packed data (pack_data)
+    q, p, J = int(head[_Q]), int(head[_P]), int(head[_J])
+    size = HEADER + 3 * p + 2 + 2 * q + J * q * (q + p + 1) + p * p + p + 1
+    data = numba.carray(user_data, (size,), np.float64)
     x = numba.carray(x_, (dim,))
     out = numba.carray(out_, (n_expanded,))
     expand(x, data, out)
