@@ -7,7 +7,7 @@
 * :mod:`.inference` — inference on a fit: anova, Kenward–Roger, profile/Wald/bootstrap intervals,
   HLM statistics, level-2 residuals;
 * :mod:`.bayes` — priors, the PyMC builders (the only module that imports PyMC), the collapsed
-  likelihood, NUTS and its diagnostics;
+  likelihood and its compiled kernels, NUTS, its diagnostics and PSIS-LOO;
 * :mod:`.tables` — tables and summaries built on the above: per-school OLS, shrinkage, the
   lecture's answers.
 """

@@ -55,3 +55,9 @@ def test_separate_functions_agree_with_rhat_ess():
     np.testing.assert_array_equal(r, D.rhat_rank(x))
     np.testing.assert_array_equal(b, D.ess_bulk(x))
     np.testing.assert_array_equal(t, D.ess_tail(x))
+
+
+def test_threads_give_the_same_numbers():
+    x = _chains(5, n=100, k=600)
+    for a, b in zip(D.rhat_ess(x, threads=2), D.rhat_ess(x, threads=1), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -120,3 +120,15 @@ def sample_collapsed(
     dt = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
                        target_accept=target_accept, progress_bar=progress, adaptation=adaptation)
     return dt, priors
+
+
+def compile_kernels() -> None:
+    """Compile (or load) every numba kernel of the Bayesian side into numba's cache: the C
+    callbacks for q = 2 and for any q, and the PSIS-LOO kernel. ``make setup`` runs this once per
+    installation, so a user's first fit and first LOO load machine code instead of compiling."""
+    from twolevel.models.bayes import loo
+
+    kernels.logp_cfunc(2)
+    kernels.logp_cfunc(3)
+    kernels.expand_cfunc()
+    loo.psis_log_weights(np.random.default_rng(0).normal(size=(100, 2)), 1.0)
