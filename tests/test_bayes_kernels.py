@@ -160,3 +160,22 @@ def test_compiled_sampler_returns_the_pymc_models_layout(data):
         m1, m2 = pa[v].mean(("chain", "draw")), pb[v].mean(("chain", "draw"))
         sd = pb[v].std(("chain", "draw"))
         assert np.all(np.abs(m1 - m2) < 0.5 * sd), v
+
+
+@pytest.mark.slow
+def test_cold_cache_is_filled_by_the_compile_helper(tmp_path):
+    """With an empty numba cache, start_kernel_compile's helper process compiles the q = 2
+    callbacks into it (a fresh installation's first fit then only loads them)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from twolevel.models.bayes import sampler as s\n"
+            "assert not s._kernels_cached(2)\n"
+            "s.start_kernel_compile(2)\n"
+            "assert True in s._PENDING\n"
+            "s.wait_kernel_compile(2)\n"
+            "assert s._kernels_cached(2) and not s._PENDING\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=600)
+    assert list((tmp_path / "numba").rglob("kernels._logp_c_q2-*.nbi"))

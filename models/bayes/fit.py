@@ -44,6 +44,7 @@ from twolevel.models.bayes.collapsed import draw_school_effects, school_marginal
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods, make_design
 from twolevel.models.bayes.diagnostics import rhat_ess
 from twolevel.models.bayes.priors import ModelPriors
+from twolevel.models.bayes.sampler import start_kernel_compile
 
 __all__ = [
     "BayesFit",
@@ -56,6 +57,10 @@ __all__ = [
 ]
 
 GATE = {"max_rhat": 1.01, "min_ess": 400.0, "min_bfmi": 0.3}
+
+# On a fresh installation, compile the q = 2 kernels (the common case) in a helper process while
+# the caller goes on importing and loading data; a no-op once numba's cache holds them.
+start_kernel_compile(2)
 _LOG2PI = float(np.log(2.0 * np.pi))
 
 

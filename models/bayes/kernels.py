@@ -37,8 +37,6 @@ import numba
 import numpy as np
 from numba import types
 
-from twolevel.data.errors import TwolevelError
-
 __all__ = ["HEADER", "expand", "expand_cfunc", "expand_names", "logp_and_grad", "logp_cfunc",
            "logp_grad", "logp_grad_general", "logp_grad_q2", "pack_data", "support_point"]
 
@@ -117,6 +115,9 @@ def pack_data(cp, n: int, priors, structure: str) -> np.ndarray:
     J, q, p = B.shape
     if priors.beta.dist not in LOCATION_CODES or priors.sigma.dist not in POSITIVE_CODES \
             or priors.sd.dist not in POSITIVE_CODES:
+        # imported here: a compile helper (sampler.start_kernel_compile) imports only numba
+        from twolevel.data.errors import TwolevelError
+
         raise TwolevelError(f"priors {priors.to_dict()} have no compiled kernel; use the families "
                             "of twolevel.models.bayes.priors.SUPPORTED")
     pb, cb = _location_params(priors.beta, p)

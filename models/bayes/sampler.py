@@ -17,6 +17,10 @@ U(−1, 1) in the unconstrained space, as nutpie does.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 
@@ -25,7 +29,8 @@ from twolevel.models.bayes import kernels
 from twolevel.models.bayes.priors import ModelPriors, check_priors, default_priors
 from twolevel.models.design import Design, GroupCrossprods
 
-__all__ = ["ADAPTATIONS", "compile_collapsed", "effect_structure", "sample_collapsed"]
+__all__ = ["ADAPTATIONS", "compile_collapsed", "compile_kernels", "effect_structure",
+           "sample_collapsed", "start_kernel_compile", "wait_kernel_compile"]
 
 ADAPTATIONS = ("low_rank", "diag", "draw_diag")
 
@@ -44,6 +49,54 @@ def effect_structure(design: Design) -> str:
         "builders take either one correlated block '(1 + x | g)' or only independent effects "
         "'(1 + x || g)': write the random part in one of these forms"
     )
+
+
+def _kernels_cached(q: int) -> bool:
+    """Whether numba's cache holds the C callback for q effects, newer than kernels.py (False
+    only when it surely does not: then compiling elsewhere first is worth it)."""
+    try:
+        from numba.core.caching import FunctionCache
+
+        fn = kernels._logp_c_q2 if q == 2 else kernels._logp_c_general
+        index = FunctionCache(fn)._cache_file._index_path
+        return os.path.getmtime(index) >= os.path.getmtime(kernels.__file__)
+    except FileNotFoundError:
+        return False
+    except Exception:  # noqa: BLE001 - numba's internals moved: compile here as usual
+        return True
+
+
+_PENDING: dict[bool, subprocess.Popen] = {}
+
+
+def start_kernel_compile(q: int) -> None:
+    """On a fresh installation (numba's cache lacks the kernels for q effects), compile them into
+    the cache in a helper process (a plain ``python -c``, never a fork) while this process goes on
+    importing and preparing; :func:`wait_kernel_compile` waits for it. Nothing happens when the
+    cache is warm or a helper for the same kernels is running. :mod:`twolevel.models.bayes.fit`
+    starts one for q = 2 when it is imported."""
+    key = q == 2
+    if key in _PENDING or _kernels_cached(q):
+        return
+    code = (f"from twolevel.models.bayes import kernels; kernels.logp_cfunc({int(q)}); "
+            "kernels.expand_cfunc()")
+    try:
+        _PENDING[key] = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        pass
+
+
+def wait_kernel_compile(q: int, timeout: float = 600.0) -> None:
+    """Wait for the helper of :func:`start_kernel_compile` (if any); whatever it left undone is
+    compiled in this process on first use."""
+    proc = _PENDING.pop(q == 2, None)
+    if proc is not None:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def compile_collapsed(design: Design, cp: GroupCrossprods, priors: ModelPriors | None = None):
@@ -114,8 +167,10 @@ def sample_collapsed(
     if adaptation not in ADAPTATIONS:
         raise TwolevelError(f"adaptation {adaptation!r} is not one of nutpie's "
                             f"{', '.join(ADAPTATIONS)}; use one of those")
-    import nutpie
+    start_kernel_compile(design.q)
+    import nutpie  # (imports ArviZ: ~1.5 s, while a cold cache is being filled)
 
+    wait_kernel_compile(design.q)
     compiled, priors, _ = compile_collapsed(design, cp, priors)
     dt = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
                        target_accept=target_accept, progress_bar=progress, adaptation=adaptation)
