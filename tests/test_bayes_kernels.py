@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twolevel.models.bayes import kernels
+from twolevel.models.bayes import kernels, sampler
 from twolevel.models.bayes.priors import Prior, default_priors
 from twolevel.models.bayes.pymc_model import build_model
 from twolevel.models.design import group_crossprods, make_design
@@ -53,14 +53,14 @@ def _assert_kernel_equals_pymc(built, cp, n_points=6, seed=0):
     # PyTensor's Python linker: no compilation, the same float64 graph
     logp = model.compile_logp(mode="FAST_COMPILE")
     dlogp = model.compile_dlogp(mode="FAST_COMPILE")
-    packed = kernels.pack_data(cp, built.design.n, built.priors, built.structure)
+    packed = sampler.pack_data(cp, built.design.n, built.priors, built.structure)
     names = [v.name for v in model.value_vars]
     ip = model.initial_point()
     shapes = [np.shape(ip[nm]) for nm in names]
     x0 = np.concatenate([np.ravel(ip[nm]) for nm in names])
     # PyMC's initial point is the kernels' support point (nutpie jitters around it)
     np.testing.assert_allclose(
-        kernels.support_point(built.priors, built.design.q, built.design.p, built.structure),
+        sampler.support_point(built.priors, built.design.q, built.design.p, built.structure),
         x0, rtol=1e-12)
     rng = np.random.default_rng(seed)
     for _ in range(n_points):
@@ -106,12 +106,12 @@ def test_expand_gives_pymc_deterministics(data):
     cp = group_crossprods(d)
     built = build_model(d, likelihood="collapsed", crossprods=cp)
     model = built.model
-    names, shapes = kernels.expand_names(d.q, d.p, "lkj")
+    names, shapes = sampler.expand_names(d.q, d.p, "lkj")
     assert names == [v.name for v in model.unobserved_value_vars]
-    x = kernels.support_point(built.priors, d.q, d.p, "lkj")
+    x = sampler.support_point(built.priors, d.q, d.p, "lkj")
     x = x + np.linspace(-0.8, 0.9, x.size)
     out = np.empty(sum(int(np.prod(s, dtype=int)) for s in shapes))
-    kernels.expand(x, kernels.pack_data(cp, d.n, built.priors, "lkj"), out)
+    kernels.expand(x, sampler.pack_data(cp, d.n, built.priors, "lkj"), out)
     point, o = {}, 0
     for v, sh in zip(model.value_vars, shapes, strict=False):
         size = int(np.prod(sh, dtype=int))
@@ -130,7 +130,7 @@ def test_unsupported_prior_family_is_refused(data):
     pri = default_priors(d)
     object.__setattr__(pri.sigma, "dist", "Weibull")
     with pytest.raises(TwolevelError, match="no compiled kernel"):
-        kernels.pack_data(group_crossprods(d), d.n, pri, "lkj")
+        sampler.pack_data(group_crossprods(d), d.n, pri, "lkj")
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ U(−1, 1) in the unconstrained space, as nutpie does.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -30,9 +31,11 @@ from twolevel.models.bayes.priors import ModelPriors, check_priors, default_prio
 from twolevel.models.design import Design, GroupCrossprods
 
 __all__ = ["ADAPTATIONS", "compile_collapsed", "compile_kernels", "effect_structure",
-           "sample_collapsed", "start_kernel_compile", "wait_kernel_compile"]
+           "expand_names", "pack_data", "sample_collapsed", "start_kernel_compile",
+           "support_point", "wait_kernel_compile"]
 
 ADAPTATIONS = ("low_rank", "diag", "draw_diag")
+LOG2PI = math.log(2.0 * math.pi)
 
 
 def effect_structure(design: Design) -> str:
@@ -49,6 +52,129 @@ def effect_structure(design: Design) -> str:
         "builders take either one correlated block '(1 + x | g)' or only independent effects "
         "'(1 + x || g)': write the random part in one of these forms"
     )
+
+
+# ----------------------------------------------------------------------------- the packed data
+
+
+def _location_params(prior, p: int) -> tuple[np.ndarray, float]:
+    """(p, 3) parameters (μ, s, ν) of the β prior and its summed normalising constant:
+    Normal: −log s − ½ log 2π;  StudentT: lgamma((ν+1)/2) − lgamma(ν/2) − ½ log(νπs²)."""
+    mu, s = prior.param("mu", p), prior.param("sigma", p)
+    nu = prior.param("nu", p) if prior.dist == "StudentT" else np.ones(p)
+    const = 0.0
+    for k in range(p):
+        if prior.dist == "Normal":
+            const += -math.log(s[k]) - 0.5 * LOG2PI
+        else:
+            const += (math.lgamma((nu[k] + 1) / 2) - math.lgamma(nu[k] / 2)
+                      - 0.5 * math.log(nu[k] * math.pi * s[k] ** 2))
+    return np.stack([mu, s, nu], axis=1), const
+
+
+def _positive_params(prior, size: int) -> tuple[np.ndarray, float]:
+    """(size, 2) parameters (a, b) of a positive prior and its summed normalising constant:
+    HalfNormal(σ=a): ½ log(2/π) − log a;  HalfStudentT(σ=a, ν=b): log 2 + lgamma((ν+1)/2) −
+    lgamma(ν/2) − ½ log(νπa²);  HalfCauchy(β=a): log(2/π) − log a;  Exponential(λ=a): log a;
+    Gamma(α=a, β=b): α log β − lgamma(α)."""
+    d = prior.dist
+    if d == "HalfNormal":
+        a, b = prior.param("sigma", size), np.zeros(size)
+    elif d == "HalfStudentT":
+        a, b = prior.param("sigma", size), prior.param("nu", size)
+    elif d == "HalfCauchy":
+        a, b = prior.param("beta", size), np.zeros(size)
+    elif d == "Exponential":
+        a, b = prior.param("lam", size), np.zeros(size)
+    else:  # Gamma
+        a, b = prior.param("alpha", size), prior.param("beta", size)
+    const = 0.0
+    for k in range(size):
+        if d == "HalfNormal":
+            const += 0.5 * math.log(2 / math.pi) - math.log(a[k])
+        elif d == "HalfStudentT":
+            const += (math.log(2.0) + math.lgamma((b[k] + 1) / 2) - math.lgamma(b[k] / 2)
+                      - 0.5 * math.log(b[k] * math.pi * a[k] ** 2))
+        elif d == "HalfCauchy":
+            const += math.log(2 / math.pi) - math.log(a[k])
+        elif d == "Exponential":
+            const += math.log(a[k])
+        else:
+            const += a[k] * math.log(b[k]) - math.lgamma(a[k])
+    return np.stack([a, b], axis=1), const
+
+
+def lkj_normalizing_constant(eta: float, n: int) -> float:
+    """log normalising constant of LKJ(η) on n × n correlation matrices (PyMC's):
+    (n−1) lgamma(η + (n−1)/2) − Σ_{k=1}^{n−1} [ k/2 log π + lgamma(η + (n−1−k)/2) ]."""
+    return (n - 1) * math.lgamma(eta + 0.5 * (n - 1)) - sum(
+        0.5 * k * math.log(math.pi) + math.lgamma(eta + 0.5 * (n - 1 - k)) for k in range(1, n))
+
+
+def pack_data(cp, n: int, priors, structure: str) -> np.ndarray:
+    """The flat float64 vector the kernels read: header (q, p, J, n, structure, η, prior family
+    codes, constant), β prior (p × 3), σ prior (2), sd prior (q × 2), then A (J×q×q), B (J×q×p),
+    c (J×q), XᵀX (p×p), Xᵀy (p), yᵀy. ``cp`` is a :class:`GroupCrossprods`."""
+    A, B, c = np.asarray(cp.A, float), np.asarray(cp.B, float), np.asarray(cp.c, float)
+    J, q, p = B.shape
+    if priors.beta.dist not in kernels.LOCATION_CODES or priors.sigma.dist not in kernels.POSITIVE_CODES \
+            or priors.sd.dist not in kernels.POSITIVE_CODES:
+        raise TwolevelError(f"priors {priors.to_dict()} have no compiled kernel; use the families "
+                            "of twolevel.models.bayes.priors.SUPPORTED")
+    pb, cb = _location_params(priors.beta, p)
+    ps, cs = _positive_params(priors.sigma, 1)
+    pd_, cd = _positive_params(priors.sd, q)
+    eta = float(priors.corr.param("eta")) if structure == "lkj" else 1.0
+    const = -0.5 * n * LOG2PI + cb + cs + cd
+    if structure == "lkj":
+        const += lkj_normalizing_constant(eta, q)
+    head = np.array([q, p, J, n, kernels.LKJ if structure == "lkj" else kernels.DIAG, eta,
+                     kernels.LOCATION_CODES[priors.beta.dist], kernels.POSITIVE_CODES[priors.sigma.dist],
+                     kernels.POSITIVE_CODES[priors.sd.dist], const], float)
+    return np.ascontiguousarray(np.concatenate([
+        head, pb.ravel(), ps.ravel(), pd_.ravel(), A.ravel(), B.ravel(), c.ravel(),
+        np.asarray(cp.XtX, float).ravel(), np.asarray(cp.Xty, float).ravel(),
+        [float(cp.yty)]]))
+
+
+def n_unconstrained(q: int, p: int, structure: str) -> int:
+    """Length of x: p + 1 + q(q+1)/2 (LKJ) or p + 1 + q (independent effects)."""
+    return p + 1 + (q * (q + 1) // 2 if structure == "lkj" else q)
+
+
+def _positive_support(prior, size: int) -> np.ndarray:
+    """PyMC's support point (initial value) of a positive prior: HalfNormal σ, HalfStudentT σ,
+    HalfCauchy β, Exponential 1/λ, Gamma α/β."""
+    d = prior.dist
+    if d in ("HalfNormal", "HalfStudentT"):
+        return prior.param("sigma", size)
+    if d == "HalfCauchy":
+        return prior.param("beta", size)
+    if d == "Exponential":
+        return 1.0 / prior.param("lam", size)
+    return prior.param("alpha", size) / prior.param("beta", size)
+
+
+def support_point(priors, q: int, p: int, structure: str) -> np.ndarray:
+    """PyMC's initial point of the model in x (before nutpie's U(−1, 1) jitter): β at its prior
+    location, log σ at log of σ's support point, the LKJ factor at the identity (all zeros in x)
+    or log sd at the sd prior's support point."""
+    x = np.zeros(n_unconstrained(q, p, structure))
+    x[:p] = priors.beta.param("mu", p)
+    x[p] = math.log(float(_positive_support(priors.sigma, 1)[0]))
+    if structure != "lkj":
+        x[p + 1:] = np.log(_positive_support(priors.sd, q))
+    return x
+
+
+def expand_names(q: int, p: int, structure: str) -> tuple[list[str], list[tuple[int, ...]]]:
+    """Names and shapes of the expanded draw (nutpie's trace order, as PyMC's model has them):
+    the free value variables, then σ, the packed factor ``chol_cov`` (LKJ), ``sd``, ``corr`` (LKJ)."""
+    if structure == "lkj":
+        m = q * (q + 1) // 2
+        return (["beta", "sigma_log__", "chol_cov_cholesky-cov-packed__", "sigma", "chol_cov",
+                 "sd", "corr"], [(p,), (), (m,), (), (m,), (q,), (q, q)])
+    return (["beta", "sigma_log__", "sd_log__", "sigma", "sd"], [(p,), (), (q,), (), (q,)])
 
 
 def _kernels_cached(q: int) -> bool:
@@ -109,16 +235,16 @@ def compile_collapsed(design: Design, cp: GroupCrossprods, priors: ModelPriors |
     priors = priors if priors is not None else default_priors(design)
     check_priors(priors, design)
     q, p = design.q, design.p
-    data = kernels.pack_data(cp, design.n, priors, structure)
+    data = pack_data(cp, design.n, priors, structure)
     data.flags.writeable = False
-    n_dim = kernels.n_unconstrained(q, p, structure)
-    names, shapes = kernels.expand_names(q, p, structure)
+    n_dim = n_unconstrained(q, p, structure)
+    names, shapes = expand_names(q, p, structure)
     slices, start = [], 0
     for s in shapes:
         size = int(np.prod(s, dtype=int))
         slices.append(slice(start, start + size))
         start += size
-    x0 = kernels.support_point(priors, q, p, structure)
+    x0 = support_point(priors, q, p, structure)
 
     def initial_point(seed):
         """PyMC's support point plus U(−1, 1) jitter (a new start for every chain and retry)."""
