@@ -79,7 +79,8 @@ def logp_grad_q2(x, grad, data):
     """log density of the collapsed model at x (unconstrained, module docstring) with PyMC's
     Jacobians and constants, for q = 2; writes ∂/∂x into ``grad``. ``data`` from
     :func:`twolevel.models.bayes.sampler.pack_data`. The per-school sums in closed form
-    (W_j = M_j⁻¹ by the adjugate, no square roots; Σ log|M_j| from a running product of det M_j ≥ 1), then :func:`_assemble`."""
+    (W_j = M_j⁻¹ by the adjugate, no square roots; Σ log|M_j| from a running product of
+    det M_j ≥ 1), then :func:`_assemble`."""
     q, p, J = 2, int(data[_P]), int(data[_J])
     o_pb = HEADER  # positions in data (pack_data)
     o_ps = o_pb + 3 * p
