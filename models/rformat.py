@@ -176,13 +176,14 @@ def cat_fill(items: Sequence[str], width: int = WIDTH) -> str:
 
 def abbreviate(name: str, minlength: int) -> str:
     """R's ``abbreviate(name, minlength)``: drop lower-case vowels from the right (not a word's
-    first letter), then lower-case letters, then truncate."""
+    first letter: R's ``FIRSTCHAR`` is a character after white space, so ``I(age^2)`` →
+    ``I(g^2)``), then lower-case letters, then truncate."""
     if len(name) <= minlength:
         return name
     chars = list(name)
 
     def first_of_word(i: int) -> bool:
-        return i == 0 or not chars[i - 1].isalnum()
+        return i == 0 or chars[i - 1].isspace()
 
     for cls in ("aeiou", "abcdefghijklmnopqrstuvwxyz"):
         i = len(chars) - 1

@@ -28,13 +28,14 @@ SECTIONS = [
     "## 6. Shrinkage: OLS → REML BLUP → posterior mean",
     "## 7. Level-2 residuals",
     "## 8. The lecture's questions, REML and Bayes side by side",
-    "## 9. Reproducibility: commands, seeds, software, timings, files",
+    "## 9. Predictions for new students, and effect sizes",
+    "## 10. Reproducibility: commands, seeds, software, timings, files",
 ]
 FIGURES = [
     "caterpillar_u0", "caterpillar_u1", "caterpillar_beta0", "caterpillar_beta1", "shrinkage",
     "shrinkage_by_size", "level2_residuals", "prior_predictive_students",
     "prior_predictive_schools", "posterior_predictive_students", "posterior_predictive_schools",
-    "pareto_k",
+    "pareto_k", "predictions",
 ]
 
 
@@ -59,8 +60,8 @@ def quick(tmp_path_factory):
 
 def test_progress_sections_figures(quick):
     out, stdout = quick
-    for k in range(1, 10):
-        assert f"[{k}/9] " in stdout
+    for k in range(1, 11):
+        assert f"[{k}/10] " in stdout
     assert "N = 11,091 students, J = 742 schools" in stdout
     md = (out / "report.md").read_text()
     pos = [md.index(s) for s in SECTIONS]
@@ -133,7 +134,7 @@ def test_killed_run_leaves_previous_report_untouched(quick, tmp_path):
     try:
         t0 = time.time()
         for line in proc.stdout:
-            if line.startswith("[3/9]"):  # the REML step is done, sampling starts
+            if line.startswith("[3/10]"):  # the REML step is done, sampling starts
                 break
             assert time.time() - t0 < 300
         partial = [p for p in out.parent.iterdir() if p.name.startswith(".report.partial-")]

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 __all__ = [
     "caterpillar_figure",
     "pareto_k_figure",
+    "prediction_figure",
     "residual_figure",
     "school_ppc_figure",
     "shrinkage_figure",
@@ -375,4 +376,32 @@ def pareto_k_figure(
     labs.append("k above the threshold (LOO estimate unreliable)")
     fig.legend(handles, labs, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def prediction_figure(tab: pd.DataFrame, group: str, y_label: str, x_label: str) -> Figure:
+    """Prediction intervals for new students, one panel per school type (columns
+    ``school_type``, ``position``, ``REML fit/lwr/upr``, ``Bayes mean/lwr/upr`` of
+    :func:`twolevel.workflows.lecture.predictions.predictions_table`): REML and Bayes side by side at
+    each position of the predictor."""
+    types = list(dict.fromkeys(tab["school_type"]))
+    fig, axes = plt.subplots(1, len(types), figsize=(3.0 * len(types), 3.8), sharey=True,
+                             layout="constrained", squeeze=False)
+    for ax, st in zip(axes[0], types, strict=True):
+        sub = tab[tab["school_type"] == st]
+        x = np.arange(len(sub))
+        for off, who, col, mid in ((-0.12, "REML", C_REML, "REML fit"),
+                                   (0.12, "Bayes", C_BAYES, "Bayes mean")):
+            m = sub[mid].to_numpy()
+            lo, hi = sub[f"{who} lwr"].to_numpy(), sub[f"{who} upr"].to_numpy()
+            ax.errorbar(x + off, m, yerr=[m - lo, hi - m], fmt="o", color=col, ms=4, capsize=3,
+                        label=who)
+        ax.set_xticks(x, [f"{p}" for p in sub["position"]])
+        school = sub[group].iloc[0]
+        ax.set_title(st if st == "new school" else f"{st} ({school})", fontsize=9)
+        ax.set_xlabel(f"{x_label} relative to the school mean")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel(f"predicted {y_label}")
+    axes[0][0].legend(fontsize=8, frameon=False)
+    fig.suptitle(f"95% prediction intervals for a new student ({y_label})", fontsize=11)
     return fig

@@ -292,7 +292,8 @@ class BayesFit:
             for a in range(len(eff)):
                 for b in range(a):
                     rows[f"corr:{eff[b]}:{eff[a]}"] = post["corr"].isel(effect=a, effect_b=b).to_numpy()
-        rows["sigma"] = post["sigma"].to_numpy()
+        if "sigma" in post:
+            rows["sigma"] = post["sigma"].to_numpy()
         names = list(rows)
         arr = np.stack([rows[n] for n in names], axis=-1)
         rhat, ess_b, ess_t = rhat_ess(arr)
@@ -308,10 +309,13 @@ class BayesFit:
     def summary(self) -> str:
         """A printed summary: model, sampler, settings, diagnostics gate, posterior table."""
         s, d = self.settings, self.diagnostics
+        glmm = "/" in self.likelihood  # "binomial/logit", "poisson/log"
         lines = [
-            f"Bayesian linear mixed model fit by NUTS ({self.sampler})",
+            f"Bayesian {'generalized ' if glmm else ''}linear mixed model fit by NUTS "
+            f"({self.sampler})",
             f"Formula: {self.formula}",
-            f"Likelihood: {self.likelihood}"
+            (f"Family: {self.likelihood.split('/')[0]} ({self.likelihood.split('/')[1]} link); "
+             "school effects sampled" if glmm else f"Likelihood: {self.likelihood}")
             + (" (school effects integrated out, drawn afterwards from their exact conditional)"
                if self.likelihood == "collapsed" else
                f" ({self.n_centered} leading effect(s) centred, the rest non-centred)"),
@@ -358,12 +362,19 @@ def fit_bayes(
     *,
     priors: ModelPriors | None = None,
     likelihood: str = "collapsed",
-    centering: str | int = "auto",
+    centering: str | int | None = None,
     settings: SamplerSettings | None = None,
     progress: bool = True,
     log_likelihood: str = "both",
+    family: str = "gaussian",
+    link: str | None = None,
+    weights=None,
 ) -> BayesFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) by NUTS and run the diagnostic gate.
+
+    ``family="binomial"`` (links logit, probit, cloglog) or ``"poisson"`` (log) fits a binary or
+    count outcome (:func:`twolevel.models.bayes.glmm_fit.fit_bayes_glmm`: school effects sampled,
+    non-centred unless ``centering`` says otherwise; ``likelihood`` does not apply).
 
     ``likelihood``/``centering``/``priors`` as in :func:`twolevel.models.bayes.pymc_model.build_model`
     (``centering`` only matters for the sampled school effects of "suffstat"/"student"; the
@@ -374,6 +385,14 @@ def fit_bayes(
     PSIS-LOO, and per school, for leave-one-school-out), ``"school"`` (per school only: S × J
     instead of S × n numbers) or ``"none"``.
     """
+    if family != "gaussian":
+        from twolevel.models.bayes.glmm_fit import fit_bayes_glmm
+
+        return fit_bayes_glmm(formula, data, family, link, weights=weights, priors=priors,
+                              centering="noncentered" if centering is None else centering,
+                              settings=settings, progress=progress,
+                              log_likelihood=log_likelihood)
+    centering = "auto" if centering is None else centering
     if log_likelihood not in LOG_LIKELIHOODS:
         raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "
                             f"{', '.join(LOG_LIKELIHOODS)}; use one of those")

@@ -20,6 +20,17 @@ A :class:`Prior` names a distribution and its parameters, like bambi's ``Prior``
 * ``corr``: LKJ(η) on the correlation matrix of the random effects, η = 2 (mild shrinkage to 0).
 * ``sigma`` (residual SD): HalfStudentT(nu = 4, sigma = sd(y)).
 
+Binary and count outcomes (:func:`default_glmm_priors`; no ``sigma``), on the link scale:
+
+* ``beta``: the intercept Normal(g(ȳ), 2.5) with g the link and ȳ the overall proportion (clipped
+  to [0.01, 0.99]) or, for counts, the overall rate Σy / Σ exp(offset); a slope of column ``x_k``
+  Normal(0, 2.5 / sd(x_k)) (rstanarm's autoscaled defaults: a change of 2.5 on the log-odds or
+  log-rate scale per SD of the predictor is large).
+* ``sd``: Gamma(2, 2 / s_k) with s_k = 1 for the intercept and 1 / sd(z_k) for a slope on z_k:
+  prior mean 1 on the link scale (school odds or rates varying by a factor of e between schools
+  one SD apart), the same boundary-avoiding family as above.
+* ``corr``: LKJ(2).
+
 Every block can be replaced: ``default_priors(design).replace(sigma=Prior("HalfNormal",
 sigma=20.0))``. Vector parameters (one value per coefficient or per effect) may be given as a
 scalar (recycled) or as a sequence of the right length; :func:`check_priors` says what is wrong.
@@ -35,7 +46,8 @@ import numpy as np
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design
 
-__all__ = ["Prior", "ModelPriors", "default_priors", "check_priors", "SUPPORTED"]
+__all__ = ["Prior", "ModelPriors", "default_priors", "default_glmm_priors", "check_priors",
+           "SUPPORTED"]
 
 # Distribution name -> parameters it needs (and, for positive-only parameters, `positive`).
 SUPPORTED: dict[str, tuple[str, ...]] = {
@@ -98,14 +110,15 @@ class ModelPriors:
     beta : prior of the fixed effects (Normal or StudentT), one entry per column of X.
     sd : prior of the random-effect SDs (positive family), one entry per random effect.
     corr : LKJ prior of the random-effect correlation matrix (``Prior("LKJ", eta=2.0)``).
-    sigma : prior of the residual SD (positive family, scalar parameters).
+    sigma : prior of the residual SD (positive family, scalar parameters); None for binary and
+        count outcomes, which have no residual SD.
     fixed_names, effect_names : the names the vector entries refer to (for printing).
     """
 
     beta: Prior
     sd: Prior
     corr: Prior
-    sigma: Prior
+    sigma: Prior | None
     fixed_names: tuple[str, ...] = ()
     effect_names: tuple[str, ...] = ()
 
@@ -118,13 +131,15 @@ class ModelPriors:
             f"beta  [{', '.join(self.fixed_names)}] ~ {self.beta}",
             f"sd    [{', '.join(self.effect_names)}] ~ {self.sd}",
             f"corr  ~ {self.corr}",
-            f"sigma ~ {self.sigma}",
         ]
+        if self.sigma is not None:
+            lines.append(f"sigma ~ {self.sigma}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, str]:
         """The priors as printable strings, keyed by parameter block."""
-        return {k: str(getattr(self, k)) for k in ("beta", "sd", "corr", "sigma")}
+        return {k: str(getattr(self, k)) for k in ("beta", "sd", "corr", "sigma")
+                if getattr(self, k) is not None}
 
 
 def _sd(x: np.ndarray) -> float:
@@ -159,6 +174,49 @@ def default_priors(design: Design) -> ModelPriors:
         sd=Prior("Gamma", alpha=2.0, beta=[2.0 / v for v in sd_scale]),
         corr=Prior("LKJ", eta=2.0),
         sigma=Prior("HalfStudentT", nu=4.0, sigma=s_y),
+        fixed_names=design.x_names,
+        effect_names=design.z_names,
+    )
+
+
+def link_scale_intercept(y: np.ndarray, w: np.ndarray, offset: np.ndarray, family: str,
+                         link: str) -> float:
+    """The prior centre of a GLMM's intercept: g(ȳ) with ȳ = Σw·y / Σw clipped to [0.01, 0.99]
+    (binomial; y a proportion, w the trials) or log(Σy / Σ exp(offset)) (Poisson)."""
+    from scipy import special, stats
+
+    if family == "poisson":
+        return float(np.log(max(float(np.sum(w * y)), 0.5) / float(np.sum(w * np.exp(offset)))))
+    ybar = float(np.clip(np.sum(w * y) / np.sum(w), 0.01, 0.99))
+    if link == "probit":
+        return float(stats.norm.ppf(ybar))
+    if link == "cloglog":
+        return float(np.log(-np.log1p(-ybar)))
+    return float(special.logit(ybar))
+
+
+def default_glmm_priors(design: Design, y: np.ndarray, w: np.ndarray, offset: np.ndarray,
+                        family: str, link: str) -> ModelPriors:
+    """Weakly informative link-scale priors for a binary or count outcome (module docstring):
+    ``y`` the response (proportions for binomial), ``w`` trials × prior weights, ``offset``."""
+    mu, sig = [], []
+    for k in range(design.p):
+        col = design.X[:, k]
+        if np.ptp(col) == 0:
+            const = float(col[0]) if col[0] != 0 else 1.0
+            mu.append(link_scale_intercept(y, w, offset, family, link) / const
+                      if col[0] != 0 else 0.0)
+            sig.append(2.5 / abs(const))
+        else:
+            mu.append(0.0)
+            sig.append(2.5 / _sd(col))
+    scale = [1.0 if np.ptp(design.Z[:, k]) == 0 else 1.0 / _sd(design.Z[:, k])
+             for k in range(design.q)]
+    return ModelPriors(
+        beta=Prior("Normal", mu=mu, sigma=sig),
+        sd=Prior("Gamma", alpha=2.0, beta=[2.0 / v for v in scale]),
+        corr=Prior("LKJ", eta=2.0),
+        sigma=None,
         fixed_names=design.x_names,
         effect_names=design.z_names,
     )
@@ -202,4 +260,5 @@ def check_priors(priors: ModelPriors, design: Design) -> None:
     _check_block("beta", priors.beta, _LOCATION, design.p)
     _check_block("sd", priors.sd, _POSITIVE, design.q)
     _check_block("corr", priors.corr, {"LKJ"}, None)
-    _check_block("sigma", priors.sigma, _POSITIVE, None)
+    if priors.sigma is not None:
+        _check_block("sigma", priors.sigma, _POSITIVE, None)

@@ -1,7 +1,8 @@
 """Likelihood-ratio tests between nested fits: lme4's ``anova(m_small, m_big)`` plus a
 boundary-corrected p-value for variance components.
 
-lme4's table (``anovaLmer``): REML fits are refitted by ML (``refitML``: "refitting model(s) with
+lme4's table (``anovaLmer``), for lmer and for glmer fits (GLMMs are never refitted): REML fits
+are refitted by ML (``refitML``: "refitting model(s) with
 ML (instead of REML)"), the models are sorted by npar, and consecutive rows are compared:
 Chisq = 2·max(0, ℓ_i − ℓ_{i−1}), Df = npar_i − npar_{i−1}, p = P(χ²_Df > Chisq).
 
@@ -216,6 +217,23 @@ def _check_same_data(fits: list[LmerFit], names: list[str]) -> None:
             )
 
 
+def _check_glmm(fits: list, names: list[str]) -> None:
+    """glmer fits (they have a ``family``) compare only with glmer fits of the same family
+    (GLMMs are not refitted: there is no REML for them)."""
+    fams = [getattr(f, "family", None) for f in fits]
+    if all(f is None for f in fams):
+        return
+    if any(f is None for f in fams):
+        raise TwolevelError(
+            "cannot compare a linear mixed model (lmer) with a binomial/Poisson one (glmer): "
+            "their likelihoods are for different response distributions")
+    for f, nm in zip(fams[1:], names[1:], strict=True):
+        if (f.name, f.link) != (fams[0].name, fams[0].link):
+            raise TwolevelError(
+                f"models '{names[0]}' ({fams[0].name}, {fams[0].link}) and '{nm}' ({f.name}, "
+                f"{f.link}) have different families or links; compare fits of one family")
+
+
 def _check_nested(small: LmerFit, big: LmerFit, ns: str, nb: str) -> None:
     ds, db = small.design, big.design
     if ds.response != db.response:
@@ -285,9 +303,10 @@ def anova(*fits: LmerFit, names: list[str] | None = None, refit: bool = True) ->
     names = list(names) if names is not None else [f"m{i + 1}" for i in range(len(fits))]
     if len(names) != len(fits):
         raise TwolevelError(f"{len(fits)} models but {len(names)} names")
+    _check_glmm(list(fits), names)
     _check_same_data(list(fits), names)
-    refitted = refit and any(f.reml for f in fits)
-    ml = [refit_ml(f) if refit else f for f in fits]
+    refitted = refit and any(getattr(f, "reml", False) for f in fits)
+    ml = [refit_ml(f) if refit and isinstance(f, LmerFit) else f for f in fits]
     order = sorted(range(len(ml)), key=lambda i: ml[i].npar)  # stable: ties keep given order
     ml = [ml[i] for i in order]
     names = [names[i] for i in order]

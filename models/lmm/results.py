@@ -78,14 +78,15 @@ class VarCorr:
     ------
     group : the grouping factor.  names : the random effects (columns of Z).
     terms : the names of each random-effects term (correlations exist only within a term).
-    cov : (q, q) covariance matrix σ̂²TTᵀ of the random effects.  residual : σ̂².
+    cov : (q, q) covariance matrix σ̂²TTᵀ of the random effects.  residual : σ̂², or None for
+    a model without a scale parameter (binomial and Poisson GLMMs: no Residual row).
     """
 
     group: str
     names: tuple[str, ...]
     terms: tuple[tuple[str, ...], ...]
     cov: np.ndarray
-    residual: float
+    residual: float | None
 
     @property
     def variances(self) -> pd.Series:
@@ -139,23 +140,28 @@ class VarCorr:
                 for b in range(a + 1, len(term)):
                     i, j = idx[term[a]], idx[term[b]]
                     rows.append((grp, term[a], term[b], self.cov[i, j], R[i, j]))
-        rows.append(("Residual", None, None, self.residual, math.sqrt(self.residual)))
+        if self.residual is not None:
+            rows.append(("Residual", None, None, self.residual, math.sqrt(self.residual)))
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
     def to_dict(self) -> dict:
-        """{"variances", "covariances", "correlations", "residual"} (the CLI's JSON layout)."""
-        return {
+        """{"variances", "covariances", "correlations", "residual"} (the CLI's JSON layout; no
+        "residual" when there is no scale parameter)."""
+        out = {
             "variances": {k: float(v) for k, v in self.variances.items()},
             "covariances": {f"{a}:{b}": c for a, b, c, _ in self.pairs()},
             "correlations": {f"{a}:{b}": r for a, b, _, r in self.pairs()},
-            "residual": float(self.residual),
         }
+        if self.residual is not None:
+            out["residual"] = float(self.residual)
+        return out
 
     def table(self, digits: int = 4) -> str:
         """lme4's random-effects table (``formatVC``): Groups, Name, Variance, Std.Dev., Corr."""
         groups = self._term_groups()
         idx = {n: i for i, n in enumerate(self.names)}
-        var = [self.cov[idx[n], idx[n]] for t in self.terms for n in t] + [self.residual]
+        resid = [] if self.residual is None else [self.residual]
+        var = [self.cov[idx[n], idx[n]] for t in self.terms for n in t] + resid
         sds = [math.sqrt(v) for v in var]
         vs, ss = r_format(var, digits), r_format(sds, digits)
         gcol, ncol = [], []
@@ -163,8 +169,9 @@ class VarCorr:
             for k, nm in enumerate(term):
                 gcol.append(grp if k == 0 else "")
                 ncol.append(nm)
-        gcol.append("Residual")
-        ncol.append("")
+        if resid:
+            gcol.append("Residual")
+            ncol.append("")
         maxlen = max(len(t) for t in self.terms)
         corr_cols = max(maxlen - 1, 0)
         corr_cells = []
@@ -179,7 +186,8 @@ class VarCorr:
                 row = [fm[b * k + a] if a > b else "" for b in range(k)]
                 row = (row + [""] * maxlen)[:corr_cols]
                 corr_cells.append(row)
-        corr_cells.append([""] * corr_cols)
+        if resid:
+            corr_cells.append([""] * corr_cols)
         cells = [
             [g, n, v, s] + c for g, n, v, s, c in zip(gcol, ncol, vs, ss, corr_cells, strict=True)
         ]
@@ -444,8 +452,9 @@ class LmerFit:
         return "boundary (singular) fit: " + "; ".join(parts) + ". " + advice
 
     # ------------------------------------------------------------------ printing
-    def summary(self, ddf: str = "Satterthwaite") -> str:
-        """lme4 + lmerTest's ``summary(fit)`` printout (R's layout and digits; digits = 4)."""
+    def summary(self, ddf: str = "Satterthwaite", effect_sizes: bool = False) -> str:
+        """lme4 + lmerTest's ``summary(fit)`` printout (R's layout and digits; digits = 4); with
+        ``effect_sizes`` followed by the ICC and Nakagawa's R² (:meth:`effect_sizes`)."""
         digits = 4
         func, ddf_title = ddf_method(ddf)
         out: list[str] = []
@@ -520,10 +529,30 @@ class LmerFit:
         if notes:
             out.append("")
             out.extend(notes)
+        if effect_sizes:
+            from twolevel.models.inference.effect_sizes import effect_size_text
+
+            out.append("")
+            out.append(effect_size_text(self))
         return "\n".join(out)
 
     def __str__(self) -> str:
         return self.summary()
+
+    # ------------------------------------------------------------------ effect sizes, predict
+    def effect_sizes(self) -> dict:
+        """{"icc", "icc_unadjusted", "r2_marginal", "r2_conditional"} as ``performance::icc`` and
+        ``r2_nakagawa`` (:mod:`twolevel.models.inference.effect_sizes`; NaN for a singular fit)."""
+        from twolevel.models.inference.effect_sizes import effect_size_dict
+
+        return effect_size_dict(self)
+
+    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False,
+                interval: str | None = None, level: float = 0.95, **kwargs):
+        """lme4's ``predict`` (:func:`twolevel.models.inference.predict.predict`)."""
+        from twolevel.models.inference.predict import predict
+
+        return predict(self, newdata, re_form, allow_new_levels, interval, level, **kwargs)
 
     def to_frame(self) -> pd.DataFrame:
         """Fixed-effects table with Satterthwaite df and p (one row per coefficient)."""

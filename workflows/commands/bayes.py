@@ -7,7 +7,9 @@ from their exact conditional posterior); ``--likelihood suffstat`` samples them 
 Prints the summary with the diagnostic gate (divergences, R-hat, ESS over every parameter,
 BFMI), or with ``--json`` one object with divergences, max_rhat, min_ess_bulk, min_ess_tail,
 wall_seconds, draws, chains and posterior ({name: {mean, sd, q2.5, q97.5}} for fixef:<name>,
-sd:<effect>, corr:<a>:<b>, sigma). ``--out DIR`` saves the posterior as ``DIR/posterior.nc``
+sd:<effect>, corr:<a>:<b>, sigma). ``--family binomial|poisson [--link L]`` fits a binary or
+count outcome (glmer's response forms; link-scale priors; school effects sampled non-centred; no
+sigma). ``--out DIR`` saves the posterior as ``DIR/posterior.nc``
 (reopen with ``arviz.from_netcdf``; with each school's log-likelihood, its effects integrated out,
 for leave-one-school-out) and the summary as ``DIR/summary.txt``.
 """
@@ -49,7 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-accept", type=float, default=d.target_accept)
     p.add_argument("--cores", type=int, default=d.cores)
     p.add_argument("--likelihood", choices=("collapsed", "suffstat", "student"),
-                   default="collapsed", help="default %(default)s")
+                   default="collapsed", help="default %(default)s (normal outcomes)")
+    p.add_argument("--family", choices=("gaussian", "binomial", "poisson"), default="gaussian",
+                   help="binomial (0/1, cbind(s, f)) or poisson (counts, offset(log(e))) outcomes: "
+                        "school effects sampled non-centred; default %(default)s")
+    p.add_argument("--link", help="binomial: logit (default), probit, cloglog; poisson: log")
     p.add_argument("--out", metavar="DIR", help="save posterior.nc and summary.txt here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -57,6 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    if args.link and args.family == "gaussian":
+        raise TwolevelError("--link needs --family binomial or --family poisson")
     for name in ("chains", "draws", "tune", "cores"):
         if getattr(args, name) < 1:
             raise TwolevelError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -79,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         # (leave-one-school-out); nothing else here reads a log-likelihood
         fit = fit_bayes(args.formula, df, likelihood=args.likelihood, settings=settings,
                         progress=not (args.no_progress or args.json),
-                        log_likelihood="school" if args.out else "none")
+                        log_likelihood="school" if args.out else "none",
+                        family=args.family, link=args.link)
     wall = time.perf_counter() - t0
     d = fit.diagnostics
     if args.json:

@@ -3,18 +3,29 @@
 ``DATA`` is a built-in data set (``lecture``, ``hsb``, ``sleepstudy``) or the path of a CSV or
 Parquet file. Prints lme4 + lmerTest's ``summary()`` (Satterthwaite df), or with ``--json`` one
 object with the keys formula, reml, nobs, ngroups, criterion, loglik, aic, bic, theta, sigma,
-fixef, se, df, t, p, varcorr, singular, converged. ``--ranef CSV`` writes the BLUPs and their
+fixef, se, df, t, p, varcorr, singular, converged, and the effect sizes icc (adjusted),
+icc_unadjusted, r2_marginal, r2_conditional (as ``performance::icc`` / ``r2_nakagawa``; null for a
+singular fit). ``--ranef CSV`` writes the BLUPs and their
 conditional SDs per group.
+
+With ``--family binomial|poisson`` (and ``--link``, ``--nagq``) the model is a GLMM fitted as
+lme4's ``glmer``: the printout is glmer's ``summary()``, ``--json`` has the keys formula, family,
+link, nagq, nobs, ngroups, deviance (−2 logLik as glmer reports it), loglik, aic, bic, theta,
+fixef, se, z, p, varcorr, singular, converged, and ``--ranef`` writes the conditional modes and
+``condsd_<effect>``. ``--confint wald|profile`` adds Wald or profile intervals (JSON key
+``confint``); the other inference options are for linear mixed models only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
 
+from twolevel.data.errors import TwolevelError
 from twolevel.data.loaders import BUILTIN_DATASETS, load_data
 from twolevel.models.lmm.lmer import lmer
 from twolevel.workflows import inference
@@ -44,12 +55,70 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write BLUPs and conditional SDs per group to this CSV file")
     p.add_argument("--optimizer", choices=("lme4", "tight"), default="lme4",
                    help="lme4: lme4's exact optimizer path (default); tight: then a polish")
+    p.add_argument("--family", choices=("binomial", "poisson"),
+                   help="fit a GLMM like glmer (binary/binomial or count outcome)")
+    p.add_argument("--link", help="link for --family: logit, probit, cloglog (binomial); log")
+    p.add_argument("--nagq", type=int, default=1,
+                   help="with --family: 1 = Laplace (default), up to 25 = adaptive "
+                        "Gauss-Hermite quadrature (single random intercept only)")
     inference.add_arguments(p)  # --ddf, --confint, --level, --nsim, --seed, --hlm, --schools
     p.set_defaults(func=run)
 
 
+def _glmer_options_check(args: argparse.Namespace) -> None:
+    if args.family is None:
+        if args.link or args.nagq != 1:
+            raise TwolevelError("--link and --nagq need --family binomial or --family poisson")
+        return
+    bad = [flag for flag, on in (
+        ("--ml", args.ml), ("--hlm", args.hlm), ("--schools", args.schools),
+        ("--ddf", args.ddf != "satterthwaite"),
+        ("--confint " + str(args.confint), args.confint not in (None, "wald", "profile")),
+    ) if on]
+    if bad:
+        raise TwolevelError(f"{', '.join(bad)} apply to linear mixed models only; with --family "
+                            "use --json, --ranef, --nagq, --link, --optimizer, "
+                            "--confint wald|profile")
+
+
+def run_glmer(args: argparse.Namespace) -> int:
+    """The --family path: glmer fit, summary or JSON, optional --ranef CSV."""
+    from twolevel.models.glmm.glmer import glmer
+
+    df = load_data(args.data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = glmer(args.formula, df, family=args.family, link=args.link, nAGQ=args.nagq,
+                    optimizer=args.optimizer, data_name=data_label(args.data))
+        ci = fit.confint(args.level, method=args.confint) if args.confint else None
+    if args.json:
+        out = fit.to_dict()
+        if ci is not None:
+            out["confint"] = {k: [float(v) for v in row] for k, row in zip(
+                ci.index, ci.to_numpy(), strict=True)}
+        print(json.dumps(out, indent=2))
+        for w in caught:
+            print(f"twolevel fit: note: {w.message}", file=sys.stderr)
+    else:
+        print(fit.summary())
+        if ci is not None:
+            print(f"\n{args.confint.capitalize()} confidence intervals:\n" + ci.to_string())
+        shown = set(fit.notes) | set(fit.optinfo.messages)
+        for w in caught:
+            if str(w.message) not in shown:
+                print(str(w.message))
+    if args.ranef:
+        re = fit.ranef(cond_var=True)
+        keep = list(fit.design.z_names) + [f"condsd_{n}" for n in fit.design.z_names]
+        write_csv_atomic(re[keep].reset_index(), args.ranef)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Fit, then print the summary or the JSON object; write --ranef if asked."""
+    _glmer_options_check(args)
+    if args.family is not None:
+        return run_glmer(args)
     df = load_data(args.data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -60,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         extras = inference.compute(fit, args)  # before any output: errors leave nothing half-done
     caught = list(caught) + list(caught_extra)
     if args.json:
-        print(json.dumps(fit.to_dict(extras.ddf) | extras.json, indent=2))
+        es = {k: (v if math.isfinite(v) else None) for k, v in fit.effect_sizes().items()}
+        print(json.dumps(fit.to_dict(extras.ddf) | es | extras.json, indent=2))
         for w in caught_extra:  # lme4's notes on the intervals; stdout holds only the JSON
             print(f"twolevel fit: note: {w.message}", file=sys.stderr)
     else:

@@ -1,0 +1,153 @@
+"""glmer speed and memory against lme4::glmer (issue 11, item 5). A script, not a test.
+
+Usage::
+
+    .venv/bin/python benchmarks/glmer_speed.py [--repeats 3] [--rows 1000000] [--schools 50000]
+        [--no-big] [--seed 20261201]
+
+Jobs
+----
+* lecture: ``glmer("y ~ 1 + famsesc + (1 + famsesc | schid)", family="binomial")`` at the
+  lecture design (``data/ecls_k_like.csv``: 11,091 students in 742 schools, its ``famsesc`` and
+  ``schid``) with a Bernoulli outcome simulated from a known model (seeded NumPy: logit P(y=1) =
+  −0.4 + 0.5·famsesc + b0_j + b1_j·famsesc, sd(b0) = 0.8, sd(b1) = 0.3, corr 0.3).
+* big: the same model simulated with ``--rows`` rows in ``--schools`` schools (x ~ N(0, 1)).
+
+Both sides run in child processes that read the same CSV: ours in a fresh Python (one warm-up
+fit on a small data set first, so numba's cached kernels are loaded; then ``--repeats`` timed
+fits), R in one ``Rscript`` session (``proc.time()`` around each ``glmer`` call, so start-up,
+package loading and CSV reading are excluded). Reported: median wall time of each, the ratio
+R / ours, and each child's peak resident set size (ours: ``ru_maxrss``; R: ``VmHWM``), which
+includes the interpreter, libraries and data. Both fits use the default (glmer-reproducing)
+settings, Laplace, the finite-difference Hessian included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+FORMULA = "y ~ 1 + x + (1 + x | g)"
+
+R_CHILD = r"""
+args <- commandArgs(TRUE)
+suppressPackageStartupMessages(library(lme4))
+d <- read.csv(args[1]); d$g <- factor(d$g); reps <- as.integer(args[2])
+times <- numeric(reps)
+for (k in seq_len(reps)) {
+  gc()
+  t0 <- proc.time()[["elapsed"]]
+  m <- suppressWarnings(glmer(y ~ 1 + x + (1 + x | g), data = d, family = binomial))
+  times[k] <- proc.time()[["elapsed"]] - t0
+}
+hwm <- grep("VmHWM", readLines("/proc/self/status"), value = TRUE)
+cat(sprintf('{"times": [%s], "peak_kb": %s, "m2ll": %.10f}\n', paste(times, collapse = ","),
+    gsub("[^0-9]", "", hwm), -2 * as.numeric(logLik(m))))
+"""
+
+PY_CHILD = r"""
+import json, resource, sys, time, warnings, gc
+import numpy as np, pandas as pd
+from twolevel.models.glmm.glmer import glmer
+warm = pd.DataFrame({"y": np.tile([0, 1, 1, 0, 1], 40), "x": np.linspace(-1, 1, 200),
+                     "g": np.repeat(np.arange(20), 10)})
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    glmer("y ~ 1 + x + (1 + x | g)", warm)
+d = pd.read_csv(sys.argv[1])
+times = []
+for _ in range(int(sys.argv[2])):
+    gc.collect()
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = glmer("y ~ 1 + x + (1 + x | g)", d)
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"times": times, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "m2ll": m.minus2loglik}))
+"""
+
+
+def simulate(g: np.ndarray, x: np.ndarray, seed: int) -> pd.DataFrame:
+    """Bernoulli outcome of the module docstring's model on groups ``g`` and covariate ``x``."""
+    rng = np.random.default_rng(seed)
+    J = int(g.max()) + 1
+    C = np.array([[0.64, 0.3 * 0.8 * 0.3], [0.3 * 0.8 * 0.3, 0.09]])
+    b = rng.multivariate_normal(np.zeros(2), C, size=J)
+    eta = -0.4 + 0.5 * x + b[g, 0] + b[g, 1] * x
+    y = rng.binomial(1, 1 / (1 + np.exp(-eta)))
+    return pd.DataFrame({"y": y, "x": x, "g": g})
+
+
+def lecture_data(seed: int) -> pd.DataFrame:
+    from twolevel.data.loaders import load_data
+
+    d = load_data("lecture")
+    g = pd.factorize(d["schid"], sort=True)[0]
+    return simulate(g, d["famsesc"].to_numpy(dtype=float), seed)
+
+
+def big_data(rows: int, schools: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed + 1)
+    g = np.sort(rng.integers(0, schools, rows))
+    g = pd.factorize(g, sort=True)[0]
+    return simulate(g, rng.normal(size=rows), seed)
+
+
+def run_child(cmd: list[str]) -> dict:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-2000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--schools", type=int, default=50_000)
+    ap.add_argument("--no-big", action="store_true")
+    ap.add_argument("--seed", type=int, default=20261201)
+    ap.add_argument("--out", default="benchmarks/results/glmer_speed.json")
+    args = ap.parse_args()
+    have_r = shutil.which("Rscript") is not None
+    jobs = [("lecture (11,091 x 742, slope)", lecture_data(args.seed))]
+    if not args.no_big:
+        jobs.append((f"big ({args.rows:,} x {args.schools:,}, slope)",
+                     big_data(args.rows, args.schools, args.seed)))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rfile = Path(tmp) / "child.R"
+        rfile.write_text(R_CHILD)
+        for name, d in jobs:
+            csv = Path(tmp) / "d.csv"
+            d.to_csv(csv, index=False)
+            ours = run_child([sys.executable, "-c", PY_CHILD, str(csv), str(args.repeats)])
+            r = run_child(["Rscript", str(rfile), str(csv), str(args.repeats)]) if have_r else None
+            t_o = statistics.median(ours["times"])
+            row = {"job": name, "ours_s": t_o, "ours_peak_mb": ours["peak_kb"] / 1024,
+                   "ours_m2ll": ours["m2ll"]}
+            if r:
+                t_r = statistics.median(r["times"])
+                row |= {"r_s": t_r, "r_peak_mb": r["peak_kb"] / 1024, "ratio": t_r / t_o,
+                        "r_m2ll": r["m2ll"]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    tab = pd.DataFrame(rows)
+    print(tab.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

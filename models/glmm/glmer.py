@@ -1,0 +1,190 @@
+"""``glmer``: binomial and Poisson two-level models fitted as lme4::glmer does (§4.2 of the spec).
+
+Flow: response and design → initial joint PIRLS at θ0 (lp0) → stage 1 (BOBYQA over θ, β inside
+PIRLS) → lp0 ← stage 1's last linear predictor → stage 2 (lme4's Nelder–Mead over (θ, β) on the
+Laplace or AGQ objective) → ``check.boundary`` → ``deriv12`` Hessian → final evaluation →
+lme4's convergence checks. ``optimizer="tight"`` then minimises the *converged* objective
+(PIRLS to convergence, L at the final weights) from glmer's optimum and keeps the lower value.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from twolevel.data.errors import FormulaError
+from twolevel.models.glmm.family import get_family
+from twolevel.models.glmm.laplace import GlmmProblem
+from twolevel.models.glmm.optimize import (
+    bobyqa_stage1,
+    check_boundary,
+    deriv12,
+    nelder_mead,
+    polish,
+)
+from twolevel.models.glmm.response import glmer_design
+from twolevel.models.glmm.results import SINGULAR_TOL, GlmerFit, GlmerOptInfo
+
+__all__ = ["glmer", "OPTIMIZERS"]
+
+OPTIMIZERS = ("lme4", "tight")
+MAX_AGQ = 25
+GRAD_TOL = 2e-3  # check.conv.grad
+HESS_TOL = 1e-6  # check.conv.hess
+
+
+def _separation_note(prob: GlmmProblem) -> str | None:
+    """Every group all-failure or all-success (binomial): a warning text, else None."""
+    r, d = prob.resp, prob.design
+    if not prob.family.is_binomial:
+        return None
+    s = np.bincount(d.group_index, weights=r.w * r.y, minlength=d.n_groups)
+    t = np.bincount(d.group_index, weights=r.w, minlength=d.n_groups)
+    pure = (s <= 0) | (s >= t)
+    if not pure.all():
+        return None
+    return (f"complete separation within every group: in each of the {d.n_groups} groups of "
+            f"'{d.group}' the response '{r.label}' is all 0 or all 1, so the group intercepts "
+            "are not identified by within-group variation; the variance of the random "
+            "intercept is driven by the prior N(0, 1) of u alone and its estimate is unreliable")
+
+
+def _check_hess(H: np.ndarray, hesstype: str = "") -> list[str]:
+    """lme4's ``checkHess`` (tol 1e-6)."""
+    try:
+        ev = np.linalg.eigvalsh(H)
+    except np.linalg.LinAlgError:
+        return ["Problem with Hessian check (infinite or missing values?)"]
+    sp = f" {hesstype} " if hesstype else " "
+    neg = int((ev < -HESS_TOL).sum())
+    if neg:
+        return [f"Model failed to converge: degenerate{sp}Hessian with {neg} negative eigenvalues"]
+    try:
+        np.linalg.cholesky(H)
+        pd_ok = True
+    except np.linalg.LinAlgError:
+        pd_ok = False
+    if (np.abs(ev) < HESS_TOL).any() or not pd_ok:
+        return [f"{hesstype} Hessian is numerically singular: parameters are not uniquely "
+                "determined"]
+    msgs = []
+    if ev.max() * HESS_TOL > 1:
+        msgs.append("Model is nearly unidentifiable: very large eigenvalue\n - Rescale variables?")
+    elif ev.min() / ev.max() < HESS_TOL:
+        msgs.append("Model is nearly unidentifiable: large eigenvalue ratio\n - Rescale variables?")
+    return msgs
+
+
+def _conv_messages(H: np.ndarray | None, g: np.ndarray | None, singular: bool,
+                   n_theta: int) -> list[str]:
+    """lme4's ``checkConv``: singular fits skip the gradient and Hessian checks; the scaled
+    gradient max min(|H^{-1/2}g|, |g|) against 2e-3, then ``checkHess`` of the β block and of
+    the whole Hessian."""
+    if singular or H is None or g is None:
+        return []
+    if not np.all(np.isfinite(g)):
+        return ["Gradient contains NAs"]
+    msgs = []
+    try:
+        s = np.linalg.solve(np.linalg.cholesky(H).T, g)  # R: solve(chol(H), g)
+        sc = float(np.max(np.minimum(np.abs(s), np.abs(g))))
+        if sc > GRAD_TOL:
+            msgs.append(f"Model failed to converge with max|grad| = {sc:g} (tol = {GRAD_TOL:g}, "
+                        "component 1)")
+    except np.linalg.LinAlgError:
+        msgs.append("unable to evaluate scaled gradient")
+    if H.shape[0] > n_theta:
+        msgs += _check_hess(H[n_theta:, n_theta:], "fixed-effect")
+    msgs += _check_hess(H)
+    return msgs
+
+
+def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str | None = None,
+          nAGQ: int = 1, optimizer: str = "lme4", weights=None,
+          data_name: str = "data") -> GlmerFit:
+    """Fit ``formula`` (lme4 syntax, one grouping factor) to ``data`` as ``lme4::glmer``.
+
+    Parameters
+    ----------
+    family, link : "binomial" (logit, probit, cloglog) or "poisson" (log).
+    nAGQ : 1 = Laplace; 2…25 = adaptive Gauss–Hermite quadrature (a single random intercept
+        only); 0 = β inside PIRLS (stage 1 only, as glmer's nAGQ = 0).
+    optimizer : "lme4" reproduces glmer's printed numbers (its PIRLS stopping rule, the lagged
+        log-determinant, BOBYQA then Nelder–Mead); "tight" gives the fully converged
+        Laplace/AGQ optimum (never a worse objective).
+    weights : column name or array of prior weights (binomial: trials for proportions).
+    """
+    fam = get_family(family, link)
+    if optimizer not in OPTIMIZERS:
+        raise FormulaError(f"optimizer '{optimizer}' is not one of {', '.join(OPTIMIZERS)}")
+    nagq = int(nAGQ)
+    if nagq != nAGQ or not 0 <= nagq <= MAX_AGQ:
+        raise FormulaError(f"nAGQ = {nAGQ} is not allowed: use an integer from 0 to {MAX_AGQ}")
+    design, resp = glmer_design(formula, data, fam, weights)
+    if nagq > 1 and (design.q != 1 or len(design.terms) != 1):
+        raise FormulaError(
+            f"nAGQ = {nagq} > 1 needs a single scalar random effect per group, but '{formula}' "
+            f"has {design.q} random effects ({', '.join(design.z_names)}) for '{design.group}'; "
+            "use nAGQ = 1 (Laplace) or drop the random slope")
+    notes = list(resp.notes)
+    prob = GlmmProblem(design, resp, fam, nagq=max(nagq, 1))
+    sep = _separation_note(prob)
+    if sep:
+        warnings.warn(sep, stacklevel=2)
+        notes.append(sep)
+    lower_t = design.theta_lower
+    theta1, _, fe1 = bobyqa_stage1(prob.stage1, prob.theta0, lower_t)
+    st1 = prob.stage1_state(theta1)
+    if nagq == 0:
+        theta, f = check_boundary(prob.stage1, theta1, st1.value, lower_t)
+        st = prob.stage1_state(theta)
+        info = GlmerOptInfo(optimizer, theta1, fe1, 0, "", None, None)
+        return GlmerFit(prob, 0, theta, st.beta.copy(), st, st.value, None, info, formula,
+                        data_name, tuple(notes))
+    prob.set_warm_start(st1)
+    L = np.tril(st1.RX)
+    se1 = np.sqrt(np.diag(np.linalg.inv(L @ L.T)))
+    x0 = np.concatenate([theta1, st1.beta])
+    lower = np.concatenate([lower_t, np.full(design.p, -np.inf)])
+    upper = np.full(x0.size, np.inf)
+    xst = 0.2 * np.concatenate([np.full(design.n_theta, 0.1), np.minimum(se1, 10.0)])
+    nm = nelder_mead(prob.stage2, x0, lower, upper, xst, 5e-4 * xst)
+    par, fval = check_boundary(prob.stage2, nm.x, nm.fval, lower)
+    objective = prob.stage2
+    polish_feval = 0
+    if optimizer == "tight":
+        def objective(x):
+            return prob.stage2(x, exact=True)
+        f_lme4 = objective(par)
+        p2, f2, polish_feval = polish(objective, par, lower, xst * 0.1)
+        if f2 < f_lme4:
+            par = p2
+        par, fval = check_boundary(objective, par, objective(par), lower)
+    g, H = deriv12(objective, par, fx=fval)
+    n_t = design.n_theta
+    vcov_h = None
+    try:
+        Hinv = np.linalg.inv(H)
+        Vb = Hinv[n_t:, n_t:]
+        Vb = Vb + Vb.T
+        np.linalg.cholesky(Vb)
+        vcov_h = Vb
+    except np.linalg.LinAlgError:
+        msg = ("variance-covariance matrix computed from finite-difference Hessian is not "
+               "positive definite or contains NA values: falling back to var-cov estimated "
+               "from RX")
+        warnings.warn(msg, stacklevel=2)
+        notes.append(msg)
+    st = prob.stage2_state(par, exact=(optimizer == "tight"), want_rx=True)
+    theta = par[:n_t].copy()
+    singular = bool(np.any(theta[lower_t == 0] < SINGULAR_TOL))
+    msgs = _conv_messages(H, g, singular, n_t)
+    msgs = list(dict.fromkeys(msgs))
+    for m in msgs:
+        warnings.warn(m, stacklevel=2)
+    info = GlmerOptInfo(optimizer, theta1, fe1, nm.feval, nm.message, g, H, polish_feval,
+                        tuple(msgs))
+    return GlmerFit(prob, nagq, theta, par[n_t:].copy(), st, st.value, vcov_h, info, formula,
+                    data_name, tuple(notes))
