@@ -1,28 +1,38 @@
 """Benchmark of the Bayesian fit (a script, not a test): wall time and min-ESS per second.
 
-    .venv/bin/python benchmarks/bayes_speed.py [--data lecture hsb] [--skip-hand]
+    .venv/bin/python benchmarks/bayes_speed.py [--data lecture hsb] [--skip-hand] [--skip-pymc]
 
-Each run is a fresh Python process, timed from its start (interpreter, imports, PyTensor/Numba
-compilation, sampling, drawing the school effects and diagnostics all included):
+Each run is a fresh Python process, timed from its start (interpreter, imports, compilation,
+sampling, drawing the school effects and diagnostics all included). Every model is run twice:
 
-* ``ours``: ``twolevel bayes DATA FORMULA --json`` — the default model (LKJ(2) prior, school
-  effects integrated out and drawn afterwards from their exact conditional posterior; nutpie with
-  its low-rank mass-matrix adaptation), 4 chains × 1000 draws after 1000 tuning steps on 2 cores;
-  R̂ and ESS over every parameter, half of them in a helper process. Like ``pm.sample()``'s
-  default, ``--json`` computes no pointwise log-likelihood (nothing reads it; ``--out`` adds the
-  per-school one, and :func:`twolevel.models.bayes.fit.fit_bayes` stores per-student and per-school ones).
+* **cold**: with empty caches, as on a fresh machine — a new numba cache directory
+  (``NUMBA_CACHE_DIR``) and a new PyTensor compile directory
+  (``PYTENSOR_FLAGS=base_compiledir=…``, which holds PyTensor's own numba cache too);
+* **warm**: again, with the caches the cold run filled.
+
+Models:
+
+* ``ours``: :func:`twolevel.models.bayes.fit.fit_bayes` with its defaults — the collapsed model
+  (LKJ(2) prior, school effects integrated out and drawn afterwards from their exact conditional
+  posterior) through its compiled log-density and gradient (numba, cached) in nutpie's Rust NUTS
+  with the low-rank mass-matrix adaptation, 4 chains × 1000 draws after 1000 tuning steps on 2
+  cores; R̂ and ESS over every parameter (vectorised). Like ``pm.sample()``'s default it computes
+  no pointwise log-likelihood (``log_likelihood="none"``). The ``twolevel bayes`` command runs the
+  same function; its own start-up (the CLI imports every command module) is not counted here.
 * ``hand``: the model a PyMC user writes by hand — observation-level likelihood, non-centred school
   effects ``z @ chol.T``, ``pm.LKJCholeskyCov(eta=2)`` — with the same priors, draws, chains and
   cores as ours, sampled twice: with ``pm.sample()``'s defaults (which pick nutpie when it is
   installed, as it is beside twolevel; if that fails, as recorded in stack-notes, PyMC's own NUTS
   is run and the failure reported) and with PyMC's own NUTS (``nuts_sampler="pymc"``, what a
-  PyMC installation without nutpie runs). R̂ and ESS over the same parameters with ArviZ in one
-  process (:func:`twolevel.models.bayes.fit.diagnose`), as a user of ``pm.sample()`` gets them.
+  PyMC installation without nutpie runs; ``--skip-pymc`` leaves it out). R̂ and ESS over the
+  same parameters by :func:`twolevel.models.bayes.fit.diagnose` (our vectorised version of
+  ArviZ's, faster than the ``az.rhat``/``az.ess`` a user would call: the hand model's times are
+  flattered, not ours).
 * bambi is reported only when installed (its default model has no intercept–slope correlation).
 
 For every run: divergences, max R-hat and min bulk ESS over **all** parameters (γ, SDs,
 correlation, σ and every school effect), and min-ESS per second of wall time. Ratios are against
-the two hand-written runs measured in the same run.
+the hand-written runs measured in the same run (warm against warm), and cold/warm per model.
 """
 
 from __future__ import annotations
@@ -86,10 +96,28 @@ def hand_written(data: str, draws: int, tune: int, chains: int, seed: int,
             "min_ess_bulk": d.min_ess_bulk, "min_ess_tail": d.min_ess_tail}
 
 
-def run_fresh(args: list[str]) -> tuple[float, str]:
+def ours(data: str, draws: int, tune: int, chains: int, seed: int) -> dict:
+    """twolevel's default Bayesian fit, as a user calls it."""
+    import warnings
+
+    from twolevel.data.loaders import load_data
+    from twolevel.models.bayes.fit import SamplerSettings, fit_bayes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a failed gate shows in the numbers
+        fit = fit_bayes(CASES[data][0], load_data(data), progress=False, log_likelihood="none",
+                        settings=SamplerSettings(draws=draws, tune=tune, chains=chains,
+                                                 seed=seed))
+    d = fit.diagnostics
+    return {"sampler": fit.sampler, "divergences": d.divergences, "max_rhat": d.max_rhat,
+            "min_ess_bulk": d.min_ess_bulk, "min_ess_tail": d.min_ess_tail}
+
+
+def run_fresh(args: list[str], env: dict | None = None) -> tuple[float, str]:
     """Run a command in a fresh process; (wall seconds, stdout)."""
     t0 = time.perf_counter()
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=3600,
+                          env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
@@ -105,37 +133,47 @@ def main() -> None:
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--seed", type=int, default=20250121)
     ap.add_argument("--skip-hand", action="store_true", help="only our fit")
-    ap.add_argument("--worker", choices=["hand", "hand-pymc"], help=argparse.SUPPRESS)
+    ap.add_argument("--skip-pymc", action="store_true", help="no hand-written run on PyMC's NUTS")
+    ap.add_argument("--worker", choices=["ours", "hand", "hand-pymc"], help=argparse.SUPPRESS)
     ap.add_argument("--worker-data", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        sampler = "pymc" if a.worker == "hand-pymc" else None
-        print(json.dumps(hand_written(a.worker_data, a.draws, a.tune, a.chains, a.seed, sampler)))
+        if a.worker == "ours":
+            res = ours(a.worker_data, a.draws, a.tune, a.chains, a.seed)
+        else:
+            sampler = "pymc" if a.worker == "hand-pymc" else None
+            res = hand_written(a.worker_data, a.draws, a.tune, a.chains, a.seed, sampler)
+        print(json.dumps(res))
         return
+
+    import os
+    import tempfile
 
     py = sys.executable
     rows = []
+    label = {"ours": "ours (collapsed, compiled, nutpie)", "hand": "hand-written, pm.sample()",
+             "hand-pymc": "hand-written, PyMC NUTS"}
+    workers = ["ours"] + ([] if a.skip_hand else ["hand"] + ([] if a.skip_pymc else ["hand-pymc"]))
     for data in a.data:
-        formula = CASES[data][0]
-        wall, out = run_fresh([py, "-m", "twolevel.workflows.cli", "bayes", data, formula, "--json",
-                               "--no-progress", "--draws", str(a.draws), "--tune", str(a.tune),
-                               "--chains", str(a.chains), "--seed", str(a.seed)])
-        r = json.loads(out)
-        rows.append({"data": data, "model": "ours (collapsed, nutpie)", "wall_s": wall,
-                     "divergences": r["divergences"], "max_rhat": r["max_rhat"],
-                     "min_ess_bulk": r["min_ess_bulk"], "min_ess_tail": r["min_ess_tail"]})
-        print(f"[{data}] ours: {wall:.1f} s, min ESS bulk {r['min_ess_bulk']:.0f}", flush=True)
-        for worker in ([] if a.skip_hand else ["hand", "hand-pymc"]):
-            wall, out = run_fresh([py, str(Path(__file__).resolve()), "--worker", worker,
-                                   "--worker-data", data, "--draws", str(a.draws), "--tune",
-                                   str(a.tune), "--chains", str(a.chains), "--seed", str(a.seed)])
-            r = json.loads(out.strip().splitlines()[-1])
-            rows.append({"data": data, "model": f"hand-written, sampler {r['sampler']}",
-                         "wall_s": wall, "divergences": r["divergences"],
-                         "max_rhat": r["max_rhat"], "min_ess_bulk": r["min_ess_bulk"],
-                         "min_ess_tail": r["min_ess_tail"]})
-            print(f"[{data}] {worker}: {wall:.1f} s, min ESS bulk {r['min_ess_bulk']:.0f}",
-                  flush=True)
+        for worker in workers:
+            with tempfile.TemporaryDirectory(prefix="bayes_speed_") as tmp:
+                env = {**os.environ, "NUMBA_CACHE_DIR": os.path.join(tmp, "numba"),
+                       "PYTENSOR_FLAGS": f"base_compiledir={os.path.join(tmp, 'pytensor')}"}
+                for state in ("cold", "warm"):
+                    wall, out = run_fresh([py, str(Path(__file__).resolve()), "--worker", worker,
+                                           "--worker-data", data, "--draws", str(a.draws),
+                                           "--tune", str(a.tune), "--chains", str(a.chains),
+                                           "--seed", str(a.seed)], env)
+                    r = json.loads(out.strip().splitlines()[-1])
+                    model = label[worker]
+                    if worker == "hand" and not r["sampler"].startswith("default"):
+                        model += f" [{r['sampler']}]"
+                    rows.append({"data": data, "model": model, "caches": state, "wall_s": wall,
+                                 "divergences": r["divergences"], "max_rhat": r["max_rhat"],
+                                 "min_ess_bulk": r["min_ess_bulk"],
+                                 "min_ess_tail": r["min_ess_tail"]})
+                    print(f"[{data}] {worker} {state}: {wall:.1f} s, min ESS bulk "
+                          f"{r['min_ess_bulk']:.0f}", flush=True)
     try:
         import bambi  # noqa: F401
         print("bambi is installed but not benchmarked here (no intercept-slope correlation)")
@@ -146,19 +184,33 @@ def main() -> None:
 
     t = pd.DataFrame(rows)
     t["min_ess_per_s"] = t["min_ess_bulk"] / t["wall_s"]
+    for (data, model), g in t.groupby(["data", "model"], sort=False):
+        cold = g.loc[g["caches"] == "cold", "wall_s"]
+        warm = g.loc[g["caches"] == "warm", "wall_s"]
+        if len(cold) and len(warm):
+            t.loc[g.index, "cold_over_warm"] = float(cold.iloc[0]) / float(warm.iloc[0])
+    warm = t["caches"] == "warm"
     for data in t["data"].unique():
-        sel = t["data"] == data
-        for kind in ("default (nutpie)", "pymc"):
-            hand = t[sel & (t["model"] == f"hand-written, sampler {kind}")]
-            if len(hand):
-                t.loc[sel, f"ratio_vs_hand_{kind.split()[0]}"] = (
-                    t.loc[sel, "min_ess_per_s"] / float(hand["min_ess_per_s"].iloc[0]))
+        sel = warm & (t["data"] == data)
+        ours_rate = t.loc[sel & t["model"].str.startswith("ours"), "min_ess_per_s"]
+        for kind, col in (("hand-written, pm.sample()", "ours_over_hand_nutpie"),
+                          ("hand-written, PyMC NUTS", "ours_over_hand_pymc")):
+            hand = t[sel & t["model"].str.startswith(kind)]
+            if len(hand) and len(ours_rate):
+                t.loc[sel & t["model"].str.startswith("ours"), col] = (
+                    float(ours_rate.iloc[0]) / float(hand["min_ess_per_s"].iloc[0]))
     print()
-    print(f"{a.chains} chains x {a.draws} draws (+{a.tune} tuning), fresh process each, 2 cores")
+    print(f"{a.chains} chains x {a.draws} draws (+{a.tune} tuning), fresh process each, "
+          f"{os.cpu_count()} cores, load average before the run {LOAD0}")
     from twolevel.workflows.report import markdown_table
 
     print(markdown_table(t, digits=4))
 
 
+LOAD0 = ""
+
 if __name__ == "__main__":
+    import os as _os
+
+    LOAD0 = " ".join(f"{v:.2f}" for v in _os.getloadavg())
     main()

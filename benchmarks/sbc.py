@@ -11,7 +11,10 @@ low-rank mass-matrix adaptation; 4 chains × 500 draws after 500 tuning steps, t
 χ² test of uniformity over 20 bins (p-values; rejected at 1% is a failure) and writes the rank
 histograms to ``docs/figures/sbc_ranks.png`` and the ranks to ``benchmarks/results/sbc_ranks.csv``.
 
-The model is compiled once; each replicate only swaps its cross-products (``pm.Data``) in.
+The fits run through the compiled collapsed model that ``fit_bayes`` uses
+(:func:`twolevel.models.bayes.sampler.sample_collapsed`): nothing is compiled per replicate, each
+only packs its own cross-products. The data sets are drawn from the prior by the PyMC model
+(:func:`twolevel.models.bayes.fit.prior_predictive`), the specification.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def main() -> None:
     from twolevel.models.bayes.fit import SamplerSettings, cholesky_draws, prior_predictive
     from twolevel.models.design import group_crossprods, make_design
     from twolevel.models.bayes.priors import ModelPriors, Prior
-    from twolevel.models.bayes.pymc_model import build_model, sample_nuts
+    from twolevel.models.bayes.sampler import sample_collapsed
 
     design = make_design("y ~ 1 + x + (1 + x | g)", design_data(a.seed))
     priors = ModelPriors(
@@ -58,7 +61,6 @@ def main() -> None:
         corr=Prior("LKJ", eta=2.0), sigma=Prior("HalfStudentT", nu=4.0, sigma=2.0),
         fixed_names=design.x_names, effect_names=design.z_names,
     )
-    built = build_model(design, priors, likelihood="collapsed")
     truth = prior_predictive(design, priors, a.reps, seed=a.seed)
     Lt = truth["L"]
     T = np.einsum("sik,sjk->sij", Lt, Lt)
@@ -74,10 +76,10 @@ def main() -> None:
         cp = group_crossprods(dataclasses.replace(design, y=truth["y"][i]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dt = sample_nuts(built, draws=500, tune=500, chains=4, cores=2, seed=a.seed * 1000 + i,
-                             target_accept=defaults.target_accept,
-                             adaptation=defaults.adaptation, progress=False,
-                             data={"c": cp.c, "Xty": cp.Xty, "yty": np.float64(cp.yty)})
+            dt, _ = sample_collapsed(dataclasses.replace(design, y=truth["y"][i]), cp, priors,
+                                     draws=500, tune=500, chains=4, cores=2,
+                                     seed=a.seed * 1000 + i, target_accept=defaults.target_accept,
+                                     adaptation=defaults.adaptation, progress=False)
         post = dt["posterior"].to_dataset()
         beta = post["beta"].transpose("chain", "draw", "fixed").to_numpy().reshape(-1, 2)
         L = cholesky_draws(post, 2)

@@ -8,7 +8,8 @@
 * :mod:`.glmm` — the generalized linear mixed model engine (``glmer``: PIRLS, Laplace and AGQ
   kernels, glmer's two-stage optimiser, results);
 * :mod:`.bayes` — priors, the PyMC builders (the only modules that import PyMC), the collapsed
-  likelihood, NUTS and its diagnostics, posterior predictions; :mod:`.inference` — inference on a
+  likelihood and its compiled kernels, NUTS, its diagnostics and PSIS-LOO, posterior
+  predictions; :mod:`.inference` — inference on a
   fit: anova, Kenward–Roger, profile/Wald/bootstrap intervals, predictions, simulation, effect
   sizes, HLM statistics, level-2 residuals (these two do not import each other at module level);
 * :mod:`.tables` — tables and summaries built on the above: per-school OLS, shrinkage, the

@@ -7,7 +7,8 @@ a PyMC workflow.
 >>> print(m1.summary())                                                  # doctest: +SKIP
 
 The public API is lme4's vocabulary; each name is imported on first use, so ``import twolevel``
-is cheap and PyMC is imported only by :func:`fit_bayes`. The repository's folders map into this
+is cheap and PyMC is imported only by :func:`fit_bayes` with a non-default likelihood and by
+:func:`prior_predictive` (the default collapsed model runs on compiled kernels). The repository's folders map into this
 namespace: ``data/`` → :mod:`twolevel.data`, ``models/`` → :mod:`twolevel.models`,
 ``workflows/`` → :mod:`twolevel.workflows`.
 """

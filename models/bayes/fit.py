@@ -3,7 +3,11 @@
 The stages mirror the REML engine (:mod:`twolevel.models.lmm.lmer`): the same formula strings and column names
 (:func:`twolevel.models.design.make_design`), the model built by :func:`twolevel.models.bayes.pymc_model.build_model`
 (LKJ prior on the school-effect correlation, school effects non-centred or integrated out), NUTS
-through :func:`twolevel.models.bayes.pymc_model.sample_nuts`, then a result that records how it was obtained.
+(nutpie), then a result that records how it was obtained. The default collapsed model is sampled
+through its compiled log-density and gradient (:mod:`twolevel.models.bayes.kernels`, nutpie's
+Rust NUTS calling them without the GIL: :mod:`twolevel.models.bayes.sampler`; no PyMC import,
+nothing compiled per process); the other likelihoods through the PyMC model
+(:func:`twolevel.models.bayes.pymc_model.sample_nuts`).
 
 Default: ``likelihood="collapsed"``. The school effects are integrated out analytically, NUTS
 samples only (β, σ, sd, LKJ factor), and every school's effects are then drawn from their exact
@@ -38,8 +42,9 @@ import xarray as xr
 from twolevel.data.errors import TwolevelError
 from twolevel.models.bayes.collapsed import draw_school_effects, school_marginal_loglik
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods, make_design
-from twolevel.models.bayes.diagnostics import DiagnosticsHelper, rhat_ess
+from twolevel.models.bayes.diagnostics import rhat_ess
 from twolevel.models.bayes.priors import ModelPriors
+from twolevel.models.bayes.sampler import start_kernel_compile
 
 __all__ = [
     "BayesFit",
@@ -52,6 +57,10 @@ __all__ = [
 ]
 
 GATE = {"max_rhat": 1.01, "min_ess": 400.0, "min_bfmi": 0.3}
+
+# On a fresh installation, compile the q = 2 kernels (the common case) in a helper process while
+# the caller goes on importing and loading data; a no-op once numba's cache holds them.
+start_kernel_compile(2)
 _LOG2PI = float(np.log(2.0 * np.pi))
 
 
@@ -133,21 +142,13 @@ def _flat_params(post: xr.Dataset) -> dict[str, np.ndarray]:
     return out
 
 
-# ArviZ's R̂/ESS cost ~2 ms a parameter on one core: above this many parameters, half of them
-# go to a helper process (twolevel.models.bayes.diagnostics) on the second core
-SPLIT_DIAGNOSTICS_ABOVE = 400
-
-
-def diagnose(dt, helper: DiagnosticsHelper | None = None) -> Diagnostics:
-    """R̂, bulk/tail ESS (ArviZ), divergences and BFMI of a posterior DataTree, and the gate.
-    A started ``helper`` process computes half of R̂ and ESS."""
+def diagnose(dt) -> Diagnostics:
+    """R̂, bulk/tail ESS (ArviZ's algorithms, vectorised: :mod:`twolevel.models.bayes.diagnostics`),
+    divergences and BFMI of a posterior DataTree, and the gate."""
     params = _flat_params(dt["posterior"].to_dataset())
     names = list(params)
     arr = np.stack([params[n] for n in names], axis=-1)  # (chain, draw, K)
-    if helper is not None:
-        rhat, ess_b, ess_t = helper.rhat_ess(arr)
-    else:
-        rhat, ess_b, ess_t = rhat_ess(arr)
+    rhat, ess_b, ess_t = rhat_ess(arr)
     stats = dt["sample_stats"]
     div = int(stats["diverging"].sum()) if "diverging" in stats else 0
     bfmi: tuple[float, ...] = ()
@@ -375,7 +376,10 @@ def fit_bayes(
     count outcome (:func:`twolevel.models.bayes.glmm_fit.fit_bayes_glmm`: school effects sampled,
     non-centred unless ``centering`` says otherwise; ``likelihood`` does not apply).
 
-    ``likelihood``/``centering``/``priors`` go to :func:`twolevel.models.bayes.pymc_model.build_model`. A failed
+    ``likelihood``/``centering``/``priors`` as in :func:`twolevel.models.bayes.pymc_model.build_model`
+    (``centering`` only matters for the sampled school effects of "suffstat"/"student"; the
+    collapsed model, sampled by :func:`twolevel.models.bayes.sampler.sample_collapsed`, records
+    ``n_centered = 0``). A failed
     gate does not raise: it warns in plain words and is recorded in ``fit.diagnostics``.
     ``log_likelihood``: which pointwise log-likelihoods to store — ``"both"`` (per student, for
     PSIS-LOO, and per school, for leave-one-school-out), ``"school"`` (per school only: S × J
@@ -388,8 +392,6 @@ def fit_bayes(
                               centering="noncentered" if centering is None else centering,
                               settings=settings, progress=progress,
                               log_likelihood=log_likelihood)
-    from twolevel.models.bayes.pymc_model import build_model, sample_nuts
-
     centering = "auto" if centering is None else centering
     if log_likelihood not in LOG_LIKELIHOODS:
         raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "
@@ -399,43 +401,50 @@ def fit_bayes(
     t0 = time.perf_counter()
     design = make_design(formula, data)
     cp = group_crossprods(design)
-    n_params = design.p + 1 + design.q * (design.q + 1) // 2 + design.n_groups * design.q
-    helper = (DiagnosticsHelper()  # starts now: imports ArviZ while the model samples
-              if settings.cores > 1 and n_params > SPLIT_DIAGNOSTICS_ABOVE else None)
-    try:
+    sample_kw = dict(draws=settings.draws, tune=settings.tune, chains=settings.chains,
+                     cores=settings.cores, seed=settings.seed,
+                     target_accept=settings.target_accept, adaptation=settings.adaptation,
+                     progress=progress)
+    if likelihood == "collapsed":
+        # compiled kernels (no PyMC/PyTensor): the same density as build_model's collapsed model
+        from twolevel.models.bayes.sampler import sample_collapsed
+
+        timings["build"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        dt, used_priors = sample_collapsed(design, cp, priors, **sample_kw)
+        n_centered = 0
+        sampler = "nutpie, collapsed model compiled by numba (twolevel.models.bayes.kernels)"
+    else:
+        from twolevel.models.bayes.pymc_model import build_model, sample_nuts
+
         built = build_model(design, priors, likelihood=likelihood, centering=centering,
                             crossprods=cp)
         timings["build"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        dt = sample_nuts(built, draws=settings.draws, tune=settings.tune, chains=settings.chains,
-                         cores=settings.cores, seed=settings.seed,
-                         target_accept=settings.target_accept, adaptation=settings.adaptation,
-                         progress=progress)
-        timings["compile+sample"] = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        post = _with_school_effects(dt["posterior"].to_dataset(), design, cp, settings.seed)
-        dt["posterior"] = xr.DataTree(post)
-        timings["school effects"] = time.perf_counter() - t2
-        # the diagnostics (ArviZ; half in the helper process) and the log-likelihoods (NumPy,
-        # which releases the GIL) side by side
-        t3 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            fut_diag = pool.submit(diagnose, xr.DataTree.from_dict(
-                {"posterior": post, "sample_stats": dt["sample_stats"].to_dataset()}), helper)
-            if log_likelihood != "none":
-                dt["log_likelihood"] = xr.DataTree(
-                    _log_likelihoods(post, design, cp, per_student=log_likelihood == "both"))
-            diag = fut_diag.result()
-        timings["log-likelihood + diagnostics"] = time.perf_counter() - t3
-    finally:
-        if helper is not None:
-            helper.close()
+        dt = sample_nuts(built, **sample_kw)
+        used_priors, n_centered = built.priors, built.n_centered
+        sampler = "nutpie, PyMC model compiled by PyTensor/Numba"
+    timings["compile+sample"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    post = _with_school_effects(dt["posterior"].to_dataset(), design, cp, settings.seed)
+    dt["posterior"] = xr.DataTree(post)
+    timings["school effects"] = time.perf_counter() - t2
+    # the diagnostics and the log-likelihoods (NumPy, which releases the GIL) side by side
+    t3 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fut_diag = pool.submit(diagnose, xr.DataTree.from_dict(
+            {"posterior": post, "sample_stats": dt["sample_stats"].to_dataset()}))
+        if log_likelihood != "none":
+            dt["log_likelihood"] = xr.DataTree(
+                _log_likelihoods(post, design, cp, per_student=log_likelihood == "both"))
+        diag = fut_diag.result()
+    timings["log-likelihood + diagnostics"] = time.perf_counter() - t3
     for p in diag.problems:
         warnings.warn(f"NUTS fit of '{formula}': {p}", RuntimeWarning, stacklevel=2)
     return BayesFit(
-        formula=formula, design=design, priors=built.priors, likelihood=likelihood,
-        n_centered=built.n_centered, settings=settings, datatree=dt, diagnostics=diag,
-        timings=timings, sampler="nutpie, PyMC model compiled by PyTensor/Numba",
+        formula=formula, design=design, priors=used_priors, likelihood=likelihood,
+        n_centered=n_centered, settings=settings, datatree=dt, diagnostics=diag,
+        timings=timings, sampler=sampler,
     )
 
 

@@ -50,9 +50,10 @@ warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS ins
 import pymc as pm  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 
-from twolevel.data.errors import FormulaError, TwolevelError  # noqa: E402
+from twolevel.data.errors import TwolevelError  # noqa: E402
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods  # noqa: E402
 from twolevel.models.bayes.priors import ModelPriors, Prior, check_priors, default_priors  # noqa: E402
+from twolevel.models.bayes.sampler import effect_structure  # noqa: E402  (re-exported)
 
 __all__ = [
     "LIKELIHOODS",
@@ -71,22 +72,6 @@ _LOG2PI = float(np.log(2 * np.pi))
 
 
 # ----------------------------------------------------------------------------- structure checks
-
-
-def effect_structure(design: Design) -> str:
-    """``"lkj"`` for one correlated term with all random effects (``(1 + x | g)``), ``"diag"`` when
-    every term has a single effect (``(1 | g)``, ``(1 + x || g)``); anything else cannot be built."""
-    terms = design.terms
-    if len(terms) == 1 and len(terms[0].columns) >= 2:
-        return "lkj"
-    if all(len(t.columns) == 1 for t in terms):
-        return "diag"
-    blocks = " + ".join("(" + " + ".join(t.names) + f" | {t.group})" for t in terms)
-    raise FormulaError(
-        f"formula '{design.formula}' splits the random effects into blocks {blocks}; the Bayesian "
-        "builders take either one correlated block '(1 + x | g)' or only independent effects "
-        "'(1 + x || g)': write the random part in one of these forms"
-    )
 
 
 # ----------------------------------------------------------------------------- centering rule
@@ -239,8 +224,11 @@ def collapsed_loglik(cp, n: int, beta, L, sigma, mod=pt):
 
 
 def _rv(name: str, prior: Prior, size: int | None = None, dims=None):
-    """A PyMC random variable for ``prior`` (vector when ``size`` is given)."""
-    kw = {k: (prior.param(k, size) if size is not None else float(prior.param(k)))
+    """A PyMC random variable for ``prior`` (vector when ``size`` is given). Scalar parameters are
+    passed as float64 NumPy scalars: a Python float such as 3.0 would become a float32 constant
+    (PyTensor's autocast), and the constants of the density (log √(2/π), ...) would be folded in
+    float32, ~1e-8 off."""
+    kw = {k: (prior.param(k, size) if size is not None else np.float64(prior.param(k)))
           for k in prior.params}
     cls = getattr(pm, prior.dist)
     if size is None:
