@@ -67,6 +67,7 @@ _API: dict[str, str] = {
     "residual_summary_fit": "twolevel.models.inference.residuals",
     # Bayes
     "fit_bayes": "twolevel.models.bayes.fit",
+    "loo": "twolevel.models.bayes.loo",
     "BayesFit": "twolevel.models.bayes.fit",
     "SamplerSettings": "twolevel.models.bayes.fit",
     "prior_predictive": "twolevel.models.bayes.fit",

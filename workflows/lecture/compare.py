@@ -69,6 +69,8 @@ def add_comparison_section(sec, spec: WorkflowSpec, reml: dict[str, Any], bayes:
     import warnings
 
     import arviz as az
+
+    from twolevel.models.bayes.loo import loo as bayes_loo
     from twolevel.models.tables.lecture_answers import comparison_verdict
 
     gl = spec.group_label
@@ -80,7 +82,7 @@ def add_comparison_section(sec, spec: WorkflowSpec, reml: dict[str, Any], bayes:
         warnings.simplefilter("ignore")  # high Pareto k is reported below, in a table and figure
         for m in models:
             for lev, v in var.items():
-                loo[m][lev] = az.loo(bayes[m].datatree, var_name=v, pointwise=True)
+                loo[m][lev] = bayes_loo(bayes[m].datatree, var_name=v)  # ArviZ's PSIS-LOO, compiled
     sec.text(
         f"PSIS-LOO estimates how well each model predicts data it has not seen. **Per student**: "
         f"a new student in one of these {gl}s (the log-likelihood of each student given the "
