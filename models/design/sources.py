@@ -1,0 +1,521 @@
+"""Statistics sources: per-group cross-products from data that need not fit in memory.
+
+The (RE)ML criterion, Satterthwaite, Kenward–Roger, profiles, BLUPs and the collapsed Bayesian
+likelihood need only :class:`~twolevel.models.design.crossprods.GroupCrossprods`. A *source*
+computes them where the rows are, and hands back a :class:`ScaleDesign` (everything a fit needs,
+without the rows) with them:
+
+* ``memory``: a pandas frame, today's NumPy path (:func:`make_design` + :func:`group_crossprods`);
+* ``duckdb``: Parquet/CSV files, globs, directories or a frame, by SQL in DuckDB
+  (:mod:`twolevel.models.design.duckdb_source`);
+* ``dask``: a ``dask.dataframe`` or files on a ``distributed`` cluster, the same SQL run by DuckDB
+  inside each task and the partial sums added in a tree (:mod:`twolevel.models.design.dask_source`).
+
+The SQL engines make these passes (a *runner* executes each, on all rows or per partition):
+
+1. counts, factor levels, the atoms' sums (for the shift constants) and domain checks (ungrouped);
+2. per-group means, only when the formula names a group-mean-centred column (grouped);
+3. the per-group sums: n_j, Σ(e_k − m_k), Σ(e_k − m_k)(e_l − m_l) for the Z×X, Z×y, y×y pairs (grouped);
+4. the global sums for XᵀX, Xᵀy, yᵀy (ungrouped).
+
+Every sum is ``fsum`` (Kahan) of a column shifted by a rough global centre m_k (spec §0, §3.5), so
+two runs give the same numbers; the sums are then un-shifted in NumPy,
+Σ e_k e_l = S̃_kl + m_l S̃_k + m_k S̃_l + n m_k m_l, to lme4's parametrization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from twolevel.data.errors import DataError, FormulaError, TwolevelError
+from twolevel.models.design.crossprods import GroupCrossprods, group_crossprods
+from twolevel.models.design.matrices import Design, RandomTerm, make_design
+from twolevel.models.design.sql import (
+    CenteredName,
+    SqlColumn,
+    centered_names,
+    compile_terms,
+    complete_case_sql,
+    expand_columns,
+    formula_parts,
+    is_numeric_type,
+    quote,
+    sql_literal,
+)
+
+__all__ = ["ENGINES", "Runner", "ScaleDesign", "ScaleError", "crossprods_from", "scale_statistics"]
+
+ENGINES = ("auto", "memory", "duckdb", "dask")
+_RANK_TOL = 1e-7
+
+
+class ScaleError(TwolevelError):
+    """A per-student quantity was asked of a fit whose rows were never in memory."""
+
+
+class Runner(Protocol):
+    """Executes the passes of a source (see module docstring); DuckDB on all rows, or Dask per
+    partition with the partial results added.
+
+    ``scalar`` merges by name prefix: ``n_``/``s_`` add, ``lo_`` min, ``hi_`` max, ``lv_`` set
+    union, ``w_`` list concatenation. ``grouped`` returns ``__key`` (sorted) and the sums."""
+
+    engine: str
+    description: str
+
+    def types(self) -> dict[str, str]: ...
+    def check_columns(self, columns: list[str]) -> None: ...
+    def set_table(self, name: str, frame: pd.DataFrame) -> None: ...
+    def scalar(self, select: list[str], from_: str, where: str) -> dict[str, Any]: ...
+    def grouped(self, select: list[str], from_: str, where: str, key: str) -> dict[str, np.ndarray]: ...
+    @property
+    def rows_read(self) -> int: ...
+
+
+# ----------------------------------------------------------------------------- the design
+
+
+def _refuse(what: str, instead: str):
+    def prop(self):
+        raise ScaleError(
+            f"'{what}' is a per-student quantity, not held when the statistics come from "
+            f"engine='{self.engine}' (the rows stay in {self.source}); {instead}"
+        )
+    return property(prop, doc=f"Refused at scale: {instead}")
+
+
+@dataclass(frozen=True)
+class ScaleDesign:
+    """What a fit needs from a design, without the rows (the scale path's :class:`Design`).
+
+    Fields
+    ------
+    formula, response, group, x_names, z_names, terms, group_levels, n_na_dropped,
+    dropped_columns, notes : as :class:`Design`.  n_rows : rows used.  group_sizes_ : n_j.
+    engine : "duckdb" or "dask".  source : a description of the data.  rows_read : rows scanned
+    in the first pass (before the complete-case rule).  columns : the SQL of X's, Z's and y's
+    columns (for the residual pass).  runner : the source's runner (for later passes).
+    """
+
+    formula: str
+    response: str
+    group: str
+    x_names: tuple[str, ...]
+    z_names: tuple[str, ...]
+    terms: tuple[RandomTerm, ...]
+    group_levels: np.ndarray
+    group_sizes_: np.ndarray
+    n_rows: int
+    engine: str
+    source: str
+    rows_read: int
+    x_sql: tuple[str, ...]
+    z_sql: tuple[str, ...]
+    y_sql: str
+    from_sql: str
+    where_sql: str
+    stats_fingerprint: str
+    n_na_dropped: int = 0
+    dropped_columns: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    runner: Any = field(default=None, compare=False, repr=False)
+    yty_groups: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    X = _refuse("X", "use fit.fixef(), fit.vcov() or the cross-products fit.crossprods")
+    Z = _refuse("Z", "use fit.ranef() (BLUPs with conditional variances) or fit.crossprods")
+    y = _refuse("y", "use fit.crossprods (n_j, Σy, yᵀy per school) or fit.summary()'s residual "
+                "quantiles")
+    group_index = _refuse("group_index", "use fit.design.group_levels and group_sizes (per school)")
+
+    @property
+    def n(self) -> int:
+        """Number of observations (rows used)."""
+        return self.n_rows
+
+    @property
+    def p(self) -> int:
+        """Number of fixed effects."""
+        return len(self.x_names)
+
+    @property
+    def q(self) -> int:
+        """Number of random effects per group."""
+        return len(self.z_names)
+
+    @property
+    def n_groups(self) -> int:
+        """Number of groups J."""
+        return int(self.group_levels.shape[0])
+
+    @property
+    def group_sizes(self) -> np.ndarray:
+        """n_j in ``group_levels`` order."""
+        return self.group_sizes_
+
+    theta_template = cached_property(Design.theta_template.func)
+    _theta_positions = cached_property(Design._theta_positions.func)
+    n_theta = Design.n_theta
+    theta_lower = Design.theta_lower
+    theta_names = Design.theta_names
+    theta_to_T = Design.theta_to_T
+    T_to_theta = Design.T_to_theta
+
+    def residual_quantiles(self, beta: np.ndarray, b: np.ndarray, sigma: float
+                           ) -> tuple[np.ndarray, str]:
+        """Scaled-residual quantiles from streaming passes over the rows
+        (:func:`twolevel.models.design.residual_pass.residual_quantiles`)."""
+        from twolevel.models.design.residual_pass import residual_quantiles
+        return residual_quantiles(self, beta, b, sigma)
+
+    def theta_start(self, cp: GroupCrossprods | None = None) -> np.ndarray:
+        """lme4's starting θ (see :meth:`Design.theta_start`), the intercept-only variances from
+        the per-group sums: v_g = (Σ n_j ȳ_j² − n ȳ²)/(n − 1), v(y) = (yᵀy − n ȳ²)/(n − 1)."""
+        theta = self.T_to_theta(np.eye(self.q))
+        if self.z_names == ("(Intercept)",) and cp is not None:
+            nj = self.group_sizes.astype(float)
+            sy = cp.c[:, 0]
+            n = float(self.n)
+            ybar = float(sy.sum()) / n
+            v_g = (float(np.sum(sy * sy / nj)) - n * ybar**2) / (n - 1.0)
+            v_e = (cp.yty - n * ybar**2) / (n - 1.0) - v_g
+            if v_e > 0:
+                theta = np.array([np.sqrt(max(v_g, 0.0) / v_e)])
+        return theta
+
+
+# ----------------------------------------------------------------------------- the passes
+
+
+def _centered_lookup(types: dict[str, str]) -> dict[str, CenteredName]:
+    out = {}
+    for col, t in types.items():
+        if is_numeric_type(t):
+            for c in centered_names(col):
+                if c.name not in types:
+                    out[c.name] = c
+    return out
+
+
+def _fsum_shifted(a: str, ma: float, b: str | None = None, mb: float = 0.0) -> str:
+    def sh(e, m):
+        return f"({e})" if m == 0.0 else f"(({e}) - {sql_literal(m)})"
+    return f"fsum({sh(a, ma)})" if b is None else f"fsum({sh(a, ma)} * {sh(b, mb)})"
+
+
+def _mean_or_zero(s: float, n: int) -> float:
+    m = s / n if n else 0.0
+    return float(m) if np.isfinite(m) else 0.0
+
+
+def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
+                     ) -> tuple[ScaleDesign, GroupCrossprods]:
+    """The :class:`ScaleDesign` and :class:`GroupCrossprods` of ``formula`` from a runner's
+    passes (module docstring). ``per_group_x`` also returns X_jᵀX_j, X_jᵀy_j per group (for the
+    per-school log-likelihood), attached as ``cp.XtX_groups`` / ``cp.Xty_groups``."""
+    parsed, group = formula_parts(formula)
+    types = runner.types()
+    if group not in types:
+        raise DataError(f"grouping column '{group}' is not in the data; available columns: "
+                        f"{', '.join(types)}")
+    centered = _centered_lookup(types)
+    _, y_terms = compile_terms(parsed.response, types, centered)
+    if len(y_terms) != 1 or any(a.factor for a in y_terms[0].atoms) or len(y_terms[0].atoms) != 1:
+        raise FormulaError(f"response '{parsed.response}' must be one numeric column or I()/log() "
+                           "of numeric columns")
+    x_icpt, x_terms = compile_terms(parsed.fixed, types, centered)
+    bars = [(b, *compile_terms(b.lhs, types, centered)) for b in parsed.bars]
+    all_terms = y_terms + x_terms + [t for _, _, ts in bars for t in ts]
+    atoms = {a.name: a for t in all_terms for a in t.atoms}
+    used = list(dict.fromkeys([c for a in atoms.values() for c in a.columns] + [group]))
+    runner.check_columns(used)
+    where = complete_case_sql(used, types, group)
+
+    # pass 1: counts, levels, atom sums, checks
+    sel = ["count(*) AS n_total", f"count(*) FILTER (WHERE {where}) AS n_complete",
+           f"count(*) FILTER (WHERE {quote(group)} IS NULL) AS n_nullgroup"]
+    for k, c in enumerate(used):
+        if c != group and is_numeric_type(types[c]) and types[c].upper() in ("DOUBLE", "FLOAT", "REAL"):
+            sel.append(f"count(*) FILTER (WHERE isinf({quote(c)})) AS n_inf{k}")
+    factors = sorted({a.factor for a in atoms.values() if a.factor})
+    for k, f in enumerate(factors):
+        sel.append(f"list(DISTINCT {quote(f)}) FILTER (WHERE {where}) AS lv_{k}")
+    plain = [a for a in atoms.values() if a.factor is None and not a.centering]
+    for k, a in enumerate(plain):
+        sel.append(f"fsum({a.sql}) FILTER (WHERE {where}) AS s_atom{k}")
+        if a.check:
+            sel.append(f"count(*) FILTER (WHERE {where} AND NOT coalesce({a.check}, FALSE)) AS n_bad{k}")
+    cen = sorted({c.column for a in atoms.values() for c in a.centering})
+    for k, c in enumerate(cen):
+        sel.append(f"fsum(CAST({quote(c)} AS DOUBLE)) FILTER (WHERE {where}) AS s_cen{k}")
+    r1 = runner.scalar(sel, "__src", "TRUE")
+    n_total, n = int(r1["n_total"]), int(r1["n_complete"])
+    for k, c in enumerate(used):
+        if int(r1.get(f"n_inf{k}", 0) or 0):
+            raise DataError(f"column '{c}' has {int(r1[f'n_inf{k}'])} infinite value(s) in "
+                            f"{runner.description}; lme4 does not drop ±Inf silently: remove or "
+                            "recode those rows")
+    for k, a in enumerate(plain):
+        bad = int(r1.get(f"n_bad{k}", 0) or 0)
+        if bad:
+            raise DataError(f"term '{a.name}' is undefined or not finite on {bad} complete row(s) "
+                            f"(e.g. log of a value <= 0); fix the data or the term")
+    if n == 0:
+        raise DataError(f"no complete rows left for formula '{formula}' in {runner.description} "
+                        "after removing missing values")
+    levels = {f: sorted(v for v in r1[f"lv_{k}"] if v is not None) for k, f in enumerate(factors)}
+    atom_mean = {a.name: _mean_or_zero(float(r1[f"s_atom{k}"]), n) for k, a in enumerate(plain)}
+    grand = {c: _mean_or_zero(float(r1[f"s_cen{k}"]), n) for k, c in enumerate(cen)}
+
+    # pass 2: group means for group-mean-centred names
+    from_ = "__src"
+    cen_sql: dict[str, str] = {}
+    gm_cols = sorted({c.column for a in atoms.values() for c in a.centering
+                      if c.kind in ("group-mean", "group-means")})
+    if gm_cols:
+        sel = ["count(*) AS n"] + [f"fsum(CAST({quote(c)} AS DOUBLE)) AS s_{k}"
+                                   for k, c in enumerate(gm_cols)]
+        r2 = runner.grouped(sel, "__src", where, group)
+        gm = pd.DataFrame({group: r2["__key"]})
+        for k, c in enumerate(gm_cols):
+            gm[f"__m_{c}"] = r2[f"s_{k}"] / r2["n"]
+        runner.set_table("__gm", gm)
+        from_ = f"__src JOIN __gm USING ({quote(group)})"
+    for a in atoms.values():
+        for c in a.centering:
+            x = f"CAST({quote(c.column)} AS DOUBLE)"
+            cen_sql[a.name] = {"group-mean": f"({x} - {quote('__m_' + c.column)})",
+                               "group-means": quote("__m_" + c.column),
+                               "grand-mean": f"({x} - {sql_literal(grand[c.column])})"}[c.kind]
+            atom_mean[a.name] = grand[c.column] if c.kind == "group-means" else 0.0
+
+    # columns of y, X, Z
+    y_col = expand_columns(False, y_terms, levels, cen_sql)[0]
+    x_cols = expand_columns(x_icpt, x_terms, levels, cen_sql)
+    z_cols: list[SqlColumn] = []
+    terms: list[RandomTerm] = []
+    for bar, icpt, ts in bars:
+        cols = expand_columns(icpt, ts, levels, cen_sql)
+        if not cols:
+            raise FormulaError(f"random-effects term '({bar.lhs} | {bar.group})' has no columns")
+        pieces = [[c] for c in cols] if not bar.correlated else [cols]
+        for piece in pieces:
+            idx = []
+            for c in piece:
+                if c.name in [z.name for z in z_cols]:
+                    raise FormulaError(f"random effect '{c.name}' appears twice for '{group}' in "
+                                       f"'{formula}'; list each random effect once")
+                idx.append(len(z_cols))
+                z_cols.append(c)
+            terms.append(RandomTerm(names=tuple(c.name for c in piece), columns=tuple(idx),
+                                    group=group))
+
+    def shift(c: SqlColumn) -> float:
+        if c.kind != "numeric":
+            return 0.0
+        m = 1.0
+        for nm in c.name.split(":"):
+            if nm in atom_mean:
+                m *= atom_mean[nm]
+        return m if np.isfinite(m) else 0.0
+
+    # distinct columns (by SQL); -1 is the intercept
+    dcols: list[SqlColumn] = []
+
+    def cid(c: SqlColumn) -> int:
+        if c.kind == "intercept":
+            return -1
+        for k, d in enumerate(dcols):
+            if d.sql == c.sql:
+                return k
+        dcols.append(c)
+        return len(dcols) - 1
+
+    zid = [cid(c) for c in z_cols]
+    xid_full = [cid(c) for c in x_cols]
+    yid = cid(y_col)
+    m = np.array([shift(c) for c in dcols])
+
+    def pair_sql(i: int, k: int) -> str:
+        return _fsum_shifted(dcols[i].sql, m[i], dcols[k].sql, m[k])
+
+    # pass 3: grouped sums
+    gpairs = {(min(a, b), max(a, b)) for a in zid if a >= 0 for b in xid_full + [yid] if b >= 0}
+    gpairs.add((yid, yid))
+    if per_group_x:
+        gpairs |= {(min(a, b), max(a, b)) for a in xid_full + [yid] if a >= 0
+                   for b in xid_full + [yid] if b >= 0}
+    gpairs = sorted(gpairs)
+    sel = ["count(*) AS n"] + [f"{_fsum_shifted(c.sql, m[k])} AS s_{k}" for k, c in enumerate(dcols)]
+    sel += [f"{pair_sql(i, k)} AS s_{i}_{k}" for i, k in gpairs]
+    g = runner.grouped(sel, from_, where, group)
+    keys, nj = g["__key"], np.asarray(g["n"], dtype=float)
+    J = int(nj.shape[0])
+
+    # pass 4: global sums
+    xy = sorted({k for k in xid_full + [yid] if k >= 0})
+    tpairs = sorted({(min(a, b), max(a, b)) for a in xy for b in xy})
+    sel = ["count(*) AS n"] + [f"{_fsum_shifted(dcols[k].sql, m[k])} AS s_{k}" for k in xy]
+    sel += [f"{pair_sql(i, k)} AS s_{i}_{k}" for i, k in tpairs]
+    t = runner.scalar(sel, from_, where)
+    if int(t["n"]) != n or int(nj.sum()) != n:
+        raise TwolevelError(f"the passes over {runner.description} saw different row counts "
+                            f"({n}, {int(t['n'])}, {int(nj.sum())}): did the files change while "
+                            "being read?")
+
+    def unshift(res: dict, cnt, i: int, k: int | None = None):
+        """Σ e_i (k None) or Σ e_i e_k from the shifted sums; −1 is the intercept."""
+        if k is None:
+            return cnt if i == -1 else res[f"s_{i}"] + cnt * m[i]
+        if i == -1:
+            return unshift(res, cnt, k)
+        if k == -1:
+            return unshift(res, cnt, i)
+        a, b = min(i, k), max(i, k)
+        return (res[f"s_{a}_{b}"] + m[b] * res[f"s_{a}"] + m[a] * res[f"s_{b}"]
+                + cnt * m[a] * m[b])
+
+    # rank of X from the global Gram matrix (R's dqrdc2 tolerance on norms)
+    pf = len(x_cols)
+    G = np.empty((pf, pf))
+    for a in range(pf):
+        for b in range(a, pf):
+            G[a, b] = G[b, a] = float(unshift(t, float(n), xid_full[a], xid_full[b]))
+    keep = _full_rank_gram(G)
+    dropped = tuple(x_cols[k].name for k in range(pf) if k not in keep)
+    xid = [xid_full[k] for k in keep]
+    x_cols = [x_cols[k] for k in keep]
+    p, q = len(xid), len(zid)
+
+    A = np.empty((J, q, q))
+    for a in range(q):
+        for b in range(a, q):
+            A[:, a, b] = A[:, b, a] = unshift(g, nj, zid[a], zid[b])
+    B = np.empty((J, q, p))
+    for a in range(q):
+        for b in range(p):
+            B[:, a, b] = unshift(g, nj, zid[a], xid[b])
+    c = np.empty((J, q))
+    for a in range(q):
+        c[:, a] = unshift(g, nj, zid[a], yid)
+    cp = GroupCrossprods(
+        A=A, B=B, c=c, XtX=G[np.ix_(keep, keep)],
+        Xty=np.array([float(unshift(t, float(n), k, yid)) for k in xid]),
+        yty=float(unshift(t, float(n), yid, yid)), n=n, p=p,
+    )
+    if per_group_x:
+        XtXg = np.empty((J, p, p))
+        for a in range(p):
+            for b in range(a, p):
+                XtXg[:, a, b] = XtXg[:, b, a] = unshift(g, nj, xid[a], xid[b])
+        object.__setattr__(cp, "XtX_groups", XtXg)
+        object.__setattr__(cp, "Xty_groups",
+                           np.stack([unshift(g, nj, k, yid) for k in xid], axis=1))
+    yty_g = np.asarray(unshift(g, nj, yid, yid), dtype=float)
+    n_dropped = n_total - n
+    notes = []
+    if n_dropped:
+        nn = int(r1["n_nullgroup"])
+        extra = f", {nn} of them with a NULL '{group}'" if nn else ""
+        notes.append(f"{n_dropped} row(s) with missing or non-finite values removed "
+                     f"(na.omit){extra}")
+    if dropped:
+        notes.append("fixed-effect model matrix is rank deficient so dropping "
+                     f"{len(dropped)} column(s): {', '.join(dropped)}")
+    h = hashlib.sha1()
+    for arr in (nj, c[:, 0] if q else nj, yty_g):
+        h.update(np.ascontiguousarray(arr))
+    h.update(f"{n}:{J}:{parsed.response}".encode())
+    design = ScaleDesign(
+        formula=formula, response=parsed.response, group=group,
+        x_names=tuple(c.name for c in x_cols), z_names=tuple(c.name for c in z_cols),
+        terms=tuple(terms), group_levels=np.asarray(keys), group_sizes_=nj.astype(np.int64),
+        n_rows=n, engine=runner.engine, source=runner.description, rows_read=runner.rows_read,
+        x_sql=tuple(c.sql for c in x_cols), z_sql=tuple(c.sql for c in z_cols), y_sql=y_col.sql,
+        from_sql=from_, where_sql=where, stats_fingerprint=h.hexdigest(),
+        n_na_dropped=n_dropped, dropped_columns=dropped, notes=tuple(notes), runner=runner,
+        yty_groups=yty_g,
+    )
+    _check_scale_design(design)
+    return design, cp
+
+
+def _full_rank_gram(G: np.ndarray, tol: float = _RANK_TOL) -> list[int]:
+    """Columns kept by R's rule (a column whose norm after projection on the kept ones is below
+    ``tol`` times its own is dropped), from the Gram matrix XᵀX: r_k² = G_kk − g_kᵀG_KK⁻¹g_k."""
+    kept: list[int] = []
+    for k in range(G.shape[0]):
+        d = G[k, k]
+        if d <= 0:
+            continue
+        if kept:
+            gk = G[kept, k]
+            r2 = d - gk @ np.linalg.solve(G[np.ix_(kept, kept)], gk)
+        else:
+            r2 = d
+        if r2 > tol**2 * d:
+            kept.append(k)
+    return kept
+
+
+def _check_scale_design(d: ScaleDesign) -> None:
+    J = d.n_groups
+    if J < 2:
+        raise DataError(f"grouping column '{d.group}' has only {J} group; a two-level model "
+                        "needs at least 2 groups")
+    if J >= d.n:
+        raise DataError(f"grouping column '{d.group}' has {J} groups for {d.n} rows: the number "
+                        "of groups must be smaller than the number of observations")
+    if d.n <= J * d.q:
+        raise DataError(f"number of observations ({d.n}) <= number of random effects "
+                        f"({J * d.q}) for '{d.group}': use fewer random slopes")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def _is_dask_collection(data) -> bool:
+    return type(data).__module__.startswith("dask")
+
+
+def choose_engine(data, engine: str = "auto", scheduler=None) -> str:
+    """The engine for ``data``: ``auto`` → dask for a dask collection or with a scheduler,
+    memory for a pandas frame, duckdb for files, globs and directories."""
+    if engine not in ENGINES:
+        raise TwolevelError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
+    if engine != "auto":
+        return engine
+    if scheduler is not None or _is_dask_collection(data):
+        return "dask"
+    if isinstance(data, pd.DataFrame):
+        return "memory"
+    return "duckdb"
+
+
+def crossprods_from(formula: str, data, engine: str = "auto", *, memory_limit: str | None = None,
+                    threads: int | None = None, scheduler=None, progress: bool = False,
+                    per_group_x: bool = False):
+    """(design, cross-products) of ``formula`` on ``data`` from the chosen engine.
+
+    ``data``: a pandas frame, a path, glob, directory or list of Parquet/CSV files, or a
+    ``dask.dataframe``. ``memory_limit`` (e.g. "4GB") and ``threads`` bound DuckDB;
+    ``scheduler`` is a ``distributed`` address, ``Client`` or None (dask engine)."""
+    engine = choose_engine(data, engine, scheduler)
+    if engine == "memory":
+        if not isinstance(data, pd.DataFrame):
+            from twolevel.models.design.duckdb_source import read_all
+            data = read_all(data)
+        design = make_design(formula, data)
+        return design, group_crossprods(design)
+    if engine == "duckdb":
+        from twolevel.models.design.duckdb_source import DuckDBRunner
+        runner = DuckDBRunner(data, memory_limit=memory_limit, threads=threads, progress=progress)
+    else:
+        from twolevel.models.design.dask_source import DaskRunner
+        runner = DaskRunner(data, scheduler=scheduler, memory_limit=memory_limit)
+    return scale_statistics(formula, runner, per_group_x=per_group_x)
