@@ -160,10 +160,13 @@ class DuckDBRunner:
             self._per_file = None
         else:
             self.files = resolve_files(data)
-            self._per_file = file_types(self.con, self.files)
-            self.con.execute(f"CREATE VIEW __src AS SELECT * FROM {file_scan_sql(self.files)}")
             self.description = (f"'{self.files[0]}'" if len(self.files) == 1
                                 else f"{len(self.files)} files ('{self.files[0]}', ...)")
+            try:
+                self._per_file = file_types(self.con, self.files)
+            except duckdb.OutOfMemoryException as exc:
+                raise self._oom(exc) from None
+            self.con.execute(f"CREATE VIEW __src AS SELECT * FROM {file_scan_sql(self.files)}")
 
     @property
     def rows_read(self) -> int:
@@ -183,13 +186,15 @@ class DuckDBRunner:
         try:
             return self.con.sql(sql).fetchnumpy()
         except self._duckdb.OutOfMemoryException as exc:
-            raise TwolevelError(
-                f"DuckDB ran out of memory with memory limit {self.memory_limit or 'default'} on "
-                f"{self.description}: raise --memory-limit (the per-school aggregation needs "
-                f"room for its hash table, spilling to disk beyond that) ({_first_line(exc)})"
-            ) from None
+            raise self._oom(exc) from None
         except self._duckdb.Error as exc:
             raise DataError(f"DuckDB could not read {self.description}: {_first_line(exc)}") from None
+
+    def _oom(self, exc: Exception) -> TwolevelError:
+        return TwolevelError(
+            f"DuckDB ran out of memory with memory limit {self.memory_limit or 'default'} on "
+            f"{self.description}: raise --memory-limit (the per-school aggregation needs room "
+            f"for its hash table, spilling to disk beyond that) ({_first_line(exc)[:120]})")
 
     def scalar(self, select: list[str], from_: str, where: str) -> dict[str, Any]:
         out = scalar_result(self._run(scalar_sql(select, from_, where)))

@@ -345,7 +345,8 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
         return _fsum_shifted(dcols[i].sql, m[i], dcols[k].sql, m[k])
 
     # pass 3: grouped sums
-    gpairs = {(min(a, b), max(a, b)) for a in zid if a >= 0 for b in xid_full + [yid] if b >= 0}
+    gpairs = {(min(a, b), max(a, b)) for a in zid if a >= 0
+              for b in zid + xid_full + [yid] if b >= 0}
     gpairs.add((yid, yid))
     if per_group_x:
         gpairs |= {(min(a, b), max(a, b)) for a in xid_full + [yid] if a >= 0

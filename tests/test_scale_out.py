@@ -1,0 +1,205 @@
+"""Scale-out statistics sources (issue 13): the memory, DuckDB and Dask engines give the same fit,
+and bad inputs get clear messages."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from twolevel.data.errors import DataError, FormulaError, TwolevelError
+from twolevel.models.design import group_crossprods, make_design
+from twolevel.models.design.sources import ScaleError, crossprods_from
+from twolevel.models.lmm.lmer import lmer
+
+FORMULA = "y ~ x*f + w + (1 + x | g)"
+
+
+def simulate(n: int, J: int, seed: int = 7) -> pd.DataFrame:
+    """y = 1 + 0.5x + 0.3[f=b] − 0.4[f=c] + 0.2x[f=c] + 0.8w + b0_j + b1_j x + e, w a level-2
+    predictor, f a 3-level factor, g integer school ids."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, J, n)
+    f = rng.choice(np.array(["a", "b", "c"]), n)
+    x = rng.normal(size=n)
+    w = rng.normal(size=J)[g]
+    b0 = rng.normal(0, 1.0, J)[g]
+    b1 = rng.normal(0, 0.4, J)[g]
+    y = (1 + 0.5 * x + 0.3 * (f == "b") - 0.4 * (f == "c") + 0.2 * x * (f == "c") + 0.8 * w
+         + b0 + b1 * x + rng.normal(size=n))
+    return pd.DataFrame({"y": y, "x": x, "f": f, "g": g, "w": w})
+
+
+def write_parts(df: pd.DataFrame, folder, k: int) -> str:
+    for i, part in enumerate(np.array_split(np.arange(len(df)), k)):
+        df.iloc[part].to_parquet(folder / f"part{i:02d}.parquet", index=False)
+    return str(folder / "*.parquet")
+
+
+def assert_same_fit(a, b):
+    assert abs(a.criterion - b.criterion) <= 1e-9 * abs(a.criterion)
+    np.testing.assert_allclose(b.fixef().to_numpy(), a.fixef().loc[b.fixef().index].to_numpy(),
+                               rtol=1e-8, atol=1e-8)
+    va, vb = a.VarCorr(), b.VarCorr()
+    np.testing.assert_allclose(vb.cov, va.cov, rtol=1e-7, atol=1e-7 * np.max(np.abs(va.cov)))
+    assert vb.residual == pytest.approx(va.residual, rel=1e-7)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    df = simulate(20_000, 150, seed=3)
+    folder = tmp_path_factory.mktemp("small")
+    return df, write_parts(df, folder, 3)
+
+
+# ------------------------------------------------------------------ statistics and the formula
+
+
+@pytest.mark.parametrize("formula", [
+    FORMULA,
+    "y ~ x + I(x**2) + np.log(x + 10) + (1 | g)",
+    "y ~ 0 + f + x:f + (1 + x || g)",
+    "y ~ w*f + (1 | g)",
+])
+def test_duckdb_crossprods_match_numpy(small, formula):
+    df, _ = small
+    d0 = make_design(formula.replace("np.log(x + 10)", "np.log(x + 10)"), df)
+    c0 = group_crossprods(d0)
+    d1, c1 = crossprods_from(formula, df, engine="duckdb")
+    assert d1.x_names == d0.x_names and d1.z_names == d0.z_names
+    for name in ("A", "B", "c", "XtX", "Xty"):
+        u, v = getattr(c0, name), getattr(c1, name)
+        assert np.max(np.abs(u - v)) <= 1e-13 * np.max(np.abs(u)), name
+    assert c1.yty == pytest.approx(c0.yty, rel=1e-14)
+
+
+def test_fsum_runs_are_bitwise_reproducible(small):
+    _, files = small
+    _, c1 = crossprods_from(FORMULA, files, engine="duckdb")
+    _, c2 = crossprods_from(FORMULA, files, engine="duckdb", threads=1)
+    for name in ("A", "B", "c", "XtX", "Xty"):
+        assert np.array_equal(getattr(c1, name), getattr(c2, name)), name
+
+
+def test_complete_cases_and_centred_names(small):
+    df, _ = small
+    df = df.copy()
+    df.loc[[3, 10], "x"] = np.nan
+    df.loc[[5], "f"] = None
+    df.loc[[8], "g"] = np.nan
+    ok = df.dropna().reset_index(drop=True)
+    from twolevel.data.centering import center
+    c = center(ok, "x", by="g")
+    ok["cx"], ok["meanx"] = c.centered, c.means
+    with pytest.warns(UserWarning, match="4 row"):
+        fit_d = lmer("y ~ cx + meanx + f + (1 + cx | g)", df, engine="duckdb")
+    assert "1 of them with a NULL 'g'" in fit_d.design.notes[0]
+    fit_m = lmer("y ~ cx + meanx + f + (1 + cx | g)", ok)
+    assert fit_d.nobs == fit_m.nobs == len(df) - 4
+    assert_same_fit(fit_m, fit_d)
+
+
+def test_scaled_residual_quantiles_are_exact(small):
+    df, files = small
+    fit_m = lmer(FORMULA, df)
+    fit_d = lmer(FORMULA, files, engine="duckdb")
+    q, note = fit_d.scaled_residual_quantiles()
+    assert "exact" in note
+    np.testing.assert_allclose(q, fit_m.scaled_residual_quantiles()[0], rtol=1e-7, atol=1e-9)
+
+
+def test_per_student_quantities_are_refused(small):
+    _, files = small
+    fit = lmer(FORMULA, files, engine="duckdb")
+    with pytest.raises(ScaleError, match="'X' is a per-student quantity.*fit.fixef"):
+        fit.fitted()
+    assert fit.ranef().shape == (150, 2 + 2 + 2 + 1)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_glob_matching_nothing(tmp_path):
+    with pytest.raises(DataError, match="matches no file"):
+        crossprods_from(FORMULA, str(tmp_path / "nothing*.parquet"), engine="duckdb")
+
+
+def test_files_with_different_schemas(tmp_path, small):
+    df, _ = small
+    df.iloc[:100].to_parquet(tmp_path / "a.parquet", index=False)
+    df.iloc[100:200].drop(columns="w").to_parquet(tmp_path / "b.parquet", index=False)
+    with pytest.raises(DataError, match="schemas differ: '.*b.parquet' has no column 'w'"):
+        crossprods_from(FORMULA, str(tmp_path / "*.parquet"), engine="duckdb")
+
+
+def test_text_in_one_file_numeric_in_another(tmp_path, small):
+    df, _ = small
+    df.iloc[:100].to_parquet(tmp_path / "a.parquet", index=False)
+    b = df.iloc[100:200].copy()
+    b["x"] = b["x"].astype(str)
+    b.to_parquet(tmp_path / "b.parquet", index=False)
+    with pytest.raises(DataError, match="column 'x' is numeric .* but text"):
+        crossprods_from(FORMULA, str(tmp_path / "*.parquet"), engine="dask")
+
+
+def test_null_school_ids_are_dropped_and_counted(tmp_path, small):
+    df, _ = small
+    d = df.iloc[:2000].copy()
+    d["g"] = d["g"].astype("Int64")
+    d.loc[d.index[:7], "g"] = pd.NA
+    d.to_parquet(tmp_path / "a.parquet", index=False)
+    design, _ = crossprods_from(FORMULA, str(tmp_path / "a.parquet"), engine="duckdb")
+    assert design.n == 1993 and "7 of them with a NULL 'g'" in design.notes[0]
+
+
+def test_inexpressible_term(small):
+    df, _ = small
+    with pytest.raises(FormulaError, match="term 'poly\\(x, 2\\)' cannot be expressed"):
+        crossprods_from("y ~ poly(x, 2) + (1 | g)", df, engine="duckdb")
+    with pytest.raises(FormulaError, match="cannot express"):
+        crossprods_from("y ~ I(x % 2) + (1 | g)", df, engine="duckdb")
+
+
+def test_memory_limit_too_small(small):
+    _, files = small
+    with pytest.raises(TwolevelError, match="not a size"):
+        crossprods_from(FORMULA, files, engine="duckdb", memory_limit="lots")
+    with pytest.raises(TwolevelError, match="out of memory.*raise --memory-limit"):
+        crossprods_from(FORMULA, files, engine="duckdb", memory_limit="64KB")
+
+
+def test_infinite_values_are_refused(small):
+    df, _ = small
+    d = df.copy()
+    d.loc[4, "x"] = np.inf
+    with pytest.raises(DataError, match="column 'x' has 1 infinite"):
+        crossprods_from(FORMULA, d, engine="duckdb")
+
+
+# ------------------------------------------------------------------ the acceptance fit
+
+
+@pytest.mark.slow
+def test_memory_duckdb_dask_same_fit_1m_rows(tmp_path):
+    from distributed import Client, LocalCluster
+
+    df = simulate(1_000_000, 2_000, seed=11)
+    files = write_parts(df, tmp_path, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no notes: nothing dropped, full rank, not singular
+        fit_m = lmer(FORMULA, df)
+        fit_d = lmer(FORMULA, files, engine="duckdb")
+    assert fit_d.design.engine == "duckdb" and fit_d.design.rows_read == 1_000_000
+    assert_same_fit(fit_m, fit_d)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                           dashboard_address=None)
+    client = Client(cluster)
+    try:
+        fit_k = lmer(FORMULA, files, engine="dask", scheduler=client)
+    finally:
+        client.close()
+        cluster.close()
+    assert fit_k.design.engine == "dask"
+    assert_same_fit(fit_m, fit_k)
