@@ -429,7 +429,7 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
         notes.append("fixed-effect model matrix is rank deficient so dropping "
                      f"{len(dropped)} column(s): {', '.join(dropped)}")
     h = hashlib.sha1()
-    for arr in (nj, c[:, 0] if q else nj, yty_g):
+    for arr in (nj, yty_g):  # the rows used and their response (not the model's columns)
         h.update(np.ascontiguousarray(arr))
     h.update(f"{n}:{J}:{parsed.response}".encode())
     design = ScaleDesign(

@@ -12,10 +12,9 @@ import argparse
 import json
 import warnings
 
-from twolevel.data.loaders import load_data
 from twolevel.models.inference.anova import anova
 from twolevel.models.lmm.lmer import lmer
-from twolevel.workflows.commands import add_data_argument
+from twolevel.workflows.commands import add_data_argument, add_engine_arguments, resolve_data
 from twolevel.workflows.commands.fit import data_label
 
 
@@ -31,17 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("small", metavar="FORMULA_SMALL", help="the smaller model's lme4 formula")
     p.add_argument("big", metavar="FORMULA_BIG", help="the bigger model's lme4 formula")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Fit both models, compare them, print the table or the JSON object."""
-    df = load_data(args.data)
+    df, engine, opts = resolve_data(args)
     name = data_label(args.data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        small = lmer(args.small, df, data_name=name)
-        big = lmer(args.big, df, data_name=name)
+        small = lmer(args.small, df, data_name=name, engine=engine, **opts)
+        big = lmer(args.big, df, data_name=name, engine=engine, **opts)
     res = anova(small, big, names=["small", "big"])
     print(json.dumps(res.to_dict(), indent=2) if args.json else res.summary())
     return 0
