@@ -55,6 +55,21 @@ ENGINES = ("auto", "memory", "duckdb", "dask")
 _RANK_TOL = 1e-7
 
 
+@dataclass(frozen=True)
+class GroupMoments:
+    """Per-group sums of the fixed-effect columns (asked for with ``per_group_x=True``): for HLM's
+    level-2 classification, cluster-robust SEs and the per-school log-likelihood.
+
+    Xsum (J, p) Σx_k; XtX (J, p, p) X_jᵀX_j; Xty (J, p) X_jᵀy_j; Zsq (J, q) Σz_q²; ZX (J, q, p) B_j.
+    """
+
+    Xsum: np.ndarray
+    XtX: np.ndarray
+    Xty: np.ndarray
+    Zsq: np.ndarray
+    ZX: np.ndarray
+
+
 class ScaleError(TwolevelError):
     """A per-student quantity was asked of a fit whose rows were never in memory."""
 
@@ -125,9 +140,11 @@ class ScaleDesign:
     dropped_columns: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     runner: Any = field(default=None, compare=False, repr=False)
+    group_moments: GroupMoments | None = field(default=None, compare=False, repr=False)
     yty_groups: np.ndarray | None = field(default=None, compare=False, repr=False)
 
-    X = _refuse("X", "use fit.fixef(), fit.vcov() or the cross-products fit.crossprods")
+    X = _refuse("X", "use fit.fixef(), fit.vcov() or the cross-products fit.crossprods; HLM "
+                "statistics need per_group_x=True (the CLI's --hlm asks for it)")
     Z = _refuse("Z", "use fit.ranef() (BLUPs with conditional variances) or fit.crossprods")
     y = _refuse("y", "use fit.crossprods (n_j, Σy, yᵀy per school) or fit.summary()'s residual "
                 "quantiles")
@@ -409,14 +426,17 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
         Xty=np.array([float(unshift(t, float(n), k, yid)) for k in xid]),
         yty=float(unshift(t, float(n), yid, yid)), n=n, p=p,
     )
+    moments = None
     if per_group_x:
         XtXg = np.empty((J, p, p))
         for a in range(p):
             for b in range(a, p):
                 XtXg[:, a, b] = XtXg[:, b, a] = unshift(g, nj, xid[a], xid[b])
-        object.__setattr__(cp, "XtX_groups", XtXg)
-        object.__setattr__(cp, "Xty_groups",
-                           np.stack([unshift(g, nj, k, yid) for k in xid], axis=1))
+        moments = GroupMoments(
+            Xsum=np.stack([np.broadcast_to(unshift(g, nj, k), (J,)) for k in xid], axis=1),
+            XtX=XtXg, Xty=np.stack([unshift(g, nj, k, yid) for k in xid], axis=1),
+            Zsq=np.stack([np.diagonal(A, axis1=1, axis2=2)[:, a] for a in range(q)], axis=1),
+            ZX=B)
     yty_g = np.asarray(unshift(g, nj, yid, yid), dtype=float)
     n_dropped = n_total - n
     notes = []
@@ -440,7 +460,7 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
         x_sql=tuple(c.sql for c in x_cols), z_sql=tuple(c.sql for c in z_cols), y_sql=y_col.sql,
         from_sql=from_, where_sql=where, stats_fingerprint=h.hexdigest(),
         n_na_dropped=n_dropped, dropped_columns=dropped, notes=tuple(notes), runner=runner,
-        yty_groups=yty_g,
+        yty_groups=yty_g, group_moments=moments,
     )
     _check_scale_design(design)
     return design, cp
@@ -501,7 +521,8 @@ def choose_engine(data, engine: str = "auto", scheduler=None) -> str:
 def crossprods_from(formula: str, data, engine: str = "auto", *, memory_limit: str | None = None,
                     threads: int | None = None, scheduler=None, progress: bool = False,
                     per_group_x: bool = False):
-    """(design, cross-products) of ``formula`` on ``data`` from the chosen engine.
+    """(design, cross-products) of ``formula`` on ``data`` from the chosen engine
+    (``per_group_x``: also the per-group moments of X, :class:`GroupMoments`).
 
     ``data``: a pandas frame, a path, glob, directory or list of Parquet/CSV files, or a
     ``dask.dataframe``. ``memory_limit`` (e.g. "4GB") and ``threads`` bound DuckDB;

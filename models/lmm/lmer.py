@@ -91,6 +91,7 @@ def lmer(
     threads: int | None = None,
     scheduler=None,
     progress: bool = False,
+    per_group_x: bool = False,
 ) -> LmerFit:
     """Fit a two-level linear mixed model by REML (default) or ML, like ``lme4::lmer``.
 
@@ -109,7 +110,8 @@ def lmer(
         :mod:`twolevel.models.design.sources`. The fit is the same; at scale, per-student
         quantities (``fitted``, ``residuals``) are refused with a message.
     memory_limit, threads : DuckDB's limits (e.g. "4GB").  scheduler : a ``distributed``
-        address or ``Client`` (dask).  progress : DuckDB's progress bar.
+        address or ``Client`` (dask).  progress : DuckDB's progress bar.  per_group_x : also
+        aggregate X_jᵀX_j, X_jᵀy_j per school (HLM statistics at scale need them).
 
     Returns
     -------
@@ -128,7 +130,8 @@ def lmer(
         design = make_design(formula, data)
     else:
         design, cp = crossprods_from(formula, data, engine, memory_limit=memory_limit,
-                                     threads=threads, scheduler=scheduler, progress=progress)
+                                     threads=threads, scheduler=scheduler, progress=progress,
+                                     per_group_x=per_group_x)
         if data_name == "data" and isinstance(design, ScaleDesign):
             data_name = design.source
     for note in design.notes:

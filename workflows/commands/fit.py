@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit = lmer(args.formula, df, REML=not args.ml, optimizer=args.optimizer,
-                   data_name=data_label(args.data), engine=engine, **opts)
+                   data_name=data_label(args.data), engine=engine,
+                   **(opts | ({"per_group_x": True} if opts and args.hlm else {})))
     with warnings.catch_warnings(record=True) as caught_extra:
         warnings.simplefilter("always")
         extras = inference.compute(fit, args)  # before any output: errors leave nothing half-done
