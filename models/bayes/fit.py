@@ -40,6 +40,13 @@ from twolevel.models.bayes.collapsed import draw_school_effects, school_marginal
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods, make_design
 from twolevel.models.bayes.diagnostics import DiagnosticsHelper, rhat_ess
 from twolevel.models.bayes.priors import ModelPriors
+from twolevel.models.bayes.scale import (
+    bayes_statistics,
+    scale_log_likelihood,
+    school_effect_summary,
+    school_effects_dataset,
+    summarise_school_effects,
+)
 
 __all__ = [
     "BayesFit",
@@ -201,6 +208,10 @@ def school_residual_ss(design: Design, beta: np.ndarray) -> np.ndarray:
     r_jᵀr_j = y_jᵀy_j − 2βᵀX_jᵀy_j + βᵀX_jᵀX_jβ   (per-school sums by ``np.bincount``, as
     :func:`twolevel.models.design.group_crossprods`; then O(S·J·p²)).
     """
+    moments = getattr(design, "group_moments", None)
+    if moments is not None:  # statistics-only design: the per-school sums are already there
+        return (design.yty_groups[None] - 2.0 * beta @ moments.Xty.T
+                + np.einsum("sk,jkl,sl->sj", beta, moments.XtX, beta, optimize=True))
     X, y, g, J, p = design.X, design.y, design.group_index, design.n_groups, design.p
 
     def gsum(w: np.ndarray) -> np.ndarray:
@@ -361,6 +372,9 @@ def fit_bayes(
     settings: SamplerSettings | None = None,
     progress: bool = True,
     log_likelihood: str = "both",
+    engine: str = "auto",
+    memory_limit: str | None = None,
+    scheduler=None,
 ) -> BayesFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) by NUTS and run the diagnostic gate.
 
@@ -368,7 +382,9 @@ def fit_bayes(
     gate does not raise: it warns in plain words and is recorded in ``fit.diagnostics``.
     ``log_likelihood``: which pointwise log-likelihoods to store — ``"both"`` (per student, for
     PSIS-LOO, and per school, for leave-one-school-out), ``"school"`` (per school only: S × J
-    instead of S × n numbers) or ``"none"``.
+    instead of S × n numbers) or ``"none"``. ``engine``/``memory_limit``/``scheduler``: where
+    the per-school statistics are computed (files or a dask collection as ``data``;
+    :mod:`twolevel.models.bayes.scale`).
     """
     from twolevel.models.bayes.pymc_model import build_model, sample_nuts
 
@@ -378,8 +394,9 @@ def fit_bayes(
     settings = settings or SamplerSettings()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    design = make_design(formula, data)
-    cp = group_crossprods(design)
+    # engine-aware statistics (scale path: twolevel.models.bayes.scale)
+    design, cp = bayes_statistics(formula, data, engine, memory_limit, scheduler)
+    log_likelihood = scale_log_likelihood(design, likelihood, log_likelihood)
     n_params = design.p + 1 + design.q * (design.q + 1) // 2 + design.n_groups * design.q
     helper = (DiagnosticsHelper()  # starts now: imports ArviZ while the model samples
               if settings.cores > 1 and n_params > SPLIT_DIAGNOSTICS_ABOVE else None)
@@ -396,6 +413,10 @@ def fit_bayes(
         t2 = time.perf_counter()
         post = _with_school_effects(dt["posterior"].to_dataset(), design, cp, settings.seed)
         dt["posterior"] = xr.DataTree(post)
+        if summarise_school_effects(design):  # many schools at scale: mean and SD only
+            dt["school_effects"] = xr.DataTree(school_effects_dataset(*school_effect_summary(
+                cp.A, cp.B, cp.c, _draws(post["beta"], "fixed"), cholesky_draws(post, design.q),
+                _draws(post["sigma"])), design))
         timings["school effects"] = time.perf_counter() - t2
         # the diagnostics (ArviZ; half in the helper process) and the log-likelihoods (NumPy,
         # which releases the GIL) side by side
@@ -425,6 +446,8 @@ def _with_school_effects(post: xr.Dataset, design: Design, cp: GroupCrossprods,
     """The posterior with ``b_school`` [school, effect]: drawn from the exact conditional
     (:func:`twolevel.models.bayes.collapsed.draw_school_effects`, seeded by ``[seed, 1]``) when the model
     integrated them out; school and effect coordinates named after the data."""
+    if summarise_school_effects(design):
+        return post.assign_coords(effect=list(design.z_names))
     if "b_school" not in post:
         L = cholesky_draws(post, design.q)
         beta, sigma = _draws(post["beta"], "fixed"), _draws(post["sigma"])

@@ -141,6 +141,7 @@ class ScaleDesign:
     notes: tuple[str, ...] = ()
     runner: Any = field(default=None, compare=False, repr=False)
     group_moments: GroupMoments | None = field(default=None, compare=False, repr=False)
+    column_moments: dict | None = field(default=None, compare=False, repr=False)
     yty_groups: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     X = _refuse("X", "use fit.fixef(), fit.vcov() or the cross-products fit.crossprods; HLM "
@@ -376,7 +377,7 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
     J = int(nj.shape[0])
 
     # pass 4: global sums
-    xy = sorted({k for k in xid_full + [yid] if k >= 0})
+    xy = sorted({k for k in xid_full + zid + [yid] if k >= 0})
     tpairs = sorted({(min(a, b), max(a, b)) for a in xy for b in xy})
     sel = ["count(*) AS n"] + [f"{_fsum_shifted(dcols[k].sql, m[k])} AS s_{k}" for k in xy]
     sel += [f"{pair_sql(i, k)} AS s_{i}_{k}" for i, k in tpairs]
@@ -426,18 +427,31 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
         Xty=np.array([float(unshift(t, float(n), k, yid)) for k in xid]),
         yty=float(unshift(t, float(n), yid, yid)), n=n, p=p,
     )
-    moments = None
+    gmoments = None
     if per_group_x:
         XtXg = np.empty((J, p, p))
         for a in range(p):
             for b in range(a, p):
                 XtXg[:, a, b] = XtXg[:, b, a] = unshift(g, nj, xid[a], xid[b])
-        moments = GroupMoments(
+        gmoments = GroupMoments(
             Xsum=np.stack([np.broadcast_to(unshift(g, nj, k), (J,)) for k in xid], axis=1),
             XtX=XtXg, Xty=np.stack([unshift(g, nj, k, yid) for k in xid], axis=1),
             Zsq=np.stack([np.diagonal(A, axis1=1, axis2=2)[:, a] for a in range(q)], axis=1),
             ZX=B)
     yty_g = np.asarray(unshift(g, nj, yid, yid), dtype=float)
+
+    def moments(col: SqlColumn, i: int) -> tuple[float, float]:
+        """(mean, sd with ddof 1) of a column over the rows used, from the global sums."""
+        if i == -1:
+            return 1.0, 0.0
+        mean = float(unshift(t, float(n), i)) / n
+        ss = float(t[f"s_{i}_{i}"]) - n * (mean - m[i]) ** 2  # Σ(e − ē)², from the shifted sums
+        sd = float(np.sqrt(max(ss, 0.0) / (n - 1))) if n > 1 else 0.0
+        return mean, (0.0 if sd <= 1e-7 * max(abs(mean), 1e-300) else sd)
+
+    col_moments = {"(response)": moments(y_col, yid)}
+    col_moments |= {f"x:{c.name}": moments(c, k) for c, k in zip(x_cols, xid, strict=True)}
+    col_moments |= {f"z:{c.name}": moments(c, k) for c, k in zip(z_cols, zid, strict=True)}
     n_dropped = n_total - n
     notes = []
     if n_dropped:
@@ -460,7 +474,7 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
         x_sql=tuple(c.sql for c in x_cols), z_sql=tuple(c.sql for c in z_cols), y_sql=y_col.sql,
         from_sql=from_, where_sql=where, stats_fingerprint=h.hexdigest(),
         n_na_dropped=n_dropped, dropped_columns=dropped, notes=tuple(notes), runner=runner,
-        yty_groups=yty_g, group_moments=moments,
+        yty_groups=yty_g, group_moments=gmoments, column_moments=col_moments,
     )
     _check_scale_design(design)
     return design, cp

@@ -24,8 +24,12 @@ import warnings
 from pathlib import Path
 
 from twolevel.data.errors import TwolevelError
-from twolevel.data.loaders import load_data
-from twolevel.workflows.commands import add_data_argument
+from twolevel.workflows.commands import (
+    add_data_argument,
+    add_engine_arguments,
+    resolve_data,
+    rows_read,
+)
 from twolevel.workflows.report import atomic_replace_dir
 
 
@@ -53,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="save posterior.nc and summary.txt here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -70,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     _check(args)
-    df = load_data(args.data)
+    df, engine, opts = resolve_data(args)
     settings = SamplerSettings(chains=args.chains, draws=args.draws, tune=args.tune,
                                seed=args.seed, target_accept=args.target_accept, cores=args.cores)
     with warnings.catch_warnings(record=True) as caught:
@@ -79,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         # (leave-one-school-out); nothing else here reads a log-likelihood
         fit = fit_bayes(args.formula, df, likelihood=args.likelihood, settings=settings,
                         progress=not (args.no_progress or args.json),
-                        log_likelihood="school" if args.out else "none")
+                        log_likelihood="school" if args.out else "none", engine=engine,
+                        memory_limit=opts.get("memory_limit"), scheduler=opts.get("scheduler"))
     wall = time.perf_counter() - t0
     d = fit.diagnostics
     if args.json:
@@ -88,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             "min_ess_bulk": d.min_ess_bulk, "min_ess_tail": d.min_ess_tail,
             "wall_seconds": wall, "draws": settings.draws, "chains": settings.chains,
             "posterior": fit.posterior_json(),
+            "engine": engine, "rows_read": rows_read(fit, df),
         }, indent=2))
     else:
         print(fit.summary())
