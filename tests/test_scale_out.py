@@ -101,6 +101,47 @@ def test_complete_cases_and_centred_names(small):
     assert_same_fit(fit_m, fit_d)
 
 
+def test_level_without_complete_rows_is_dropped_like_lme4(small):
+    df, _ = small
+    d = df.iloc[:3000].copy()
+    d.loc[d.index[:5], "f"] = "0first"  # would be the reference level, but x is missing there
+    d.loc[d.index[:5], "x"] = np.nan
+    d0 = make_design(FORMULA, d)
+    d1, c1 = crossprods_from(FORMULA, d, engine="duckdb")
+    assert d1.x_names == d0.x_names and "f0first" not in " ".join(d1.x_names)
+    np.testing.assert_allclose(c1.B, group_crossprods(d0).B, rtol=1e-13, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_dask_dataframe_source(small):
+    import dask.dataframe as dd
+    from distributed import Client, LocalCluster
+
+    df, _ = small
+    fit_m = lmer(FORMULA, df)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        fit_k = lmer(FORMULA, dd.from_pandas(df, npartitions=3), scheduler=client)
+    assert fit_k.design.engine == "dask" and fit_k.design.rows_read == len(df)
+    assert_same_fit(fit_m, fit_k)
+
+
+def test_cli_engine_json_and_errors(small, capsys):
+    import json
+
+    from twolevel.workflows.cli import main
+
+    _, files = small
+    assert main(["fit", files, FORMULA, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["engine"] == "duckdb" and out["rows_read"] == 20_000
+    assert main(["fit", files.replace("*", "nomatch*"), FORMULA]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("twolevel fit: error: the pattern") and err.count("\n") <= 1
+    assert main(["fit", "lecture", FORMULA, "--engine", "duckdb"]) == 2
+    assert "built-in data set" in capsys.readouterr().err
+
+
 def test_scaled_residual_quantiles_are_exact(small):
     df, files = small
     fit_m = lmer(FORMULA, df)

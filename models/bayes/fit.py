@@ -37,7 +37,7 @@ import xarray as xr
 
 from twolevel.data.errors import TwolevelError
 from twolevel.models.bayes.collapsed import draw_school_effects, school_marginal_loglik
-from twolevel.models.design import Design, GroupCrossprods, group_crossprods, make_design
+from twolevel.models.design import Design, GroupCrossprods
 from twolevel.models.bayes.diagnostics import DiagnosticsHelper, rhat_ess
 from twolevel.models.bayes.priors import ModelPriors
 from twolevel.models.bayes.scale import (

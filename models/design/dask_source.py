@@ -93,7 +93,8 @@ def _run_shard(shard, sql: str, tables: dict[str, pd.DataFrame], grouped: bool,
             res = con.sql(sql).fetchnumpy()
         except duckdb.OutOfMemoryException as exc:
             raise TwolevelError(f"a Dask task ran out of memory with DuckDB memory limit "
-                                f"{memory_limit}: raise --memory-limit ({str(exc)[:200]})") from None
+                                f"{memory_limit}: raise --memory-limit ({str(exc)[:200]})"
+                                ) from None
         return grouped_result(res) if grouped else scalar_result(res)
     finally:
         con.close()

@@ -100,7 +100,8 @@ def file_types(con, files: list[str]) -> list[dict[str, str]]:
     return out
 
 
-def check_file_columns(files: list[str], per_file: list[dict[str, str]], columns: list[str]) -> None:
+def check_file_columns(files: list[str], per_file: list[dict[str, str]],
+                       columns: list[str]) -> None:
     """Every file has the model's columns, of one kind (numeric or text) across files."""
     for c in columns:
         have = [(f, t.get(c)) for f, t in zip(files, per_file, strict=True)]
@@ -188,7 +189,8 @@ class DuckDBRunner:
         except self._duckdb.OutOfMemoryException as exc:
             raise self._oom(exc) from None
         except self._duckdb.Error as exc:
-            raise DataError(f"DuckDB could not read {self.description}: {_first_line(exc)}") from None
+            raise DataError(
+                f"DuckDB could not read {self.description}: {_first_line(exc)}") from None
 
     def _oom(self, exc: Exception) -> TwolevelError:
         return TwolevelError(

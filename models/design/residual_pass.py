@@ -28,7 +28,8 @@ _MAX_ROUNDS = 40
 
 def residual_sql(design, beta: np.ndarray, sigma: float) -> str:
     """SQL of the scaled residual (y − Xβ − Σ_k b_k z_k)/σ, with b̃ from the joined table ``__b``."""
-    xb = " + ".join(f"{sql_literal(float(b))} * ({x})" for b, x in zip(beta, design.x_sql, strict=True))
+    xb = " + ".join(f"{sql_literal(float(b))} * ({x})"
+                    for b, x in zip(beta, design.x_sql, strict=True))
     zb = " + ".join(f'"__b{k}" * ({z})' for k, z in enumerate(design.z_sql))
     return f"((({design.y_sql}) - ({xb or '0'}) - ({zb or '0'})) / {sql_literal(float(sigma))})"
 
@@ -43,12 +44,12 @@ def residual_quantiles(design, beta: np.ndarray, b: np.ndarray, sigma: float
         bt[f"__b{k}"] = b[:, k]
     runner.set_table("__b", bt)
     from_ = f"{design.from_sql} JOIN __b USING ({quote(design.group)})"
-    sub = f"(SELECT {residual_sql(design, beta, sigma)} AS r FROM {from_} WHERE {design.where_sql}) AS __r"
+    sub = (f"(SELECT {residual_sql(design, beta, sigma)} AS r FROM {from_} "
+           f"WHERE {design.where_sql}) AS __r")
     first = runner.scalar(["count(*) AS n_r", "min(r) AS lo_r", "max(r) AS hi_r",
                            "approx_quantile(r, [0.25, 0.5, 0.75]) AS w_aq"], sub, "TRUE")
     n = int(first["n_r"])
-    aq = np.asarray([v for row in first["w_aq"] for v in (row if isinstance(row, (list, np.ndarray)) else [row])],
-                    dtype=float).reshape(-1, 3)
+    aq = np.asarray(first["w_aq"], dtype=float).reshape(-1, 3)  # one row of 3 per partition
     guess = np.median(aq, axis=0)
     lo_r, hi_r = float(first["lo_r"]), float(first["hi_r"])
     out = {0.0: lo_r, 1.0: hi_r}

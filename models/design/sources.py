@@ -15,7 +15,8 @@ The SQL engines make these passes (a *runner* executes each, on all rows or per 
 
 1. counts, factor levels, the atoms' sums (for the shift constants) and domain checks (ungrouped);
 2. per-group means, only when the formula names a group-mean-centred column (grouped);
-3. the per-group sums: n_j, Σ(e_k − m_k), Σ(e_k − m_k)(e_l − m_l) for the Z×X, Z×y, y×y pairs (grouped);
+3. the per-group sums: n_j, Σ(e_k − m_k), Σ(e_k − m_k)(e_l − m_l) for the Z×Z, Z×X, Z×y and y×y
+   pairs (grouped);
 4. the global sums for XᵀX, Xᵀy, yᵀy (ungrouped).
 
 Every sum is ``fsum`` (Kahan) of a column shifted by a rough global centre m_k (spec §0, §3.5), so
@@ -52,6 +53,7 @@ from twolevel.models.design.sql import (
 __all__ = ["ENGINES", "Runner", "ScaleDesign", "ScaleError", "crossprods_from", "scale_statistics"]
 
 ENGINES = ("auto", "memory", "duckdb", "dask")
+SAMPLE_ROWS = 100_000  # first rows read for the shift constants (rough centres suffice)
 _RANK_TOL = 1e-7
 
 
@@ -88,7 +90,8 @@ class Runner(Protocol):
     def check_columns(self, columns: list[str]) -> None: ...
     def set_table(self, name: str, frame: pd.DataFrame) -> None: ...
     def scalar(self, select: list[str], from_: str, where: str) -> dict[str, Any]: ...
-    def grouped(self, select: list[str], from_: str, where: str, key: str) -> dict[str, np.ndarray]: ...
+    def grouped(self, select: list[str], from_: str, where: str,
+                key: str) -> dict[str, np.ndarray]: ...
     @property
     def rows_read(self) -> int: ...
 
@@ -254,56 +257,37 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
     runner.check_columns(used)
     where = complete_case_sql(used, types, group)
 
-    # pass 1: counts, levels, atom sums, checks
-    sel = ["count(*) AS n_total", f"count(*) FILTER (WHERE {where}) AS n_complete",
-           f"count(*) FILTER (WHERE {quote(group)} IS NULL) AS n_nullgroup"]
-    for k, c in enumerate(used):
-        if c != group and is_numeric_type(types[c]) and types[c].upper() in ("DOUBLE", "FLOAT", "REAL"):
-            sel.append(f"count(*) FILTER (WHERE isinf({quote(c)})) AS n_inf{k}")
+    # pass 1 (cheap): shift constants from the first rows, factor levels from the factor columns
     factors = sorted({a.factor for a in atoms.values() if a.factor})
-    for k, f in enumerate(factors):
-        sel.append(f"list(DISTINCT {quote(f)}) FILTER (WHERE {where}) AS lv_{k}")
     plain = [a for a in atoms.values() if a.factor is None and not a.centering]
-    for k, a in enumerate(plain):
-        sel.append(f"fsum({a.sql}) FILTER (WHERE {where}) AS s_atom{k}")
-        if a.check:
-            sel.append(f"count(*) FILTER (WHERE {where} AND NOT coalesce({a.check}, FALSE)) AS n_bad{k}")
-    cen = sorted({c.column for a in atoms.values() for c in a.centering})
-    for k, c in enumerate(cen):
-        sel.append(f"fsum(CAST({quote(c)} AS DOUBLE)) FILTER (WHERE {where}) AS s_cen{k}")
-    r1 = runner.scalar(sel, "__src", "TRUE")
-    n_total, n = int(r1["n_total"]), int(r1["n_complete"])
-    for k, c in enumerate(used):
-        if int(r1.get(f"n_inf{k}", 0) or 0):
-            raise DataError(f"column '{c}' has {int(r1[f'n_inf{k}'])} infinite value(s) in "
-                            f"{runner.description}; lme4 does not drop ±Inf silently: remove or "
-                            "recode those rows")
-    for k, a in enumerate(plain):
-        bad = int(r1.get(f"n_bad{k}", 0) or 0)
-        if bad:
-            raise DataError(f"term '{a.name}' is undefined or not finite on {bad} complete row(s) "
-                            f"(e.g. log of a value <= 0); fix the data or the term")
-    if n == 0:
-        raise DataError(f"no complete rows left for formula '{formula}' in {runner.description} "
-                        "after removing missing values")
-    levels = {f: sorted(v for v in r1[f"lv_{k}"] if v is not None) for k, f in enumerate(factors)}
-    atom_mean = {a.name: _mean_or_zero(float(r1[f"s_atom{k}"]), n) for k, a in enumerate(plain)}
-    grand = {c: _mean_or_zero(float(r1[f"s_cen{k}"]), n) for k, c in enumerate(cen)}
+    sel = ["count(*) AS n_s", f"count(*) FILTER (WHERE {where}) AS n_sc"]
+    sel += [f"fsum({a.sql}) FILTER (WHERE {where} AND isfinite({a.sql})) AS s_atom{k}"
+            for k, a in enumerate(plain)]
+    r1 = runner.scalar(sel, f"(SELECT * FROM __src LIMIT {SAMPLE_ROWS}) AS __s", "TRUE")
+    n_s = int(r1["n_sc"])
+    atom_mean = {a.name: _mean_or_zero(float(r1[f"s_atom{k}"]), n_s) for k, a in enumerate(plain)}
+    levels: dict[str, list] = {}
+    if factors:
+        rl = runner.scalar([f"list(DISTINCT {quote(f)}) FILTER (WHERE {quote(f)} IS NOT NULL) "
+                            f"AS lv_{k}" for k, f in enumerate(factors)], "__src", "TRUE")
+        levels = {f: sorted(v for v in rl[f"lv_{k}"] if v is not None)
+                  for k, f in enumerate(factors)}
 
-    # pass 2: group means for group-mean-centred names
+    # pass 2: group means (and grand means) of centred columns
     from_ = "__src"
     cen_sql: dict[str, str] = {}
-    gm_cols = sorted({c.column for a in atoms.values() for c in a.centering
-                      if c.kind in ("group-mean", "group-means")})
-    if gm_cols:
+    cen = sorted({c.column for a in atoms.values() for c in a.centering})
+    grand: dict[str, float] = {}
+    if cen:
         sel = ["count(*) AS n"] + [f"fsum(CAST({quote(c)} AS DOUBLE)) AS s_{k}"
-                                   for k, c in enumerate(gm_cols)]
+                                   for k, c in enumerate(cen)]
         r2 = runner.grouped(sel, "__src", where, group)
         gm = pd.DataFrame({group: r2["__key"]})
-        for k, c in enumerate(gm_cols):
+        for k, c in enumerate(cen):
             gm[f"__m_{c}"] = r2[f"s_{k}"] / r2["n"]
+            grand[c] = _mean_or_zero(float(np.sum(r2[f"s_{k}"])), int(np.sum(r2["n"])))
         runner.set_table("__gm", gm)
-        from_ = f"__src JOIN __gm USING ({quote(group)})"
+        from_ = f"__src LEFT JOIN __gm USING ({quote(group)})"
     for a in atoms.values():
         for c in a.centering:
             x = f"CAST({quote(c.column)} AS DOUBLE)"
@@ -312,80 +296,107 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
                                "grand-mean": f"({x} - {sql_literal(grand[c.column])})"}[c.kind]
             atom_mean[a.name] = grand[c.column] if c.kind == "group-means" else 0.0
 
-    # columns of y, X, Z
-    y_col = expand_columns(False, y_terms, levels, cen_sql)[0]
-    x_cols = expand_columns(x_icpt, x_terms, levels, cen_sql)
-    z_cols: list[SqlColumn] = []
-    terms: list[RandomTerm] = []
-    for bar, icpt, ts in bars:
-        cols = expand_columns(icpt, ts, levels, cen_sql)
-        if not cols:
-            raise FormulaError(f"random-effects term '({bar.lhs} | {bar.group})' has no columns")
-        pieces = [[c] for c in cols] if not bar.correlated else [cols]
-        for piece in pieces:
-            idx = []
-            for c in piece:
-                if c.name in [z.name for z in z_cols]:
-                    raise FormulaError(f"random effect '{c.name}' appears twice for '{group}' in "
-                                       f"'{formula}'; list each random effect once")
-                idx.append(len(z_cols))
-                z_cols.append(c)
-            terms.append(RandomTerm(names=tuple(c.name for c in piece), columns=tuple(idx),
-                                    group=group))
+    # checks and counts, computed in the global pass (pass 4)
+    checks = ["count(*) AS n_total", f"count(*) FILTER (WHERE {where}) AS n_complete",
+              f"count(*) FILTER (WHERE {quote(group)} IS NULL) AS n_nullgroup"]
+    for k, c in enumerate(used):
+        if c != group and types[c].upper() in ("DOUBLE", "FLOAT", "REAL"):
+            checks.append(f"count(*) FILTER (WHERE isinf({quote(c)})) AS n_inf{k}")
+    for k, a in enumerate(plain):
+        if a.check:
+            checks.append(f"count(*) FILTER (WHERE {where} AND NOT coalesce({a.check}, FALSE))"
+                          f" AS n_bad{k}")
+    checks += [f"list(DISTINCT {quote(f)}) FILTER (WHERE {where}) AS lv_{k}"
+               for k, f in enumerate(factors)]
 
-    def shift(c: SqlColumn) -> float:
-        if c.kind != "numeric":
-            return 0.0
-        m = 1.0
-        for nm in c.name.split(":"):
-            if nm in atom_mean:
-                m *= atom_mean[nm]
-        return m if np.isfinite(m) else 0.0
+    # the columns and passes 3-4; again (once) if a level has no complete row (lme4 drops it)
+    for _attempt in range(2):
+        # columns of y, X, Z
+        y_col = expand_columns(False, y_terms, levels, cen_sql)[0]
+        x_cols = expand_columns(x_icpt, x_terms, levels, cen_sql)
+        z_cols: list[SqlColumn] = []
+        terms: list[RandomTerm] = []
+        for bar, icpt, ts in bars:
+            cols = expand_columns(icpt, ts, levels, cen_sql)
+            if not cols:
+                raise FormulaError(f"random-effects term '({bar.lhs} | {bar.group})' has no columns")
+            pieces = [[c] for c in cols] if not bar.correlated else [cols]
+            for piece in pieces:
+                idx = []
+                for c in piece:
+                    if c.name in [z.name for z in z_cols]:
+                        raise FormulaError(f"random effect '{c.name}' appears twice for '{group}' in "
+                                           f"'{formula}'; list each random effect once")
+                    idx.append(len(z_cols))
+                    z_cols.append(c)
+                terms.append(RandomTerm(names=tuple(c.name for c in piece), columns=tuple(idx),
+                                        group=group))
 
-    # distinct columns (by SQL); -1 is the intercept
-    dcols: list[SqlColumn] = []
+        def shift(c: SqlColumn) -> float:
+            if c.kind != "numeric":
+                return 0.0
+            m = 1.0
+            for nm in c.name.split(":"):
+                if nm in atom_mean:
+                    m *= atom_mean[nm]
+            return m if np.isfinite(m) else 0.0
 
-    def cid(c: SqlColumn) -> int:
-        if c.kind == "intercept":
-            return -1
-        for k, d in enumerate(dcols):
-            if d.sql == c.sql:
-                return k
-        dcols.append(c)
-        return len(dcols) - 1
+        # distinct columns (by SQL); -1 is the intercept
+        dcols: list[SqlColumn] = []
 
-    zid = [cid(c) for c in z_cols]
-    xid_full = [cid(c) for c in x_cols]
-    yid = cid(y_col)
-    m = np.array([shift(c) for c in dcols])
+        def cid(c: SqlColumn) -> int:
+            if c.kind == "intercept":
+                return -1
+            for k, d in enumerate(dcols):
+                if d.sql == c.sql:
+                    return k
+            dcols.append(c)
+            return len(dcols) - 1
 
-    def pair_sql(i: int, k: int) -> str:
-        return _fsum_shifted(dcols[i].sql, m[i], dcols[k].sql, m[k])
+        zid = [cid(c) for c in z_cols]
+        xid_full = [cid(c) for c in x_cols]
+        yid = cid(y_col)
+        m = np.array([shift(c) for c in dcols])
 
-    # pass 3: grouped sums
-    gpairs = {(min(a, b), max(a, b)) for a in zid if a >= 0
-              for b in zid + xid_full + [yid] if b >= 0}
-    gpairs.add((yid, yid))
-    if per_group_x:
-        gpairs |= {(min(a, b), max(a, b)) for a in xid_full + [yid] if a >= 0
-                   for b in xid_full + [yid] if b >= 0}
-    gpairs = sorted(gpairs)
-    sel = ["count(*) AS n"] + [f"{_fsum_shifted(c.sql, m[k])} AS s_{k}" for k, c in enumerate(dcols)]
-    sel += [f"{pair_sql(i, k)} AS s_{i}_{k}" for i, k in gpairs]
-    g = runner.grouped(sel, from_, where, group)
-    keys, nj = g["__key"], np.asarray(g["n"], dtype=float)
-    J = int(nj.shape[0])
+        def pair_sql(i: int, k: int) -> str:
+            return _fsum_shifted(dcols[i].sql, m[i], dcols[k].sql, m[k])
 
-    # pass 4: global sums
-    xy = sorted({k for k in xid_full + zid + [yid] if k >= 0})
-    tpairs = sorted({(min(a, b), max(a, b)) for a in xy for b in xy})
-    sel = ["count(*) AS n"] + [f"{_fsum_shifted(dcols[k].sql, m[k])} AS s_{k}" for k in xy]
-    sel += [f"{pair_sql(i, k)} AS s_{i}_{k}" for i, k in tpairs]
-    t = runner.scalar(sel, from_, where)
-    if int(t["n"]) != n or int(nj.sum()) != n:
-        raise TwolevelError(f"the passes over {runner.description} saw different row counts "
-                            f"({n}, {int(t['n'])}, {int(nj.sum())}): did the files change while "
-                            "being read?")
+        # pass 3: grouped sums
+        gpairs = {(min(a, b), max(a, b)) for a in zid if a >= 0
+                  for b in zid + xid_full + [yid] if b >= 0}
+        gpairs.add((yid, yid))
+        if per_group_x:
+            gpairs |= {(min(a, b), max(a, b)) for a in xid_full + [yid] if a >= 0
+                       for b in xid_full + [yid] if b >= 0}
+        gpairs = sorted(gpairs)
+        sel = ["count(*) AS n"] + [f"{_fsum_shifted(c.sql, m[k])} AS s_{k}"
+                                   for k, c in enumerate(dcols)]
+        sel += [f"{pair_sql(i, k)} AS s_{i}_{k}" for i, k in gpairs]
+        g = runner.grouped(sel, from_, where, group)
+        keys, nj = g["__key"], np.asarray(g["n"], dtype=float)
+        J = int(nj.shape[0])
+
+        # pass 4: global sums
+        xy = sorted({k for k in xid_full + zid + [yid] if k >= 0})
+        tpairs = sorted({(min(a, b), max(a, b)) for a in xy for b in xy})
+        sel = ["count(*) AS n"] + [f"{_fsum_shifted(dcols[k].sql, m[k])} AS s_{k}" for k in xy]
+        sel += [f"{pair_sql(i, k)} AS s_{i}_{k}" for i, k in tpairs]
+        sel = [f"{x[:-len(x.split(' AS ')[-1]) - 4]} FILTER (WHERE {where}) AS {x.split(' AS ')[-1]}"
+               if x.startswith("fsum") else x for x in sel]
+        sel[0] = f"count(*) FILTER (WHERE {where}) AS n"
+        t = runner.scalar(checks + sel, from_, "TRUE")
+        n_total, n = int(t["n_total"]), int(t["n_complete"])
+        _raise_on_checks(t, used, plain, runner.description, formula, n)
+        if int(nj.sum()) != n:
+            raise TwolevelError(f"the passes over {runner.description} saw different row counts "
+                                f"({n}, {int(nj.sum())}): did the files change while being "
+                                "read?")
+        cc_levels = {f: sorted(v for v in t[f"lv_{k}"] if v is not None)
+                     for k, f in enumerate(factors)}
+        if cc_levels == levels:
+            break
+        levels = cc_levels
+    r1 = t
 
     def unshift(res: dict, cnt, i: int, k: int | None = None):
         """Σ e_i (k None) or Σ e_i e_k from the shifted sums; −1 is the intercept."""
@@ -478,6 +489,25 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
     )
     _check_scale_design(design)
     return design, cp
+
+
+def _raise_on_checks(t: dict, used: list[str], plain: list, source: str, formula: str,
+                     n: int) -> None:
+    """Infinite values (lme4 does not drop ±Inf silently), terms undefined on complete rows
+    (log of a value ≤ 0), no complete rows: clear messages."""
+    for k, c in enumerate(used):
+        if int(t.get(f"n_inf{k}", 0) or 0):
+            raise DataError(f"column '{c}' has {int(t[f'n_inf{k}'])} infinite value(s) in "
+                            f"{source}; lme4 does not drop ±Inf silently: remove or recode "
+                            "those rows")
+    for k, a in enumerate(plain):
+        bad = int(t.get(f"n_bad{k}", 0) or 0)
+        if bad:
+            raise DataError(f"term '{a.name}' is undefined or not finite on {bad} complete "
+                            "row(s) (e.g. log of a value <= 0); fix the data or the term")
+    if n == 0:
+        raise DataError(f"no complete rows left for formula '{formula}' in {source} after "
+                        "removing missing values")
 
 
 def _full_rank_gram(G: np.ndarray, tol: float = _RANK_TOL) -> list[int]:

@@ -5,7 +5,8 @@ inside its aggregation. This module turns the formula into those column expressi
 same columns, names and order as the in-memory path (:mod:`twolevel.models.design.matrices`, i.e.
 ``formulae``'s):
 
-* numeric columns, ``a:b`` interactions and ``a*b`` (a, b, a:b); ``0 +`` / ``- 1`` drop the intercept;
+* numeric columns, ``a:b`` interactions and ``a*b`` (a, b, a:b); ``0 +`` / ``- 1`` drop the
+  intercept;
 * text columns are factors with R's treatment contrasts: the first level in sorted (bytewise) order
   is the reference; a factor is coded by all its levels when the term without it is absent (R's
   rule, e.g. ``w:f`` with no ``w``); the levels come from a first cheap pass (complete rows only);
@@ -28,7 +29,8 @@ from twolevel.data.errors import DataError, FormulaError
 from twolevel.models.design.formula import parse_formula
 
 __all__ = ["CenteredName", "SqlColumn", "SqlTerm", "Atom", "compile_terms", "quote", "sql_literal",
-           "complete_case_sql", "is_numeric_type", "is_text_type", "expand_columns", "centered_names"]
+           "complete_case_sql", "is_numeric_type", "is_text_type", "expand_columns",
+           "centered_names"]
 
 _NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
             "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "INT")
@@ -155,7 +157,8 @@ def _split_terms(rhs: str) -> list[str]:
     return [re.sub(r"^-\s+", "-", p) for p in out if p]
 
 
-_TOKEN = re.compile(r"\s*(\*\*|[A-Za-z_.][A-Za-z0-9_.]*|[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|[-+*/^()])")
+_TOKEN = re.compile(r"\s*(\*\*|[A-Za-z_.][A-Za-z0-9_.]*"
+                    r"|[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|[-+*/^()])")
 
 
 def _expr_sql(expr: str, types: dict[str, str], term: str) -> tuple[str, str, tuple[str, ...]]:
@@ -166,7 +169,8 @@ def _expr_sql(expr: str, types: dict[str, str], term: str) -> tuple[str, str, tu
         m = _TOKEN.match(expr, pos)
         if not m:
             raise FormulaError(
-                f"term '{term}': the SQL path cannot express '{expr[pos:]}'; inside I() use numeric "
+                f"term '{term}': the SQL path cannot express '{expr[pos:]}'; inside I() use "
+                "numeric "
                 "columns, numbers and + - * / ^ ** only, or compute the column in the data first"
             )
         tok = m.group(1)
@@ -211,7 +215,8 @@ def _atom(text: str, types: dict[str, str], centered: dict[str, CenteredName], t
         if is_text_type(t):
             return Atom(name=text, columns=(text,), factor=text)
         raise FormulaError(f"term '{term}': column '{text}' has type {t}, which the SQL path "
-                           "treats neither as a number nor as a factor; cast it to DOUBLE or VARCHAR")
+                           "treats neither as a number nor as a factor; cast it to DOUBLE or "
+                           "VARCHAR")
     m = re.fullmatch(r"(I|log|np\.log|exp|np\.exp|sqrt|np\.sqrt)\((.*)\)", text, flags=re.S)
     if m:
         fn, inner = m.group(1), m.group(2)
@@ -220,7 +225,7 @@ def _atom(text: str, types: dict[str, str], centered: dict[str, CenteredName], t
             return Atom(name=f"I({name})", sql=sql, columns=cols,
                         check=f"isfinite({sql})")
         f = _FUNCS[fn]
-        check = f"{sql} > 0" if f == "ln" else (f"{sql} >= 0" if f == "sqrt" else f"isfinite({f}({sql}))")
+        check = {"ln": f"{sql} > 0", "sqrt": f"{sql} >= 0"}.get(f, f"isfinite({f}({sql}))")
         return Atom(name=f"{fn}({name})", sql=f"{f}({sql})", columns=cols, check=check)
     raise FormulaError(
         f"term '{text}' cannot be expressed by the SQL path (engine duckdb/dask); it supports "

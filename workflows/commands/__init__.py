@@ -1,4 +1,5 @@
-"""Subcommands of the ``twolevel`` command line, one module each (see ``twolevel.workflows.cli``)."""
+"""Subcommands of the ``twolevel`` command line, one module each (see
+``twolevel.workflows.cli``)."""
 
 from __future__ import annotations
 
