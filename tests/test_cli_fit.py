@@ -12,7 +12,8 @@ from conftest import GOLDENS, load_golden
 from twolevel.workflows.cli import main
 
 FIT_KEYS = ["formula", "reml", "nobs", "ngroups", "criterion", "loglik", "aic", "bic", "theta",
-            "sigma", "fixef", "se", "df", "t", "p", "varcorr", "singular", "converged"]
+            "sigma", "fixef", "se", "df", "t", "p", "varcorr", "singular", "converged",
+            "engine", "rows_read"]
 SS = "Reaction ~ Days + (Days | Subject)"
 
 

@@ -35,6 +35,9 @@ _API: dict[str, str] = {
     "group_crossprods": "twolevel.models.design",
     "Design": "twolevel.models.design",
     "GroupCrossprods": "twolevel.models.design",
+    "crossprods_from": "twolevel.models.design.sources",
+    "ScaleDesign": "twolevel.models.design.sources",
+    "ScaleError": "twolevel.models.design.sources",
     # the LMM engine
     "lmer": "twolevel.models.lmm.lmer",
     "refit_ml": "twolevel.models.lmm.lmer",
