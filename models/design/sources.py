@@ -13,11 +13,18 @@ without the rows) with them:
 
 The SQL engines make these passes (a *runner* executes each, on all rows or per partition):
 
-1. counts, factor levels, the atoms' sums (for the shift constants) and domain checks (ungrouped);
-2. per-group means, only when the formula names a group-mean-centred column (grouped);
+1. the first 100,000 rows give rough centres m_k (the shift constants); the grouping and factor
+   columns alone give the row count, NULL groups and the factors' levels (cheap scans);
+2. per-group means, only when the formula names a centred column (grouped);
 3. the per-group sums: n_j, Σ(e_k − m_k), Σ(e_k − m_k)(e_l − m_l) for the Z×Z, Z×X, Z×y and y×y
-   pairs (grouped);
-4. the global sums for XᵀX, Xᵀy, yᵀy (ungrouped).
+   pairs (grouped; the one pass over all rows that cannot be avoided);
+4. the global sums the per-group ones do not give (pairs of X and y columns not in Z), grouped by
+   the factor when there is one (which yields its levels among complete rows; the passes are
+   redone once if a level has no complete row, lme4's ``drop.unused.levels``); skipped when
+   nothing is left to sum.
+
+±Inf and terms undefined on complete rows (log of 0) make a sum non-finite; a diagnostic query
+then names the column (lme4 refuses them too).
 
 Every sum is ``fsum`` (Kahan) of a column shifted by a rough global centre m_k (spec §0, §3.5), so
 two runs give the same numbers; the sums are then un-shifted in NumPy,
@@ -223,12 +230,6 @@ def _centered_lookup(types: dict[str, str]) -> dict[str, CenteredName]:
     return out
 
 
-def _fsum_shifted(a: str, ma: float, b: str | None = None, mb: float = 0.0) -> str:
-    def sh(e, m):
-        return f"({e})" if m == 0.0 else f"(({e}) - {sql_literal(m)})"
-    return f"fsum({sh(a, ma)})" if b is None else f"fsum({sh(a, ma)} * {sh(b, mb)})"
-
-
 def _mean_or_zero(s: float, n: int) -> float:
     m = s / n if n else 0.0
     return float(m) if np.isfinite(m) else 0.0
@@ -263,15 +264,18 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
     sel = ["count(*) AS n_s", f"count(*) FILTER (WHERE {where}) AS n_sc"]
     sel += [f"fsum({a.sql}) FILTER (WHERE {where} AND isfinite({a.sql})) AS s_atom{k}"
             for k, a in enumerate(plain)]
-    r1 = runner.scalar(sel, f"(SELECT * FROM __src LIMIT {SAMPLE_ROWS}) AS __s", "TRUE")
-    n_s = int(r1["n_sc"])
-    atom_mean = {a.name: _mean_or_zero(float(r1[f"s_atom{k}"]), n_s) for k, a in enumerate(plain)}
-    levels: dict[str, list] = {}
-    if factors:
-        rl = runner.scalar([f"list(DISTINCT {quote(f)}) FILTER (WHERE {quote(f)} IS NOT NULL) "
-                            f"AS lv_{k}" for k, f in enumerate(factors)], "__src", "TRUE")
-        levels = {f: sorted(v for v in rl[f"lv_{k}"] if v is not None)
-                  for k, f in enumerate(factors)}
+    rs = runner.scalar(sel, f"(SELECT * FROM __src LIMIT {SAMPLE_ROWS}) AS __s", "TRUE")
+    n_s = int(rs["n_sc"])
+    atom_mean = {a.name: _mean_or_zero(float(rs[f"s_atom{k}"]), n_s) for k, a in enumerate(plain)}
+    # reads only the grouping and factor columns: row counts and the factors' levels
+    sel = ["count(*) AS n_total",
+           f"count(*) FILTER (WHERE {quote(group)} IS NULL) AS n_nullgroup"]
+    sel += [f"list(DISTINCT {quote(f)}) FILTER (WHERE {quote(f)} IS NOT NULL) AS lv_{k}"
+            for k, f in enumerate(factors)]
+    r1 = runner.scalar(sel, "__src", "TRUE")
+    n_total = int(r1["n_total"])
+    levels = {f: sorted(v for v in r1[f"lv_{k}"] if v is not None)
+              for k, f in enumerate(factors)}
 
     # pass 2: group means (and grand means) of centred columns
     from_ = "__src"
@@ -296,19 +300,6 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
                                "grand-mean": f"({x} - {sql_literal(grand[c.column])})"}[c.kind]
             atom_mean[a.name] = grand[c.column] if c.kind == "group-means" else 0.0
 
-    # checks and counts, computed in the global pass (pass 4)
-    checks = ["count(*) AS n_total", f"count(*) FILTER (WHERE {where}) AS n_complete",
-              f"count(*) FILTER (WHERE {quote(group)} IS NULL) AS n_nullgroup"]
-    for k, c in enumerate(used):
-        if c != group and types[c].upper() in ("DOUBLE", "FLOAT", "REAL"):
-            checks.append(f"count(*) FILTER (WHERE isinf({quote(c)})) AS n_inf{k}")
-    for k, a in enumerate(plain):
-        if a.check:
-            checks.append(f"count(*) FILTER (WHERE {where} AND NOT coalesce({a.check}, FALSE))"
-                          f" AS n_bad{k}")
-    checks += [f"list(DISTINCT {quote(f)}) FILTER (WHERE {where}) AS lv_{k}"
-               for k, f in enumerate(factors)]
-
     # the columns and passes 3-4; again (once) if a level has no complete row (lme4 drops it)
     for _attempt in range(2):
         # columns of y, X, Z
@@ -319,14 +310,16 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
         for bar, icpt, ts in bars:
             cols = expand_columns(icpt, ts, levels, cen_sql)
             if not cols:
-                raise FormulaError(f"random-effects term '({bar.lhs} | {bar.group})' has no columns")
+                raise FormulaError(f"random-effects term '({bar.lhs} | {bar.group})' has no "
+                                   "columns")
             pieces = [[c] for c in cols] if not bar.correlated else [cols]
             for piece in pieces:
                 idx = []
                 for c in piece:
                     if c.name in [z.name for z in z_cols]:
-                        raise FormulaError(f"random effect '{c.name}' appears twice for '{group}' in "
-                                           f"'{formula}'; list each random effect once")
+                        raise FormulaError(f"random effect '{c.name}' appears twice for "
+                                           f"'{group}' in '{formula}'; list each random effect "
+                                           "once")
                     idx.append(len(z_cols))
                     z_cols.append(c)
                 terms.append(RandomTerm(names=tuple(c.name for c in piece), columns=tuple(idx),
@@ -344,7 +337,7 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
         # distinct columns (by SQL); -1 is the intercept
         dcols: list[SqlColumn] = []
 
-        def cid(c: SqlColumn) -> int:
+        def cid(c: SqlColumn, dcols: list[SqlColumn] = dcols) -> int:
             if c.kind == "intercept":
                 return -1
             for k, d in enumerate(dcols):
@@ -358,10 +351,7 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
         yid = cid(y_col)
         m = np.array([shift(c) for c in dcols])
 
-        def pair_sql(i: int, k: int) -> str:
-            return _fsum_shifted(dcols[i].sql, m[i], dcols[k].sql, m[k])
-
-        # pass 3: grouped sums
+        # pass 3: grouped sums; the shifted columns are computed once per row in a sub-query
         gpairs = {(min(a, b), max(a, b)) for a in zid if a >= 0
                   for b in zid + xid_full + [yid] if b >= 0}
         gpairs.add((yid, yid))
@@ -369,34 +359,52 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
             gpairs |= {(min(a, b), max(a, b)) for a in xid_full + [yid] if a >= 0
                        for b in xid_full + [yid] if b >= 0}
         gpairs = sorted(gpairs)
-        sel = ["count(*) AS n"] + [f"{_fsum_shifted(c.sql, m[k])} AS s_{k}"
-                                   for k, c in enumerate(dcols)]
-        sel += [f"{pair_sql(i, k)} AS s_{i}_{k}" for i, k in gpairs]
-        g = runner.grouped(sel, from_, where, group)
+        # Rows with NULL/NaN go (complete cases); ±Inf and undefined terms (log of 0) are let
+        # through so that a non-finite sum reveals them (a diagnostic query then names them).
+        lax = complete_case_sql(used, types, group, finite=False)
+        sub = _shifted_subquery(dcols, m, from_, lax, [group])
+        sel = ["count(*) AS n"] + [f"fsum(__c{k}) AS s_{k}" for k in range(len(dcols))]
+        sel += [f"fsum(__c{i} * __c{k}) AS s_{i}_{k}" for i, k in gpairs]
+        g = runner.grouped(sel, sub, "TRUE", group)
         keys, nj = g["__key"], np.asarray(g["n"], dtype=float)
         J = int(nj.shape[0])
+        n = int(nj.sum())
+        if n == 0 or not all(np.all(np.isfinite(v)) for k, v in g.items() if k != "__key"):
+            _diagnose(runner, used, types, plain, where, formula)
+            raise TwolevelError(f"the per-group sums over {runner.description} overflowed")
 
-        # pass 4: global sums
+        # pass 4: the global sums that the per-group ones do not give (pairs of columns not in
+        # Z). With one factor the pass is grouped by it, which also gives its levels among the
+        # complete rows; without factors and with nothing left to sum, it is skipped.
         xy = sorted({k for k in xid_full + zid + [yid] if k >= 0})
-        tpairs = sorted({(min(a, b), max(a, b)) for a in xy for b in xy})
-        sel = ["count(*) AS n"] + [f"{_fsum_shifted(dcols[k].sql, m[k])} AS s_{k}" for k in xy]
-        sel += [f"{pair_sql(i, k)} AS s_{i}_{k}" for i, k in tpairs]
-        sel = [f"{x[:-len(x.split(' AS ')[-1]) - 4]} FILTER (WHERE {where}) AS {x.split(' AS ')[-1]}"
-               if x.startswith("fsum") else x for x in sel]
-        sel[0] = f"count(*) FILTER (WHERE {where}) AS n"
-        t = runner.scalar(checks + sel, from_, "TRUE")
-        n_total, n = int(t["n_total"]), int(t["n_complete"])
-        _raise_on_checks(t, used, plain, runner.description, formula, n)
-        if int(nj.sum()) != n:
+        t = {"n": float(n)} | {f"s_{k}": float(np.sum(g[f"s_{k}"])) for k in xy}
+        tpairs = []
+        for i, k in sorted({(min(a, b), max(a, b)) for a in xy for b in xy}):
+            if f"s_{i}_{k}" in g:
+                t[f"s_{i}_{k}"] = float(np.sum(g[f"s_{i}_{k}"]))
+            else:
+                tpairs.append((i, k))
+        sel = ["count(*) AS n"] + [f"fsum(__c{i} * __c{k}) AS s_{i}_{k}" for i, k in tpairs]
+        sub = _shifted_subquery(dcols, m, from_, lax, factors)
+        cc_levels = levels
+        if len(factors) == 1:
+            tg = runner.grouped(sel, sub, "TRUE", factors[0])
+            tt = {k: float(np.sum(v)) for k, v in tg.items() if k != "__key"}
+            cc_levels = {factors[0]: sorted(tg["__key"][tg["n"] > 0].tolist())}
+        elif factors or tpairs:
+            sel += [f"list(DISTINCT {quote(f)}) AS lv_{k}" for k, f in enumerate(factors)]
+            tt = runner.scalar(sel, sub, "TRUE")
+            cc_levels = {f: sorted(v for v in tt[f"lv_{k}"] if v is not None)
+                         for k, f in enumerate(factors)}
+        else:
+            tt = {"n": n}
+        if int(tt["n"]) != n:
             raise TwolevelError(f"the passes over {runner.description} saw different row counts "
-                                f"({n}, {int(nj.sum())}): did the files change while being "
-                                "read?")
-        cc_levels = {f: sorted(v for v in t[f"lv_{k}"] if v is not None)
-                     for k, f in enumerate(factors)}
+                                f"({n}, {int(tt['n'])}): did the files change while being read?")
+        t |= {k: float(v) for k, v in tt.items() if k.startswith("s_")}
         if cc_levels == levels:
             break
         levels = cc_levels
-    r1 = t
 
     def unshift(res: dict, cnt, i: int, k: int | None = None):
         """Σ e_i (k None) or Σ e_i e_k from the shifted sums; −1 is the intercept."""
@@ -491,23 +499,43 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
     return design, cp
 
 
-def _raise_on_checks(t: dict, used: list[str], plain: list, source: str, formula: str,
-                     n: int) -> None:
-    """Infinite values (lme4 does not drop ±Inf silently), terms undefined on complete rows
-    (log of a value ≤ 0), no complete rows: clear messages."""
+def _shifted_subquery(dcols: list[SqlColumn], m: np.ndarray, from_: str, where: str,
+                      keys: list[str]) -> str:
+    """``(SELECT keys, e_0 − m_0 AS __c0, ... FROM from_ WHERE where)``: each shifted column once
+    per row, for the sums of products above it."""
+    cols = [quote(k) for k in keys]
+    cols += [f"({c.sql}) AS __c{k}" if m[k] == 0.0
+             else f"(({c.sql}) - {sql_literal(m[k])}) AS __c{k}" for k, c in enumerate(dcols)]
+    return f"(SELECT {', '.join(cols) or '1 AS __one'} FROM {from_} WHERE {where}) AS __s"
+
+
+def _diagnose(runner: Runner, used: list[str], types: dict, plain: list, where: str,
+              formula: str) -> None:
+    """Raise the message for a non-finite sum or no complete row: infinite values (lme4 does not
+    drop ±Inf silently), a term undefined on complete rows (log of a value ≤ 0), no rows left.
+    Runs only when something is wrong (its filtered counts are slower than the passes)."""
+    sel = [f"count(*) FILTER (WHERE {where}) AS n_complete"]
+    for k, c in enumerate(used):
+        if is_numeric_type(types[c]):
+            sel.append(f"count(*) FILTER (WHERE isinf(CAST({quote(c)} AS DOUBLE))) AS n_inf{k}")
+    for k, a in enumerate(plain):
+        if a.check:
+            sel.append(f"count(*) FILTER (WHERE {where} AND NOT coalesce({a.check}, FALSE))"
+                       f" AS n_bad{k}")
+    t = runner.scalar(sel, "__src", "TRUE")
     for k, c in enumerate(used):
         if int(t.get(f"n_inf{k}", 0) or 0):
             raise DataError(f"column '{c}' has {int(t[f'n_inf{k}'])} infinite value(s) in "
-                            f"{source}; lme4 does not drop ±Inf silently: remove or recode "
-                            "those rows")
+                            f"{runner.description}; lme4 does not drop ±Inf silently: remove or "
+                            "recode those rows")
     for k, a in enumerate(plain):
         bad = int(t.get(f"n_bad{k}", 0) or 0)
         if bad:
             raise DataError(f"term '{a.name}' is undefined or not finite on {bad} complete "
                             "row(s) (e.g. log of a value <= 0); fix the data or the term")
-    if n == 0:
-        raise DataError(f"no complete rows left for formula '{formula}' in {source} after "
-                        "removing missing values")
+    if int(t["n_complete"]) == 0:
+        raise DataError(f"no complete rows left for formula '{formula}' in "
+                        f"{runner.description} after removing missing values")
 
 
 def _full_rank_gram(G: np.ndarray, tol: float = _RANK_TOL) -> list[int]:

@@ -299,15 +299,17 @@ def expand_columns(intercept: bool, terms: list[SqlTerm], levels: dict[str, list
     return cols
 
 
-def complete_case_sql(columns: list[str], types: dict[str, str], group: str) -> str:
+def complete_case_sql(columns: list[str], types: dict[str, str], group: str,
+                      finite: bool = True) -> str:
     """lme4's complete-case rule as an SQL condition: the grouping column and every text column
-    not NULL, every numeric column finite (NULL and NaN fail ``isfinite``)."""
+    not NULL, every numeric column finite (NULL and NaN fail ``isfinite``). With
+    ``finite=False`` only NULL and NaN fail (±Inf pass, to be detected and reported)."""
     conds = [f"{quote(group)} IS NOT NULL"]
     for c in columns:
         if c == group:
             continue
         if is_numeric_type(types[c]):
-            conds.append(f"isfinite(CAST({quote(c)} AS DOUBLE))")
+            conds.append(f"{'isfinite' if finite else 'NOT isnan'}(CAST({quote(c)} AS DOUBLE))")
         else:
             conds.append(f"{quote(c)} IS NOT NULL")
     return " AND ".join(conds)
