@@ -25,6 +25,8 @@ Jobs (each in a fresh Python process)
 * ``anchor``: one hand-written DuckDB ``GROUP BY school`` query of the same per-school sums
   (n, Σ of each column, Σ x·column, Σy²; plain ``sum`` of the raw products) and the ungrouped
   global sums, fetched to NumPy: the practical limit of any statistics pass over these files.
+  ``anchor_fsum`` is the same query with ``fsum`` (Kahan), the accumulator twolevel uses for
+  reproducible sums; the ratios are printed against both.
 * ``duckdb``: ``crossprods_from(..., engine="duckdb")`` (all passes: counts and levels, per-school
   sums with ``fsum`` on shifted columns, global sums), then the REML fit from the statistics.
 * ``dask``: the same through Dask on a ``LocalCluster`` of 2 worker processes × 1 thread.
@@ -72,11 +74,13 @@ WHERE school IS NOT NULL AND isfinite(x) AND isfinite(y) AND isfinite(w) AND f I
 GROUP BY school ORDER BY school
 """
 ANCHOR_GLOBAL = """
-SELECT count(*) AS n, sum(x), sum(x*x), sum(w), sum(w*w), sum(x*w), sum(y), sum(y*y), sum(x*y),
-  sum(w*y), sum(CAST(f = 'b' AS DOUBLE)), sum(CAST(f = 'c' AS DOUBLE)), sum(x*CAST(f = 'b' AS DOUBLE)),
-  sum(x*CAST(f = 'c' AS DOUBLE)), sum(x*x*CAST(f = 'b' AS DOUBLE)), sum(x*x*CAST(f = 'c' AS DOUBLE)),
-  sum(w*CAST(f = 'b' AS DOUBLE)), sum(w*CAST(f = 'c' AS DOUBLE)), sum(y*CAST(f = 'b' AS DOUBLE)),
-  sum(y*CAST(f = 'c' AS DOUBLE)), sum(x*y*CAST(f = 'b' AS DOUBLE)), sum(x*y*CAST(f = 'c' AS DOUBLE)),
+SELECT count(*) AS n, sum(x), sum(x*x), sum(w), sum(w*w), sum(x*w), sum(y), sum(y*y),
+  sum(x*y), sum(w*y), sum(CAST(f = 'b' AS DOUBLE)), sum(CAST(f = 'c' AS DOUBLE)),
+  sum(x*CAST(f = 'b' AS DOUBLE)), sum(x*CAST(f = 'c' AS DOUBLE)),
+  sum(x*x*CAST(f = 'b' AS DOUBLE)), sum(x*x*CAST(f = 'c' AS DOUBLE)),
+  sum(w*CAST(f = 'b' AS DOUBLE)), sum(w*CAST(f = 'c' AS DOUBLE)),
+  sum(y*CAST(f = 'b' AS DOUBLE)), sum(y*CAST(f = 'c' AS DOUBLE)),
+  sum(x*y*CAST(f = 'b' AS DOUBLE)), sum(x*y*CAST(f = 'c' AS DOUBLE)),
   sum(x*w*CAST(f = 'b' AS DOUBLE)), sum(x*w*CAST(f = 'c' AS DOUBLE))
 FROM read_parquet({files})
 WHERE school IS NOT NULL AND isfinite(x) AND isfinite(y) AND isfinite(w) AND f IS NOT NULL
@@ -163,12 +167,13 @@ def child(job: str, files: str, memory_limit: str, threads: int) -> dict:
     tree = TreeRSS()
     out: dict = {"job": job}
     t0 = time.perf_counter()  # after the imports: the clock covers reading and computing
-    if job == "anchor":
+    if job in ("anchor", "anchor_fsum"):
         con = duckdb.connect(config={"memory_limit": memory_limit, "threads": threads,
                                      "temp_directory": tempfile.gettempdir() + "/twolevel-duckdb"})
         lst = "[" + ", ".join(f"'{f}'" for f in sorted(glob.glob(files))) + "]"
-        g = con.sql(ANCHOR_SQL.format(files=lst)).fetchnumpy()
-        con.sql(ANCHOR_GLOBAL.format(files=lst)).fetchnumpy()
+        acc = (lambda q: q.replace("sum(", "fsum(")) if job == "anchor_fsum" else (lambda q: q)
+        g = con.sql(acc(ANCHOR_SQL.format(files=lst))).fetchnumpy()
+        con.sql(acc(ANCHOR_GLOBAL.format(files=lst))).fetchnumpy()
         out["stats_s"] = time.perf_counter() - t0
         out["groups"] = int(g["n"].shape[0])
     else:
@@ -213,7 +218,8 @@ def run_child(job: str, files: str, args) -> dict | None:
            "--memory-limit", args.memory_limit, "--threads", str(args.threads)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     if p.returncode != 0:
-        print(f"  {job}: FAILED ({p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode})")
+        last = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode
+        print(f"  {job}: FAILED ({last})")
         return None
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -277,9 +283,8 @@ def main() -> int:
         print(f"\nN = {n:,} rows ({size:,.0f} MB of Parquet, written in "
               f"{time.perf_counter() - t:.1f} s); load {os.getloadavg()[0]:.1f}")
         anchor = run_child("anchor", files, args)
-        rows = []
-        if anchor:
-            rows.append(anchor)
+        anchor_f = run_child("anchor_fsum", files, args)
+        rows = [r for r in (anchor, anchor_f) if r]
         for job in args.engines:
             if job == "memory" and n > args.memory_max_rows:
                 print(f"  memory: skipped (N > --memory-max-rows {args.memory_max_rows:.0e})")
@@ -288,13 +293,16 @@ def main() -> int:
             if res:
                 rows.append(res)
         a = anchor["stats_s"] if anchor else float("nan")
-        print(f"  {'job':8s} {'stats s':>8s} {'fit s':>7s} {'whole s':>8s} {'rows/s':>12s} "
-              f"{'peak RSS MB':>12s} {'stats/anchor':>12s} {'whole/anchor':>12s}  max |z|")
+        af = anchor_f["stats_s"] if anchor_f else float("nan")
+        print(f"  {'job':11s} {'stats s':>8s} {'fit s':>7s} {'whole s':>8s} {'rows/s':>12s} "
+              f"{'peak RSS MB':>12s} {'stats/anchor':>12s} {'whole/anchor':>12s} "
+              f"{'stats/fsum':>10s} {'whole/fsum':>10s}  max |z|")
         for r in rows:
             z = max((abs(v) for v in r.get("z", {}).values()), default=float("nan"))
-            print(f"  {r['job']:8s} {r['stats_s']:8.2f} {r.get('fit_s', 0.0):7.2f} "
+            print(f"  {r['job']:11s} {r['stats_s']:8.2f} {r.get('fit_s', 0.0):7.2f} "
                   f"{r['total_s']:8.2f} {n / r['total_s']:12,.0f} {r['peak_rss_mb']:12,.0f} "
-                  f"{r['stats_s'] / a:12.2f} {r['total_s'] / a:12.2f}  {z:.2f}"
+                  f"{r['stats_s'] / a:12.2f} {r['total_s'] / a:12.2f} "
+                  f"{r['stats_s'] / af:10.2f} {r['total_s'] / af:10.2f}  {z:.2f}"
                   + (f"  (cluster start {r['cluster_s']:.1f} s)" if "cluster_s" in r else ""))
         fits = [r for r in rows if "fixef" in r]
         if len(fits) > 1:
