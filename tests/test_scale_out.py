@@ -126,7 +126,7 @@ def test_dask_dataframe_source(small):
     assert_same_fit(fit_m, fit_k)
 
 
-def test_cli_engine_json_and_errors(small, capsys):
+def test_cli_engine_json_and_errors(small, capsys, tmp_path):
     import json
 
     from twolevel.workflows.cli import main
@@ -140,6 +140,11 @@ def test_cli_engine_json_and_errors(small, capsys):
     assert err.startswith("twolevel fit: error: the pattern") and err.count("\n") <= 1
     assert main(["fit", "lecture", FORMULA, "--engine", "duckdb"]) == 2
     assert "built-in data set" in capsys.readouterr().err
+    blups = str(tmp_path / "blups.parquet")
+    assert main(["fit", files, FORMULA, "--engine", "dask", "--ranef", blups]) == 0
+    capsys.readouterr()
+    re = pd.read_parquet(blups)
+    assert len(re) == 150 and "condvar_x" in re and "condcov_(Intercept):x" in re
 
 
 def test_scaled_residual_quantiles_are_exact(small):
@@ -244,3 +249,48 @@ def test_memory_duckdb_dask_same_fit_1m_rows(tmp_path):
         cluster.close()
     assert fit_k.design.engine == "dask"
     assert_same_fit(fit_m, fit_k)
+
+
+# ------------------------------------------------------------------ Bayesian pieces at scale
+
+
+def test_bayes_inputs_from_statistics_match_memory(small):
+    """Priors, centring reliabilities, per-school residual sums and the school-effect summary
+    computed from the statistics equal the in-memory ones (no sampling: fixed draws)."""
+    from twolevel.models.bayes.fit import school_residual_ss
+    from twolevel.models.bayes.priors import default_priors
+    from twolevel.models.bayes.pymc_model import reliabilities
+    from twolevel.models.bayes.scale import bayes_statistics, school_effect_summary
+    from twolevel.models.bayes.collapsed import draw_school_effects
+
+    df, files = small
+    d0, c0 = bayes_statistics(FORMULA, df)
+    d1, c1 = bayes_statistics(FORMULA, files)
+    assert d1.engine == "duckdb" and d1.group_moments is not None
+    p0, p1 = default_priors(d0), default_priors(d1)
+    for block in ("beta", "sd", "sigma"):
+        a, b = getattr(p0, block).params, getattr(p1, block).params
+        for k in a:
+            np.testing.assert_allclose(np.asarray(b[k], float), np.asarray(a[k], float),
+                                       rtol=1e-10, err_msg=f"{block}.{k}")
+    np.testing.assert_allclose(reliabilities(d1, c1), reliabilities(d0, c0), rtol=1e-9)
+    rng = np.random.default_rng(0)
+    S = 40
+    beta = c0.shifted[2][None] + 0.01 * rng.standard_normal((S, d0.p))
+    L = np.tile(np.array([[1.0, 0.0], [0.1, 0.4]]), (S, 1, 1))
+    sigma = np.full(S, 1.0)
+    np.testing.assert_allclose(school_residual_ss(d1, beta), school_residual_ss(d0, beta),
+                               rtol=1e-9)
+    mean, sd = school_effect_summary(c1.A, c1.B, c1.c, beta, L, sigma)
+    draws = np.stack([draw_school_effects(c0.A, c0.B, c0.c, beta, L, sigma,
+                                          np.random.default_rng(k)) for k in range(50)])
+    np.testing.assert_allclose(mean, draws.mean(axis=(0, 1)), atol=0.05)
+    np.testing.assert_allclose(sd, draws.std(axis=(0, 1)), rtol=0.1)
+
+
+def test_per_student_bayes_refused_at_scale(small):
+    from twolevel.models.bayes.fit import fit_bayes
+
+    _, files = small
+    with pytest.raises(TwolevelError, match="likelihood='student' needs every row"):
+        fit_bayes(FORMULA, files, likelihood="student")
