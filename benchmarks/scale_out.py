@@ -288,7 +288,12 @@ def main() -> int:
         folder = base / f"n{n}"
         folder.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        files = generate(folder, n, args.schools, args.seed)
+        marker = folder / f".complete-{n}-{args.schools}-{args.seed}"
+        if marker.exists():  # a kept folder from an earlier run with the same data
+            files = str(folder / "*.parquet")
+        else:
+            files = generate(folder, n, args.schools, args.seed)
+            marker.touch()
         size = sum(f.stat().st_size for f in folder.glob("*.parquet")) / 2**20
         print(f"\nN = {n:,} rows ({size:,.0f} MB of Parquet, written in "
               f"{time.perf_counter() - t:.1f} s); load {os.getloadavg()[0]:.1f}")

@@ -216,6 +216,16 @@ def test_memory_limit_too_small(small):
         crossprods_from(FORMULA, files, engine="duckdb", memory_limit="64KB")
 
 
+def test_grouped_pass_threads_fit_the_memory_limit():
+    from twolevel.models.design.duckdb_source import grouped_threads
+
+    # 10⁶ groups × 17 Kahan states ≈ 0.6 GB per thread: one thread under 1.5 GB, two under 4 GB
+    assert grouped_threads(2, "1500MB", 10**6, 17) == 1
+    assert grouped_threads(2, "4GB", 10**6, 17) == 2
+    assert grouped_threads(4, None, 10**6, 17) == 4
+    assert grouped_threads(2, "1MB", 10**7, 17) == 1
+
+
 def test_infinite_values_are_refused(small):
     df, _ = small
     d = df.copy()

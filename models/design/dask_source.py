@@ -179,5 +179,6 @@ class DaskRunner:
             self._rows_read = int(out["n_total"])
         return out
 
-    def grouped(self, select: list[str], from_: str, where: str, key: str) -> dict[str, np.ndarray]:
+    def grouped(self, select: list[str], from_: str, where: str, key: str,
+                n_groups: int | None = None) -> dict[str, np.ndarray]:
         return self._compute(grouped_sql(select, from_, where, key), grouped=True)

@@ -68,7 +68,8 @@ class Runner(Protocol):
     partition with the partial results added.
 
     ``scalar`` merges by name prefix: ``n_``/``s_`` add, ``lo_`` min, ``hi_`` max, ``lv_`` set
-    union, ``w_`` list concatenation. ``grouped`` returns ``__key`` (sorted) and the sums."""
+    union, ``w_`` list concatenation. ``grouped`` returns ``__key`` (sorted) and the sums;
+    ``n_groups`` (an estimate) lets it size its hash tables to the memory limit."""
 
     engine: str
     description: str
@@ -77,8 +78,8 @@ class Runner(Protocol):
     def check_columns(self, columns: list[str]) -> None: ...
     def set_table(self, name: str, frame: pd.DataFrame) -> None: ...
     def scalar(self, select: list[str], from_: str, where: str) -> dict[str, Any]: ...
-    def grouped(self, select: list[str], from_: str, where: str,
-                key: str) -> dict[str, np.ndarray]: ...
+    def grouped(self, select: list[str], from_: str, where: str, key: str,
+                n_groups: int | None = None) -> dict[str, np.ndarray]: ...
     @property
     def rows_read(self) -> int: ...
 
@@ -136,6 +137,8 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
     # reads only the grouping and factor columns: row counts and the factors' levels
     sel = ["count(*) AS n_total",
            f"count(*) FILTER (WHERE {quote(group)} IS NULL) AS n_nullgroup"]
+    if getattr(runner, "memory_limit", None):  # J, to size the grouped pass to the limit
+        sel.append(f"approx_count_distinct({quote(group)}) AS n_groups_est")
     sel += [f"list(DISTINCT {quote(f)}) FILTER (WHERE {quote(f)} IS NOT NULL) AS lv_{k}"
             for k, f in enumerate(factors)]
     r1 = runner.scalar(sel, "__src", "TRUE")
@@ -231,7 +234,7 @@ def scale_statistics(formula: str, runner: Runner, per_group_x: bool = False
         sub = _shifted_subquery(dcols, m, from_, lax, [group])
         sel = ["count(*) AS n"] + [f"fsum(__c{k}) AS s_{k}" for k in range(len(dcols))]
         sel += [f"fsum(__c{i} * __c{k}) AS s_{i}_{k}" for i, k in gpairs]
-        g = runner.grouped(sel, sub, "TRUE", group)
+        g = runner.grouped(sel, sub, "TRUE", group, n_groups=int(r1.get("n_groups_est", 0)))
         keys, nj = g["__key"], np.asarray(g["n"], dtype=float)
         J = int(nj.shape[0])
         n = int(nj.sum())
