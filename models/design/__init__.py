@@ -1,5 +1,6 @@
 """Design and statistics stage: formula → model matrices (:mod:`.formula`, :mod:`.matrices`) →
-per-group cross-products (:mod:`.crossprods`), everything the engines downstream need."""
+per-group cross-products (:mod:`.crossprods`), everything the engines downstream need; the same
+model matrices rebuilt on new data for predictions (:mod:`.newdata`)."""
 
 from twolevel.models.design.crossprods import GroupCrossprods, group_crossprods
 from twolevel.models.design.formula import BarTerm, ParsedFormula, parse_formula

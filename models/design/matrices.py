@@ -44,6 +44,16 @@ class RandomTerm:
     group: str
 
 
+class _ModelSpecs(dict):
+    """right-hand side → (``formulae`` term object or None, column names). The term objects
+    keep their evaluation environment (modules), which cannot be pickled: a pickled design keeps
+    the names and marks those specs ``"unpickled"`` (predicting new data then needs a refit)."""
+
+    def __reduce__(self):
+        return (_ModelSpecs, ({k: (None if spec is None else "unpickled", names)
+                               for k, (spec, names) in self.items()},))
+
+
 @dataclass(frozen=True)
 class Design:
     """Arrays for a two-level linear mixed model with one grouping factor.
@@ -60,6 +70,10 @@ class Design:
     group_levels : the J group labels in R's ``levels(factor(g))`` order (sorted).
     n_na_dropped : rows removed because a variable of the model was missing or not finite.
     dropped_columns : fixed-effect columns dropped because X was rank deficient.
+    model_specs : how each model matrix was built, for new data (``predict``): right-hand side →
+        (``formulae``'s fitted term object — factor levels, stateful transforms such as
+        ``center(x)`` — or ``None`` for plain numeric columns, R's names of all its columns); see
+        :func:`twolevel.models.design.newdata.new_model_matrices`.
     """
 
     formula: str
@@ -76,6 +90,7 @@ class Design:
     n_na_dropped: int = 0
     dropped_columns: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    model_specs: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n(self) -> int:
@@ -214,19 +229,22 @@ class _ModelData:
         return self._frame
 
 
-def _model_matrix(response: str, rhs: str, md: _ModelData) -> tuple[np.ndarray, list[str]]:
-    """Model matrix of ``rhs`` and R's names of its columns."""
+def _model_matrix(
+    response: str, rhs: str, md: _ModelData
+) -> tuple[np.ndarray, list[str], object | None]:
+    """Model matrix of ``rhs``, R's names of its columns, and ``formulae``'s term object (None
+    when the columns are plain numeric columns of the data)."""
     simple = _simple_model_matrix(response, rhs, md)
     if simple is not None:
-        return simple
+        return (*simple, None)
     try:
         dm = formulae.design_matrices(f"{response} ~ {rhs}", md.frame(), na_action="error")
     except Exception as exc:  # formulae raises several types; give the user one clear message
         raise FormulaError(f"cannot build the model matrix for '{rhs}': {exc}") from exc
     if dm.common is None:
-        return np.zeros((md.n, 0)), []
+        return np.zeros((md.n, 0)), [], None
     mat = np.array(dm.common.design_matrix, dtype=float)
-    return mat, _column_names(dm.common)
+    return mat, _column_names(dm.common), dm.common
 
 
 def _column_names(common) -> list[str]:
@@ -423,11 +441,14 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
         raise DataError(f"no complete rows left for formula '{formula}' after removing missing values")
     md = _ModelData(data, series, ~bad if n_dropped else slice(None), len(bad) - n_dropped)
     matrices: dict[str, tuple[np.ndarray, list[str]]] = {}
+    specs = _ModelSpecs()
 
     def model_matrix(rhs: str) -> tuple[np.ndarray, list[str]]:
         # the same right-hand side (e.g. '1 + x' fixed and '(1 + x | g)') is built once
         if rhs.strip() not in matrices:
-            matrices[rhs.strip()] = _model_matrix(parsed.response, rhs, md)
+            mat, names, spec = _model_matrix(parsed.response, rhs, md)
+            matrices[rhs.strip()] = mat, names
+            specs[rhs.strip()] = spec, tuple(names)
         return matrices[rhs.strip()]
 
     X_full, x_names_full = model_matrix(parsed.fixed)
@@ -480,6 +501,7 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
         n_na_dropped=n_dropped,
         dropped_columns=dropped,
         notes=_design_notes(n_dropped, dropped),
+        model_specs=specs,
     )
     _check_design(design)
     return design

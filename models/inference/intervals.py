@@ -10,22 +10,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-
 from twolevel.data.errors import TwolevelError
-from twolevel.models.lmm.deviance import make_deviance, pls_state, sigma_hat
-from twolevel.models.design import Design, GroupCrossprods, group_crossprods
-from twolevel.models.lmm.optimize import optimize_theta
-
-from twolevel.models.inference.profile import (
-    cv_to_sv,
-    parameter_names,
-    profile,
-)
+from twolevel.models.design import Design, GroupCrossprods
+from twolevel.models.inference.profile import parameter_names, profile
+from twolevel.models.inference.simulate import norm_inter, parametric_bootstrap
 
 __all__ = [
     "CONFINT_METHODS",
@@ -69,20 +62,13 @@ class BootResult:
     n_failed: int = 0
 
     def confint(self, level: float = 0.95) -> pd.DataFrame:
-        """Percentile intervals (``boot.ci(type = "perc")``)."""
+        """Percentile intervals (``boot.ci(type = "perc")``: ``norm.inter`` quantiles of the
+        finite replicates of each parameter)."""
         a = (1.0 - level) / 2.0
-        ok = np.all(np.isfinite(self.replicates), axis=1)
-        qs = np.quantile(self.replicates[ok], [a, 1.0 - a], axis=0)
+        qs = np.column_stack([norm_inter(self.replicates[:, k], [a, 1.0 - a])
+                              for k in range(self.replicates.shape[1])])
         cols = [f"{100 * a:.3g} %", f"{100 * (1 - a):.3g} %"]
         return pd.DataFrame(qs.T, index=pd.Index(self.names, name="parameter"), columns=cols)
-
-
-def _fit_sv_beta(design: Design, cp: GroupCrossprods, reml: bool, start: np.ndarray):
-    dev = make_deviance(design, reml=reml, crossprods=cp)
-    o = optimize_theta(dev, start, design.theta_lower)
-    st = pls_state(cp, design.theta_to_T(o.theta))
-    sig = sigma_hat(st, reml)
-    return np.concatenate([cv_to_sv(design, o.theta, sig), st.beta]), o.theta
 
 
 def confint_boot(
@@ -96,36 +82,21 @@ def confint_boot(
     seed: int = 1,
     level: float = 0.95,
     progress: bool = True,
+    crossprods: GroupCrossprods | None = None,
 ) -> BootResult:
-    """Parametric bootstrap (module doc): ``nsim`` data sets simulated from (θ̂, σ̂, β̂), each refitted
-    with the same criterion; rows of the result are (SDs, correlations, σ, β). Progress is printed
-    on stderr every 10% when ``progress``."""
+    """Parametric bootstrap (lme4's ``bootMer`` with ``use.u = FALSE``): ``nsim`` data sets
+    simulated from (θ̂, σ̂, β̂), each refitted with the same criterion from the per-school
+    cross-products (:func:`twolevel.models.inference.simulate.parametric_bootstrap`); rows of the
+    result are (SDs, correlations, σ, β). Progress is printed on stderr every 10% when
+    ``progress``."""
     if nsim < 2:
         raise TwolevelError(f"the bootstrap needs nsim >= 2 simulations, got {nsim}")
-    rng = np.random.default_rng(seed)
-    T = design.theta_to_T(np.asarray(theta, float))
-    J, q, n = design.n_groups, design.q, design.n
-    g, Z, X = design.group_index, design.Z, design.X
-    mean = X @ np.asarray(beta, float)
-    names = tuple(parameter_names(design)) + tuple(design.x_names)
-    est = np.concatenate([cv_to_sv(design, theta, sigma), beta])
-    reps = np.full((nsim, len(names)), np.nan)
-    start = np.asarray(theta, float)
-    failed = 0
-    for i in range(nsim):
-        b = sigma * rng.standard_normal((J, q)) @ T.T
-        y = mean + np.einsum("ik,ik->i", Z, b[g]) + sigma * rng.standard_normal(n)
-        d = replace(design, y=y)
-        try:
-            reps[i], _ = _fit_sv_beta(d, group_crossprods(d), reml, start)
-        except TwolevelError:
-            failed += 1
-        if progress and (i + 1) % max(1, nsim // 10) == 0:
-            print(f"bootstrap: {i + 1}/{nsim} refits", file=sys.stderr, flush=True)
-    return BootResult(names=names, estimate=est, replicates=reps, seed=seed, reml=reml,
-                      n_failed=failed)
-
-
+    boot = parametric_bootstrap(design, theta, sigma, beta, reml=reml, nsim=nsim, seed=seed,
+                                crossprods=crossprods, progress=progress)
+    names = tuple(boot.lme4_columns())
+    return BootResult(names=names, estimate=boot.estimate[list(names)].to_numpy(),
+                      replicates=boot.table[list(names)].to_numpy(), seed=seed, reml=reml,
+                      n_failed=boot.n_failed)
 
 
 # ------------------------------------------------------------------------ LmerFit adapter
@@ -164,4 +135,4 @@ def confint(
         return confint_wald(list(d.x_names), fit.beta, fit.se().to_numpy(), level,
                             variance_names=parameter_names(d))
     return confint_boot(d, fit.theta, fit.sigma, fit.beta, reml=fit.reml, nsim=nsim, seed=seed,
-                        level=level, progress=progress).confint(level)
+                        level=level, progress=progress, crossprods=fit.crossprods).confint(level)

@@ -457,8 +457,9 @@ class LmerFit:
         return "boundary (singular) fit: " + "; ".join(parts) + ". " + advice
 
     # ------------------------------------------------------------------ printing
-    def summary(self, ddf: str = "Satterthwaite") -> str:
-        """lme4 + lmerTest's ``summary(fit)`` printout (R's layout and digits; digits = 4)."""
+    def summary(self, ddf: str = "Satterthwaite", effect_sizes: bool = False) -> str:
+        """lme4 + lmerTest's ``summary(fit)`` printout (R's layout and digits; digits = 4); with
+        ``effect_sizes`` followed by the ICC and Nakagawa's R² (:meth:`effect_sizes`)."""
         digits = 4
         func, ddf_title = ddf_method(ddf)
         out: list[str] = []
@@ -533,10 +534,30 @@ class LmerFit:
         if notes:
             out.append("")
             out.extend(notes)
+        if effect_sizes:
+            from twolevel.models.inference.effect_sizes import effect_size_text
+
+            out.append("")
+            out.append(effect_size_text(self))
         return "\n".join(out)
 
     def __str__(self) -> str:
         return self.summary()
+
+    # ------------------------------------------------------------------ effect sizes, predict
+    def effect_sizes(self) -> dict:
+        """{"icc", "icc_unadjusted", "r2_marginal", "r2_conditional"} as ``performance::icc`` and
+        ``r2_nakagawa`` (:mod:`twolevel.models.inference.effect_sizes`; NaN for a singular fit)."""
+        from twolevel.models.inference.effect_sizes import effect_size_dict
+
+        return effect_size_dict(self)
+
+    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False,
+                interval: str | None = None, level: float = 0.95, **kwargs):
+        """lme4's ``predict`` (:func:`twolevel.models.inference.predict.predict`)."""
+        from twolevel.models.inference.predict import predict
+
+        return predict(self, newdata, re_form, allow_new_levels, interval, level, **kwargs)
 
     def to_frame(self) -> pd.DataFrame:
         """Fixed-effects table with Satterthwaite df and p (one row per coefficient)."""

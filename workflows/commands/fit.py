@@ -3,7 +3,9 @@
 ``DATA`` is a built-in data set (``lecture``, ``hsb``, ``sleepstudy``) or the path of a CSV or
 Parquet file. Prints lme4 + lmerTest's ``summary()`` (Satterthwaite df), or with ``--json`` one
 object with the keys formula, reml, nobs, ngroups, criterion, loglik, aic, bic, theta, sigma,
-fixef, se, df, t, p, varcorr, singular, converged. ``--ranef CSV`` writes the BLUPs and their
+fixef, se, df, t, p, varcorr, singular, converged, and the effect sizes icc (adjusted),
+icc_unadjusted, r2_marginal, r2_conditional (as ``performance::icc`` / ``r2_nakagawa``; null for a
+singular fit). ``--ranef CSV`` writes the BLUPs and their
 conditional SDs per group.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         extras = inference.compute(fit, args)  # before any output: errors leave nothing half-done
     caught = list(caught) + list(caught_extra)
     if args.json:
-        out = fit.to_dict(extras.ddf) | extras.json
+        es = {k: (v if math.isfinite(v) else None) for k, v in fit.effect_sizes().items()}
+        out = fit.to_dict(extras.ddf) | es | extras.json
         out |= {"engine": engine, "rows_read": rows_read(fit, df)}
         print(json.dumps(out, indent=2))
         for w in caught_extra:  # lme4's notes on the intervals; stdout holds only the JSON

@@ -1,0 +1,197 @@
+"""Posterior predictions and Bayesian effect sizes from a
+:class:`~twolevel.models.bayes.fit.BayesFit` (NumPy on the fit's posterior DataTree; no PyMC).
+
+For each posterior draw s with (β_s, T_s = L_sL_sᵀ, σ_s) (§5.4 of ``predict-simulate-r2.md``):
+
+* a new student in an **existing school** j uses that draw's school effects b_j^(s)
+  (``b_school``: for the collapsed model the exact conditional draws b_j | y, β_s, T_s, σ_s), so
+  μ^(s) = x₀ᵀβ_s + z₀ᵀb_j^(s) and ỹ^(s) = μ^(s) + σ_s·η;
+* a student in a **new school** gets b_new^(s) = L_s·ξ ~ N(0, T_s) (brms' ``sample_new_levels =
+  "gaussian"``), one draw per new school and posterior draw, shared by that school's rows;
+  ``re_form="NA"`` gives every row its own fresh school (the population-level prediction).
+
+The draws are returned as an ArviZ ``predictions`` group, dims (chain, draw, pred), with the new
+rows in ``predictions_constant_data``; :meth:`BayesPredictions.summary` gives intervals.
+
+Bayesian R² (Gelman, Goodrich, Gabry & Vehtari 2019) and Nakagawa's R² and the ICC per draw are
+in :func:`bayes_r2` and :func:`bayes_icc`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from twolevel.data.errors import DataError, TwolevelError
+from twolevel.models.design.newdata import check_new_levels, new_model_matrices, parse_re_form
+
+__all__ = ["BayesPredictions", "bayes_icc", "bayes_r2", "predict_bayes"]
+
+
+def _flat(da: xr.DataArray, *dims: str) -> np.ndarray:
+    return da.transpose("chain", "draw", *dims).to_numpy().reshape(
+        -1, *[da.sizes[d] for d in dims])
+
+
+def _chol(post: xr.Dataset, q: int) -> np.ndarray:
+    """L_s (S, q, q) with T_s = L_sL_sᵀ (from ``chol_cov`` or, for independent effects, sd)."""
+    from twolevel.models.bayes.fit import cholesky_draws
+
+    return cholesky_draws(post, q)
+
+
+@dataclass(frozen=True)
+class BayesPredictions:
+    """Posterior predictive draws for new rows.
+
+    Fields
+    ------
+    datatree : groups ``predictions`` (``<response>`` the draws ỹ and ``mu`` the expected values,
+        dims chain, draw, pred) and ``predictions_constant_data`` (the new rows).
+    index : the newdata index (one ``pred`` per row).
+    """
+
+    datatree: xr.DataTree
+    index: pd.Index
+    response: str
+
+    def summary(self, level: float = 0.95) -> pd.DataFrame:
+        """Per row: ``fit`` (posterior mean of ỹ), ``sd``, ``lwr`` and ``upr`` (equal-tailed
+        ``level`` interval of ỹ), and ``mu`` (posterior mean of the expected value)."""
+        if not 0.0 < level < 1.0:
+            raise TwolevelError(f"level must be between 0 and 1 (e.g. 0.95), got {level}")
+        ds = self.datatree["predictions"].to_dataset()
+        y = _flat(ds[self.response], "pred")
+        a = (1.0 - level) / 2.0
+        lo, hi = np.quantile(y, [a, 1.0 - a], axis=0)
+        return pd.DataFrame({"fit": y.mean(axis=0), "sd": y.std(axis=0, ddof=1), "lwr": lo,
+                             "upr": hi, "mu": _flat(ds["mu"], "pred").mean(axis=0)},
+                            index=self.index)
+
+
+def predict_bayes(
+    fit,
+    newdata,
+    re_form=None,
+    allow_new_levels: bool = False,
+    seed: int = 1,
+) -> BayesPredictions:
+    """Posterior predictive draws of ``newdata``'s rows (module docstring). ``re_form`` and
+    ``allow_new_levels`` as :func:`twolevel.models.inference.predict.predict`."""
+    cond = parse_re_form(re_form)
+    d = fit.design
+    nd = newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(newdata)
+    if cond and d.group not in nd.columns:
+        raise DataError(
+            f"newdata lacks the grouping column '{d.group}' needed for re_form=None; add it, or "
+            "predict at the population level with re_form='NA'"
+        )
+    rows = new_model_matrices(d, nd)
+    if cond:
+        check_new_levels(rows, allow_new_levels, d.group)
+    post = fit.posterior
+    C, D = post.sizes["chain"], post.sizes["draw"]
+    beta, sigma = _flat(post["beta"], "fixed"), _flat(post["sigma"])
+    L = _chol(post, d.q)
+    S, m, q = beta.shape[0], rows.X.shape[0], d.q
+    rng = np.random.default_rng([seed, 3])
+    known = (rows.group_index >= 0) & cond
+    # one new-school effect per (draw, new school); population rows are each their own school
+    if cond:
+        labels = pd.Series(nd[d.group].astype(str).to_numpy())
+        new_code = np.full(m, -1)
+        if (~known).any():
+            new_code[~known] = pd.factorize(labels[~known])[0]
+    else:
+        new_code = np.arange(m)
+    n_new = int(new_code.max()) + 1 if (~known).any() else 0
+    mu = rows.X @ beta.T  # (m, S)
+    if known.any():
+        b = post["b_school"].transpose("chain", "draw", "school", "effect").to_numpy()
+        b = b.reshape(S, d.n_groups, q)
+        mu[known] += np.einsum("mq,smq->ms", rows.Z[known], b[:, rows.group_index[known], :])
+    if n_new:
+        xi = rng.standard_normal((S, n_new, q))
+        b_new = np.einsum("skl,sjl->sjk", L, xi)  # N(0, T_s)
+        nk = ~known
+        mu[nk] += np.einsum("mq,smq->ms", rows.Z[nk], b_new[:, new_code[nk], :])
+    y = mu + sigma[None, :] * rng.standard_normal((m, S))
+    coords = {"chain": post["chain"].to_numpy(), "draw": post["draw"].to_numpy(),
+              "pred": np.arange(m)}
+    pred = xr.Dataset(
+        {d.response: (("chain", "draw", "pred"), y.T.reshape(C, D, m)),
+         "mu": (("chain", "draw", "pred"), mu.T.reshape(C, D, m))}, coords=coords,
+        attrs={"re_form": "NULL" if cond else "NA", "new_school_effects": "N(0, T_s) per draw",
+               "seed": seed})
+    const = xr.Dataset({str(c): ("pred", nd[c].to_numpy()) for c in nd.columns},
+                       coords={"pred": np.arange(m)})
+    dt = xr.DataTree.from_dict({"predictions": pred, "predictions_constant_data": const})
+    return BayesPredictions(datatree=dt, index=nd.index, response=d.response)
+
+
+def _fixed_variance(fit, beta: np.ndarray) -> np.ndarray:
+    """σ²_f per draw: var(Xβ_s) = β_sᵀ cov(X) β_s (sample covariance, denominator n − 1)."""
+    X = fit.design.X
+    Xc = X - X.mean(axis=0)
+    SX = Xc.T @ Xc / (X.shape[0] - 1)
+    return np.einsum("sa,ab,sb->s", beta, SX, beta)
+
+
+def _random_variance(fit, T: np.ndarray) -> np.ndarray:
+    """σ²_r per draw as insight computes it: mean_i z_iᵀT_sz_i with z_i the fixed-effects
+    columns named like the random effects (see :mod:`twolevel.models.inference.effect_sizes`)."""
+    d = fit.design
+    X, names = d.X, list(d.x_names)
+    if "(Intercept)" not in names:
+        X, names = np.column_stack([np.ones(d.n), X]), ["(Intercept)", *names]
+    keep = [k for k, nm in enumerate(d.z_names) if nm in names]
+    Zx = X[:, [names.index(d.z_names[k]) for k in keep]]
+    ZtZ = Zx.T @ Zx / d.n
+    return np.einsum("ab,sab->s", ZtZ, T[:, keep][:, :, keep])
+
+
+def _as_draws(fit, v: np.ndarray) -> xr.DataArray:
+    post = fit.posterior
+    return xr.DataArray(v.reshape(post.sizes["chain"], post.sizes["draw"]),
+                        dims=("chain", "draw"),
+                        coords={"chain": post["chain"], "draw": post["draw"]})
+
+
+def bayes_icc(fit) -> xr.Dataset:
+    """The ICC per posterior draw, adjusted σ²_r/(σ²_r + σ²) and unadjusted
+    σ²_r/(σ²_f + σ²_r + σ²), with σ²_f = var(Xβ_s) (the REML definitions at each draw)."""
+    d, post = fit.design, fit.posterior
+    L = _chol(post, d.q)
+    T = L @ np.swapaxes(L, 1, 2)
+    beta, sigma = _flat(post["beta"], "fixed"), _flat(post["sigma"])
+    r = _random_variance(fit, T)
+    f = _fixed_variance(fit, beta)
+    e = sigma**2
+    return xr.Dataset({"icc": _as_draws(fit, r / (r + e)),
+                       "icc_unadjusted": _as_draws(fit, r / (f + r + e))})
+
+
+def bayes_r2(fit) -> xr.Dataset:
+    """R² per posterior draw: Gelman et al.'s Bayesian R² var(μ_s)/(var(μ_s) + σ_s²), with
+    μ_s = Xβ_s + Zb_s the draw's fitted values (school effects included), and Nakagawa's
+    marginal and conditional R² at the draw."""
+    d, post = fit.design, fit.posterior
+    beta, sigma = _flat(post["beta"], "fixed"), _flat(post["sigma"])
+    S = beta.shape[0]
+    b = post["b_school"].transpose("chain", "draw", "school", "effect").to_numpy()
+    b = b.reshape(S, d.n_groups, d.q)
+    gelman = np.empty(S)
+    for s in range(S):  # one pass over the rows per draw, O(n) memory
+        mu = d.X @ beta[s] + np.einsum("nq,nq->n", d.Z, b[s, d.group_index])
+        v = np.var(mu, ddof=1)
+        gelman[s] = v / (v + sigma[s] ** 2)
+    L = _chol(post, d.q)
+    r = _random_variance(fit, L @ np.swapaxes(L, 1, 2))
+    f = _fixed_variance(fit, beta)
+    e = sigma**2
+    return xr.Dataset({"r2_bayes": _as_draws(fit, gelman),
+                       "r2_marginal": _as_draws(fit, f / (f + r + e)),
+                       "r2_conditional": _as_draws(fit, (f + r) / (f + r + e))})

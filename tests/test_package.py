@@ -1,0 +1,244 @@
+"""The package: one importable name (``twolevel``), imports that run one way between the stages,
+and a wheel that installs and runs beside a user's own ``models.py`` and ``data/`` folder."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import twolevel as tl
+
+ROOT = Path(__file__).resolve().parents[1]
+# repository folder → the module name it has inside the twolevel namespace
+FOLDERS = {"twolevel": "twolevel", "data": "twolevel.data", "models": "twolevel.models",
+           "workflows": "twolevel.workflows"}
+LECTURE = "g1rscore ~ 1 + famsesc + (1 + famsesc | schid)"
+
+# Stages of twolevel.models, lowest first: a module may import (at module level) only from its
+# own subpackage or from a lower rank. data is below all of models; workflows above.
+MODEL_RANK = {"rformat": 0, "design": 0, "lmm": 1, "bayes": 1, "glmm": 2, "inference": 3,
+              "tables": 4}
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package: dotted name → file."""
+    out = {}
+    for folder, pkg in FOLDERS.items():
+        for f in sorted((ROOT / folder).rglob("*.py")):
+            rel = f.relative_to(ROOT / folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            out[".".join([pkg, *parts])] = f
+    return out
+
+
+def _imports(f: Path, top_level_only: bool) -> list[tuple[str, int]]:
+    """(imported module, line) of every import in ``f`` (relative imports are banned by ruff).
+    ``if TYPE_CHECKING:`` blocks are skipped: they never run."""
+    tree = ast.parse(f.read_text())
+    found = []
+
+    def visit(nodes, depth):
+        for n in nodes:
+            if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test):
+                continue
+            if isinstance(n, ast.Import):
+                found.extend((a.name, n.lineno) for a in n.names)
+            elif isinstance(n, ast.ImportFrom) and n.module:
+                found.append((n.module, n.lineno))
+            if top_level_only and isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                visit(getattr(n, field, []) or [], depth + 1)
+
+    visit(tree.body, 0)
+    return found
+
+
+def _layer(mod: str) -> str:
+    """data, models or workflows; the façade (twolevel/__init__.py, __main__.py) otherwise."""
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in {"data", "models", "workflows"} else "facade"
+
+
+def test_public_namespace():
+    for name in ("lmer", "anova", "confint", "fit_bayes", "load_data", "center", "group_ols",
+                 "LmerFit", "BayesFit", "GroupOLS", "AnovaResult"):
+        assert callable(getattr(tl, name)), name
+    assert set(tl.__all__) <= set(dir(tl))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        tl.nope  # noqa: B018
+
+
+def test_internal_imports_name_twolevel():
+    bad = [f"{f.relative_to(ROOT)}:{line} imports {m}" for f in _modules().values()
+           for m, line in _imports(f, top_level_only=False)
+           if m.split(".")[0] in {"data", "models", "workflows"}]
+    assert not bad, "imports must name twolevel.…: " + "; ".join(bad)
+
+
+def test_imports_run_one_way():
+    """data ← models ← workflows everywhere (lazy imports included); between the stages of
+    models, module-level imports go only to a lower stage; PyMC/PyTensor only in the Bayesian
+    builder module; matplotlib only in workflows."""
+    order = {"data": 0, "models": 1, "workflows": 2, "facade": 3}
+    bad = []
+    for mod, f in _modules().items():
+        src = _layer(mod)
+        for m, line in _imports(f, top_level_only=False):
+            where = f"{f.relative_to(ROOT)}:{line} imports {m}"
+            root = m.split(".")[0]
+            if root in {"pymc", "pytensor"} and mod != "twolevel.models.bayes.pymc_model":
+                bad.append(where + " (only models/bayes/pymc_model.py imports PyMC)")
+            if root == "matplotlib" and src != "workflows" and src != "facade":
+                bad.append(where + " (only workflows/ draws plots)")
+            if not m.startswith("twolevel.") or src == "facade":
+                continue
+            if order[_layer(m)] > order[src]:
+                bad.append(where + " (upward: data ← models ← workflows)")
+        if src != "models" or mod.count(".") < 2:
+            continue
+        sub = mod.split(".")[2]
+        for m, line in _imports(f, top_level_only=True):
+            if not m.startswith("twolevel.models.") or m.count(".") < 2:
+                continue
+            tsub = m.split(".")[2]
+            if tsub != sub and MODEL_RANK[tsub] >= MODEL_RANK[sub]:
+                bad.append(f"{f.relative_to(ROOT)}:{line} imports {m} "
+                           f"(models.{sub} may not import models.{tsub} at module level)")
+    assert not bad, "\n".join(bad)
+
+
+def test_layout_limits():
+    """models/ has a few modules directly under it; no module of the package is over ~600 lines;
+    every module opens with a docstring."""
+    direct = [f for f in (ROOT / "models").glob("*.py") if f.name != "__init__.py"]
+    assert len(direct) <= 8, direct
+    long = {str(f.relative_to(ROOT)): n for f in _modules().values()
+            if (n := len(f.read_text().splitlines())) > 620}
+    assert not long, long
+    undocumented = [str(f.relative_to(ROOT)) for f in _modules().values()
+                    if ast.get_docstring(ast.parse(f.read_text())) is None]
+    assert not undocumented, undocumented
+
+
+def test_declared_packages_match_folders():
+    """pyproject.toml lists every package folder (a missing one would be absent from the wheel)."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(cfg["packages"])
+    on_disk = {m for m, f in _modules().items() if f.name == "__init__.py"}
+    assert declared == on_disk
+
+
+# ----------------------------------------------------------------------------- wheel and sdist
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory) -> Path:
+    """``python -m build`` (sdist and wheel) of this checkout, without build isolation (the build
+    backend, setuptools, is a test dependency, so no download is needed)."""
+    out = tmp_path_factory.mktemp("dist")
+    r = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel",
+                        "--outdir", str(out), str(ROOT)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_wheel_has_only_twolevel(dist):
+    (whl,) = dist.glob("twolevel-*.whl")
+    names = zipfile.ZipFile(whl).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"twolevel", f"{whl.name.split('-')[0]}-{whl.name.split('-')[1]}.dist-info"}
+    for must in ("twolevel/__init__.py", "twolevel/__main__.py", "twolevel/data/ecls_k_like.csv",
+                 "twolevel/models/lmm/lmer.py", "twolevel/workflows/lecture/run.py"):
+        assert must in names, must
+    (sdist,) = dist.glob("twolevel-*.tar.gz")
+    import tarfile
+
+    members = tarfile.open(sdist).getnames()
+    assert any(m.endswith("/models/lmm/lmer.py") for m in members)
+    assert any(m.endswith("/data/ecls_k_like.csv") for m in members)
+
+
+def _user_project(tmp: Path) -> Path:
+    """A user's project folder with its own ``models.py`` and ``data/`` (the common layout that
+    used to shadow the package's generic top-level names)."""
+    proj = tmp / "project"
+    (proj / "data").mkdir(parents=True)
+    (proj / "models.py").write_text("MY_MODEL = 'the user owns this module'\n")
+    (proj / "data" / "scores.csv").write_text("y,x\n1,2\n")
+    return proj
+
+
+_SNIPPET = ("import models, twolevel as tl; assert models.MY_MODEL; "
+            f"print(tl.lmer('{LECTURE}', tl.load_data('lecture')).fixef().to_json())")
+
+
+def _check_fixef(stdout: str) -> None:
+    got = json.loads(stdout.strip().splitlines()[-1])
+    assert got["(Intercept)"] == pytest.approx(94.92368755, abs=1e-6)
+    assert got["famsesc"] == pytest.approx(7.65008008, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_wheel_in_fresh_venv_beside_user_models(dist, tmp_path):
+    """The wheel installed into a new virtual environment works from a folder holding the user's
+    own ``models.py`` and ``data/``: ``import twolevel``, ``twolevel fit``, ``python -m twolevel``.
+
+    The new environment gets only the wheel (``--no-deps``); its dependencies come from this
+    environment's site-packages through a ``.pth`` line (no download, and the editable install's
+    finder is not activated there: .pth files are read only in site directories)."""
+    (whl,) = dist.glob("twolevel-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q",
+                        "--no-deps", "--disable-pip-version-check", str(whl)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    proj = _user_project(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([py, "-c", "import twolevel, pathlib; print(twolevel.__file__)"],
+                       cwd=proj, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()).is_relative_to(site), r.stdout  # the wheel's copy, not ours
+    r = subprocess.run([py, "-c", _SNIPPET], cwd=proj, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    _check_fixef(r.stdout)
+    twolevel_cmd = venv / "bin" / "twolevel"
+    r = subprocess.run([twolevel_cmd, "fit", "lecture", LECTURE, "--json"], cwd=proj,
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["fixef"]["famsesc"] == pytest.approx(7.65008008, abs=1e-6)
+    r = subprocess.run([py, "-m", "twolevel", "--help"], cwd=proj, capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0 and "lecture" in r.stdout
+
+
+def test_editable_install_beside_user_models(tmp_path):
+    """The same from the project's own (editable) environment."""
+    proj = _user_project(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", _SNIPPET], cwd=proj, capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    _check_fixef(r.stdout)
+    r = subprocess.run([sys.executable, "-m", "twolevel", "fit", "lecture", LECTURE, "--json"],
+                       cwd=proj, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["fixef"]["(Intercept)"] == pytest.approx(94.92368755, abs=1e-6)
