@@ -304,3 +304,22 @@ def test_per_student_bayes_refused_at_scale(small):
     _, files = small
     with pytest.raises(TwolevelError, match="likelihood='student' needs every row"):
         fit_bayes(FORMULA, files, likelihood="student")
+
+
+def test_parametric_bootstrap_from_statistics(tmp_path, capsys):
+    """--confint boot works without the rows (per-school X_jᵀX_j from the sums) and gives the
+    in-memory intervals for the same seed."""
+    import json
+
+    from twolevel.data.loaders import load_data
+    from twolevel.workflows.cli import main
+
+    path = tmp_path / "sleep.parquet"
+    load_data("sleepstudy").to_parquet(path)
+    out = {}
+    for engine in ("memory", "duckdb"):
+        assert main(["fit", str(path), "Reaction ~ Days + (Days | Subject)", "--confint", "boot",
+                     "--nsim", "40", "--json", "--engine", engine]) == 0
+        out[engine] = json.loads(capsys.readouterr().out)["confint"]
+    for name, (lo, hi) in out["memory"].items():
+        assert out["duckdb"][name] == pytest.approx([lo, hi], rel=1e-4, abs=1e-6), name

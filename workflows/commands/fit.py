@@ -18,7 +18,6 @@ import sys
 import warnings
 from pathlib import Path
 
-from twolevel.data.errors import TwolevelError
 from twolevel.data.loaders import BUILTIN_DATASETS
 from twolevel.models.lmm.lmer import lmer
 from twolevel.workflows import inference
@@ -82,14 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fit, then print the summary or the JSON object; write --ranef if asked."""
     df, engine, opts = resolve_data(args)
-    if engine != "memory" and getattr(args, "confint", None) == "boot":
-        raise TwolevelError(f"--confint boot simulates and refits every row, which --engine "
-                            f"{engine} does not hold; use --confint profile (or wald)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit = lmer(args.formula, df, REML=not args.ml, optimizer=args.optimizer,
                    data_name=data_label(args.data), engine=engine,
-                   **(opts | ({"per_group_x": True} if opts and (args.hlm or args.schools)
+                   **(opts | ({"per_group_x": True}
+                              if opts and (args.hlm or args.schools or args.confint == "boot")
                               else {})))
     with warnings.catch_warnings(record=True) as caught_extra:
         warnings.simplefilter("always")
