@@ -230,3 +230,19 @@ def test_cli_bayes_family_json():
                             "y ~ 1 + x + (1 | g)", "--link", "probit"], capture_output=True,
                            text=True)
         assert r.returncode == 2 and "--link needs --family" in r.stderr
+
+
+def test_family_refuses_statistics_engines(tmp_path):
+    from twolevel.models.bayes.fit import fit_bayes
+
+    d = _sim(J=6)
+    with pytest.raises(TwolevelError, match="family='binomial' is fitted from the rows"):
+        fit_bayes("y ~ x + (1 | g)", d, family="binomial", engine="duckdb")
+    path = tmp_path / "b.csv"
+    d.to_csv(path, index=False)
+    for cmd in (["fit", str(path), "y ~ x + (1 | g)"], ["bayes", str(path), "y ~ x + (1 | g)"],
+                ["anova", str(path), "y ~ 1 + (1 | g)", "y ~ x + (1 | g)"]):
+        r = subprocess.run([sys.executable, "-m", "twolevel", *cmd, "--family", "binomial",
+                            "--engine", "duckdb"], capture_output=True, text=True)
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert "--family binomial is fitted from the rows in memory" in r.stderr

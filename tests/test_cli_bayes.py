@@ -11,7 +11,7 @@ import pytest
 from twolevel.workflows.cli import main
 
 KEYS = ["divergences", "max_rhat", "min_ess_bulk", "min_ess_tail", "wall_seconds", "draws",
-        "chains", "posterior"]
+        "chains", "posterior", "engine", "rows_read"]
 
 
 def _data(tmp_path, J=25, seed=3):

@@ -13,7 +13,7 @@ from twolevel.workflows.cli import main
 
 FIT_KEYS = ["formula", "reml", "nobs", "ngroups", "criterion", "loglik", "aic", "bic", "theta",
             "sigma", "fixef", "se", "df", "t", "p", "varcorr", "singular", "converged",
-            "icc", "icc_unadjusted", "r2_marginal", "r2_conditional"]
+            "icc", "icc_unadjusted", "r2_marginal", "r2_conditional", "engine", "rows_read"]
 SS = "Reaction ~ Days + (Days | Subject)"
 
 

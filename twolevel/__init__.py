@@ -37,6 +37,9 @@ _API: dict[str, str] = {
     "Design": "twolevel.models.design",
     "GroupCrossprods": "twolevel.models.design",
     "center_new_rows": "twolevel.models.design.newdata",
+    "crossprods_from": "twolevel.models.design.sources",
+    "ScaleDesign": "twolevel.models.design.sources",
+    "ScaleError": "twolevel.models.design.sources",
     # the LMM engine
     "lmer": "twolevel.models.lmm.lmer",
     "refit_ml": "twolevel.models.lmm.lmer",

@@ -41,10 +41,17 @@ import xarray as xr
 
 from twolevel.data.errors import TwolevelError
 from twolevel.models.bayes.collapsed import draw_school_effects, school_marginal_loglik
-from twolevel.models.design import Design, GroupCrossprods, group_crossprods, make_design
+from twolevel.models.design import Design, GroupCrossprods
 from twolevel.models.bayes.diagnostics import rhat_ess
 from twolevel.models.bayes.priors import ModelPriors
 from twolevel.models.bayes.sampler import start_kernel_compile
+from twolevel.models.bayes.scale import (
+    bayes_statistics,
+    scale_log_likelihood,
+    school_effect_summary,
+    school_effects_dataset,
+    summarise_school_effects,
+)
 
 __all__ = [
     "BayesFit",
@@ -202,6 +209,10 @@ def school_residual_ss(design: Design, beta: np.ndarray) -> np.ndarray:
     r_jᵀr_j = y_jᵀy_j − 2βᵀX_jᵀy_j + βᵀX_jᵀX_jβ   (per-school sums by ``np.bincount``, as
     :func:`twolevel.models.design.group_crossprods`; then O(S·J·p²)).
     """
+    moments = getattr(design, "group_moments", None)
+    if moments is not None:  # statistics-only design: the per-school sums are already there
+        return (design.yty_groups[None] - 2.0 * beta @ moments.Xty.T
+                + np.einsum("sk,jkl,sl->sj", beta, moments.XtX, beta, optimize=True))
     X, y, g, J, p = design.X, design.y, design.group_index, design.n_groups, design.p
 
     def gsum(w: np.ndarray) -> np.ndarray:
@@ -369,6 +380,9 @@ def fit_bayes(
     family: str = "gaussian",
     link: str | None = None,
     weights=None,
+    engine: str = "auto",
+    memory_limit: str | None = None,
+    scheduler=None,
 ) -> BayesFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) by NUTS and run the diagnostic gate.
 
@@ -383,10 +397,17 @@ def fit_bayes(
     gate does not raise: it warns in plain words and is recorded in ``fit.diagnostics``.
     ``log_likelihood``: which pointwise log-likelihoods to store — ``"both"`` (per student, for
     PSIS-LOO, and per school, for leave-one-school-out), ``"school"`` (per school only: S × J
-    instead of S × n numbers) or ``"none"``.
+    instead of S × n numbers) or ``"none"``. ``engine``/``memory_limit``/``scheduler``: where
+    the per-school statistics are computed (files or a dask collection as ``data``;
+    :mod:`twolevel.models.bayes.scale`).
     """
     if family != "gaussian":
         from twolevel.models.bayes.glmm_fit import fit_bayes_glmm
+
+        if engine not in ("auto", "memory") or not isinstance(data, pd.DataFrame):
+            raise TwolevelError(f"family='{family}' is fitted from the rows of a data frame in "
+                                "memory; engine='duckdb'/'dask' computes per-school statistics "
+                                "for normal outcomes only: load the data with twolevel.load_data")
 
         return fit_bayes_glmm(formula, data, family, link, weights=weights, priors=priors,
                               centering="noncentered" if centering is None else centering,
@@ -399,8 +420,9 @@ def fit_bayes(
     settings = settings or SamplerSettings()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    design = make_design(formula, data)
-    cp = group_crossprods(design)
+    # engine-aware statistics (scale path: twolevel.models.bayes.scale)
+    design, cp = bayes_statistics(formula, data, engine, memory_limit, scheduler)
+    log_likelihood = scale_log_likelihood(design, likelihood, log_likelihood)
     sample_kw = dict(draws=settings.draws, tune=settings.tune, chains=settings.chains,
                      cores=settings.cores, seed=settings.seed,
                      target_accept=settings.target_accept, adaptation=settings.adaptation,
@@ -428,6 +450,10 @@ def fit_bayes(
     t2 = time.perf_counter()
     post = _with_school_effects(dt["posterior"].to_dataset(), design, cp, settings.seed)
     dt["posterior"] = xr.DataTree(post)
+    if summarise_school_effects(design):  # many schools at scale: mean and SD only
+        dt["school_effects"] = xr.DataTree(school_effects_dataset(*school_effect_summary(
+            cp.A, cp.B, cp.c, _draws(post["beta"], "fixed"), cholesky_draws(post, design.q),
+            _draws(post["sigma"])), design))
     timings["school effects"] = time.perf_counter() - t2
     # the diagnostics and the log-likelihoods (NumPy, which releases the GIL) side by side
     t3 = time.perf_counter()
@@ -453,6 +479,8 @@ def _with_school_effects(post: xr.Dataset, design: Design, cp: GroupCrossprods,
     """The posterior with ``b_school`` [school, effect]: drawn from the exact conditional
     (:func:`twolevel.models.bayes.collapsed.draw_school_effects`, seeded by ``[seed, 1]``) when the model
     integrated them out; school and effect coordinates named after the data."""
+    if summarise_school_effects(design):
+        return post.assign_coords(effect=list(design.z_names))
     if "b_school" not in post:
         L = cholesky_draws(post, design.q)
         beta, sigma = _draws(post["beta"], "fixed"), _draws(post["sigma"])

@@ -154,6 +154,9 @@ def default_priors(design: Design) -> ModelPriors:
     scale is ``s_y / sd(x_k)``; constant columns (the intercept) use ``s_y`` and, in ``beta``,
     are centred at ``mean(y)``.
     """
+    moments = getattr(design, "column_moments", None)
+    if moments is not None:  # statistics-only design (engine duckdb/dask)
+        return _default_priors_from_moments(design, moments)
     y = design.y
     s_y = _sd(y)
     mu, sig = [], []
@@ -217,6 +220,31 @@ def default_glmm_priors(design: Design, y: np.ndarray, w: np.ndarray, offset: np
         sd=Prior("Gamma", alpha=2.0, beta=[2.0 / v for v in scale]),
         corr=Prior("LKJ", eta=2.0),
         sigma=None,
+        fixed_names=design.x_names,
+        effect_names=design.z_names,
+    )
+
+
+def _default_priors_from_moments(design, mom: dict) -> ModelPriors:
+    """:func:`default_priors` from each column's (mean, sd) over the rows used (no rows held):
+    a column with sd 0 is constant at its mean."""
+    ybar, s_y = mom["(response)"]
+    s_y = s_y if s_y > 0 and np.isfinite(s_y) else 1.0
+    mu, sig = [], []
+    for name in design.x_names:
+        mean, sd = mom[f"x:{name}"]
+        if sd == 0:
+            mu.append(ybar if mean != 0 else 0.0)
+            sig.append(2.5 * s_y / max(abs(mean), 1e-12))
+        else:
+            mu.append(0.0)
+            sig.append(2.5 * s_y / sd)
+    sd_scale = [s_y if mom[f"z:{n}"][1] == 0 else s_y / mom[f"z:{n}"][1] for n in design.z_names]
+    return ModelPriors(
+        beta=Prior("Normal", mu=mu, sigma=sig),
+        sd=Prior("Gamma", alpha=2.0, beta=[2.0 / v for v in sd_scale]),
+        corr=Prior("LKJ", eta=2.0),
+        sigma=Prior("HalfStudentT", nu=4.0, sigma=s_y),
         fixed_names=design.x_names,
         effect_names=design.z_names,
     )

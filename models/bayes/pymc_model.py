@@ -86,7 +86,13 @@ def reliabilities(design: Design, cp: GroupCrossprods | None = None) -> np.ndarr
     the per-school OLS coefficients b̂_j = A_j⁻¹ Z_jᵀ(y_j − X_j β̂), β̂ the pooled OLS estimate).
     """
     cp = cp or group_crossprods(design)
-    beta = np.linalg.lstsq(design.X, design.y, rcond=None)[0]
+    moments = getattr(design, "group_moments", None)
+    if moments is not None:  # statistics-only design: OLS and per-school RSS from the sums
+        beta = cp.shifted[2]
+        rss_all = (design.yty_groups - 2.0 * moments.Xty @ beta
+                   + np.einsum("k,jkl,l->j", beta, moments.XtX, beta))
+    else:
+        beta = np.linalg.lstsq(design.X, design.y, rcond=None)[0]
     d = cp.c - cp.B @ beta  # Z_jᵀ(y_j − X_jβ̂)
     n_j = design.group_sizes
     q = design.q
@@ -95,8 +101,10 @@ def reliabilities(design: Design, cp: GroupCrossprods | None = None) -> np.ndarr
         return np.zeros(q)
     Ainv = np.linalg.inv(cp.A[ok])
     bhat = np.einsum("jkl,jl->jk", Ainv, d[ok])
-    r = design.y - design.X @ beta
-    rss_j = np.bincount(design.group_index, weights=r * r, minlength=design.n_groups)[ok]
+    if moments is None:
+        r = design.y - design.X @ beta
+        rss_all = np.bincount(design.group_index, weights=r * r, minlength=design.n_groups)
+    rss_j = rss_all[ok]
     rss_j = rss_j - np.einsum("jk,jk->j", bhat, d[ok])
     sigma2 = max(float(rss_j.sum() / (n_j[ok] - q).sum()), 1e-12)
     samp = sigma2 * np.diagonal(Ainv, axis1=1, axis2=2)  # (J, q)

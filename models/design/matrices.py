@@ -171,7 +171,7 @@ class Design:
         pos = self._theta_positions
         if theta.shape != pos.shape:
             raise ValueError(f"theta must have length {pos.shape[0]}, got shape {theta.shape}")
-        q = self.Z.shape[1]
+        q = self.q
         T = np.zeros(q * q)
         T[pos] = theta
         return T.reshape(q, q)

@@ -78,7 +78,13 @@ class R2:
 
 
 def fixed_variance(fit) -> float:
-    """σ²_f = var(Xβ̂), the sample variance (denominator n − 1) of the fixed-part predictions."""
+    """σ²_f = var(Xβ̂), the sample variance (denominator n − 1) of the fixed-part predictions.
+    Without the rows (engines duckdb/dask): (β̂ᵀXᵀXβ̂ − n·(x̄ᵀβ̂)²)/(n − 1) from the sums."""
+    moments = getattr(fit.design, "column_moments", None)
+    if moments is not None:
+        d, b = fit.design, fit.beta
+        mean = float(sum(moments[f"x:{nm}"][0] * bk for nm, bk in zip(d.x_names, b, strict=True)))
+        return float((b @ fit.crossprods.XtX @ b - d.n * mean**2) / (d.n - 1))
     return float(np.var(fit.design.X @ fit.beta, ddof=1))
 
 
@@ -87,10 +93,10 @@ def random_variance(fit) -> tuple[float, tuple[str, ...]]:
     (insight's ``.compute_variance_random``), and notes on what was left out."""
     d = fit.design
     cov = fit.VarCorr().cov
-    X = d.X
+    X = None if getattr(d, "column_moments", None) is not None else d.X  # no rows at scale
     names = list(d.x_names)
     if "(Intercept)" not in names:
-        X = np.column_stack([np.ones(d.n), X])
+        X = None if X is None else np.column_stack([np.ones(d.n), X])
         names = ["(Intercept)", *names]
     notes = []
     keep = [k for k, nm in enumerate(d.z_names) if nm in names]
@@ -102,6 +108,9 @@ def random_variance(fit) -> tuple[float, tuple[str, ...]]:
             "R²; add them as fixed effects"
         )
     S = cov[np.ix_(keep, keep)]
+    if X is None:  # without the rows: Σ_i z_iᵀSz_i = Σ_ab S_ab Σ_j (Z_jᵀZ_j)_ab
+        A = fit.crossprods.A.sum(axis=0)[np.ix_(keep, keep)]
+        return float(np.sum(S * A) / d.n), tuple(notes)
     Zx = X[:, [names.index(d.z_names[k]) for k in keep]]
     return float(np.einsum("ia,ab,ib->", Zx, S, Zx) / d.n), tuple(notes)
 

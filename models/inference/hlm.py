@@ -136,6 +136,9 @@ def coefficient_equations(design: Design) -> list[CoefficientEquation]:
     """Assign every fixed-effect column to the equation of a level-1 coefficient (see module
     docstring): group-constant columns → intercept; z_q·w_j → β_q; otherwise a fixed level-1
     coefficient."""
+    moments = getattr(design, "group_moments", None)
+    if moments is not None:  # statistics-only design (engine duckdb/dask)
+        return _coefficient_equations_from_moments(design, moments)
     X, Z, g, J = design.X, design.Z, design.group_index, design.n_groups
     z_names = design.z_names
     icpt_random = "(Intercept)" in z_names
@@ -161,6 +164,36 @@ def coefficient_equations(design: Design) -> list[CoefficientEquation]:
         if found is None:
             found = CoefficientEquation(name, name, False, np.ones(J), False)
         out.append(found)
+    return out
+
+
+def _coefficient_equations_from_moments(design, m) -> list[CoefficientEquation]:
+    """:func:`coefficient_equations` from per-group sums (no rows): x is constant within group j
+    when Σ(x − x̄_j)² = Σx² − (Σx)²/n_j ≤ 1e-12·Σx², and x = z_q·w_j when
+    Σ(x − z w_j)² = Σx² − (Σxz)²/Σz² ≤ 1e-12·Σx² with w_j = Σxz/Σz² (every group)."""
+    nj = np.maximum(design.group_sizes.astype(float), 1.0)
+    out: list[CoefficientEquation] = []
+    icpt_random = "(Intercept)" in design.z_names
+    J = design.n_groups
+    for k, name in enumerate(design.x_names):
+        sxx = m.XtX[:, k, k]
+        tol = 1e-12 * np.maximum(sxx, 1e-300)
+        mean = m.Xsum[:, k] / nj
+        if np.all(sxx - m.Xsum[:, k] ** 2 / nj <= tol):
+            out.append(CoefficientEquation(name, "(Intercept)", icpt_random, mean,
+                                           not np.allclose(mean, 1.0)))
+            continue
+        found = None
+        for q, zn in enumerate(design.z_names):
+            if zn == "(Intercept)":
+                continue
+            zz = m.Zsq[:, q]
+            xz = m.ZX[:, q, k]
+            w = xz / np.where(zz > 0, zz, 1.0)
+            if np.all(sxx - xz * w <= tol):
+                found = CoefficientEquation(name, zn, True, w, not np.allclose(w, 1.0))
+                break
+        out.append(found or CoefficientEquation(name, name, False, np.ones(J), False))
     return out
 
 
@@ -284,9 +317,14 @@ def cluster_robust_vcov(
     s2 = float(sigma) ** 2
     M = np.matmul(np.matmul(T.T, cp.A), T) + np.eye(q)
     H = np.matmul(np.matmul(T, np.linalg.inv(M)), T.T)
-    e = design.y - design.X @ beta
-    g = design.group_index
-    Xe = np.stack([np.bincount(g, weights=design.X[:, k] * e, minlength=J) for k in range(p)], 1)
+    moments = getattr(design, "group_moments", None)
+    if moments is not None:  # X_jᵀe_j = X_jᵀy_j − X_jᵀX_jβ from per-group sums
+        Xe = moments.Xty - np.einsum("jkl,l->jk", moments.XtX, beta)
+    else:
+        e = design.y - design.X @ beta
+        g = design.group_index
+        Xe = np.stack([np.bincount(g, weights=design.X[:, k] * e, minlength=J)
+                       for k in range(p)], 1)
     Ze = cp.c - np.einsum("jqp,p->jq", cp.B, beta)
     s = (Xe - np.einsum("jqp,jq->jp", cp.B, np.einsum("jab,jb->ja", H, Ze))) / s2
     meat = s.T @ s

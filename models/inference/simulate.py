@@ -129,7 +129,11 @@ class Replicate:
 
 
 def _school_xtx(design: Design) -> np.ndarray:
-    """X_jᵀX_j per school, (J, p, p) (one pass over the rows, once per bootstrap)."""
+    """X_jᵀX_j per school, (J, p, p) (one pass over the rows, once per bootstrap; from the
+    per-school sums when the rows are not held, engines duckdb/dask with ``per_group_x``)."""
+    moments = getattr(design, "group_moments", None)
+    if moments is not None:
+        return moments.XtX
     g, J, X = design.group_index, design.n_groups, design.X
     p = X.shape[1]
     out = np.empty((J, p, p))

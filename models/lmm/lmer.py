@@ -17,6 +17,7 @@ import pandas as pd
 
 from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods, make_design
+from twolevel.models.design.sources import ScaleDesign, choose_engine, crossprods_from
 from twolevel.models.lmm.deviance import criterion, deviance_gradient, make_deviance, pls_state
 from twolevel.models.lmm.optimize import MODES, optimize_theta, refit_ml_theta
 from twolevel.models.lmm.results import LmerFit
@@ -66,8 +67,9 @@ def fit_design(
     cp = crossprods if crossprods is not None else group_crossprods(design)
     check_random_slopes(design, cp)
     fn = make_deviance(design, reml=REML, crossprods=cp)
+    start = design.theta_start(cp) if isinstance(design, ScaleDesign) else design.theta_start()
     opt = optimize_theta(
-        fn, design.theta_start(), design.theta_lower, mode=optimizer,
+        fn, start, design.theta_lower, mode=optimizer,
         gradient=lambda th: deviance_gradient(design, cp, th, REML),
     )
     state = pls_state(cp, design.theta_to_T(opt.theta))
@@ -84,6 +86,12 @@ def lmer(
     REML: bool = True,
     optimizer: str = "lme4",
     data_name: str = "data",
+    engine: str = "auto",
+    memory_limit: str | None = None,
+    threads: int | None = None,
+    scheduler=None,
+    progress: bool = False,
+    per_group_x: bool = False,
 ) -> LmerFit:
     """Fit a two-level linear mixed model by REML (default) or ML, like ``lme4::lmer``.
 
@@ -91,10 +99,19 @@ def lmer(
     ----------
     formula : lme4 formula with one grouping factor, e.g. ``"y ~ 1 + x*w + (1 + x | school)"``;
         ``(1 + x || g)`` for uncorrelated effects.
-    data : a data frame with the columns of the formula.
+    data : a data frame with the columns of the formula; or (engines duckdb/dask) a Parquet/CSV
+        path, glob, directory or list of files, or a ``dask.dataframe``.
     REML : REML (True) or maximum likelihood (False).
     optimizer : "lme4" (lme4's exact optimizer path; default) or "tight".
     data_name : the name printed in ``summary()``'s "Data:" line.
+    engine : where the per-school statistics are computed: "memory" (NumPy, the rows in memory),
+        "duckdb" (SQL over files, bounded memory), "dask" (tasks on a cluster), or "auto"
+        (memory for a frame, duckdb for files, dask for a dask collection or a scheduler); see
+        :mod:`twolevel.models.design.sources`. The fit is the same; at scale, per-student
+        quantities (``fitted``, ``residuals``) are refused with a message.
+    memory_limit, threads : DuckDB's limits (e.g. "4GB").  scheduler : a ``distributed``
+        address or ``Client`` (dask).  progress : DuckDB's progress bar.  per_group_x : also
+        aggregate X_jᵀX_j, X_jᵀy_j per school (HLM statistics at scale need them).
 
     Returns
     -------
@@ -108,10 +125,18 @@ def lmer(
         For lme4's messages: rank-deficient fixed effects dropped, rows with missing values
         removed, singular fit, non-convergence.
     """
-    design = make_design(formula, data)
+    cp = None
+    if choose_engine(data, engine, scheduler) == "memory" and isinstance(data, pd.DataFrame):
+        design = make_design(formula, data)
+    else:
+        design, cp = crossprods_from(formula, data, engine, memory_limit=memory_limit,
+                                     threads=threads, scheduler=scheduler, progress=progress,
+                                     per_group_x=per_group_x)
+        if data_name == "data" and isinstance(design, ScaleDesign):
+            data_name = design.source
     for note in design.notes:
         warnings.warn(note, UserWarning, stacklevel=2)
-    fit = fit_design(design, REML=REML, optimizer=optimizer, data_name=data_name)
+    fit = fit_design(design, REML=REML, optimizer=optimizer, data_name=data_name, crossprods=cp)
     if fit.is_singular():
         warnings.warn(fit.singular_explanation(), UserWarning, stacklevel=2)
     if not fit.converged:

@@ -228,6 +228,9 @@ class LmerFit:
     def data_fingerprint(self) -> str:
         """Hash of the response, the grouping and the row count of the rows used (``anova``
         refuses to compare fits to different data); computed on first use."""
+        fp = getattr(self.design, "stats_fingerprint", None)
+        if fp is not None:  # statistics-only design (engine duckdb/dask): its sums' hash
+            return fp
         h = hashlib.sha1()
         h.update(np.ascontiguousarray(self.design.y))  # the buffers themselves, no bytes copies
         h.update(np.ascontiguousarray(self.design.group_index))
@@ -406,6 +409,16 @@ class LmerFit:
         r = self.design.y - self.fitted()
         return r / self.sigma if scaled else r
 
+    def scaled_residual_quantiles(self) -> tuple[np.ndarray, str]:
+        """Min, 1Q, median, 3Q, max of the scaled residuals (type-7) and a note on how they were
+        obtained ("" in memory; at scale a streaming pass over the rows, see
+        :func:`twolevel.models.design.residual_pass.residual_quantiles`)."""
+        probs = [0, 0.25, 0.5, 0.75, 1.0]
+        rq = getattr(self.design, "residual_quantiles", None)
+        if rq is None:
+            return np.quantile(self.residuals(scaled=True), probs), ""
+        return rq(self.state.beta, self.state.b, self.sigma)
+
     # ------------------------------------------------------------------ singularity
     def is_singular(self, tol: float = SINGULAR_TOL) -> bool:
         """lme4's ``isSingular``: any θ with lower bound 0 (a diagonal of T) below ``tol``."""
@@ -481,8 +494,8 @@ class LmerFit:
             f.append(str(self.nobs - self.npar))
             out.append(print_named(["AIC", "BIC", "logLik", "deviance", "df.resid"], f))
         out.append("")
-        q = np.quantile(self.residuals(scaled=True), [0, 0.25, 0.5, 0.75, 1.0])
-        out.append("Scaled residuals: ")
+        q, how = self.scaled_residual_quantiles()
+        out.append("Scaled residuals: " + how)
         out.append(
             print_named(["Min", "1Q", "Median", "3Q", "Max"], r_format(zapsmall(q, digits + 1), digits))
         )

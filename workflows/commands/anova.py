@@ -15,10 +15,14 @@ import argparse
 import json
 import warnings
 
-from twolevel.data.loaders import load_data
 from twolevel.models.inference.anova import anova
 from twolevel.models.lmm.lmer import lmer
-from twolevel.workflows.commands import add_data_argument
+from twolevel.workflows.commands import (
+    add_data_argument,
+    add_engine_arguments,
+    check_memory_engine_for_family,
+    resolve_data,
+)
 from twolevel.workflows.commands.fit import data_label
 
 
@@ -38,12 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compare two GLMMs fitted like glmer")
     p.add_argument("--link", help="link for --family (logit, probit, cloglog; log)")
     p.add_argument("--nagq", type=int, default=1, help="with --family: 1 = Laplace (default)")
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Fit both models, compare them, print the table or the JSON object."""
-    df = load_data(args.data)
+    check_memory_engine_for_family(args)
+    df, engine, opts = resolve_data(args)
+    check_memory_engine_for_family(args, engine)
     name = data_label(args.data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -53,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
             small, big = (glmer(f, df, family=args.family, link=args.link, nAGQ=args.nagq,
                                 data_name=name) for f in (args.small, args.big))
         else:
-            small = lmer(args.small, df, data_name=name)
-            big = lmer(args.big, df, data_name=name)
+            small = lmer(args.small, df, data_name=name, engine=engine, **opts)
+            big = lmer(args.big, df, data_name=name, engine=engine, **opts)
     res = anova(small, big, names=["small", "big"])
     print(json.dumps(res.to_dict(), indent=2) if args.json else res.summary())
     return 0

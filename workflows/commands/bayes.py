@@ -26,8 +26,13 @@ import warnings
 from pathlib import Path
 
 from twolevel.data.errors import TwolevelError
-from twolevel.data.loaders import load_data
-from twolevel.workflows.commands import add_data_argument
+from twolevel.workflows.commands import (
+    add_data_argument,
+    add_engine_arguments,
+    check_memory_engine_for_family,
+    resolve_data,
+    rows_read,
+)
 from twolevel.workflows.report import atomic_replace_dir
 
 
@@ -59,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="save posterior.nc and summary.txt here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -78,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     _check(args)
-    df = load_data(args.data)
+    check_memory_engine_for_family(args)
+    df, engine, opts = resolve_data(args)
+    check_memory_engine_for_family(args, engine)
     settings = SamplerSettings(chains=args.chains, draws=args.draws, tune=args.tune,
                                seed=args.seed, target_accept=args.target_accept, cores=args.cores)
     with warnings.catch_warnings(record=True) as caught:
@@ -88,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         fit = fit_bayes(args.formula, df, likelihood=args.likelihood, settings=settings,
                         progress=not (args.no_progress or args.json),
                         log_likelihood="school" if args.out else "none",
-                        family=args.family, link=args.link)
+                        family=args.family, link=args.link, engine=engine,
+                        memory_limit=opts.get("memory_limit"), scheduler=opts.get("scheduler"))
     wall = time.perf_counter() - t0
     d = fit.diagnostics
     if args.json:
@@ -97,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             "min_ess_bulk": d.min_ess_bulk, "min_ess_tail": d.min_ess_tail,
             "wall_seconds": wall, "draws": settings.draws, "chains": settings.chains,
             "posterior": fit.posterior_json(),
+            "engine": engine, "rows_read": rows_read(fit, df),
         }, indent=2))
     else:
         print(fit.summary())

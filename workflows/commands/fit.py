@@ -29,13 +29,39 @@ from twolevel.data.errors import TwolevelError
 from twolevel.data.loaders import BUILTIN_DATASETS, load_data
 from twolevel.models.lmm.lmer import lmer
 from twolevel.workflows import inference
-from twolevel.workflows.commands import add_data_argument
+from twolevel.workflows.commands import (
+    add_data_argument,
+    add_engine_arguments,
+    check_memory_engine_for_family,
+    resolve_data,
+    rows_read,
+)
 from twolevel.workflows.commands.ols import write_csv_atomic
 
 
 def data_label(spec: str) -> str:
-    """The name printed on summary()'s "Data:" line: a built-in name, or the file's stem."""
-    return spec if spec in BUILTIN_DATASETS else Path(spec).stem
+    """The name printed on summary()'s "Data:" line: a built-in name, the file's stem, or a glob
+    or folder as given."""
+    if spec in BUILTIN_DATASETS or not Path(spec).is_file():
+        return spec
+    return Path(spec).stem
+
+
+def write_parquet_atomic(frame, path: str) -> None:
+    """Write a frame as Parquet through a temporary file in the same folder (no half files)."""
+    import os
+    import tempfile
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument("--ranef", metavar="CSV",
-                   help="write BLUPs and conditional SDs per group to this CSV file")
+                   help="write BLUPs and conditional SDs per group to this CSV file (a .parquet "
+                   "name writes Parquet with the conditional variances too, for many schools)")
     p.add_argument("--optimizer", choices=("lme4", "tight"), default="lme4",
                    help="lme4: lme4's exact optimizer path (default); tight: then a polish")
     p.add_argument("--family", choices=("binomial", "poisson"),
@@ -61,6 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nagq", type=int, default=1,
                    help="with --family: 1 = Laplace (default), up to 25 = adaptive "
                         "Gauss-Hermite quadrature (single random intercept only)")
+    add_engine_arguments(p)  # --engine, --memory-limit, --scheduler
     inference.add_arguments(p)  # --ddf, --confint, --level, --nsim, --seed, --hlm, --schools
     p.set_defaults(func=run)
 
@@ -116,21 +144,27 @@ def run_glmer(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Fit, then print the summary or the JSON object; write --ranef if asked."""
+    check_memory_engine_for_family(args)
     _glmer_options_check(args)
     if args.family is not None:
         return run_glmer(args)
-    df = load_data(args.data)
+    df, engine, opts = resolve_data(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit = lmer(args.formula, df, REML=not args.ml, optimizer=args.optimizer,
-                   data_name=data_label(args.data))
+                   data_name=data_label(args.data), engine=engine,
+                   **(opts | ({"per_group_x": True}
+                              if opts and (args.hlm or args.schools or args.confint == "boot")
+                              else {})))
     with warnings.catch_warnings(record=True) as caught_extra:
         warnings.simplefilter("always")
         extras = inference.compute(fit, args)  # before any output: errors leave nothing half-done
     caught = list(caught) + list(caught_extra)
     if args.json:
         es = {k: (v if math.isfinite(v) else None) for k, v in fit.effect_sizes().items()}
-        print(json.dumps(fit.to_dict(extras.ddf) | es | extras.json, indent=2))
+        out = fit.to_dict(extras.ddf) | es | extras.json
+        out |= {"engine": engine, "rows_read": rows_read(fit, df)}
+        print(json.dumps(out, indent=2))
         for w in caught_extra:  # lme4's notes on the intervals; stdout holds only the JSON
             print(f"twolevel fit: note: {w.message}", file=sys.stderr)
     else:
@@ -141,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
         for w in caught:
             if str(w.message) not in shown:
                 print(str(w.message))
-    if args.ranef:
+    if args.ranef and args.ranef.lower().endswith(".parquet"):
+        write_parquet_atomic(fit.ranef(cond_var=True).reset_index(), args.ranef)
+    elif args.ranef:
         re = fit.ranef(cond_var=True)
         keep = list(fit.design.z_names) + [f"condsd_{n}" for n in fit.design.z_names]
         write_csv_atomic(re[keep].reset_index(), args.ranef)

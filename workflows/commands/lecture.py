@@ -17,7 +17,6 @@ import argparse
 
 import numpy as np
 import pandas as pd
-
 from twolevel.data.centering import Centering, center
 from twolevel.data.loaders import load_lecture
 from twolevel.models.tables.ols import GroupOLS, group_ols
