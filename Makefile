@@ -11,10 +11,10 @@ demo: setup
 	@$(PY) -m twolevel lecture --out $(OUT)
 
 test: setup
-	@$(PY) -m pytest -q
+	@$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup
-	@$(PY) -m pytest -q -m "not slow"
+	@$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 clean:
 	rm -rf .venv outputs .pytest_cache
