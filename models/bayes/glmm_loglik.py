@@ -107,6 +107,25 @@ def _f_at(code, u, eta0, A, s, n, const, lo, hi, q):
     return f
 
 
+@nb.njit(cache=True)
+def _score_info(code, u, eta0, A, s, n, const, lo, hi, q, g, H):
+    """Score g = Σ_i ℓ'_i a_i − u and information H = Σ_i w_i a_i a_iᵀ + I (lower triangle) of
+    f(u) = Σ_i ℓ_i(η_i0 + a_i·u) − ½|u|² over one school's rows lo..hi."""
+    for a in range(q):
+        g[a] = -u[a]
+        for b in range(q):
+            H[a, b] = 1.0 if a == b else 0.0
+    for r in range(lo, hi):
+        eta = eta0[r]
+        for k in range(q):
+            eta += A[r, k] * u[k]
+        _, d1, w = _ll_row(code, eta, s[r], n[r], const[r])
+        for a in range(q):
+            g[a] += d1 * A[r, a]
+            for b in range(a + 1):
+                H[a, b] += w * A[r, a] * A[r, b]
+
+
 @nb.njit(cache=True, parallel=True)
 def _agq_kernel(code, X, Zs, starts, s, n, const, offset, beta, L, xk, logwk, out):
     S, J = out.shape
@@ -140,19 +159,7 @@ def _agq_kernel(code, X, Zs, starts, s, n, const, offset, beta, L, xk, logwk, ou
                 u[k] = 0.0
             f = _f_at(code, u, eta0, A, s, n, const, lo, hi, q)
             for _ in range(50):  # Fisher scoring with step halving
-                for a in range(q):
-                    g[a] = -u[a]
-                    for b in range(q):
-                        H[a, b] = 1.0 if a == b else 0.0
-                for r in range(lo, hi):
-                    eta = eta0[r]
-                    for k in range(q):
-                        eta += A[r, k] * u[k]
-                    _, d1, w = _ll_row(code, eta, s[r], n[r], const[r])
-                    for a in range(q):
-                        g[a] += d1 * A[r, a]
-                        for b in range(a + 1):
-                            H[a, b] += w * A[r, a] * A[r, b]
+                _score_info(code, u, eta0, A, s, n, const, lo, hi, q, g, H)
                 _chol_small(H, q, Lh)
                 for a in range(q):  # solve Lh Lhᵀ step = g
                     acc = g[a]
@@ -181,17 +188,7 @@ def _agq_kernel(code, X, Zs, starts, s, n, const, offset, beta, L, xk, logwk, ou
                 if mx < 1e-10:
                     break
             # information at the mode, its Cholesky factor Lh (S = Lh⁻ᵀ)
-            for a in range(q):
-                for b in range(q):
-                    H[a, b] = 1.0 if a == b else 0.0
-            for r in range(lo, hi):
-                eta = eta0[r]
-                for k in range(q):
-                    eta += A[r, k] * u[k]
-                _, _, w = _ll_row(code, eta, s[r], n[r], const[r])
-                for a in range(q):
-                    for b in range(a + 1):
-                        H[a, b] += w * A[r, a] * A[r, b]
+            _score_info(code, u, eta0, A, s, n, const, lo, hi, q, g, H)
             _chol_small(H, q, Lh)
             logdetS = 0.0
             for a in range(q):

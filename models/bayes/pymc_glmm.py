@@ -35,10 +35,10 @@ from twolevel.models.bayes.priors import ModelPriors, check_priors  # noqa: E402
 from twolevel.models.bayes.pymc_model import (  # noqa: E402
     RELIABILITY_CUTOFF,
     BuiltModel,
-    _dist,
     _rv,
     _school_effects,
     effect_structure,
+    school_covariance,
 )
 from twolevel.models.design import Design  # noqa: E402
 
@@ -122,17 +122,7 @@ def build_glmm_model(
     }
     with pm.Model(coords=coords) as model:
         beta = _rv("beta", priors.beta, p, dims="fixed")
-        if structure == "lkj":
-            chol, _, sds = pm.LKJCholeskyCov(
-                "chol_cov", n=q, eta=float(priors.corr.param("eta")),
-                sd_dist=_dist(priors.sd, q), compute_corr=True, store_in_trace=False,
-            )
-            pm.Deterministic("sd", sds, dims="effect")
-            corr_mat = chol / sds[:, None]
-            pm.Deterministic("corr", corr_mat @ corr_mat.T, dims=("effect", "effect_b"))
-        else:
-            sds = _rv("sd", priors.sd, q, dims="effect")
-            chol = pt.diag(sds)
+        chol, _ = school_covariance(priors, q, structure)
         b = _school_effects(chol, m, q, J)
         X = pm.Data("X", design.X, dims=("obs", "fixed"))
         Z = pm.Data("Z", design.Z, dims=("obs", "effect"))

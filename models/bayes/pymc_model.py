@@ -249,6 +249,24 @@ def _dist(prior: Prior, size: int):
     return getattr(pm, prior.dist).dist(**kw, shape=size)
 
 
+def school_covariance(priors: ModelPriors, q: int, structure: str):
+    """The school effects' covariance factor (inside a model context): Σ = LLᵀ with
+    L = diag(sd)·chol(corr), ``pm.LKJCholeskyCov("chol_cov", eta, sd_dist=prior.sd)`` and the
+    deterministics ``sd`` [effect] and ``corr`` [effect, effect_b] (structure "lkj"), or
+    L = diag(sd) with ``sd ~ prior.sd`` (structure "diag"). Returns (L, sd)."""
+    if structure == "lkj":
+        chol, _, sds = pm.LKJCholeskyCov(
+            "chol_cov", n=q, eta=float(priors.corr.param("eta")),
+            sd_dist=_dist(priors.sd, q), compute_corr=True, store_in_trace=False,
+        )
+        pm.Deterministic("sd", sds, dims="effect")
+        corr_mat = chol / sds[:, None]
+        pm.Deterministic("corr", corr_mat @ corr_mat.T, dims=("effect", "effect_b"))
+        return chol, sds
+    sds = _rv("sd", priors.sd, q, dims="effect")
+    return pt.diag(sds), sds
+
+
 @dataclass(frozen=True)
 class BuiltModel:
     """A PyMC model with how it was built.
@@ -325,18 +343,10 @@ def build_model(
     with pm.Model(coords=coords) as model:
         beta = _rv("beta", priors.beta, p, dims="fixed")
         sigma = _rv("sigma", priors.sigma)
+        chol, sds = school_covariance(priors, q, structure)
         if structure == "lkj":
-            chol, _, sds = pm.LKJCholeskyCov(
-                "chol_cov", n=q, eta=float(priors.corr.param("eta")),
-                sd_dist=_dist(priors.sd, q), compute_corr=True, store_in_trace=False,
-            )
-            pm.Deterministic("sd", sds, dims="effect")
-            corr_mat = chol / sds[:, None]
-            pm.Deterministic("corr", corr_mat @ corr_mat.T, dims=("effect", "effect_b"))
             L = [[chol[i, j] if j <= i else None for j in range(q)] for i in range(q)]
         else:
-            sds = _rv("sd", priors.sd, q, dims="effect")
-            chol = pt.diag(sds)
             L = [[sds[i] if j == i else None for j in range(q)] for i in range(q)]
 
         if likelihood == "collapsed":
