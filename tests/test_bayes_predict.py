@@ -113,3 +113,42 @@ def test_cli_bayes(tmp_path, data):
     got = pd.read_csv(out)
     assert list(got.columns) == ["x", "w", "g", "fit", "lwr", "upr", "sd"]
     assert got["lwr"].iloc[0] < got["fit"].iloc[0] < got["upr"].iloc[0]
+
+
+def test_mixture_quantile_is_the_root_of_the_mixture_cdf():
+    from scipy import optimize, stats
+
+    from twolevel.models.bayes.predict import mixture_cdf, mixture_quantile
+
+    rng = np.random.default_rng(3)
+    loc = rng.normal(size=(500, 4)) * [0.1, 1.0, 5.0, 0.0]
+    scale = rng.uniform(0.5, 2.0, size=(500, 4)) * [1.0, 1.0, 0.01, 1.0]
+    for p in (0.005, 0.025, 0.5, 0.975):
+        got = mixture_quantile(loc, scale, p)
+        for i in range(4):
+            root = optimize.brentq(lambda y: mixture_cdf(np.array([y]), loc[:, [i]],
+                                                         scale[:, [i]])[0] - p, -50, 50,
+                                   xtol=1e-14)
+            assert got[i] == pytest.approx(root, abs=1e-9)
+    one = mixture_quantile(np.array([[2.0]]), np.array([[3.0]]), 0.975)
+    assert one[0] == pytest.approx(stats.norm.ppf(0.975, 2.0, 3.0), rel=1e-12)
+
+
+def test_summary_methods(bfit):
+    nd = pd.DataFrame({"x": [1.0, 0.5], "w": 0.0, "g": ["s03", "new"]})
+    p = predict_bayes(bfit, nd, allow_new_levels=True, seed=2)
+    pred = p.datatree["predictions"]
+    y = _flat(pred["y"])
+    draws = p.summary(0.9, method="draws")
+    np.testing.assert_allclose(draws["lwr"], np.quantile(y, 0.05, axis=0), rtol=1e-12)
+    mix = p.summary(0.9)
+    # the draws ỹ are draws from the mixture: their quantiles agree within sampling error
+    np.testing.assert_allclose(mix[["lwr", "upr"]], draws[["lwr", "upr"]], atol=0.5)
+    # an existing school's components are N(μ_s, σ_s²); a new school's integrate its effect out
+    sig = _flat(bfit.posterior["sigma"])
+    np.testing.assert_allclose(_flat(pred["pred_scale"])[:, 0], sig, rtol=1e-12)
+    np.testing.assert_allclose(_flat(pred["pred_loc"])[:, 0], _flat(pred["mu"])[:, 0],
+                               rtol=1e-12)
+    assert (_flat(pred["pred_scale"])[:, 1] > sig).all()
+    with pytest.raises(Exception, match="method must be 'mixture' or 'draws', got 'x'"):
+        p.summary(method="x")

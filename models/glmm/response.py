@@ -20,10 +20,11 @@ from scipy import special
 
 from twolevel.data.errors import DataError, FormulaError
 from twolevel.models.design import Design, make_design, parse_formula
-from twolevel.models.design.formula import _matching_paren, _variables
+from twolevel.models.design.formula import _matching_paren, _missing_variables, _variables
+from twolevel.models.design.newdata import NewRows, new_model_matrices
 from twolevel.models.glmm.family import Family
 
-__all__ = ["GlmResponse", "glmer_design"]
+__all__ = ["GlmResponse", "glmer_design", "glmer_new_rows"]
 
 _Y = "glmer_response_"  # the synthetic response column handed to make_design
 _FUNCS = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "log1p": np.log1p, "abs": np.abs,
@@ -329,3 +330,52 @@ def glmer_design(
         ka=np.ascontiguousarray(ka), kb=np.ascontiguousarray(kb),
         kc=np.ascontiguousarray(kc), notes=tuple(notes))
     return design, resp
+
+
+def glmer_new_rows(design: Design, newdata) -> tuple[NewRows, np.ndarray]:
+    """X₀, Z₀, the group index and the offset o₀ of ``newdata`` for a glmer ``design``: the fit's
+    formula without its response, ``offset(...)`` terms evaluated on the new rows, ``I(...)``
+    computed as at fit time, factors and transforms rebuilt by
+    :func:`twolevel.models.design.newdata.new_model_matrices`. The response is not needed.
+
+    Raises DataError naming a column newdata lacks (the offset's inputs included), a missing or
+    non-finite value, an unseen factor level, or a non-finite offset."""
+    nd = newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(newdata)
+    if len(nd) == 0:
+        raise DataError("newdata has no rows")
+    parsed = parse_formula(design.formula)
+    fixed, offsets = _split_offsets(parsed.fixed)
+    fixed = fixed or "1"
+    missing = list(dict.fromkeys(
+        v for e in [fixed, *offsets, *(b.lhs for b in parsed.bars)]
+        for v in _missing_variables(e, nd.columns)))
+    if missing:
+        raise DataError(
+            f"newdata lacks column(s) {', '.join(repr(m) for m in missing)} used by "
+            f"'{design.formula}'; newdata has: {', '.join(map(str, nd.columns))}")
+    icols: dict[str, str] = {}
+    inames: dict[str, str] = {}
+    fixed = _inline_I(fixed, icols, inames)
+    bar_lhs = [_inline_I(b.lhs, icols, inames) for b in parsed.bars]
+    bars = " + ".join(f"({lhs_} {'|' if b.correlated else '||'} {b.group})"
+                      for lhs_, b in zip(bar_lhs, parsed.bars, strict=True))
+    inner = f"{_Y} ~ {fixed}" + (f" + {bars}" if bars else "")
+    back = {v: k for k, v in inames.items()}  # R's I(expr) name -> the computed column
+
+    def rn(names):
+        return tuple(back.get(n, n) for n in names)
+
+    inner_design = dataclasses.replace(
+        design, formula=inner, x_names=rn(design.x_names), z_names=rn(design.z_names),
+        terms=tuple(dataclasses.replace(t, names=rn(t.names)) for t in design.terms))
+    frame = nd.assign(**{c: _eval(e, nd) for c, e in icols.items()})
+    rows = new_model_matrices(inner_design, frame)
+    off = np.zeros(len(nd))
+    for expr in offsets:
+        v = _eval(expr, nd)
+        if not np.isfinite(v).all():
+            raise DataError(f"offset 'offset({expr})' is not finite in newdata "
+                            f"{_first_bad(~np.isfinite(v), v, nd.index)}; give a positive "
+                            "exposure for every row")
+        off += v
+    return rows, off

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from twolevel.data.errors import DataError, TwolevelError
 from twolevel.models.glmm.family import Family
 from twolevel.models.glmm.kernels import row_values_kernel
 from twolevel.models.glmm.laplace import GlmmProblem, PirlsState
@@ -254,15 +255,40 @@ class GlmerFit:
         """μ̃ of the final evaluation (``fitted(fit)``)."""
         return self._rows[:, 0].copy()
 
-    def predict(self, type: str = "link", re_form: str | None = None) -> np.ndarray:
-        """η̃ (``type="link"``, with the offset) or μ̃ (``"response"``) of the fitted rows;
-        ``re_form="NA"`` drops the random effects (Xβ̂ + offset)."""
+    def predict(self, newdata=None, re_form: str | None = None, allow_new_levels: bool = False,
+                type: str = "link") -> np.ndarray:
+        """lme4's ``predict(fit, newdata, re.form, allow.new.levels, type)``: η = Xβ̂ + Zb̃ + o
+        (``type="link"``, the offset included) or μ = g⁻¹(η) (``"response"``). Without
+        ``newdata`` the fitted rows (η̃ of the final PIRLS evaluation); with it, the rows rebuilt
+        by :func:`twolevel.models.glmm.response.glmer_new_rows` (offsets evaluated on newdata).
+        ``re_form="NA"`` (or ``"~0"``) drops the school effects; a school not in the fit gets
+        effect 0 with ``allow_new_levels=True`` and is an error otherwise. No intervals: lme4
+        gives none for glmer either (``twolevel.bootstrap`` refits are the route)."""
+        from twolevel.models.design.newdata import check_new_levels, parse_re_form
+        from twolevel.models.glmm.response import glmer_new_rows
+
         if type not in ("link", "response"):
-            raise ValueError("type must be 'link' or 'response'")
-        if re_form is not None and str(re_form).upper() in ("NA", "~0"):
-            eta = self.problem.resp.offset + self.design.X @ self.beta
+            raise TwolevelError(f"type must be 'link' or 'response', got {type!r}")
+        cond = parse_re_form(re_form)
+        if newdata is None:
+            if cond:
+                eta = self.state.eta.copy()
+            else:
+                eta = self.problem.resp.offset + self.design.X @ self.beta
         else:
-            eta = self.state.eta.copy()
+            nd = newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(newdata)
+            g = self.design.group
+            if cond and g not in nd.columns:
+                raise DataError(f"newdata lacks the grouping column '{g}' needed for "
+                                "re_form=None; add it, or predict at the population level with "
+                                "re_form='NA'")
+            rows, off = glmer_new_rows(self.design, nd)
+            eta = rows.X @ self.beta + off
+            if cond:
+                check_new_levels(rows, allow_new_levels, g)
+                known = rows.group_index >= 0
+                eta[known] += np.einsum("mq,mq->m", rows.Z[known],
+                                        self.b[rows.group_index[known]])
         return eta if type == "link" else self.family.linkinv(eta)
 
     def residuals(self, type: str = "deviance") -> np.ndarray:

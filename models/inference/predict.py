@@ -141,12 +141,15 @@ def predict(
     *,
     nsim: int = 1000,
     seed: int = 1,
+    type: str | None = None,
 ):
     """lme4's ``predict(fit, newdata, re.form, allow.new.levels)`` with optional intervals.
+    A glmer fit goes to :meth:`~twolevel.models.glmm.results.GlmerFit.predict` with ``type``
+    ("link", the default, or "response"); it has no intervals.
 
     Parameters
     ----------
-    fit : an :class:`~twolevel.models.lmm.results.LmerFit`.
+    fit : an :class:`~twolevel.models.lmm.results.LmerFit` (or a glmer fit: see above).
     newdata : data frame of new rows (the columns of the formula, and the school column unless
         ``re_form`` is population level); None for the fitted rows.
     re_form : None (condition on the BLUPs), "NA" / "~0" (population level), or a formula
@@ -155,6 +158,7 @@ def predict(
     interval : None, "confidence", "prediction" or "bootstrap" (see the module docstring).
     level : coverage of the intervals.
     nsim, seed : bootstrap replicates and seed (``interval="bootstrap"`` only).
+    type : "link" or "response" (identical for lmer; for glmer η or g⁻¹(η)).
 
     Returns
     -------
@@ -162,6 +166,14 @@ def predict(
     ``fit``, ``se`` (the standard deviation behind the interval; NaN for "bootstrap"), ``lwr``,
     ``upr``, index as newdata's.
     """
+    if hasattr(fit, "family"):  # a GlmerFit
+        if interval is not None:
+            raise TwolevelError(
+                f"interval={interval!r} is not available for glmer fits (lme4 gives none either); "
+                "use twolevel.bootstrap(fit, nsim) refits for the uncertainty of predictions")
+        return fit.predict(newdata, re_form, allow_new_levels, type=type or "link")
+    if type not in (None, "link", "response"):
+        raise TwolevelError(f"type must be 'link' or 'response', got {type!r}")
     d = fit.design
     mask = re_form_mask(d, re_form)
     cond = bool(mask.any())

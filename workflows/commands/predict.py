@@ -8,7 +8,8 @@ Bayes). REML predictions are lme4's ``predict`` (``--re-form NA`` for the popula
 score; ``bootstrap`` is a parametric-bootstrap prediction interval that also carries the
 uncertainty of the variance components (``--nsim``, ``--seed``). With ``--bayes`` the interval
 is the equal-tailed posterior predictive interval (new schools' effects drawn from N(0, T) per
-draw). All intervals at ``--level`` (default 0.95).
+draw; the quantiles of the posterior predictive mixture, ``BayesPredictions.summary``). All
+intervals at ``--level`` (default 0.95).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
         settings = SamplerSettings(chains=args.chains, draws=args.draws, tune=args.tune,
                                    seed=args.seed)
-        fit = fit_bayes(args.formula, df, settings=settings, progress=False)
+        fit = fit_bayes(args.formula, df, settings=settings, progress=False,
+                        log_likelihood="none")
         res = predict_bayes(fit, nd, re_form=args.re_form, allow_new_levels=args.allow_new_levels,
                             seed=args.seed).summary(args.level)
         cols = {"fit": res["fit"], "lwr": res["lwr"], "upr": res["upr"], "sd": res["sd"]}
