@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     print(f"{'student in':32s} {'coverage':>9s} {'MC SE':>8s}")
     for k, v in cov.items():
         v = np.asarray(v)
-        print(f"{k:32s} {v.mean():9.4f} {v.std(ddof=1) / np.sqrt(v.size):8.5f}")
+        print(f"{k:32s} {v.mean():9.5f} {v.std(ddof=1) / np.sqrt(v.size):8.5f}")
     if args.bayes > 0:
         bayes_coverage(design, X0, schools, args)
     if args.few_schools > 0:
@@ -193,6 +193,7 @@ def bayes_coverage(design, X0, schools, args) -> None:
     methods = ("mixture", "draws")
     cov = {(m, k): [] for m in methods
            for k in ["new school"] + [f"existing ({k})" for k in schools]}
+    vratio = []  # the new school's posterior predictive variance over the true one
     t0 = time.perf_counter()
     for k in range(args.bayes):
         b = rng.standard_normal((design.n_groups, 2)) @ np.linalg.cholesky(Tcov).T
@@ -205,6 +206,10 @@ def bayes_coverage(design, X0, schools, args) -> None:
                             settings=SamplerSettings(chains=2, draws=args.draws,
                                                      tune=args.draws, seed=args.seed + k))
         pred = predict_bayes(fit, nd, allow_new_levels=True, seed=k)
+        pp = pred.datatree["predictions"]
+        loc0 = pp["pred_loc"].isel(pred=0).to_numpy().ravel()
+        sc0 = pp["pred_scale"].isel(pred=0).to_numpy().ravel()
+        vratio.append((np.mean(sc0**2) + np.var(loc0)) / s_new**2)
         for method in methods:
             s = pred.summary(0.95, method=method)
             lo, hi = s["lwr"].to_numpy(), s["upr"].to_numpy()
@@ -216,10 +221,13 @@ def bayes_coverage(design, X0, schools, args) -> None:
                     stats.norm.cdf((hi[i] - truth) / sigma) - stats.norm.cdf((lo[i] - truth) / sigma))
     print(f"Bayes (NUTS, collapsed, 2 x {args.draws} draws): {args.bayes} data sets, "
           f"{time.perf_counter() - t0:.0f} s; interval = summary(method=...)")
+    vr = np.asarray(vratio)
+    print(f"new school: posterior predictive variance / true variance, mean {vr.mean():.5f} "
+          f"(MC SE {vr.std(ddof=1) / np.sqrt(vr.size):.5f})")
     for (method, k), v in cov.items():
         v = np.asarray(v)
         se = v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else float("nan")
-        print(f"{k + ', ' + method:32s} {v.mean():9.4f} {se:8.5f}")
+        print(f"{k + ', ' + method:32s} {v.mean():9.5f} {se:8.5f}")
 
 if __name__ == "__main__":
     sys.exit(main())
