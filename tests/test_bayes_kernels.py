@@ -100,27 +100,31 @@ def test_logp_on_hsb_equals_pymc(hsb):
                                n_points=3)
 
 
-def test_expand_gives_pymc_deterministics(data):
-    """σ, the packed factor, the SDs and the correlation matrix from x, as the PyMC model has them."""
-    d = make_design(FORMULAS[2], data)
+@pytest.mark.parametrize("k", range(len(FORMULAS)))
+def test_expand_draws_gives_pymc_deterministics(data, k):
+    """σ, the packed factor, the SDs and the correlation matrix from x, as the PyMC model has
+    them, for a stack of draws at once."""
+    d = make_design(FORMULAS[k], data)
     cp = group_crossprods(d)
     built = build_model(d, likelihood="collapsed", crossprods=cp)
     model = built.model
-    names, shapes = sampler.expand_names(d.q, d.p, "lkj")
+    structure = sampler.effect_structure(d)
+    names, shapes = sampler.expand_names(d.q, d.p, structure)
     assert names == [v.name for v in model.unobserved_value_vars]
-    x = sampler.support_point(built.priors, d.q, d.p, "lkj")
-    x = x + np.linspace(-0.8, 0.9, x.size)
-    out = np.empty(sum(int(np.prod(s, dtype=int)) for s in shapes))
-    kernels.expand(x, sampler.pack_data(cp, d.n, built.priors, "lkj"), out)
-    point, o = {}, 0
-    for v, sh in zip(model.value_vars, shapes, strict=False):
-        size = int(np.prod(sh, dtype=int))
-        point[v.name] = x[o:o + size].reshape(sh)
-        o += size
+    x0 = sampler.support_point(built.priors, d.q, d.p, structure)
+    xs = np.stack([x0 + np.linspace(-0.8, 0.9, x0.size) * (k + 1) / 3 for k in range(3)])
+    got = sampler.expand_draws(xs.reshape(1, 3, -1), d.q, d.p, structure)
     fn = model.compile_fn(model.unobserved_value_vars, inputs=model.value_vars,
                           on_unused_input="ignore", mode="FAST_COMPILE")
-    want = np.concatenate([np.ravel(v) for v in fn(point)])
-    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-14)
+    for i, x in enumerate(xs):
+        point, o = {}, 0
+        for v, sh in zip(model.value_vars, shapes, strict=False):
+            size = int(np.prod(sh, dtype=int))
+            point[v.name] = x[o:o + size].reshape(sh)
+            o += size
+        want = dict(zip(names, fn(point), strict=True))
+        for name in got:
+            np.testing.assert_allclose(got[name][0, i], want[name], rtol=1e-12, atol=1e-14)
 
 
 def test_unsupported_prior_family_is_refused(data):
@@ -155,11 +159,51 @@ def test_compiled_sampler_returns_the_pymc_models_layout(data):
                 assert list(a[dim].to_numpy()) == list(b[dim].to_numpy())
     assert set(ours["sample_stats"].to_dataset().data_vars) == set(
         ref["sample_stats"].to_dataset().data_vars)
+    for grp in ("sample_stats", "warmup_sample_stats"):
+        a, b = ours[grp].to_dataset(), ref[grp].to_dataset()
+        for v in b.data_vars:
+            assert a[v].dims == b[v].dims and a[v].dtype == b[v].dtype, v
     pa, pb = ours["posterior"].to_dataset(), ref["posterior"].to_dataset()
     for v in ("beta", "sigma"):
         m1, m2 = pa[v].mean(("chain", "draw")), pb[v].mean(("chain", "draw"))
         sd = pb[v].std(("chain", "draw"))
         assert np.all(np.abs(m1 - m2) < 0.5 * sd), v
+
+
+@pytest.mark.slow
+def test_driver_draws_are_nutpies_own(data):
+    """run_nuts (nutpie's Rust extension driven directly) gives bitwise the draws and sample
+    statistics of nutpie.sample on the same callbacks, settings and seed: the reference."""
+    import nutpie
+    from nutpie.compile_pymc import CompiledPyMCModel
+
+    d = make_design(FORMULAS[1], data)
+    cp = group_crossprods(d)
+    model, _, _ = sampler.compile_collapsed(d, cp)
+    kw = dict(draws=100, tune=100, chains=2, seed=11, target_accept=0.9)
+    lib = sampler.nutpie_lib()
+    assert lib is nutpie._lib
+    settings = sampler.nuts_settings(lib, adaptation="low_rank", **kw)
+    draws, stats = sampler.run_nuts(model, settings, 2, False, lib)
+    ours = sampler.trace_to_datatree(draws, stats, model, settings.as_dict()["settings"])
+    ref_model = CompiledPyMCModel(
+        _n_dim=model.n_dim, dims={"x": ("unconstrained_parameter",)}, _coords=model.coords,
+        _shapes={"x": (model.n_dim,)}, compiled_logp_func=kernels.logp_cfunc(2),
+        compiled_expand_func=kernels.copy_cfunc(), initial_point_func=model.initial_point,
+        shared_data={}, shared_var_keys={}, user_data=model.data, n_expanded=model.n_dim,
+        shape_info=(["x"], [slice(0, model.n_dim)], [(model.n_dim,)]), logp_func=None,
+        expand_func=None, reparameterized_names=[])
+    ref = nutpie.sample(ref_model, cores=2, progress_bar=False, adaptation="low_rank", **kw)
+    x = ref["posterior"]["x"].to_numpy()
+    want = sampler.expand_draws(x, model.q, model.p, model.structure)
+    for name, v in want.items():
+        np.testing.assert_array_equal(ours["posterior"][name].to_numpy(), v)
+    a, b = ours["sample_stats"].to_dataset(), ref["sample_stats"].to_dataset()
+    assert set(a.data_vars) == set(b.data_vars)
+    for v in ("diverging", "energy", "n_steps", "step_size", "logp", "tuning"):
+        np.testing.assert_array_equal(a[v].to_numpy(), b[v].to_numpy())
+    wa = ours["warmup_posterior"]["sigma"].to_numpy()
+    np.testing.assert_array_equal(wa, np.exp(ref["warmup_posterior"]["x"].to_numpy()[..., d.p]))
 
 
 @pytest.mark.slow

@@ -33,10 +33,11 @@ def _split_chains(r: np.ndarray) -> np.ndarray:
     return np.concatenate([r[:, :, :half], r[:, :, r.shape[2] - half:]], axis=1)
 
 
-def _scores(rows: np.ndarray, table: np.ndarray) -> np.ndarray:
+def _scores(rows: np.ndarray, table: np.ndarray, keep_sorted: bool = False):
     """Normal scores table[2·rank] of the average ranks within each row (K, N), in the rows' own
     order: position i of a sorted row has rank i + 1, except a run i … j of equal values, which
-    shares the rank (i + j)/2 + 1 (runs are rare: found from the adjacent equal pairs)."""
+    shares the rank (i + j)/2 + 1 (runs are rare: found from the adjacent equal pairs). With
+    ``keep_sorted`` also the sorted rows."""
     K, N = rows.shape
     order = np.argsort(rows, axis=1)
     sv = np.take_along_axis(rows, order, axis=1)
@@ -50,19 +51,41 @@ def _scores(rows: np.ndarray, table: np.ndarray) -> np.ndarray:
             sorted_scores[r, i:j + 1] = table[i + j + 2]
     out = np.empty_like(rows)
     np.put_along_axis(out, order, sorted_scores, axis=1)
-    return out
+    return (out, sv) if keep_sorted else out
 
 
 def _z_scales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Blom's normal scores Φ⁻¹((r − 3/8) / (N + 1/4)) of the pooled average ranks r of each row
     of s (K, M, n), N = M·n, and of its folded values (as ArviZ's ``_z_scale`` and ``_z_fold``).
     Ranks are multiples of ½, so Φ⁻¹ is tabulated once at the 2N + 1 possible values."""
+    z, zf, _ = _z_scales_sorted(s)
+    return z, zf
+
+
+def _z_scales_sorted(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_z_scales` and the sorted pooled rows (K, N) (one sort gives the ranks, the median
+    for the folding and, in :func:`_rhat_ess_rows`, the tail quantiles)."""
     K, M, n = s.shape
     N = M * n
     rows = s.reshape(K, N)
     table = special.ndtri((np.arange(2 * N + 1) / 2.0 - 0.375) / (N + 0.25))
-    folded = np.abs(rows - np.median(rows, axis=1, keepdims=True))
-    return (_scores(rows, table).reshape(K, M, n), _scores(folded, table).reshape(K, M, n))
+    z, sv = _scores(rows, table, keep_sorted=True)
+    h = N // 2
+    med = sv[:, h] if N % 2 else (sv[:, h - 1] + sv[:, h]) / 2.0  # np.median's value
+    folded = np.abs(rows - med[:, None])
+    return z.reshape(K, M, n), _scores(folded, table).reshape(K, M, n), sv
+
+
+def _sorted_quantile(sv: np.ndarray, prob: float) -> np.ndarray:
+    """np.quantile(row, prob) (linear interpolation, NumPy's lerp) of each sorted row of sv."""
+    N = sv.shape[1]
+    virtual = prob * (N - 1)
+    lo = int(np.floor(virtual))
+    hi = min(lo + 1, N - 1)
+    t = virtual - lo
+    a, b = sv[:, lo], sv[:, hi]
+    diff = b - a
+    return b - diff * (1.0 - t) if t >= 0.5 else a + diff * t
 
 
 def _rhat(x: np.ndarray) -> np.ndarray:
@@ -144,13 +167,15 @@ def _ess(x: np.ndarray) -> np.ndarray:
     return np.where(const, float(M * n), ess)
 
 
-def _ess_tail_rows(rows: np.ndarray, prob: float) -> np.ndarray:
+def _ess_tail_rows(rows: np.ndarray, prob: float, sv: np.ndarray | None = None) -> np.ndarray:
     """Tail ESS of rows (K, chains, draws): the smaller ESS of the indicators v ≤ q_{1−prob}
-    and v ≤ q_prob (pooled quantiles of each row, NumPy's linear interpolation), split chains."""
+    and v ≤ q_prob (pooled quantiles of each row, NumPy's linear interpolation), split chains.
+    ``sv``: the rows' pooled values already sorted (K, chains·draws), if at hand."""
     K = rows.shape[0]
     out = None
     for pr in sorted((prob, 1 - prob)):
-        qv = np.quantile(rows.reshape(K, -1), pr, axis=1)
+        qv = (np.quantile(rows.reshape(K, -1), pr, axis=1) if sv is None
+              else _sorted_quantile(sv, pr))
         e = _ess(_split_chains((rows <= qv[:, None, None]).astype(float)))
         out = e if out is None else np.minimum(out, e)
     return out
@@ -180,8 +205,10 @@ def ess_tail(x: np.ndarray, prob: float = TAIL_PROB) -> np.ndarray:
 
 def _rhat_ess_rows(rows: np.ndarray) -> np.ndarray:
     """(3, K) R̂, bulk ESS and tail ESS of rows (K, chains, draws); the ranks computed once."""
-    z, zf = _z_scales(_split_chains(rows))
-    return np.stack([np.maximum(_rhat(z), _rhat(zf)), _ess(z), _ess_tail_rows(rows, TAIL_PROB)])
+    z, zf, sv = _z_scales_sorted(_split_chains(rows))
+    # an even number of draws: the split chains pool the same values as the chains
+    tail = _ess_tail_rows(rows, TAIL_PROB, sv if rows.shape[2] % 2 == 0 else None)
+    return np.stack([np.maximum(_rhat(z), _rhat(zf)), _ess(z), tail])
 
 
 def rhat_ess(arr: np.ndarray, threads: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ compiled by numba with ``cache=True`` and takes one flat float64 array ``data``
 cross-products) instead of closing over
 the model, so the machine code is generic: compiled once per installation, then loaded from
 ``__pycache__`` (or ``NUMBA_CACHE_DIR``) by every later process, whatever the data, formula or
-priors. :func:`logp_cfunc` and :func:`expand_cfunc` give C callbacks with nutpie's signatures:
+priors. :func:`logp_cfunc` and :func:`copy_cfunc` give C callbacks with nutpie's signatures:
 nutpie's Rust NUTS calls them from its own threads without the GIL
 (:mod:`twolevel.models.bayes.sampler`).
 
@@ -38,7 +38,7 @@ import numba
 import numpy as np
 from numba import types
 
-__all__ = ["HEADER", "LKJ", "DIAG", "LOCATION_CODES", "POSITIVE_CODES", "expand", "expand_cfunc",
+__all__ = ["HEADER", "LKJ", "DIAG", "LOCATION_CODES", "POSITIVE_CODES", "copy_cfunc",
            "logp_and_grad", "logp_cfunc", "logp_grad", "logp_grad_general", "logp_grad_q2"]
 
 # header of the packed data vector
@@ -402,51 +402,6 @@ def logp_and_grad(x: np.ndarray, data: np.ndarray) -> tuple[float, np.ndarray]:
     return float(logp_grad(x, grad, data)), grad
 
 
-@numba.njit(cache=True, nogil=True)
-def expand(x, data, out):
-    """x → the expanded draw of :func:`twolevel.models.bayes.sampler.expand_names`: x itself, σ,
-    then (LKJ) the packed factor, the SDs (row norms of L) and the correlation matrix (L/sd)(L/sd)ᵀ, or (diag) the SDs."""
-    q, p = int(data[_Q]), int(data[_P])
-    struct = int(data[_STRUCT])
-    nx = x.shape[0]
-    for i in range(nx):
-        out[i] = x[i]
-    k = nx
-    out[k] = math.exp(x[p])
-    k += 1
-    L = np.zeros((q, q))  # lower: LKJ packed rows with exp on the diagonal, or diag(exp)
-    m = p + 1
-    if struct == 0:
-        for i in range(q):
-            for j in range(i + 1):
-                L[i, j] = math.exp(x[m]) if i == j else x[m]
-                m += 1
-    else:
-        for i in range(q):
-            L[i, i] = math.exp(x[m + i])
-    if struct == 0:
-        for i in range(q):
-            for j in range(i + 1):
-                out[k] = L[i, j]
-                k += 1
-    sd = np.empty(q)
-    for i in range(q):
-        ss = 0.0
-        for j in range(i + 1):
-            ss += L[i, j] * L[i, j]
-        sd[i] = math.sqrt(ss)
-        out[k] = sd[i]
-        k += 1
-    if struct == 0:
-        for a in range(q):
-            for b in range(q):
-                s = 0.0
-                for j in range(min(a, b) + 1):
-                    s += L[a, j] * L[b, j]
-                out[k] = s / (sd[a] * sd[b])
-                k += 1
-
-
 _LOGP_SIG = types.int64(types.uint64, types.CPointer(types.double), types.CPointer(types.double),
                         types.CPointer(types.double), types.voidptr)
 _EXPAND_SIG = types.int64(types.uint64, types.uint64, types.CPointer(types.double),
@@ -489,15 +444,13 @@ def _logp_c_general(dim, x_, grad_, logp_, user_data):
     return 0
 
 
-def _expand_c(dim, n_expanded, x_, out_, user_data):
-    """nutpie's expand callback (:func:`expand`)."""
-    head = numba.carray(user_data, (HEADER,), np.float64)  # the packed data (pack_data)
-    q, p, J = int(head[_Q]), int(head[_P]), int(head[_J])
-    size = HEADER + 3 * p + 2 + 2 * q + J * q * (q + p + 1) + p * p + p + 1
-    data = numba.carray(user_data, (size,), np.float64)
+def _copy_c(dim, n_expanded, x_, out_, user_data):
+    """nutpie's expand callback: the draw x itself (the model's variables are computed from all
+    draws afterwards, :func:`twolevel.models.bayes.sampler.expand_draws`)."""
     x = numba.carray(x_, (dim,))
     out = numba.carray(out_, (n_expanded,))
-    expand(x, data, out)
+    for i in range(dim):
+        out[i] = x[i]
     return 0
 
 
@@ -514,8 +467,8 @@ def logp_cfunc(q: int):
     return _CFUNCS[key]
 
 
-def expand_cfunc():
-    """The compiled C expand callback (created or loaded on first use)."""
-    if "expand" not in _CFUNCS:
-        _CFUNCS["expand"] = numba.cfunc(_EXPAND_SIG, cache=True, nogil=True)(_expand_c)
-    return _CFUNCS["expand"]
+def copy_cfunc():
+    """The compiled C expand callback that copies x (created or loaded on first use)."""
+    if "copy" not in _CFUNCS:
+        _CFUNCS["copy"] = numba.cfunc(_EXPAND_SIG, cache=True, nogil=True)(_copy_c)
+    return _CFUNCS["copy"]

@@ -13,26 +13,44 @@ The draws come out as from ``nutpie.sample(nutpie.compile_pymc_model(model))`` o
 PyMC model: the same variables (``beta``, ``sigma``, ``chol_cov``, ``sd``, ``corr``), dimensions,
 ``sample_stats`` and ``warmup_*`` groups; initial points are PyMC's support point jittered by
 U(−1, 1) in the unconstrained space, as nutpie does.
+
+Two things differ from ``nutpie.sample`` in how, not in what (both measured on the lecture model,
+4 × 2,000 iterations, 2 cores; tests check them against nutpie's own route):
+
+* **The driver** (:func:`run_nuts`) talks to nutpie's Rust extension ``nutpie._lib`` directly,
+  with the calls ``nutpie.sample`` makes (settings, ``PyMcModel``, ``PySampler.from_pymc``, the
+  Arrow trace), and converts the trace itself (:func:`trace_to_datatree`). Importing nutpie's
+  Python package imports ArviZ and matplotlib: 1.2 s per process, plus 0.4 s of interpreter
+  teardown, a quarter of a whole warm fit. The draws are bitwise those of ``nutpie.sample``.
+* **The expand callback** only copies x; σ, the packed factor, the SDs and the correlations are
+  computed afterwards for all draws at once in NumPy (:func:`expand_draws`). The compiled expand
+  callback cost 1.6 s of numba compilation on a fresh installation, for a few µs per draw.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import json
+import importlib.util
 import math
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models.bayes import kernels
 from twolevel.models.bayes.priors import ModelPriors, check_priors, default_priors
 from twolevel.models.design import Design, GroupCrossprods
 
-__all__ = ["ADAPTATIONS", "compile_collapsed", "compile_kernels", "effect_structure",
-           "expand_names", "pack_data", "sample_collapsed", "start_kernel_compile",
-           "support_point", "wait_kernel_compile"]
+__all__ = ["ADAPTATIONS", "CollapsedModel", "compile_collapsed", "compile_kernels",
+           "effect_structure", "expand_draws", "expand_names", "nutpie_lib", "pack_data",
+           "run_nuts", "sample_collapsed", "start_kernel_compile", "support_point",
+           "trace_to_datatree", "wait_kernel_compile"]
 
 ADAPTATIONS = ("low_rank", "diag", "draw_diag")
 LOG2PI = math.log(2.0 * math.pi)
@@ -205,7 +223,7 @@ def start_kernel_compile(q: int) -> None:
     if key in _PENDING or _kernels_cached(q):
         return
     code = (f"from twolevel.models.bayes import kernels; kernels.logp_cfunc({int(q)}); "
-            "kernels.expand_cfunc()")
+            "kernels.copy_cfunc()")
     try:
         _PENDING[key] = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -225,12 +243,196 @@ def wait_kernel_compile(q: int, timeout: float = 600.0) -> None:
             proc.wait()
 
 
-def compile_collapsed(design: Design, cp: GroupCrossprods, priors: ModelPriors | None = None):
-    """nutpie's ``CompiledPyMCModel`` for the collapsed model of ``design`` with the callbacks of
-    :mod:`twolevel.models.bayes.kernels` (nothing is compiled here). Returns
-    ``(compiled, priors, structure)``."""
-    from nutpie.compile_pymc import CompiledPyMCModel
+def expand_draws(x: np.ndarray, q: int, p: int, structure: str) -> dict[str, np.ndarray]:
+    """The model's variables from unconstrained draws x (..., n_dim), as PyMC's model computes
+    them (:func:`expand_names`): ``beta`` = x[:p], ``sigma`` = exp x[p]; LKJ: the packed factor
+    ``chol_cov`` (rows of L with exp on the diagonal), ``sd`` = the row norms of L and
+    ``corr`` = (L/sd)(L/sd)ᵀ; independent effects: ``sd`` = exp x[p+1:]."""
+    x = np.asarray(x, dtype=float)
+    lead = x.shape[:-1]
+    out = {"beta": x[..., :p].copy(), "sigma": np.exp(x[..., p])}
+    if structure != "lkj":
+        out["sd"] = np.exp(x[..., p + 1:p + 1 + q])
+        return out
+    rows, cols = np.tril_indices(q)
+    packed = x[..., p + 1:p + 1 + rows.size].copy()
+    diag = rows == cols
+    packed[..., diag] = np.exp(packed[..., diag])
+    L = np.zeros((*lead, q, q))
+    L[..., rows, cols] = packed
+    sd = np.sqrt(np.einsum("...ij,...ij->...i", L, L))
+    Ls = L / sd[..., :, None]
+    out.update(chol_cov=packed, sd=sd, corr=np.einsum("...ik,...jk->...ij", Ls, Ls))
+    return out
 
+
+def nutpie_lib():
+    """nutpie's Rust extension ``nutpie._lib``, loaded without executing nutpie's Python package
+    (whose ``__init__`` imports ArviZ and matplotlib: module docstring). The same module object
+    as ``nutpie._lib`` if nutpie was, or is later, imported."""
+    mod = sys.modules.get("nutpie._lib")
+    if mod is not None:
+        return mod
+    spec = importlib.util.find_spec("nutpie")
+    if spec is None or not spec.submodule_search_locations:
+        raise TwolevelError("nutpie is not installed; install it (pip install nutpie) to sample")
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(list(spec.submodule_search_locations)[0], "_lib" + suffix)
+        if os.path.exists(path):
+            break
+    else:  # an unusual layout: import the package as usual
+        import nutpie
+
+        return nutpie._lib
+    lspec = importlib.util.spec_from_file_location("nutpie._lib", path)
+    mod = importlib.util.module_from_spec(lspec)
+    sys.modules["nutpie._lib"] = mod
+    try:
+        lspec.loader.exec_module(mod)
+    except BaseException:
+        sys.modules.pop("nutpie._lib", None)
+        raise
+    return mod
+
+
+# the sample_stats nutpie.sample leaves out unless a setting asks for them (nutpie 0.16)
+_STAT_SKIPS = {
+    "store_gradient": ("gradient",),
+    "store_unconstrained": ("unconstrained_draw",),
+    "adapt_options.mass_matrix_options.store_mass_matrix": (
+        "mass_matrix_inv", "mass_matrix_eigvals", "mass_matrix_stds"),
+    "store_divergences": ("divergence_start", "divergence_end", "divergence_momentum",
+                          "divergence_start_gradient"),
+    "store_transformed": ("transformed_position", "transformed_gradient", "transformation_mu"),
+}
+
+
+def _skipped_stats(settings: dict) -> set[str]:
+    out: set[str] = set()
+    for key, names in _STAT_SKIPS.items():
+        node = settings
+        for part in key.split("."):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if not node:
+            out.update(names)
+    return out
+
+
+def _column(batch, name: str) -> tuple[np.ndarray, tuple[str, ...], tuple[int, ...]]:
+    """One Arrow column as (rows, *shape) NumPy values, nulls as NaN / None / 0 (nutpie's
+    ``_add_arrow_data``), with its ``dims`` and ``shape`` metadata."""
+    import pyarrow
+
+    field = batch.schema.field(name)
+    meta = field.metadata or {}
+    dims = tuple(meta[b"dims"].decode().split(",")) if meta.get(b"dims") else ()
+    shape = tuple(int(v) for v in meta[b"shape"].decode().split(",")) if meta.get(b"shape") \
+        else ()
+    col = pyarrow.array(batch.column(name))
+    null = col.is_null().to_numpy(zero_copy_only=False)
+    if hasattr(col, "flatten"):
+        col = col.flatten()
+    dtype = col.type.to_pandas_dtype()
+    n = batch.num_rows
+    if dtype in (np.float64, np.float32):
+        out = np.full((n, *shape), np.nan, dtype=dtype)
+    elif np.dtype(dtype) == np.dtype("O"):
+        out = np.full((n, *shape), None, dtype=object)
+    else:
+        out = np.zeros((n, *shape), dtype=dtype)
+    values = col.to_numpy(zero_copy_only=False)
+    if not null.any():
+        out[:] = values.reshape((n, *shape))
+    else:
+        if values.shape[0] == n:
+            values = values[~null]
+        out[~null] = values.reshape((int((~null).sum()), *shape))
+    return out, dims, shape
+
+
+def _group(arrays: dict[str, list[np.ndarray]], dims: dict[str, tuple[str, ...]],
+           coords: dict, length: int) -> xr.Dataset:
+    """Stack the chains' arrays (padded to ``length`` draws) into a (chain, draw, …) Dataset with
+    ArviZ's default dim names ``<var>_dim_k`` where no dims are given, integer coordinates."""
+    data_vars, all_coords = {}, {}
+    for name, chains in arrays.items():
+        first = chains[0]
+        full = np.full((len(chains), length, *first.shape[1:]),
+                       np.nan if first.dtype.kind == "f" else (None if first.dtype == object else 0),
+                       dtype=first.dtype)
+        for c, a in enumerate(chains):
+            full[c, :a.shape[0]] = a
+        vd = dims.get(name) or tuple(f"{name}_dim_{k}" for k in range(first.ndim - 1))
+        data_vars[name] = (("chain", "draw", *vd), full)
+        for d, size in zip(vd, first.shape[1:], strict=True):
+            if d not in all_coords:
+                all_coords[d] = coords[d] if d in coords else np.arange(size)
+    all_coords["chain"] = np.arange(len(next(iter(arrays.values()))))
+    all_coords["draw"] = np.arange(length)
+    return xr.Dataset(data_vars, coords=all_coords)
+
+
+def trace_to_datatree(draw_batches, stat_batches, model: CollapsedModel, settings: dict,
+                      attrs: dict | None = None) -> xr.DataTree:
+    """nutpie's Arrow trace (one draw and one stats batch per chain; ``x`` the unconstrained
+    draws) → the DataTree ``nutpie.sample`` returns for the collapsed PyMC model: ``posterior``
+    and ``warmup_posterior`` with the variables of :func:`expand_draws`, ``sample_stats`` and
+    ``warmup_sample_stats`` (split by nutpie's ``tuning`` flag)."""
+    skip = _skipped_stats(settings)
+    post: dict = {"post": {}, "tune": {}}
+    stats: dict = {"post": {}, "tune": {}}
+    stat_dims: dict[str, tuple[str, ...]] = {}
+    n_tune, n_post = [], []
+    for draws, st in zip(draw_batches, stat_batches, strict=True):
+        tuning = _column(st, "tuning")[0].astype(bool)
+        k = int(tuning.sum())
+        n_tune.append(k)
+        n_post.append(st.num_rows - k)
+        x = _column(draws, "x")[0]
+        for part, sl in (("tune", slice(0, k)), ("post", slice(k, None))):
+            for name, v in expand_draws(x[sl], model.q, model.p, model.structure).items():
+                post[part].setdefault(name, []).append(v)
+        for name in st.schema.names:
+            if name in skip or name in ("chain", "draw"):  # those are the coordinates
+                continue
+            v, d, _ = _column(st, name)
+            if d:
+                stat_dims[name] = d
+            stats["tune"].setdefault(name, []).append(v[:k])
+            stats["post"].setdefault(name, []).append(v[k:])
+    groups = {
+        "posterior": _group(post["post"], model.dims, model.coords, max(n_post)),
+        "sample_stats": _group(stats["post"], stat_dims, model.coords, max(n_post)),
+        "warmup_posterior": _group(post["tune"], model.dims, model.coords, max(n_tune)),
+        "warmup_sample_stats": _group(stats["tune"], stat_dims, model.coords, max(n_tune)),
+    }
+    groups["sample_stats"].attrs.update(attrs or {})
+    return xr.DataTree.from_dict(groups)
+
+
+@dataclass(frozen=True)
+class CollapsedModel:
+    """The collapsed model as nutpie's Rust sampler takes it: the packed ``data`` (the C
+    callbacks' ``user_data``), the dimension of x, the support point ``x0`` (jittered by
+    U(−1, 1) per chain, as nutpie does), and the dims and coordinates of its variables."""
+
+    data: np.ndarray
+    n_dim: int
+    q: int
+    p: int
+    structure: str
+    x0: np.ndarray
+    dims: dict
+    coords: dict
+
+    def initial_point(self, seed) -> np.ndarray:
+        """PyMC's support point plus U(−1, 1) jitter (a new start for every chain and retry)."""
+        return self.x0 + np.random.default_rng(seed).uniform(-1.0, 1.0, self.n_dim)
+
+
+def compile_collapsed(design: Design, cp: GroupCrossprods, priors: ModelPriors | None = None):
+    """The :class:`CollapsedModel` of ``design`` (nothing is compiled here). Returns
+    ``(model, priors, structure)``."""
     structure = effect_structure(design)
     priors = priors if priors is not None else default_priors(design)
     check_priors(priors, design)
@@ -238,21 +440,10 @@ def compile_collapsed(design: Design, cp: GroupCrossprods, priors: ModelPriors |
     data = pack_data(cp, design.n, priors, structure)
     data.flags.writeable = False
     n_dim = n_unconstrained(q, p, structure)
-    names, shapes = expand_names(q, p, structure)
-    slices, start = [], 0
-    for s in shapes:
-        size = int(np.prod(s, dtype=int))
-        slices.append(slice(start, start + size))
-        start += size
-    x0 = support_point(priors, q, p, structure)
-
-    def initial_point(seed):
-        """PyMC's support point plus U(−1, 1) jitter (a new start for every chain and retry)."""
-        return x0 + np.random.default_rng(seed).uniform(-1.0, 1.0, n_dim)
-
     effects = list(design.z_names)
     coords = {"fixed": pd.Index(list(design.x_names)), "effect": pd.Index(effects),
               "effect_b": pd.Index(effects)}
+    names, shapes = expand_names(q, p, structure)
     unc = []
     for name, shape in zip(names[:3], shapes[:3], strict=True):
         unc += [name] if shape == () else [f"{name}_{i}" for i in range(shape[0])]
@@ -260,17 +451,53 @@ def compile_collapsed(design: Design, cp: GroupCrossprods, priors: ModelPriors |
     dims = {"beta": ("fixed",), "sd": ("effect",)}
     if structure == "lkj":
         dims["corr"] = ("effect", "effect_b")
+    model = CollapsedModel(data=data, n_dim=n_dim, q=q, p=p, structure=structure,
+                           x0=support_point(priors, q, p, structure), dims=dims, coords=coords)
+    return model, priors, structure
+
+
+def nuts_settings(lib, *, adaptation: str, seed: int, draws: int, tune: int, chains: int,
+                  target_accept: float):
+    """nutpie's NUTS settings object as ``nutpie.sample(adaptation=, seed=, draws=, tune=,
+    chains=, target_accept=)`` makes it."""
+    if adaptation not in ADAPTATIONS:
+        raise TwolevelError(f"adaptation {adaptation!r} is not one of nutpie's "
+                            f"{', '.join(ADAPTATIONS)}; use one of those")
+    if adaptation == "low_rank":
+        settings = lib.PyNutsSettings.LowRank(seed)
     else:
-        dims["sd_log__"] = ("effect",)
-    compiled = CompiledPyMCModel(
-        _n_dim=n_dim, dims=dims, _coords=coords,
-        _shapes={n: tuple(s) for n, s in zip(names, shapes, strict=True)},
-        compiled_logp_func=kernels.logp_cfunc(q), compiled_expand_func=kernels.expand_cfunc(),
-        initial_point_func=initial_point, shared_data={}, shared_var_keys={}, user_data=data,
-        n_expanded=start, shape_info=(names, slices, shapes), logp_func=None, expand_func=None,
-        reparameterized_names=[n for n in names[1:3]],
-    )
-    return compiled, priors, structure
+        settings = lib.PyNutsSettings.Diag(seed)
+        if adaptation == "draw_diag":
+            settings.use_grad_based_mass_matrix = False
+    settings.update({"target_accept": float(target_accept), "num_tune": int(tune),
+                     "num_draws": int(draws), "num_chains": int(chains)})
+    return settings
+
+
+def run_nuts(model: CollapsedModel, settings, cores: int, progress: bool, lib=None):
+    """Run nutpie's Rust NUTS on the compiled callbacks (the calls of ``nutpie.sample`` and
+    ``CompiledPyMCModel._make_sampler``); returns the raw Arrow trace
+    ``(draw_batches, stat_batches)``, with ``x`` the unconstrained draws."""
+    lib = lib or nutpie_lib()
+    logp_c, copy_c = kernels.logp_cfunc(model.q), kernels.copy_cfunc()
+    keep = (model, logp_c, copy_c)  # alive while the sampler runs
+    ptr = model.data.ctypes.data
+    logp_fn = lib.LogpFunc(logp_c.address, ptr, keep)
+    expand_fn = lib.ExpandFunc(model.n_dim, model.n_dim, copy_c.address, ptr, keep)
+    sizes = {k: len(v) for k, v in model.coords.items()}
+    variables = lib.PyVariable.new_variables(["x"], ["float64"], [(model.n_dim,)], sizes,
+                                             {"x": ("unconstrained_parameter",)})
+    pm_model = lib.PyMcModel(logp_fn, expand_fn, variables, model.n_dim, sizes,
+                             dict(model.coords), model.initial_point, None)
+    progress_type = lib.ProgressType.indicatif(100) if progress else lib.ProgressType.none()
+    sampler = lib.PySampler.from_pymc(settings, cores, pm_model, progress_type, None, 100,
+                                      lib.PyStorage.arrow())
+    try:
+        sampler.wait(None)
+    except BaseException:
+        sampler.abort()
+        raise
+    return sampler.take_results().get_arrow_trace()
 
 
 def sample_collapsed(
@@ -287,19 +514,22 @@ def sample_collapsed(
     progress: bool,
     adaptation: str = "low_rank",
 ):
-    """NUTS (nutpie) on the compiled collapsed model with nutpie's mass-matrix ``adaptation``;
-    returns ``(datatree, priors)``: nutpie's DataTree (``posterior``, ``sample_stats``,
-    ``warmup_*``) and the priors used."""
-    if adaptation not in ADAPTATIONS:
-        raise TwolevelError(f"adaptation {adaptation!r} is not one of nutpie's "
-                            f"{', '.join(ADAPTATIONS)}; use one of those")
+    """NUTS (nutpie's Rust sampler, :func:`run_nuts`) on the compiled collapsed model with
+    nutpie's mass-matrix ``adaptation``; returns ``(datatree, priors)``: the DataTree
+    (``posterior``, ``sample_stats``, ``warmup_*``, as ``nutpie.sample``) and the priors used."""
     start_kernel_compile(design.q)
-    import nutpie  # (imports ArviZ: ~1.5 s, while a cold cache is being filled)
-
+    lib = nutpie_lib()
+    settings = nuts_settings(lib, adaptation=adaptation, seed=seed, draws=draws, tune=tune,
+                             chains=chains, target_accept=target_accept)
     wait_kernel_compile(design.q)
-    compiled, priors, _ = compile_collapsed(design, cp, priors)
-    dt = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
-                       target_accept=target_accept, progress_bar=progress, adaptation=adaptation)
+    model, priors, _ = compile_collapsed(design, cp, priors)
+    draw_batches, stat_batches = run_nuts(model, settings, cores, progress, lib)
+    from importlib.metadata import version
+
+    raw = settings.as_dict()
+    attrs = {"inference_library": "nutpie", "inference_library_version": version("nutpie"),
+             "inference_library_settings": json.dumps(raw)}
+    dt = trace_to_datatree(draw_batches, stat_batches, model, raw["settings"], attrs)
     return dt, priors
 
 
@@ -311,5 +541,5 @@ def compile_kernels() -> None:
 
     kernels.logp_cfunc(2)
     kernels.logp_cfunc(3)
-    kernels.expand_cfunc()
+    kernels.copy_cfunc()
     loo.psis_log_weights(np.random.default_rng(0).normal(size=(100, 2)), 1.0)
