@@ -1,3 +1,4 @@
+# ruff: noqa: E402 - the kernel-compile helper starts before the other imports
 """Bayesian fit of the two-level model: design → PyMC model → NUTS → frozen :class:`BayesFit`.
 
 The stages mirror the REML engine (:mod:`twolevel.models.lmm.lmer`): the same formula strings and column names
@@ -30,6 +31,13 @@ This module does not import PyMC (only :mod:`twolevel.models.bayes.pymc_model` d
 
 from __future__ import annotations
 
+# On a fresh installation, compile the q = 2 kernels (the common case) in a helper process while
+# the caller goes on importing and loading data; a no-op once numba's cache holds them. First,
+# before this module's heavier imports.
+from twolevel.models.bayes.compile_helper import start_kernel_compile  # isort: skip
+
+start_kernel_compile(2)
+
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -41,10 +49,8 @@ import xarray as xr
 
 from twolevel.data.errors import TwolevelError
 from twolevel.models.bayes.collapsed import draw_school_effects, school_marginal_loglik
-from twolevel.models.design import Design, GroupCrossprods
 from twolevel.models.bayes.diagnostics import rhat_ess
 from twolevel.models.bayes.priors import ModelPriors
-from twolevel.models.bayes.sampler import start_kernel_compile
 from twolevel.models.bayes.scale import (
     bayes_statistics,
     scale_log_likelihood,
@@ -52,6 +58,7 @@ from twolevel.models.bayes.scale import (
     school_effects_dataset,
     summarise_school_effects,
 )
+from twolevel.models.design import Design, GroupCrossprods
 
 __all__ = [
     "BayesFit",
@@ -65,9 +72,6 @@ __all__ = [
 
 GATE = {"max_rhat": 1.01, "min_ess": 400.0, "min_bfmi": 0.3}
 
-# On a fresh installation, compile the q = 2 kernels (the common case) in a helper process while
-# the caller goes on importing and loading data; a no-op once numba's cache holds them.
-start_kernel_compile(2)
 _LOG2PI = float(np.log(2.0 * np.pi))
 
 

@@ -30,11 +30,10 @@ Two things differ from ``nutpie.sample`` in how, not in what (both measured on t
 from __future__ import annotations
 
 import importlib.machinery
-import json
 import importlib.util
+import json
 import math
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -44,6 +43,12 @@ import xarray as xr
 
 from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models.bayes import kernels
+from twolevel.models.bayes.compile_helper import (  # noqa: F401 - re-exported
+    _PENDING,
+    _kernels_cached,
+    start_kernel_compile,
+    wait_kernel_compile,
+)
 from twolevel.models.bayes.priors import ModelPriors, check_priors, default_priors
 from twolevel.models.design import Design, GroupCrossprods
 
@@ -193,54 +198,6 @@ def expand_names(q: int, p: int, structure: str) -> tuple[list[str], list[tuple[
         return (["beta", "sigma_log__", "chol_cov_cholesky-cov-packed__", "sigma", "chol_cov",
                  "sd", "corr"], [(p,), (), (m,), (), (m,), (q,), (q, q)])
     return (["beta", "sigma_log__", "sd_log__", "sigma", "sd"], [(p,), (), (q,), (), (q,)])
-
-
-def _kernels_cached(q: int) -> bool:
-    """Whether numba's cache holds the C callback for q effects, newer than kernels.py (False
-    only when it surely does not: then compiling elsewhere first is worth it)."""
-    try:
-        from numba.core.caching import FunctionCache
-
-        fn = kernels._logp_c_q2 if q == 2 else kernels._logp_c_general
-        index = FunctionCache(fn)._cache_file._index_path
-        return os.path.getmtime(index) >= os.path.getmtime(kernels.__file__)
-    except FileNotFoundError:
-        return False
-    except Exception:  # noqa: BLE001 - numba's internals moved: compile here as usual
-        return True
-
-
-_PENDING: dict[bool, subprocess.Popen] = {}
-
-
-def start_kernel_compile(q: int) -> None:
-    """On a fresh installation (numba's cache lacks the kernels for q effects), compile them into
-    the cache in a helper process (a plain ``python -c``, never a fork) while this process goes on
-    importing and preparing; :func:`wait_kernel_compile` waits for it. Nothing happens when the
-    cache is warm or a helper for the same kernels is running. :mod:`twolevel.models.bayes.fit`
-    starts one for q = 2 when it is imported."""
-    key = q == 2
-    if key in _PENDING or _kernels_cached(q):
-        return
-    code = (f"from twolevel.models.bayes import kernels; kernels.logp_cfunc({int(q)}); "
-            "kernels.copy_cfunc()")
-    try:
-        _PENDING[key] = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    except OSError:
-        pass
-
-
-def wait_kernel_compile(q: int, timeout: float = 600.0) -> None:
-    """Wait for the helper of :func:`start_kernel_compile` (if any); whatever it left undone is
-    compiled in this process on first use."""
-    proc = _PENDING.pop(q == 2, None)
-    if proc is not None:
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def expand_draws(x: np.ndarray, q: int, p: int, structure: str) -> dict[str, np.ndarray]:
@@ -521,6 +478,7 @@ def sample_collapsed(
     lib = nutpie_lib()
     settings = nuts_settings(lib, adaptation=adaptation, seed=seed, draws=draws, tune=tune,
                              chains=chains, target_accept=target_accept)
+    kernels.copy_cfunc()  # (the helper compiles the logp callback meanwhile)
     wait_kernel_compile(design.q)
     model, priors, _ = compile_collapsed(design, cp, priors)
     draw_batches, stat_batches = run_nuts(model, settings, cores, progress, lib)
