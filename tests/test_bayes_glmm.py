@@ -250,3 +250,37 @@ def test_family_refuses_statistics_engines(tmp_path):
                             "--engine", "duckdb"], capture_output=True, text=True)
         assert r.returncode == 2, (cmd, r.stderr)
         assert "--family binomial is fitted from the rows in memory" in r.stderr
+
+
+def test_sampler_defaults_per_family():
+    from twolevel.models.bayes.fit import SamplerSettings
+
+    assert SamplerSettings.for_family("gaussian") == SamplerSettings()
+    b = SamplerSettings.for_family("binomial", draws=300, target_accept=None)
+    assert (b.adaptation, b.target_accept, b.draws, b.tune) == ("diag", 0.8, 300, 1000)
+    p = SamplerSettings.for_family("poisson")
+    assert (p.adaptation, p.target_accept, p.draws) == ("diag", 0.8, 2000)
+
+
+@pytest.mark.slow
+def test_gil_free_route_samples_the_same_model():
+    """sample_nuts(gil_free=True) (nutpie.compile_pymc_model's cfunc, used from GIL_FREE_ROWS
+    rows) returns the layout of the cached route and a posterior in agreement with it."""
+    from twolevel.models.bayes.pymc_glmm import build_glmm_model
+    from twolevel.models.bayes.pymc_model import sample_nuts
+
+    d = _sim(J=30)
+    fam = get_family("binomial", "logit")
+    design, resp = glmer_design("y ~ 1 + x + (1 + x | g)", d, fam)
+    pri = default_glmm_priors(design, resp.y, resp.w, resp.offset, "binomial", "logit")
+    built = build_glmm_model(design, resp.y, resp.w, resp.offset, "binomial", "logit", pri)
+    kw = dict(draws=400, tune=400, chains=2, cores=2, seed=3, target_accept=0.8,
+              progress=False, adaptation="diag")
+    a = sample_nuts(built, gil_free=True, **kw)["posterior"].to_dataset()
+    b = sample_nuts(built, **kw)["posterior"].to_dataset()
+    assert set(a.data_vars) == set(b.data_vars) and a["b_school"].dims == b["b_school"].dims
+    sd = b["beta"].std(("chain", "draw"))
+    assert np.all(np.abs(a["beta"].mean(("chain", "draw")) - b["beta"].mean(("chain", "draw")))
+                  < 0.5 * sd)
+    with pytest.raises(TwolevelError, match="data= swaps need the cached route"):
+        sample_nuts(built, gil_free=True, data={"X": design.X}, **kw)

@@ -85,7 +85,10 @@ class SamplerSettings:
     nutpie's mass-matrix adaptation: ``"low_rank"`` (default: the diagonal plus a low-rank
     correction learned from the draws and gradients, which captures the correlation of the SDs
     with the LKJ factor; about 30% more ESS per gradient on the lecture model than ``"diag"``),
-    ``"diag"`` or ``"draw_diag"``."""
+    ``"diag"`` or ``"draw_diag"``.
+
+    These are the defaults of the normal-outcome (collapsed) model. Binary and count outcomes
+    sample every school effect and take :meth:`for_family`'s defaults instead."""
 
     chains: int = 4
     draws: int = 1000
@@ -94,6 +97,20 @@ class SamplerSettings:
     target_accept: float = 0.9
     cores: int = 2
     adaptation: str = "low_rank"
+
+    @classmethod
+    def for_family(cls, family: str = "gaussian", **overrides) -> SamplerSettings:
+        """The default settings for ``family`` with ``overrides``. ``"gaussian"``: the class
+        defaults. ``"binomial"``/``"poisson"`` (non-centred school effects sampled, J·q more
+        parameters): ``adaptation="diag"``, ``target_accept=0.8``, ``draws=2000``. Measured at
+        the lecture design (742 schools, Bernoulli, random slope, 4 chains, 2 cores): nutpie's
+        low-rank adaptation there gave 1,016 divergent transitions in 890 s; the diagonal one
+        none, in 158 s at 0.9 with max R-hat 1.0104 over the 1,490 school effects at 1,000 draws,
+        and in 135 s at 0.8 with 2,000 draws, max R-hat 1.0035 and min ESS 1,078 (the gate's R-hat
+        ≤ 1.01 over every school effect needs the longer chains)."""
+        base = {} if family == "gaussian" else {"adaptation": "diag", "target_accept": 0.8,
+                                                 "draws": 2000}
+        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 @dataclass(frozen=True)

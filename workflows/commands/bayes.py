@@ -50,10 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_argument(p)
     p.add_argument("formula", metavar="FORMULA", help="lme4 formula with one grouping factor")
     p.add_argument("--chains", type=int, default=d.chains)
-    p.add_argument("--draws", type=int, default=d.draws)
+    p.add_argument("--draws", type=int, default=None,
+                   help=f"draws per chain (default {d.draws}; {d.for_family('binomial').draws} "
+                        "for binomial/poisson)")
     p.add_argument("--tune", type=int, default=d.tune)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--target-accept", type=float, default=d.target_accept)
+    p.add_argument("--target-accept", type=float, default=None,
+                   help=f"default {d.target_accept} ({d.for_family('binomial').target_accept} "
+                        "for binomial/poisson)")
     p.add_argument("--cores", type=int, default=d.cores)
     p.add_argument("--likelihood", choices=("collapsed", "suffstat", "student"),
                    default="collapsed", help="default %(default)s (normal outcomes)")
@@ -72,9 +76,9 @@ def _check(args: argparse.Namespace) -> None:
     if args.link and args.family == "gaussian":
         raise TwolevelError("--link needs --family binomial or --family poisson")
     for name in ("chains", "draws", "tune", "cores"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise TwolevelError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if not 0.5 <= args.target_accept < 1:
+    if args.target_accept is not None and not 0.5 <= args.target_accept < 1:
         raise TwolevelError(f"--target-accept must be in [0.5, 1), got {args.target_accept}")
 
 
@@ -87,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     check_memory_engine_for_family(args)
     df, engine, opts = resolve_data(args)
     check_memory_engine_for_family(args, engine)
-    settings = SamplerSettings(chains=args.chains, draws=args.draws, tune=args.tune,
-                               seed=args.seed, target_accept=args.target_accept, cores=args.cores)
+    settings = SamplerSettings.for_family(args.family, chains=args.chains, draws=args.draws,
+                                          tune=args.tune, seed=args.seed,
+                                          target_accept=args.target_accept, cores=args.cores)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         # compute only what is written: posterior.nc keeps the per-school log-likelihood
