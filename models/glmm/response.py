@@ -122,6 +122,20 @@ def _inline_I(rhs: str, data: dict, names: dict) -> str:
         out = out[: m.start()] + col + out[end + 1 :]
 
 
+def _inner_formula(parsed, fixed: str):
+    """The formula handed to make_design: the synthetic response, ``fixed`` (offsets already
+    split off) and the bars, each ``I(expr)`` replaced by a computed column. Returns
+    ``(inner, fixed, bar_lhs, icols, inames)``: icols maps each computed column to its
+    expression, inames to R's name ``I(expr)``."""
+    icols: dict[str, str] = {}
+    inames: dict[str, str] = {}
+    fixed = _inline_I(fixed, icols, inames)
+    bar_lhs = [_inline_I(b.lhs, icols, inames) for b in parsed.bars]
+    bars = " + ".join(f"({lhs_} {'|' if b.correlated else '||'} {b.group})"
+                      for lhs_, b in zip(bar_lhs, parsed.bars, strict=True))
+    return f"{_Y} ~ {fixed}" + (f" + {bars}" if bars else ""), fixed, bar_lhs, icols, inames
+
+
 def _cbind_parts(lhs: str) -> tuple[str, str] | None:
     m = re.fullmatch(r"\s*cbind\s*\((.*)\)\s*", lhs)
     if not m:
@@ -245,13 +259,7 @@ def glmer_design(
         off_missing |= miss
     yv = np.where(off_missing | ~np.isfinite(prior), np.nan, yv)
 
-    icols: dict[str, str] = {}
-    inames: dict[str, str] = {}
-    fixed = _inline_I(fixed, icols, inames)
-    bar_lhs = [_inline_I(b.lhs, icols, inames) for b in parsed.bars]
-    bars = " + ".join(f"({lhs_} {'|' if b.correlated else '||'} {b.group})"
-                      for lhs_, b in zip(bar_lhs, parsed.bars, strict=True))
-    inner = f"{_Y} ~ {fixed}" + (f" + {bars}" if bars else "")
+    inner, fixed, bar_lhs, icols, inames = _inner_formula(parsed, fixed)
     frame = data.assign(**{_Y: yv}, **{c: _eval(e, data) for c, e in icols.items()})
     frame.attrs = {}
     design = make_design(inner, frame)
@@ -353,13 +361,7 @@ def glmer_new_rows(design: Design, newdata) -> tuple[NewRows, np.ndarray]:
         raise DataError(
             f"newdata lacks column(s) {', '.join(repr(m) for m in missing)} used by "
             f"'{design.formula}'; newdata has: {', '.join(map(str, nd.columns))}")
-    icols: dict[str, str] = {}
-    inames: dict[str, str] = {}
-    fixed = _inline_I(fixed, icols, inames)
-    bar_lhs = [_inline_I(b.lhs, icols, inames) for b in parsed.bars]
-    bars = " + ".join(f"({lhs_} {'|' if b.correlated else '||'} {b.group})"
-                      for lhs_, b in zip(bar_lhs, parsed.bars, strict=True))
-    inner = f"{_Y} ~ {fixed}" + (f" + {bars}" if bars else "")
+    inner, _, _, icols, inames = _inner_formula(parsed, fixed)
     back = {v: k for k, v in inames.items()}  # R's I(expr) name -> the computed column
 
     def rn(names):
