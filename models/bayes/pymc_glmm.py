@@ -130,16 +130,20 @@ def build_glmm_model(
         o = pm.Data("offset", np.asarray(offset, dtype=float), dims="obs")
         eta = pt.dot(X, beta) + o + (Z * b[g]).sum(axis=1)
         name = design.response
+        # the observed counts as pm.Data ("observed"): a simulated response with the same design
+        # is swapped in without recompiling (sample_nuts(data={"observed": ...}), SBC)
         if family == "poisson":
-            pm.Poisson(name, mu=inverse_link(eta, link), observed=np.round(y), dims="obs")
+            obs = pm.Data("observed", np.round(y), dims="obs")
+            pm.Poisson(name, mu=inverse_link(eta, link), observed=obs, dims="obs")
         else:
             s, n = binomial_trials(y, w)
+            obs = pm.Data("observed", s, dims="obs")
             if np.all(n == 1) and link == "logit":
-                pm.Bernoulli(name, logit_p=eta, observed=s, dims="obs")
+                pm.Bernoulli(name, logit_p=eta, observed=obs, dims="obs")
             elif link == "logit":
-                pm.Binomial(name, n=n, logit_p=eta, observed=s, dims="obs")
+                pm.Binomial(name, n=n, logit_p=eta, observed=obs, dims="obs")
             elif np.all(n == 1):
-                pm.Bernoulli(name, p=inverse_link(eta, link), observed=s, dims="obs")
+                pm.Bernoulli(name, p=inverse_link(eta, link), observed=obs, dims="obs")
             else:
-                pm.Binomial(name, n=n, p=inverse_link(eta, link), observed=s, dims="obs")
+                pm.Binomial(name, n=n, p=inverse_link(eta, link), observed=obs, dims="obs")
     return BuiltModel(model, design, priors, f"{family}/{link}", m, structure)
