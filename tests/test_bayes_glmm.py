@@ -162,6 +162,15 @@ def test_builder_structure_and_likelihood():
     ref = student_loglik_glmm(design.X, design.Z, design.group_index, resp.y, resp.w,
                               resp.offset, "binomial", "probit", beta[None], b[None]).sum()
     assert logp == pytest.approx(ref, rel=1e-10)
+    # the response is pm.Data: another response with the same design is swapped in (SBC)
+    import pymc as pm
+
+    flipped = 1.0 - resp.y
+    with m:
+        pm.set_data({"observed": flipped})
+    ref2 = student_loglik_glmm(design.X, design.Z, design.group_index, flipped, resp.w,
+                               resp.offset, "binomial", "probit", beta[None], b[None]).sum()
+    assert m.compile_logp(vars=[obs], sum=True)(point) == pytest.approx(ref2, rel=1e-10)
     centred = build_glmm_model(design, resp.y, resp.w, resp.offset, "binomial", "probit", pri,
                                centering=1)
     assert {v.name for v in centred.model.free_RVs} == {"beta", "chol_cov", "z", "b_centered"}
