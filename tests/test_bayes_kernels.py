@@ -214,7 +214,7 @@ def test_cold_cache_is_filled_by_the_compile_helper(tmp_path):
     import subprocess
     import sys
 
-    code = ("from twolevel.models.bayes import sampler as s\n"
+    code = ("from twolevel.models.bayes import compile_helper as s\n"
             "assert not s._kernels_cached(2)\n"
             "s.start_kernel_compile(2)\n"
             "assert True in s._PENDING\n"

@@ -35,8 +35,13 @@ import pandas as pd
 import xarray as xr
 from scipy import special
 
-from twolevel.data.errors import DataError, TwolevelError
-from twolevel.models.design.newdata import check_new_levels, new_model_matrices, parse_re_form
+from twolevel.data.errors import TwolevelError
+from twolevel.models.design.newdata import (
+    check_new_levels,
+    new_model_matrices,
+    newdata_frame,
+    parse_re_form,
+)
 
 __all__ = ["BayesPredictions", "bayes_icc", "bayes_r2", "mixture_cdf", "mixture_quantile",
            "predict_bayes"]
@@ -132,12 +137,7 @@ def predict_bayes(
     ``allow_new_levels`` as :func:`twolevel.models.inference.predict.predict`."""
     cond = parse_re_form(re_form)
     d = fit.design
-    nd = newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(newdata)
-    if cond and d.group not in nd.columns:
-        raise DataError(
-            f"newdata lacks the grouping column '{d.group}' needed for re_form=None; add it, or "
-            "predict at the population level with re_form='NA'"
-        )
+    nd = newdata_frame(d, newdata, cond)
     rows = new_model_matrices(d, nd)
     if cond:
         check_new_levels(rows, allow_new_levels, d.group)

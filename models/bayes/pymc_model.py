@@ -53,7 +53,10 @@ import pytensor.tensor as pt  # noqa: E402
 from twolevel.data.errors import TwolevelError  # noqa: E402
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods  # noqa: E402
 from twolevel.models.bayes.priors import ModelPriors, Prior, check_priors, default_priors  # noqa: E402
-from twolevel.models.bayes.sampler import effect_structure  # noqa: E402  (re-exported)
+from twolevel.models.bayes.sampler import (  # noqa: E402
+    check_adaptation,
+    effect_structure,  # re-exported
+)
 
 __all__ = [
     "LIKELIHOODS",
@@ -66,7 +69,6 @@ __all__ = [
 ]
 
 LIKELIHOODS = ("collapsed", "suffstat", "student")
-ADAPTATIONS = ("low_rank", "diag", "draw_diag")
 RELIABILITY_CUTOFF = 0.5
 _LOG2PI = float(np.log(2 * np.pi))
 
@@ -528,9 +530,7 @@ def sample_nuts(
     available then."""
     import nutpie
 
-    if adaptation not in ADAPTATIONS:
-        raise TwolevelError(f"adaptation {adaptation!r} is not one of nutpie's "
-                            f"{', '.join(ADAPTATIONS)}; use one of those")
+    check_adaptation(adaptation)
     if gil_free:
         if data:
             raise TwolevelError("data= swaps need the cached route (gil_free=False)")

@@ -43,19 +43,14 @@ import xarray as xr
 
 from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models.bayes import kernels
-from twolevel.models.bayes.compile_helper import (  # noqa: F401 - re-exported
-    _PENDING,
-    _kernels_cached,
-    start_kernel_compile,
-    wait_kernel_compile,
-)
+from twolevel.models.bayes.compile_helper import start_kernel_compile, wait_kernel_compile
 from twolevel.models.bayes.priors import ModelPriors, check_priors, default_priors
 from twolevel.models.design import Design, GroupCrossprods
 
-__all__ = ["ADAPTATIONS", "CollapsedModel", "compile_collapsed", "compile_kernels",
+__all__ = ["ADAPTATIONS", "CollapsedModel", "check_adaptation", "compile_collapsed",
+           "compile_kernels",
            "effect_structure", "expand_draws", "expand_names", "nutpie_lib", "pack_data",
-           "run_nuts", "sample_collapsed", "start_kernel_compile", "support_point",
-           "trace_to_datatree", "wait_kernel_compile"]
+           "run_nuts", "sample_collapsed", "support_point", "trace_to_datatree"]
 
 ADAPTATIONS = ("low_rank", "diag", "draw_diag")
 LOG2PI = math.log(2.0 * math.pi)
@@ -413,13 +408,18 @@ def compile_collapsed(design: Design, cp: GroupCrossprods, priors: ModelPriors |
     return model, priors, structure
 
 
+def check_adaptation(adaptation: str) -> None:
+    """A nutpie mass-matrix adaptation of :data:`ADAPTATIONS`, or an error naming them."""
+    if adaptation not in ADAPTATIONS:
+        raise TwolevelError(f"adaptation {adaptation!r} is not one of nutpie's "
+                            f"{', '.join(ADAPTATIONS)}; use one of those")
+
+
 def nuts_settings(lib, *, adaptation: str, seed: int, draws: int, tune: int, chains: int,
                   target_accept: float):
     """nutpie's NUTS settings object as ``nutpie.sample(adaptation=, seed=, draws=, tune=,
     chains=, target_accept=)`` makes it."""
-    if adaptation not in ADAPTATIONS:
-        raise TwolevelError(f"adaptation {adaptation!r} is not one of nutpie's "
-                            f"{', '.join(ADAPTATIONS)}; use one of those")
+    check_adaptation(adaptation)
     if adaptation == "low_rank":
         settings = lib.PyNutsSettings.LowRank(seed)
     else:

@@ -31,6 +31,7 @@ __all__ = [
     "check_new_levels",
     "match_groups",
     "new_model_matrices",
+    "newdata_frame",
     "parse_re_form",
 ]
 
@@ -249,6 +250,18 @@ def parse_re_form(re_form) -> bool:
         f"re_form={re_form!r} is not supported: use None (condition on the schools' BLUPs) or "
         "'NA' / '~0' (population level, no school effects)"
     )
+
+
+def newdata_frame(design: Design, newdata, conditional: bool) -> pd.DataFrame:
+    """``newdata`` as a DataFrame; with ``conditional`` (re_form=None: the school effects are
+    used) it must hold the grouping column, or a DataError says so and what to do instead."""
+    nd = newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(newdata)
+    if conditional and design.group not in nd.columns:
+        raise DataError(
+            f"newdata lacks the grouping column '{design.group}' needed for re_form=None; add "
+            "it, or predict at the population level with re_form='NA'"
+        )
+    return nd
 
 
 def check_new_levels(rows: NewRows, allow_new_levels: bool, group: str) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from twolevel.data.errors import DataError, TwolevelError
+from twolevel.data.errors import TwolevelError
 from twolevel.models.glmm.family import Family
 from twolevel.models.glmm.kernels import row_values_kernel
 from twolevel.models.glmm.laplace import GlmmProblem, PirlsState
@@ -264,7 +264,7 @@ class GlmerFit:
         ``re_form="NA"`` (or ``"~0"``) drops the school effects; a school not in the fit gets
         effect 0 with ``allow_new_levels=True`` and is an error otherwise. No intervals: lme4
         gives none for glmer either (``twolevel.bootstrap`` refits are the route)."""
-        from twolevel.models.design.newdata import check_new_levels, parse_re_form
+        from twolevel.models.design.newdata import check_new_levels, newdata_frame, parse_re_form
         from twolevel.models.glmm.response import glmer_new_rows
 
         if type not in ("link", "response"):
@@ -276,16 +276,11 @@ class GlmerFit:
             else:
                 eta = self.problem.resp.offset + self.design.X @ self.beta
         else:
-            nd = newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(newdata)
-            g = self.design.group
-            if cond and g not in nd.columns:
-                raise DataError(f"newdata lacks the grouping column '{g}' needed for "
-                                "re_form=None; add it, or predict at the population level with "
-                                "re_form='NA'")
+            nd = newdata_frame(self.design, newdata, cond)
             rows, off = glmer_new_rows(self.design, nd)
             eta = rows.X @ self.beta + off
             if cond:
-                check_new_levels(rows, allow_new_levels, g)
+                check_new_levels(rows, allow_new_levels, self.design.group)
                 known = rows.group_index >= 0
                 eta[known] += np.einsum("mq,mq->m", rows.Z[known],
                                         self.b[rows.group_index[known]])

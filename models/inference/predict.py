@@ -35,11 +35,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from twolevel.data.errors import DataError, TwolevelError
+from twolevel.data.errors import TwolevelError
 from twolevel.models.design.newdata import (
     NewRows,
     check_new_levels,
     new_model_matrices,
+    newdata_frame,
     parse_re_form,
 )
 from twolevel.models.lmm.deviance import _forward_solve, unscaled_vcov
@@ -191,12 +192,7 @@ def predict(
         rows = NewRows(X=d.X, Z=d.Z, group_index=d.group_index, new_groups=())
         index = pd.RangeIndex(d.n)
     else:
-        nd = newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(newdata)
-        if cond and d.group not in nd.columns:
-            raise DataError(
-                f"newdata lacks the grouping column '{d.group}' needed for re_form=None; add it, "
-                "or predict at the population level with re_form='NA'"
-            )
+        nd = newdata_frame(d, newdata, cond)
         rows = new_model_matrices(d, nd)
         index = nd.index
         if cond:
