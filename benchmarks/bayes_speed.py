@@ -169,6 +169,7 @@ def main() -> None:
             for _ in range(reps):
                 with tempfile.TemporaryDirectory(prefix="bayes_speed_") as tmp:
                     env = {**os.environ, "NUMBA_CACHE_DIR": os.path.join(tmp, "numba"),
+                           "TWOLEVEL_CACHE_DIR": os.path.join(tmp, "twolevel"),
                            "PYTENSOR_FLAGS": f"base_compiledir={os.path.join(tmp, 'pytensor')}"}
                     for state in ("cold", "warm"):
                         wall, out = run_fresh([py, str(Path(__file__).resolve()), "--worker",

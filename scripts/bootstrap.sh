@@ -15,7 +15,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(0 if
 fi
 echo "[setup] installing dependencies (first run: about 1-2 minutes)"
 .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[test]"
-echo "[setup] compiling the Bayesian kernels into numba's cache (once per installation)"
+echo "[setup] building the Bayesian kernels (C library and numba cache; once per installation)"
 .venv/bin/python -c "from twolevel.models.bayes.sampler import compile_kernels; compile_kernels()"
 touch "$stamp"
 echo "[setup] done: $(.venv/bin/python --version)"

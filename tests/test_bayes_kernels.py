@@ -1,15 +1,22 @@
-"""The compiled log-density and gradient (twolevel.models.bayes.kernels) equal the PyMC model's
-``compile_logp`` / ``compile_dlogp`` at random points to 1e-10, for q = 1, 2, 3, correlated and
-independent effects, level-2 predictors and every prior family; the compiled sampler returns the
-DataTree layout of nutpie on the PyMC model."""
+"""The compiled log-density and gradient (numba: twolevel.models.bayes.kernels; C:
+twolevel.models.bayes.ckernels) equal the PyMC model's ``compile_logp`` / ``compile_dlogp`` at
+random points to 1e-10 (and each other to 1e-12), for q = 1, 2, 3, correlated and independent
+effects, level-2 predictors and every prior family; the compiled sampler returns the DataTree
+layout of nutpie on the PyMC model; the C library is built, found and refused as documented."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from twolevel.models.bayes import kernels, sampler
+from twolevel.data.errors import TwolevelError
+from twolevel.models.bayes import ckernels, kernels, sampler
 from twolevel.models.bayes.priors import Prior, default_priors
 from twolevel.models.bayes.pymc_model import build_model
 from twolevel.models.design import group_crossprods, make_design
@@ -74,6 +81,13 @@ def _assert_kernel_equals_pymc(built, cp, n_points=6, seed=0):
         lp, g = kernels.logp_and_grad(x, packed)
         assert abs(lp - want_lp) <= 1e-10 * abs(want_lp), (lp, want_lp)
         np.testing.assert_allclose(g, want_g, rtol=1e-10, atol=1e-10 * np.abs(want_g).max())
+        # the C kernel: the same operations in the same order as numba's
+        lp_c, g_c, status = ckernels.c_logp_and_grad(x, packed)
+        assert status == 0
+        assert abs(lp_c - lp) <= 1e-12 * abs(lp), (lp_c, lp)
+        np.testing.assert_allclose(g_c, g, rtol=1e-12, atol=1e-12 * np.abs(g).max())
+        assert abs(lp_c - want_lp) <= 1e-10 * abs(want_lp), (lp_c, want_lp)
+        np.testing.assert_allclose(g_c, want_g, rtol=1e-10, atol=1e-10 * np.abs(want_g).max())
 
 
 @pytest.mark.parametrize("formula", FORMULAS)
@@ -186,10 +200,12 @@ def test_driver_draws_are_nutpies_own(data):
     settings = sampler.nuts_settings(lib, adaptation="low_rank", **kw)
     draws, stats = sampler.run_nuts(model, settings, 2, False, lib)
     ours = sampler.trace_to_datatree(draws, stats, model, settings.as_dict()["settings"])
+    logp_addr, copy_addr, _owner = sampler.callbacks(2)  # the callbacks run_nuts used
     ref_model = CompiledPyMCModel(
         _n_dim=model.n_dim, dims={"x": ("unconstrained_parameter",)}, _coords=model.coords,
-        _shapes={"x": (model.n_dim,)}, compiled_logp_func=kernels.logp_cfunc(2),
-        compiled_expand_func=kernels.copy_cfunc(), initial_point_func=model.initial_point,
+        _shapes={"x": (model.n_dim,)}, compiled_logp_func=SimpleNamespace(address=logp_addr),
+        compiled_expand_func=SimpleNamespace(address=copy_addr),
+        initial_point_func=model.initial_point,
         shared_data={}, shared_var_keys={}, user_data=model.data, n_expanded=model.n_dim,
         shape_info=(["x"], [slice(0, model.n_dim)], [(model.n_dim,)]), logp_func=None,
         expand_func=None, reparameterized_names=[])
@@ -207,19 +223,69 @@ def test_driver_draws_are_nutpies_own(data):
 
 
 @pytest.mark.slow
-def test_cold_cache_is_filled_by_the_compile_helper(tmp_path):
-    """With an empty numba cache, start_kernel_compile's helper process compiles the q = 2
+def test_cold_numba_cache_is_filled_by_the_compile_helper(tmp_path):
+    """Numba route, empty numba cache: start_kernel_compile's helper process compiles the q = 2
     callbacks into it (a fresh installation's first fit then only loads them)."""
-    import os
-    import subprocess
-    import sys
-
     code = ("from twolevel.models.bayes import compile_helper as s\n"
             "assert not s._kernels_cached(2)\n"
             "s.start_kernel_compile(2)\n"
             "assert True in s._PENDING\n"
             "s.wait_kernel_compile(2)\n"
             "assert s._kernels_cached(2) and not s._PENDING\n")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "TWOLEVEL_KERNELS": "numba"}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=600)
     assert list((tmp_path / "numba").rglob("kernels._logp_c_q2-*.nbi"))
+
+
+def test_c_library_is_built_in_the_background_and_loaded_without_numba(tmp_path):
+    """C route, empty twolevel cache: importing the fit module starts the compiler; the sampler
+    waits for it, loads the library and never imports numba or PyTensor."""
+    assert ckernels.compiler() is not None, "no C compiler: the C route is untested"
+    code = ("import sys\n"
+            "from twolevel.models.bayes import fit, compile_helper as h, ckernels, sampler\n"
+            "assert 'c' in h._PENDING\n"
+            "h.wait_kernel_compile(2)\n"
+            "assert ckernels.library_path().exists() and not h._PENDING\n"
+            "logp, copy, _ = sampler.callbacks(2)\n"
+            "assert logp and copy\n"
+            "assert sampler.kernel_description().endswith('(twolevel.models.bayes.ckernels)')\n"
+            "assert 'numba' not in sys.modules and 'pytensor' not in sys.modules\n")
+    env = {**os.environ, "TWOLEVEL_CACHE_DIR": str(tmp_path / "tl"), "TWOLEVEL_KERNELS": "auto"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    libs = list((tmp_path / "tl").glob("ckernels-*.so"))
+    assert len(libs) == 1 and not list((tmp_path / "tl").glob("*.tmp"))
+
+
+def test_c_build_failure_falls_back_to_numba_or_says_what_to_do(tmp_path, monkeypatch):
+    """A compiler that fails: the default route falls back to numba, recording the compiler's
+    message; TWOLEVEL_KERNELS=c refuses with a message saying what to do; a bad route value is
+    named."""
+    monkeypatch.setenv("TWOLEVEL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # exits 1 without writing the library
+    monkeypatch.setattr(ckernels, "BUILD_ERRORS", [])
+    monkeypatch.setattr(ckernels, "_LIB", {})
+    monkeypatch.setenv("TWOLEVEL_KERNELS", "auto")
+    assert ckernels.kernel_route() == "c"
+    assert ckernels.build() is None
+    assert "exited with 1" in ckernels.BUILD_ERRORS[0]
+    assert ckernels.kernel_route() == "numba"
+    logp, copy, owner = sampler.callbacks(2)
+    assert logp == kernels.logp_cfunc(2).address and copy == kernels.copy_cfunc().address
+    assert "numba" in sampler.kernel_description()
+    monkeypatch.setenv("TWOLEVEL_KERNELS", "c")
+    with pytest.raises(TwolevelError, match=r"cannot build the C kernels \(ckernels.c\): .*"
+                       r"exited with 1.*install a C compiler or set TWOLEVEL_KERNELS=numba"):
+        sampler.callbacks(2)
+    monkeypatch.setenv("TWOLEVEL_KERNELS", "fortran")
+    with pytest.raises(TwolevelError, match=r"TWOLEVEL_KERNELS='fortran' is not a kernel route; "
+                       r"use one of auto, c, numba"):
+        ckernels.kernel_route()
+
+
+def test_no_compiler_means_numba(monkeypatch):
+    """No C compiler on the PATH (and CC unset): the default route is numba."""
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("TWOLEVEL_KERNELS", "auto")
+    assert ckernels.compiler() is None
+    assert ckernels.kernel_route() == "numba"

@@ -1,10 +1,16 @@
-"""Compiling the collapsed model's C callbacks into numba's cache on a fresh installation, in a
-helper process that runs while the caller imports, loads data and builds the statistics.
+"""Building the collapsed model's callbacks on a fresh installation in the background, while the
+caller imports, loads data and builds the statistics.
 
-numba compiles the log-density callback in about 2.5 s (type inference and lowering of
-:mod:`twolevel.models.bayes.kernels`, once per installation; later processes load it from the
-cache in milliseconds). This module imports only numba and the kernels, so that
-:mod:`twolevel.models.bayes.fit` can start the helper before its own heavier imports.
+Two routes (:func:`twolevel.models.bayes.ckernels.kernel_route`):
+
+* **C** (default when a C compiler is found): the compiler builds ``ckernels.c`` into
+  twolevel's cache once (a fraction of a second); later processes load the library directly.
+* **numba** (the fallback): numba compiles the callback in about 2.5 s of CPU (once per
+  installation; later processes load it from numba's cache in milliseconds), here in a helper
+  ``python -c`` process.
+
+This module imports neither numba nor the kernels until the numba route needs them, so that
+:mod:`twolevel.models.bayes.fit` can start the build before its own heavier imports.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import os
 import subprocess
 import sys
 
-from twolevel.models.bayes import kernels
+from twolevel.models.bayes import ckernels
 
 __all__ = ["start_kernel_compile", "wait_kernel_compile"]
 
@@ -24,6 +30,8 @@ def _kernels_cached(q: int) -> bool:
     try:
         from numba.core.caching import FunctionCache
 
+        from twolevel.models.bayes import kernels
+
         fn = kernels._logp_c_q2 if q == 2 else kernels._logp_c_general
         index = FunctionCache(fn)._cache_file._index_path
         return os.path.getmtime(index) >= os.path.getmtime(kernels.__file__)
@@ -33,17 +41,28 @@ def _kernels_cached(q: int) -> bool:
         return True
 
 
-_PENDING: dict[bool, subprocess.Popen] = {}
+_PENDING: dict[object, object] = {}
 
 
 def start_kernel_compile(q: int) -> None:
-    """On a fresh installation (numba's cache lacks the kernels for q effects), compile them into
-    the cache in a helper process (a plain ``python -c``, never a fork) while this process goes on
-    importing and preparing; :func:`wait_kernel_compile` waits for it. Nothing happens when the
-    cache is warm or a helper for the same kernels is running. :mod:`twolevel.models.bayes.fit`
-    starts one for q = 2 as the first thing when it is imported. The small copy callback is
-    compiled by this process while it waits
-    (:func:`~twolevel.models.bayes.sampler.sample_collapsed`)."""
+    """On a fresh installation, start building the callbacks for q effects in the background:
+    the C compiler on ``ckernels.c`` (C route), or a helper ``python -c`` process (never a fork)
+    compiling numba's kernels into its cache (numba route); :func:`wait_kernel_compile` waits for
+    it. Nothing happens when they are built already or a build is running.
+    :mod:`twolevel.models.bayes.fit` starts one for q = 2 as the first thing when it is imported."""
+    try:
+        route = ckernels.kernel_route()
+    except Exception:  # noqa: BLE001 - a bad TWOLEVEL_KERNELS is reported where the fit uses it
+        return
+    if route == "c":
+        if "c" not in _PENDING:
+            try:
+                pending = ckernels.start_build()
+            except OSError:
+                pending = None
+            if pending is not None:
+                _PENDING["c"] = pending
+        return
     key = q == 2
     if key in _PENDING or _kernels_cached(q):
         return
@@ -56,8 +75,12 @@ def start_kernel_compile(q: int) -> None:
 
 
 def wait_kernel_compile(q: int, timeout: float = 600.0) -> None:
-    """Wait for the helper of :func:`start_kernel_compile` (if any); whatever it left undone is
-    compiled in this process on first use."""
+    """Wait for the build of :func:`start_kernel_compile` (if any); a failed C build leaves its
+    message in :data:`twolevel.models.bayes.ckernels.BUILD_ERRORS` (the default route then falls
+    back to numba); whatever is left undone is built in this process on first use."""
+    pending = _PENDING.pop("c", None)
+    if pending is not None:
+        ckernels.finish_build(pending, timeout)
     proc = _PENDING.pop(q == 2, None)
     if proc is not None:
         try:

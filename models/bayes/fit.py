@@ -5,7 +5,8 @@ The stages mirror the REML engine (:mod:`twolevel.models.lmm.lmer`): the same fo
 (:func:`twolevel.models.design.make_design`), the model built by :func:`twolevel.models.bayes.pymc_model.build_model`
 (LKJ prior on the school-effect correlation, school effects non-centred or integrated out), NUTS
 (nutpie), then a result that records how it was obtained. The default collapsed model is sampled
-through its compiled log-density and gradient (:mod:`twolevel.models.bayes.kernels`, nutpie's
+through its compiled log-density and gradient (:mod:`twolevel.models.bayes.ckernels` in C, or
+:mod:`twolevel.models.bayes.kernels` in numba; nutpie's
 Rust NUTS calling them without the GIL: :mod:`twolevel.models.bayes.sampler`; no PyMC import,
 nothing compiled per process); the other likelihoods through the PyMC model
 (:func:`twolevel.models.bayes.pymc_model.sample_nuts`).
@@ -31,9 +32,9 @@ This module does not import PyMC (only :mod:`twolevel.models.bayes.pymc_model` d
 
 from __future__ import annotations
 
-# On a fresh installation, compile the q = 2 kernels (the common case) in a helper process while
-# the caller goes on importing and loading data; a no-op once numba's cache holds them. First,
-# before this module's heavier imports.
+# On a fresh installation, build the collapsed model's callbacks (the C library, or numba's q = 2
+# kernels) in the background while the caller goes on importing and loading data; a no-op once
+# they are built. First, before this module's heavier imports.
 from twolevel.models.bayes.compile_helper import start_kernel_compile  # isort: skip
 
 start_kernel_compile(2)
@@ -450,13 +451,13 @@ def fit_bayes(
                      progress=progress)
     if likelihood == "collapsed":
         # compiled kernels (no PyMC/PyTensor): the same density as build_model's collapsed model
-        from twolevel.models.bayes.sampler import sample_collapsed
+        from twolevel.models.bayes.sampler import kernel_description, sample_collapsed
 
         timings["build"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         dt, used_priors = sample_collapsed(design, cp, priors, **sample_kw)
         n_centered = 0
-        sampler = "nutpie, collapsed model compiled by numba (twolevel.models.bayes.kernels)"
+        sampler = kernel_description()
     else:
         from twolevel.models.bayes.pymc_model import build_model, sample_nuts
 

@@ -38,16 +38,19 @@ import numba
 import numpy as np
 from numba import types
 
+from twolevel.models.bayes.kernel_layout import (
+    DIAG,
+    HEADER,
+    LKJ,
+    LOCATION_CODES,
+    POSITIVE_CODES,
+)
+
 __all__ = ["HEADER", "LKJ", "DIAG", "LOCATION_CODES", "POSITIVE_CODES", "copy_cfunc",
            "logp_and_grad", "logp_cfunc", "logp_grad", "logp_grad_general", "logp_grad_q2"]
 
-# header of the packed data vector
+# header of the packed data vector (twolevel.models.bayes.kernel_layout)
 _Q, _P, _J, _N, _STRUCT, _ETA, _FBETA, _FSIGMA, _FSD, _CONST = range(10)
-HEADER = 10
-LKJ, DIAG = 0, 1
-LOCATION_CODES = {"Normal": 0, "StudentT": 1}
-POSITIVE_CODES = {"HalfNormal": 0, "HalfStudentT": 1, "HalfCauchy": 2, "Exponential": 3,
-                  "Gamma": 4}
 
 
 # ----------------------------------------------------------------------------- compiled maths

@@ -1,13 +1,16 @@
-"""NUTS on the compiled collapsed model: nutpie's Rust sampler calling numba C callbacks.
+"""NUTS on the compiled collapsed model: nutpie's Rust sampler calling compiled C callbacks.
 
 nutpie (0.16) runs its chains in Rust threads. Given a PyMC model it compiles PyTensor's numba
 code into a ``numba.cfunc`` that cannot be cached (it closes over the model's data), ~10 s every
 process; its Python-callback route (``nutpie.compiled_pyfunc.from_pyfunc``) takes the GIL for
-every gradient, so two cores sample no faster than one. Here nutpie gets the C callbacks of
-:mod:`twolevel.models.bayes.kernels` — generic machine code compiled once per installation and
-loaded from numba's cache — with the model's data as their ``user_data`` pointer, through
-nutpie's own ``CompiledPyMCModel`` (the class ``nutpie.compile_pymc_model`` returns). The gradient
-then runs without the GIL in nutpie's threads, and no PyMC or PyTensor is imported.
+every gradient, so two cores sample no faster than one. Here nutpie gets generic machine code
+built once per installation, with the model's data as its ``user_data`` pointer
+(:func:`callbacks`): the C library of :mod:`twolevel.models.bayes.ckernels` when a C compiler is
+found, else the numba cfuncs of :mod:`twolevel.models.bayes.kernels` loaded from numba's cache
+(the same maths, bitwise the same numbers on this machine) — through nutpie's own
+``CompiledPyMCModel`` (the class ``nutpie.compile_pymc_model`` returns). The gradient then runs
+without the GIL in nutpie's threads, and no PyMC or PyTensor (nor, on the C route, numba) is
+imported.
 
 The draws come out as from ``nutpie.sample(nutpie.compile_pymc_model(model))`` on the collapsed
 PyMC model: the same variables (``beta``, ``sigma``, ``chol_cov``, ``sd``, ``corr``), dimensions,
@@ -42,13 +45,14 @@ import pandas as pd
 import xarray as xr
 
 from twolevel.data.errors import FormulaError, TwolevelError
-from twolevel.models.bayes import kernels
+from twolevel.models.bayes import ckernels
+from twolevel.models.bayes import kernel_layout as layout
 from twolevel.models.bayes.compile_helper import start_kernel_compile, wait_kernel_compile
 from twolevel.models.bayes.priors import ModelPriors, check_priors, default_priors
 from twolevel.models.design import Design, GroupCrossprods
 
 __all__ = ["ADAPTATIONS", "CollapsedModel", "check_adaptation", "compile_collapsed",
-           "compile_kernels",
+           "callbacks", "compile_kernels", "kernel_description",
            "effect_structure", "expand_draws", "expand_names", "nutpie_lib", "pack_data",
            "run_nuts", "sample_collapsed", "support_point", "trace_to_datatree"]
 
@@ -135,8 +139,8 @@ def pack_data(cp, n: int, priors, structure: str) -> np.ndarray:
     c (J×q), XᵀX (p×p), Xᵀy (p), yᵀy. ``cp`` is a :class:`GroupCrossprods`."""
     A, B, c = np.asarray(cp.A, float), np.asarray(cp.B, float), np.asarray(cp.c, float)
     J, q, p = B.shape
-    if priors.beta.dist not in kernels.LOCATION_CODES or priors.sigma.dist not in kernels.POSITIVE_CODES \
-            or priors.sd.dist not in kernels.POSITIVE_CODES:
+    loc, pos = layout.LOCATION_CODES, layout.POSITIVE_CODES
+    if priors.beta.dist not in loc or priors.sigma.dist not in pos or priors.sd.dist not in pos:
         raise TwolevelError(f"priors {priors.to_dict()} have no compiled kernel; use the families "
                             "of twolevel.models.bayes.priors.SUPPORTED")
     pb, cb = _location_params(priors.beta, p)
@@ -146,9 +150,9 @@ def pack_data(cp, n: int, priors, structure: str) -> np.ndarray:
     const = -0.5 * n * LOG2PI + cb + cs + cd
     if structure == "lkj":
         const += lkj_normalizing_constant(eta, q)
-    head = np.array([q, p, J, n, kernels.LKJ if structure == "lkj" else kernels.DIAG, eta,
-                     kernels.LOCATION_CODES[priors.beta.dist], kernels.POSITIVE_CODES[priors.sigma.dist],
-                     kernels.POSITIVE_CODES[priors.sd.dist], const], float)
+    head = np.array([q, p, J, n, layout.LKJ if structure == "lkj" else layout.DIAG, eta,
+                     loc[priors.beta.dist], pos[priors.sigma.dist], pos[priors.sd.dist], const],
+                    float)
     return np.ascontiguousarray(np.concatenate([
         head, pb.ravel(), ps.ravel(), pd_.ravel(), A.ravel(), B.ravel(), c.ravel(),
         np.asarray(cp.XtX, float).ravel(), np.asarray(cp.Xty, float).ravel(),
@@ -431,16 +435,40 @@ def nuts_settings(lib, *, adaptation: str, seed: int, draws: int, tune: int, cha
     return settings
 
 
+def kernel_description() -> str:
+    """Which compiled callbacks a collapsed fit runs on (recorded as the fit's ``sampler``)."""
+    if ckernels.kernel_route() == "c":
+        return "nutpie, collapsed model compiled from C (twolevel.models.bayes.ckernels)"
+    return "nutpie, collapsed model compiled by numba (twolevel.models.bayes.kernels)"
+
+
+def callbacks(q: int) -> tuple[int, int, object]:
+    """(logp address, expand address, the object that owns them) for nutpie: the C library of
+    :mod:`twolevel.models.bayes.ckernels` on the C route, numba's cfuncs of
+    :mod:`twolevel.models.bayes.kernels` on the numba route (and when the C build failed)."""
+    if ckernels.kernel_route() == "c":
+        try:
+            logp, copy = ckernels.callback_addresses(q)
+            return logp, copy, ckernels.load()
+        except TwolevelError:
+            if os.environ.get("TWOLEVEL_KERNELS", "auto").strip().lower() == "c":
+                raise
+    from twolevel.models.bayes import kernels
+
+    logp_c, copy_c = kernels.logp_cfunc(q), kernels.copy_cfunc()
+    return logp_c.address, copy_c.address, (logp_c, copy_c)
+
+
 def run_nuts(model: CollapsedModel, settings, cores: int, progress: bool, lib=None):
     """Run nutpie's Rust NUTS on the compiled callbacks (the calls of ``nutpie.sample`` and
     ``CompiledPyMCModel._make_sampler``); returns the raw Arrow trace
     ``(draw_batches, stat_batches)``, with ``x`` the unconstrained draws."""
     lib = lib or nutpie_lib()
-    logp_c, copy_c = kernels.logp_cfunc(model.q), kernels.copy_cfunc()
-    keep = (model, logp_c, copy_c)  # alive while the sampler runs
+    logp_addr, copy_addr, owner = callbacks(model.q)
+    keep = (model, owner)  # alive while the sampler runs
     ptr = model.data.ctypes.data
-    logp_fn = lib.LogpFunc(logp_c.address, ptr, keep)
-    expand_fn = lib.ExpandFunc(model.n_dim, model.n_dim, copy_c.address, ptr, keep)
+    logp_fn = lib.LogpFunc(logp_addr, ptr, keep)
+    expand_fn = lib.ExpandFunc(model.n_dim, model.n_dim, copy_addr, ptr, keep)
     sizes = {k: len(v) for k, v in model.coords.items()}
     variables = lib.PyVariable.new_variables(["x"], ["float64"], [(model.n_dim,)], sizes,
                                              {"x": ("unconstrained_parameter",)})
@@ -478,7 +506,10 @@ def sample_collapsed(
     lib = nutpie_lib()
     settings = nuts_settings(lib, adaptation=adaptation, seed=seed, draws=draws, tune=tune,
                              chains=chains, target_accept=target_accept)
-    kernels.copy_cfunc()  # (the helper compiles the logp callback meanwhile)
+    if ckernels.kernel_route() == "numba":
+        from twolevel.models.bayes import kernels
+
+        kernels.copy_cfunc()  # (the helper compiles the logp callback meanwhile)
     wait_kernel_compile(design.q)
     model, priors, _ = compile_collapsed(design, cp, priors)
     draw_batches, stat_batches = run_nuts(model, settings, cores, progress, lib)
@@ -492,10 +523,14 @@ def sample_collapsed(
 
 
 def compile_kernels() -> None:
-    """Compile (or load) every numba kernel of the Bayesian side into numba's cache: the C
-    callbacks for q = 2 and for any q, and the PSIS-LOO kernel. ``make setup`` runs this once per
-    installation, so a user's first fit and first LOO load machine code instead of compiling."""
-    from twolevel.models.bayes import loo
+    """Build the C callbacks (:func:`twolevel.models.bayes.ckernels.build`, when a compiler is
+    found) and compile (or load) every numba kernel of the Bayesian side into numba's cache: the
+    callbacks for q = 2 and for any q (the fallback), and the PSIS-LOO kernel. ``make setup``
+    runs this once per installation, so a user's first fit and first LOO load machine code
+    instead of compiling."""
+    from twolevel.models.bayes import kernels, loo
+
+    ckernels.build()
 
     kernels.logp_cfunc(2)
     kernels.logp_cfunc(3)

@@ -1,0 +1,183 @@
+"""The collapsed model's log density and gradient as C callbacks (``ckernels.c``), built by the
+system C compiler once per installation; numba's kernels (:mod:`twolevel.models.bayes.kernels`)
+are the fallback and the reference.
+
+Why C beside numba: numba compiles the callback on first use in about 2.5 s of CPU (type
+inference and LLVM lowering), and again whenever its cache is empty, which made a cold first
+fit ~1.9× a warm one. ``ckernels.c`` is the same maths, data layout and operation order as
+the numba kernels (a test checks them equal to 1e-12 and the PyMC model to 1e-10); ``cc -O2``
+builds it in a fraction of a second, once, into a shared library that a fit loads with
+:mod:`ctypes` in microseconds and hands to nutpie as function addresses, without importing
+numba.
+
+Where the library lives: ``$TWOLEVEL_CACHE_DIR``, else ``$XDG_CACHE_HOME/twolevel``, else
+``~/.cache/twolevel``; its name carries a hash of the source, the flags and the compiler, so an
+edited kernel or another compiler builds anew. The build writes a temporary file and renames it,
+so processes building at the same time never load a half-written library.
+
+Which route a fit takes (:func:`kernel_route`): ``TWOLEVEL_KERNELS=c`` or ``numba`` forces one;
+by default (``auto``) C when the library is built or a C compiler (``$CC``, ``cc``, ``gcc``,
+``clang``) is on the PATH, numba otherwise (and when a build fails: the compiler's message is
+kept in :data:`BUILD_ERRORS`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from twolevel.data.errors import TwolevelError
+
+__all__ = ["BUILD_ERRORS", "SOURCE", "CFLAGS", "build", "build_command", "c_logp_and_grad",
+           "cache_dir", "callback_addresses", "compiler", "kernel_route", "library_path",
+           "load", "start_build", "finish_build"]
+
+SOURCE = Path(__file__).with_name("ckernels.c")
+CFLAGS = ("-O2", "-fPIC", "-shared", "-fno-fast-math")
+ROUTES = ("auto", "c", "numba")
+BUILD_ERRORS: list[str] = []
+_LIB: dict[str, ctypes.CDLL] = {}
+
+
+def cache_dir() -> Path:
+    """``$TWOLEVEL_CACHE_DIR``, else ``$XDG_CACHE_HOME/twolevel``, else ``~/.cache/twolevel``."""
+    if os.environ.get("TWOLEVEL_CACHE_DIR"):
+        return Path(os.environ["TWOLEVEL_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "twolevel"
+
+
+def compiler() -> str | None:
+    """The C compiler: ``$CC`` (its first word) if set, else the first of cc, gcc, clang on the
+    PATH; None when there is none."""
+    cc = os.environ.get("CC", "").split()
+    if cc:
+        return shutil.which(cc[0])
+    for name in ("cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def library_path(cc: str | None = None) -> Path:
+    """The shared library's path: ``ckernels-<hash of source, flags, compiler>-<machine>.so``."""
+    h = hashlib.sha256(SOURCE.read_bytes())
+    h.update(" ".join(CFLAGS).encode())
+    h.update(str(cc or compiler() or "").encode())
+    return cache_dir() / f"ckernels-{h.hexdigest()[:16]}-{platform.machine()}.so"
+
+
+def build_command(cc: str, out: Path) -> list[str]:
+    """``cc -O2 -fPIC -shared -fno-fast-math ckernels.c -o out -lm``."""
+    return [cc, *CFLAGS, str(SOURCE), "-o", str(out), "-lm"]
+
+
+def start_build() -> tuple[subprocess.Popen, Path, Path] | None:
+    """Start the compiler in the background when the library is not built yet; returns
+    ``(process, temporary output, final path)`` for :func:`finish_build`, or None when there is
+    nothing to do (built already, or no compiler)."""
+    cc = compiler()
+    if cc is None:
+        return None
+    final = library_path(cc)
+    if final.exists():
+        return None
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{final.stem}.{os.getpid()}.tmp")
+    proc = subprocess.Popen(build_command(cc, tmp), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, tmp, final
+
+
+def finish_build(pending: tuple[subprocess.Popen, Path, Path], timeout: float = 300.0) -> bool:
+    """Wait for :func:`start_build`'s compiler; move the library into place. False (with the
+    compiler's message in :data:`BUILD_ERRORS`) when it failed."""
+    proc, tmp, final = pending
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    if proc.returncode == 0 and tmp.exists():
+        os.replace(tmp, final)
+        return True
+    tmp.unlink(missing_ok=True)
+    BUILD_ERRORS.append(f"{' '.join(proc.args)} exited with {proc.returncode}: {out.strip()}")
+    return final.exists()  # another process may have built it meanwhile
+
+
+def build() -> Path | None:
+    """Build the library now if needed (``make setup`` does, once per installation); its path, or
+    None when no compiler is found or the build failed (see :data:`BUILD_ERRORS`)."""
+    try:
+        pending = start_build()
+    except OSError as e:  # an unwritable cache folder, a compiler that cannot start
+        BUILD_ERRORS.append(f"{e}; set TWOLEVEL_CACHE_DIR to a writable folder")
+        return None
+    if pending is not None and not finish_build(pending):
+        return None
+    path = library_path()
+    return path if compiler() is not None and path.exists() else None
+
+
+def kernel_route() -> str:
+    """``"c"`` or ``"numba"``: ``$TWOLEVEL_KERNELS`` (``auto``, ``c``, ``numba``; default auto:
+    C when a compiler is found and no build of this process has failed)."""
+    route = os.environ.get("TWOLEVEL_KERNELS", "auto").strip().lower() or "auto"
+    if route not in ROUTES:
+        raise TwolevelError(f"TWOLEVEL_KERNELS={route!r} is not a kernel route; use one of "
+                            f"{', '.join(ROUTES)}")
+    if route == "auto":
+        return "c" if compiler() is not None and not BUILD_ERRORS else "numba"
+    return route
+
+
+def load() -> ctypes.CDLL:
+    """The built library (built now if needed); a :class:`TwolevelError` saying what to do when
+    there is no compiler or the build failed."""
+    if "lib" in _LIB:
+        return _LIB["lib"]
+    path = build()
+    if path is None:
+        why = BUILD_ERRORS[-1] if BUILD_ERRORS else "no C compiler found (set CC, or install cc)"
+        raise TwolevelError(f"cannot build the C kernels ({SOURCE.name}): {why}; install a C "
+                            "compiler or set TWOLEVEL_KERNELS=numba")
+    lib = ctypes.CDLL(str(path))
+    dbl = ctypes.POINTER(ctypes.c_double)
+    for name in ("twolevel_logp_q2", "twolevel_logp_general"):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int64
+        fn.argtypes = [ctypes.c_uint64, dbl, dbl, dbl, ctypes.c_void_p]
+    _LIB["lib"] = lib
+    return lib
+
+
+def callback_addresses(q: int) -> tuple[int, int]:
+    """(logp, expand) function addresses for nutpie: ``twolevel_logp_q2`` for q = 2, else
+    ``twolevel_logp_general``; ``twolevel_copy``."""
+    lib = load()
+    logp = lib.twolevel_logp_q2 if q == 2 else lib.twolevel_logp_general
+    addr = ctypes.cast(logp, ctypes.c_void_p).value
+    return addr, ctypes.cast(lib.twolevel_copy, ctypes.c_void_p).value
+
+
+def c_logp_and_grad(x: np.ndarray, data: np.ndarray) -> tuple[float, np.ndarray, int]:
+    """(log density, gradient, status) at x from the C callback, called from Python (tests)."""
+    lib = load()
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    data = np.ascontiguousarray(data, dtype=np.float64)
+    grad = np.empty_like(x)
+    lp = ctypes.c_double()
+    fn = lib.twolevel_logp_q2 if int(data[0]) == 2 else lib.twolevel_logp_general
+    dbl = ctypes.POINTER(ctypes.c_double)
+    status = fn(x.size, x.ctypes.data_as(dbl), grad.ctypes.data_as(dbl), ctypes.byref(lp),
+                data.ctypes.data_as(ctypes.c_void_p))
+    return lp.value, grad, int(status)
