@@ -165,7 +165,8 @@ def test_wheel_has_only_twolevel(dist):
     tops = {n.split("/")[0] for n in names}
     assert tops == {"twolevel", f"{whl.name.split('-')[0]}-{whl.name.split('-')[1]}.dist-info"}
     for must in ("twolevel/__init__.py", "twolevel/__main__.py", "twolevel/data/ecls_k_like.csv",
-                 "twolevel/models/lmm/lmer.py", "twolevel/workflows/lecture/run.py"):
+                 "twolevel/models/lmm/lmer.py", "twolevel/workflows/lecture/run.py",
+                 "twolevel/models/bayes/ckernels.c"):
         assert must in names, must
     (sdist,) = dist.glob("twolevel-*.tar.gz")
     import tarfile
