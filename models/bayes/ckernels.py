@@ -36,7 +36,7 @@ import numpy as np
 from twolevel.data.errors import TwolevelError
 
 __all__ = ["BUILD_ERRORS", "SOURCE", "CFLAGS", "build", "build_command", "c_logp_and_grad",
-           "cache_dir", "callback_addresses", "compiler", "kernel_route", "library_path",
+           "cache_dir", "callback_addresses", "compiler", "glmm_callback_addresses", "kernel_route", "library_path",
            "load", "start_build", "finish_build"]
 
 SOURCE = Path(__file__).with_name("ckernels.c")
@@ -152,7 +152,7 @@ def load() -> ctypes.CDLL:
                             "compiler or set TWOLEVEL_KERNELS=numba")
     lib = ctypes.CDLL(str(path))
     dbl = ctypes.POINTER(ctypes.c_double)
-    for name in ("twolevel_logp_q2", "twolevel_logp_general"):
+    for name in ("twolevel_logp_q2", "twolevel_logp_general", "twolevel_logp_glmm"):
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int64
         fn.argtypes = [ctypes.c_uint64, dbl, dbl, dbl, ctypes.c_void_p]
@@ -169,14 +169,27 @@ def callback_addresses(q: int) -> tuple[int, int]:
     return addr, ctypes.cast(lib.twolevel_copy, ctypes.c_void_p).value
 
 
-def c_logp_and_grad(x: np.ndarray, data: np.ndarray) -> tuple[float, np.ndarray, int]:
-    """(log density, gradient, status) at x from the C callback, called from Python (tests)."""
+def glmm_callback_addresses() -> tuple[int, int]:
+    """(logp, expand) function addresses of the non-centred GLMM for nutpie:
+    ``twolevel_logp_glmm``, ``twolevel_copy``."""
+    lib = load()
+    return (ctypes.cast(lib.twolevel_logp_glmm, ctypes.c_void_p).value,
+            ctypes.cast(lib.twolevel_copy, ctypes.c_void_p).value)
+
+
+def c_logp_and_grad(x: np.ndarray, data: np.ndarray, model: str = "collapsed"
+                    ) -> tuple[float, np.ndarray, int]:
+    """(log density, gradient, status) at x from the C callback of ``model`` ("collapsed" or
+    "glmm"), called from Python (tests)."""
     lib = load()
     x = np.ascontiguousarray(x, dtype=np.float64)
     data = np.ascontiguousarray(data, dtype=np.float64)
     grad = np.empty_like(x)
     lp = ctypes.c_double()
-    fn = lib.twolevel_logp_q2 if int(data[0]) == 2 else lib.twolevel_logp_general
+    if model == "glmm":
+        fn = lib.twolevel_logp_glmm
+    else:
+        fn = lib.twolevel_logp_q2 if int(data[0]) == 2 else lib.twolevel_logp_general
     dbl = ctypes.POINTER(ctypes.c_double)
     status = fn(x.size, x.ctypes.data_as(dbl), grad.ctypes.data_as(dbl), ctypes.byref(lp),
                 data.ctypes.data_as(ctypes.c_void_p))

@@ -6,7 +6,10 @@ encodings are glmer's (0/1, two-level factor, logical, ``cbind(successes, failur
 with ``weights`` = trials, counts with ``offset(log(exposure))``; :mod:`twolevel.models.glmm.response`).
 The model (:mod:`twolevel.models.bayes.pymc_glmm`) has the LKJ prior on the school effects'
 correlation and samples the school effects **non-centred** by default; ``centering="auto"`` centres
-the leading effects whose reliability in the Laplace fit (``glmer``) is ≥ 0.5. The diagnostic gate
+the leading effects whose reliability in the Laplace fit (``glmer``) is ≥ 0.5. The non-centred
+logit-binomial and log-Poisson models are sampled through their C log density and gradient
+(:mod:`twolevel.models.bayes.glmm_sampler`, equal to the PyMC model's, tested; no PyMC import,
+nothing compiled per process); the others through the PyMC model. The diagnostic gate
 is the Gaussian model's (0 divergences, R-hat ≤ 1.01, ESS ≥ 400 over every parameter including
 each school effect, BFMI ≥ 0.3). The ``log_likelihood`` group holds ``<response>`` [obs] (per
 student, PSIS-LOO) and ``<response>_by_school`` [school] with each school's effects integrated
@@ -33,6 +36,7 @@ from twolevel.models.bayes.fit import (
     diagnose,
 )
 from twolevel.models.bayes.glmm_loglik import school_loglik_agq, student_loglik_glmm
+from twolevel.models.bayes.glmm_sampler import compiled_glmm_supported
 from twolevel.models.bayes.priors import ModelPriors, default_glmm_priors
 from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.response import glmer_design
@@ -85,9 +89,6 @@ def fit_bayes_glmm(
     of leading effects to centre. ``settings``: default ``SamplerSettings.for_family(family)``
     (diagonal mass-matrix adaptation, target_accept 0.8, 4 × 2,000 draws). ``nodes``: Gauss–Hermite nodes per dimension for the per-school
     log-likelihood (default 9 for one random effect, 5 for two, 3 for more)."""
-    from twolevel.models.bayes.pymc_glmm import build_glmm_model, choose_glmm_centering
-    from twolevel.models.bayes.pymc_model import sample_nuts
-
     if log_likelihood not in LOG_LIKELIHOODS:
         raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "
                             f"{', '.join(LOG_LIKELIHOODS)}; use one of those")
@@ -104,20 +105,38 @@ def fit_bayes_glmm(
     elif centering == "centered":
         m = q
     elif centering == "auto":
+        from twolevel.models.bayes.pymc_glmm import choose_glmm_centering
+
         m = choose_glmm_centering(glmm_reliabilities(formula, data, fam.name, fam.link, weights))
     elif isinstance(centering, int | np.integer) and 0 <= int(centering) <= q:
         m = int(centering)
     else:
         raise TwolevelError(f"centering {centering!r} is not valid; use 'noncentered', "
                             f"'centered', 'auto' or a number of leading centred effects 0-{q}")
-    built = build_glmm_model(design, resp.y, resp.w, resp.offset, fam.name, fam.link, priors,
-                             centering=m)
-    timings["build"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    dt = sample_nuts(built, draws=settings.draws, tune=settings.tune, chains=settings.chains,
+    sample_kw = dict(draws=settings.draws, tune=settings.tune, chains=settings.chains,
                      cores=settings.cores, seed=settings.seed,
                      target_accept=settings.target_accept, adaptation=settings.adaptation,
-                     progress=progress, gil_free=design.n >= GIL_FREE_ROWS)
+                     progress=progress)
+    if compiled_glmm_supported(fam.name, fam.link, m, priors):
+        # the C log density and gradient (no PyMC/PyTensor): the same density as the PyMC model
+        from twolevel.models.bayes.glmm_sampler import sample_glmm
+
+        timings["build"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        dt = sample_glmm(design, resp.y, resp.w, resp.offset, fam.name, fam.link, priors,
+                         **sample_kw)
+        sampler = ("nutpie, non-centred model compiled from C "
+                   "(twolevel.models.bayes.glmm_sampler)")
+    else:
+        from twolevel.models.bayes.pymc_glmm import build_glmm_model
+        from twolevel.models.bayes.pymc_model import sample_nuts
+
+        built = build_glmm_model(design, resp.y, resp.w, resp.offset, fam.name, fam.link,
+                                 priors, centering=m)
+        timings["build"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        dt = sample_nuts(built, gil_free=design.n >= GIL_FREE_ROWS, **sample_kw)
+        sampler = "nutpie, PyMC model compiled by PyTensor/Numba"
     timings["compile+sample"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     post = dt["posterior"].to_dataset()
@@ -134,7 +153,7 @@ def fit_bayes_glmm(
     return BayesFit(
         formula=formula, design=design, priors=priors, likelihood=f"{fam.name}/{fam.link}",
         n_centered=m, settings=settings, datatree=dt, diagnostics=diag, timings=timings,
-        sampler="nutpie, PyMC model compiled by PyTensor/Numba",
+        sampler=sampler,
     )
 
 

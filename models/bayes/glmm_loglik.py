@@ -29,14 +29,30 @@ import math
 import numba as nb
 import numpy as np
 
-__all__ = ["FAMILY_CODES", "row_constants", "school_loglik_agq", "student_loglik_glmm",
-           "gauss_hermite"]
+from twolevel.data.errors import TwolevelError
+
+__all__ = ["FAMILY_CODES", "binomial_trials", "row_constants", "school_loglik_agq",
+           "student_loglik_glmm", "gauss_hermite"]
 
 # (family, link) → kernel code
 FAMILY_CODES = {("binomial", "logit"): 0, ("binomial", "probit"): 1,
                 ("binomial", "cloglog"): 2, ("poisson", "log"): 3}
 _EPS = float(np.finfo(float).eps)
 _SQRT2 = math.sqrt(2.0)
+
+
+def binomial_trials(y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Successes s = y·w and trials n = w of a binomial response given as proportions y with
+    weights w (trials); both must be whole numbers for the Binomial likelihood."""
+    n = np.asarray(w, dtype=float)
+    s = np.asarray(y, dtype=float) * n
+    if np.any(np.abs(n - np.round(n)) > 1e-8) or np.any(np.abs(s - np.round(s)) > 1e-6):
+        raise TwolevelError(
+            "the Bayesian binomial model needs whole numbers of successes and trials; the "
+            "response times its weights is not whole (give cbind(successes, failures), or 0/1 "
+            "with weights = 1)"
+        )
+    return np.round(s), np.round(n)
 
 
 def row_constants(y: np.ndarray, n: np.ndarray, family: str) -> tuple[np.ndarray, np.ndarray]:

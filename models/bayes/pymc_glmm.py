@@ -31,6 +31,7 @@ import pymc as pm  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 
 from twolevel.data.errors import FormulaError, TwolevelError  # noqa: E402
+from twolevel.models.bayes.glmm_loglik import binomial_trials  # noqa: E402
 from twolevel.models.bayes.priors import ModelPriors, check_priors  # noqa: E402
 from twolevel.models.bayes.pymc_model import (  # noqa: E402
     RELIABILITY_CUTOFF,
@@ -56,20 +57,6 @@ def choose_glmm_centering(reliability: np.ndarray) -> int:
     while m < len(reliability) and reliability[m] >= RELIABILITY_CUTOFF:
         m += 1
     return m
-
-
-def binomial_trials(y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Successes s = y·w and trials n = w of a binomial response given as proportions y with
-    weights w (trials); both must be whole numbers for the Binomial likelihood."""
-    n = np.asarray(w, dtype=float)
-    s = np.asarray(y, dtype=float) * n
-    if np.any(np.abs(n - np.round(n)) > 1e-8) or np.any(np.abs(s - np.round(s)) > 1e-6):
-        raise TwolevelError(
-            "the Bayesian binomial model needs whole numbers of successes and trials; the "
-            "response times its weights is not whole (give cbind(successes, failures), or 0/1 "
-            "with weights = 1)"
-        )
-    return np.round(s), np.round(n)
 
 
 def inverse_link(eta, link: str):

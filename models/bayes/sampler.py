@@ -328,11 +328,12 @@ def _group(arrays: dict[str, list[np.ndarray]], dims: dict[str, tuple[str, ...]]
     return xr.Dataset(data_vars, coords=all_coords)
 
 
-def trace_to_datatree(draw_batches, stat_batches, model: CollapsedModel, settings: dict,
+def trace_to_datatree(draw_batches, stat_batches, model, settings: dict,
                       attrs: dict | None = None) -> xr.DataTree:
     """nutpie's Arrow trace (one draw and one stats batch per chain; ``x`` the unconstrained
-    draws) → the DataTree ``nutpie.sample`` returns for the collapsed PyMC model: ``posterior``
-    and ``warmup_posterior`` with the variables of :func:`expand_draws`, ``sample_stats`` and
+    draws) → the DataTree ``nutpie.sample`` returns for the PyMC model: ``posterior`` and
+    ``warmup_posterior`` with the variables of ``model.expand`` (:class:`CollapsedModel`,
+    :class:`~twolevel.models.bayes.glmm_sampler.GlmmModel`), ``sample_stats`` and
     ``warmup_sample_stats`` (split by nutpie's ``tuning`` flag)."""
     skip = _skipped_stats(settings)
     post: dict = {"post": {}, "tune": {}}
@@ -346,7 +347,7 @@ def trace_to_datatree(draw_batches, stat_batches, model: CollapsedModel, setting
         n_post.append(st.num_rows - k)
         x = _column(draws, "x")[0]
         for part, sl in (("tune", slice(0, k)), ("post", slice(k, None))):
-            for name, v in expand_draws(x[sl], model.q, model.p, model.structure).items():
+            for name, v in model.expand(x[sl]).items():
                 post[part].setdefault(name, []).append(v)
         for name in st.schema.names:
             if name in skip or name in ("chain", "draw"):  # those are the coordinates
@@ -384,6 +385,14 @@ class CollapsedModel:
     def initial_point(self, seed) -> np.ndarray:
         """PyMC's support point plus U(−1, 1) jitter (a new start for every chain and retry)."""
         return self.x0 + np.random.default_rng(seed).uniform(-1.0, 1.0, self.n_dim)
+
+    def expand(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's variables from unconstrained draws (:func:`expand_draws`)."""
+        return expand_draws(x, self.q, self.p, self.structure)
+
+    def callbacks(self) -> tuple[int, int, object]:
+        """nutpie's (logp, expand) addresses and their owner (:func:`callbacks`)."""
+        return callbacks(self.q)
 
 
 def compile_collapsed(design: Design, cp: GroupCrossprods, priors: ModelPriors | None = None):
@@ -459,12 +468,12 @@ def callbacks(q: int) -> tuple[int, int, object]:
     return logp_c.address, copy_c.address, (logp_c, copy_c)
 
 
-def run_nuts(model: CollapsedModel, settings, cores: int, progress: bool, lib=None):
+def run_nuts(model, settings, cores: int, progress: bool, lib=None):
     """Run nutpie's Rust NUTS on the compiled callbacks (the calls of ``nutpie.sample`` and
     ``CompiledPyMCModel._make_sampler``); returns the raw Arrow trace
     ``(draw_batches, stat_batches)``, with ``x`` the unconstrained draws."""
     lib = lib or nutpie_lib()
-    logp_addr, copy_addr, owner = callbacks(model.q)
+    logp_addr, copy_addr, owner = model.callbacks()
     keep = (model, owner)  # alive while the sampler runs
     ptr = model.data.ctypes.data
     logp_fn = lib.LogpFunc(logp_addr, ptr, keep)
