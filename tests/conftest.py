@@ -49,3 +49,28 @@ def pytest_runtest_makereport(item, call):
         rep.outcome = "failed"
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         rep.longrepr = f"needs_r test skipped but TWOLEVEL_REQUIRE_R=1: {reason}"
+
+
+def pymc_reference(model):
+    """The reference density of a PyMC model for the compiled kernels' tests: ``(names, x0, f)``
+    with the value variables' names, the initial point flattened in their order, and
+    ``f(x) → (logp, dlogp)`` through ``model.compile_logp`` / ``compile_dlogp`` (PyTensor's Python
+    linker: no compilation, the same float64 graph)."""
+    import numpy as np
+
+    logp = model.compile_logp(mode="FAST_COMPILE")
+    dlogp = model.compile_dlogp(mode="FAST_COMPILE")
+    names = [v.name for v in model.value_vars]
+    ip = model.initial_point()
+    shapes = [np.shape(ip[nm]) for nm in names]
+    x0 = np.concatenate([np.ravel(ip[nm]) for nm in names])
+
+    def f(x):
+        point, o = {}, 0
+        for nm, sh in zip(names, shapes, strict=True):
+            size = int(np.prod(sh, dtype=int))
+            point[nm] = x[o:o + size].reshape(sh)
+            o += size
+        return float(logp(point)), np.asarray(dlogp(point))
+
+    return names, x0, f

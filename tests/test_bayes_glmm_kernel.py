@@ -18,6 +18,8 @@ from twolevel.models.bayes.pymc_glmm import build_glmm_model
 from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.response import glmer_design
 
+from conftest import pymc_reference
+
 
 def _sim(seed=5, J=12):
     """Two-level data with a Bernoulli, a binomial (with trials) and a count response."""
@@ -63,25 +65,14 @@ def _check(data, formula, family, priors_kw=None, n_points=5, seed=0):
         pri = pri.replace(**priors_kw)
     assert compiled_glmm_supported(fam.name, fam.link, 0, pri)
     built = build_glmm_model(design, resp.y, resp.w, resp.offset, fam.name, fam.link, pri)
-    model = built.model
-    logp = model.compile_logp(mode="FAST_COMPILE")
-    dlogp = model.compile_dlogp(mode="FAST_COMPILE")
-    names = [v.name for v in model.value_vars]
-    ip = model.initial_point()
-    shapes = [np.shape(ip[nm]) for nm in names]
-    x0 = np.concatenate([np.ravel(ip[nm]) for nm in names])
+    names, x0, reference = pymc_reference(built.model)
     cm = compile_glmm(design, resp.y, resp.w, resp.offset, fam.name, fam.link, pri)
     assert cm.n_dim == x0.size
     np.testing.assert_allclose(cm.x0, x0, rtol=1e-12)  # PyMC's initial point
     rng = np.random.default_rng(seed)
     for _ in range(n_points):
         x = x0 + rng.uniform(-1.5, 1.5, x0.size)
-        point, o = {}, 0
-        for nm, sh in zip(names, shapes, strict=True):
-            size = int(np.prod(sh, dtype=int))
-            point[nm] = x[o:o + size].reshape(sh)
-            o += size
-        want_lp, want_g = float(logp(point)), np.asarray(dlogp(point))
+        want_lp, want_g = reference(x)
         lp, g, status = ckernels.c_logp_and_grad(x, cm.data, "glmm")
         assert status == 0
         assert abs(lp - want_lp) <= 1e-10 * abs(want_lp), (lp, want_lp)

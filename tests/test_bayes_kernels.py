@@ -21,6 +21,8 @@ from twolevel.models.bayes.priors import Prior, default_priors
 from twolevel.models.bayes.pymc_model import build_model
 from twolevel.models.design import group_crossprods, make_design
 
+from conftest import pymc_reference
+
 
 def _sim(J=15, seed=3):
     """Two-level data with three student-level predictors and a level-2 predictor ``w``."""
@@ -56,15 +58,8 @@ def data():
 
 
 def _assert_kernel_equals_pymc(built, cp, n_points=6, seed=0):
-    model = built.model
-    # PyTensor's Python linker: no compilation, the same float64 graph
-    logp = model.compile_logp(mode="FAST_COMPILE")
-    dlogp = model.compile_dlogp(mode="FAST_COMPILE")
+    names, x0, reference = pymc_reference(built.model)
     packed = sampler.pack_data(cp, built.design.n, built.priors, built.structure)
-    names = [v.name for v in model.value_vars]
-    ip = model.initial_point()
-    shapes = [np.shape(ip[nm]) for nm in names]
-    x0 = np.concatenate([np.ravel(ip[nm]) for nm in names])
     # PyMC's initial point is the kernels' support point (nutpie jitters around it)
     np.testing.assert_allclose(
         sampler.support_point(built.priors, built.design.q, built.design.p, built.structure),
@@ -72,12 +67,7 @@ def _assert_kernel_equals_pymc(built, cp, n_points=6, seed=0):
     rng = np.random.default_rng(seed)
     for _ in range(n_points):
         x = x0 + rng.uniform(-1.5, 1.5, x0.size)
-        point, o = {}, 0
-        for nm, sh in zip(names, shapes, strict=True):
-            size = int(np.prod(sh, dtype=int))
-            point[nm] = x[o:o + size].reshape(sh)
-            o += size
-        want_lp, want_g = float(logp(point)), np.asarray(dlogp(point))
+        want_lp, want_g = reference(x)
         lp, g = kernels.logp_and_grad(x, packed)
         assert abs(lp - want_lp) <= 1e-10 * abs(want_lp), (lp, want_lp)
         np.testing.assert_allclose(g, want_g, rtol=1e-10, atol=1e-10 * np.abs(want_g).max())

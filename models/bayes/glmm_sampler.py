@@ -30,6 +30,7 @@ from twolevel.models.bayes import kernel_layout as layout
 from twolevel.models.bayes.glmm_loglik import binomial_trials
 from twolevel.models.bayes.sampler import (
     LOG2PI,
+    CompiledModel,
     _location_params,
     _positive_params,
     _positive_support,
@@ -119,24 +120,15 @@ def glmm_expand(x: np.ndarray, q: int, p: int, J: int, structure: str) -> dict[s
 
 
 @dataclass(frozen=True)
-class GlmmModel:
-    """The non-centred GLMM as nutpie's Rust sampler takes it (as
-    :class:`~twolevel.models.bayes.sampler.CollapsedModel`): packed ``data``, dimension, support
-    point ``x0`` (jittered by U(−1, 1) per chain, as nutpie does), dims and coordinates."""
+class GlmmModel(CompiledModel):
+    """The non-centred GLMM as nutpie's Rust sampler takes it
+    (:class:`~twolevel.models.bayes.sampler.CompiledModel`), with q effects, p fixed effects, J
+    schools and the effects' ``structure``."""
 
-    data: np.ndarray
-    n_dim: int
     q: int
     p: int
     J: int
     structure: str
-    x0: np.ndarray
-    dims: dict
-    coords: dict
-
-    def initial_point(self, seed) -> np.ndarray:
-        """PyMC's support point plus U(−1, 1) jitter (a new start for every chain and retry)."""
-        return self.x0 + np.random.default_rng(seed).uniform(-1.0, 1.0, self.n_dim)
 
     def expand(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The model's variables from unconstrained draws (:func:`glmm_expand`)."""

@@ -51,7 +51,7 @@ from twolevel.models.bayes.compile_helper import start_kernel_compile, wait_kern
 from twolevel.models.bayes.priors import ModelPriors, check_priors, default_priors
 from twolevel.models.design import Design, GroupCrossprods
 
-__all__ = ["ADAPTATIONS", "CollapsedModel", "check_adaptation", "compile_collapsed",
+__all__ = ["ADAPTATIONS", "CollapsedModel", "CompiledModel", "check_adaptation", "compile_collapsed",
            "callbacks", "compile_kernels", "kernel_description",
            "effect_structure", "expand_draws", "expand_names", "nutpie_lib", "pack_data",
            "run_nuts", "sample_collapsed", "support_point", "trace_to_datatree"]
@@ -368,16 +368,14 @@ def trace_to_datatree(draw_batches, stat_batches, model, settings: dict,
 
 
 @dataclass(frozen=True)
-class CollapsedModel:
-    """The collapsed model as nutpie's Rust sampler takes it: the packed ``data`` (the C
-    callbacks' ``user_data``), the dimension of x, the support point ``x0`` (jittered by
-    U(−1, 1) per chain, as nutpie does), and the dims and coordinates of its variables."""
+class CompiledModel:
+    """A model as nutpie's Rust sampler takes it: the packed ``data`` (the C callbacks'
+    ``user_data``), the dimension of x, the support point ``x0`` (jittered by U(−1, 1) per chain,
+    as nutpie does), and the dims and coordinates of its variables. Subclasses give
+    ``expand(x)`` (the model's variables from draws) and ``callbacks()`` (nutpie's addresses)."""
 
     data: np.ndarray
     n_dim: int
-    q: int
-    p: int
-    structure: str
     x0: np.ndarray
     dims: dict
     coords: dict
@@ -385,6 +383,16 @@ class CollapsedModel:
     def initial_point(self, seed) -> np.ndarray:
         """PyMC's support point plus U(−1, 1) jitter (a new start for every chain and retry)."""
         return self.x0 + np.random.default_rng(seed).uniform(-1.0, 1.0, self.n_dim)
+
+
+@dataclass(frozen=True)
+class CollapsedModel(CompiledModel):
+    """The collapsed model (:class:`CompiledModel`) with q effects, p fixed effects and the
+    effects' ``structure`` ("lkj" or "diag")."""
+
+    q: int
+    p: int
+    structure: str
 
     def expand(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The model's variables from unconstrained draws (:func:`expand_draws`)."""
