@@ -1,6 +1,6 @@
 """Simulation-based calibration of the Bayesian binary-outcome model (a script, not a test).
 
-    .venv/bin/python benchmarks/sbc_glmm.py [--reps 200] [--seed 1] [--draws 500]
+    .venv/bin/python benchmarks/sbc_glmm.py [--reps 200] [--seed 1] [--draws 500] [--route c]
 
 Talts et al. (2018) for ``y ~ 1 + x + (1 + x | g)`` with a Bernoulli (logit) outcome, the
 non-centred LKJ model of :mod:`twolevel.models.bayes.pymc_glmm`: a fixed design (40 schools of
@@ -11,7 +11,9 @@ prior is centred on g(ȳ) of the data, which an SBC cannot use because the data 
 it. (γ, SDs, ρ, school effects, y) are drawn from the PyMC model's prior predictive (the
 specification), each data set is fitted by NUTS with the binary-outcome sampler defaults
 (``SamplerSettings.for_family("binomial")``: diagonal adaptation, target_accept 0.8) on the same
-compiled model with the response swapped in (``sample_nuts(data={"observed": y})``), 4 chains ×
+sampler the default fit uses — the C log density and gradient through nutpie
+(:func:`twolevel.models.bayes.glmm_sampler.sample_glmm`; ``--route pymc``: the PyMC model compiled
+once, the response swapped in by ``sample_nuts(data={"observed": y})``) — 4 chains ×
 ``--draws`` after as many tuning steps, thinned to 99 draws, and the rank of the true value is
 recorded for γ00, γ10, sd0, sd1 and ρ. χ² test of uniform ranks over 20 bins (rejected at 1% is a
 failure). Ranks in ``benchmarks/results/sbc_glmm_ranks.csv``.
@@ -47,11 +49,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--draws", type=int, default=500)
+    ap.add_argument("--route", choices=["c", "pymc"], default="c",
+                    help="the compiled C model (the default fit's) or the PyMC model")
     a = ap.parse_args()
 
     import pymc as pm
 
     from twolevel.models.bayes.fit import SamplerSettings
+    from twolevel.models.bayes.glmm_sampler import sample_glmm
     from twolevel.models.bayes.priors import default_glmm_priors
     from twolevel.models.bayes.pymc_glmm import build_glmm_model
     from twolevel.models.bayes.pymc_model import sample_nuts
@@ -75,17 +80,20 @@ def main() -> None:
                          "sd1": sd[:, 1], "rho": corr})
     st = SamplerSettings.for_family("binomial")
     print(f"priors: {priors.to_dict()}")
-    print(f"sampler: {st.adaptation} adaptation, target_accept {st.target_accept}, 4 chains x "
+    print(f"route: {a.route}; sampler: {st.adaptation} adaptation, target_accept {st.target_accept}, 4 chains x "
           f"{a.draws} draws after {a.draws} tuning steps", flush=True)
     ranks, divs = [], []
     t0 = time.perf_counter()
     for i in range(a.reps):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dt = sample_nuts(built, draws=a.draws, tune=a.draws, chains=4, cores=2,
-                             seed=a.seed * 1000 + i, target_accept=st.target_accept,
-                             progress=False, adaptation=st.adaptation,
-                             data={"observed": ys[i].astype(float)})
+            kw = dict(draws=a.draws, tune=a.draws, chains=4, cores=2, seed=a.seed * 1000 + i,
+                      target_accept=st.target_accept, progress=False, adaptation=st.adaptation)
+            if a.route == "c":
+                dt = sample_glmm(design, ys[i].astype(float), resp.w, resp.offset, "binomial",
+                                 "logit", priors, **kw)
+            else:
+                dt = sample_nuts(built, data={"observed": ys[i].astype(float)}, **kw)
         post = dt["posterior"].to_dataset()
         b = post["beta"].transpose("chain", "draw", "fixed").to_numpy().reshape(-1, 2)
         s = post["sd"].transpose("chain", "draw", "effect").to_numpy().reshape(-1, 2)
