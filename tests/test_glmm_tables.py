@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import integrate, special, stats
-
 from twolevel.models.tables.empirical import (
     empirical_log_rate,
     empirical_logit,
@@ -149,10 +148,11 @@ def test_answers_ml_numbers_and_words():
                                    "proficiency (45% lower;")
     assert "Per within-school SD of SES (0.63): 0.685." in a.answers[0]
     assert "MOR = exp(√(2τ00)·Φ⁻¹(0.75)) = 2.145" in a.answers[3]
-    assert "That is larger than the odds ratio of one unit of SES (1.82" in a.answers[3]
+    assert ("That is larger than the odds ratio of one unit of SES turned above 1 as the MOR "
+            "is (1/0.549 = 1.82), so which school a student attends matters more") in a.answers[3]
     assert "95% of schools have log-odds between -2.57 and 0.57" in a.answers[2]
-    assert "slope tends to be lower (more negative), which with γ10 = -0.600 means a stronger SES " \
-           "association there" in a.answers[5]
+    assert ("slope tends to be lower (more negative), which with γ10 = -0.600 means a stronger "
+            "SES association there") in a.answers[5]
 
 
 def test_answers_with_draws_and_poisson_words():
@@ -171,6 +171,59 @@ def test_answers_with_draws_and_poisson_words():
     assert "Bayes: posterior mean" in a.answers[0]
     p = glmm_answers(ML, family="poisson", y_label="absences", x_label="SES")
     assert "rate ratio of SES" in p.answers[0] and "median rate ratio? MRR" in p.answers[3]
-    assert "icc_latent" not in set(p.table["symbol"])
+    assert "icc_latent" not in set(p.table["symbol"]) and "odds00" not in set(p.table["symbol"])
+    assert "rate 1" not in p.answers[1] and "expected count 0.368" in p.answers[1]
     with pytest.raises(ValueError, match="family must be one of binomial, poisson, got 'x'"):
         glmm_answers(ML, family="x")
+
+
+def test_school_type_means():
+    from twolevel.models.tables.glmm_answers import SCHOOL_TYPES, school_type_means
+
+    m = school_type_means(-1.0, -0.6, 0.64, 0.16, -0.096, 0.5)
+    assert list(m) == list(SCHOOL_TYPES)
+    assert m["average school"] == pytest.approx(special.expit(-1.0 - 0.3))
+    assert m["high-intercept school (97.5%)"] == pytest.approx(
+        special.expit(-1.0 + 1.959964 * 0.8 - 0.3), rel=1e-6)
+    var = 0.64 + 2 * 0.5 * -0.096 + 0.25 * 0.16
+    assert m["new school (average over schools)"] == pytest.approx(
+        population_average(-1.3, var))
+    # over draws, and the log link
+    d = school_type_means(np.array([0.0, 0.1]), np.array([0.2, 0.2]), np.array([0.5, 0.5]),
+                          np.array([0.0, 0.0]), np.array([0.0, 0.0]), 1.0, family="poisson")
+    np.testing.assert_allclose(d["new school (average over schools)"],
+                               np.exp(np.array([0.2, 0.3]) + 0.25))
+
+
+def test_empirical_shrinkage_table_and_words():
+    from twolevel.models.tables.empirical import (
+        describe_empirical_shrinkage,
+        empirical_shrinkage_table,
+    )
+
+    y = [0] * 10 + [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] + [1] * 6 + [0] * 6
+    g = ["a"] * 10 + ["b"] * 12 + ["c"] * 12
+    emp = school_empirical_table(y, g, group_name="schid")
+    modes = pd.Series([-2.0, -1.5, -0.1], index=pd.Index(["a", "b", "c"], name="schid"))
+    post = pd.Series([-2.1, -1.4, -0.2], index=modes.index)
+    t = empirical_shrinkage_table(emp, modes, post)
+    assert list(t.index) == ["a", "b", "c"] and t.index.name == "schid"
+    assert t.loc["a", "shift_mode"] == pytest.approx(-2.0 - np.log(0.5 / 10.5))
+    assert t.loc["c", "posterior_minus_mode"] == pytest.approx(-0.1)
+    words = describe_empirical_shrinkage(t, tau_ml=0.5, tau_post=0.6, event="failing")
+    assert "The 1 school(s) where every outcome is the same have no finite ML estimate" in words
+    assert "with 10–12 students" in words and "shrunk less" in words
+    with pytest.raises(ValueError, match="the conditional modes name schools the empirical "
+                                         "table does not have"):
+        empirical_shrinkage_table(emp, pd.Series([0.0], index=["z"]))
+
+
+def test_caterpillar_ratios():
+    from twolevel.models.tables.shrinkage import caterpillar_ratios, caterpillar_table
+
+    tab = caterpillar_ratios(caterpillar_table(["a", "b"], [0.5, -0.2], [0.1, 0.2], [0.4, -0.1],
+                                               [0.2, -0.5], [0.7, 0.3]), prefix="or")
+    np.testing.assert_allclose(tab["or_reml"], np.exp(tab["reml"]))
+    sd = np.array([0.2, 0.1])  # sorted by the REML value: b first
+    np.testing.assert_allclose(tab["or_reml_lo"], np.exp(tab["reml"] - 1.959963984540054 * sd))
+    np.testing.assert_allclose(tab["or_bayes_hi"], np.exp(tab["bayes_hi"]))

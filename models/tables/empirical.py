@@ -23,8 +23,10 @@ import pandas as pd
 
 __all__ = [
     "EmpiricalTable",
+    "describe_empirical_shrinkage",
     "empirical_log_rate",
     "empirical_logit",
+    "empirical_shrinkage_table",
     "school_empirical_table",
 ]
 
@@ -148,3 +150,88 @@ def school_empirical_table(y, group, family: str = "binomial", correction: float
     })
     return EmpiricalTable(table=table, family=family, correction=float(correction),
                           n_all_zero=int(all_zero.sum()), n_all_one=int(all_one.sum()))
+
+
+def empirical_shrinkage_table(emp: EmpiricalTable, modes: pd.Series,
+                              posterior: pd.Series | None = None) -> pd.DataFrame:
+    """One row per school: the no-pooling empirical estimate, the conditional mode and the
+    posterior mean of the school's intercept on the link scale, and the moves between them.
+
+    Parameters
+    ----------
+    emp : from :func:`school_empirical_table` (its group column is the index of the result).
+    modes : per school, γ00 + u0j at the conditional mode of a glmer fit (index = school).
+    posterior : per school, the posterior mean of γ00 + u0j (optional).
+
+    Returns
+    -------
+    DataFrame indexed by school with ``n_j``, ``y_sum``, ``separated``, ``empirical``, ``se``,
+    ``mode``, ``shift_mode`` = mode − empirical and, with ``posterior``, ``posterior``,
+    ``shift_posterior`` = posterior − empirical and ``posterior_minus_mode``.
+    """
+    tab = emp.table.set_index(emp.table.columns[0])
+    idx = pd.Index(modes.index, name=tab.index.name)
+    out = tab.reindex(idx)[["n_j", "y_sum", "separated", "empirical", "se"]].copy()
+    if out["n_j"].isna().any():
+        raise ValueError("the conditional modes name schools the empirical table does not have")
+    out["mode"] = modes.to_numpy(dtype=float)
+    out["shift_mode"] = out["mode"] - out["empirical"]
+    if posterior is not None:
+        out["posterior"] = posterior.reindex(idx).to_numpy(dtype=float)
+        out["shift_posterior"] = out["posterior"] - out["empirical"]
+        out["posterior_minus_mode"] = out["posterior"] - out["mode"]
+    return out
+
+
+def describe_empirical_shrinkage(table: pd.DataFrame, tau_ml: float, tau_post: float | None,
+                                 scale: str = "log-odds", school: str = "school",
+                                 event: str = "the outcome") -> str:
+    """A paragraph, in plain words with the numbers, on how the school estimates move from the
+    empirical values (no pooling) to the conditional modes and posterior means (partial pooling),
+    for a :func:`empirical_shrinkage_table`. ``tau_ml`` / ``tau_post``: the ML estimate and the
+    posterior mean of τ00; ``scale`` the link scale's name; ``event`` words for y = 1."""
+    from twolevel.models.tables.shrinkage import size_bands
+
+    v_emp, v_mode = float(table["empirical"].var(ddof=1)), float(table["mode"].var(ddof=1))
+    sizes = f"{int(table['n_j'].min())}–{int(table['n_j'].max())}"
+    has_post = "posterior" in table.columns
+    parts = [
+        f"The empirical {scale} of the {len(table)} {school}s vary with variance {v_emp:.3g}, "
+        f"{'more' if v_emp > tau_ml else 'less'} than the estimated variance of the true {school} "
+        f"{scale}, τ00 = {tau_ml:.3g}; with {sizes} students a {school}'s outcomes carry a lot "
+        "of sampling noise. The "
+        f"conditional modes vary with variance {v_mode:.3g} ({100 * v_mode / v_emp:.0f}% of "
+        "the empirical variance)"
+    ]
+    if has_post:
+        v_post = float(table["posterior"].var(ddof=1))
+        parts[0] += f" and the posterior means with {v_post:.3g} ({100 * v_post / v_emp:.0f}%)"
+    parts[0] += "."
+    band = size_bands(table["n_j"])
+    by = table.assign(band=band.to_numpy()).groupby("band", sort=False)["shift_mode"]
+    mv = by.apply(lambda s: float(s.abs().mean()))
+    order = sorted(mv.index, key=lambda b: table.loc[band.to_numpy() == b, "n_j"].mean())
+    if len(order) >= 2:
+        parts.append(f"Small {school}s move most: mean |mode − empirical| is "
+                     f"{mv[order[0]]:.3g} for {order[0]} against {mv[order[-1]]:.3g} for "
+                     f"{order[-1]}.")
+    sep = table[table["separated"]]
+    if len(sep):
+        parts.append(
+            f"The {len(sep)} {school}(s) where every outcome is the same have no finite ML "
+            f"estimate; their empirical {scale} average {sep['empirical'].mean():.2f}, their "
+            f"conditional modes {sep['mode'].mean():.2f}"
+            + (f" and posterior means {sep['posterior'].mean():.2f}" if has_post else "")
+            + f": partial pooling gives them finite estimates pulled towards the average, "
+              f"because a {school} of {sizes} students with no case (or only cases) of {event} "
+              f"is also what a "
+              f"{school} with a moderate {scale} often produces.")
+    if has_post and tau_post is not None:
+        d = float(table["posterior_minus_mode"].abs().mean())
+        parts.append(
+            f"Posterior means and conditional modes differ by {d:.3g} on average; the posterior "
+            f"mean of τ00 ({tau_post:.3g}) is {'above' if tau_post > tau_ml else 'below'} the "
+            f"Laplace estimate, so the Bayesian estimates are shrunk "
+            f"{'less' if tau_post > tau_ml else 'more'}, and a posterior mean also averages over "
+            "the skewed posterior of each school's effect where the mode takes its peak.")
+    return " ".join(parts)

@@ -36,6 +36,7 @@ __all__ = [
     "median_odds_ratio",
     "population_average",
     "school_range",
+    "school_type_means",
     "wald_interval",
 ]
 
@@ -124,6 +125,37 @@ def population_average(eta, variance, family: str = "binomial", nodes: int = 40)
     return (vals * w).sum(axis=-1) / np.sqrt(np.pi)
 
 
+SCHOOL_TYPES = ("average school", "low-intercept school (2.5%)", "high-intercept school (97.5%)",
+                "new school (average over schools)")
+
+
+def school_type_means(gamma00, gamma10, tau00, tau11, tau01, x: float,
+                      family: str = "binomial", level: float = 0.95) -> dict[str, np.ndarray]:
+    """The expected outcome (probability, or expected count) of a student with centred predictor
+    value ``x`` in four kinds of school (keys :data:`SCHOOL_TYPES`)::
+
+        average school      g⁻¹(γ00 + γ10 x)                  (u0j = u1j = 0)
+        low / high school   g⁻¹(γ00 ∓ z√τ00 + γ10 x)          (intercept at the 2.5% / 97.5%
+                                                               of schools, z = 1.96)
+        new school          E g⁻¹(γ00 + γ10 x + u0 + u1 x)    (u ~ N(0, T): averaged over
+                                                               schools, Var = τ00 + 2xτ01 + x²τ11)
+
+    the last by :func:`population_average`. Broadcasts over the parameters (posterior draws)."""
+    g0, g1 = np.asarray(gamma00, dtype=float), np.asarray(gamma10, dtype=float)
+    lo, hi = school_range(g0, tau00, level)
+    eta = g0 + g1 * x
+    var = np.asarray(tau00) + 2.0 * x * np.asarray(tau01) + x * x * np.asarray(tau11)
+    def inv(e):
+        return _inverse_link(e, family)
+
+    return {
+        SCHOOL_TYPES[0]: inv(eta),
+        SCHOOL_TYPES[1]: inv(lo + g1 * x),
+        SCHOOL_TYPES[2]: inv(hi + g1 * x),
+        SCHOOL_TYPES[3]: population_average(eta, np.maximum(var, 0.0), family),
+    }
+
+
 @dataclass(frozen=True)
 class GlmmQuantities:
     """The maximum-likelihood numbers the answers use (copied from a glmer fit): ``gamma00``,
@@ -200,7 +232,9 @@ def glmm_answers(
     sl_lo, sl_hi = r.gamma10 - z * np.sqrt(r.tau11), r.gamma10 + z * np.sqrt(r.tau11)
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = float(r.tau01 / np.sqrt(r.tau00 * r.tau11))
-    inv = (lambda e: _inverse_link(e, family))
+    def inv(e):
+        return _inverse_link(e, family)
+
     nan = np.nan
     rows = [
         (1, f"{sc.ratio} of {x_label} (1 unit, same school)", "or10", np.exp(r.gamma10),
@@ -231,8 +265,10 @@ def glmm_answers(
         (6, "intercept–slope correlation", "rho01", rho, nan, nan),
     ]
     if family == "binomial":
-        rows.insert(14, (3, "ICC on the latent logistic scale", "icc_latent",
+        rows.insert(13, (3, "ICC on the latent logistic scale", "icc_latent",
                          latent_icc(r.tau00), nan, nan))
+    else:  # with a log link the "level" (rate) is the expected count itself: keep one
+        rows = [row for row in rows if not row[2].startswith("odds")]
     table = pd.DataFrame([(q, n, s, float(v), float(lo), float(hi)) for q, n, s, v, lo, hi
                           in rows],
                          columns=["question", "quantity", "symbol", "ml", "ml_lo", "ml_hi"])
@@ -255,7 +291,7 @@ def glmm_answers(
             "or_school_hi": np.exp(d["gamma10"] + z * np.sqrt(d["tau11"])),
             "tau01": d["tau01"], "rho01": drho,
         }
-        post = pd.DataFrame([_post(per[s]) for s in table["symbol"]])
+        post = pd.DataFrame([_post(per[s]) for s in table["symbol"]], index=table.index)
         table = pd.concat([table, post], axis=1)
         p_neg = float(np.mean(drho < 0))
     t = table.set_index("symbol")
@@ -280,16 +316,19 @@ def glmm_answers(
            "conditional effect)"
            + ("; averaged over schools the population-average odds ratio is a little closer "
               "to 1." if family == "binomial" else "."))
-    a2 = (f"How likely is {y_label} in an average school? For a student at the school's mean "
-          f"{x_label} in a school with u0j = 0: {sc.link} γ00 = {r.gamma00:.4f} (SE "
-          f"{r.se00:.4f}), {sc.level} {np.exp(r.gamma00):.3f}, {sc.mean} "
-          f"{float(inv(r.gamma00)):.3f}.{b('mean00')}")
+    binary = family == "binomial"
+    a2 = ((f"How likely is {y_label} in an average school?" if binary else
+           f"What is the expected {y_label} in an average school?")
+          + f" For a student at the school's mean {x_label} in a school with u0j = 0: {sc.link} "
+          f"γ00 = {r.gamma00:.4f} (SE {r.se00:.4f}), "
+          + (f"{sc.level} {np.exp(r.gamma00):.3f}, " if binary else "")
+          + f"{sc.mean} {float(inv(r.gamma00)):.3f}.{b('mean00')}")
     a3 = (f"How much do schools vary in their {sc.link} of {y_label}? τ00 = {r.tau00:.4g} (SD "
           f"{np.sqrt(r.tau00):.3g}). For a student at the school mean {x_label}, 95% of schools "
-          f"have {sc.link} between {s_lo:.2f} and {s_hi:.2f}: {sc.level} from "
-          f"{np.exp(s_lo):.3g} to {np.exp(s_hi):.3g}, {sc.mean} from {float(inv(s_lo)):.3f} to "
-          f"{float(inv(s_hi)):.3f}.{b('tau00')}")
-    if family == "binomial":
+          f"have {sc.link} between {s_lo:.2f} and {s_hi:.2f}: "
+          + (f"{sc.level} from {np.exp(s_lo):.3g} to {np.exp(s_hi):.3g}, " if binary else "")
+          + f"{sc.mean} from {float(inv(s_lo)):.3f} to {float(inv(s_hi)):.3f}.{b('tau00')}")
+    if binary:
         a3 += (f" On the latent logistic scale the schools hold {100 * latent_icc(r.tau00):.1f}% "
                "of the variance (ICC = τ00 / (τ00 + π²/3)).")
     mor = float(median_odds_ratio(r.tau00))
@@ -299,7 +338,10 @@ def glmm_answers(
           f"{mor:.3f}: take two students with the same {x_label} in two randomly chosen schools; "
           f"the one in the school with the higher {sc.link} has, in the median pair of schools, "
           f"{mor:.2f} times the {sc.level} of {y_label}. That is {cmp_} than the {sc.ratio} of "
-          f"one unit of {x_label} ({one:.2f} on the same side of 1), so which school a student "
+          f"one unit of {x_label}"
+          + (f" turned above 1 as the {sc.median_abbr} is (1/{orx:.3f} = {one:.2f})" if orx < 1
+             else f" ({one:.2f})")
+          + f", so which school a student "
           f"attends matters {'more' if mor > one else 'less'} than a one-unit difference in "
           f"{x_label}.{b('mor')}")
     a5 = (f"Does the {x_label} {sc.ratio} vary across schools? τ11 = {r.tau11:.4g} (SD "
