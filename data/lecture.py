@@ -220,8 +220,9 @@ def simulate_lecture_data(seed: int = LECTURE_SEED) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        11,091 rows, columns ``schid, stuid, g1rscore, ses, meanses, famsesc, g1below``; the values are
-        exactly those of the CSV text (parsed from it), so the frame equals the shipped file.
+        11,091 rows, columns ``schid, stuid, g1rscore, ses, meanses, famsesc, g1below``; the
+        values are exactly those of the CSV text (parsed from it), so the frame equals the
+        shipped file.
     """
     return pd.read_csv(io.StringIO(lecture_csv_text(seed)))
 

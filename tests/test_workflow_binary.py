@@ -45,7 +45,7 @@ TABLES = ["data_description", "per_school_empirical", "fixef_m1", "varcorr_m1",
           "laplace_vs_agq_m2", "lrt", "bayes_diagnostics", "posterior_m1", "bayes_vs_laplace",
           "loo_compare_students", "loo_compare_schools", "pareto_k", "caterpillar_u0",
           "caterpillar_u0_extremes", "shrinkage_per_school", "lecture_answers", "predictions",
-          "effect_sizes", "timings", "seeds", "software"]
+          "effect_sizes", "timings", "seeds", "software", "bayes_timings"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -190,6 +190,28 @@ def test_laplace_recovers_generating_values_on_full_data(level):
     assert abs(fit.VarCorr().variances["(Intercept)"] - BINARY_VALUES["tau00"]) < 0.15
     if level == "m1":
         assert 0.0 < fit.VarCorr().variances["famsesc"] < 0.4
+
+
+@pytest.mark.slow
+def test_lecture_family_binomial_on_the_embedded_data(tmp_path):
+    """``twolevel lecture --family binomial --quick`` on all 11,091 students (~70 s): the printed
+    description, the report, and the Laplace numbers near the generating values of
+    data/README.md."""
+    out = tmp_path / "lec"
+    proc = _cli("lecture", "--family", "binomial", "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "binary outcome g1below (1 = below proficiency): 3,253 of 11,091 students (29.3%)" \
+        in proc.stdout
+    assert "N = 11,091 students, J = 742 groups; 37 schools with all outcomes equal" in proc.stdout
+    md = (out / "report.md").read_text()
+    assert md.startswith("# Lecture 5 for a binary outcome")
+    assert "every g1below is 0 in 37 of the 742 schools, and every g1below is 1 in 0 of them" in md
+    fe = pd.read_csv(out / "tables" / "fixef_m1.csv").set_index("term")
+    for term, key in (("(Intercept)", "gamma00"), ("famsesc", "gamma10")):
+        assert abs(fe.loc[term, "Estimate"] - BINARY_VALUES[key]) < 3 * fe.loc[term, "Std. Error"]
+    ans = pd.read_csv(out / "tables" / "lecture_answers.csv").set_index("symbol")
+    assert ans.loc["mor", "ml"] == pytest.approx(2.0262, abs=1e-4)  # data/README.md: τ00 0.548
+    assert ans.loc["or10", "ml"] == pytest.approx(np.exp(-0.64475), abs=1e-4)
 
 
 # ----------------------------------------------------------------------------- counts
