@@ -10,6 +10,7 @@ from twolevel.data.loaders import (
     load_sleepstudy,
     read_table,
     require_columns,
+    require_outcome,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "load_sleepstudy",
     "read_table",
     "require_columns",
+    "require_outcome",
     "simulate_lecture_data",
 ]
 

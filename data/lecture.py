@@ -13,6 +13,13 @@ Generating model (school j, student i)::
     (a_j, u1_j) ~ N(0, T),   T = [[τ00, ρ√(τ00 τ11)], [ρ√(τ00 τ11), τ11]]
     g1rscore_ij = γ00 + a_j + (γ10 + u1_j) · famsesc_ij + r_ij,   r_ij ~ N(0, σ²)
 
+A binary outcome ``g1below`` (1 = below proficiency) comes from its own logistic two-level model
+on the same schools and ``famsesc``, with its own school effects and its own random stream (seed
+``BINARY_SEED`` = seed + 1), so adding it left every other column as it was::
+
+    (v0_j, v1_j) ~ N(0, T_b),   T_b = [[τ00, ρ√(τ00 τ11)], [ρ√(τ00 τ11), τ11]]   (BINARY_VALUES)
+    logit P(g1below_ij = 1) = γ00 + v0_j + (γ10 + v1_j) · famsesc_ij
+
 The contextual effect ``GAMMA01 · m_j`` carries part of τ00 (GAMMA01² · SD_SES_BETWEEN² of it), so
 the intercept variance of the lecture's model without ``meanses`` is τ00 while a model with
 ``meanses`` finds a level-2 effect. Random numbers come from NumPy's legacy ``RandomState``, whose
@@ -39,6 +46,9 @@ __all__ = [
     "LECTURE_CSV",
     "LECTURE_SEED",
     "GENERATING_VALUES",
+    "BINARY_SEED",
+    "BINARY_VALUES",
+    "simulate_binary_outcome",
     "lecture_csv_text",
     "simulate_lecture_data",
     "write_lecture_csv",
@@ -75,6 +85,18 @@ GENERATING_VALUES: dict[str, float] = {
     "sd_ses_within": SD_SES_WITHIN,
 }
 
+# The binary outcome g1below (1 = below proficiency): a logistic two-level model with a random
+# intercept and a random famsesc slope, on the same schools and famsesc, with values chosen to be
+# plausible (about 30% below proficiency; an odds ratio of exp(-0.6) = 0.55 per unit of SES).
+BINARY_SEED = LECTURE_SEED + 1  # the shipped file's; another ``seed`` draws with ``seed + 1``
+BINARY_VALUES: dict[str, float] = {
+    "gamma00": -1.0,  # log-odds of being below proficiency at a school's mean SES, average school
+    "gamma10": -0.6,  # log odds ratio per unit of famsesc
+    "tau00": 0.64,  # variance of the school log-odds (SD 0.8)
+    "tau11": 0.16,  # variance of the school SES slopes (SD 0.4)
+    "corr_v0_v1": -0.3,
+}
+
 # The first 20 school ids of the lecture's OLS table; later ids continue with random gaps.
 _LECTURE_IDS = (1002, 1003, 1006, 1014, 1015, 1016, 1017, 1019, 1020, 1021,
                 1022, 1023, 1025, 1031, 1032, 1033, 1034, 1035, 1036, 1039)  # fmt: skip
@@ -105,7 +127,8 @@ def _school_sizes(rs: np.random.RandomState) -> np.ndarray:
 
 def lecture_csv_text(seed: int = LECTURE_SEED) -> str:
     """The lecture data set as CSV text (the exact bytes of ``data/ecls_k_like.csv`` for the
-    default seed). Columns: schid, stuid, g1rscore, ses, meanses, famsesc."""
+    default seed). Columns: schid, stuid, g1rscore, ses, meanses, famsesc, g1below (the binary
+    outcome of :func:`simulate_binary_outcome`, drawn with ``seed + 1``: :data:`BINARY_SEED`)."""
     rs = np.random.RandomState(seed)
     ids = _school_ids(rs)
     sizes = _school_sizes(rs)
@@ -132,17 +155,51 @@ def lecture_csv_text(seed: int = LECTURE_SEED) -> str:
     r = math.sqrt(SIGMA2) * rs.standard_normal(N_STUDENTS)
     y = GAMMA00 + a[school] + (GAMMA10 + u1[school]) * famsesc + r
     y_cents = np.rint(y * 100.0).astype(np.int64)
+    below = simulate_binary_outcome(school, famsesc, seed + 1)
 
     out = io.StringIO()
-    out.write("schid,stuid,g1rscore,ses,meanses,famsesc\n")
+    out.write("schid,stuid,g1rscore,ses,meanses,famsesc,g1below\n")
     sid = ids[school]
     for k in range(N_STUDENTS):
         j = school[k]
         out.write(
             f"{sid[k]},{k + 1},{_fixed(y_cents[k], 2)},{_fixed(ses_milli[k], 3)},"
-            f"{meanses[j]:.12f},{famsesc[k]:.12f}\n"
+            f"{meanses[j]:.12f},{famsesc[k]:.12f},{below[k]}\n"
         )
     return out.getvalue().replace("-0.000000000000", "0.000000000000")
+
+
+def simulate_binary_outcome(
+    school: np.ndarray, x: np.ndarray, seed: int = BINARY_SEED,
+    values: dict[str, float] | None = None,
+) -> np.ndarray:
+    """0/1 outcomes of a logistic two-level model with a random intercept and slope on ``x``.
+
+    For school j (``school`` holds 0-based school indices, ``x`` the level-1 predictor, here
+    ``famsesc``)::
+
+        (v0_j, v1_j) ~ N(0, T_b),  T_b = [[τ00, ρ√(τ00 τ11)], [ρ√(τ00 τ11), τ11]]
+        η_ij = γ00 + v0_j + (γ10 + v1_j) · x_ij,   y_ij = 1 if U_ij < 1 / (1 + exp(−η_ij))
+
+    with U_ij ~ Uniform(0, 1). Draws come from NumPy's legacy ``RandomState(seed)`` (frozen
+    streams) in a fixed order: v0's standard normals (J), v1's (J), then U (n); the inverse
+    logit is ``math.exp`` per student. ``values`` defaults to :data:`BINARY_VALUES`.
+
+    Returns an int64 array of 0/1, one per student.
+    """
+    v = BINARY_VALUES if values is None else values
+    school = np.asarray(school, dtype=np.int64)
+    x = np.asarray(x, dtype=float)
+    n_schools = int(school.max()) + 1
+    rs = np.random.RandomState(seed)
+    z0 = rs.standard_normal(n_schools)
+    z1 = rs.standard_normal(n_schools)
+    tau00, tau11, rho = v["tau00"], v["tau11"], v["corr_v0_v1"]
+    v0 = math.sqrt(tau00) * z0
+    v1 = rho * math.sqrt(tau11) * z0 + math.sqrt(tau11 * (1.0 - rho**2)) * z1
+    eta = v["gamma00"] + v0[school] + (v["gamma10"] + v1[school]) * x
+    p = np.array([1.0 / (1.0 + math.exp(-e)) for e in eta.tolist()])
+    return (rs.uniform(size=school.size) < p).astype(np.int64)
 
 
 def _fixed(units: int, decimals: int) -> str:
@@ -163,8 +220,9 @@ def simulate_lecture_data(seed: int = LECTURE_SEED) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        11,091 rows, columns ``schid, stuid, g1rscore, ses, meanses, famsesc``; the values are
-        exactly those of the CSV text (parsed from it), so the frame equals the shipped file.
+        11,091 rows, columns ``schid, stuid, g1rscore, ses, meanses, famsesc, g1below``; the
+        values are exactly those of the CSV text (parsed from it), so the frame equals the
+        shipped file.
     """
     return pd.read_csv(io.StringIO(lecture_csv_text(seed)))
 

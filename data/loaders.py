@@ -30,6 +30,7 @@ __all__ = [
     "load_sleepstudy",
     "read_table",
     "require_columns",
+    "require_outcome",
 ]
 
 NOTES_ATTR = "twolevel_notes"
@@ -137,6 +138,53 @@ def require_columns(
     return CheckedFrame(frame=frame, n_dropped=n_dropped, notes=notes)
 
 
+OUTCOME_FAMILIES = ("gaussian", "binomial", "poisson")
+
+
+def require_outcome(df: pd.DataFrame, column: str, family: str, source: str = "the data") -> None:
+    """Check that column ``column`` of ``df`` (numeric, no missing values: after
+    :func:`require_columns`) can be the outcome of a model of ``family``.
+
+    ``"binomial"``: every value 0 or 1, and both present (a binary outcome of one student per
+    row). ``"poisson"``: whole numbers ≥ 0, not all 0. ``"gaussian"``: anything numeric.
+
+    Raises
+    ------
+    DataError
+        Naming the column, a few offending values and what to do.
+    """
+    if family not in OUTCOME_FAMILIES:
+        raise DataError(f"family '{family}' is not one of {_listing(OUTCOME_FAMILIES)}; use one "
+                        "of those")
+    if family == "gaussian":
+        return
+    v = df[column].to_numpy(dtype=float)
+    if family == "binomial":
+        bad = (v != 0) & (v != 1)
+        what, fix = "0 or 1", ("recode it as 0/1 (1 = the event, e.g. below proficiency), or "
+                               "drop --family for a continuous outcome")
+    else:
+        bad = (v < 0) | (v != np.round(v))
+        what, fix = "a whole number ≥ 0 (a count)", ("give counts, or drop --family for a "
+                                                    "continuous outcome")
+    if bad.any():
+        vals = pd.unique(v[bad])
+        shown = ", ".join(f"{x:g}" for x in vals[:_N_SHOWN])
+        more = f" and {vals.size - _N_SHOWN} more" if vals.size > _N_SHOWN else ""
+        raise DataError(
+            f"column '{column}' of {source} must be {what} for family {family}, but "
+            f"{int(bad.sum())} row(s) have other values ({shown}{more}); {fix}"
+        )
+    if family == "binomial" and np.unique(v).size < 2:
+        raise DataError(
+            f"column '{column}' of {source} is {v[0]:g} for every row; a binary outcome needs "
+            "both 0s and 1s to be modelled"
+        )
+    if family == "poisson" and not (v > 0).any():
+        raise DataError(f"column '{column}' of {source} is 0 for every row; a count outcome "
+                        "needs some counts above 0 to be modelled")
+
+
 def _bad_mask(s: pd.Series, numeric: bool) -> np.ndarray:
     if numeric:
         return ~np.isfinite(s.to_numpy(dtype=float, na_value=np.nan))
@@ -221,7 +269,8 @@ def load_lecture() -> pd.DataFrame:
 
     df = read_table(LECTURE_CSV)
     df = require_columns(
-        df, ["g1rscore", "ses", "meanses", "famsesc"], group="schid", source="the lecture data"
+        df, ["g1rscore", "ses", "meanses", "famsesc", "g1below"], group="schid",
+        source="the lecture data",
     ).frame
     df.attrs["source"] = "the lecture data (simulated ECLS-K:2011-like, data/ecls_k_like.csv)"
     return df

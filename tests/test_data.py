@@ -17,9 +17,17 @@ from twolevel.data import (
     load_sleepstudy,
     read_table,
     require_columns,
+    require_outcome,
     simulate_lecture_data,
 )
-from twolevel.data.lecture import LECTURE_CSV, LECTURE_SEED, lecture_csv_text
+from twolevel.data.lecture import (
+    BINARY_SEED,
+    BINARY_VALUES,
+    LECTURE_CSV,
+    LECTURE_SEED,
+    lecture_csv_text,
+    simulate_binary_outcome,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +71,39 @@ def test_other_seed_gives_other_data_same_design():
     other = simulate_lecture_data(seed=1)
     assert len(other) == 11_091 and other["schid"].nunique() == 742
     assert not np.allclose(other["g1rscore"].to_numpy(), load_lecture()["g1rscore"].to_numpy())
+
+
+def test_binary_outcome_is_the_documented_model(lecture):
+    """g1below is stored in the CSV and equals the documented draw (data/README.md)."""
+    assert BINARY_SEED == LECTURE_SEED + 1
+    assert BINARY_VALUES == {"gamma00": -1.0, "gamma10": -0.6, "tau00": 0.64, "tau11": 0.16,
+                             "corr_v0_v1": -0.3}
+    y = lecture["g1below"].to_numpy()
+    assert set(np.unique(y)) == {0, 1} and int(y.sum()) == 3253  # README: 3,253 of 11,091
+    school = pd.factorize(lecture["schid"], sort=True)[0]
+    again = simulate_binary_outcome(school, lecture["famsesc"].to_numpy(), BINARY_SEED)
+    np.testing.assert_array_equal(again, y)
+    per = lecture.groupby("schid")["g1below"].agg(["sum", "size"])
+    assert int((per["sum"] == 0).sum()) == 37 and int((per["sum"] == per["size"]).sum()) == 0
+
+
+def test_binary_outcome_follows_its_values():
+    """Large simulated design: the sample log-odds and the SES effect land on the values."""
+    rng = np.random.default_rng(3)
+    school = np.repeat(np.arange(4000), 50)
+    x = rng.normal(0, 0.6, school.size)
+    y = simulate_binary_outcome(school, x, seed=11, values={**BINARY_VALUES, "tau00": 0.0,
+                                                               "tau11": 0.0})
+    # without school variation: logistic regression of y on x recovers γ00 and γ10
+    from scipy.optimize import minimize
+
+    def nll(b):
+        eta = b[0] + b[1] * x
+        return float(np.sum(np.logaddexp(0, eta) - y * eta))
+
+    fit = minimize(nll, [0.0, 0.0], method="BFGS")
+    assert fit.x[0] == pytest.approx(-1.0, abs=0.03)
+    assert fit.x[1] == pytest.approx(-0.6, abs=0.03)
 
 
 def test_lecture_golden_matches_design():
@@ -244,3 +285,46 @@ def test_single_group():
         ),
     ):
         require_columns(df, ["y"], group="school", source="file 's.csv'")
+
+
+# ----------------------------------------------------------------------------- outcome families
+
+
+def test_require_outcome_accepts_binary_and_counts():
+    df = pd.DataFrame({"y": [0.0, 1, 1, 0], "c": [0.0, 3, 1, 0], "z": [0.3, -1, 2, 5]})
+    require_outcome(df, "y", "binomial")
+    require_outcome(df, "c", "poisson")
+    require_outcome(df, "z", "gaussian")
+
+
+def test_require_outcome_binary_names_column_and_values():
+    df = pd.DataFrame({"score": [0.0, 1, 2, 3.5, 2]})
+    with pytest.raises(DataError, match=re.escape(
+            "column 'score' of file 'd.csv' must be 0 or 1 for family binomial, but 3 row(s) "
+            "have other values (2, 3.5); recode it as 0/1 (1 = the event, e.g. below "
+            "proficiency), or drop --family for a continuous outcome")):
+        require_outcome(df, "score", "binomial", source="file 'd.csv'")
+
+
+def test_require_outcome_binary_constant():
+    df = pd.DataFrame({"y": [0.0, 0, 0]})
+    with pytest.raises(DataError, match=re.escape(
+            "column 'y' of the data is 0 for every row; a binary outcome needs both 0s and 1s "
+            "to be modelled")):
+        require_outcome(df, "y", "binomial")
+
+
+def test_require_outcome_counts():
+    df = pd.DataFrame({"n": [0.0, 1, -2, 1.5, 3, 4, 7.25]})
+    with pytest.raises(DataError, match=re.escape(
+            "column 'n' of the data must be a whole number ≥ 0 (a count) for family poisson, "
+            "but 3 row(s) have other values (-2, 1.5, 7.25); give counts, or drop --family for "
+            "a continuous outcome")):
+        require_outcome(df, "n", "poisson")
+    with pytest.raises(DataError, match=re.escape(
+            "column 'n' of the data is 0 for every row; a count outcome needs some counts "
+            "above 0 to be modelled")):
+        require_outcome(pd.DataFrame({"n": [0.0, 0.0]}), "n", "poisson")
+    with pytest.raises(DataError, match=re.escape(
+            "family 'gamma' is not one of gaussian, binomial, poisson; use one of those")):
+        require_outcome(df, "n", "gamma")

@@ -22,6 +22,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = [
     "caterpillar_figure",
+    "empirical_shrinkage_figure",
+    "mean_curve_figure",
     "pareto_k_figure",
     "prediction_figure",
     "residual_figure",
@@ -48,12 +50,19 @@ def caterpillar_figure(
     reference: float = 0.0,
     reference_label: str = "0",
     n_extremes: int = 5,
+    ratio: str | None = None,
+    panel_names: tuple[str, str] = ("REML BLUP ± 1.96 conditional SD",
+                                    "posterior mean, 95% interval"),
+    rank_by: str = "REML estimate",
 ) -> Figure:
     """Caterpillar plot: schools sorted by the REML estimate, 95% intervals, REML BLUP ± 1.96
     conditional SD (left) and posterior mean with 95% posterior interval (right) on the same axes.
 
     ``table`` is from :func:`twolevel.models.tables.shrinkage.caterpillar_table`. The ``n_extremes`` lowest and
-    highest schools are drawn in orange and named in a box (no per-school tick labels).
+    highest schools are drawn in orange and named in a box (no per-school tick labels). On a log
+    scale (GLMMs), ``ratio`` names exp(value) (e.g. "OR") and the box shows it beside each value;
+    ``panel_names`` titles the two panels and ``rank_by`` names what ranks the schools (e.g. the
+    conditional modes of a glmer fit).
     """
     has_bayes = "bayes" in table.columns
     ncols = 2 if has_bayes else 1
@@ -67,9 +76,9 @@ def caterpillar_figure(
     ext[J - k :] = True
     lw = 0.6 if J > 300 else 1.0
     ms = 1.5 if J > 300 else 3.0
-    panels = [("reml", "REML BLUP ± 1.96 conditional SD", C_REML)]
+    panels = [("reml", panel_names[0], C_REML)]
     if has_bayes:
-        panels.append(("bayes", "posterior mean, 95% interval", C_BAYES))
+        panels.append(("bayes", panel_names[1], C_BAYES))
     for ax, (src, name, color) in zip(axes[0], panels, strict=True):
         lo, hi, est = table[f"{src}_lo"].to_numpy(), table[f"{src}_hi"].to_numpy(), table[src].to_numpy()
         segs = np.stack([np.column_stack([x, lo]), np.column_stack([x, hi])], axis=1)
@@ -81,17 +90,20 @@ def caterpillar_figure(
         n_excl = int(table[f"{src}_excludes_ref"].sum())
         ax.set_title(f"{name}\n{n_excl} of {J} intervals exclude {reference_label}", fontsize=10)
         ax.set_xlim(0, J + 1)
-        ax.set_xlabel(f"school rank (by REML estimate, 1 = lowest; {J} schools)")
+        ax.set_xlabel(f"school rank (by {rank_by}, 1 = lowest; {J} schools)")
         ax.margins(y=0.03)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel(ylabel)
     low = table.iloc[:k]
     high = table.iloc[J - k :][::-1]
     fmt = "{:+.2f}" if reference == 0 else "{:.2f}"
-    lines = ["highest:"] + [f"{_school_label(s)}  {fmt.format(v)}"
-                            for s, v in zip(high.school, high.reml, strict=True)]
-    lines += ["lowest:"] + [f"{_school_label(s)}  {fmt.format(v)}"
-                            for s, v in zip(low.school, low.reml, strict=True)]
+
+    def entry(s, v) -> str:
+        return f"{_school_label(s)}  {fmt.format(v)}" + (
+            f"  {ratio} {np.exp(v):.2f}" if ratio else "")
+
+    lines = ["highest:"] + [entry(s, v) for s, v in zip(high.school, high.reml, strict=True)]
+    lines += ["lowest:"] + [entry(s, v) for s, v in zip(low.school, low.reml, strict=True)]
     axes[0][-1].text(
         1.02, 0.5, "\n".join(lines), transform=axes[0][-1].transAxes, va="center", ha="left",
         fontsize=8, family="monospace",
@@ -172,6 +184,89 @@ def shrinkage_figure(
     return fig
 
 
+def empirical_shrinkage_figure(table: pd.DataFrame, gamma: float, scale: str,
+                               school: str = "school", names: tuple[str, str, str] = (
+                                   "empirical", "conditional mode (Laplace)",
+                                   "posterior mean")) -> Figure:
+    """Shrinkage of one school coefficient on a link scale (GLMMs), from the columns
+    ``empirical``, ``mode``, ``posterior``, ``n_j`` and ``separated`` of
+    :func:`twolevel.models.tables.empirical.empirical_shrinkage_table`.
+
+    Left: three parallel axes (empirical → conditional mode → posterior mean), one line per
+    school; schools with no finite ML estimate (all outcomes equal) in orange. Right: the
+    conditional modes (blue) and posterior means (red) against the empirical values, point area ∝
+    school size, with the identity line (no pooling) and γ00 (complete pooling)."""
+    has_post = "posterior" in table.columns
+    cols = ["empirical", "mode"] + (["posterior"] if has_post else [])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.6), layout="constrained",
+                                  gridspec_kw={"width_ratios": [1, 1.25]})
+    vals = table[cols].to_numpy(float)
+    sep = table["separated"].to_numpy(bool)
+    xs = np.arange(len(cols))
+    segs = [np.column_stack([xs, v]) for v in vals]
+    ax.add_collection(LineCollection([sg for sg, b in zip(segs, sep, strict=True) if not b],
+                                     colors=matplotlib.colors.to_rgba(C_OLS, 0.18),
+                                     linewidths=0.5))
+    if sep.any():
+        ax.add_collection(LineCollection([sg for sg, b in zip(segs, sep, strict=True) if b],
+                                         colors=matplotlib.colors.to_rgba(C_HI, 0.8),
+                                         linewidths=0.8))
+    for k, (c, color) in enumerate(zip(cols, (C_OLS, C_REML, C_BAYES), strict=False)):
+        ax.scatter(np.full(len(table), k), table[c], s=4, color=color, zorder=3, linewidths=0)
+    ax.axhline(gamma, color="k", lw=0.8, ls="--")
+    ax.set_xticks(xs, list(names[: len(cols)]))
+    ax.set_xlim(-0.2, len(cols) - 0.8)
+    ax.set_ylabel(f"{school} intercept, {scale}")
+    ax.set_title(f"{len(table)} {school}s; orange: {int(sep.sum())} with all outcomes equal "
+                 "(no finite ML estimate)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    size = 4 + 40 * (table["n_j"].to_numpy(float) / table["n_j"].max()) ** 2
+    e = table["empirical"].to_numpy(float)
+    ax2.scatter(e, table["mode"], s=size, color=C_REML, alpha=0.5, linewidths=0,
+                label=names[1])
+    if has_post:
+        ax2.scatter(e, table["posterior"], s=size, color=C_BAYES, alpha=0.4, linewidths=0,
+                    label=names[2])
+    lim = np.array([np.nanmin(e), np.nanmax(e)])
+    ax2.plot(lim, lim, color=C_OLS, lw=1, label="identity (no pooling)")
+    ax2.axhline(gamma, color="k", lw=0.8, ls="--", label=f"γ00 = {gamma:.2f} (complete pooling)")
+    ax2.set_xlabel(f"empirical {scale} (no pooling)")
+    ax2.set_ylabel(f"partially pooled {scale}")
+    ax2.set_title("estimates against the empirical values (point area ∝ school size)",
+                  fontsize=10)
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8, loc="upper left", markerscale=1.5)
+    fig.suptitle(f"Shrinkage of the {school} {scale}: empirical → conditional mode → posterior "
+                 "mean", fontsize=11)
+    return fig
+
+
+def mean_curve_figure(curves: pd.DataFrame, x_label: str, y_label: str,
+                      marks: tuple[float, ...] = ()) -> Figure:
+    """Expected outcome (probability or count) against the centred predictor, one line per school
+    type: columns ``school_type``, ``x``, ``ml`` (plug-in) and optionally ``post_mean``,
+    ``post_lo``, ``post_hi`` (posterior mean and 95% band). ``marks``: x positions of the table
+    (dotted)."""
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    colors = ("k", C_REML, C_BAYES, C_HI)
+    for (st, sub), col in zip(curves.groupby("school_type", sort=False), colors, strict=False):
+        x = sub["x"].to_numpy(float)
+        ax.plot(x, sub["ml"], color=col, lw=1.8, label=f"{st} (Laplace)")
+        if "post_lo" in sub.columns:
+            ax.fill_between(x, sub["post_lo"], sub["post_hi"], color=col, alpha=0.15,
+                            linewidth=0)
+            ax.plot(x, sub["post_mean"], color=col, lw=1, ls="--")
+    for m in marks:
+        ax.axvline(m, color=C_OLS, lw=0.7, ls=":")
+    ax.set_xlabel(f"{x_label} relative to the school mean")
+    ax.set_ylabel(y_label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title("Laplace plug-in (solid), posterior mean (dashed) and 95% posterior band",
+                 fontsize=10)
+    return fig
+
+
 def shrinkage_by_size_figure(table: pd.DataFrame, coefs: list[str], labels: dict[str, str]) -> Figure:
     """Where the estimates move, by school size n_j, one column per coefficient. Top: |BLUP − OLS|
     (blue) and |posterior mean − OLS| (red) per school, with their means by n_j. Bottom: posterior
@@ -221,7 +316,8 @@ def shrinkage_by_size_figure(table: pd.DataFrame, coefs: list[str], labels: dict
 
 
 def residual_figure(
-    u: pd.DataFrame, covariates: pd.DataFrame, u_labels: dict[str, str], cov_labels: dict[str, str]
+    u: pd.DataFrame, covariates: pd.DataFrame, u_labels: dict[str, str], cov_labels: dict[str, str],
+    title: str = "Level-2 residuals (REML BLUPs) against school characteristics",
 ) -> Figure:
     """Level-2 residuals (BLUPs of u_qj, one column each) against school-level covariates (e.g.
     n_j and mean SES), with a lowess-like running mean to show any trend."""
@@ -245,7 +341,7 @@ def residual_figure(
             ax.set_ylabel(u_labels.get(uc, uc))
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Level-2 residuals (REML BLUPs) against school characteristics", fontsize=11)
+    fig.suptitle(title, fontsize=11)
     return fig
 
 

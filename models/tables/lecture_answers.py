@@ -216,6 +216,7 @@ def comparison_verdict(
     loo_school: tuple[float, float] | None = None,
     bad_k: tuple[int, int] | None = None,
     alpha: float = 0.05,
+    lrt_label: str = "ML refits",
 ) -> str:
     """Plain words on whether the random slope is needed (m1 vs m2), from the LRT and from LOO.
 
@@ -227,6 +228,7 @@ def comparison_verdict(
         student and leave-one-school-out; positive favours the random slope.
     bad_k : (students, schools) with Pareto k above the reliability threshold (in either model).
     alpha : significance level for the LRT sentence.
+    lrt_label : how the LRT's fits were obtained ("ML refits" of REML fits; "Laplace" for glmer).
 
     Rules: the LRT "supports" the random slope when p < alpha (the mixture p when available); a LOO
     difference "favours" a model when it is more than 2 SE from 0, otherwise the models "predict
@@ -236,7 +238,7 @@ def comparison_verdict(
     p = float(p_mixture) if use_mix else float(p_naive)
     which = "boundary-corrected" if use_mix else "naive"
     parts = [
-        f"Likelihood-ratio test (ML refits): χ² = {chisq:.2f} on {df} df, naive p = {p_naive:.3g}"
+        f"Likelihood-ratio test ({lrt_label}): χ² = {chisq:.2f} on {df} df, naive p = {p_naive:.3g}"
         + (f", boundary-corrected p = {p:.3g}" if use_mix else "")
         + ". "
         + (f"At the {alpha:g} level the {which} test says the slopes vary across schools "

@@ -22,6 +22,7 @@ from scipy import stats
 
 __all__ = [
     "ShrinkageSummary",
+    "caterpillar_ratios",
     "caterpillar_table",
     "describe_shrinkage",
     "shrinkage_summary",
@@ -288,3 +289,18 @@ def caterpillar_table(
     if bayes is not None:
         df["bayes_excludes_ref"] = (df["bayes_lo"] > reference) | (df["bayes_hi"] < reference)
     return df
+
+
+def caterpillar_ratios(table: pd.DataFrame, prefix: str = "ratio") -> pd.DataFrame:
+    """A :func:`caterpillar_table` on a log scale (logit or log link) with the exponentiated
+    columns added: ``<prefix>_<col>`` = exp(col) for ``reml``, ``reml_lo``, ``reml_hi`` and, if
+    present, ``bayes``, ``bayes_lo``, ``bayes_hi``. For school effects u0j that is the school's
+    odds ratio (or rate ratio) against an average school; for the slope effects u1j the factor
+    by which the school's odds ratio of x differs from the average one; for absolute coefficients
+    the school's odds (intercept) or odds ratio (slope). Exponentiating the interval ends gives
+    the interval of the ratio."""
+    out = table.copy()
+    for c in ("reml", "reml_lo", "reml_hi", "bayes", "bayes_lo", "bayes_hi"):
+        if c in out.columns:
+            out[f"{prefix}_{c}"] = np.exp(out[c].to_numpy(dtype=float))
+    return out

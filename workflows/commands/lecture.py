@@ -1,6 +1,6 @@
 """``twolevel lecture``: the lecture workflow on the (simulated) ECLS-K:2011-like data.
 
-    twolevel lecture [--out DIR] [--quick] [--seed N]
+    twolevel lecture [--out DIR] [--quick] [--seed N] [--family binomial]
 
 Prints the data description and the per-school OLS table as the lecture shows them (first 20
 schools), then runs the whole workflow of Lecture 5 (``twolevel.workflows.lecture``): REML fits of
@@ -9,6 +9,12 @@ models by NUTS, LOO and LRT comparison, caterpillar, shrinkage and residual plot
 lecture's questions answered. The report (``index.html``, ``report.md``, ``tables/*.csv``,
 ``figures/*.png``, ``posterior_m1.nc``, ``posterior_m2.nc``) replaces ``--out`` only when every step
 succeeded. ``--quick`` samples briefly (for a first look; not for reporting).
+
+``--family binomial`` runs the lecture's steps for the data's binary outcome ``g1below`` (1 = below
+proficiency; simulated from a logistic two-level model with known values, data/README.md):
+``g1below ~ 1 + famsesc + (1 + famsesc | schid)`` and ``(1 | schid)`` by glmer (Laplace, and AGQ
+for the random intercept) and by NUTS; the report goes to ``outputs/lecture-binomial`` unless
+``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import numpy as np
 import pandas as pd
 from twolevel.data.centering import Centering, center
+from twolevel.data.errors import TwolevelError
 from twolevel.data.loaders import load_lecture
 from twolevel.models.tables.ols import GroupOLS, group_ols
 from twolevel.workflows.commands.run import add_run_options, check_output_folder
@@ -34,7 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_run_options(p, "outputs/lecture")
+    add_run_options(p, None, out_help=" (default outputs/lecture, or outputs/lecture-binomial "
+                                      "with --family binomial)")
+    p.add_argument("--family", choices=("gaussian", "binomial", "poisson"), default="gaussian",
+                   help="gaussian (default: the reading score g1rscore) or binomial (the binary "
+                        "outcome g1below, 1 = below proficiency)")
     p.set_defaults(func=run)
 
 
@@ -54,9 +65,29 @@ def describe(df: pd.DataFrame, cen: Centering) -> str:
 def run(args: argparse.Namespace) -> int:
     """Describe the data, then run the workflow; the report folder is only replaced when every
     step succeeded."""
-    out = check_output_folder(args.out)
+    if args.family == "poisson":
+        raise TwolevelError(
+            "the lecture data have no count outcome for --family poisson: use --family binomial "
+            "(the binary outcome g1below), or twolevel run --data FILE --y COUNT --x X --group G "
+            "--family poisson on data with a count column")
+    default = "outputs/lecture-binomial" if args.family == "binomial" else "outputs/lecture"
+    out = check_output_folder(args.out or default)
     df = load_lecture()
     cen = center(df, "ses", by="schid", name="famsesc", means_name="meanses")
+    if args.family == "binomial":
+        from twolevel.workflows.lecture_glmm import (
+            LECTURE_BINARY_SPEC,
+            glmm_run_settings,
+            run_glmm_workflow,
+        )
+
+        print(describe(df, cen))
+        print(f"  binary outcome g1below (1 = below proficiency): {int(df['g1below'].sum()):,} "
+              f"of {len(df):,} students ({100 * df['g1below'].mean():.1f}%)")
+        print(flush=True)
+        run_glmm_workflow(LECTURE_BINARY_SPEC, glmm_run_settings(seed=args.seed,
+                                                                 quick=args.quick), out)
+        return 0
     ols: GroupOLS = group_ols(OLS_FORMULA, df, "schid")
     print(describe(df, cen))
     print()

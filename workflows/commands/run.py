@@ -1,11 +1,20 @@
 """``twolevel run``: the lecture workflow on any students-in-schools data set.
 
     twolevel run --data FILE --y Y --x X --group G [--level2 W ...] [--out DIR] [--quick] [--seed N]
+                 [--family gaussian|binomial|poisson] [--nagq N]
 
 Fits ``Y ~ 1 + cX + (1 + cX | G)`` and ``Y ~ 1 + cX + (1 | G)`` (cX = X centred on its group means,
 recorded in the report; each level-2 predictor W adds ``W + W:cX``) by REML and NUTS, and writes the
 same report as ``twolevel lecture``. ``--data`` is a CSV/Parquet file or a built-in name (``hsb``:
 ``--y mAch --x ses --group school``).
+
+``--family binomial`` (Y is 0/1, one student per row; logit link) or ``--family poisson`` (Y is a
+count; log link) runs the same ten steps for a binary or count outcome
+(``twolevel.workflows.lecture_glmm``): per-school empirical logits (or log rates) instead of
+per-school OLS, glmer's Laplace fits of both models and AGQ (``--nagq`` nodes, default 12) of the
+random-intercept model, their LRT, NUTS fits, LOO per student and per school, caterpillar plots on
+the log-odds scale with odds ratios, shrinkage empirical logit → conditional mode → posterior mean,
+and the lecture's questions (odds ratio of X, variation of the school log-odds, median odds ratio).
 """
 
 from __future__ import annotations
@@ -19,11 +28,13 @@ from twolevel.data.loaders import BUILTIN_DATASETS
 from twolevel.workflows.lecture import RunSettings, WorkflowSpec, run_workflow
 
 
-def add_run_options(p: argparse.ArgumentParser, default_out: str | None) -> None:
-    """``--out``, ``--quick``, ``--seed`` (shared by ``lecture`` and ``run``)."""
+def add_run_options(p: argparse.ArgumentParser, default_out: str | None,
+                    out_help: str = " (default outputs/run-<data name>)") -> None:
+    """``--out``, ``--quick``, ``--seed`` (shared by ``lecture`` and ``run``); ``out_help`` says
+    what the default folder is when ``default_out`` is None."""
     p.add_argument("--out", default=default_out,
-                   help="report folder, replaced atomically" + (" (default %(default)s)" if default_out else
-                                                                " (default outputs/run-<data name>)"))
+                   help="report folder, replaced atomically"
+                   + (" (default %(default)s)" if default_out else out_help))
     p.add_argument("--quick", action="store_true",
                    help="few draws (2 chains x 150): for tests and a first look, not for reporting")
     p.add_argument("--seed", type=int, default=RunSettings.seed,
@@ -68,15 +79,56 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--x-centered", default=None, metavar="NAME",
                    help="name of the centred predictor (default c<X>)")
     add_run_options(p, None)
+    add_family_options(p)
     p.set_defaults(func=run)
+
+
+def add_family_options(p: argparse.ArgumentParser) -> None:
+    """``--family`` and ``--nagq`` (``run``)."""
+    p.add_argument("--family", choices=("gaussian", "binomial", "poisson"), default="gaussian",
+                   help="gaussian (default: a continuous outcome, REML), binomial (Y is 0/1, "
+                        "logit link) or poisson (Y is a count, log link)")
+    p.add_argument("--nagq", type=int, default=None, metavar="N",
+                   help="adaptive Gauss-Hermite nodes for the random-intercept model of a binary "
+                        "or count outcome (2-25, default 12)")
+
+
+def check_family_options(args: argparse.Namespace) -> None:
+    """``--nagq`` only with ``--family binomial|poisson``, and within glmer's 2-25."""
+    if args.nagq is None:
+        return
+    if args.family == "gaussian":
+        raise TwolevelError(f"--nagq {args.nagq} applies to a binary or count outcome: add "
+                            "--family binomial or --family poisson, or drop --nagq")
+    if not 2 <= args.nagq <= 25:
+        raise TwolevelError(f"--nagq {args.nagq} is outside 2-25 (glmer's adaptive "
+                            "Gauss-Hermite quadrature); use e.g. --nagq 12")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the workflow; the report folder is only replaced when every step succeeded."""
+    check_family_options(args)
+    name = Path(args.data).name
+    common = dict(data=args.data, y=args.y, x=args.x, group=args.group,
+                  level2=tuple(args.level2), x_centered=args.x_centered)
+    if args.family != "gaussian":
+        from twolevel.workflows.lecture_glmm import (
+            GlmmWorkflowSpec,
+            glmm_run_settings,
+            run_glmm_workflow,
+        )
+
+        spec = GlmmWorkflowSpec(
+            **common, family=args.family, nagq=args.nagq or 12,
+            y_label=f"{args.y} = 1" if args.family == "binomial" else args.y,
+            title=f"Two-level {args.family} model of {args.y} on {args.x} within {args.group} "
+                  f"({name})")
+        out = check_output_folder(args.out or f"outputs/run-{Path(args.data).stem}")
+        run_glmm_workflow(spec, glmm_run_settings(seed=args.seed, quick=args.quick), out)
+        return 0
     spec = WorkflowSpec(
-        data=args.data, y=args.y, x=args.x, group=args.group, level2=tuple(args.level2),
-        x_centered=args.x_centered,
-        title=f"Two-level model of {args.y} on {args.x} within {args.group} ({Path(args.data).name})",
+        **common,
+        title=f"Two-level model of {args.y} on {args.x} within {args.group} ({name})",
     )
     out = check_output_folder(args.out or f"outputs/run-{Path(args.data).stem}")
     run_workflow(spec, RunSettings(seed=args.seed, quick=args.quick), out)

@@ -41,31 +41,32 @@ def bayes_vs_reml(fits: dict[str, Any], reml: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _compare_words(tab: pd.DataFrame) -> str:
-    """Plain words on how posterior means relate to the REML estimates."""
+def _compare_words(tab: pd.DataFrame, label: str = "REML") -> str:
+    """Plain words on how posterior means relate to the REML (or ``label``) estimates."""
     worst = tab.loc[tab["diff_in_post_sd"].abs().idxmax()]
     outside = tab[~tab["reml_inside_95"]]
-    text = (f"Posterior means and REML estimates agree closely: the largest gap is "
+    text = (f"Posterior means and {label} estimates agree closely: the largest gap is "
             f"{worst['parameter']} in {worst['model']} (posterior mean {worst['post_mean']:.4g}, "
-            f"REML {worst['reml']:.4g}, {abs(worst['diff_in_post_sd']):.2f} posterior SDs apart). ")
+            f"{label} {worst['reml']:.4g}, {abs(worst['diff_in_post_sd']):.2f} posterior SDs "
+            "apart). ")
     if outside.empty:
-        text += "Every REML estimate lies inside its 95% posterior interval."
+        text += f"Every {label} estimate lies inside its 95% posterior interval."
     else:
-        text += ("REML estimates outside the 95% posterior interval: "
+        text += (f"{label} estimates outside the 95% posterior interval: "
                  + ", ".join(f"{r.parameter} ({r.model})" for r in outside.itertuples()) + ".")
     if abs(worst["diff_in_post_sd"]) > 0.25:
         text += (f" {worst['parameter']} is the least sharply estimated: its 95% posterior interval "
                  f"[{worst['q2.5']:.3g}, {worst['q97.5']:.3g}] is wide, and a point estimate "
-                 "(REML) and a posterior mean summarise such a posterior differently; the prior "
-                 "also weighs more where the data say little.")
+                 f"({label}) and a posterior mean summarise such a posterior differently; the "
+                 "prior also weighs more where the data say little.")
     return text
 
 
 def add_comparison_section(sec, spec: WorkflowSpec, reml: dict[str, Any], bayes: dict[str, Any],
-                           plots) -> str:
+                           plots, lrt_label: str = "ML refits") -> str:
     """PSIS-LOO per student and leave-one-school-out for m1 and m2 (ArviZ), Pareto k, and the LRT,
     with the plain-words verdict of :func:`twolevel.models.tables.lecture_answers.comparison_verdict`. Returns
-    the verdict."""
+    the verdict. ``lrt_label`` says how the LRT's fits were obtained (glmer: "Laplace")."""
     import warnings
 
     import arviz as az
@@ -126,6 +127,6 @@ def add_comparison_section(sec, spec: WorkflowSpec, reml: dict[str, Any], bayes:
     verdict = comparison_verdict(
         float(a.chisq[i]), int(a.df[i]), float(a.p[i]), p_mix if np.isfinite(p_mix) else None,
         loo_student=diffs["students"], loo_school=diffs["schools"],
-        bad_k=(bad_union["students"], bad_union["schools"]))
+        bad_k=(bad_union["students"], bad_union["schools"]), lrt_label=lrt_label)
     sec.text(f"**Verdict.** {verdict}")
     return verdict

@@ -28,8 +28,21 @@ class PreparedData:
     notes: tuple[str, ...]
 
 
-def prepare_data(spec: WorkflowSpec) -> PreparedData:
-    """Load, validate and centre the data; fit OLS in every school."""
+@dataclass(frozen=True)
+class CenteredData:
+    """The validated rows with the centred predictor (and its group means) added."""
+
+    frame: pd.DataFrame
+    source: str
+    centering: Centering
+    centering_note: str
+    notes: tuple[str, ...]
+
+
+def load_centered(spec: WorkflowSpec) -> CenteredData:
+    """Load and validate the data, centre the level-1 predictor within groups (an existing column
+    of the centred name is used when it equals the recomputed centring) and check that the
+    level-2 predictors are constant within groups."""
     df = load_data(spec.data)
     source = df.attrs.get("source", str(spec.data))
     checked = require_columns(df, [spec.y, spec.x, *spec.level2], group=spec.group, source=source)
@@ -58,9 +71,16 @@ def prepare_data(spec: WorkflowSpec) -> PreparedData:
                 f"a level-2 predictor must be constant within each {spec.group} "
                 f"(use its {spec.group} mean, e.g. '{means_name}' for {spec.x})"
             )
+    return CenteredData(df, source, cen, note, tuple(checked.notes))
+
+
+def prepare_data(spec: WorkflowSpec) -> PreparedData:
+    """Load, validate and centre the data; fit OLS in every school."""
+    c = load_centered(spec)
+    df = c.frame
     ols = group_ols(f"{spec.y} ~ {spec.xc}", df, spec.group)
     sizes = df.groupby(spec.group).size()
-    return PreparedData(df, source, cen, note, ols, sizes, tuple(checked.notes))
+    return PreparedData(df, c.source, c.centering, c.centering_note, ols, sizes, c.notes)
 
 
 def describe_data(d: PreparedData, spec: WorkflowSpec) -> pd.DataFrame:

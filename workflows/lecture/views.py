@@ -16,8 +16,8 @@ class RemlView:
     """What the later steps need from an REML random-slope fit (copied from the fit's API).
 
     ``fixef``/``se`` by lme4 name; ``T`` (q × q) covariance of the school effects with names
-    ``effects``; ``sigma2``; per school (index = group levels): ``u`` BLUPs, ``u_sd`` conditional
-    SDs, ``coef`` = fixef + BLUP (absolute coefficients).
+    ``effects``; ``sigma2`` (NaN for a glmer fit); per school (index = group levels): ``u``
+    BLUPs, ``u_sd`` conditional SDs, ``coef`` = fixef + BLUP (absolute coefficients).
     """
 
     fixef: pd.Series
@@ -35,8 +35,9 @@ class BayesView:
     """What the later steps need from a posterior of the random-slope model.
 
     Draws flattened over chains: ``beta`` (S, p) with names ``fixed``, ``T`` (S, q, q),
-    ``sigma`` (S,). Per school: ``u_mean``, ``u_lo``, ``u_hi`` (2.5%, 97.5%) and the same for the
-    absolute coefficients ``coef_*`` (each school × effect).
+    ``sigma`` (S,; NaN for a binary or count outcome, which has none). Per school: ``u_mean``,
+    ``u_lo``, ``u_hi`` (2.5%, 97.5%) and the same for the absolute coefficients ``coef_*`` (each
+    school × effect).
     """
 
     fixed: tuple[str, ...]
@@ -52,7 +53,8 @@ class BayesView:
 
 
 def reml_view(fit) -> RemlView:
-    """Copy what the later steps need out of an :class:`twolevel.models.lmm.results.LmerFit`."""
+    """Copy what the later steps need out of an :class:`twolevel.models.lmm.results.LmerFit` (or a
+    :class:`twolevel.models.glmm.results.GlmerFit`: conditional modes and their SDs)."""
     names = list(fit.design.z_names)
     vc = fit.VarCorr()
     re = fit.ranef(cond_var=True)
@@ -61,7 +63,7 @@ def reml_view(fit) -> RemlView:
         se=fit.se(),
         effects=tuple(names),
         T=np.asarray(vc.cov, float),
-        sigma2=float(vc.residual),
+        sigma2=float(vc.residual) if vc.residual is not None else float("nan"),  # glmer: none
         u=re[names],
         u_sd=re[[f"condsd_{n}" for n in names]].set_axis(names, axis=1),
         coef=fit.coef()[names],
@@ -125,8 +127,9 @@ def bayes_view(dt, school_index: pd.Index) -> BayesView:
     gamma = post["beta"].sel(fixed=[e for e in effects if e in fixed])
     absb = b + gamma.rename(fixed="effect").reindex(effect=effects, fill_value=0.0)
     qa = absb.quantile([0.025, 0.975], dim=("chain", "draw"))
+    sigma = _stack(post["sigma"]) if "sigma" in post else np.full(beta.shape[0], np.nan)
     return BayesView(
-        fixed=fixed, beta=beta, T=T, sigma=_stack(post["sigma"]),
+        fixed=fixed, beta=beta, T=T, sigma=sigma,
         u_mean=u_mean, u_lo=u_lo, u_hi=u_hi,
         coef_mean=frame(absb.mean(("chain", "draw"))), coef_lo=frame(qa.sel(quantile=0.025)),
         coef_hi=frame(qa.sel(quantile=0.975)),
