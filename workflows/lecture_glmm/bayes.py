@@ -115,8 +115,9 @@ def add_glmm_bayes_section(sec, rep, spec: GlmmWorkflowSpec, ml: dict[str, Any],
     sec.table("bayes_timings", pd.DataFrame(
         [(m, k, v) for m, f in fits.items() for k, v in f.timings.items()],
         columns=["model", "stage", "seconds"]), digits=1,
-        caption="Where the time of each NUTS fit went (build: design, priors and the PyMC "
-                "model; compile+sample: compiling the log-density and sampling; "
+        caption="Where the time of each NUTS fit went (build: design and priors, and the PyMC "
+                "model where the compiled C density does not apply; compile+sample: compiling "
+                "(PyMC route only) and sampling; "
                 "log-likelihood: per student and per school, the latter by AGQ at every draw)")
     for m, f in fits.items():
         sec.pre(f.summary(), caption=f"{m}: {f.formula}")
