@@ -79,10 +79,11 @@ static void unpack_L(const double *x, int k0, int strct, int q, double *L) {
     }
 }
 
-/* log density of the β prior (Normal: −½((x−μ)/s)², StudentT(ν): −(ν+1)/2 log1p(((x−μ)/s)²/ν),
+/* adds to *lp the log density of the β prior (Normal: −½((x−μ)/s)², StudentT(ν): −(ν+1)/2 log1p(((x−μ)/s)²/ν),
  * fb 0 / 1; params μ, s, ν per coefficient in pb), its derivative added to grad[0:p] */
-static double beta_prior(const double *x, double *grad, const double *pb, int p, int fb) {
-    double lp = 0.0;
+static void beta_prior(double *lp_, const double *x, double *grad, const double *pb, int p,
+                       int fb) {
+    double lp = *lp_;
     for (int k = 0; k < p; k++) {
         double mu = pb[3 * k], sk = pb[3 * k + 1], nu = pb[3 * k + 2];
         double r = x[k] - mu;
@@ -94,17 +95,17 @@ static double beta_prior(const double *x, double *grad, const double *pb, int p,
             grad[k] += -(nu + 1.0) * r / (nu * sk * sk + r * r);
         }
     }
-    return lp;
+    *lp_ = lp;
 }
 
-/* log density of the covariance factor's prior with its transform's Jacobian, the parameters at
+/* adds to *lp the log density of the covariance factor's prior with its transform's Jacobian, the parameters at
  * x[k0:]: LKJCholeskyCov (strct 0; PyMC's density: sd_i the row norms of L,
  * Σ_i (2η − 2 + q − i) log(L_ii/sd_i) − i log sd_i + log p_sd(sd_i), diagonal on the log scale)
  * or independent log sd (strct 1); pd the sd prior's two parameters per effect. GL holds
  * ∂/∂L of the rest of the density; grad[k0:] receives the whole derivative. */
-static double cov_prior(const double *x, double *grad, int k0, int strct, double eta, int fd,
-                        const double *pd, int q, const double *L, double *GL) {
-    double lp = 0.0, v, dv;
+static void cov_prior(double *lp_, const double *x, double *grad, int k0, int strct, double eta,
+                      int fd, const double *pd, int q, const double *L, double *GL) {
+    double lp = *lp_, v, dv;
     if (strct == 0) {
         for (int i = 0; i < q; i++) {
             double ss = 0.0;
@@ -137,7 +138,7 @@ static double cov_prior(const double *x, double *grad, int k0, int strct, double
             grad[k0 + i] = L[i * q + i] * (GL[i * q + i] + dv) + 1.0;
         }
     }
-    return lp;
+    *lp_ = lp;
 }
 
 /* ℓ and its gradient from the school sums, plus the priors with their transforms' Jacobians
@@ -162,12 +163,13 @@ static double assemble(const double *x, double *grad, const double *data, const 
     double g_s2 = -0.5 * (n / s2 - ((double)(s->J * q) - sum_trW) / s2 - S / s4
                           + (sum_Q + sum_hh) / s6);
 
-    lp += beta_prior(x, grad, data + s->o_pb, p, (int)data[I_FBETA]);
+    beta_prior(&lp, x, grad, data + s->o_pb, p, (int)data[I_FBETA]);
     double dv;
     double v = positive_logp((int)data[I_FSIGMA], sigma, data[s->o_ps], data[s->o_ps + 1], &dv);
     lp += v + x[p];
     grad[p] = 2.0 * s2 * g_s2 + sigma * dv + 1.0;
-    return lp + cov_prior(x, grad, p + 1, strct, eta, (int)data[I_FSD], data + s->o_pd, q, L, GL);
+    cov_prior(&lp, x, grad, p + 1, strct, eta, (int)data[I_FSD], data + s->o_pd, q, L, GL);
+    return lp;
 }
 
 /* q = 2 in closed form (kernels.logp_grad_q2) */
@@ -473,8 +475,10 @@ static double glmm_logp_grad(uint64_t dim, const double *restrict x, double *res
         lp += -0.5 * u[t] * u[t];
         gu[t] -= u[t];
     }
-    lp += beta_prior(x, grad, data + o_pb, p, (int)data[G_FBETA]);
-    return lp + cov_prior(x, grad, p, strct, data[G_ETA], (int)data[G_FSD], data + o_pd, q, L, GL);
+    double lp_beta = 0.0, lp_cov = 0.0; /* each prior summed apart, then added */
+    beta_prior(&lp_beta, x, grad, data + o_pb, p, (int)data[G_FBETA]);
+    cov_prior(&lp_cov, x, grad, p, strct, data[G_ETA], (int)data[G_FSD], data + o_pd, q, L, GL);
+    return (lp + lp_beta) + lp_cov;
 }
 
 int64_t twolevel_logp_glmm(uint64_t dim, const double *x, double *grad, double *logp,
