@@ -270,3 +270,21 @@ def test_profile_confint_matches_lme4(key):
     np.testing.assert_allclose(ci.iloc[:, 0].to_numpy(), ref["lower"], atol=2e-4)
     np.testing.assert_allclose(ci.iloc[:, 1].to_numpy(), ref["upper"], atol=2e-4)
     assert list(ci.index[1:]) == ref["names"][1:]
+
+
+def test_profile_confint_of_a_correlated_term_matches_lme4():
+    """The SDs and the correlation of (1 + x | g) are profiled on lme4's sdcor scale (.sig01,
+    .sig02, .sig03): the SDs and fixed effects agree with lme4's spline-interpolated ends to
+    2e-4, the correlation's lower end to 2e-3 (lme4's spline through a coarse grid bends there);
+    its upper end is the bound 1, as lme4's."""
+    ci = fit_case("sim_slope").confint(method="profile")
+    ref = G["fits"]["sim_slope"]["profile_ci"]
+    assert list(ci.index) == ["sd_(Intercept)|g", "cor_x.(Intercept)|g", "sd_x|g",
+                              "(Intercept)", "x"]
+    assert ref["names"][3:] == ["(Intercept)", "x"]
+    lo, hi = ci.iloc[:, 0].to_numpy(), ci.iloc[:, 1].to_numpy()
+    sd_fe = [0, 2, 3, 4]
+    np.testing.assert_allclose(lo[sd_fe], np.asarray(ref["lower"])[sd_fe], atol=2e-4)
+    np.testing.assert_allclose(hi[sd_fe], np.asarray(ref["upper"])[sd_fe], atol=2e-4)
+    assert abs(lo[1] - ref["lower"][1]) < 2e-3
+    assert hi[1] == ref["upper"][1] == 1.0

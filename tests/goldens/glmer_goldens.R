@@ -78,6 +78,7 @@ ci_of <- function(m) { ci <- suppressMessages(confint(m, method = "profile"))
   list(names = rownames(ci), lower = unname(ci[, 1]), upper = unname(ci[, 2])) }
 fits$cbpp$profile_ci <- ci_of(fit(f_cbpp, cbpp, binomial))
 fits$sim_int$profile_ci <- ci_of(m_sim0)
+fits$sim_slope$profile_ci <- ci_of(m_sim)   # SDs and the correlation (sdcor scale)
 a <- anova(m_sim0, m_sim)
 anova_sim <- list(chisq = a$Chisq[2], df = a$Df[2], p = a[["Pr(>Chisq)"]][2])
 cat(toJSON(list(versions = list(R = R.version.string, lme4 = as.character(packageVersion("lme4"))),
