@@ -61,7 +61,6 @@ def add_bayes_section(sec, rep, spec: WorkflowSpec, d: PreparedData, reml: dict[
                       bayes: dict[str, Any], eff: RunSettings, plots) -> None:
     """Summaries, diagnostics, posterior tables, Bayes vs REML, posterior files, and the prior and
     posterior predictive checks per student and per school."""
-    from twolevel.models.bayes.fit import GATE
     from twolevel.workflows.school_stats import (
         SCHOOL_STATISTICS,
         predictive_pvalues,
@@ -80,29 +79,9 @@ def add_bayes_section(sec, rep, spec: WorkflowSpec, d: PreparedData, reml: dict[
         "data; they are printed in each summary."
         + (" **--quick run: too few draws to report; the diagnostics gate is expected to fail "
            "on effective sample size.**" if eff.quick else ""))
-    diag = pd.concat([f.diagnostics.to_frame().assign(model=m, formula=f.formula)
-                      for m, f in fits.items()], ignore_index=True)
-    diag = diag[["model", "formula", "divergences", "max_rhat", "min_ess_bulk", "min_ess_tail",
-                 "min_bfmi", "worst_rhat", "worst_ess", "passed"]]
-    sec.table("bayes_diagnostics", diag, digits=4,
-              caption=f"Diagnostics over every parameter, including each {gl}'s effects "
-                      f"(gate: no divergences, R-hat ≤ {GATE['max_rhat']}, bulk and tail ESS ≥ "
-                      f"{GATE['min_ess']:.0f}, BFMI ≥ {GATE['min_bfmi']})")
-    failed = {m: f.diagnostics.problems for m, f in fits.items() if f.diagnostics.problems}
-    if failed:
-        for m, probs in failed.items():
-            fix = ("rerun without `--quick`" if eff.quick else
-                   "rerun with more tuning steps and draws (`RunSettings`) or another `--seed`")
-            sec.text(f"**The diagnostics gate failed for {m}**: " + "; ".join(probs)
-                     + f". Its posterior numbers in this report (also in sections 5-8) are "
-                       f"provisional: {fix} before reporting them.")
-    else:
-        sec.text("Both fits pass the diagnostics gate: no divergent transitions, every R-hat "
-                 f"≤ {GATE['max_rhat']}, every bulk and tail ESS ≥ {GATE['min_ess']:.0f} and "
-                 f"BFMI ≥ {GATE['min_bfmi']} in every chain, so the posterior summaries can be "
-                 "reported.")
-    for w in bayes.get("warnings", []):
-        sec.text(f"Sampler note: {w}")
+    fix = ("rerun without `--quick`" if eff.quick else
+           "rerun with more tuning steps and draws (`RunSettings`) or another `--seed`")
+    add_gate_text(sec, fits, gl, fix, " (also in sections 5-8)", bayes.get("warnings", []))
     for m, f in fits.items():
         sec.pre(f.summary(), caption=f"{m}: {f.formula}")
         sec.table(f"posterior_{m}", f.to_frame().reset_index(), digits=4,
@@ -177,3 +156,32 @@ def add_bayes_section(sec, rep, spec: WorkflowSpec, d: PreparedData, reml: dict[
     sec.text("Posterior predictive check of the slopes: " + "; ".join(words) + ". In m2 every "
              f"{gl} has the same slope, so its replicated per-{gl} slopes vary only through "
              f"sampling noise; a share near 0 means the data's slopes vary more than that.")
+
+
+def add_gate_text(sec, fits: dict, gl: str, fix: str, where: str, notes: list[str]) -> None:
+    """The diagnostics table of the fits, the gate's verdict in words (``fix`` says what to do
+    when it failed; ``where`` names the report's other sections with posterior numbers), and
+    the sampler's other messages (``notes``). Shared by the normal and the binary workflow."""
+    from twolevel.models.bayes.fit import GATE
+
+    diag = pd.concat([f.diagnostics.to_frame().assign(model=m, formula=f.formula)
+                      for m, f in fits.items()], ignore_index=True)
+    diag = diag[["model", "formula", "divergences", "max_rhat", "min_ess_bulk", "min_ess_tail",
+                 "min_bfmi", "worst_rhat", "worst_ess", "passed"]]
+    sec.table("bayes_diagnostics", diag, digits=4,
+              caption=f"Diagnostics over every parameter, including each {gl}'s effects "
+                      f"(gate: no divergences, R-hat ≤ {GATE['max_rhat']}, bulk and tail ESS ≥ "
+                      f"{GATE['min_ess']:.0f}, BFMI ≥ {GATE['min_bfmi']})")
+    failed = {m: f.diagnostics.problems for m, f in fits.items() if f.diagnostics.problems}
+    if failed:
+        for m, probs in failed.items():
+            sec.text(f"**The diagnostics gate failed for {m}**: " + "; ".join(probs)
+                     + f". Its posterior numbers in this report{where} are "
+                       f"provisional: {fix} before reporting them.")
+    else:
+        sec.text("Both fits pass the diagnostics gate: no divergent transitions, every R-hat "
+                 f"≤ {GATE['max_rhat']}, every bulk and tail ESS ≥ {GATE['min_ess']:.0f} and "
+                 f"BFMI ≥ {GATE['min_bfmi']} in every chain, so the posterior summaries can be "
+                 "reported.")
+    for w in notes:
+        sec.text(f"Sampler note: {w}")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from twolevel.models.tables.glmm_answers import SCALES
+from twolevel.workflows.lecture.bayes import add_gate_text
 from twolevel.workflows.lecture.compare import _compare_words, bayes_vs_reml
 from twolevel.workflows.lecture.spec import Progress, RunSettings
 from twolevel.workflows.lecture.views import bayes_view, reml_view
@@ -73,8 +74,6 @@ def posterior_ratio_table(fit, ratio: str) -> pd.DataFrame:
 def add_glmm_bayes_section(sec, rep, spec: GlmmWorkflowSpec, ml: dict[str, Any],
                            bayes: dict[str, Any], eff: RunSettings) -> None:
     """Settings, diagnostics and gate, posterior tables, Bayes vs Laplace, saved posteriors."""
-    from twolevel.models.bayes.fit import GATE
-
     gl, sc = spec.group_label, SCALES[spec.family]
     ratio = "OR" if spec.family == "binomial" else "RR"
     fits = {"m1": bayes["m1"], "m2": bayes["m2"]}
@@ -89,29 +88,9 @@ def add_glmm_bayes_section(sec, rep, spec: GlmmWorkflowSpec, ml: dict[str, Any],
         f"the {sc.link} scale and printed in each summary."
         + (" **--quick run: too few draws to report; the diagnostics gate is expected to fail "
            "on effective sample size.**" if eff.quick else ""))
-    diag = pd.concat([f.diagnostics.to_frame().assign(model=m, formula=f.formula)
-                      for m, f in fits.items()], ignore_index=True)
-    diag = diag[["model", "formula", "divergences", "max_rhat", "min_ess_bulk", "min_ess_tail",
-                 "min_bfmi", "worst_rhat", "worst_ess", "passed"]]
-    sec.table("bayes_diagnostics", diag, digits=4,
-              caption=f"Diagnostics over every parameter, including each {gl}'s effects "
-                      f"(gate: no divergences, R-hat ≤ {GATE['max_rhat']}, bulk and tail ESS ≥ "
-                      f"{GATE['min_ess']:.0f}, BFMI ≥ {GATE['min_bfmi']})")
-    failed = {m: f.diagnostics.problems for m, f in fits.items() if f.diagnostics.problems}
-    if failed:
-        fix = ("rerun without `--quick`" if eff.quick else
-               "rerun with another `--seed`, or with more draws")
-        for m, probs in failed.items():
-            sec.text(f"**The diagnostics gate failed for {m}**: " + "; ".join(probs)
-                     + f". Its posterior numbers in this report are provisional: {fix} before "
-                       "reporting them.")
-    else:
-        sec.text("Both fits pass the diagnostics gate: no divergent transitions, every R-hat "
-                 f"≤ {GATE['max_rhat']}, every bulk and tail ESS ≥ {GATE['min_ess']:.0f} and "
-                 f"BFMI ≥ {GATE['min_bfmi']} in every chain, so the posterior summaries can be "
-                 "reported.")
-    for w in bayes.get("warnings", []):
-        sec.text(f"Sampler note: {w}")
+    fix = ("rerun without `--quick`" if eff.quick else
+           "rerun with another `--seed`, or with more draws")
+    add_gate_text(sec, fits, gl, fix, "", bayes.get("warnings", []))
     sec.table("bayes_timings", pd.DataFrame(
         [(m, k, v) for m, f in fits.items() for k, v in f.timings.items()],
         columns=["model", "stage", "seconds"]), digits=1,
