@@ -19,8 +19,6 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from twolevel.models.inference.profile import _sv_bounds, cv_to_sv, parameter_names, sv_to_cv
-
 __all__ = ["confint_profile"]
 
 
@@ -28,6 +26,9 @@ def _profiled(fit, k: int):
     """d(ψ) for parameter k of (variance parameters, β), minimising over the others from the last
     optimum; ψ on the sdcor scale for a variance parameter (k < n_θ), then the variance
     parameters are all on that scale, else on θ's. Returns (d, ψ̂, lower bound, upper bound)."""
+    # lme4's sdcor mapping, shared with lmer's profile (a higher stage of models: imported here)
+    from twolevel.models.inference.profile import _sv_bounds, cv_to_sv, sv_to_cv
+
     exact = fit.optinfo.optimizer == "tight"
     design = fit.design
     n_t = design.n_theta
@@ -117,6 +118,8 @@ def confint_profile(fit, level: float = 0.95) -> pd.DataFrame:
     """Profile intervals for the standard deviations and correlations of the random effects
     (lme4's ``.sig01`` …, here ``sd_<effect>|<group>`` and ``cor_<effect>.<effect>|<group>``)
     and the fixed effects."""
+    from twolevel.models.inference.profile import parameter_names
+
     z = float(stats.norm.ppf(0.5 + level / 2))
     lo_name, hi_name = f"{100 * (1 - level) / 2:.1f} %", f"{100 * (1 + level) / 2:.1f} %"
     d_hat = float(fit.problem.stage2(np.concatenate([fit.theta, fit.beta]),
