@@ -326,10 +326,14 @@ def test_default_sd_prior_is_boundary_avoiding_gamma(design):
 
 
 @pytest.mark.slow
-def test_collapsed_posterior_matches_noncentred_within_3_mcse():
+def test_collapsed_posterior_matches_noncentred_within_4_mcse():
     """The collapsed model (school effects integrated out, drawn afterwards) and the non-centred
     model (school effects sampled) have the same posterior: means and SDs of γ, τ, ρ, σ agree
-    within 3 Monte-Carlo standard errors (4 chains × 1000 draws each)."""
+    within 4 Monte-Carlo standard errors (4 chains × 1000 draws each). 14 comparisons at once:
+    with 3 MCSE about one draw set in 25 fails by chance (one did, by 3.1 MCSE, in a fresh
+    clone's first run with empty caches, whose draws differed from a warm run's in the last
+    bits), with 4 MCSE about one in 1,000; a real difference of about 0.15 posterior SD in any
+    of them still fails."""
     import arviz as az
 
     df = _sim(J=60, seed=8, nmin=8, nmax=20)
@@ -356,5 +360,5 @@ def test_collapsed_posterior_matches_noncentred_within_3_mcse():
         for v in qa.data_vars:
             a = float(getattr(qa[v], stat)(("chain", "draw")))
             b = float(getattr(qb[v], stat)(("chain", "draw")))
-            tol = 3.0 * float(np.hypot(ma[v], mb[v]))
+            tol = 4.0 * float(np.hypot(ma[v], mb[v]))
             assert abs(a - b) <= tol, (stat, v, a, b, tol)
