@@ -271,6 +271,20 @@ def test_sampler_defaults_per_family():
     assert (p.adaptation, p.target_accept, p.draws) == ("diag", 0.8, 2000)
 
 
+def test_normal_model_settings_on_a_glmm_warn():
+    """SamplerSettings() (low-rank adaptation, the normal model's default) passed to a binary
+    fit: a warning saying what it costs and what to use; the fit runs as asked."""
+    from twolevel.models.bayes.fit import SamplerSettings, fit_bayes
+
+    d = _sim(J=12, seed=3)
+    with pytest.warns(UserWarning, match=r"adaptation='low_rank'.*about 10x slower.*use "
+                      r"SamplerSettings.for_family\('binomial', \.\.\.\)"):
+        fit = fit_bayes("y ~ 1 + x + (1 + x | g)", d, family="binomial", progress=False,
+                        log_likelihood="none",
+                        settings=SamplerSettings(chains=2, draws=50, tune=50))
+    assert fit.settings.adaptation == "low_rank"
+
+
 @pytest.mark.slow
 def test_gil_free_route_samples_the_same_model():
     """sample_nuts(gil_free=True) (nutpie.compile_pymc_model's cfunc, used from GIL_FREE_ROWS
