@@ -23,9 +23,16 @@ def add_answers_section(sec, s_answers, rep, spec: WorkflowSpec, rv: RemlView, b
     xc = spec.xc
     ans = lecture_answers(reml_quantities(rv, xc), bayes_answer_draws(bv, xc, rv.effects),
                           y_label=y_label, x_label=x_label)
-    sec.table("lecture_answers", ans.table, digits=4,
-              caption="REML estimate (SE for fixed effects) and posterior mean, SD, "
-                      "2.5% and 97.5% quantiles")
+    write_answers(sec, s_answers, rep, spec, ans, progress,
+                  "REML estimate (SE for fixed effects) and posterior mean, SD, 2.5% and 97.5% "
+                  "quantiles")
+
+
+def write_answers(sec, s_answers, rep, spec, ans, progress: Progress, caption: str) -> None:
+    """The answers ``ans`` (``table``, ``answers``, ``prob_corr_negative``) as the section's table
+    and text, at the top of the report (``s_answers``, with the level-2 caveat), in
+    ``answers.json`` and on the progress lines. Shared by the normal and the binary workflow."""
+    sec.table("lecture_answers", ans.table, digits=4, caption=caption)
     sec.text("\n".join(f"- {a}" for a in ans.answers))
     s_answers.text("\n".join(f"- {a}" for a in ans.answers))
     if spec.level2:

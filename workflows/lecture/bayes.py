@@ -40,19 +40,10 @@ def fit_bayes(spec: WorkflowSpec, d: PreparedData, reml: dict[str, Any], eff: Ru
             out[f"prior_{m}"] = prior_predictive(fit.design, None, eff.ppc_draws,
                                                  eff.seed_for(f"prior_{m}"))["y"]
             out[f"ppc_{m}"] = posterior_predictive(fit, eff.ppc_draws, eff.seed_for(f"ppc_{m}"))
-        for w in caught:
-            msg = str(w.message)
-            if issubclass(w.category, RuntimeWarning) and not msg.startswith("NUTS fit of") \
-                    and msg not in out["warnings"]:
-                out["warnings"].append(msg)
+        keep_sampler_notes(caught, out["warnings"])
         out[m] = fit
-        dg = fit.diagnostics
-        progress.note(
-            f"{m}: {dg.divergences} divergences, max R-hat {dg.max_rhat:.3f}, min ESS bulk "
-            f"{dg.min_ess_bulk:.0f} / tail {dg.min_ess_tail:.0f}, min BFMI "
-            f"{min(dg.bfmi) if dg.bfmi else float('nan'):.2f}: gate "
-            f"{'passed' if dg.passed else 'FAILED'} ({time.perf_counter() - t0:.1f} s, of which "
-            f"sampling {fit.timings.get('compile+sample', float('nan')):.1f} s)")
+        progress.note(f"{gate_line(m, fit)} ({time.perf_counter() - t0:.1f} s, of which "
+                      f"sampling {fit.timings.get('compile+sample', float('nan')):.1f} s)")
     out["view"] = bayes_view(out["m1"].datatree, reml_view(reml["m1"]).u.index)
     return out
 
@@ -185,3 +176,22 @@ def add_gate_text(sec, fits: dict, gl: str, fix: str, where: str, notes: list[st
                  "reported.")
     for w in notes:
         sec.text(f"Sampler note: {w}")
+
+
+def keep_sampler_notes(caught, notes: list[str]) -> None:
+    """Add to ``notes`` the sampler's RuntimeWarnings among the ``caught`` warnings, once each,
+    except the gate's own ("NUTS fit of ..."), which the diagnostics table reports."""
+    for w in caught:
+        msg = str(w.message)
+        if issubclass(w.category, RuntimeWarning) and not msg.startswith("NUTS fit of") \
+                and msg not in notes:
+            notes.append(msg)
+
+
+def gate_line(m: str, fit) -> str:
+    """One progress line of a fit's diagnostics: divergences, R-hat, ESS, BFMI and the gate."""
+    dg = fit.diagnostics
+    return (f"{m}: {dg.divergences} divergences, max R-hat {dg.max_rhat:.3f}, min ESS bulk "
+            f"{dg.min_ess_bulk:.0f} / tail {dg.min_ess_tail:.0f}, min BFMI "
+            f"{min(dg.bfmi) if dg.bfmi else float('nan'):.2f}: gate "
+            f"{'passed' if dg.passed else 'FAILED'}")

@@ -97,10 +97,15 @@ def add_repro_section(sec, spec, settings, eff, command, progress, rep, elapsed)
     sec.pre(command)
     sec.text("The two models in R (lme4 + lmerTest) — the REML numbers above match lme4's:")
     sec.pre(r_code(spec))
-    seeds = pd.DataFrame(
-        [(k, eff.seed_for(k)) for k in ("prior_m1", "bayes_m1", "ppc_m1", "prior_m2", "bayes_m2",
-                                        "ppc_m2", "predict")],
-        columns=["random step", "seed"])
+    add_run_record(sec, settings, eff, ("prior_m1", "bayes_m1", "ppc_m1", "prior_m2", "bayes_m2",
+                                        "ppc_m2", "predict"), progress, rep, elapsed)
+
+
+def add_run_record(sec, settings, eff, steps: tuple[str, ...], progress, rep,
+                   elapsed: float) -> None:
+    """The run's seeds (of the random ``steps``), sampling settings, software versions, step
+    timings and the report's files. Shared by the normal and the binary workflow."""
+    seeds = pd.DataFrame([(k, eff.seed_for(k)) for k in steps], columns=["random step", "seed"])
     sec.text(f"Run seed: {settings.seed} (`--seed`); every random step uses a seed derived from "
              f"it. Sampling: {eff.chains} chains × {eff.draws} draws after {eff.tune} tuning steps"
              + (" (--quick: too few draws for reporting)" if eff.quick else "") + ".")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from twolevel.models.tables.glmm_answers import SCALES
-from twolevel.workflows.lecture.record import dumps
+from twolevel.workflows.lecture.answers import write_answers
 from twolevel.workflows.lecture.spec import Progress, _labels
 from twolevel.workflows.lecture.views import BayesView, RemlView, bayes_answer_draws
 from twolevel.workflows.lecture_glmm.prepare import PreparedGlmmData
@@ -42,20 +42,9 @@ def add_glmm_answers_section(sec, s_answers, rep, spec: GlmmWorkflowSpec, d: Pre
     ans = glmm_answers(ml_quantities(rv, spec.xc), bayes_answer_draws(bv, spec.xc, rv.effects),
                        family=spec.family, y_label=y_label, x_label=x_label,
                        x_sd=within_sd(spec, d))
-    sec.table("lecture_answers", ans.table, digits=4,
-              caption="Laplace estimate (with its 95% Wald interval where there is one) and "
-                      "posterior mean, SD, 2.5% and 97.5% quantiles")
-    sec.text("\n".join(f"- {a}" for a in ans.answers))
-    s_answers.text("\n".join(f"- {a}" for a in ans.answers))
-    if spec.level2:
-        s_answers.text(f"With level-2 predictors ({', '.join(spec.level2)}), γ00 and γ10 "
-                       "are the intercept and slope of a school with W = 0, and τ are "
-                       "residual variances given W.")
-    rep.save_file("answers.json", lambda p: p.write_text(dumps({
-        "answers": list(ans.answers), "table": ans.table.to_dict(orient="records"),
-        "prob_corr_negative": ans.prob_corr_negative})))
-    for line in ans.answers:
-        progress.note(line)
+    write_answers(sec, s_answers, rep, spec, ans, progress,
+                  "Laplace estimate (with its 95% Wald interval where there is one) and "
+                  "posterior mean, SD, 2.5% and 97.5% quantiles")
 
 
 def _summ(v: np.ndarray) -> tuple[float, float, float]:

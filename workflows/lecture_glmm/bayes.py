@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from twolevel.models.tables.glmm_answers import SCALES
-from twolevel.workflows.lecture.bayes import add_gate_text
+from twolevel.workflows.lecture.bayes import add_gate_text, gate_line, keep_sampler_notes
 from twolevel.workflows.lecture.compare import _compare_words, bayes_vs_reml
 from twolevel.workflows.lecture.spec import Progress, RunSettings
 from twolevel.workflows.lecture.views import bayes_view, reml_view
@@ -39,19 +39,10 @@ def fit_bayes_glmm(spec: GlmmWorkflowSpec, d: PreparedGlmmData, ml: dict[str, An
             warnings.simplefilter("always")
             fit = nuts(formula, d.frame, family=spec.family, link=spec.link, settings=settings,
                        progress=False)
-        for w in caught:
-            msg = str(w.message)
-            if issubclass(w.category, RuntimeWarning) and not msg.startswith("NUTS fit of") \
-                    and msg not in out["warnings"]:
-                out["warnings"].append(msg)
+        keep_sampler_notes(caught, out["warnings"])
         out[m] = fit
-        dg = fit.diagnostics
-        progress.note(
-            f"{m}: {dg.divergences} divergences, max R-hat {dg.max_rhat:.3f}, min ESS bulk "
-            f"{dg.min_ess_bulk:.0f} / tail {dg.min_ess_tail:.0f}, min BFMI "
-            f"{min(dg.bfmi) if dg.bfmi else float('nan'):.2f}: gate "
-            f"{'passed' if dg.passed else 'FAILED'} ({time.perf_counter() - t0:.1f} s: "
-            + ", ".join(f"{k} {v:.1f} s" for k, v in fit.timings.items()) + ")")
+        progress.note(f"{gate_line(m, fit)} ({time.perf_counter() - t0:.1f} s: "
+                      + ", ".join(f"{k} {v:.1f} s" for k, v in fit.timings.items()) + ")")
     out["view"] = bayes_view(out["m1"].datatree, reml_view(ml["m1"]).u.index)
     return out
 

@@ -4,8 +4,7 @@ glmer's R code and the seeds these steps use)."""
 
 from __future__ import annotations
 
-import pandas as pd
-from twolevel.workflows.lecture.record import software_versions
+from twolevel.workflows.lecture.record import add_run_record
 from twolevel.workflows.lecture_glmm.spec import GlmmWorkflowSpec
 
 
@@ -37,15 +36,4 @@ def add_glmm_repro_section(sec, spec: GlmmWorkflowSpec, settings, eff, command, 
     sec.text("The maximum-likelihood fits in R (lme4's glmer) — the Laplace and AGQ numbers "
              "above follow glmer's algorithm (twolevel.glmer):")
     sec.pre(r_code_glmer(spec))
-    seeds = pd.DataFrame([(k, eff.seed_for(k)) for k in ("bayes_m1", "bayes_m2")],
-                         columns=["random step", "seed"])
-    sec.text(f"Run seed: {settings.seed} (`--seed`); every random step uses a seed derived from "
-             f"it. Sampling: {eff.chains} chains × {eff.draws} draws after {eff.tune} tuning steps"
-             + (" (--quick: too few draws for reporting)" if eff.quick else "") + ".")
-    sec.table("seeds", seeds, caption="Seeds of the random steps")
-    sec.table("software", software_versions(), caption="Software")
-    tim = pd.DataFrame(progress.timings, columns=["step", "seconds"])
-    tim.loc[len(tim)] = ["total until the report was written", elapsed]
-    sec.table("timings", tim, digits=1, caption="Wall time of each step")
-    files = sorted(rep.files + ["index.html", "report.md"])
-    sec.text("Files in this folder:\n\n" + "\n".join(f"- `{f}`" for f in files))
+    add_run_record(sec, settings, eff, ("bayes_m1", "bayes_m2"), progress, rep, elapsed)
