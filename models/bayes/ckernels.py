@@ -24,16 +24,13 @@ kept in :data:`BUILD_ERRORS`).
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from twolevel.data.errors import TwolevelError
+from twolevel.models import cbuild
 
 __all__ = ["BUILD_ERRORS", "SOURCE", "CFLAGS", "build", "build_command", "c_logp_and_grad",
            "cache_dir", "callback_addresses", "compiler", "glmm_callback_addresses", "kernel_route", "library_path",
@@ -41,103 +38,48 @@ __all__ = ["BUILD_ERRORS", "SOURCE", "CFLAGS", "build", "build_command", "c_logp
 
 SOURCE = Path(__file__).with_name("ckernels.c")
 CFLAGS = ("-O2", "-fPIC", "-shared", "-fno-fast-math")
-ROUTES = ("auto", "c", "numba")
+ROUTES = cbuild.ROUTES
 BUILD_ERRORS: list[str] = []
 _LIB: dict[str, ctypes.CDLL] = {}
 
 
-def cache_dir() -> Path:
-    """``$TWOLEVEL_CACHE_DIR``, else ``$XDG_CACHE_HOME/twolevel``, else ``~/.cache/twolevel``."""
-    if os.environ.get("TWOLEVEL_CACHE_DIR"):
-        return Path(os.environ["TWOLEVEL_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "twolevel"
-
-
-def compiler() -> str | None:
-    """The C compiler: ``$CC`` (its first word) if set, else the first of cc, gcc, clang on the
-    PATH; None when there is none."""
-    cc = os.environ.get("CC", "").split()
-    if cc:
-        return shutil.which(cc[0])
-    for name in ("cc", "gcc", "clang"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+SPEC = cbuild.CSource(SOURCE, CFLAGS)
+cache_dir = cbuild.cache_dir
+compiler = cbuild.compiler
 
 
 def library_path(cc: str | None = None) -> Path:
     """The shared library's path: ``ckernels-<hash of source, flags, compiler>-<machine>.so``."""
-    h = hashlib.sha256(SOURCE.read_bytes())
-    h.update(" ".join(CFLAGS).encode())
-    h.update(str(cc or compiler() or "").encode())
-    return cache_dir() / f"ckernels-{h.hexdigest()[:16]}-{platform.machine()}.so"
+    return SPEC.library_path(cc)
 
 
 def build_command(cc: str, out: Path) -> list[str]:
     """``cc -O2 -fPIC -shared -fno-fast-math ckernels.c -o out -lm``."""
-    return [cc, *CFLAGS, str(SOURCE), "-o", str(out), "-lm"]
+    return SPEC.build_command(cc, out)
 
 
 def start_build() -> tuple[subprocess.Popen, Path, Path] | None:
-    """Start the compiler in the background when the library is not built yet; returns
-    ``(process, temporary output, final path)`` for :func:`finish_build`, or None when there is
-    nothing to do (built already, or no compiler)."""
-    cc = compiler()
-    if cc is None:
-        return None
-    final = library_path(cc)
-    if final.exists():
-        return None
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{final.stem}.{os.getpid()}.tmp")
-    proc = subprocess.Popen(build_command(cc, tmp), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return proc, tmp, final
+    """Start the compiler in the background when the library is not built yet (see
+    :meth:`twolevel.models.cbuild.CSource.start_build`)."""
+    return SPEC.start_build()
 
 
 def finish_build(pending: tuple[subprocess.Popen, Path, Path], timeout: float = 300.0) -> bool:
     """Wait for :func:`start_build`'s compiler; move the library into place. False (with the
     compiler's message in :data:`BUILD_ERRORS`) when it failed."""
-    proc, tmp, final = pending
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    if proc.returncode == 0 and tmp.exists():
-        os.replace(tmp, final)
-        return True
-    tmp.unlink(missing_ok=True)
-    BUILD_ERRORS.append(f"{' '.join(proc.args)} exited with {proc.returncode}: {out.strip()}")
-    return final.exists()  # another process may have built it meanwhile
+    return SPEC.finish_build(pending, BUILD_ERRORS, timeout)
 
 
 def build() -> Path | None:
     """Build the library now if needed (``make setup`` does, once per installation); its path, or
     None when no compiler is found or the build failed (see :data:`BUILD_ERRORS`)."""
-    try:
-        pending = start_build()
-    except OSError as e:  # an unwritable cache folder, a compiler that cannot start
-        BUILD_ERRORS.append(f"{e}; set TWOLEVEL_CACHE_DIR to a writable folder")
-        return None
-    if pending is not None and not finish_build(pending):
-        return None
-    path = library_path()
-    return path if compiler() is not None and path.exists() else None
+    return SPEC.build(BUILD_ERRORS)
 
 
 def kernel_route() -> str:
     """``"c"`` or ``"numba"``: ``$TWOLEVEL_KERNELS`` (``auto``, ``c``, ``numba``; default auto:
     C when a compiler is found and no build of this process has failed)."""
-    route = os.environ.get("TWOLEVEL_KERNELS", "auto").strip().lower() or "auto"
-    if route not in ROUTES:
-        raise TwolevelError(f"TWOLEVEL_KERNELS={route!r} is not a kernel route; use one of "
-                            f"{', '.join(ROUTES)}")
-    if route == "auto":
-        return "c" if compiler() is not None and not BUILD_ERRORS else "numba"
-    return route
+    return cbuild.kernel_route(BUILD_ERRORS)
 
 
 def load() -> ctypes.CDLL:

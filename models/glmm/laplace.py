@@ -21,7 +21,7 @@ import numpy as np
 
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design
-from twolevel.models.glmm import kernels
+from twolevel.models.glmm import cpirls, kernels
 from twolevel.models.glmm.family import Family
 from twolevel.models.glmm.response import GlmResponse
 
@@ -88,9 +88,13 @@ class GlmmProblem:
         self.J, self.q, self.p = design.n_groups, design.q, design.p
         self.n_theta = design.n_theta
         self.nodes, self.weights = gh_rule(self.nagq) if self.nagq > 1 else (None, None)
+        self._c = cpirls.for_problem(resp.y, resp.w, self.X, self.Z, self.g, family.code,
+                                     self.J)
+        self.route = "numba" if self._c is None else "c"  # which kernels (cpirls.py)
         self.csat = resp.saturated_constant(family)  # a(μ) = Σ d_i(μ) + C_sat for every μ
         eta0 = resp.offset + family.linkfun(resp.mustart(family))
         self.lp0 = np.zeros(design.n)
+        self.eta0 = resp.offset + self.lp0
         self._start = None
         st = self._pirls(design.theta_to_T(self.theta0), resp.offset, eta0, joint=True)
         self.set_warm_start(st)  # lp0 = Xβ + ZΛu of the initial joint PIRLS
@@ -102,60 +106,95 @@ class GlmmProblem:
         return self.design.T_to_theta(np.eye(self.q))
 
     def _pirls(self, T, offset, eta, *, joint, beta=None, want_rx=False, exact=False,
-               theta=None, start=None) -> PirlsState:
-        u = np.zeros((self.J, self.q))
+               theta=None, start=None, value_only=False, shift=None) -> PirlsState:
+        """One PIRLS run. ``value_only`` (C route, with ``start``): the state's ``u``,
+        ``Lfac`` and ``RX`` are this thread's reused buffers (overwritten by its next
+        evaluation) and ``eta`` is not computed (it is None)."""
         b = np.zeros(self.p) if beta is None else np.array(beta, dtype=float)
-        Lfac = np.zeros((self.J, self.q, self.q))
-        RX = np.zeros((self.p, self.p))
-        eta = np.array(eta, dtype=float)
+        value_only = value_only and self._c is not None and start is not None
+        if value_only:
+            buf = self._c.buffers()
+            u, Lfac, RX = buf["u"], buf["Lfac"], buf["RX"]
+            u.fill(0.0)
+        else:
+            u = np.zeros((self.J, self.q))
+            Lfac = np.zeros((self.J, self.q, self.q))
+            RX = np.zeros((self.p, self.p))
+            eta = np.array(eta, dtype=float)
         r = self.resp
-        status, it, pdev, ldL2, aic, dev, usq = kernels.pirls_kernel(
-            joint, want_rx, exact, r.y, r.w, self.X, self.Z, self.g, self.family.code,
-            np.ascontiguousarray(T, dtype=float), np.ascontiguousarray(offset), eta,
-            TOL_EXACT if exact else TOL_PWRSS, 4 * MAXIT if exact else MAXIT,
-            self.csat, u, b, Lfac, RX, *(start if start is not None else self._no_start()))
+        args = (np.ascontiguousarray(T, dtype=float), np.ascontiguousarray(offset), eta,
+                TOL_EXACT if exact else TOL_PWRSS, 4 * MAXIT if exact else MAXIT,
+                self.csat, u, b, Lfac, RX, *(start if start is not None else self._no_start()))
+        if self._c is not None:
+            status, it, pdev, ldL2, aic, dev, usq = self._c.pirls(joint, want_rx, exact, *args,
+                                                                 keep_eta=not value_only,
+                                                                 shift=shift)
+        else:
+            status, it, pdev, ldL2, aic, dev, usq = kernels.pirls_kernel(
+                joint, want_rx, exact, r.y, r.w, self.X, self.Z, self.g, self.family.code,
+                *args)
         if status != kernels.OK:
             raise PirlsError(_ERRORS[status])
-        return PirlsState(ldL2 + usq + aic, u, b, eta, Lfac, RX, ldL2, aic, dev, usq, it,
+        return PirlsState(ldL2 + usq + aic, u, b, None if value_only else eta, Lfac, RX, ldL2,
+                          aic, dev, usq, it,
                           np.asarray(theta if theta is not None else [], dtype=float))
 
     def _no_start(self):
         e2, e3 = np.zeros((0, 0)), np.zeros((0, 0, 0))
         return (False, e3, e2, e3, e2, np.zeros(0))
 
-    def stage1_state(self, theta: np.ndarray) -> PirlsState:
+    def stage1_state(self, theta: np.ndarray, *, value_only: bool = False) -> PirlsState:
         """Joint PIRLS at θ from η = o + lp0 (glmer's stage-1 / nAGQ = 0 objective)."""
         T = self.design.theta_to_T(theta)
         A0, c0, B0, XtWX0, XtWz0 = self._start
-        return self._pirls(T, self.resp.offset, self.resp.offset + self.lp0, joint=True,
-                           theta=theta, start=(True, A0, c0, B0, XtWX0, XtWz0))
+        return self._pirls(T, self.resp.offset, self.eta0, joint=True, theta=theta,
+                           start=(True, A0, c0, B0, XtWX0, XtWz0), value_only=value_only)
 
     def stage1(self, theta: np.ndarray) -> float:
         """Stage-1 objective value at θ (Laplace value after joint PIRLS)."""
-        return self.stage1_state(theta).value
+        return self.stage1_state(theta, value_only=True).value
 
     def set_warm_start(self, state: PirlsState) -> None:
         """``updateGlmerDevfun``: lp0 ← the linear predictor of ``state`` (Xβ + ZΛu); the
         working weights and cross-products at η = o + lp0 are computed once here."""
         self.lp0 = state.eta - self.resp.offset
+        self.eta0 = self.resp.offset + self.lp0
         r = self.resp
-        self._start = kernels.start_crossprods(r.y, r.w, self.X, self.Z, self.g, self.family.code,
-                                               r.offset, r.offset + self.lp0, self.J)
+        if self._c is not None:
+            self._start = self._c.crossprods(r.offset, r.offset + self.lp0)
+        else:
+            self._start = kernels.start_crossprods(r.y, r.w, self.X, self.Z, self.g,
+                                                   self.family.code, r.offset,
+                                                   r.offset + self.lp0, self.J)
 
-    def stage2_state(self, par: np.ndarray, *, exact: bool = False,
-                     want_rx: bool = False) -> PirlsState:
+    def stage2_state(self, par: np.ndarray, *, exact: bool = False, want_rx: bool = False,
+                     value_only: bool = False) -> PirlsState:
         """u-only PIRLS at par = (θ, β) from η = o + lp0 with Xβ in the offset; the value is the
         Laplace or AGQ deviance (module docstring)."""
         par = np.asarray(par, dtype=float)
         theta, beta = par[: self.n_theta], par[self.n_theta :]
         T = self.design.theta_to_T(theta)
-        off = self.resp.offset + self.X @ beta
         A0, c0, B0, XtWX0, XtWz0 = self._start
-        cz0 = c0 - np.einsum("jac,c->ja", B0, beta)  # Xβ moved into the offset
-        st = self._pirls(T, off, self.resp.offset + self.lp0, joint=False, beta=beta,
-                         want_rx=want_rx, exact=exact, theta=theta,
-                         start=(True, A0, cz0, B0, XtWX0, XtWz0))
-        if self.nagq > 1:
+        shift = None
+        if self._c is not None and self._c.x_in_z is not None and self.nagq == 1:
+            # X's columns are among Z's: β rides on Z's columns, no o + Xβ pass (cpirls.c)
+            _, cz0 = self._c.offset(self.resp.offset, beta, c0, B0, rows=False,
+                                    reuse=value_only)
+            off, shift = self.resp.offset, self._c.shift(beta)
+        elif self._c is not None:  # Xβ moved into the offset
+            off, cz0 = self._c.offset(self.resp.offset, beta, c0, B0,
+                                      out=self._c.buffers()["off"] if value_only else None,
+                                      reuse=value_only)
+        else:
+            off = self.resp.offset + self.X @ beta
+            cz0 = c0 - np.einsum("jac,c->ja", B0, beta)
+        st = self._pirls(T, off, self.eta0, joint=False, beta=beta, want_rx=want_rx,
+                         exact=exact, theta=theta, start=(True, A0, cz0, B0, XtWX0, XtWz0),
+                         value_only=value_only, shift=shift)
+        if self.nagq > 1 and self._c is not None:
+            s0, lm = self._c.agq(float(T[0, 0]), off, st.u, st.Lfac, self.nodes, self.weights)
+            st.value = s0 + st.ldL2 + lm
+        elif self.nagq > 1:
             s0, lm = kernels.agq_kernel(self.resp.y, self.resp.w, self.Z, self.g,
                                         self.family.code, float(T[0, 0]), off, st.u, st.Lfac,
                                         self.nodes, self.weights)
@@ -164,7 +203,7 @@ class GlmmProblem:
 
     def stage2(self, par: np.ndarray, exact: bool = False) -> float:
         """Stage-2 objective value at (θ, β)."""
-        return self.stage2_state(par, exact=exact).value
+        return self.stage2_state(par, exact=exact, value_only=True).value
 
 
 class PirlsError(TwolevelError):
