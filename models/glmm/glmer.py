@@ -22,6 +22,7 @@ from twolevel.models.glmm.optimize import (
     check_boundary,
     deriv12,
     nelder_mead,
+    newton_stage2,
     polish,
 )
 from twolevel.models.glmm.response import glmer_design
@@ -29,7 +30,7 @@ from twolevel.models.glmm.results import SINGULAR_TOL, GlmerFit, GlmerOptInfo
 
 __all__ = ["glmer", "OPTIMIZERS"]
 
-OPTIMIZERS = ("lme4", "tight")
+OPTIMIZERS = ("lme4", "newton", "tight")
 MAX_AGQ = 25
 GRAD_TOL = 2e-3  # check.conv.grad
 HESS_TOL = 1e-6  # check.conv.hess
@@ -150,8 +151,20 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
     lower = np.concatenate([lower_t, np.full(design.p, -np.inf)])
     upper = np.full(x0.size, np.inf)
     xst = 0.2 * np.concatenate([np.full(design.n_theta, 0.1), np.minimum(se1, 10.0)])
-    nm = nelder_mead(prob.stage2, x0, lower, upper, xst, 5e-4 * xst)
-    par, fval = check_boundary(prob.stage2, nm.x, nm.fval, lower)
+    g = H = None
+    nr = newton_stage2(prob.stage2, x0, lower, xst) if optimizer == "newton" else None
+    if nr is not None and nr.ok:
+        feval2, message2, stage2_name = nr.feval, nr.message, "Newton"
+        par, fval = check_boundary(prob.stage2, nr.x, nr.fval, lower)
+        if np.array_equal(par, nr.x):
+            g, H = nr.gradient, nr.hessian
+    else:
+        nm = nelder_mead(prob.stage2, x0, lower, upper, xst, 5e-4 * xst)
+        feval2, message2, stage2_name = nm.feval, nm.message, "Nelder_Mead"
+        if nr is not None:  # Newton declined: lme4's path, said so in the record
+            feval2 += nr.feval
+            message2 = f"Newton declined ({nr.message}); Nelder-Mead: {nm.message}"
+        par, fval = check_boundary(prob.stage2, nm.x, nm.fval, lower)
     objective = prob.stage2
     polish_feval = 0
     if optimizer == "tight":
@@ -162,7 +175,8 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
         if f2 < f_lme4:
             par = p2
         par, fval = check_boundary(objective, par, objective(par), lower)
-    g, H = deriv12(objective, par, fx=fval)
+    if H is None:
+        g, H = deriv12(objective, par, fx=fval)
     n_t = design.n_theta
     vcov_h = None
     try:
@@ -184,7 +198,7 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
     msgs = list(dict.fromkeys(msgs))
     for m in msgs:
         warnings.warn(m, stacklevel=2)
-    info = GlmerOptInfo(optimizer, theta1, fe1, nm.feval, nm.message, g, H, polish_feval,
-                        tuple(msgs))
+    info = GlmerOptInfo(optimizer, theta1, fe1, feval2, message2, g, H, polish_feval,
+                        tuple(msgs), stage2_name)
     return GlmerFit(prob, nagq, theta, par[n_t:].copy(), st, st.value, vcov_h, info, formula,
                     data_name, tuple(notes))

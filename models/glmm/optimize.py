@@ -245,3 +245,100 @@ def polish(fn: Callable[[np.ndarray], float], x0: np.ndarray, lower: np.ndarray,
             pass
         step = np.asarray(step, float) * 0.1
     return best[1], best[0], best[2]
+
+
+@dataclass(frozen=True)
+class NewtonResult:
+    """Result of :func:`newton_stage2`: the point, its value, the evaluations, ``deriv12``'s
+    Hessian (at the last point where it was taken) and the central-difference gradient at the
+    point; ``ok`` False (with ``message``) when the caller should use Nelder–Mead instead."""
+
+    x: np.ndarray
+    fval: float
+    feval: int
+    hessian: np.ndarray | None
+    gradient: np.ndarray | None
+    ok: bool
+    message: str
+
+
+NEWTON_MAX_ITER = 8
+NEWTON_XTOL = 5e-3  # the last Newton step, in units of Nelder–Mead's initial step
+NEWTON_FULL = 0.05  # after a step this short (same units), deriv12 anew; else the gradient
+NEWTON_BOUNDARY = 1e-3  # θ on its lower bound's side within this: leave it to Nelder–Mead
+
+
+def central_gradient(fn: Callable[[np.ndarray], float], x: np.ndarray,
+                     delta: float = 1e-4) -> np.ndarray:
+    """``deriv12``'s gradient alone: g_j = (f(x + δe_j) − f(x − δe_j)) / (2δ), δ = 1e-4."""
+    x = np.asarray(x, float)
+    g = np.empty(x.size)
+    for j in range(x.size):
+        a, b = x.copy(), x.copy()
+        a[j] += delta
+        b[j] -= delta
+        g[j] = (fn(a) - fn(b)) / (2 * delta)
+    return g
+
+
+def newton_stage2(fn: Callable[[np.ndarray], float], x0, lower, xst,
+                  max_iter: int = NEWTON_MAX_ITER) -> NewtonResult:
+    """Newton's method on the stage-2 objective from glmer's stage-2 start, with ``deriv12``'s
+    finite-difference gradient g and Hessian H (the ones glmer computes at its optimum for the
+    standard errors): x ← x − H⁻¹g, the step halved (at most 4 times) until the value falls.
+
+    H is taken at the start; after a step longer than :data:`NEWTON_FULL` · Nelder–Mead's
+    initial step ``xst`` in some coordinate only the gradient is taken anew (central
+    differences, 2k evaluations) and H kept; after a shorter one ``deriv12`` is run at the new
+    point. The
+    result is a point where ``deriv12`` was run and the Newton step −H⁻¹g is within
+    :data:`NEWTON_XTOL` · ``xst`` in every coordinate (Nelder–Mead stops at 5e-4 · ``xst``), with
+    that g and H (glmer's standard errors come from H at its optimum).
+
+    Declines (``ok`` False) — the caller then runs lme4's Nelder–Mead — when H is not positive
+    definite, a θ with a lower bound is within 1e-3 of it or a step would cross it (a
+    boundary fit), no step lowers the value, or :data:`NEWTON_MAX_ITER` steps do not
+    converge."""
+    lower = np.asarray(lower, float)
+    xst = np.asarray(xst, float)
+    bounded = np.isfinite(lower)
+    x = np.array(x0, float)
+    nev = [0]
+
+    def f(y):
+        nev[0] += 1
+        return float(fn(y))
+
+    def decline(msg):
+        return NewtonResult(x, fx, nev[0], None, None, False, msg)
+
+    fx = f(x)
+    if np.any(x[bounded] - lower[bounded] < NEWTON_BOUNDARY):
+        return decline("a parameter is at or near its lower bound")
+    g, H = deriv12(f, x, fx=fx)
+    at_x = True  # g and H both from deriv12 at x
+    for _ in range(max_iter):
+        try:
+            L = np.linalg.cholesky(H)
+        except np.linalg.LinAlgError:
+            return decline("the Hessian is not positive definite")
+        step = -np.linalg.solve(L.T, np.linalg.solve(L, g))
+        if at_x and np.all(np.abs(step) <= NEWTON_XTOL * xst):
+            return NewtonResult(x, fx, nev[0], H, g, True, "converged")
+        t = 1.0
+        for _half in range(5):
+            y = x + t * step
+            if np.all(y[bounded] - lower[bounded] >= NEWTON_BOUNDARY):
+                fy = f(y)
+                if np.isfinite(fy) and fy <= fx:
+                    break
+            t *= 0.5
+        else:
+            return decline("no step lowered the objective")
+        x, fx = y, fy
+        if np.all(np.abs(step) <= NEWTON_FULL * xst):
+            g, H = deriv12(f, x, fx=fx)
+            at_x = True
+        else:
+            g, at_x = central_gradient(f, x), False
+    return decline(f"not converged in {max_iter} Newton steps")

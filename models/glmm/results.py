@@ -41,8 +41,9 @@ class GlmerOptInfo:
 
     Fields
     ------
-    optimizer : "lme4" or "tight".  theta_stage1 : θ̂₁.  feval_stage1, feval_stage2 : evaluations
-    of BOBYQA (stage 1) and Nelder–Mead (stage 2).  nm_message : the Nelder–Mead message.
+    optimizer : "lme4", "newton" or "tight".  theta_stage1 : θ̂₁.  feval_stage1, feval_stage2 :
+    evaluations of BOBYQA (stage 1) and of stage 2.  nm_message : stage 2's message.
+    stage2_optimizer : "Nelder_Mead" (lme4's) or "Newton".
     gradient, hessian : lme4's ``deriv12`` at the optimum over (θ, β).  polish_feval : evaluations
     of the tight polish.  messages : convergence warnings (lme4's ``checkConv``).
     """
@@ -56,6 +57,7 @@ class GlmerOptInfo:
     hessian: np.ndarray | None
     polish_feval: int = 0
     messages: tuple[str, ...] = ()
+    stage2_optimizer: str = "Nelder_Mead"
 
 
 @dataclass(frozen=True)
@@ -370,7 +372,7 @@ class GlmerFit:
             out.append(print_char_matrix(cells, [abbreviate(n, 6) for n in names[:-1]],
                                          [abbreviate(n, 11) for n in names[1:]], right=False))
         if self.optinfo.messages:  # lme4's .prt.warn, right under the table
-            out.append("optimizer (Nelder_Mead) convergence code: 0 (OK)")
+            out.append(f"optimizer ({self.optinfo.stage2_optimizer}) convergence code: 0 (OK)")
             out.extend(dict.fromkeys(self.optinfo.messages))
         notes = list(self.notes)
         if self.is_singular():
