@@ -18,8 +18,12 @@ fit on a small data set first, so numba's cached kernels are loaded; then ``--re
 fits), R in one ``Rscript`` session (``proc.time()`` around each ``glmer`` call, so start-up,
 package loading and CSV reading are excluded). Reported: median wall time of each, the ratio
 R / ours, and each child's peak resident set size (ours: ``ru_maxrss``; R: ``VmHWM``), which
-includes the interpreter, libraries and data. Both fits use the default (glmer-reproducing)
-settings, Laplace, the finite-difference Hessian included.
+includes the interpreter, libraries and data. glmer runs with its defaults; ours twice, each in
+its own child: the default ``optimizer="lme4"`` (glmer's path: BOBYQA, then Nelder–Mead) and
+``optimizer="newton"`` (Newton steps with deriv12's Hessian in stage 2), both Laplace with the
+finite-difference Hessian. Each row also gives how far ours is from glmer's fit: deviance
+difference, max |β − β_glmer| / SE and max relative SE difference. Ours uses the C kernels
+(``route``) with OpenMP ``threads`` a sweep.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 FORMULA = "y ~ 1 + x + (1 + x | g)"
+OPTIMIZERS = ("lme4", "newton")  # ours: the default (glmer's path) and Newton's stage 2
 
 R_CHILD = r"""
 args <- commandArgs(TRUE)
@@ -50,19 +55,22 @@ for (k in seq_len(reps)) {
   times[k] <- proc.time()[["elapsed"]] - t0
 }
 hwm <- grep("VmHWM", readLines("/proc/self/status"), value = TRUE)
-cat(sprintf('{"times": [%s], "peak_kb": %s, "m2ll": %.10f}\n', paste(times, collapse = ","),
-    gsub("[^0-9]", "", hwm), -2 * as.numeric(logLik(m))))
+cat(sprintf('{"times": [%s], "peak_kb": %s, "m2ll": %.10f, "beta": [%s], "se": [%s]}\n',
+    paste(times, collapse = ","), gsub("[^0-9]", "", hwm), -2 * as.numeric(logLik(m)),
+    paste(sprintf("%.12g", fixef(m)), collapse = ","),
+    paste(sprintf("%.12g", sqrt(diag(as.matrix(vcov(m))))), collapse = ",")))
 """
 
 PY_CHILD = r"""
 import json, resource, sys, time, warnings, gc
 import numpy as np, pandas as pd
 from twolevel.models.glmm.glmer import glmer
+opt = sys.argv[3]
 warm = pd.DataFrame({"y": np.tile([0, 1, 1, 0, 1], 40), "x": np.linspace(-1, 1, 200),
                      "g": np.repeat(np.arange(20), 10)})
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    glmer("y ~ 1 + x + (1 + x | g)", warm)
+    glmer("y ~ 1 + x + (1 + x | g)", warm, optimizer=opt)
 d = pd.read_csv(sys.argv[1])
 times = []
 for _ in range(int(sys.argv[2])):
@@ -70,10 +78,12 @@ for _ in range(int(sys.argv[2])):
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = glmer("y ~ 1 + x + (1 + x | g)", d)
+        m = glmer("y ~ 1 + x + (1 + x | g)", d, optimizer=opt)
     times.append(time.perf_counter() - t0)
+se = np.sqrt(np.diag(m.vcov().to_numpy()))
 print(json.dumps({"times": times, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "m2ll": m.minus2loglik}))
+                  "m2ll": m.minus2loglik, "beta": m.beta.tolist(), "se": se.tolist(),
+                  "route": m.problem.route, "threads": getattr(m.problem._c, "threads", 1)}))
 """
 
 
@@ -131,17 +141,25 @@ def main() -> int:
         for name, d in jobs:
             csv = Path(tmp) / "d.csv"
             d.to_csv(csv, index=False)
-            ours = run_child([sys.executable, "-c", PY_CHILD, str(csv), str(args.repeats)])
             r = run_child(["Rscript", str(rfile), str(csv), str(args.repeats)]) if have_r else None
-            t_o = statistics.median(ours["times"])
-            row = {"job": name, "ours_s": t_o, "ours_peak_mb": ours["peak_kb"] / 1024,
-                   "ours_m2ll": ours["m2ll"]}
-            if r:
-                t_r = statistics.median(r["times"])
-                row |= {"r_s": t_r, "r_peak_mb": r["peak_kb"] / 1024, "ratio": t_r / t_o,
-                        "r_m2ll": r["m2ll"]}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for opt in OPTIMIZERS:
+                ours = run_child([sys.executable, "-c", PY_CHILD, str(csv), str(args.repeats),
+                                  opt])
+                t_o = statistics.median(ours["times"])
+                row = {"job": name, "optimizer": opt, "ours_s": t_o,
+                       "ours_peak_mb": ours["peak_kb"] / 1024, "ours_m2ll": ours["m2ll"],
+                       "route": ours["route"], "threads": ours["threads"]}
+                if r:
+                    t_r = statistics.median(r["times"])
+                    se = np.asarray(r["se"])
+                    row |= {"r_s": t_r, "r_peak_mb": r["peak_kb"] / 1024, "ratio": t_r / t_o,
+                            "r_m2ll": r["m2ll"], "dev_minus_glmer": ours["m2ll"] - r["m2ll"],
+                            "max_beta_diff_in_se": float(np.max(np.abs(
+                                np.asarray(ours["beta"]) - np.asarray(r["beta"])) / se)),
+                            "max_se_rel_diff": float(np.max(np.abs(
+                                np.asarray(ours["se"]) / se - 1)))}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     tab = pd.DataFrame(rows)
     print(tab.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,20 @@ def test_fit_family_json_keys_and_values(capsys, tmp_path):
     assert re["(Intercept)"].iloc[0] == pytest.approx(g["ranef"]["(Intercept)"][0], abs=1e-5)
 
 
+def test_fit_family_newton_json_within_glmer_tolerances(capsys):
+    """--optimizer newton: the same JSON keys, glmer's deviance to 1e-5 and β within 0.01 SE."""
+    code, out, err = run_cli(capsys, "fit", SIM, "y ~ 1 + x + (1 + x | g)", "--family",
+                             "binomial", "--optimizer", "newton", "--json")
+    assert code == 0 and err == ""
+    d = json.loads(out)
+    assert list(d) == KEYS
+    g = G["fits"]["sim_slope"]
+    assert d["deviance"] <= g["m2ll"] + 1e-5
+    for k, (name, v) in enumerate(g["fixef"].items()):
+        assert d["fixef"][name] == pytest.approx(v, abs=1e-2 * g["se"][k])
+        assert d["se"][name] == pytest.approx(g["se"][k], rel=1e-3)
+
+
 def test_fit_family_prints_glmer_summary_with_agq(capsys):
     code, out, _ = run_cli(capsys, "fit", SIM, "y ~ x + (1 | g)", "--family", "binomial",
                            "--nagq", "12")
@@ -69,6 +83,8 @@ def test_anova_family_json(capsys):
     (["--family", "binomial", "--nagq", "3"], "nAGQ = 3 > 1 needs a single scalar random effect"),
     (["--link", "probit"], "--link and --nagq need --family"),
     (["--family", "binomial", "--ml"], "--ml apply to linear mixed models only"),
+    (["--optimizer", "newton"], "--optimizer newton is for --family fits (glmer); a linear "
+     "mixed model follows lme4's path (--optimizer lme4) or polishes it (--optimizer tight)"),
 ])
 def test_fit_family_errors_one_line_nothing_written(capsys, tmp_path, argv, message):
     csv = tmp_path / "re.csv"

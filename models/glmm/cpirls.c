@@ -559,6 +559,112 @@ static int factor_q2_u(const GlmmData *d, const double *T, const Cross *c, doubl
     return 1;
 }
 
+/* q = 2, p = 2 with X (stage 1, the joint mode; and the RX of a final u-only state): the same
+ * algebra as factor_k written elementwise over the groups, in a loop the compiler vectorises;
+ * each thread's sums over its groups (R_j'R_j and R_j' L_j^-1 T'c_j) are added in thread
+ * order. B_j = [b00 b01; b10 b11] (rows: Z's columns, columns: X's). */
+static int factor_q2p2_x(const GlmmData *d, const double *T, Cross *c, double *Lfac,
+                         double *RX, int joint, double *u, double *beta, double *ldL2_out,
+                         double *restrict dprod, double *part, int nt) {
+    const int64_t J = d->J;
+    const double t00 = T[0], t01 = T[1], t10 = T[2], t11 = T[3];
+    double *restrict A = c->A, *restrict cz = c->cz, *restrict B = c->B;
+    double *restrict L = Lfac, *restrict uu = u;
+    int bad = 0;
+    memset(part, 0, sizeof(double) * nt * 6);
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : bad)
+    {
+        const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+        const int64_t jlo = J * t / nth, jhi = J * (t + 1) / nth;
+        double r00 = 0.0, r10 = 0.0, r11 = 0.0, w0 = 0.0, w1 = 0.0;
+        int b = 0;
+#pragma omp simd reduction(+ : r00, r10, r11, w0, w1) reduction(| : b)
+        for (int64_t j = jlo; j < jhi; j++) {
+            const double a00 = A[4 * j], a10 = A[4 * j + 2], a11 = A[4 * j + 3];
+            const double at00 = a00 * t00 + a10 * t10, at01 = a00 * t01 + a10 * t11;
+            const double at10 = a10 * t00 + a11 * t10, at11 = a10 * t01 + a11 * t11;
+            const double m00 = 1.0 + (t00 * at00 + t10 * at10);
+            const double m10 = t01 * at00 + t11 * at10;
+            const double m11 = 1.0 + (t01 * at01 + t11 * at11);
+            const double l00 = sqrt(m00), r0 = 1.0 / l00, l10 = m10 * r0;
+            const double s11 = m11 - l10 * l10;
+            const double l11 = sqrt(s11), r1 = 1.0 / l11;
+            b |= !(m00 > 0.0) || !(s11 > 0.0) || !(fabs(m00) < INFINITY) ||
+                 !(fabs(s11) < INFINITY);
+            L[4 * j] = l00;
+            L[4 * j + 1] = 0.0;
+            L[4 * j + 2] = l10;
+            L[4 * j + 3] = l11;
+            dprod[j] = l00 * l11;
+            const double c0 = cz[2 * j], c1 = cz[2 * j + 1];
+            const double v0 = (t00 * c0 + t10 * c1) * r0;
+            const double v1 = ((t01 * c0 + t11 * c1) - l10 * v0) * r1;
+            const double b00 = B[4 * j], b01 = B[4 * j + 1], b10 = B[4 * j + 2], b11 = B[4 * j + 3];
+            const double p00 = (t00 * b00 + t10 * b10) * r0; /* R = L^-1 T'B, column 0 */
+            const double p10 = ((t01 * b00 + t11 * b10) - l10 * p00) * r1;
+            const double p01 = (t00 * b01 + t10 * b11) * r0; /* column 1 */
+            const double p11 = ((t01 * b01 + t11 * b11) - l10 * p01) * r1;
+            r00 += p00 * p00 + p10 * p10;
+            r10 += p01 * p00 + p11 * p10;
+            r11 += p01 * p01 + p11 * p11;
+            if (joint) {
+                w0 += p00 * v0 + p10 * v1;
+                w1 += p01 * v0 + p11 * v1;
+                cz[2 * j] = v0;
+                cz[2 * j + 1] = v1;
+                B[4 * j] = p00;
+                B[4 * j + 1] = p01;
+                B[4 * j + 2] = p10;
+                B[4 * j + 3] = p11;
+            } else {
+                const double u1 = v1 * r1;
+                uu[2 * j + 1] = u1;
+                uu[2 * j] = (v0 - l10 * u1) * r0;
+            }
+        }
+        double *pt = part + 6 * t;
+        pt[0] = r00;
+        pt[1] = r10;
+        pt[2] = r11;
+        pt[3] = w0;
+        pt[4] = w1;
+        bad |= b;
+    }
+    if (bad) return 0;
+    double ldL2 = 0.0;
+#pragma omp simd reduction(+ : ldL2)
+    for (int64_t j = 0; j < J; j++) ldL2 += 2.0 * log(dprod[j]);
+    double s[5] = {0.0, 0.0, 0.0, 0.0, 0.0};
+    for (int t = 0; t < nt; t++)
+        for (int k = 0; k < 5; k++) s[k] += part[6 * t + k];
+    RX[0] = c->XtWX[0] - s[0];
+    RX[2] = c->XtWX[2] - s[1];
+    RX[3] = c->XtWX[3] - s[2];
+    if (joint) {
+        c->XtWz[0] -= s[3];
+        c->XtWz[1] -= s[4];
+    }
+    if (!chol(RX, 2) && joint) return 0;
+    if (joint) {
+        beta[0] = c->XtWz[0];
+        beta[1] = c->XtWz[1];
+        fwd(RX, beta, 2);
+        bwd(RX, beta, 2);
+        const double be0 = beta[0], be1 = beta[1];
+#pragma omp parallel for simd schedule(static) num_threads(nt) if (nt > 1)
+        for (int64_t j = 0; j < J; j++) {
+            const double x0 = cz[2 * j] - (B[4 * j] * be0 + B[4 * j + 1] * be1);
+            const double x1 = cz[2 * j + 1] - (B[4 * j + 2] * be0 + B[4 * j + 3] * be1);
+            const double l00 = L[4 * j], l10 = L[4 * j + 2], l11 = L[4 * j + 3];
+            const double u1 = x1 / l11;
+            uu[2 * j + 1] = u1;
+            uu[2 * j] = (x0 - l10 * u1) / l00;
+        }
+    }
+    *ldL2_out = ldL2;
+    return 1;
+}
+
 /* log det L = sum_j log prod diag L_j (one log a group, taken in vector form) */
 static int factor(const GlmmData *d, const double *T, Cross *c, double *Lfac, double *RX,
                   int with_x, int joint, double *u, double *beta, double *ldL2_out,
@@ -566,7 +672,8 @@ static int factor(const GlmmData *d, const double *T, Cross *c, double *Lfac, do
     const int64_t q = d->q, p = d->p;
 #define FARGS d, T, c, Lfac, RX, with_x, joint, u, beta, ldL2_out, dprod, part, nt
     if (q == 2 && !with_x) return factor_q2_u(d, T, c, Lfac, u, ldL2_out, dprod, nt);
-    if (q == 2 && p == 2) return factor_k(FARGS, 2, 2);
+    if (q == 2 && p == 2) return factor_q2p2_x(d, T, c, Lfac, RX, joint, u, beta, ldL2_out, dprod,
+                                               part, nt);
     if (q == 2) return factor_k(FARGS, 2, p);
     if (q == 1) return factor_k(FARGS, 1, p);
     return factor_k(FARGS, q, p);
@@ -619,24 +726,24 @@ static void eta_rows_shift_q2_runs(const GlmmData *d, int64_t i0, int64_t m, con
     const double *Z = d->Z;
     const int64_t *g = d->g;
     const double s0 = shift[0], s1 = shift[1];
-    int64_t k = 0;
-    while (k < m) {
-        const int64_t j = g[i0 + k];
-        int64_t e = k + 1;
-        while (e < m && g[i0 + e] == j) e++;
-        const double b0 = bT[2 * j], b1 = bT[2 * j + 1];
-#pragma omp simd
-        for (int64_t kk = k; kk < e; kk++) {
-            const int64_t i = i0 + kk;
-            double xb = 0.0, lin = 0.0;
-            xb += Z[2 * i] * s0;
-            xb += Z[2 * i + 1] * s1;
-            lin += Z[2 * i] * b0;
-            lin += Z[2 * i + 1] * b1;
-            offc[kk] = o[i] + xb;
-            et[kk] = offc[kk] + lin;
+    int64_t jcur = -1;
+    double b0 = 0.0, b1 = 0.0;
+    for (int64_t k = 0; k < m; k++) {
+        const int64_t i = i0 + k, j = g[i];
+        if (j != jcur) {
+            b0 = bT[2 * j];
+            b1 = bT[2 * j + 1];
+            jcur = j;
         }
-        k = e;
+        const double z0 = Z[2 * i], z1 = Z[2 * i + 1];
+        double xb = 0.0, lin = 0.0;
+        xb += z0 * s0;
+        xb += z1 * s1;
+        lin += z0 * b0;
+        lin += z1 * b1;
+        const double oc = o[i] + xb;
+        offc[k] = oc;
+        et[k] = oc + lin;
     }
 }
 
