@@ -111,6 +111,98 @@ INLINE double rows_k(const int fam, int64_t m, const double *restrict eta,
     return dev;
 }
 
+/* rows_k with eta made in the same loop (u-only mode, beta on Z's columns, q = 2):
+ * offc_i = o_i + z_i'shift, eta_i = offc_i + z_i'(T u)_g[i]; eta into et when keep */
+INLINE double rows_shift_q2_k(const int fam, const GlmmData *d, int64_t i0, int64_t m,
+                              const double *restrict o, const double *restrict shift,
+                              const double *restrict bT, double *restrict et,
+                              double *restrict W, double *restrict zr, const int keep) {
+    const double *restrict Z = d->Z, *restrict y = d->y + i0, *restrict w = d->w + i0;
+    const int64_t *restrict g = d->g + i0;
+    const double s0 = shift[0], s1 = shift[1];
+    double dev = 0.0;
+#pragma omp simd reduction(+ : dev)
+    for (int64_t k = 0; k < m; k++) {
+        const int64_t i = i0 + k, j = g[k];
+        const double z0 = Z[2 * i], z1 = Z[2 * i + 1];
+        double xb = 0.0, lin = 0.0;
+        xb += z0 * s0;
+        xb += z1 * s1;
+        lin += z0 * bT[2 * j];
+        lin += z1 * bT[2 * j + 1];
+        const double oc = o[i] + xb, e = oc + lin;
+        if (keep) et[k] = e;
+        double Wk, r, di;
+        fam_core(fam, e, y[k], w[k], &Wk, &r, &di);
+        W[k] = Wk;
+        zr[k] = e - oc + r;
+        dev += di;
+    }
+    return dev;
+}
+
+static double rows_shift_q2(const GlmmData *d, int64_t i0, int64_t m, const double *o,
+                            const double *shift, const double *bT, double *et, double *W,
+                            double *zr) {
+#define RS(F) (et ? rows_shift_q2_k(F, d, i0, m, o, shift, bT, et, W, zr, 1)                  \
+                  : rows_shift_q2_k(F, d, i0, m, o, shift, bT, NULL, W, zr, 0))
+    switch (d->fam) {
+    case 0:
+        return RS(0);
+    case 3:
+        return RS(3);
+    default:
+        return RS(4);
+    }
+#undef RS
+}
+
+/* rows_k with eta made in the same loop (joint mode, q = p = 2): eta_i = o_i + x_i'beta +
+ * z_i'(T u)_g[i], the working response eta_i - o_i + r_i; eta into et when keep */
+INLINE double rows_joint_q2p2_k(const int fam, const GlmmData *d, int64_t i0, int64_t m,
+                                const double *restrict o, const double *restrict beta,
+                                const double *restrict bT, double *restrict et,
+                                double *restrict W, double *restrict zr, const int keep) {
+    const double *restrict Z = d->Z, *restrict X = d->X, *restrict y = d->y + i0;
+    const double *restrict w = d->w + i0;
+    const int64_t *restrict g = d->g + i0;
+    const double be0 = beta[0], be1 = beta[1];
+    double dev = 0.0;
+#pragma omp simd reduction(+ : dev)
+    for (int64_t k = 0; k < m; k++) {
+        const int64_t i = i0 + k, j = g[k];
+        double e = o[i], lin = 0.0;
+        e += X[2 * i] * be0;
+        e += X[2 * i + 1] * be1;
+        lin += Z[2 * i] * bT[2 * j];
+        lin += Z[2 * i + 1] * bT[2 * j + 1];
+        e += lin;
+        if (keep) et[k] = e;
+        double Wk, r, di;
+        fam_core(fam, e, y[k], w[k], &Wk, &r, &di);
+        W[k] = Wk;
+        zr[k] = e - o[i] + r;
+        dev += di;
+    }
+    return dev;
+}
+
+static double rows_joint_q2p2(const GlmmData *d, int64_t i0, int64_t m, const double *o,
+                              const double *beta, const double *bT, double *et, double *W,
+                              double *zr) {
+#define RJ(F) (et ? rows_joint_q2p2_k(F, d, i0, m, o, beta, bT, et, W, zr, 1)                 \
+                  : rows_joint_q2p2_k(F, d, i0, m, o, beta, bT, NULL, W, zr, 0))
+    switch (d->fam) {
+    case 0:
+        return RJ(0);
+    case 3:
+        return RJ(3);
+    default:
+        return RJ(4);
+    }
+#undef RJ
+}
+
 static double rows_other(int64_t fam, int64_t m, const double *eta, const double *off,
                          const double *y, const double *w, double *W, double *zr, double *dv) {
     double dev = 0.0;
@@ -719,39 +811,10 @@ INLINE void eta_rows_shift_k(const GlmmData *d, int64_t i0, int64_t m, const dou
     }
 }
 
-/* q = 2, rows sorted by group: (T u)_j loaded once a run instead of gathered a row */
-static void eta_rows_shift_q2_runs(const GlmmData *d, int64_t i0, int64_t m, const double *o,
-                                   const double *shift, const double *bT, double *restrict et,
-                                   double *restrict offc) {
-    const double *Z = d->Z;
-    const int64_t *g = d->g;
-    const double s0 = shift[0], s1 = shift[1];
-    int64_t jcur = -1;
-    double b0 = 0.0, b1 = 0.0;
-    for (int64_t k = 0; k < m; k++) {
-        const int64_t i = i0 + k, j = g[i];
-        if (j != jcur) {
-            b0 = bT[2 * j];
-            b1 = bT[2 * j + 1];
-            jcur = j;
-        }
-        const double z0 = Z[2 * i], z1 = Z[2 * i + 1];
-        double xb = 0.0, lin = 0.0;
-        xb += z0 * s0;
-        xb += z1 * s1;
-        lin += z0 * b0;
-        lin += z1 * b1;
-        const double oc = o[i] + xb;
-        offc[k] = oc;
-        et[k] = oc + lin;
-    }
-}
-
 static void eta_rows_shift(const GlmmData *d, int64_t i0, int64_t m, const double *o,
                            const double *shift, const double *bT, double *et, double *offc) {
     const int64_t q = d->q;
-    if (q == 2 && d->sorted) eta_rows_shift_q2_runs(d, i0, m, o, shift, bT, et, offc);
-    else if (q == 2) eta_rows_shift_k(d, i0, m, o, shift, bT, et, offc, 2);
+    if (q == 2) eta_rows_shift_k(d, i0, m, o, shift, bT, et, offc, 2);
     else if (q == 1) eta_rows_shift_k(d, i0, m, o, shift, bT, et, offc, 1);
     else eta_rows_shift_k(d, i0, m, o, shift, bT, et, offc, q);
 }
@@ -789,6 +852,9 @@ static double sweep(const GlmmData *d, const double *T, const double *off, const
                     double *dev_out, int nt, Cross *extra, double *part, const double *shift) {
     const int64_t J = d->J, q = d->q, p = d->p, n = d->n;
     const int own = d->sorted != 0;
+    const int vec = d->fam == 0 || d->fam == 3 || d->fam == 4; /* families of fam_core */
+    const int fused = shift && q == 2 && vec;                     /* u-only, beta on Z */
+    const int fused_joint = joint && q == 2 && p == 2 && vec;
     for (int t = 0; t < 2 * nt; t++) part[t] = 0.0;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
@@ -824,6 +890,13 @@ static double sweep(const GlmmData *d, const double *T, const double *off, const
                 int64_t m = hi - i0 < CHUNK ? hi - i0 : CHUNK;
                 double *et = eta ? eta + i0 : eb;
                 const double *ob = off + i0;
+                if (fused || fused_joint) {
+                    dev += fused ? rows_shift_q2(d, i0, m, off, shift, bT, eta ? et : NULL, W, zr)
+                                 : rows_joint_q2p2(d, i0, m, off, beta, bT, eta ? et : NULL, W,
+                                                   zr);
+                    accumulate_rows(d, i0, m, W, zr, ct, with_x);
+                    continue;
+                }
                 if (shift) {
                     eta_rows_shift(d, i0, m, off, shift, bT, et, offc);
                     ob = offc;
@@ -840,6 +913,13 @@ static double sweep(const GlmmData *d, const double *T, const double *off, const
                 int64_t m = hi - i0 < CHUNK ? hi - i0 : CHUNK;
                 double *et = eta ? eta + i0 : eb;
                 const double *ob = off + i0;
+                if (fused || fused_joint) {
+                    dev += fused ? rows_shift_q2(d, i0, m, off, shift, bT, eta ? et : NULL, W, zr)
+                                 : rows_joint_q2p2(d, i0, m, off, beta, bT, eta ? et : NULL, W,
+                                                   zr);
+                    accumulate_rows(d, i0, m, W, zr, ct, with_x);
+                    continue;
+                }
                 if (shift) {
                     eta_rows_shift(d, i0, m, off, shift, bT, et, offc);
                     ob = offc;
@@ -998,8 +1078,8 @@ int64_t twolevel_pirls(const GlmmData *d, int64_t flags, const double *T, const 
 }
 
 /* the stage-2 start: off_i = o_i + x_i'beta (beta moved into the offset; not when off is
- * NULL) and, when c0 is not NULL, cz_j = c0_j - B0_j beta (no BLAS call, whose threads would spin on the cores the
- * kernels use) */
+ * NULL) and, when c0 is not NULL, cz_j = c0_j - B0_j beta (no BLAS call, whose threads would
+ * spin on the cores the kernels use) */
 void twolevel_offset(const GlmmData *d, const double *o, const double *beta, double *off,
                      const double *c0, const double *B0, double *cz, int64_t nthreads) {
     const int64_t n = d->n, p = d->p, J = d->J, q = d->q;
@@ -1014,6 +1094,7 @@ void twolevel_offset(const GlmmData *d, const double *o, const double *beta, dou
         }
     }
     if (c0)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && J * q > 4096)
         for (int64_t k = 0; k < J * q; k++) {
             double s = 0.0;
             for (int64_t c = 0; c < p; c++) s += B0[k * p + c] * beta[c];

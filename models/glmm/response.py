@@ -311,7 +311,11 @@ def glmer_design(
         m = np.round(m)
         c = np.where(m > 0, w / np.where(m > 0, m, 1), 0.0)
         ka, kb = c * kk, c * (m - kk)
-        kc = c * (special.gammaln(m + 1) - special.gammaln(kk + 1) - special.gammaln(m - kk + 1))
+        if np.all(m == 1):  # one trial a row: log C(1, k) = 0 (skips 3n log-gammas)
+            kc = np.zeros_like(c)
+        else:
+            kc = c * (special.gammaln(m + 1) - special.gammaln(kk + 1)
+                      - special.gammaln(m - kk + 1))
         if np.all(y == y[0]) and kind == "bernoulli":
             raise DataError(f"response '{lhs}' is constant ({y[0]:g}) on all {len(y)} rows")
     else:
