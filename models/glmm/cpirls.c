@@ -12,7 +12,8 @@
  * A J x q x q (lower triangle), cz J x q, B J x q x p, XtWX p x p (lower), XtWz p,
  * u J x q, Lfac J x q x q (lower factor of M_j = T'A_jT + I), RX p x p (lower).
  * Family codes: 0 binomial/logit, 1 binomial/probit, 2 binomial/cloglog, 3 poisson/log, and 4:
- * binomial/logit with every y_i 0 or 1 (one log a row instead of two).
+ * binomial/logit with every y_i 0 or 1 (one log a row instead of two), 5: the same with every
+ * prior weight 1 (one log for eight rows, see logprod_dev).
  */
 #include <math.h>
 #include <stdint.h>
@@ -61,9 +62,29 @@ typedef struct { /* the cross-products of one sweep */
 /* ---- per row: mu, W = mu'^2 w / V(mu), working response, unit deviance (numba's _family_row,
  * _unit_dev); d_i into dv when dv is not NULL; each returns sum_i d_i ----------------------- */
 
-/* One row of the vectorised families (fam: 0 logit, 3 log, 4 logit with 0/1 responses; a
- * constant in each inlined copy): W = mu'(eta)^2 w / V(mu), the working residual
- * r = (y - mu) / mu'(eta) and the unit deviance d, with lme4's clamps. For the logit link
+/* -2 sum_k log p_k (m <= CHUNK) with one log for eight rows: the products of eight p's are
+ * taken first, eight rows apart so that eight products fill a vector. Each p_k is at least
+ * EPS (lme4's clamps), so a product of eight is at least EPS^8 ~ 6e-126: no underflow. */
+static double logprod_dev(const double *restrict p, int64_t m) {
+    double s = 0.0;
+    const int64_t m64 = m - m % 64;
+    for (int64_t b = 0; b < m64; b += 64) {
+        double pr[8];
+        for (int l = 0; l < 8; l++) pr[l] = p[b + l];
+        for (int r = 1; r < 8; r++)
+            for (int l = 0; l < 8; l++) pr[l] *= p[b + 8 * r + l];
+#pragma omp simd reduction(+ : s)
+        for (int l = 0; l < 8; l++) s += log(pr[l]);
+    }
+#pragma omp simd reduction(+ : s)
+    for (int64_t k = m64; k < m; k++) s += log(p[k]);
+    return -2.0 * s;
+}
+
+/* One row of the vectorised families (fam: 0 logit, 3 log, 4 logit with 0/1 responses, 5 the
+ * same with unit weights; a constant in each inlined copy): W = mu'(eta)^2 w / V(mu), the
+ * working residual r = (y - mu) / mu'(eta) and the unit deviance d (fam 5: the probability of
+ * y, whose logs logprod_dev takes eight at a time), with lme4's clamps. For the logit link
  * V(mu) = max(mu (1 - mu), EPS) equals mu' = max(m0 (1 - m0), EPS) for every eta (they differ
  * only where the clamps act, and there both are EPS), so W = w mu'. */
 INLINE void fam_core(const int fam, double e, double yk, double wk, double *W, double *r,
@@ -85,7 +106,9 @@ INLINE void fam_core(const int fam, double e, double yk, double wk, double *W, d
     dmu = dmu < EPS ? EPS : dmu;
     *W = wk * dmu;
     *r = (yk - mu) / dmu;
-    if (fam == 4) { /* y 0 or 1: one log, d = -2 w log(y ? mu : 1 - mu) */
+    if (fam == 5) { /* y 0 or 1, w 1: the probability of y, its log taken by logprod_dev */
+        *d = yk > 0.5 ? mu : 1.0 - mu;
+    } else if (fam == 4) { /* y 0 or 1: one log, d = -2 w log(y ? mu : 1 - mu) */
         *d = -2.0 * wk * log(yk > 0.5 ? mu : 1.0 - mu);
     } else {
         double t1 = yk > 0.0 ? yk * log(yk / mu) : 0.0;
@@ -98,7 +121,7 @@ INLINE double rows_k(const int fam, int64_t m, const double *restrict eta,
                      const double *restrict off, const double *restrict y,
                      const double *restrict w, double *restrict W, double *restrict zr,
                      double *restrict dv, const int store) {
-    double dev = 0.0;
+    double dev = 0.0, sb[CHUNK];
 #pragma omp simd reduction(+ : dev)
     for (int64_t k = 0; k < m; k++) {
         double Wk, r, di;
@@ -106,9 +129,10 @@ INLINE double rows_k(const int fam, int64_t m, const double *restrict eta,
         W[k] = Wk;
         zr[k] = eta[k] - off[k] + r;
         if (store) dv[k] = di;
-        dev += di;
+        if (fam == 5) sb[k] = di;
+        else dev += di;
     }
-    return dev;
+    return fam == 5 ? logprod_dev(sb, m) : dev;
 }
 
 /* rows_k with eta made in the same loop (u-only mode, beta on Z's columns, q = 2):
@@ -120,7 +144,7 @@ INLINE double rows_shift_q2_k(const int fam, const GlmmData *d, int64_t i0, int6
     const double *restrict Z = d->Z, *restrict y = d->y + i0, *restrict w = d->w + i0;
     const int64_t *restrict g = d->g + i0;
     const double s0 = shift[0], s1 = shift[1];
-    double dev = 0.0;
+    double dev = 0.0, sb[CHUNK];
 #pragma omp simd reduction(+ : dev)
     for (int64_t k = 0; k < m; k++) {
         const int64_t i = i0 + k, j = g[k];
@@ -136,9 +160,10 @@ INLINE double rows_shift_q2_k(const int fam, const GlmmData *d, int64_t i0, int6
         fam_core(fam, e, y[k], w[k], &Wk, &r, &di);
         W[k] = Wk;
         zr[k] = e - oc + r;
-        dev += di;
+        if (fam == 5) sb[k] = di;
+        else dev += di;
     }
-    return dev;
+    return fam == 5 ? logprod_dev(sb, m) : dev;
 }
 
 static double rows_shift_q2(const GlmmData *d, int64_t i0, int64_t m, const double *o,
@@ -151,8 +176,10 @@ static double rows_shift_q2(const GlmmData *d, int64_t i0, int64_t m, const doub
         return RS(0);
     case 3:
         return RS(3);
-    default:
+    case 4:
         return RS(4);
+    default:
+        return RS(5);
     }
 #undef RS
 }
@@ -167,7 +194,7 @@ INLINE double rows_joint_q2p2_k(const int fam, const GlmmData *d, int64_t i0, in
     const double *restrict w = d->w + i0;
     const int64_t *restrict g = d->g + i0;
     const double be0 = beta[0], be1 = beta[1];
-    double dev = 0.0;
+    double dev = 0.0, sb[CHUNK];
 #pragma omp simd reduction(+ : dev)
     for (int64_t k = 0; k < m; k++) {
         const int64_t i = i0 + k, j = g[k];
@@ -182,9 +209,10 @@ INLINE double rows_joint_q2p2_k(const int fam, const GlmmData *d, int64_t i0, in
         fam_core(fam, e, y[k], w[k], &Wk, &r, &di);
         W[k] = Wk;
         zr[k] = e - o[i] + r;
-        dev += di;
+        if (fam == 5) sb[k] = di;
+        else dev += di;
     }
-    return dev;
+    return fam == 5 ? logprod_dev(sb, m) : dev;
 }
 
 static double rows_joint_q2p2(const GlmmData *d, int64_t i0, int64_t m, const double *o,
@@ -197,8 +225,10 @@ static double rows_joint_q2p2(const GlmmData *d, int64_t i0, int64_t m, const do
         return RJ(0);
     case 3:
         return RJ(3);
-    default:
+    case 4:
         return RJ(4);
+    default:
+        return RJ(5);
     }
 #undef RJ
 }
@@ -242,6 +272,9 @@ static double rows(int64_t fam, int64_t m, const double *eta, const double *off,
     case 4:
         return dv ? rows_k(4, m, eta, off, y, w, W, zr, dv, 1)
                   : rows_k(4, m, eta, off, y, w, W, zr, NULL, 0);
+    case 5: /* per-row deviances wanted (AGQ): fam 4's one log a row (w is 1) */
+        return dv ? rows_k(4, m, eta, off, y, w, W, zr, dv, 1)
+                  : rows_k(5, m, eta, off, y, w, W, zr, NULL, 0);
     default:
         return rows_other(fam, m, eta, off, y, w, W, zr, dv);
     }
@@ -852,7 +885,7 @@ static double sweep(const GlmmData *d, const double *T, const double *off, const
                     double *dev_out, int nt, Cross *extra, double *part, const double *shift) {
     const int64_t J = d->J, q = d->q, p = d->p, n = d->n;
     const int own = d->sorted != 0;
-    const int vec = d->fam == 0 || d->fam == 3 || d->fam == 4; /* families of fam_core */
+    const int vec = d->fam == 0 || d->fam >= 3; /* the families of fam_core */
     const int fused = shift && q == 2 && vec;                     /* u-only, beta on Z */
     const int fused_joint = joint && q == 2 && p == 2 && vec;
     for (int t = 0; t < 2 * nt; t++) part[t] = 0.0;

@@ -152,7 +152,8 @@ class CPirls:
                                 "TWOLEVEL_KERNELS=numba")
         self.n, self.J, self.q, self.p = y.shape[0], int(J), Z.shape[1], X.shape[1]
         if fam == 0 and np.all((y == 0.0) | (y == 1.0)):
-            fam = 4  # logit, 0/1 responses: one log a row (cpirls.c)
+            # logit, 0/1 responses: one log a row; unit weights too: one for eight (cpirls.c)
+            fam = 5 if np.all(w == 1.0) else 4
         self.sorted = bool(np.all(g[1:] >= g[:-1]))  # rows sorted by group (cpirls.c sweep)
         self.data = _GlmmData(self.n, self.J, self.q, self.p, int(fam), _ptr(y), _ptr(w),
                               _ptr(X), _ptr(Z), _ptr(g), int(self.sorted))
