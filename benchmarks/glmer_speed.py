@@ -2,8 +2,8 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/glmer_speed.py [--repeats 3] [--rows 1000000] [--schools 50000]
-        [--no-big] [--seed 20261201]
+    .venv/bin/python benchmarks/glmer_speed.py [--repeats 5] [--repeats-big 1] [--rows 1000000]
+        [--schools 50000] [--no-big] [--seed 20261201]
 
 Jobs
 ----
@@ -14,9 +14,9 @@ Jobs
 * big: the same model simulated with ``--rows`` rows in ``--schools`` schools (x ~ N(0, 1)).
 
 Both sides run in child processes that read the same CSV: ours in a fresh Python (one warm-up
-fit on a small data set first, so numba's cached kernels are loaded; then ``--repeats`` timed
-fits), R in one ``Rscript`` session (``proc.time()`` around each ``glmer`` call, so start-up,
-package loading and CSV reading are excluded). Reported: median wall time of each, the ratio
+fit on a small data set first, so the kernels are loaded; then ``--repeats`` timed fits, or
+``--repeats-big`` at 1M rows), R in one ``Rscript`` session (``proc.time()`` around each
+``glmer`` call, so start-up, package loading and CSV reading are excluded). Reported: median wall time of each, the ratio
 R / ours, and each child's peak resident set size (ours: ``ru_maxrss``; R: ``VmHWM``), which
 includes the interpreter, libraries and data. glmer runs with its defaults; ours twice, each in
 its own child: the default ``optimizer="lme4"`` (glmer's path: BOBYQA, then Nelder–Mead) and
@@ -122,7 +122,8 @@ def run_child(cmd: list[str]) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="timed fits at the lecture design")
+    ap.add_argument("--repeats-big", type=int, default=1, help="timed fits at --rows")
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--schools", type=int, default=50_000)
     ap.add_argument("--no-big", action="store_true")
@@ -130,21 +131,20 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/glmer_speed.json")
     args = ap.parse_args()
     have_r = shutil.which("Rscript") is not None
-    jobs = [("lecture (11,091 x 742, slope)", lecture_data(args.seed))]
+    jobs = [("lecture (11,091 x 742, slope)", lecture_data(args.seed), args.repeats)]
     if not args.no_big:
         jobs.append((f"big ({args.rows:,} x {args.schools:,}, slope)",
-                     big_data(args.rows, args.schools, args.seed)))
+                     big_data(args.rows, args.schools, args.seed), args.repeats_big))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         rfile = Path(tmp) / "child.R"
         rfile.write_text(R_CHILD)
-        for name, d in jobs:
+        for name, d, repeats in jobs:
             csv = Path(tmp) / "d.csv"
             d.to_csv(csv, index=False)
-            r = run_child(["Rscript", str(rfile), str(csv), str(args.repeats)]) if have_r else None
+            r = run_child(["Rscript", str(rfile), str(csv), str(repeats)]) if have_r else None
             for opt in OPTIMIZERS:
-                ours = run_child([sys.executable, "-c", PY_CHILD, str(csv), str(args.repeats),
-                                  opt])
+                ours = run_child([sys.executable, "-c", PY_CHILD, str(csv), str(repeats), opt])
                 t_o = statistics.median(ours["times"])
                 row = {"job": name, "optimizer": opt, "ours_s": t_o,
                        "ours_peak_mb": ours["peak_kb"] / 1024, "ours_m2ll": ours["m2ll"],

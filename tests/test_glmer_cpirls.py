@@ -197,3 +197,21 @@ def test_failed_build_falls_back_to_numba_or_says_what_to_do(tmp_path, monkeypat
     with pytest.raises(TwolevelError, match=r"cannot build the C kernels \(cpirls.c\): .*"
                        r"exited with 1.*install a C compiler or set TWOLEVEL_KERNELS=numba"):
         GlmmProblem(design, resp, fam)
+
+
+def test_plain_build_without_openmp_equals_numba(tmp_path, monkeypatch):
+    """The fallback build (``-O2``, no OpenMP, scalar maths: for a compiler without them) runs
+    one thread and gives numba's numbers."""
+    monkeypatch.setenv("TWOLEVEL_CACHE_DIR", str(tmp_path))
+    plain = cpirls.specs()[1]
+    assert "-fopenmp" not in plain.flags
+    monkeypatch.setattr(cpirls, "specs", lambda: (plain,))
+    monkeypatch.setattr(cpirls, "_LIB", {})
+    monkeypatch.setattr(cpirls, "BUILD_ERRORS", [])
+    d = _sim()
+    pc, pn = _problems(d, "y01 ~ 1 + x + (1 + x | g)", "binomial", None, monkeypatch=monkeypatch)
+    assert pc._c.threads == 1 and list(tmp_path.glob("cpirls-*.so"))
+    for th, beta in _points(pc, np.random.default_rng(5)):
+        par = np.concatenate([th, beta])
+        _same_state(pc.stage2_state(par), pn.stage2_state(par))
+        _close(pc.stage1(th), pn.stage1(th))

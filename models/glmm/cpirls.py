@@ -30,10 +30,11 @@ from twolevel.data.errors import TwolevelError
 from twolevel.models import cbuild
 
 __all__ = ["BUILD_ERRORS", "CPirls", "SOURCE", "build", "for_problem", "kernel_route", "load",
-           "spec", "threads_for", "x_columns_in_z"]
+           "spec", "specs", "threads_for", "x_columns_in_z"]
 
 SOURCE = Path(__file__).with_name("cpirls.c")
 BASE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
+PLAIN_FLAGS = ("-O2", "-fPIC", "-shared")
 BUILD_ERRORS: list[str] = []
 _LIB: dict[str, ctypes.CDLL] = {}
 
@@ -41,13 +42,22 @@ F_JOINT, F_WANT_RX, F_REFRESH, F_PRE, F_NO_ETA = 1, 2, 4, 8, 16
 
 
 @lru_cache(maxsize=1)
-def spec() -> cbuild.CSource:
-    """How ``cpirls.c`` is built: with glibc's vector maths library (``-DTWOLEVEL_MVEC
-    -lmvec``) when the system has it."""
+def specs() -> tuple[cbuild.CSource, ...]:
+    """How ``cpirls.c`` is built, in order of preference: OpenMP threads and this processor's
+    vector instructions, with glibc's vector maths library (``-DTWOLEVEL_MVEC -lmvec``) when
+    the system has it; then, for a compiler without OpenMP or those flags, plain ``-O2``
+    (one thread, scalar maths)."""
     if ctypes.util.find_library("mvec"):
-        return cbuild.CSource(SOURCE, (*BASE_FLAGS, "-DTWOLEVEL_MVEC"), ("-lmvec", "-lm"),
+        best = cbuild.CSource(SOURCE, (*BASE_FLAGS, "-DTWOLEVEL_MVEC"), ("-lmvec", "-lm"),
                               native=True)
-    return cbuild.CSource(SOURCE, BASE_FLAGS, ("-lm",), native=True)
+    else:
+        best = cbuild.CSource(SOURCE, BASE_FLAGS, ("-lm",), native=True)
+    return best, cbuild.CSource(SOURCE, PLAIN_FLAGS, ("-lm",))
+
+
+def spec() -> cbuild.CSource:
+    """The preferred build of :func:`specs`."""
+    return specs()[0]
 
 
 def kernel_route() -> str:
@@ -56,9 +66,16 @@ def kernel_route() -> str:
 
 
 def build():
-    """Build the library now if needed (``make setup`` does, once per installation); its path,
-    or None when no compiler is found or the build failed (see :data:`BUILD_ERRORS`)."""
-    return spec().build(BUILD_ERRORS)
+    """Build the library now if needed (``make setup`` does, once per installation and
+    processor): the first of :func:`specs` that builds; its path, or None when no compiler is
+    found or every build failed (the compiler's messages in :data:`BUILD_ERRORS`)."""
+    tried: list[str] = []
+    for sp in specs():
+        path = sp.build(tried)
+        if path is not None:
+            return path
+    BUILD_ERRORS.extend(tried)
+    return None
 
 
 def for_problem(y, w, X, Z, g, fam: int, J: int) -> CPirls | None:
@@ -80,7 +97,7 @@ def load() -> ctypes.CDLL:
     there is no compiler or the build failed."""
     if "lib" in _LIB:
         return _LIB["lib"]
-    path = spec().build(BUILD_ERRORS)
+    path = build()
     if path is None:
         why = BUILD_ERRORS[-1] if BUILD_ERRORS else "no C compiler found (set CC, or install cc)"
         raise TwolevelError(f"cannot build the C kernels ({SOURCE.name}): {why}; install a C "
