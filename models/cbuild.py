@@ -19,6 +19,7 @@ PATH and no build of this process has failed, numba otherwise.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import platform
@@ -29,7 +30,8 @@ from pathlib import Path
 
 from twolevel.data.errors import TwolevelError
 
-__all__ = ["CSource", "ROUTES", "cache_dir", "compiler", "cpu_tag", "kernel_route"]
+__all__ = ["CSource", "ROUTES", "cache_dir", "compiler", "cpu_tag", "kernel_route",
+           "open_library"]
 
 ROUTES = ("auto", "c", "numba")
 
@@ -150,3 +152,14 @@ class CSource:
             return None
         path = self.library_path()
         return path if compiler() is not None and path.exists() else None
+
+
+def open_library(path: Path | None, errors: list[str], source: Path) -> ctypes.CDLL:
+    """The shared library at ``path``, built from ``source``; when ``path`` is None (no
+    compiler, or the build failed: the last of ``errors`` says why) a :class:`TwolevelError`
+    saying what to do."""
+    if path is None:
+        why = errors[-1] if errors else "no C compiler found (set CC, or install cc)"
+        raise TwolevelError(f"cannot build the C kernels ({source.name}): {why}; install a C "
+                            "compiler or set TWOLEVEL_KERNELS=numba")
+    return ctypes.CDLL(str(path))

@@ -29,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from twolevel.data.errors import TwolevelError
 from twolevel.models import cbuild
 
 __all__ = ["BUILD_ERRORS", "SOURCE", "CFLAGS", "build", "build_command", "c_logp_and_grad",
-           "cache_dir", "callback_addresses", "compiler", "glmm_callback_addresses", "kernel_route", "library_path",
-           "load", "start_build", "finish_build"]
+           "cache_dir", "callback_addresses", "compiler", "glmm_callback_addresses",
+           "kernel_route", "library_path", "load", "start_build", "finish_build"]
 
 SOURCE = Path(__file__).with_name("ckernels.c")
 CFLAGS = ("-O2", "-fPIC", "-shared", "-fno-fast-math")
@@ -87,12 +86,7 @@ def load() -> ctypes.CDLL:
     there is no compiler or the build failed."""
     if "lib" in _LIB:
         return _LIB["lib"]
-    path = build()
-    if path is None:
-        why = BUILD_ERRORS[-1] if BUILD_ERRORS else "no C compiler found (set CC, or install cc)"
-        raise TwolevelError(f"cannot build the C kernels ({SOURCE.name}): {why}; install a C "
-                            "compiler or set TWOLEVEL_KERNELS=numba")
-    lib = ctypes.CDLL(str(path))
+    lib = cbuild.open_library(build(), BUILD_ERRORS, SOURCE)
     dbl = ctypes.POINTER(ctypes.c_double)
     for name in ("twolevel_logp_q2", "twolevel_logp_general", "twolevel_logp_glmm"):
         fn = getattr(lib, name)

@@ -135,102 +135,59 @@ INLINE double rows_k(const int fam, int64_t m, const double *restrict eta,
     return fam == 5 ? logprod_dev(sb, m) : dev;
 }
 
-/* rows_k with eta made in the same loop (u-only mode, beta on Z's columns, q = 2):
- * offc_i = o_i + z_i'shift, eta_i = offc_i + z_i'(T u)_g[i]; eta into et when keep */
-INLINE double rows_shift_q2_k(const int fam, const GlmmData *d, int64_t i0, int64_t m,
-                              const double *restrict o, const double *restrict shift,
+/* rows_k with eta made in the same loop, for q = 2, with v = (v0, v1) on two columns V:
+ * u-only mode with beta on Z's columns (V = Z, v = shift): oc_i = o_i + z_i'shift (the offset
+ * with x_i'beta), eta_i = oc_i + z_i'(T u)_g[i], the working response eta_i - oc_i + r_i;
+ * joint mode with p = 2 (V = X, v = beta): eta_i = o_i + x_i'beta + z_i'(T u)_g[i], the working
+ * response eta_i - o_i + r_i. eta into et when keep. */
+INLINE double rows_fused_q2_k(const int fam, const GlmmData *d, int64_t i0, int64_t m,
+                              const double *restrict o, const double *restrict v,
                               const double *restrict bT, double *restrict et,
-                              double *restrict W, double *restrict zr, const int keep) {
-    const double *restrict Z = d->Z, *restrict y = d->y + i0, *restrict w = d->w + i0;
+                              double *restrict W, double *restrict zr, const int keep,
+                              const int joint) {
+    const double *restrict Z = d->Z, *restrict V = joint ? d->X : d->Z;
+    const double *restrict y = d->y + i0, *restrict w = d->w + i0;
     const int64_t *restrict g = d->g + i0;
-    const double s0 = shift[0], s1 = shift[1];
+    const double v0 = v[0], v1 = v[1];
     double dev = 0.0, sb[CHUNK];
 #pragma omp simd reduction(+ : dev)
     for (int64_t k = 0; k < m; k++) {
         const int64_t i = i0 + k, j = g[k];
-        const double z0 = Z[2 * i], z1 = Z[2 * i + 1];
         double xb = 0.0, lin = 0.0;
-        xb += z0 * s0;
-        xb += z1 * s1;
-        lin += z0 * bT[2 * j];
-        lin += z1 * bT[2 * j + 1];
+        xb += V[2 * i] * v0;
+        xb += V[2 * i + 1] * v1;
+        lin += Z[2 * i] * bT[2 * j];
+        lin += Z[2 * i + 1] * bT[2 * j + 1];
         const double oc = o[i] + xb, e = oc + lin;
         if (keep) et[k] = e;
         double Wk, r, di;
         fam_core(fam, e, y[k], w[k], &Wk, &r, &di);
         W[k] = Wk;
-        zr[k] = e - oc + r;
+        zr[k] = e - (joint ? o[i] : oc) + r;
         if (fam == 5) sb[k] = di;
         else dev += di;
     }
     return fam == 5 ? logprod_dev(sb, m) : dev;
 }
 
-static double rows_shift_q2(const GlmmData *d, int64_t i0, int64_t m, const double *o,
-                            const double *shift, const double *bT, double *et, double *W,
-                            double *zr) {
-#define RS(F) (et ? rows_shift_q2_k(F, d, i0, m, o, shift, bT, et, W, zr, 1)                  \
-                  : rows_shift_q2_k(F, d, i0, m, o, shift, bT, NULL, W, zr, 0))
+static double rows_fused_q2(const GlmmData *d, int64_t i0, int64_t m, const double *o,
+                            const double *v, const double *bT, double *et, double *W,
+                            double *zr, int joint) {
+#define RF(F, J) (et ? rows_fused_q2_k(F, d, i0, m, o, v, bT, et, W, zr, 1, J)                 \
+                     : rows_fused_q2_k(F, d, i0, m, o, v, bT, NULL, W, zr, 0, J))
+#define BY_MODE(F) (joint ? RF(F, 1) : RF(F, 0))
     switch (d->fam) {
     case 0:
-        return RS(0);
+        return BY_MODE(0);
     case 3:
-        return RS(3);
+        return BY_MODE(3);
     case 4:
-        return RS(4);
+        return BY_MODE(4);
     default:
-        return RS(5);
+        return BY_MODE(5);
     }
-#undef RS
-}
-
-/* rows_k with eta made in the same loop (joint mode, q = p = 2): eta_i = o_i + x_i'beta +
- * z_i'(T u)_g[i], the working response eta_i - o_i + r_i; eta into et when keep */
-INLINE double rows_joint_q2p2_k(const int fam, const GlmmData *d, int64_t i0, int64_t m,
-                                const double *restrict o, const double *restrict beta,
-                                const double *restrict bT, double *restrict et,
-                                double *restrict W, double *restrict zr, const int keep) {
-    const double *restrict Z = d->Z, *restrict X = d->X, *restrict y = d->y + i0;
-    const double *restrict w = d->w + i0;
-    const int64_t *restrict g = d->g + i0;
-    const double be0 = beta[0], be1 = beta[1];
-    double dev = 0.0, sb[CHUNK];
-#pragma omp simd reduction(+ : dev)
-    for (int64_t k = 0; k < m; k++) {
-        const int64_t i = i0 + k, j = g[k];
-        double e = o[i], lin = 0.0;
-        e += X[2 * i] * be0;
-        e += X[2 * i + 1] * be1;
-        lin += Z[2 * i] * bT[2 * j];
-        lin += Z[2 * i + 1] * bT[2 * j + 1];
-        e += lin;
-        if (keep) et[k] = e;
-        double Wk, r, di;
-        fam_core(fam, e, y[k], w[k], &Wk, &r, &di);
-        W[k] = Wk;
-        zr[k] = e - o[i] + r;
-        if (fam == 5) sb[k] = di;
-        else dev += di;
-    }
-    return fam == 5 ? logprod_dev(sb, m) : dev;
-}
-
-static double rows_joint_q2p2(const GlmmData *d, int64_t i0, int64_t m, const double *o,
-                              const double *beta, const double *bT, double *et, double *W,
-                              double *zr) {
-#define RJ(F) (et ? rows_joint_q2p2_k(F, d, i0, m, o, beta, bT, et, W, zr, 1)                 \
-                  : rows_joint_q2p2_k(F, d, i0, m, o, beta, bT, NULL, W, zr, 0))
-    switch (d->fam) {
-    case 0:
-        return RJ(0);
-    case 3:
-        return RJ(3);
-    case 4:
-        return RJ(4);
-    default:
-        return RJ(5);
-    }
-#undef RJ
+#undef BY_MODE
+#undef RF
 }
 
 static double rows_other(int64_t fam, int64_t m, const double *eta, const double *off,
@@ -874,6 +831,36 @@ static int64_t group_start(const GlmmData *d, int64_t r) {
     return r;
 }
 
+/* rows lo .. hi-1 of a sweep, block by block: eta, the row values, the sums into ct; returns
+ * sum_i d_i */
+static double sweep_rows(const GlmmData *d, int64_t lo, int64_t hi, const double *off,
+                         const double *beta, const double *shift, const double *bT, int joint,
+                         double *eta, Cross *ct, int with_x) {
+    const int vec = d->fam == 0 || d->fam >= 3; /* the families of fam_core */
+    const int fused = shift && d->q == 2 && vec;            /* u-only, beta on Z's columns */
+    const int fused_joint = joint && d->q == 2 && d->p == 2 && vec;
+    double W[CHUNK], zr[CHUNK], eb[CHUNK], offc[CHUNK], dev = 0.0;
+    for (int64_t i0 = lo; i0 < hi; i0 += CHUNK) {
+        const int64_t m = hi - i0 < CHUNK ? hi - i0 : CHUNK;
+        double *et = eta ? eta + i0 : eb;
+        const double *ob = off + i0;
+        if (fused || fused_joint) {
+            dev += rows_fused_q2(d, i0, m, off, fused ? shift : beta, bT, eta ? et : NULL, W, zr,
+                                 !fused);
+        } else {
+            if (shift) {
+                eta_rows_shift(d, i0, m, off, shift, bT, et, offc);
+                ob = offc;
+            } else {
+                eta_rows(d, i0, m, off, beta, bT, et, joint);
+            }
+            dev += rows(d->fam, m, et, ob, d->y + i0, d->w + i0, W, zr, NULL);
+        }
+        accumulate_rows(d, i0, m, W, zr, ct, with_x);
+    }
+    return dev;
+}
+
 /* eta into the n-vector eta, or only into a block buffer when eta is NULL. The rows are split
  * between nt threads. Rows sorted by group (d->sorted): the split falls between groups, so each
  * thread owns its groups' sums in c (only X'WX and X'Wz, over all groups, are summed per thread
@@ -885,15 +872,12 @@ static double sweep(const GlmmData *d, const double *T, const double *off, const
                     double *dev_out, int nt, Cross *extra, double *part, const double *shift) {
     const int64_t J = d->J, q = d->q, p = d->p, n = d->n;
     const int own = d->sorted != 0;
-    const int vec = d->fam == 0 || d->fam >= 3; /* the families of fam_core */
-    const int fused = shift && q == 2 && vec;                     /* u-only, beta on Z */
-    const int fused_joint = joint && q == 2 && p == 2 && vec;
     for (int t = 0; t < 2 * nt; t++) part[t] = 0.0;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         /* the team may be smaller than asked for (nested regions, OMP_DYNAMIC) */
         const int t = omp_get_thread_num(), nth = omp_get_num_threads();
-        double W[CHUNK], zr[CHUNK], eb[CHUNK], offc[CHUNK], dev = 0.0, usq = 0.0;
+        double usq = 0.0;
         int64_t lo = n * t / nth, hi = n * (t + 1) / nth, jlo = J * t / nth, jhi = J * (t + 1) / nth;
         Cross *ct = t == 0 ? c : &extra[t - 1];
         if (own) { /* whole groups: [jlo, jhi) are this thread's (every group has rows) */
@@ -909,8 +893,8 @@ static double sweep(const GlmmData *d, const double *T, const double *off, const
                 bT[j * q + a] = s;
                 usq += u[j * q + a] * u[j * q + a];
             }
+        Cross mine = {c->A, c->cz, c->B, ct->XtWX, ct->XtWz};
         if (own) { /* this thread's groups in c; X'WX, X'Wz of its own */
-            Cross mine = {c->A, c->cz, c->B, ct->XtWX, ct->XtWz};
             memset(c->A + jlo * q * q, 0, sizeof(double) * (jhi - jlo) * q * q);
             memset(c->cz + jlo * q, 0, sizeof(double) * (jhi - jlo) * q);
             if (with_x) {
@@ -919,51 +903,11 @@ static double sweep(const GlmmData *d, const double *T, const double *off, const
                 memset(mine.XtWz, 0, sizeof(double) * p);
             }
             ct = &mine; /* its rows touch only its groups: no wait for the other threads */
-            for (int64_t i0 = lo; i0 < hi; i0 += CHUNK) {
-                int64_t m = hi - i0 < CHUNK ? hi - i0 : CHUNK;
-                double *et = eta ? eta + i0 : eb;
-                const double *ob = off + i0;
-                if (fused || fused_joint) {
-                    dev += fused ? rows_shift_q2(d, i0, m, off, shift, bT, eta ? et : NULL, W, zr)
-                                 : rows_joint_q2p2(d, i0, m, off, beta, bT, eta ? et : NULL, W,
-                                                   zr);
-                    accumulate_rows(d, i0, m, W, zr, ct, with_x);
-                    continue;
-                }
-                if (shift) {
-                    eta_rows_shift(d, i0, m, off, shift, bT, et, offc);
-                    ob = offc;
-                } else {
-                    eta_rows(d, i0, m, off, beta, bT, et, joint);
-                }
-                dev += rows(d->fam, m, et, ob, d->y + i0, d->w + i0, W, zr, NULL);
-                accumulate_rows(d, i0, m, W, zr, ct, with_x);
-            }
         } else {
             zero_cross(d, ct, with_x);
 #pragma omp barrier
-            for (int64_t i0 = lo; i0 < hi; i0 += CHUNK) {
-                int64_t m = hi - i0 < CHUNK ? hi - i0 : CHUNK;
-                double *et = eta ? eta + i0 : eb;
-                const double *ob = off + i0;
-                if (fused || fused_joint) {
-                    dev += fused ? rows_shift_q2(d, i0, m, off, shift, bT, eta ? et : NULL, W, zr)
-                                 : rows_joint_q2p2(d, i0, m, off, beta, bT, eta ? et : NULL, W,
-                                                   zr);
-                    accumulate_rows(d, i0, m, W, zr, ct, with_x);
-                    continue;
-                }
-                if (shift) {
-                    eta_rows_shift(d, i0, m, off, shift, bT, et, offc);
-                    ob = offc;
-                } else {
-                    eta_rows(d, i0, m, off, beta, bT, et, joint);
-                }
-                dev += rows(d->fam, m, et, ob, d->y + i0, d->w + i0, W, zr, NULL);
-                accumulate_rows(d, i0, m, W, zr, ct, with_x);
-            }
         }
-        part[2 * t] = dev;
+        part[2 * t] = sweep_rows(d, lo, hi, off, beta, shift, bT, joint, eta, ct, with_x);
         part[2 * t + 1] = usq;
         if (nth > 1) {
 #pragma omp barrier

@@ -97,12 +97,7 @@ def load() -> ctypes.CDLL:
     there is no compiler or the build failed."""
     if "lib" in _LIB:
         return _LIB["lib"]
-    path = build()
-    if path is None:
-        why = BUILD_ERRORS[-1] if BUILD_ERRORS else "no C compiler found (set CC, or install cc)"
-        raise TwolevelError(f"cannot build the C kernels ({SOURCE.name}): {why}; install a C "
-                            "compiler or set TWOLEVEL_KERNELS=numba")
-    lib = ctypes.CDLL(str(path))
+    lib = cbuild.open_library(build(), BUILD_ERRORS, SOURCE)
     vp, i64, dbl = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
     lib.twolevel_pirls.restype = i64
     lib.twolevel_pirls.argtypes = [vp, i64, vp, vp, vp, dbl, i64, dbl] + [vp] * 10 + [i64, vp, vp]
