@@ -315,48 +315,11 @@ INLINE void acc_rows_k(const GlmmData *d, int64_t i0, int64_t m, const double *W
         }
 }
 
-/* q = 2 without X (stage 2), with the run's sums in five local variables */
-static void acc_rows_q2(const GlmmData *d, int64_t i0, int64_t m, const double *W,
-                        const double *zr, Cross *c) {
-    const double *Z = d->Z;
-    const int64_t *g = d->g;
-    double s00 = 0.0, s10 = 0.0, s11 = 0.0, c0 = 0.0, c1 = 0.0;
-    int64_t jcur = m > 0 ? g[i0] : 0;
-    for (int64_t k = 0; k < m; k++) {
-        const int64_t i = i0 + k, j = g[i];
-        if (j != jcur) {
-            double *A = c->A + 4 * jcur, *cz = c->cz + 2 * jcur;
-            cz[0] += c0;
-            A[0] += s00;
-            cz[1] += c1;
-            A[2] += s10;
-            A[3] += s11;
-            s00 = s10 = s11 = c0 = c1 = 0.0;
-            jcur = j;
-        }
-        const double z0 = Z[2 * i], z1 = Z[2 * i + 1], Wi = W[k], zi = zr[k];
-        double za = z0 * Wi;
-        c0 += za * zi;
-        s00 += za * z0;
-        za = z1 * Wi;
-        c1 += za * zi;
-        s10 += za * z0;
-        s11 += za * z1;
-    }
-    if (m > 0) {
-        double *A = c->A + 4 * jcur, *cz = c->cz + 2 * jcur;
-        cz[0] += c0;
-        A[0] += s00;
-        cz[1] += c1;
-        A[2] += s10;
-        A[3] += s11;
-    }
-}
-
-/* q = 2, p = 2 with X (stage 1, the joint mode), the sums in local variables: the run's
- * A_j, c_j, B_j, and the block's XtWX, XtWz */
-static void acc_rows_q2p2(const GlmmData *d, int64_t i0, int64_t m, const double *W,
-                          const double *zr, Cross *c) {
+/* q = 2 without X (stage 2), or q = p = 2 with X (stage 1, the joint mode): the sums of a
+ * run of rows of one group (A_j, c_j and, with X, B_j) and those of the block (X'WX, X'Wz) in
+ * local variables, added to the group's once at the end of the run */
+INLINE void acc_rows_q2_k(const GlmmData *d, int64_t i0, int64_t m, const double *W,
+                          const double *zr, Cross *c, const int with_x) {
     const double *Z = d->Z, *X = d->X;
     const int64_t *g = d->g;
     double s00 = 0.0, s10 = 0.0, s11 = 0.0, c0 = 0.0, c1 = 0.0;
@@ -366,57 +329,64 @@ static void acc_rows_q2p2(const GlmmData *d, int64_t i0, int64_t m, const double
     for (int64_t k = 0; k <= m; k++) {
         const int64_t i = i0 + k, j = k < m ? g[i] : -1;
         if (j != jcur) {
-            double *A = c->A + 4 * jcur, *cz = c->cz + 2 * jcur, *B = c->B + 4 * jcur;
+            double *A = c->A + 4 * jcur, *cz = c->cz + 2 * jcur;
             cz[0] += c0;
             A[0] += s00;
-            B[0] += b00;
-            B[1] += b01;
             cz[1] += c1;
             A[2] += s10;
             A[3] += s11;
-            B[2] += b10;
-            B[3] += b11;
-            s00 = s10 = s11 = c0 = c1 = b00 = b01 = b10 = b11 = 0.0;
+            s00 = s10 = s11 = c0 = c1 = 0.0;
+            if (with_x) {
+                double *B = c->B + 4 * jcur;
+                B[0] += b00;
+                B[1] += b01;
+                B[2] += b10;
+                B[3] += b11;
+                b00 = b01 = b10 = b11 = 0.0;
+            }
             if (k == m) break;
             jcur = j;
         }
-        const double z0 = Z[2 * i], z1 = Z[2 * i + 1], xa = X[2 * i], xb = X[2 * i + 1];
-        const double Wi = W[k], zi = zr[k];
-        double za = z0 * Wi;
+        const double z0 = Z[2 * i], z1 = Z[2 * i + 1], Wi = W[k], zi = zr[k];
+        double za = z0 * Wi, zb = z1 * Wi;
         c0 += za * zi;
         s00 += za * z0;
-        b00 += za * xa;
-        b01 += za * xb;
-        za = z1 * Wi;
-        c1 += za * zi;
-        s10 += za * z0;
-        s11 += za * z1;
-        b10 += za * xa;
-        b11 += za * xb;
-        double xc = xa * Wi;
-        xz0 += xc * zi;
-        x00 += xc * xa;
-        xc = xb * Wi;
-        xz1 += xc * zi;
-        x10 += xc * xa;
-        x11 += xc * xb;
+        c1 += zb * zi;
+        s10 += zb * z0;
+        s11 += zb * z1;
+        if (with_x) {
+            const double xa = X[2 * i], xb = X[2 * i + 1];
+            b00 += za * xa;
+            b01 += za * xb;
+            b10 += zb * xa;
+            b11 += zb * xb;
+            double xc = xa * Wi;
+            xz0 += xc * zi;
+            x00 += xc * xa;
+            xc = xb * Wi;
+            xz1 += xc * zi;
+            x10 += xc * xa;
+            x11 += xc * xb;
+        }
     }
-    c->XtWz[0] += xz0;
-    c->XtWX[0] += x00;
-    c->XtWz[1] += xz1;
-    c->XtWX[2] += x10;
-    c->XtWX[3] += x11;
+    if (with_x) {
+        c->XtWz[0] += xz0;
+        c->XtWX[0] += x00;
+        c->XtWz[1] += xz1;
+        c->XtWX[2] += x10;
+        c->XtWX[3] += x11;
+    }
 }
 
 static void accumulate_rows(const GlmmData *d, int64_t i0, int64_t m, const double *W,
                             const double *zr, Cross *c, int with_x) {
     const int64_t q = d->q, p = d->p;
     if (!with_x) {
-        if (q == 2) acc_rows_q2(d, i0, m, W, zr, c);
+        if (q == 2) acc_rows_q2_k(d, i0, m, W, zr, c, 0);
         else if (q == 1) acc_rows_k(d, i0, m, W, zr, c, 0, 1, p);
         else acc_rows_k(d, i0, m, W, zr, c, 0, q, p);
     } else {
-        if (q == 2 && p == 2) acc_rows_q2p2(d, i0, m, W, zr, c);
+        if (q == 2 && p == 2) acc_rows_q2_k(d, i0, m, W, zr, c, 1);
         else if (q == 2) acc_rows_k(d, i0, m, W, zr, c, 1, 2, p);
         else if (q == 1) acc_rows_k(d, i0, m, W, zr, c, 1, 1, p);
         else acc_rows_k(d, i0, m, W, zr, c, 1, q, p);
@@ -598,6 +568,34 @@ INLINE int factor_k(const GlmmData *d, const double *T, Cross *c, double *Lfac, 
     return 1;
 }
 
+/* One group's 2 x 2 step (q = 2): M = T'AT + I from A = [a00, ., a10, a11] (lower), its
+ * Cholesky factor L = [l00, 0; l10, l11] (into Lj, l00 l11 into *dprod), the reciprocals
+ * r0 = 1/l00, r1 = 1/l11 and v = L^-1 T'c; returns 1 when M is not positive definite. */
+INLINE int chol2_group(const double *Aj, const double *cj, double t00, double t01, double t10,
+                       double t11, double *Lj, double *dprod, double *r0, double *r1,
+                       double *l10, double *v0, double *v1) {
+    const double a00 = Aj[0], a10 = Aj[2], a11 = Aj[3];
+    const double at00 = a00 * t00 + a10 * t10, at01 = a00 * t01 + a10 * t11; /* A T */
+    const double at10 = a10 * t00 + a11 * t10, at11 = a10 * t01 + a11 * t11;
+    const double m00 = 1.0 + (t00 * at00 + t10 * at10);
+    const double m10 = t01 * at00 + t11 * at10;
+    const double m11 = 1.0 + (t01 * at01 + t11 * at11);
+    const double l00 = sqrt(m00);
+    *r0 = 1.0 / l00;
+    *l10 = m10 * *r0;
+    const double s11 = m11 - *l10 * *l10;
+    const double l11 = sqrt(s11);
+    *r1 = 1.0 / l11;
+    Lj[0] = l00;
+    Lj[1] = 0.0;
+    Lj[2] = *l10;
+    Lj[3] = l11;
+    *dprod = l00 * l11;
+    *v0 = (t00 * cj[0] + t10 * cj[1]) * *r0;
+    *v1 = ((t01 * cj[0] + t11 * cj[1]) - *l10 * *v0) * *r1;
+    return !(m00 > 0.0) || !(s11 > 0.0) || !(fabs(m00) < INFINITY) || !(fabs(s11) < INFINITY);
+}
+
 /* q = 2, u-only mode (stage 2): the same algebra as factor_k written elementwise over the
  * groups (two divisions and two square roots a group), in a loop the compiler vectorises.
  * A_j = [a00, ., a10, a11] (lower), T = [t00, t01; t10, t11], c_j = (c0, c1). */
@@ -610,25 +608,9 @@ static int factor_q2_u(const GlmmData *d, const double *T, const Cross *c, doubl
     int bad = 0;
 #pragma omp parallel for simd schedule(static) num_threads(nt) if (nt > 1) reduction(| : bad)
     for (int64_t j = 0; j < J; j++) {
-        const double a00 = A[4 * j], a10 = A[4 * j + 2], a11 = A[4 * j + 3];
-        /* AT = A T, then M = T'AT + I (lower triangle) */
-        const double at00 = a00 * t00 + a10 * t10, at01 = a00 * t01 + a10 * t11;
-        const double at10 = a10 * t00 + a11 * t10, at11 = a10 * t01 + a11 * t11;
-        const double m00 = 1.0 + (t00 * at00 + t10 * at10);
-        const double m10 = t01 * at00 + t11 * at10;
-        const double m11 = 1.0 + (t01 * at01 + t11 * at11);
-        const double l00 = sqrt(m00), r0 = 1.0 / l00, l10 = m10 * r0;
-        const double s11 = m11 - l10 * l10;
-        const double l11 = sqrt(s11), r1 = 1.0 / l11;
-        bad |= !(m00 > 0.0) || !(s11 > 0.0) || !(fabs(m00) < INFINITY) || !(fabs(s11) < INFINITY);
-        L[4 * j] = l00;
-        L[4 * j + 1] = 0.0;
-        L[4 * j + 2] = l10;
-        L[4 * j + 3] = l11;
-        dprod[j] = l00 * l11;
-        const double c0 = cz[2 * j], c1 = cz[2 * j + 1];
-        const double v0 = (t00 * c0 + t10 * c1) * r0;
-        const double v1 = ((t01 * c0 + t11 * c1) - l10 * v0) * r1;
+        double r0, r1, l10, v0, v1;
+        bad |= chol2_group(A + 4 * j, cz + 2 * j, t00, t01, t10, t11, L + 4 * j, dprod + j, &r0,
+                           &r1, &l10, &v0, &v1);
         const double w1 = v1 * r1;
         uu[2 * j + 1] = w1;
         uu[2 * j] = (v0 - l10 * w1) * r0;
@@ -662,25 +644,9 @@ static int factor_q2p2_x(const GlmmData *d, const double *T, Cross *c, double *L
         int b = 0;
 #pragma omp simd reduction(+ : r00, r10, r11, w0, w1) reduction(| : b)
         for (int64_t j = jlo; j < jhi; j++) {
-            const double a00 = A[4 * j], a10 = A[4 * j + 2], a11 = A[4 * j + 3];
-            const double at00 = a00 * t00 + a10 * t10, at01 = a00 * t01 + a10 * t11;
-            const double at10 = a10 * t00 + a11 * t10, at11 = a10 * t01 + a11 * t11;
-            const double m00 = 1.0 + (t00 * at00 + t10 * at10);
-            const double m10 = t01 * at00 + t11 * at10;
-            const double m11 = 1.0 + (t01 * at01 + t11 * at11);
-            const double l00 = sqrt(m00), r0 = 1.0 / l00, l10 = m10 * r0;
-            const double s11 = m11 - l10 * l10;
-            const double l11 = sqrt(s11), r1 = 1.0 / l11;
-            b |= !(m00 > 0.0) || !(s11 > 0.0) || !(fabs(m00) < INFINITY) ||
-                 !(fabs(s11) < INFINITY);
-            L[4 * j] = l00;
-            L[4 * j + 1] = 0.0;
-            L[4 * j + 2] = l10;
-            L[4 * j + 3] = l11;
-            dprod[j] = l00 * l11;
-            const double c0 = cz[2 * j], c1 = cz[2 * j + 1];
-            const double v0 = (t00 * c0 + t10 * c1) * r0;
-            const double v1 = ((t01 * c0 + t11 * c1) - l10 * v0) * r1;
+            double r0, r1, l10, v0, v1;
+            b |= chol2_group(A + 4 * j, cz + 2 * j, t00, t01, t10, t11, L + 4 * j, dprod + j,
+                             &r0, &r1, &l10, &v0, &v1);
             const double b00 = B[4 * j], b01 = B[4 * j + 1], b10 = B[4 * j + 2], b11 = B[4 * j + 3];
             const double p00 = (t00 * b00 + t10 * b10) * r0; /* R = L^-1 T'B, column 0 */
             const double p10 = ((t01 * b00 + t11 * b10) - l10 * p00) * r1;
