@@ -846,11 +846,11 @@ static double sweep(const GlmmData *d, const double *T, const double *off, const
         double usq = 0.0;
         int64_t lo = n * t / nth, hi = n * (t + 1) / nth, jlo = J * t / nth, jhi = J * (t + 1) / nth;
         Cross *ct = t == 0 ? c : &extra[t - 1];
-        if (own) { /* whole groups: [jlo, jhi) are this thread's (every group has rows) */
+        if (own) { /* whole groups: [jlo, jhi) are this thread's (a group without rows too) */
             lo = group_start(d, lo);
             hi = group_start(d, hi);
-            jlo = lo < n ? d->g[lo] : J;
-            jhi = hi < n ? d->g[hi] : J;
+            jlo = t == 0 ? 0 : (lo < n ? d->g[lo] : J);
+            jhi = t == nth - 1 ? J : (hi < n ? d->g[hi] : J);
         }
         for (int64_t j = jlo; j < jhi; j++) /* (T u)_j for this thread's share of the groups */
             for (int64_t a = 0; a < q; a++) {
