@@ -128,6 +128,22 @@ def test_agq_equals_numba(monkeypatch):
             _close(pc.stage2(par), pn.stage2(par))
 
 
+@pytest.mark.parametrize("shuffle", [False, True], ids=["sorted", "unsorted"])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]} {c[1]} {c[2]}" for c in CASES])
+def test_two_threads_equal_numba(case, shuffle, monkeypatch):
+    """Every family and shape on two threads (rows split by whole groups when sorted, per-thread
+    sums otherwise) against numba's one."""
+    formula, family, link = case
+    d = _sim(J=80, shuffle=shuffle)
+    pc, pn = _problems(d, formula, family, link, threads=2, monkeypatch=monkeypatch)
+    assert pc._c.threads == 2
+    for th, beta in _points(pc, np.random.default_rng(6), k=2):
+        _same_state(pc.stage1_state(th), pn.stage1_state(th))
+        par = np.concatenate([th, beta])
+        _same_state(pc.stage2_state(par), pn.stage2_state(par))
+        _close(pc.stage2(par), pn.stage2(par))
+
+
 def test_two_threads_equal_one_and_repeat_to_the_bit(monkeypatch):
     """Rows split between two threads (sorted: by whole groups; unsorted: per-thread sums added
     in thread order) give the one-thread numbers to 1e-12 and the same bits on every call."""
