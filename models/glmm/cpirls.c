@@ -37,6 +37,7 @@ extern double log(double);
 #endif
 
 #define EPS 2.220446049250313e-16
+#define LOG_EPS -36.04365338911715 /* log(EPS) */
 #define MAX_HALF 20
 #define CHUNK 256
 #define SQRT_2PI 2.5066282746310002
@@ -51,6 +52,7 @@ typedef struct {
     const double *y, *w, *X, *Z;
     const int64_t *g;
     int64_t sorted; /* 1 when g is non-decreasing (rows sorted by group) */
+    const double *ly; /* poisson: log y_i (0 where y_i = 0), else NULL */
 } GlmmData;
 
 typedef struct { /* the cross-products of one sweep */
@@ -58,6 +60,7 @@ typedef struct { /* the cross-products of one sweep */
 } Cross;
 
 #define INLINE static inline __attribute__((always_inline))
+#define LY(d, i0) ((d)->ly ? (d)->ly + (i0) : NULL) /* log y from row i0, poisson only */
 
 /* ---- per row: mu, W = mu'^2 w / V(mu), working response, unit deviance (numba's _family_row,
  * _unit_dev); d_i into dv when dv is not NULL; each returns sum_i d_i ----------------------- */
@@ -84,18 +87,22 @@ static double logprod_dev(const double *restrict p, int64_t m) {
 /* One row of the vectorised families (fam: 0 logit, 3 log, 4 logit with 0/1 responses, 5 the
  * same with unit weights; a constant in each inlined copy): W = mu'(eta)^2 w / V(mu), the
  * working residual r = (y - mu) / mu'(eta) and the unit deviance d (fam 5: the probability of
- * y, whose logs logprod_dev takes eight at a time), with lme4's clamps. For the logit link
+ * y, whose logs logprod_dev takes eight at a time; fam 3 with lyk = log y), with lme4's
+ * clamps. For the logit link
  * V(mu) = max(mu (1 - mu), EPS) equals mu' = max(m0 (1 - m0), EPS) for every eta (they differ
  * only where the clamps act, and there both are EPS), so W = w mu'. */
-INLINE void fam_core(const int fam, double e, double yk, double wk, double *W, double *r,
-                     double *d) {
+INLINE void fam_core(const int fam, double e, double yk, double wk, double lyk, double *W,
+                     double *r, double *d) {
     if (fam == 3) { /* poisson / log: mu = max(exp(eta), EPS), no upper clamp, as lme4 */
         double mu = exp(e);
         mu = mu < EPS ? EPS : mu;
-        double inv = 1.0 / mu;
+        /* y log(y / mu) = y (log y - log mu) with log mu = max(eta, log EPS): no log a row
+         * (lyk = log y, taken once); mu = inf (eta > 709.78) keeps lme4's NaN deviance */
+        double lm = e < LOG_EPS ? LOG_EPS : e;
+        lm = mu == INFINITY ? INFINITY : lm;
         *W = wk * mu;
-        *r = (yk - mu) * inv;
-        double t = yk > 0.0 ? yk * log(yk * inv) : 0.0;
+        *r = (yk - mu) / mu;
+        double t = yk > 0.0 ? yk * (lyk - lm) : 0.0;
         *d = 2.0 * wk * (t - (yk - mu));
         return;
     }
@@ -119,13 +126,13 @@ INLINE void fam_core(const int fam, double e, double yk, double wk, double *W, d
 
 INLINE double rows_k(const int fam, int64_t m, const double *restrict eta,
                      const double *restrict off, const double *restrict y,
-                     const double *restrict w, double *restrict W, double *restrict zr,
-                     double *restrict dv, const int store) {
+                     const double *restrict w, const double *restrict ly, double *restrict W,
+                     double *restrict zr, double *restrict dv, const int store) {
     double dev = 0.0, sb[CHUNK];
 #pragma omp simd reduction(+ : dev)
     for (int64_t k = 0; k < m; k++) {
         double Wk, r, di;
-        fam_core(fam, eta[k], y[k], w[k], &Wk, &r, &di);
+        fam_core(fam, eta[k], y[k], w[k], fam == 3 ? ly[k] : 0.0, &Wk, &r, &di);
         W[k] = Wk;
         zr[k] = eta[k] - off[k] + r;
         if (store) dv[k] = di;
@@ -147,6 +154,7 @@ INLINE double rows_fused_q2_k(const int fam, const GlmmData *d, int64_t i0, int6
                               const int joint) {
     const double *restrict Z = d->Z, *restrict V = joint ? d->X : d->Z;
     const double *restrict y = d->y + i0, *restrict w = d->w + i0;
+    const double *restrict ly = d->ly ? d->ly + i0 : NULL;
     const int64_t *restrict g = d->g + i0;
     const double v0 = v[0], v1 = v[1];
     double dev = 0.0, sb[CHUNK];
@@ -161,7 +169,7 @@ INLINE double rows_fused_q2_k(const int fam, const GlmmData *d, int64_t i0, int6
         const double oc = o[i] + xb, e = oc + lin;
         if (keep) et[k] = e;
         double Wk, r, di;
-        fam_core(fam, e, y[k], w[k], &Wk, &r, &di);
+        fam_core(fam, e, y[k], w[k], fam == 3 ? ly[k] : 0.0, &Wk, &r, &di);
         W[k] = Wk;
         zr[k] = e - (joint ? o[i] : oc) + r;
         if (fam == 5) sb[k] = di;
@@ -216,22 +224,22 @@ static double rows_other(int64_t fam, int64_t m, const double *eta, const double
 }
 
 /* per row W_i, the working response and d_i (into W, zr and, unless NULL, dv); returns
- * sum_i d_i */
+ * sum_i d_i; ly: log y for the poisson family (else unused) */
 static double rows(int64_t fam, int64_t m, const double *eta, const double *off, const double *y,
-                   const double *w, double *W, double *zr, double *dv) {
+                   const double *w, const double *ly, double *W, double *zr, double *dv) {
     switch (fam) {
     case 0:
-        return dv ? rows_k(0, m, eta, off, y, w, W, zr, dv, 1)
-                  : rows_k(0, m, eta, off, y, w, W, zr, NULL, 0);
+        return dv ? rows_k(0, m, eta, off, y, w, ly, W, zr, dv, 1)
+                  : rows_k(0, m, eta, off, y, w, ly, W, zr, NULL, 0);
     case 3:
-        return dv ? rows_k(3, m, eta, off, y, w, W, zr, dv, 1)
-                  : rows_k(3, m, eta, off, y, w, W, zr, NULL, 0);
+        return dv ? rows_k(3, m, eta, off, y, w, ly, W, zr, dv, 1)
+                  : rows_k(3, m, eta, off, y, w, ly, W, zr, NULL, 0);
     case 4:
-        return dv ? rows_k(4, m, eta, off, y, w, W, zr, dv, 1)
-                  : rows_k(4, m, eta, off, y, w, W, zr, NULL, 0);
+        return dv ? rows_k(4, m, eta, off, y, w, ly, W, zr, dv, 1)
+                  : rows_k(4, m, eta, off, y, w, ly, W, zr, NULL, 0);
     case 5: /* per-row deviances wanted (AGQ): fam 4's one log a row (w is 1) */
-        return dv ? rows_k(4, m, eta, off, y, w, W, zr, dv, 1)
-                  : rows_k(5, m, eta, off, y, w, W, zr, NULL, 0);
+        return dv ? rows_k(4, m, eta, off, y, w, ly, W, zr, dv, 1)
+                  : rows_k(5, m, eta, off, y, w, ly, W, zr, NULL, 0);
     default:
         return rows_other(fam, m, eta, off, y, w, W, zr, dv);
     }
@@ -400,7 +408,7 @@ static void accumulate(const GlmmData *d, const double *off, const double *eta, 
     zero_cross(d, c, with_x);
     for (int64_t i0 = 0; i0 < d->n; i0 += CHUNK) {
         int64_t m = d->n - i0 < CHUNK ? d->n - i0 : CHUNK;
-        rows(d->fam, m, eta + i0, off + i0, d->y + i0, d->w + i0, W, zr, NULL);
+        rows(d->fam, m, eta + i0, off + i0, d->y + i0, d->w + i0, LY(d, i0), W, zr, NULL);
         accumulate_rows(d, i0, m, W, zr, c, with_x);
     }
 }
@@ -820,7 +828,7 @@ static double sweep_rows(const GlmmData *d, int64_t lo, int64_t hi, const double
             } else {
                 eta_rows(d, i0, m, off, beta, bT, et, joint);
             }
-            dev += rows(d->fam, m, et, ob, d->y + i0, d->w + i0, W, zr, NULL);
+            dev += rows(d->fam, m, et, ob, d->y + i0, d->w + i0, LY(d, i0), W, zr, NULL);
         }
         accumulate_rows(d, i0, m, W, zr, ct, with_x);
     }
@@ -1084,7 +1092,7 @@ int64_t twolevel_agq(const GlmmData *d, double t11, const double *off, const dou
                 int64_t i = i0 + k, j = g[i];
                 eta[k] = off[i] + Z[i] * t11 * (pass < 0 ? u[j] : u[j] + z / Lfac[j]);
             }
-            rows(d->fam, m, eta, off + i0, d->y + i0, d->w + i0, W, zr, dv);
+            rows(d->fam, m, eta, off + i0, d->y + i0, d->w + i0, LY(d, i0), W, zr, dv);
             for (int64_t k = 0; k < m; k++) acc[g[i0 + k]] += dv[k];
         }
         if (pass >= 0)

@@ -141,7 +141,7 @@ class _GlmmData(ctypes.Structure):
     _fields_ = [("n", ctypes.c_int64), ("J", ctypes.c_int64), ("q", ctypes.c_int64),
                 ("p", ctypes.c_int64), ("fam", ctypes.c_int64), ("y", ctypes.c_void_p),
                 ("w", ctypes.c_void_p), ("X", ctypes.c_void_p), ("Z", ctypes.c_void_p),
-                ("g", ctypes.c_void_p), ("sorted", ctypes.c_int64)]
+                ("g", ctypes.c_void_p), ("sorted", ctypes.c_int64), ("ly", ctypes.c_void_p)]
 
 
 def _ptr(a: np.ndarray) -> int:
@@ -167,8 +167,13 @@ class CPirls:
             # logit, 0/1 responses: one log a row; unit weights too: one for eight (cpirls.c)
             fam = 5 if np.all(w == 1.0) else 4
         self.sorted = bool(np.all(g[1:] >= g[:-1]))  # rows sorted by group (cpirls.c sweep)
+        ly = None
+        if fam == 3:  # poisson: log y once, so a row's deviance needs no log (cpirls.c)
+            ly = np.log(np.where(y > 0, y, 1.0))
+            self._keep.append(ly)
         self.data = _GlmmData(self.n, self.J, self.q, self.p, int(fam), _ptr(y), _ptr(w),
-                              _ptr(X), _ptr(Z), _ptr(g), int(self.sorted))
+                              _ptr(X), _ptr(Z), _ptr(g), int(self.sorted),
+                              None if ly is None else _ptr(ly))
         self.ref = ctypes.addressof(self.data)
         self.threads = (threads_for(self.n, int(self.lib.twolevel_max_threads()))
                         if threads is None else max(1, int(threads)))
