@@ -142,6 +142,37 @@ def test_newton_declines_at_a_boundary_and_runs_lme4s_path():
     np.testing.assert_array_equal(a.beta, b.beta)
 
 
+def test_newton_stage2_on_known_functions():
+    """newton_stage2 itself: the minimum of a quadratic with deriv12's H and g there; each reason
+    to hand over to Nelder–Mead named (a concave start, a bound, no lower value along the step,
+    too many steps)."""
+    from twolevel.models.glmm.optimize import newton_stage2
+
+    C = np.array([[2.0, 0.3], [0.3, 1.0]])
+    xm = np.array([0.7, -0.4])
+
+    def quad(x):
+        return float((x - xm) @ C @ (x - xm))
+
+    lower, xst = np.array([0.0, -np.inf]), np.array([0.1, 0.1])
+    r = newton_stage2(quad, [1.5, 0.5], lower, xst)
+    assert r.ok and r.message == "converged"
+    np.testing.assert_allclose(r.x, xm, atol=1e-8)
+    np.testing.assert_allclose(r.hessian, 2 * C, rtol=1e-6)
+    assert np.max(np.abs(r.gradient)) < 1e-6
+    r = newton_stage2(lambda x: -quad(x), [1.5, 0.5], lower, xst)
+    assert not r.ok and r.message == "the Hessian is not positive definite"
+    r = newton_stage2(quad, [0.0005, 0.5], lower, xst)
+    assert not r.ok and r.message == "a parameter is at or near its lower bound"
+    x0 = np.array([1.5, 0.5])
+    r = newton_stage2(lambda x: quad(x) if np.max(np.abs(x - x0)) < 1e-3 else 1e10, x0, lower,
+                      xst)
+    assert not r.ok and r.message == "no step lowered the objective"
+    r = newton_stage2(lambda x: float(np.sum(np.cosh(3 * x))), [2.0, 2.0], lower, xst,
+                      max_iter=1)
+    assert not r.ok and r.message == "not converged in 1 Newton steps"
+
+
 @pytest.mark.parametrize("key", ["cbpp", "grouseticks", "contraception", "sim_slope"])
 def test_tight_mode_matches_glmer_refitted_to_convergence(key):
     """optimizer="tight" ≙ glmer with tolPwrss = 1e-12 and a 1e-9 simplex; its converged

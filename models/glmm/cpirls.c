@@ -17,7 +17,6 @@
  */
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -44,7 +43,7 @@ extern double log(double);
 #define QMAX 16 /* at most 16 random effects and 64 fixed effects (cpirls.py checks) */
 #define PMAX 64
 
-enum { OK = 0, NAN_PDEV = 1, STEP_HALVING = 2, NOT_CONVERGED = 3, NOT_PD = 4, NO_MEMORY = 5 };
+enum { OK = 0, NAN_PDEV = 1, STEP_HALVING = 2, NOT_CONVERGED = 3, NOT_PD = 4 };
 enum { F_JOINT = 1, F_WANT_RX = 2, F_REFRESH = 4, F_PRE = 8, F_NO_ETA = 16 };
 
 typedef struct {
@@ -936,8 +935,8 @@ int64_t twolevel_work_size(const GlmmData *d, int64_t nt) {
 
 /* out: iterations, pdev, ldL2, aic (= devsum + csat), devsum, usq. Returns the status. shift
  * (u-only mode, or NULL): off is the offset o alone and beta sits on Z's columns (X's columns
- * are among Z's), see eta_rows_shift. work:
- * twolevel_work_size(d) doubles (any content), or NULL to allocate here. With F_NO_ETA (and
+ * are among Z's), see eta_rows_shift. work: twolevel_work_size(d, nthreads) doubles (any
+ * content). With F_NO_ETA (and
  * F_PRE) eta is neither read nor written (a value-only evaluation). */
 int64_t twolevel_pirls(const GlmmData *d, int64_t flags, const double *T, const double *off,
                        double *eta, double tol, int64_t maxit, double csat, double *u,
@@ -955,8 +954,7 @@ int64_t twolevel_pirls(const GlmmData *d, int64_t flags, const double *T, const 
     if (!pre) flags &= ~F_NO_ETA; /* the first weights come from eta */
     if (joint) shift = NULL;
     double *eta_out = (flags & F_NO_ETA) ? NULL : eta;
-    double *mem = work ? work : malloc(sizeof(double) * (size_t)twolevel_work_size(d, nt));
-    if (!mem) return NO_MEMORY;
+    double *mem = work;
     Cross c;
     cross_at(d, mem, &c);
     for (int t = 1; t < nt; t++) cross_at(d, mem + t * cross_size(d), &extra[t - 1]);
@@ -1018,7 +1016,6 @@ int64_t twolevel_pirls(const GlmmData *d, int64_t flags, const double *T, const 
     }
     double usq = 0.0;
     for (int64_t a = 0; a < J * q; a++) usq += u[a] * u[a];
-    if (!work) free(mem);
     out[0] = (double)it;
     out[1] = pdev;
     out[2] = ldL2;
@@ -1061,16 +1058,15 @@ void twolevel_crossprods(const GlmmData *d, const double *off, const double *eta
 }
 
 /* adaptive Gauss-Hermite sum for one scalar random effect (numba's agq_kernel); out[0] =
- * sum_j devc0_j, out[1] = -2 sum_j log mult_j. Returns 0, or NO_MEMORY. */
-int64_t twolevel_agq(const GlmmData *d, double t11, const double *off, const double *u,
-                     const double *Lfac, int64_t nk, const double *nodes, const double *weights,
-                     double *out) {
+ * sum_j devc0_j, out[1] = -2 sum_j log mult_j. work: 3 J doubles (any content). */
+void twolevel_agq(const GlmmData *d, double t11, const double *off, const double *u,
+                  const double *Lfac, int64_t nk, const double *nodes, const double *weights,
+                  double *work, double *out) {
     const int64_t n = d->n, J = d->J;
     const double *Z = d->Z;
     const int64_t *g = d->g;
-    double *mem = calloc((size_t)(3 * J), sizeof(double));
-    if (!mem) return NO_MEMORY;
-    double *devc0 = mem, *mult = mem + J, *devc = mem + 2 * J;
+    double *devc0 = work, *mult = work + J, *devc = work + 2 * J;
+    memset(mult, 0, sizeof(double) * J);
     double eta[CHUNK], W[CHUNK], zr[CHUNK], dv[CHUNK];
     for (int64_t j = 0; j < J; j++) devc0[j] = u[j] * u[j];
     for (int64_t pass = -1; pass < nk; pass++) {
@@ -1104,8 +1100,6 @@ int64_t twolevel_agq(const GlmmData *d, double t11, const double *off, const dou
         s0 += devc0[j];
         lm += log(mult[j]);
     }
-    free(mem);
     out[0] = s0;
     out[1] = -2.0 * lm;
-    return OK;
 }

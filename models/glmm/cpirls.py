@@ -109,8 +109,8 @@ def load() -> ctypes.CDLL:
     lib.twolevel_offset.argtypes = [vp] * 7 + [i64]
     lib.twolevel_crossprods.restype = None
     lib.twolevel_crossprods.argtypes = [vp] * 8
-    lib.twolevel_agq.restype = i64
-    lib.twolevel_agq.argtypes = [vp, dbl, vp, vp, vp, i64, vp, vp, vp]
+    lib.twolevel_agq.restype = None
+    lib.twolevel_agq.argtypes = [vp, dbl, vp, vp, vp, i64, vp, vp, vp, vp]
     _LIB["lib"] = lib
     return lib
 
@@ -238,8 +238,6 @@ class CPirls:
             None if shift is None else _ptr(np.ascontiguousarray(shift, dtype=float)),
             self.threads,
             self._pointer(self.work()), _ptr(out))
-        if status == 5:
-            raise MemoryError("the C PIRLS kernel could not allocate its work space")
         return (int(status), int(out[0]), out[1], out[2], out[3], out[4], out[5])
 
     def shift(self, beta) -> np.ndarray:
@@ -282,9 +280,7 @@ class CPirls:
         Lfac = np.ascontiguousarray(Lfac, dtype=float)
         nodes = np.ascontiguousarray(nodes, dtype=float)
         weights = np.ascontiguousarray(weights, dtype=float)
-        out = np.empty(2)
-        status = self.lib.twolevel_agq(self.ref, float(t11), _ptr(offset), _ptr(u), _ptr(Lfac),
-                                       nodes.shape[0], _ptr(nodes), _ptr(weights), _ptr(out))
-        if status == 5:
-            raise MemoryError("the C AGQ kernel could not allocate its work space")
+        out, work = np.empty(2), np.empty(3 * self.J)
+        self.lib.twolevel_agq(self.ref, float(t11), _ptr(offset), _ptr(u), _ptr(Lfac),
+                              nodes.shape[0], _ptr(nodes), _ptr(weights), _ptr(work), _ptr(out))
         return out[0], out[1]
