@@ -231,3 +231,17 @@ def test_plain_build_without_openmp_equals_numba(tmp_path, monkeypatch):
         par = np.concatenate([th, beta])
         _same_state(pc.stage2_state(par), pn.stage2_state(par))
         _close(pc.stage1(th), pn.stage1(th))
+
+
+def test_a_fit_pickles_and_its_objective_runs_after(monkeypatch):
+    """A glmer fit pickles (the C kernels' handle is left out and opened again on loading) and
+    the loaded fit's objective gives the same value."""
+    import pickle
+
+    monkeypatch.setenv("TWOLEVEL_KERNELS", "c")
+    m = glmer("y01 ~ 1 + x + (1 + x | g)", _sim(seed=9))
+    m2 = pickle.loads(pickle.dumps(m))
+    assert m2.problem.route == "c" and m2.problem._c is not m.problem._c
+    par = np.concatenate([m.theta, m.beta])
+    assert m2.problem.stage2(par) == m.problem.stage2(par)
+    np.testing.assert_array_equal(m2.ranef().to_numpy(), m.ranef().to_numpy())

@@ -100,6 +100,19 @@ class GlmmProblem:
         self.set_warm_start(st)  # lp0 = Xβ + ZΛu of the initial joint PIRLS
         self.initial = st
 
+    def __getstate__(self) -> dict:
+        """Pickled without the C kernels' handle (a loaded library); :meth:`__setstate__`
+        opens them again."""
+        state = self.__dict__.copy()
+        state["_c"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._c = cpirls.for_problem(self.resp.y, self.resp.w, self.X, self.Z, self.g,
+                                     self.family.code, self.J)
+        self.route = "numba" if self._c is None else "c"
+
     @property
     def theta0(self) -> np.ndarray:
         """lme4's θ0 for glmer: 1 on T's diagonal, 0 off it."""
