@@ -105,3 +105,9 @@ def test_constant_response_and_factor_responses():
         c = glmer("y ~ x + (1 | g)", d.assign(y=d.y.astype(bool)))
     assert a.minus2loglik == pytest.approx(b.minus2loglik, abs=1e-10)
     assert a.minus2loglik == pytest.approx(c.minus2loglik, abs=1e-10)
+
+
+def test_unknown_optimizer_is_named_with_the_choices():
+    with pytest.raises(FormulaError, match=r"^optimizer 'bfgs' is not one of lme4, newton, "
+                                           r"tight$"):
+        glmer("y ~ x + (1 | g)", _bin(), optimizer="bfgs")

@@ -30,7 +30,7 @@ from twolevel.data.errors import TwolevelError
 from twolevel.models import cbuild
 
 __all__ = ["BUILD_ERRORS", "CPirls", "SOURCE", "build", "for_problem", "kernel_route", "load",
-           "spec", "specs", "threads_for", "x_columns_in_z"]
+           "specs", "threads_for", "x_columns_in_z"]
 
 SOURCE = Path(__file__).with_name("cpirls.c")
 BASE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
@@ -53,11 +53,6 @@ def specs() -> tuple[cbuild.CSource, ...]:
     else:
         best = cbuild.CSource(SOURCE, BASE_FLAGS, ("-lm",), native=True)
     return best, cbuild.CSource(SOURCE, PLAIN_FLAGS, ("-lm",))
-
-
-def spec() -> cbuild.CSource:
-    """The preferred build of :func:`specs`."""
-    return specs()[0]
 
 
 def kernel_route() -> str:

@@ -174,11 +174,10 @@ class GlmmProblem:
         self.eta0 = self.resp.offset + self.lp0
         r = self.resp
         if self._c is not None:
-            self._start = self._c.crossprods(r.offset, r.offset + self.lp0)
+            self._start = self._c.crossprods(r.offset, self.eta0)
         else:
             self._start = kernels.start_crossprods(r.y, r.w, self.X, self.Z, self.g,
-                                                   self.family.code, r.offset,
-                                                   r.offset + self.lp0, self.J)
+                                                   self.family.code, r.offset, self.eta0, self.J)
 
     def stage2_state(self, par: np.ndarray, *, exact: bool = False, want_rx: bool = False,
                      value_only: bool = False) -> PirlsState:

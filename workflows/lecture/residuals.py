@@ -37,17 +37,9 @@ def add_residual_section(sec, spec: WorkflowSpec, d: PreparedData, reml: dict, r
               caption="Per school: n_j, OLS estimates, BLUPs, conditional SDs, EB coefficients, "
                       "reliability, precision weights")
     means_name = d.centering.means.name
-    cov = pd.DataFrame({
-        "n": d.sizes.reindex(rv.u.index).to_numpy(),
-        "xbar": d.frame.groupby(spec.group)[means_name].first().reindex(rv.u.index).to_numpy(),
-    }, index=rv.u.index)
-    u = rv.u.set_axis([f"u{k}j" for k in range(len(rv.effects))], axis=1)
-    fig = plots.residual_figure(
-        u, cov, {c: c for c in u.columns},
-        {"n": f"{gl} size n_j", "xbar": f"{gl} mean {x_label} ({means_name})"})
-    sec.figure("level2_residuals", fig,
-               caption=f"u0j and u1j against {gl} size and {gl} mean {x_label}")
-    r_xbar = [float(np.corrcoef(cov["xbar"], u[c])[0, 1]) for c in u.columns]
+    _, r_xbar = add_residuals_against_groups(
+        sec, d, spec.group, rv, plots, gl, x_label,
+        caption=f"u0j and u1j against {gl} size and {gl} mean {x_label}")
     sec.text(
         f"Correlation with {gl} mean {x_label}: u0j {r_xbar[0]:+.2f}, u1j {r_xbar[1]:+.2f}. "
         + ("A clear trend of u0j with mean " + x_label + " means part of the between-school "
@@ -55,3 +47,21 @@ def add_residual_section(sec, spec: WorkflowSpec, d: PreparedData, reml: dict, r
            f"`--level2 {means_name}` models it." if abs(r_xbar[0]) > 0.2 else
            "No strong trend with school composition.")
     )
+
+
+def add_residuals_against_groups(sec, d, group: str, rv: RemlView, plots, gl: str, x_label: str,
+                                 caption: str, **figure_kw) -> tuple[list[str], list[float]]:
+    """The level-2 residuals u0j, u1j, … (``rv.u``) plotted against each group's size and its
+    mean of the predictor (the centring means of ``d``), into ``sec`` as ``level2_residuals``;
+    returns the residuals' labels and their correlations with the group mean."""
+    means_name = d.centering.means.name
+    cov = pd.DataFrame({
+        "n": d.sizes.reindex(rv.u.index).to_numpy(),
+        "xbar": d.frame.groupby(group)[means_name].first().reindex(rv.u.index).to_numpy(),
+    }, index=rv.u.index)
+    u = rv.u.set_axis([f"u{k}j" for k in range(len(rv.effects))], axis=1)
+    fig = plots.residual_figure(
+        u, cov, {c: c for c in u.columns},
+        {"n": f"{gl} size n_j", "xbar": f"{gl} mean {x_label} ({means_name})"}, **figure_kw)
+    sec.figure("level2_residuals", fig, caption=caption)
+    return list(u.columns), [float(np.corrcoef(cov["xbar"], u[c])[0, 1]) for c in u.columns]

@@ -6,9 +6,9 @@ against school size and school mean of the predictor.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 from twolevel.models.tables.glmm_answers import SCALES
+from twolevel.workflows.lecture.residuals import add_residuals_against_groups
 from twolevel.workflows.lecture.spec import _labels
 from twolevel.workflows.lecture.views import BayesView, RemlView
 from twolevel.workflows.lecture_glmm.prepare import PreparedGlmmData
@@ -146,21 +146,13 @@ def add_glmm_residual_section(sec, spec: GlmmWorkflowSpec, d: PreparedGlmmData, 
     sec.table("level2_residuals_per_school", per, max_rows=10, digits=3,
               caption=f"Per {gl}: conditional modes and conditional SDs")
     means_name = d.centering.means.name
-    cov = pd.DataFrame({
-        "n": d.sizes.reindex(rv.u.index).to_numpy(),
-        "xbar": d.frame.groupby(spec.group)[means_name].first().reindex(rv.u.index).to_numpy(),
-    }, index=rv.u.index)
-    u = rv.u.set_axis([f"u{k}j" for k in range(len(rv.effects))], axis=1)
-    fig = plots.residual_figure(
-        u, cov, {c: c for c in u.columns},
-        {"n": f"{gl} size n_j", "xbar": f"{gl} mean {x_label} ({means_name})"},
+    labels, r_xbar = add_residuals_against_groups(
+        sec, d, spec.group, rv, plots, gl, x_label,
+        caption=f"Conditional modes against {gl} size and {gl} mean {x_label}",
         title=f"Conditional modes (Laplace, {sc.link}) against {gl} characteristics")
-    sec.figure("level2_residuals", fig,
-               caption=f"Conditional modes against {gl} size and {gl} mean {x_label}")
-    r_xbar = [float(np.corrcoef(cov["xbar"], u[c])[0, 1]) for c in u.columns]
     sec.text(
         f"Correlation with {gl} mean {x_label}: "
-        + ", ".join(f"{c} {r:+.2f}" for c, r in zip(u.columns, r_xbar, strict=True)) + ". "
+        + ", ".join(f"{c} {r:+.2f}" for c, r in zip(labels, r_xbar, strict=True)) + ". "
         + (f"A clear trend of u0j with mean {x_label} means part of the between-{gl} variation "
            f"is explained by {gl} composition: adding `--level2 {means_name}` models it."
            if abs(r_xbar[0]) > 0.2 else f"No strong trend with {gl} composition."))
