@@ -1,0 +1,51 @@
+"""``tl.lmer``'s survey path: weights, plausible values and lists of imputed data sets."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from twolevel.data.errors import DataError
+from twolevel.models.survey.fit import lmer_weighted
+from twolevel.models.survey.pv import fit_sets, pv_formulas
+
+__all__ = ["survey_lmer"]
+
+
+def survey_lmer(formula: str, data, *, REML: bool, weights=None, conditional_weights=False,
+                weight_scaling="none", pv=None, df_com=None, optimizer="lme4",
+                data_name="data", **engine_opts):
+    """Dispatch ``lmer(..., weights=, pv=)`` or ``lmer(formula, [frames])``.
+
+    Returns a :class:`~twolevel.models.survey.fit.WeightedLmerFit` (weights, one set) or a
+    :class:`~twolevel.models.survey.pv.PooledFit` (several sets)."""
+    from twolevel.models.lmm.lmer import lmer
+
+    def fit_one(f: str, d: pd.DataFrame):
+        if weights is None:
+            return lmer(f, d, REML=REML, optimizer=optimizer, data_name=data_name)
+        return lmer_weighted(f, d, weights, conditional_weights=conditional_weights,
+                             weight_scaling=weight_scaling, REML=REML, data_name=data_name)
+
+    if isinstance(data, (list, tuple)):
+        if pv is not None:
+            raise DataError("give either pv=[...] (plausible values in one data set) or a list "
+                            "of imputed data sets, not both")
+        bad = [i for i, d in enumerate(data) if not isinstance(d, pd.DataFrame)]
+        if bad or len(data) < 2:
+            raise DataError("a list of imputed data sets must hold at least two pandas frames"
+                            + (f"; item {bad[0]} is a {type(data[bad[0]]).__name__}" if bad
+                               else ""))
+        return fit_sets(fit_one, [formula] * len(data), list(data),
+                        [f"set {i + 1}" for i in range(len(data))], weights is not None, df_com)
+    if pv is not None:
+        if not isinstance(data, pd.DataFrame):
+            raise DataError("plausible values need a pandas data frame (engine 'memory')")
+        formulas = pv_formulas(formula, pv, data)
+        labels = (list(pv) if isinstance(pv, (list, tuple))
+                  else [f"set {i + 1}" for i in range(len(formulas))])
+        return fit_sets(fit_one, formulas, [data] * len(formulas), labels, weights is not None,
+                        df_com)
+    if engine_opts.get("engine", "auto") not in ("auto", "memory"):
+        raise DataError("weighted fits run in memory for now (engine 'memory'); the DuckDB and "
+                        "Dask engines do not read weight columns yet")
+    return fit_one(formula, data)

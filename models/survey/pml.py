@@ -1,0 +1,208 @@
+"""The two-level log pseudo-likelihood in closed form per school, its profile over β and σ², and
+the cluster-robust (sandwich) covariances (``docs/survey.md``; Pfeffermann et al. 1998,
+Rabe-Hesketh & Skrondal 2006, WeMix's ``analyticSolve``).
+
+Notation: Σ = σ² ΛΛᵀ with Λ the lower-triangular relative factor built from θ (lme4's layout);
+for school j, L_j = I_q + ΛᵀS_zzΛ, and with P_j = [S_zx S_zy] and Q_j the (x, y) block of M_j,
+
+    C_j = Q_j − (ΛᵀP_j)ᵀ L_j⁻¹ (ΛᵀP_j)          ((p+1) × (p+1), the school's Schur complement).
+
+Every function here is pure: arrays in, arrays out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from twolevel.models.survey.crossprods import WeightedCrossprods
+
+__all__ = [
+    "school_schur",
+    "profile_theta",
+    "profiled_pseudo_loglik",
+    "school_pseudo_loglik",
+    "pseudo_loglik",
+    "beta_sandwich",
+    "conditional_modes",
+]
+
+LOG2PI = math.log(2.0 * math.pi)
+
+
+def school_schur(cp: WeightedCrossprods, Lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """C_j (J, p+1, p+1) and log|L_j| = log|I + ΛᵀS_zzΛ| (J,) of every school (module docstring)."""
+    q = cp.q
+    Szz = cp.M[:, :q, :q]
+    P = cp.M[:, :q, q:]
+    Q = cp.M[:, q:, q:]
+    Lmat = np.einsum("ab,jbc,cd->jad", Lam.T, Szz, Lam) + np.eye(q)
+    LP = np.einsum("ab,jbk->jak", Lam.T, P)
+    sign, logdet = np.linalg.slogdet(Lmat)
+    C = Q - np.einsum("jak,jal->jkl", LP, np.linalg.solve(Lmat, LP))
+    return C, logdet
+
+
+def profile_theta(cp: WeightedCrossprods, Lam: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """β̂(θ), σ̂²(θ) and the profiled log pseudo-likelihood ℓ_p(θ).
+
+    G = Σ_j w_j C_j[x,x], c = Σ_j w_j C_j[x,y], β̂ = G⁻¹c,
+    σ̂² = (Σ_j w_j C_j[y,y] − cᵀβ̂) / N_w,
+    ℓ_p = −½ N_w (log(2πσ̂²) + 1) − ½ Σ_j w_j log|L_j|.
+    """
+    C, logdet = school_schur(cp, Lam)
+    Cs = np.einsum("j,jkl->kl", cp.w, C)
+    p = cp.p
+    beta = np.linalg.solve(Cs[:p, :p], Cs[:p, p]) if p else np.zeros(0)
+    r2 = float(Cs[p, p] - Cs[:p, p] @ beta)
+    nw = cp.n_weighted
+    sigma2 = r2 / nw
+    ll = -0.5 * nw * (LOG2PI + math.log(sigma2) + 1.0) - 0.5 * float(cp.w @ logdet)
+    return beta, sigma2, ll
+
+
+def profiled_pseudo_loglik(theta: np.ndarray, cp: WeightedCrossprods, theta_to_T) -> float:
+    """ℓ_p(θ), the log pseudo-likelihood maximised over β and σ² (a pure function of θ).
+
+    Parameters
+    ----------
+    theta : lme4's θ.  cp : the weighted per-school statistics.
+    theta_to_T : maps θ to the q × q relative factor Λ (``Design.theta_to_T``).
+
+    Returns
+    -------
+    float
+        −½ N_w (log(2πσ̂²) + 1) − ½ Σ_j w_j log|I + ΛᵀS_zzΛ| (−inf where σ̂² ≤ 0).
+
+    Examples
+    --------
+    >>> # fit = tl.lmer("y ~ x + (1 | g)", d, weights=("w1", "w2"), REML=False)
+    >>> # profiled_pseudo_loglik(fit.theta, fit.crossprods, fit.design.theta_to_T) == fit.loglik
+    """
+    try:
+        _, s2, ll = profile_theta(cp, theta_to_T(theta))
+    except np.linalg.LinAlgError:
+        return -math.inf
+    return ll if s2 > 0 and math.isfinite(ll) else -math.inf
+
+
+def school_pseudo_loglik(Lam: np.ndarray, beta: np.ndarray, sigma2: float,
+                         cp: WeightedCrossprods) -> np.ndarray:
+    """ℓ_j per school (J,) at (β, Λ, σ²):
+
+    ℓ_j = −½ n*_j log(2πσ²) − ½ log|L_j| − (1/(2σ²)) [S_rr − (ΛᵀS_zr)ᵀ L_j⁻¹ (ΛᵀS_zr)],
+
+    which is C_j's quadratic form in (−β, 1): S_rr − … = (−β, 1)ᵀ C_j (−β, 1)."""
+    C, logdet = school_schur(cp, Lam)
+    v = np.append(-np.asarray(beta, dtype=float), 1.0)
+    quad = np.einsum("k,jkl,l->j", v, C, v)
+    return -0.5 * cp.n_star * (LOG2PI + math.log(sigma2)) - 0.5 * logdet - 0.5 * quad / sigma2
+
+
+def pseudo_loglik(theta: np.ndarray, beta: np.ndarray, sigma2: float, cp: WeightedCrossprods,
+                  theta_to_T) -> float:
+    """ℓ_PL(β, θ, σ²) = Σ_j w_j ℓ_j (:func:`school_pseudo_loglik`).
+
+    Parameters
+    ----------
+    theta, beta, sigma2 : the parameters.  cp : the statistics.  theta_to_T : θ → Λ.
+
+    Returns
+    -------
+    float
+        The log pseudo-likelihood.
+
+    Examples
+    --------
+    >>> # pseudo_loglik(fit.theta, fit.beta, fit.sigma**2, fit.crossprods, fit.design.theta_to_T)
+    """
+    return float(cp.w @ school_pseudo_loglik(theta_to_T(theta), beta, sigma2, cp))
+
+
+def beta_sandwich(cp: WeightedCrossprods, Lam: np.ndarray, beta: np.ndarray,
+                  sigma2: float) -> tuple[np.ndarray, np.ndarray]:
+    """Robust covariance of β̂ (WeMix's CR-0, ≈ Stata's) and the model-based one.
+
+    A = Σ_j w_j C_j[x,x] / σ²  (bread), s_j = w_j (C_j[x,y] − C_j[x,x]β) / σ² (school score),
+    B = J/(J−1) Σ_j s_j s_jᵀ (meat), V = A⁻¹ B A⁻¹. Returns (V, A⁻¹)."""
+    C, _ = school_schur(cp, Lam)
+    p = cp.p
+    A = np.einsum("j,jkl->kl", cp.w, C[:, :p, :p]) / sigma2
+    s = cp.w[:, None] * (C[:, :p, p] - C[:, :p, :p] @ beta) / sigma2
+    J = cp.n_groups
+    B = J / (J - 1) * (s.T @ s)
+    Ai = np.linalg.inv(A)
+    return Ai @ B @ Ai, Ai
+
+
+def conditional_modes(cp: WeightedCrossprods, Lam: np.ndarray, beta: np.ndarray,
+                      sigma2: float) -> tuple[np.ndarray, np.ndarray]:
+    """Conditional modes of the school effects and their conditional covariances:
+
+    û_j = Λ L_j⁻¹ Λᵀ (S_zy − S_zxβ),  Var(u_j | y) = σ² Λ L_j⁻¹ Λᵀ (a-weighted data)."""
+    q, p = cp.q, cp.p
+    Szz = cp.M[:, :q, :q]
+    Lmat = np.einsum("ab,jbc,cd->jad", Lam.T, Szz, Lam) + np.eye(q)
+    Szr = cp.M[:, :q, -1] - cp.M[:, :q, q:q + p] @ beta
+    inner = np.linalg.solve(Lmat, np.einsum("ab,jb->ja", Lam.T, Szr)[..., None])[..., 0]
+    u = inner @ Lam.T
+    Linv = np.linalg.inv(Lmat)
+    V = sigma2 * np.einsum("ab,jbc,dc->jad", Lam, Linv, Lam)
+    return u, V
+
+
+def vc_vector(theta: np.ndarray, sigma: float, theta_to_T, pairs: list[tuple[int, int]]
+              ) -> np.ndarray:
+    """(variances of the random effects, their covariances at ``pairs``, σ²) from (θ, σ):
+    Σ = σ²ΛΛᵀ."""
+    Lam = theta_to_T(theta)
+    S = sigma**2 * (Lam @ Lam.T)
+    return np.concatenate([np.diag(S), [S[i, j] for i, j in pairs], [sigma**2]])
+
+
+def _steps(phi: np.ndarray) -> np.ndarray:
+    """Difference steps for φ = (θ, σ): 1e-4·max(|θ_k|, 1) (θ is relative to σ, so O(1)) and
+    1e-4·σ; steps relative to a small θ_k drown in rounding."""
+    h = 1e-4 * np.maximum(np.abs(phi), 1.0)
+    h[-1] = 1e-4 * abs(phi[-1])
+    return h
+
+
+def varcomp_sandwich(cp: WeightedCrossprods, theta: np.ndarray, beta: np.ndarray, sigma2: float,
+                     theta_to_T, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """Robust covariance of the variance components (WeMix's way), β held at β̂.
+
+    φ = (θ, σ); g_j = w_j ∂ℓ_j/∂φ, H = ∂²ℓ_PL/∂φ² (central differences of the closed-form
+    ℓ_j); V_φ = H⁻¹ [J/(J−1) Σ_j g_j g_jᵀ] H⁻¹; then the delta method to
+    (variances, covariances, σ²) of :func:`vc_vector`. The result does not depend on how φ
+    is parametrised (the score is zero at the optimum)."""
+    phi = np.append(np.asarray(theta, dtype=float), math.sqrt(sigma2))
+    k = phi.size
+    h = _steps(phi)
+
+    def lj(ph: np.ndarray) -> np.ndarray:
+        return cp.w * school_pseudo_loglik(theta_to_T(ph[:-1]), beta, ph[-1] ** 2, cp)
+
+    E = np.eye(k)
+    G = np.empty((cp.n_groups, k))
+    H = np.empty((k, k))
+    f0 = float(lj(phi).sum())
+    for a in range(k):
+        fp, fm = lj(phi + h[a] * E[a]), lj(phi - h[a] * E[a])
+        G[:, a] = (fp - fm) / (2 * h[a])
+        H[a, a] = (float(fp.sum()) - 2 * f0 + float(fm.sum())) / h[a] ** 2
+        for b in range(a):
+            f = [float(lj(phi + sa * h[a] * E[a] + sb * h[b] * E[b]).sum())
+                 for sa, sb in ((1, 1), (1, -1), (-1, 1), (-1, -1))]
+            H[a, b] = H[b, a] = (f[0] - f[1] - f[2] + f[3]) / (4 * h[a] * h[b])
+    J = cp.n_groups
+    meat = J / (J - 1) * (G.T @ G)
+    Hi = np.linalg.inv(H)
+    V_phi = Hi @ meat @ Hi
+    D = np.empty((2 + len(pairs) + cp.q - 1, k))
+    for a in range(k):
+        vp = vc_vector(phi[:-1] + h[a] * E[a, :-1], phi[-1] + h[a] * E[a, -1], theta_to_T, pairs)
+        vm = vc_vector(phi[:-1] - h[a] * E[a, :-1], phi[-1] - h[a] * E[a, -1], theta_to_T, pairs)
+        D[:, a] = (vp - vm) / (2 * h[a])
+    return D @ V_phi @ D.T
