@@ -41,8 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def wanted(args: argparse.Namespace) -> bool:
-    """Whether the survey path applies."""
-    return bool(args.weights or args.pv)
+    """Whether the survey path applies (any of its flags given)."""
+    return bool(args.weights or args.pv or args.conditional_weights
+                or args.weight_scaling != "none")
 
 
 def _check(args: argparse.Namespace) -> None:
