@@ -81,6 +81,11 @@ _API: dict[str, str] = {
     "Prior": "twolevel.models.bayes.priors",
     "ModelPriors": "twolevel.models.bayes.priors",
     "default_priors": "twolevel.models.bayes.priors",
+    # survey data: sampling weights, plausible values, imputed data sets
+    "WeightedLmerFit": "twolevel.models.survey.fit",
+    "PooledFit": "twolevel.models.survey.pv",
+    "rubin_pool": "twolevel.models.survey.rubin",
+    "weighted_group_crossprods": "twolevel.models.survey.crossprods",
     # tables
     "group_ols": "twolevel.models.tables.ols",
     "GroupOLS": "twolevel.models.tables.ols",
@@ -144,5 +149,9 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
     from twolevel.models.inference.simulate import BootstrapResult, bootstrap, simulate  # noqa: F401
     from twolevel.models.lmm.lmer import lmer, refit_ml  # noqa: F401
     from twolevel.models.lmm.results import LmerFit, VarCorr  # noqa: F401
+    from twolevel.models.survey.crossprods import weighted_group_crossprods  # noqa: F401
+    from twolevel.models.survey.fit import WeightedLmerFit  # noqa: F401
+    from twolevel.models.survey.pv import PooledFit  # noqa: F401
+    from twolevel.models.survey.rubin import rubin_pool  # noqa: F401
     from twolevel.models.tables.ols import GroupOLS, group_ols  # noqa: F401
     from twolevel.models.tables.shrinkage import caterpillar_table, shrinkage_table  # noqa: F401
