@@ -365,3 +365,15 @@ def test_bad_pv(pv, message):
     with pytest.raises(DataError) as e:
         lmer("pv1math ~ escs + (1|schoolid)", pisa(), pv=pv, REML=False)
     assert message in str(e.value)
+
+
+def test_compiled_kernel_equals_numpy(sleep):
+    from twolevel.models.survey.pml import profile_theta
+
+    f = wfit("Reaction ~ Days + (Days|Subject)", sleep, ("W1u", "wj"))
+    for th in (f.theta, np.array([0.3, -0.2, 0.05]), np.array([0.0, 0.0, 0.0])):
+        Lam = f.design.theta_to_T(th)
+        b1, s1, l1 = profile_theta(f.crossprods, Lam, compiled=True)
+        b2, s2, l2 = profile_theta(f.crossprods, Lam, compiled=False)
+        np.testing.assert_allclose(b1 + f.shift, b2 + f.shift, rtol=1e-10)
+        assert s1 == pytest.approx(s2, rel=1e-10) and l1 == pytest.approx(l2, rel=1e-12)

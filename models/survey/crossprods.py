@@ -13,6 +13,7 @@ database (``GROUP BY school`` of ``SUM(a*v_k*v_l)``) or on a cluster.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -49,6 +50,19 @@ class WeightedCrossprods:
         """N_w = Σ_j w_j n*_j = Σ_ij w_ij (the σ² denominator)."""
         return float(self.w @ self.n_star)
 
+    @cached_property
+    def columns(self) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]],
+                               list[list[np.ndarray]]]:
+        """Contiguous length-J vectors (computed once) for component-wise evaluation:
+        S_zz[a][b], P[a][k] = [S_zx S_zy][a, k] and Q[k][l] = the (x, y) block."""
+        q, p = self.q, self.p
+        M = self.M
+        szz = [[np.ascontiguousarray(M[:, a, b]) for b in range(q)] for a in range(q)]
+        pp = [[np.ascontiguousarray(M[:, a, q + k]) for k in range(p + 1)] for a in range(q)]
+        qq = [[np.ascontiguousarray(M[:, q + k, q + ll]) for ll in range(p + 1)]
+              for k in range(p + 1)]
+        return szz, pp, qq
+
     def with_response(self, y_block: np.ndarray) -> WeightedCrossprods:
         """A copy with the response rows/columns replaced (J, m) (a plausible value shares
         S_zz, S_zx, S_xx with the others)."""
@@ -60,7 +74,8 @@ class WeightedCrossprods:
 
 def weighted_group_crossprods(Z: np.ndarray, X: np.ndarray, y: np.ndarray, codes: np.ndarray,
                               a: np.ndarray, w_group: np.ndarray) -> WeightedCrossprods:
-    """Σ_i a_ij v v ᵀ per group, v = (z, x, y), one ``bincount`` per distinct product.
+    """Σ_i a_ij v v ᵀ per group, v = (z, x, y), one ``bincount`` per distinct product (columns
+    shared by Z and X, and the intercept, are summed once).
 
     Parameters
     ----------
@@ -82,15 +97,43 @@ def weighted_group_crossprods(Z: np.ndarray, X: np.ndarray, y: np.ndarray, codes
     (np.float64(2.0), [3.0, 1.0], 6.0)
     """
     J = int(w_group.shape[0])
-    V = np.column_stack([Z, X, y])
-    m = V.shape[1]
+    cols = [Z[:, k] for k in range(Z.shape[1])] + [X[:, k] for k in range(X.shape[1])] + [y]
+    m = len(cols)
+    # distinct columns once (the intercept and a variable in both X and Z appear twice);
+    # -1 is the all-ones column, whose products are the column itself (or Σa)
+    distinct: list[np.ndarray] = []
+
+    def col_id(v: np.ndarray) -> int:
+        if v.shape[0] and v[0] == 1.0 and np.all(v == 1.0):
+            return -1
+        for k, u in enumerate(distinct):
+            if u is v or np.array_equal(u, v):
+                return k
+        distinct.append(np.ascontiguousarray(v, dtype=float))
+        return len(distinct) - 1
+
+    ids = [col_id(c) for c in cols]
+    av = [a * c for c in distinct]
+    n_star = np.bincount(codes, weights=a, minlength=J)
+    cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def gsum(i: int, k: int) -> np.ndarray:
+        key = (min(i, k), max(i, k))
+        if key not in cache:
+            lo, hi = key
+            if hi == -1:
+                cache[key] = n_star
+            elif lo == -1:
+                cache[key] = np.bincount(codes, weights=av[hi], minlength=J)
+            else:
+                cache[key] = np.bincount(codes, weights=av[lo] * distinct[hi], minlength=J)
+        return cache[key]
+
     M = np.empty((J, m, m))
     for k in range(m):
-        av = a * V[:, k]
         for ll in range(k, m):
-            M[:, k, ll] = M[:, ll, k] = np.bincount(codes, weights=av * V[:, ll], minlength=J)
+            M[:, k, ll] = M[:, ll, k] = gsum(ids[k], ids[ll])
     return WeightedCrossprods(
-        M=M, n_star=np.bincount(codes, weights=a, minlength=J),
-        w=np.asarray(w_group, dtype=float), n=np.bincount(codes, minlength=J),
-        q=int(Z.shape[1]), p=int(X.shape[1]),
+        M=M, n_star=n_star, w=np.asarray(w_group, dtype=float),
+        n=np.bincount(codes, minlength=J), q=int(Z.shape[1]), p=int(X.shape[1]),
     )

@@ -30,7 +30,12 @@ from twolevel.models.survey.pml import (
     profiled_pseudo_loglik,
     varcomp_sandwich,
 )
-from twolevel.models.survey.weights import SurveyWeights, survey_weights
+from twolevel.models.survey.weights import (
+    SurveyWeights,
+    check_weight_column,
+    check_weights_spec,
+    weights_by_codes,
+)
 
 __all__ = ["WeightedLmerFit", "lmer_weighted", "complete_rows", "REML_REFUSED"]
 
@@ -354,10 +359,12 @@ def _newton_polish(fn, x: np.ndarray, lower: np.ndarray, steps: int = 3) -> np.n
         k = free.size
         E = np.zeros((k, x.size))
         E[np.arange(k), free] = h
-        g = np.array([(fn(x + E[a]) - fn(x - E[a])) / (2 * h[a]) for a in range(k)])
+        fp = [fn(x + E[a]) for a in range(k)]
+        fm = [fn(x - E[a]) for a in range(k)]
+        g = np.array([(fp[a] - fm[a]) / (2 * h[a]) for a in range(k)])
         H = np.empty((k, k))
         for a in range(k):
-            H[a, a] = (fn(x + E[a]) - 2 * f + fn(x - E[a])) / h[a] ** 2
+            H[a, a] = (fp[a] - 2 * f + fm[a]) / h[a] ** 2
             for b in range(a):
                 H[a, b] = H[b, a] = (
                     fn(x + E[a] + E[b]) - fn(x + E[a] - E[b]) - fn(x - E[a] + E[b])
@@ -374,6 +381,8 @@ def _newton_polish(fn, x: np.ndarray, lower: np.ndarray, steps: int = 3) -> np.n
         if not fnew <= f + 1e-14 * abs(f):  # within the criterion's rounding: trust Newton
             break
         x, f = xn, min(f, fnew)
+        if np.max(np.abs(step) / np.maximum(np.abs(x[free]), 0.1)) < 1e-8:
+            break  # converged: another step would move θ below the criterion's rounding
     return x
 
 
@@ -433,14 +442,23 @@ def lmer_weighted(
     if group not in data.columns:
         raise DataError(f"grouping column '{group}' is not in the data; available columns: "
                         f"{', '.join(map(str, data.columns))}")
-    cc = complete_rows(formula, data)
-    n_na = int((~cc).sum())
-    d0 = data.loc[cc] if n_na else data
-    sw = survey_weights(d0, group, weights, conditional=conditional_weights,
-                        scaling=weight_scaling)
-    d1 = d0.loc[sw.keep] if not sw.keep.all() else d0
-    design = make_design(formula, d1)
-    w_group = np.array([sw.w_school[lv] for lv in design.group_levels], dtype=float)
+    l1, l2 = check_weights_spec(weights, weight_scaling)
+    n = len(data)
+    w1 = check_weight_column(data, l1, "level-1") if l1 is not None else np.ones(n)
+    w2 = check_weight_column(data, l2, "level-2") if l2 is not None else np.ones(n)
+    design = make_design(formula, data)  # complete rows (lme4's na.omit)
+    if design.n_na_dropped:
+        cc = complete_rows(formula, data)
+        w1, w2 = w1[cc], w2[cc]
+    sw = weights_by_codes(design.group_index, np.asarray(design.group_levels), w1, w2,
+                          group=group, l1=l1, l2=l2, conditional=conditional_weights,
+                          scaling=weight_scaling)
+    design_notes = design.notes
+    if not sw.keep.all():  # rows or schools with weight 0: the design of the rest
+        rows = np.flatnonzero(complete_rows(formula, data))[sw.keep] if design.n_na_dropped \
+            else np.flatnonzero(sw.keep)
+        design = make_design(formula, data.iloc[rows])
+    w_group = sw.w_school.to_numpy(dtype=float)
     wrow = sw.a * w_group[design.group_index]
     gamma = _weighted_shift(design.X, design.y, wrow)
     cp = weighted_group_crossprods(design.Z, design.X, design.y - design.X @ gamma,
@@ -453,13 +471,10 @@ def lmer_weighted(
         ll = profiled_pseudo_loglik(th, cp, design.theta_to_T)
         return -2.0 * ll if math.isfinite(ll) else math.inf
 
-    opt = optimize_theta(fn, design.theta_start(), design.theta_lower, mode="tight",
+    opt = optimize_theta(fn, design.theta_start(), design.theta_lower, mode="lme4",
                          gradient=lambda th: _central_gradient(fn, th))
     theta = _newton_polish(fn, np.asarray(opt.theta, dtype=float), design.theta_lower)
-    notes = list(sw.notes)
-    if n_na:
-        notes.insert(0, f"{n_na} row(s) with missing values in the model's variables dropped")
-    notes += [n for n in design.notes if "missing" not in n]
+    notes = list(design_notes) + list(sw.notes)
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=3)
     return WeightedLmerFit(design=design, crossprods=cp, weights=sw,

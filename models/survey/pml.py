@@ -31,34 +31,95 @@ __all__ = [
 LOG2PI = math.log(2.0 * math.pi)
 
 
+def _school_factors(cp: WeightedCrossprods, Lam: np.ndarray
+                    ) -> tuple[list[list[np.ndarray]], np.ndarray]:
+    """Component-wise over the J schools (length-J vectors, q and p small): the Cholesky factor
+    R_j of L_j = I + ΛᵀS_zzΛ, V_j = R_j⁻¹ΛᵀP_j (rows a, columns k) and log|L_j|."""
+    q, p = cp.q, cp.p
+    szz, pp, _ = cp.columns
+    J = cp.n_groups
+    nz = [(c, b, float(Lam[c, b])) for c in range(q) for b in range(q) if Lam[c, b] != 0.0]
+    W = [[np.zeros(J) for _ in range(q)] for _ in range(q)]  # W = S_zz Λ
+    for d, b, v in nz:
+        for c in range(q):
+            W[c][b] = W[c][b] + v * szz[c][d]
+    Lm = [[None] * q for _ in range(q)]
+    for a in range(q):
+        for b in range(a + 1):
+            acc = np.full(J, 1.0 if a == b else 0.0)
+            for c, aa, v in nz:
+                if aa == a:
+                    acc = acc + v * W[c][b]
+            Lm[a][b] = acc
+    R = [[None] * q for _ in range(q)]
+    logdet = np.zeros(J)
+    for j in range(q):
+        dj = Lm[j][j] - sum((R[j][k] ** 2 for k in range(j)), np.zeros(J))
+        R[j][j] = np.sqrt(dj)
+        logdet += np.log(dj)
+        for i in range(j + 1, q):
+            R[i][j] = (Lm[i][j] - sum((R[i][k] * R[j][k] for k in range(j)), np.zeros(J))
+                       ) / R[j][j]
+    V = [[None] * (p + 1) for _ in range(q)]
+    for k in range(p + 1):
+        for a in range(q):
+            acc = np.zeros(J)
+            for c, aa, v in nz:
+                if aa == a:
+                    acc = acc + v * pp[c][k]
+            for b in range(a):
+                acc = acc - R[a][b] * V[b][k]
+            V[a][k] = acc / R[a][a]
+    return V, logdet
+
+
 def school_schur(cp: WeightedCrossprods, Lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """C_j (J, p+1, p+1) and log|L_j| = log|I + ΛᵀS_zzΛ| (J,) of every school (module docstring)."""
-    q = cp.q
-    Szz = cp.M[:, :q, :q]
-    P = cp.M[:, :q, q:]
-    Q = cp.M[:, q:, q:]
-    Lmat = np.einsum("ab,jbc,cd->jad", Lam.T, Szz, Lam) + np.eye(q)
-    LP = np.einsum("ab,jbk->jak", Lam.T, P)
-    sign, logdet = np.linalg.slogdet(Lmat)
-    C = Q - np.einsum("jak,jal->jkl", LP, np.linalg.solve(Lmat, LP))
+    """C_j (J, p+1, p+1) and log|L_j| = log|I + ΛᵀS_zzΛ| (J,) of every school (module
+    docstring): C_j = Q_j − V_jᵀV_j with V_j = R_j⁻¹ΛᵀP_j, R_jR_jᵀ = L_j."""
+    V, logdet = _school_factors(cp, Lam)
+    _, _, qq = cp.columns
+    m = cp.p + 1
+    C = np.empty((cp.n_groups, m, m))
+    for k in range(m):
+        for ll in range(k, m):
+            C[:, k, ll] = C[:, ll, k] = qq[k][ll] - sum(
+                (V[a][k] * V[a][ll] for a in range(cp.q)), np.zeros(cp.n_groups))
     return C, logdet
 
 
-def profile_theta(cp: WeightedCrossprods, Lam: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """β̂(θ), σ̂²(θ) and the profiled log pseudo-likelihood ℓ_p(θ).
+def profile_theta(cp: WeightedCrossprods, Lam: np.ndarray, compiled: bool = True
+                  ) -> tuple[np.ndarray, float, float]:
+    """β̂(θ), σ̂²(θ) and the profiled log pseudo-likelihood ℓ_p(θ) (``compiled``: the numba
+    loop of :mod:`.kernels`; otherwise component-wise NumPy).
 
     G = Σ_j w_j C_j[x,x], c = Σ_j w_j C_j[x,y], β̂ = G⁻¹c,
     σ̂² = (Σ_j w_j C_j[y,y] − cᵀβ̂) / N_w,
     ℓ_p = −½ N_w (log(2πσ̂²) + 1) − ½ Σ_j w_j log|L_j|.
     """
-    C, logdet = school_schur(cp, Lam)
-    Cs = np.einsum("j,jkl->kl", cp.w, C)
+    if compiled:
+        from twolevel.models.survey.kernels import weighted_schur_sums
+
+        Cs, wlogdet = weighted_schur_sums(cp.M, cp.w, np.ascontiguousarray(Lam, dtype=float),
+                                          cp.q)
+    else:
+        V, logdet = _school_factors(cp, Lam)
+        _, _, qq = cp.columns
+        w = cp.w
+        m = cp.p + 1
+        Cs = np.empty((m, m))
+        for k in range(m):
+            for ll in range(k, m):
+                Cs[k, ll] = Cs[ll, k] = float(w @ qq[k][ll]) - sum(
+                    float((w * V[a][k]) @ V[a][ll]) for a in range(cp.q))
+        wlogdet = float(w @ logdet)
     p = cp.p
     beta = np.linalg.solve(Cs[:p, :p], Cs[:p, p]) if p else np.zeros(0)
     r2 = float(Cs[p, p] - Cs[:p, p] @ beta)
     nw = cp.n_weighted
     sigma2 = r2 / nw
-    ll = -0.5 * nw * (LOG2PI + math.log(sigma2) + 1.0) - 0.5 * float(cp.w @ logdet)
+    if not sigma2 > 0:
+        return beta, sigma2, -math.inf
+    ll = -0.5 * nw * (LOG2PI + math.log(sigma2) + 1.0) - 0.5 * wlogdet
     return beta, sigma2, ll
 
 

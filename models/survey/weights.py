@@ -23,7 +23,8 @@ import pandas as pd
 
 from twolevel.data.errors import DataError
 
-__all__ = ["SCALINGS", "SurveyWeights", "check_weight_column", "survey_weights", "scale_level1"]
+__all__ = ["SCALINGS", "SurveyWeights", "check_weight_column", "check_weights_spec",
+           "scale_level1", "survey_weights", "weights_by_codes"]
 
 SCALINGS = ("none", "size", "effective")
 LEVEL2_RTOL = 1e-8  # a level-2 weight may vary within a school by this much (rounding)
@@ -40,7 +41,7 @@ class SurveyWeights:
     scaling : ``none``, ``size`` or ``effective``.
     keep : boolean mask of the input rows kept (weights positive, school weight positive).
     a : (n_kept,) conditional level-1 weights a*_ij after scaling.
-    w_school : {school label: w_j} of the schools kept.
+    w_school : w_j of the schools kept (a Series indexed by school label).
     n_zero_rows, n_zero_schools : rows and schools dropped because their weight was 0.
     """
 
@@ -50,7 +51,7 @@ class SurveyWeights:
     scaling: str
     keep: np.ndarray
     a: np.ndarray
-    w_school: dict
+    w_school: pd.Series
     n_zero_rows: int
     n_zero_schools: int
 
@@ -140,57 +141,81 @@ def survey_weights(data: pd.DataFrame, group: str, weights, conditional: bool = 
     >>> survey_weights(d, "s", ("w1", "w2")).a
     array([1., 2., 3.])
     """
+    l1, l2 = check_weights_spec(weights, scaling)
+    n = len(data)
+    w1 = check_weight_column(data, l1, "level-1") if l1 is not None else np.ones(n)
+    w2 = check_weight_column(data, l2, "level-2") if l2 is not None else np.ones(n)
+    g = data[group]
+    ok = ~g.isna().to_numpy()
+    codes, levels = pd.factorize(g[ok], sort=True)
+    sw = weights_by_codes(codes, np.asarray(levels), w1[ok], w2[ok], group=group, l1=l1, l2=l2,
+                          conditional=conditional, scaling=scaling)
+    keep = np.zeros(n, dtype=bool)
+    keep[ok] = sw.keep
+    return SurveyWeights(level1=l1, level2=l2, conditional=sw.conditional, scaling=scaling,
+                         keep=keep, a=sw.a, w_school=sw.w_school, n_zero_rows=sw.n_zero_rows,
+                         n_zero_schools=sw.n_zero_schools)
+
+
+def check_weights_spec(weights, scaling: str) -> tuple[str | None, str | None]:
+    """(level-1 column, level-2 column) after checking the pair and the scaling name."""
     if scaling not in SCALINGS:
         raise DataError(f"unknown weight scaling '{scaling}'; choose one of: {', '.join(SCALINGS)}")
     if not isinstance(weights, (tuple, list)) or len(weights) != 2:
         raise DataError(f"weights must be two column names (level 1, level 2), got {weights!r}; "
                         "use None for a level without weights")
-    l1, l2 = weights
-    n = len(data)
-    w1 = check_weight_column(data, l1, "level-1") if l1 is not None else np.ones(n)
-    w2 = check_weight_column(data, l2, "level-2") if l2 is not None else np.ones(n)
-    g = data[group]
-    ok_group = ~g.isna().to_numpy()
-    codes, levels = pd.factorize(g, sort=True)
+    return weights[0], weights[1]
+
+
+def weights_by_codes(codes: np.ndarray, levels: np.ndarray, w1: np.ndarray, w2: np.ndarray, *,
+                     group: str, l1: str | None, l2: str | None, conditional: bool,
+                     scaling: str) -> SurveyWeights:
+    """The core of :func:`survey_weights` on rows with school codes 0..J−1 (``levels`` their
+    labels) and checked weight values: w_j per school (refusing one that varies within a
+    school), a_ij, the rows and schools with weight 0 dropped, then the scaling. ``keep`` and
+    ``a`` refer to these rows."""
+    n = codes.shape[0]
     J = len(levels)
-    gc = codes[ok_group]
-    lo = np.full(J, np.inf)
-    hi = np.full(J, -np.inf)
-    np.minimum.at(lo, gc, w2[ok_group])
-    np.maximum.at(hi, gc, w2[ok_group])
-    varies = (hi - lo) > LEVEL2_RTOL * np.maximum(np.abs(hi), 1e-300)
-    if varies.any():
+    # the first row of each school (a reversed fancy assignment keeps the first), its weight w_j
+    first = np.full(J, -1)
+    first[codes[::-1]] = np.arange(n)[::-1]
+    present = first >= 0
+    wj = np.where(present, w2[np.maximum(first, 0)], np.inf)
+    wrow = wj[codes]
+    off = np.abs(w2 - wrow) > LEVEL2_RTOL * np.maximum(np.abs(wrow), 1e-300)
+    if off.any():
+        varies = np.bincount(codes, weights=off, minlength=J) > 0
         bad = [str(levels[k]) for k in np.flatnonzero(varies)[:5]]
         raise DataError(f"level-2 weight column '{l2}' varies within {int(varies.sum())} "
                         f"'{group}' group(s) (e.g. {', '.join(bad)}); a school weight must be "
                         "one value per school")
-    wj = lo  # per school (inf for a school with no rows: unused)
-    row_wj = np.where(ok_group, wj[np.where(codes >= 0, codes, 0)], np.nan)
     if conditional:
         a = w1
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
-            a = np.where(row_wj > 0, w1 / row_wj, 0.0)
-    keep_row = a > 0
-    school_w_pos = np.zeros(J, dtype=bool)
-    school_w_pos[gc] = True
-    school_w_pos &= wj > 0
-    school_any = np.zeros(J, dtype=bool)
-    np.logical_or.at(school_any, gc, keep_row[ok_group])
-    school_ok = school_w_pos & school_any
-    n_present = int(np.unique(gc).size)
-    n_zero_schools = n_present - int(school_ok.sum())
-    in_ok_school = np.zeros(n, dtype=bool)
-    in_ok_school[ok_group] = school_ok[gc]
-    n_zero_rows = int((in_ok_school & ~keep_row).sum())
-    keep = in_ok_school & keep_row
-    if not keep.any():
-        raise DataError(f"every '{group}' group has a weight of 0 (level-1 '{l1}', level-2 "
-                        f"'{l2}'): nothing left to fit")
-    kept_codes = codes[keep]
-    _, kc = np.unique(kept_codes, return_inverse=True)
-    a_kept = scale_level1(a[keep], kc, int(kc.max()) + 1, scaling)
-    w_school = {levels[k]: float(wj[k]) for k in np.flatnonzero(school_ok)}
+            a = np.where(wrow > 0, w1 / wrow, 0.0)
+    keep = a > 0
+    all_kept = bool(keep.all()) and bool(np.all(wj[present] > 0))
+    if all_kept:
+        school_ok = present
+        n_zero_rows = n_zero_schools = 0
+    else:
+        school_any = np.bincount(codes, weights=keep, minlength=J) > 0
+        school_ok = present & (wj > 0) & school_any
+        n_zero_schools = int(present.sum()) - int(school_ok.sum())
+        in_ok = school_ok[codes]
+        n_zero_rows = int((in_ok & ~keep).sum())
+        keep &= in_ok
+        if not keep.any():
+            raise DataError(f"every '{group}' group has a weight of 0 (level-1 '{l1}', "
+                            f"level-2 '{l2}'): nothing left to fit")
+    if school_ok.all():
+        kc, a_kept = codes[keep] if not all_kept else codes, a[keep] if not all_kept else a
+    else:
+        kc = (np.cumsum(school_ok) - 1)[codes[keep]]  # schools kept, renumbered in order
+        a_kept = a[keep]
+    a_kept = scale_level1(a_kept, kc, int(school_ok.sum()), scaling)
     return SurveyWeights(level1=l1, level2=l2, conditional=bool(conditional), scaling=scaling,
-                         keep=keep, a=a_kept, w_school=w_school, n_zero_rows=n_zero_rows,
-                         n_zero_schools=n_zero_schools)
+                         keep=keep, a=a_kept,
+                         w_school=pd.Series(wj[school_ok], index=levels[school_ok], name=l2),
+                         n_zero_rows=n_zero_rows, n_zero_schools=n_zero_schools)
