@@ -95,3 +95,21 @@ def test_errors_one_line_exit_2(argv, message, capsys):
     code, out, err = run_cli(capsys, *argv)
     assert code == 2 and out == ""
     assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_weighted_glmm_json(capsys, tmp_path):
+    from twolevel.data.loaders import load_data
+
+    d = load_data("sleepstudy")
+    d = d.assign(bin=(d["Reaction"] >= 300).astype(int),
+                 W1=np.where(d["Subject"].isin([308, 309, 310]), 2.0, 1.0), W2=1.0)
+    path = tmp_path / "ss.csv"
+    d.to_csv(path, index=False)
+    code, out, _ = run_cli(capsys, "fit", str(path), "bin ~ Days + (1|Subject)", "--weights",
+                           "W1", "W2", "--family", "binomial", "--nagq", "13", "--json",
+                           "--ranef", str(tmp_path / "re.csv"))
+    assert code == 0
+    js = json.loads(out)
+    assert js["loglik"] == pytest.approx(-93.7516876503, rel=1e-8)  # WeMix, survey-weights.md
+    assert BASE_KEYS | {"weights", "varcorr_se"} <= set(js)
+    assert (tmp_path / "re.csv").exists()

@@ -377,3 +377,43 @@ def test_compiled_kernel_equals_numpy(sleep):
         b2, s2, l2 = profile_theta(f.crossprods, Lam, compiled=False)
         np.testing.assert_allclose(b1 + f.shift, b2 + f.shift, rtol=1e-10)
         assert s1 == pytest.approx(s2, rel=1e-10) and l1 == pytest.approx(l2, rel=1e-12)
+
+
+# ------------------------------------------------------------------ weighted GLMMs
+
+
+def test_glmer_wemix_binomial_agq13(sleep):
+    """survey-weights.md §4.2 (WeMix test-1-main.R, ss1, nQuad = 13) and §4.3 (non-integer
+    weights, AGHQ 13)."""
+    from twolevel.models.glmm.glmer import glmer
+
+    d = sleep.assign(bin=(sleep["Reaction"] >= 300).astype(float))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = glmer("bin ~ Days + (1|Subject)", d, family="binomial", nAGQ=13,
+                  weights=("W1", "W2"))
+        g = glmer("bin ~ Days + (1|Subject)", d, family="binomial", nAGQ=13,
+                  weights=("W1u", "wj"))
+    assert rel(f.loglik, -93.7516876503) < 1e-8
+    assert rel(f.beta, [-3.34424154, 0.59273020]) < 1e-6
+    assert rel(f.se(), [0.92463361, 0.12437123]) < 1e-5
+    assert rel(f.tau**2, 4.12851390) < 1e-5
+    assert rel(g.loglik, -120.61703838) < 1e-8
+    assert rel(g.beta, [-3.631270322, 0.66398391684]) < 1e-6
+    assert rel(g.se(), [1.0359548967, 0.16919736756]) < 1e-5
+    assert rel(g.tau**2, 3.8163238597) < 1e-5
+    assert "adaptive Gauss-Hermite quadrature, 13 points" in g.summary()
+
+
+def test_glmer_weighted_refusals(sleep):
+    from twolevel.data.errors import FormulaError
+    from twolevel.models.glmm.glmer import glmer
+
+    d = sleep.assign(bin=(sleep["Reaction"] >= 300).astype(float))
+    with pytest.raises(FormulaError, match="weighted GLMMs support a random intercept only"):
+        glmer("bin ~ Days + (Days|Subject)", d, weights=("W1", "W2"))
+    with pytest.raises(DataError, match="response 'Reaction' must be 0/1"):
+        glmer("Reaction ~ Days + (1|Subject)", d, weights=("W1", "W2"))
+    f = glmer("bin ~ Days + (1|Subject)", d, weights=("W1", "W2"))
+    with pytest.raises(TwolevelError, match="likelihood-ratio test of weighted"):
+        f.anova(f)

@@ -1,5 +1,6 @@
 """``twolevel fit DATA FORMULA --weights L1 L2 [--pv COL …]``: the survey path of ``fit``.
 
+With ``--family binomial|poisson`` (and ``--nagq``) a weighted random-intercept GLMM is fitted.
 Weighted fits are pseudo-maximum likelihood (``--ml`` is implied; REML is not defined with
 sampling weights). ``--json`` prints the keys of an unweighted fit that apply — ``fixef``,
 ``se`` (robust; Rubin's √T with ``--pv``), ``varcorr``, ``loglik`` (the log pseudo-likelihood;
@@ -50,7 +51,9 @@ def _check(args: argparse.Namespace) -> None:
     if not args.weights and (args.conditional_weights or args.weight_scaling != "none"):
         raise TwolevelError("--conditional-weights and --weight-scaling need --weights L1COL L2COL")
     bad = [flag for flag, on in (
-        ("--family", args.family is not None), ("--hlm", args.hlm),
+        ("--family with --pv", args.family is not None and bool(args.pv)),
+        ("--family without --weights", args.family is not None and not args.weights),
+        ("--hlm", args.hlm),
         ("--schools", args.schools), ("--confint", args.confint is not None),
         ("--ddf", args.ddf != "satterthwaite"),
         ("--engine " + str(args.engine), args.engine not in ("auto", "memory")),
@@ -78,9 +81,19 @@ def run_survey(args: argparse.Namespace, data_name: str) -> int:
     reml = not args.ml and weights is None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit = lmer(formula, df, REML=reml, weights=weights,
-                   conditional_weights=args.conditional_weights,
-                   weight_scaling=args.weight_scaling, pv=args.pv, data_name=data_name)
+        if args.family is not None:
+            from twolevel.models.glmm.glmer import glmer
+
+            if args.link:
+                raise TwolevelError("weighted GLMMs use the canonical link (logit, log); drop "
+                                    "--link")
+            fit = glmer(formula, df, family=args.family, nAGQ=args.nagq, weights=weights,
+                        conditional_weights=args.conditional_weights,
+                        weight_scaling=args.weight_scaling, data_name=data_name)
+        else:
+            fit = lmer(formula, df, REML=reml, weights=weights,
+                       conditional_weights=args.conditional_weights,
+                       weight_scaling=args.weight_scaling, pv=args.pv, data_name=data_name)
         out = fit.to_dict()
         if weights is not None:
             out["weights"] = {"level1": weights[0], "level2": weights[1],
@@ -96,6 +109,7 @@ def run_survey(args: argparse.Namespace, data_name: str) -> int:
             print(str(w.message))
     if args.ranef:
         re = fit.ranef(cond_var=True)
-        keep = list(fit.design.z_names) + [f"condsd_{n}" for n in fit.design.z_names]
+        keep = [c for c in list(fit.design.z_names)
+                + [f"condsd_{n}" for n in fit.design.z_names] if c in re.columns]
         write_csv_atomic(re[keep].reset_index(), args.ranef)
     return 0
