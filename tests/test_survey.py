@@ -417,3 +417,40 @@ def test_glmer_weighted_refusals(sleep):
     f = glmer("bin ~ Days + (1|Subject)", d, weights=("W1", "W2"))
     with pytest.raises(TwolevelError, match="likelihood-ratio test of weighted"):
         f.anova(f)
+
+
+# ------------------------------------------------------------------ DuckDB and Dask
+
+
+@pytest.mark.parametrize("engine, scaling", [("duckdb", "none"), ("duckdb", "effective"),
+                                             ("dask", "size")])
+def test_scale_engines_equal_memory(sleep, tmp_path, engine, scaling):
+    d = sleep.assign(W1u=np.where(sleep.index == 4, 0.0, sleep["W1u"]))
+    path = tmp_path / "ss.parquet"
+    d.to_parquet(path, index=False)
+    f = "Reaction ~ Days + (Days|Subject)"
+    mem = wfit(f, d, ("W1u", "wj"), weight_scaling=scaling)
+    if engine == "dask":
+        import dask.dataframe as dd
+
+        src = dd.from_pandas(d, npartitions=3)
+    else:
+        src = str(path)
+    big = wfit(f, src, ("W1u", "wj"), weight_scaling=scaling, engine=engine)
+    assert big.loglik == pytest.approx(mem.loglik, rel=1e-9)
+    np.testing.assert_allclose(big.beta, mem.beta, rtol=1e-8)
+    np.testing.assert_allclose(big.se(), mem.se(), rtol=1e-6)
+    assert big.nobs == mem.nobs == 179 and big.ngroups == 18
+    assert big.weights.n_zero_rows == 1
+
+
+def test_scale_engine_bad_weights(sleep, tmp_path):
+    path = tmp_path / "ss.parquet"
+    sleep.assign(wj=np.where(sleep.index == 0, 9.0, sleep["wj"]),
+                 neg=-sleep["aij"]).to_parquet(path, index=False)
+    with pytest.raises(DataError, match="level-2 weight column 'wj' varies within 1 'Subject'"):
+        wfit(F, str(path), ("aij", "wj"), engine="duckdb", conditional_weights=True)
+    with pytest.raises(DataError, match="level-1 weight column 'neg' has 180 negative"):
+        wfit(F, str(path), ("neg", "wj"), engine="duckdb")
+    with pytest.raises(DataError, match="level-1 weight column 'nope' is not in the data"):
+        wfit(F, str(path), ("nope", "wj"), engine="duckdb")

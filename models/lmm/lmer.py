@@ -146,7 +146,8 @@ def lmer(
         return survey_lmer(formula, data, REML=REML, weights=weights,
                            conditional_weights=conditional_weights,
                            weight_scaling=weight_scaling, pv=pv, df_com=df_com,
-                           optimizer=optimizer, data_name=data_name, engine=engine)
+                           optimizer=optimizer, data_name=data_name, engine=engine,
+                           memory_limit=memory_limit, scheduler=scheduler)
     cp = None
     if choose_engine(data, engine, scheduler) == "memory" and isinstance(data, pd.DataFrame):
         design = make_design(formula, data)

@@ -45,7 +45,12 @@ def survey_lmer(formula: str, data, *, REML: bool, weights=None, conditional_wei
                   else [f"set {i + 1}" for i in range(len(formulas))])
         return fit_sets(fit_one, formulas, [data] * len(formulas), labels, weights is not None,
                         df_com)
-    if engine_opts.get("engine", "auto") not in ("auto", "memory"):
-        raise DataError("weighted fits run in memory for now (engine 'memory'); the DuckDB and "
-                        "Dask engines do not read weight columns yet")
+    if weights is not None and not isinstance(data, pd.DataFrame) or engine_opts.get(
+            "engine", "auto") not in ("auto", "memory"):
+        if weights is None:
+            raise DataError("the duckdb/dask engines are for weighted fits here; an unweighted "
+                            "fit of files goes through lmer without pv=")
+        return lmer_weighted(formula, data, weights, conditional_weights=conditional_weights,
+                             weight_scaling=weight_scaling, REML=REML, data_name=data_name,
+                             **engine_opts)
     return fit_one(formula, data)

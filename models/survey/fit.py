@@ -394,13 +394,17 @@ def lmer_weighted(
     weight_scaling: str = "none",
     REML: bool = False,
     data_name: str = "data",
+    engine: str = "auto",
+    memory_limit: str | None = None,
+    scheduler=None,
 ) -> WeightedLmerFit:
     """Fit a two-level linear mixed model with sampling weights by pseudo-maximum likelihood.
 
     Parameters
     ----------
     formula : lme4 formula with one grouping factor.
-    data : the rows (a pandas frame).
+    data : the rows: a pandas frame, or (engines duckdb/dask) Parquet/CSV paths or a
+        ``dask.dataframe``, read by SQL (:mod:`twolevel.models.survey.scale`).
     weights : (level-1 column, level-2 column), level 1 first as WeMix; ``None`` for a level
         of unit weights.
     conditional_weights : level-1 weights conditional on the school (Stata, Mplus) instead of
@@ -408,6 +412,7 @@ def lmer_weighted(
     weight_scaling : level-1 scaling within schools: ``none``, ``size`` or ``effective``.
     REML : must be False (REML with sampling weights is refused).
     data_name : the name printed in ``summary()``.
+    engine, memory_limit, scheduler : as ``lmer`` (where the weighted sums are computed).
 
     Returns
     -------
@@ -430,9 +435,21 @@ def lmer_weighted(
     """
     if REML:
         raise TwolevelError(REML_REFUSED)
+    from twolevel.models.design.sources import choose_engine
+
+    if choose_engine(data, engine, scheduler) != "memory":
+        from twolevel.models.survey.scale import weighted_statistics_at_scale
+
+        l1, l2 = check_weights_spec(weights, weight_scaling)
+        design, cp, sw, cp0 = weighted_statistics_at_scale(
+            formula, data, engine, (l1, l2), conditional=conditional_weights,
+            scaling=weight_scaling, memory_limit=memory_limit, scheduler=scheduler)
+        if data_name == "data":
+            data_name = design.source
+        return _fit_statistics(design, cp, sw, np.zeros(cp.p), design.theta_start(cp0),
+                               list(design.notes) + list(sw.notes), data_name)
     if not isinstance(data, pd.DataFrame):
-        raise DataError("weighted fits read a pandas data frame (engine 'memory'); load the "
-                        "file first (tl.read_table)")
+        data = data.compute() if hasattr(data, "compute") else data
     parsed = parse_formula(formula)
     groups = {b.group for b in parsed.bars}
     if len(groups) != 1:
@@ -463,18 +480,24 @@ def lmer_weighted(
     gamma = _weighted_shift(design.X, design.y, wrow)
     cp = weighted_group_crossprods(design.Z, design.X, design.y - design.X @ gamma,
                                    design.group_index, sw.a, w_group)
+    return _fit_statistics(design, cp, sw, gamma, design.theta_start(),
+                           list(design_notes) + list(sw.notes), data_name)
+
+
+def _fit_statistics(design, cp: WeightedCrossprods, sw: SurveyWeights, gamma: np.ndarray,
+                    start: np.ndarray, notes: list[str], data_name: str) -> WeightedLmerFit:
+    """Optimizer → frozen fit, from the weighted statistics (any engine)."""
     if cp.n_groups < 2:
-        raise DataError(f"only {cp.n_groups} '{group}' group with a positive weight: the "
-                        "sandwich needs at least 2 schools")
+        raise DataError(f"only {cp.n_groups} '{design.group}' group with a positive weight: "
+                        "the sandwich needs at least 2 schools")
 
     def fn(th: np.ndarray) -> float:
         ll = profiled_pseudo_loglik(th, cp, design.theta_to_T)
         return -2.0 * ll if math.isfinite(ll) else math.inf
 
-    opt = optimize_theta(fn, design.theta_start(), design.theta_lower, mode="lme4",
+    opt = optimize_theta(fn, start, design.theta_lower, mode="lme4",
                          gradient=lambda th: _central_gradient(fn, th))
     theta = _newton_polish(fn, np.asarray(opt.theta, dtype=float), design.theta_lower)
-    notes = list(design_notes) + list(sw.notes)
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=3)
     return WeightedLmerFit(design=design, crossprods=cp, weights=sw,
