@@ -113,3 +113,18 @@ def test_weighted_glmm_json(capsys, tmp_path):
     assert js["loglik"] == pytest.approx(-93.7516876503, rel=1e-8)  # WeMix, survey-weights.md
     assert BASE_KEYS | {"weights", "varcorr_se"} <= set(js)
     assert (tmp_path / "re.csv").exists()
+
+
+def test_weighted_duckdb_engine_equals_memory(capsys, tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "pisa.parquet"
+    pd.read_csv(PISA).to_parquet(path, index=False)
+    runs = []
+    for engine in ("memory", "duckdb"):
+        code, out, _ = run_cli(capsys, "fit", str(path), F, *W, "--engine", engine, "--json")
+        assert code == 0
+        runs.append(json.loads(out))
+    assert runs[1]["loglik"] == pytest.approx(runs[0]["loglik"], rel=1e-9)
+    assert list(runs[1]["fixef"].values()) == pytest.approx(list(runs[0]["fixef"].values()),
+                                                            rel=1e-8)

@@ -7,7 +7,8 @@ sampling weights). ``--json`` prints the keys of an unweighted fit that apply â€
 the mean over sets with ``--pv``), ``nobs``, ``ngroups`` â€” plus ``weights`` {level1, level2,
 conditional, scaling}, ``varcorr_se`` {variances, covariances, residual} (sandwich; pooled by
 Rubin's rules with ``--pv``) and, with ``--pv``, ``pv`` {m, within, between, total, riv, fmi,
-df_rubin, df_barnard_rubin, df_com}.
+df_rubin, df_barnard_rubin, df_com}. ``--engine duckdb|dask`` (and ``--scheduler``) compute the
+weighted sums where the files are (not with ``--pv`` or ``--family``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import warnings
 from twolevel.data.errors import TwolevelError
 from twolevel.data.loaders import load_data
 from twolevel.models.lmm.lmer import lmer
+from twolevel.workflows.commands import resolve_data
 from twolevel.workflows.commands.ols import write_csv_atomic
 
 __all__ = ["add_arguments", "wanted", "run_survey"]
@@ -56,8 +58,9 @@ def _check(args: argparse.Namespace) -> None:
         ("--hlm", args.hlm),
         ("--schools", args.schools), ("--confint", args.confint is not None),
         ("--ddf", args.ddf != "satterthwaite"),
-        ("--engine " + str(args.engine), args.engine not in ("auto", "memory")),
-        ("--scheduler", bool(args.scheduler)),
+        ("--engine duckdb|dask with --pv or --family",
+         (args.engine not in ("auto", "memory") or bool(args.scheduler))
+         and (bool(args.pv) or args.family is not None)),
     ) if on]
     if bad:
         raise TwolevelError(f"{', '.join(bad)} cannot be combined with --weights/--pv; weighted "
@@ -70,7 +73,12 @@ def _check(args: argparse.Namespace) -> None:
 def run_survey(args: argparse.Namespace, data_name: str) -> int:
     """Fit, then print the summary or the JSON object."""
     _check(args)
-    df = load_data(args.data)
+    if args.pv or args.family is not None:
+        df, opts = load_data(args.data), {}
+    else:
+        df, engine, opts = resolve_data(args)
+        opts = {k: v for k, v in opts.items() if k in ("memory_limit", "scheduler")}
+        opts["engine"] = engine
     weights = tuple(args.weights) if args.weights else None
     formula = args.formula
     if args.pv:
@@ -93,7 +101,8 @@ def run_survey(args: argparse.Namespace, data_name: str) -> int:
         else:
             fit = lmer(formula, df, REML=reml, weights=weights,
                        conditional_weights=args.conditional_weights,
-                       weight_scaling=args.weight_scaling, pv=args.pv, data_name=data_name)
+                       weight_scaling=args.weight_scaling, pv=args.pv, data_name=data_name,
+                       **opts)
         out = fit.to_dict()
         if weights is not None:
             out["weights"] = {"level1": weights[0], "level2": weights[1],
