@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 
 from twolevel.data.errors import DataError
@@ -26,7 +28,8 @@ def survey_lmer(formula: str, data, *, REML: bool, weights=None, conditional_wei
         return lmer_weighted(f, d, weights, conditional_weights=conditional_weights,
                              weight_scaling=weight_scaling, REML=REML, data_name=data_name)
 
-    if isinstance(data, (list, tuple)):
+    if isinstance(data, (list, tuple)) and not all(isinstance(d, (str, os.PathLike))
+                                                   for d in data):
         if pv is not None:
             raise DataError("give either pv=[...] (plausible values in one data set) or a list "
                             "of imputed data sets, not both")
