@@ -454,3 +454,22 @@ def test_scale_engine_bad_weights(sleep, tmp_path):
         wfit(F, str(path), ("neg", "wj"), engine="duckdb")
     with pytest.raises(DataError, match="level-1 weight column 'nope' is not in the data"):
         wfit(F, str(path), ("nope", "wj"), engine="duckdb")
+
+
+def test_glmer_pv_pooled(sleep):
+    from twolevel.models.glmm.glmer import glmer
+
+    rng = np.random.default_rng(2)
+    d = sleep.copy()
+    for m in (1, 2, 3):
+        d[f"b{m}"] = ((d["Reaction"] + rng.normal(0, 20, len(d))) >= 300).astype(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = glmer("b1 ~ Days + (1|Subject)", d, family="binomial", weights=("W1u", "wj"),
+                  pv=["b1", "b2", "b3"])
+        fits = [glmer(f"b{m} ~ Days + (1|Subject)", d, family="binomial",
+                      weights=("W1u", "wj")) for m in (1, 2, 3)]
+    q = np.array([f.beta for f in fits])
+    u = np.array([f.se().to_numpy() ** 2 for f in fits])
+    np.testing.assert_allclose(p.pool.total, u.mean(0) + (4 / 3) * q.var(0, ddof=1), rtol=1e-9)
+    assert set(p.to_dict()["varcorr_se"]) == {"variances", "covariances"}

@@ -106,7 +106,7 @@ def _conv_messages(H: np.ndarray | None, g: np.ndarray | None, singular: bool,
 def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str | None = None,
           nAGQ: int = 1, optimizer: str = "lme4", weights=None,
           data_name: str = "data", conditional_weights: bool = False,
-          weight_scaling: str = "none") -> GlmerFit:
+          weight_scaling: str = "none", pv=None, df_com: float | None = None) -> GlmerFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) to ``data`` as ``lme4::glmer``.
 
     Parameters
@@ -124,7 +124,19 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
         tuple of two column names (level 1, level 2) are sampling weights: a pseudo-maximum
         likelihood fit with robust SEs (:mod:`twolevel.models.survey.glmm`; random intercept;
         ``conditional_weights``, ``weight_scaling`` as in ``lmer``).
+    pv, df_com : plausible values (or a list of imputed frames as ``data``), pooled by Rubin's
+        rules as in ``lmer``.
     """
+    if pv is not None or (isinstance(data, (list, tuple)) and data
+                          and all(isinstance(d, pd.DataFrame) for d in data)):
+        from twolevel.models.survey.api import survey_sets
+
+        return survey_sets(lambda f, d: glmer(f, d, family=family, link=link, nAGQ=nAGQ,
+                                              optimizer=optimizer, weights=weights,
+                                              data_name=data_name,
+                                              conditional_weights=conditional_weights,
+                                              weight_scaling=weight_scaling),
+                           formula, data, pv, isinstance(weights, tuple), df_com)
     if isinstance(weights, tuple) and len(weights) == 2 and all(
             w is None or isinstance(w, str) for w in weights):
         from twolevel.models.survey.glmm import glmer_weighted

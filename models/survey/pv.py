@@ -138,9 +138,10 @@ class PooledFit:
                 q = np.array([v[key][k] for v in vcs])
                 u = np.array([s[key][k] for s in ses]) ** 2
                 out[key][k] = float(np.sqrt(u.mean() + (1 + 1 / M) * q.var(ddof=1)))
-        q = np.array([v["residual"] for v in vcs])
-        u = np.array([s["residual"] for s in ses]) ** 2
-        out["residual"] = float(np.sqrt(u.mean() + (1 + 1 / M) * q.var(ddof=1)))
+        if "residual" in ses[0] and "residual" in vcs[0]:
+            q = np.array([v["residual"] for v in vcs])
+            u = np.array([s["residual"] for s in ses]) ** 2
+            out["residual"] = float(np.sqrt(u.mean() + (1 + 1 / M) * q.var(ddof=1)))
         return out
 
     def coef_table(self) -> pd.DataFrame:
