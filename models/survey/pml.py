@@ -75,7 +75,20 @@ def _school_factors(cp: WeightedCrossprods, Lam: np.ndarray
 
 def school_schur(cp: WeightedCrossprods, Lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """C_j (J, p+1, p+1) and log|L_j| = log|I + ΛᵀS_zzΛ| (J,) of every school (module
-    docstring): C_j = Q_j − V_jᵀV_j with V_j = R_j⁻¹ΛᵀP_j, R_jR_jᵀ = L_j."""
+    docstring): C_j = Q_j − V_jᵀV_j with V_j = R_j⁻¹ΛᵀP_j, R_jR_jᵀ = L_j.
+
+    Parameters
+    ----------
+    cp : the weighted statistics.  Lam : Λ (q × q).
+
+    Returns
+    -------
+    (C, logdet) : (J, p+1, p+1) and (J,) arrays.
+
+    Examples
+    --------
+    >>> # C, logdet = school_schur(fit.crossprods, fit.design.theta_to_T(fit.theta))
+    """
     V, logdet = _school_factors(cp, Lam)
     _, _, qq = cp.columns
     m = cp.p + 1
@@ -186,7 +199,20 @@ def beta_sandwich(cp: WeightedCrossprods, Lam: np.ndarray, beta: np.ndarray,
     """Robust covariance of β̂ (WeMix's CR-0, ≈ Stata's) and the model-based one.
 
     A = Σ_j w_j C_j[x,x] / σ²  (bread), s_j = w_j (C_j[x,y] − C_j[x,x]β) / σ² (school score),
-    B = J/(J−1) Σ_j s_j s_jᵀ (meat), V = A⁻¹ B A⁻¹. Returns (V, A⁻¹)."""
+    B = J/(J−1) Σ_j s_j s_jᵀ (meat), V = A⁻¹ B A⁻¹.
+
+    Parameters
+    ----------
+    cp : statistics.  Lam : Λ.  beta : β̂ (of the statistics' response).  sigma2 : σ̂².
+
+    Returns
+    -------
+    (V, A⁻¹) : the robust and the model-based covariance of β̂.
+
+    Examples
+    --------
+    >>> # V, V_model = beta_sandwich(cp, Lam, beta, sigma2)
+    """
     C, _ = school_schur(cp, Lam)
     p = cp.p
     A = np.einsum("j,jkl->kl", cp.w, C[:, :p, :p]) / sigma2
@@ -201,7 +227,20 @@ def conditional_modes(cp: WeightedCrossprods, Lam: np.ndarray, beta: np.ndarray,
                       sigma2: float) -> tuple[np.ndarray, np.ndarray]:
     """Conditional modes of the school effects and their conditional covariances:
 
-    û_j = Λ L_j⁻¹ Λᵀ (S_zy − S_zxβ),  Var(u_j | y) = σ² Λ L_j⁻¹ Λᵀ (a-weighted data)."""
+    û_j = Λ L_j⁻¹ Λᵀ (S_zy − S_zxβ),  Var(u_j | y) = σ² Λ L_j⁻¹ Λᵀ (a-weighted data).
+
+    Parameters
+    ----------
+    cp : statistics.  Lam : Λ.  beta : β̂.  sigma2 : σ̂².
+
+    Returns
+    -------
+    (u, V) : (J, q) modes and (J, q, q) conditional covariances.
+
+    Examples
+    --------
+    >>> # u, V = conditional_modes(cp, Lam, beta, sigma2)
+    """
     q, p = cp.q, cp.p
     Szz = cp.M[:, :q, :q]
     Lmat = np.einsum("ab,jbc,cd->jad", Lam.T, Szz, Lam) + np.eye(q)
@@ -216,7 +255,22 @@ def conditional_modes(cp: WeightedCrossprods, Lam: np.ndarray, beta: np.ndarray,
 def vc_vector(theta: np.ndarray, sigma: float, theta_to_T, pairs: list[tuple[int, int]]
               ) -> np.ndarray:
     """(variances of the random effects, their covariances at ``pairs``, σ²) from (θ, σ):
-    Σ = σ²ΛΛᵀ."""
+    Σ = σ²ΛΛᵀ.
+
+    Parameters
+    ----------
+    theta, sigma : θ and σ.  theta_to_T : θ → Λ.  pairs : (i, j) of the covariances.
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> vc_vector(np.array([2.0]), 3.0, lambda t: t.reshape(1, 1), [])
+    array([36.,  9.])
+    """
     Lam = theta_to_T(theta)
     S = sigma**2 * (Lam @ Lam.T)
     return np.concatenate([np.diag(S), [S[i, j] for i, j in pairs], [sigma**2]])
@@ -237,7 +291,22 @@ def varcomp_sandwich(cp: WeightedCrossprods, theta: np.ndarray, beta: np.ndarray
     φ = (θ, σ); g_j = w_j ∂ℓ_j/∂φ, H = ∂²ℓ_PL/∂φ² (central differences of the closed-form
     ℓ_j); V_φ = H⁻¹ [J/(J−1) Σ_j g_j g_jᵀ] H⁻¹; then the delta method to
     (variances, covariances, σ²) of :func:`vc_vector`. The result does not depend on how φ
-    is parametrised (the score is zero at the optimum)."""
+    is parametrised (the score is zero at the optimum).
+
+    Parameters
+    ----------
+    cp : statistics.  theta, beta, sigma2 : the estimates.  theta_to_T : θ → Λ.
+    pairs : (i, j) of the covariances (``VarCorr.pairs`` order).
+
+    Returns
+    -------
+    numpy.ndarray
+        The covariance of (variances, covariances, σ²).
+
+    Examples
+    --------
+    >>> # V = varcomp_sandwich(cp, theta, beta, sigma2, design.theta_to_T, pairs)
+    """
     phi = np.append(np.asarray(theta, dtype=float), math.sqrt(sigma2))
     k = phi.size
     h = _steps(phi)

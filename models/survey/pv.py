@@ -27,6 +27,23 @@ __all__ = ["PooledFit", "fit_sets", "pv_formulas"]
 def pv_formulas(formula: str, pv, data: pd.DataFrame) -> list[str]:
     """One formula per set: ``pv`` a list of response columns, or {variable: [columns]}.
 
+    Parameters
+    ----------
+    formula : the model; its response (list form) or the dict's variables are replaced.
+    pv : list of columns, or {variable: [columns]} (lists of equal length).
+    data : the frame holding the columns.
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> d = pd.DataFrame({"pv1": [1.0], "pv2": [2.0], "g": [1]})
+    >>> pv_formulas("pv1 ~ 1 + (1|g)", ["pv1", "pv2"], d)
+    ['pv1 ~ 1 + (1|g)', 'pv2 ~ 1 + (1|g)']
+
     Raises
     ------
     DataError
@@ -209,7 +226,27 @@ def fit_sets(fit_one, formulas: list[str], frames: list[pd.DataFrame], labels: l
              weighted: bool, df_com: float | None = None) -> PooledFit:
     """Fit ``fit_one(formula, frame)`` for each set and pool the fixed effects.
 
-    ``df_com`` defaults to nobs − p of the first fit (``mice``'s and MLMusingR's convention)."""
+    Parameters
+    ----------
+    fit_one : (formula, frame) → fit with ``fixef()``, ``vcov()``, ``nobs``, ``design``.
+    formulas, frames, labels : one per set.  weighted : the fits used sampling weights.
+    df_com : complete-data df; default nobs − p of the first fit (``mice``'s and MLMusingR's
+        convention).
+
+    Returns
+    -------
+    PooledFit
+
+    Raises
+    ------
+    DataError
+        The sets' fits have different fixed effects (factor levels differ).
+
+    Examples
+    --------
+    >>> # fit_sets(lambda f, d: tl.lmer(f, d, REML=False), ["y1 ~ x + (1|g)", "y2 ~ x + (1|g)"],
+    >>> #          [d, d], ["y1", "y2"], weighted=False)
+    """
     fits = tuple(fit_one(f, d) for f, d in zip(formulas, frames, strict=True))
     names = [tuple(f.design.x_names) for f in fits]
     if len(set(names)) > 1:

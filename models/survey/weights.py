@@ -101,7 +101,22 @@ def check_weight_column(data: pd.DataFrame, col: str, level: str) -> np.ndarray:
 def scale_level1(a: np.ndarray, codes: np.ndarray, n_groups: int, scaling: str) -> np.ndarray:
     """Rescale conditional level-1 weights within each school (module docstring).
 
-    ``size``: a·n_j/Σa; ``effective``: a·Σa/Σa². Schools must have Σa > 0."""
+    ``size``: a·n_j/Σa; ``effective``: a·Σa/Σa². Schools must have Σa > 0.
+
+    Parameters
+    ----------
+    a : (n,) weights.  codes : (n,) school codes.  n_groups : J.  scaling : the method.
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> scale_level1(np.array([1.0, 3.0]), np.array([0, 0]), 1, "size")
+    array([0.5, 1.5])
+    """
     if scaling == "none":
         return a
     s1 = np.bincount(codes, weights=a, minlength=n_groups)
