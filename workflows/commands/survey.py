@@ -110,12 +110,14 @@ def run_survey(args: argparse.Namespace, data_name: str) -> int:
                               "scaling": args.weight_scaling}
     if args.json:
         print(json.dumps(out, indent=2))
-        for w in caught:
-            print(f"twolevel fit: note: {w.message}", file=sys.stderr)
+        for msg in dict.fromkeys(str(w.message) for w in caught):
+            print(f"twolevel fit: note: {msg}", file=sys.stderr)
     else:
         print(fit.summary())
-        for w in caught:
-            print(str(w.message))
+        shown = set(getattr(fit, "notes", ()))
+        for msg in dict.fromkeys(str(w.message) for w in caught):  # once, not once per PV
+            if msg not in shown:
+                print(msg)
     if args.ranef:
         re = fit.ranef(cond_var=True)
         keep = [c for c in list(fit.design.z_names)
