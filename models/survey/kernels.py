@@ -12,7 +12,7 @@ import numpy as np
 __all__ = ["weighted_schur_sums"]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def weighted_schur_sums(M: np.ndarray, w: np.ndarray, Lam: np.ndarray, q: int
                         ) -> tuple[np.ndarray, float]:
     """Σ_j w_j C_j and Σ_j w_j log|L_j| with L_j = I + ΛᵀS_zzΛ = R_jR_jᵀ and
