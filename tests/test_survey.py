@@ -473,3 +473,16 @@ def test_glmer_pv_pooled(sleep):
     u = np.array([f.se().to_numpy() ** 2 for f in fits])
     np.testing.assert_allclose(p.pool.total, u.mean(0) + (4 / 3) * q.var(0, ddof=1), rtol=1e-9)
     assert set(p.to_dict()["varcorr_se"]) == {"variances", "covariances"}
+
+
+def test_q2_kernel_equals_general_kernel():
+    from twolevel.models.survey.kernels import weighted_schur_sums, weighted_schur_sums_q2
+
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(50, 5, 5))
+    M = np.einsum("jab,jcb->jac", A, A) + np.eye(5)
+    w = rng.uniform(1, 3, 50)
+    Lam = np.array([[1.1, 0.0], [0.2, 0.5]])
+    a, b = weighted_schur_sums(M, w, Lam, 2), weighted_schur_sums_q2(M, w, Lam)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-13)
+    assert a[1] == pytest.approx(b[1], rel=1e-14)

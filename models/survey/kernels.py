@@ -9,7 +9,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["weighted_schur_sums"]
+__all__ = ["weighted_schur_sums", "weighted_schur_sums_q2"]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -68,6 +68,46 @@ def weighted_schur_sums(M: np.ndarray, w: np.ndarray, Lam: np.ndarray, q: int
                 for a in range(q):
                     s -= V[a, k] * V[a, ll]
                 Cs[k, ll] += wj * s
+    for k in range(r):
+        for ll in range(k):
+            Cs[k, ll] = Cs[ll, k]
+    return Cs, logdet
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def weighted_schur_sums_q2(M: np.ndarray, w: np.ndarray, Lam: np.ndarray
+                           ) -> tuple[np.ndarray, float]:
+    """:func:`weighted_schur_sums` for q = 2 (a random intercept and slope; Λ lower
+    triangular), written out in scalars."""
+    J, m, _ = M.shape
+    r = m - 2
+    l00, l10, l11 = Lam[0, 0], Lam[1, 0], Lam[1, 1]
+    Cs = np.zeros((r, r))
+    v0 = np.empty(r)
+    v1 = np.empty(r)
+    logdet = 0.0
+    for j in range(J):
+        s00, s01, s11 = M[j, 0, 0], M[j, 0, 1], M[j, 1, 1]
+        a00 = s00 * l00 + s01 * l10
+        a10 = s01 * l00 + s11 * l10
+        L00 = l00 * a00 + l10 * a10 + 1.0
+        L10 = l11 * a10
+        L11 = l11 * s11 * l11 + 1.0
+        r00 = math.sqrt(L00)
+        r10 = L10 / r00
+        d11 = L11 - r10 * r10
+        r11 = math.sqrt(d11)
+        wj = w[j]
+        logdet += wj * (math.log(L00) + math.log(d11))
+        for k in range(r):
+            p0 = M[j, 0, 2 + k]
+            p1 = M[j, 1, 2 + k]
+            x0 = (l00 * p0 + l10 * p1) / r00
+            v0[k] = x0
+            v1[k] = (l11 * p1 - r10 * x0) / r11
+        for k in range(r):
+            for ll in range(k, r):
+                Cs[k, ll] += wj * (M[j, 2 + k, 2 + ll] - v0[k] * v0[ll] - v1[k] * v1[ll])
     for k in range(r):
         for ll in range(k):
             Cs[k, ll] = Cs[ll, k]

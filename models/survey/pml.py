@@ -110,10 +110,13 @@ def profile_theta(cp: WeightedCrossprods, Lam: np.ndarray, compiled: bool = True
     ℓ_p = −½ N_w (log(2πσ̂²) + 1) − ½ Σ_j w_j log|L_j|.
     """
     if compiled:
-        from twolevel.models.survey.kernels import weighted_schur_sums
+        from twolevel.models.survey.kernels import weighted_schur_sums, weighted_schur_sums_q2
 
-        Cs, wlogdet = weighted_schur_sums(cp.M, cp.w, np.ascontiguousarray(Lam, dtype=float),
-                                          cp.q)
+        Lc = np.ascontiguousarray(Lam, dtype=float)
+        if cp.q == 2 and Lc[0, 1] == 0.0:
+            Cs, wlogdet = weighted_schur_sums_q2(cp.M, cp.w, Lc)
+        else:
+            Cs, wlogdet = weighted_schur_sums(cp.M, cp.w, Lc, cp.q)
     else:
         V, logdet = _school_factors(cp, Lam)
         _, _, qq = cp.columns
