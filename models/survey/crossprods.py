@@ -17,6 +17,8 @@ from functools import cached_property
 
 import numpy as np
 
+from twolevel.models.survey.kernels import weighted_group_sums
+
 __all__ = ["WeightedCrossprods", "weighted_group_crossprods"]
 
 
@@ -74,7 +76,7 @@ class WeightedCrossprods:
 
 def weighted_group_crossprods(Z: np.ndarray, X: np.ndarray, y: np.ndarray, codes: np.ndarray,
                               a: np.ndarray, w_group: np.ndarray) -> WeightedCrossprods:
-    """Σ_i a_ij v v ᵀ per group, v = (z, x, y), one ``bincount`` per distinct product (columns
+    """Σ_i a_ij v v ᵀ per group, v = (z, x, y), in one compiled pass over the rows (columns
     shared by Z and X, and the intercept, are summed once).
 
     Parameters
@@ -109,30 +111,20 @@ def weighted_group_crossprods(Z: np.ndarray, X: np.ndarray, y: np.ndarray, codes
         for k, u in enumerate(distinct):
             if u is v or np.array_equal(u, v):
                 return k
-        distinct.append(np.ascontiguousarray(v, dtype=float))
+        distinct.append(v)
         return len(distinct) - 1
 
     ids = [col_id(c) for c in cols]
-    av = [a * c for c in distinct]
-    n_star = np.bincount(codes, weights=a, minlength=J)
-    cache: dict[tuple[int, int], np.ndarray] = {}
-
-    def gsum(i: int, k: int) -> np.ndarray:
-        key = (min(i, k), max(i, k))
-        if key not in cache:
-            lo, hi = key
-            if hi == -1:
-                cache[key] = n_star
-            elif lo == -1:
-                cache[key] = np.bincount(codes, weights=av[hi], minlength=J)
-            else:
-                cache[key] = np.bincount(codes, weights=av[lo] * distinct[hi], minlength=J)
-        return cache[key]
-
+    D = np.empty((len(distinct), codes.shape[0]))
+    for k, u in enumerate(distinct):
+        D[k] = u
+    S = weighted_group_sums(D, np.ascontiguousarray(codes, dtype=np.int64),
+                            np.ascontiguousarray(a, dtype=float), J)
+    n_star = np.ascontiguousarray(S[:, 0, 0])
     M = np.empty((J, m, m))
     for k in range(m):
         for ll in range(k, m):
-            M[:, k, ll] = M[:, ll, k] = gsum(ids[k], ids[ll])
+            M[:, k, ll] = M[:, ll, k] = S[:, ids[k] + 1, ids[ll] + 1]
     return WeightedCrossprods(
         M=M, n_star=n_star, w=np.asarray(w_group, dtype=float),
         n=np.bincount(codes, minlength=J), q=int(Z.shape[1]), p=int(X.shape[1]),

@@ -9,7 +9,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["weighted_schur_sums", "weighted_schur_sums_q2"]
+__all__ = ["weighted_group_sums", "weighted_schur_sums", "weighted_schur_sums_q2"]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -112,3 +112,28 @@ def weighted_schur_sums_q2(M: np.ndarray, w: np.ndarray, Lam: np.ndarray
         for ll in range(k):
             Cs[k, ll] = Cs[ll, k]
     return Cs, logdet
+
+
+@numba.njit(cache=True, nogil=True)
+def weighted_group_sums(cols: np.ndarray, codes: np.ndarray, a: np.ndarray, n_groups: int
+                        ) -> np.ndarray:
+    """One pass over the rows: S[g, k, l] = Σ_{i in g} a_i c_ik c_il with c_i0 = 1 and
+    c_ik = ``cols[k − 1, i]`` (``cols`` is (d, n)); returns (J, d+1, d+1), symmetric."""
+    d, n = cols.shape
+    S = np.zeros((n_groups, d + 1, d + 1))
+    c = np.empty(d + 1)
+    c[0] = 1.0
+    for i in range(n):
+        g = codes[i]
+        ai = a[i]
+        for k in range(d):
+            c[k + 1] = cols[k, i]
+        for k in range(d + 1):
+            ak = ai * c[k]
+            for ll in range(k, d + 1):
+                S[g, k, ll] += ak * c[ll]
+    for g in range(n_groups):
+        for k in range(d + 1):
+            for ll in range(k):
+                S[g, k, ll] = S[g, ll, k]
+    return S
