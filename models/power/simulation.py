@@ -23,11 +23,12 @@ import math
 import multiprocessing as mp
 import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models.design import Design, group_crossprods, make_design
@@ -36,11 +37,11 @@ from twolevel.models.inference.simulate import _NoiseBasis, simulate_crossprods
 from twolevel.models.lmm.deviance import criterion, make_deviance, pls_state, sigma_hat
 from twolevel.models.lmm.optimize import optimize_theta
 from twolevel.models.lmm.results import LmerFit
-from twolevel.models.lmm.satterthwaite import contest1d
+from twolevel.models.lmm.satterthwaite import varpar_info
 from twolevel.models.power.analytic import StudyDesign
 
 __all__ = ["TESTS", "PowerCurve", "SimulationJob", "design_population", "extend", "power",
-           "run_simulations", "wilson_interval"]
+           "run_simulations", "satterthwaite_p", "wilson_interval"]
 
 TESTS = ("satterthwaite", "kenward-roger", "lrt")
 
@@ -59,6 +60,18 @@ def wilson_interval(k: int, m: int, level: float = 0.95) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------- the model
+
+
+def satterthwaite_p(fit: LmerFit, column: int) -> float:
+    """lmerTest's ``contest1D`` for one coefficient k: C = vcov(β̂), A = vcov(θ̂, σ̂) (numDeriv
+    Hessian), g_m = ∂C_kk/∂varpar_m, ν = 2C_kk²/(gᵀAg), t = β̂_k/√C_kk, p = 2F_t(−|t|; ν)
+    (:func:`~twolevel.models.lmm.satterthwaite.contest1d` with scipy's ``stdtr`` for speed)."""
+    info = varpar_info(fit)
+    var = float(info.vcov_beta[column, column])
+    g = info.jacobian[:, column, column]
+    nu = 2.0 * var * var / float(g @ info.vcov_varpar @ g)
+    t = float(fit.state.beta[column]) / math.sqrt(var)
+    return float(2.0 * special.stdtr(nu, -abs(t)))
 
 
 @dataclass(frozen=True)
@@ -108,7 +121,7 @@ class _Prepared:
             if job.test == "satterthwaite":
                 fit = LmerFit(design=d, crossprods=cps, reml=True,
                               theta=np.asarray(opt.theta, float), state=st, optsum=opt)
-                return float(contest1d(fit, L)["Pr(>|t|)"])
+                return satterthwaite_p(fit, job.column)
             if job.test == "kenward-roger":
                 kr = kenward_roger(d, cps, np.asarray(opt.theta, float), sigma_hat(st, True),
                                    L=L, beta=st.beta)
@@ -181,8 +194,13 @@ def run_simulations(
             if report(out):
                 break
     else:
-        ctx = mp.get_context("fork")
-        with ctx.Pool(n_jobs, initializer=_init_worker, initargs=(prep,)) as pool:
+        ctx = mp.get_context("fork")  # the workers inherit the prepared job, nothing pickled
+        with warnings.catch_warnings():
+            # Python ≥ 3.12 warns on fork() with threads (BLAS, numba); the children run only
+            # NumPy/NLopt code of this job and start no threads of their own
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pool = ctx.Pool(n_jobs, initializer=_init_worker, initargs=(prep,))
+        with pool:
             for res in pool.imap(_chunk, chunks):
                 out.append(res)
                 if report(out):
