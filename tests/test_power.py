@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import integrate, special, stats
-
-import twolevel as tl
 from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models.power.analytic import StudyDesign, power_analytic, power_t
 from twolevel.models.power.simulation import SimulationJob, design_population, run_simulations
 from twolevel.workflows.cli import main
+
+import twolevel as tl
 
 GOLDENS = Path(__file__).parent / "goldens"
 
@@ -31,9 +31,11 @@ def _powerup(design, J, n, rho, K=1, rho3=0.0, r21=0.0, r22=0.0, r23=0.0, omega=
     R/bcra3r2.R (J schools in two-level designs, K = J schools of ``K`` classes in three)."""
     pq = P * (1 - P)
     if design == "cra2":
-        return math.sqrt(rho * (1 - r22) / (pq * J) + (1 - rho) * (1 - r21) / (pq * J * n)), J - g - 2
+        return (math.sqrt(rho * (1 - r22) / (pq * J) + (1 - rho) * (1 - r21) / (pq * J * n)),
+                J - g - 2)
     if design == "bira2":
-        return math.sqrt(rho * omega * (1 - r2t) / J + (1 - rho) * (1 - r21) / (pq * J * n)), J - g - 1
+        return (math.sqrt(rho * omega * (1 - r2t) / J + (1 - rho) * (1 - r21) / (pq * J * n)),
+                J - g - 1)
     if design == "bira2c":
         return math.sqrt((1 - r21) / (pq * J * n)), J * (n - 1) - g - 1
     if design == "cra3":

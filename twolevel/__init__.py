@@ -125,13 +125,6 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
     )
     from twolevel.models.bayes.predict import bayes_icc, bayes_r2, predict_bayes  # noqa: F401
     from twolevel.models.bayes.priors import ModelPriors, Prior, default_priors  # noqa: F401
-    from twolevel.models.power.analytic import (  # noqa: F401
-        PowerResult,
-        StudyDesign,
-        power_analytic,
-        study_design,
-    )
-    from twolevel.models.power.simulation import PowerCurve, extend, power  # noqa: F401
     from twolevel.models.design import (  # noqa: F401
         Design,
         GroupCrossprods,
@@ -159,5 +152,12 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
     from twolevel.models.inference.simulate import BootstrapResult, bootstrap, simulate  # noqa: F401
     from twolevel.models.lmm.lmer import lmer, refit_ml  # noqa: F401
     from twolevel.models.lmm.results import LmerFit, VarCorr  # noqa: F401
+    from twolevel.models.power.analytic import (  # noqa: F401
+        PowerResult,
+        StudyDesign,
+        power_analytic,
+        study_design,
+    )
+    from twolevel.models.power.simulation import PowerCurve, extend, power  # noqa: F401
     from twolevel.models.tables.ols import GroupOLS, group_ols  # noqa: F401
     from twolevel.models.tables.shrinkage import caterpillar_table, shrinkage_table  # noqa: F401

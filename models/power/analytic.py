@@ -40,7 +40,6 @@ import math
 from dataclasses import dataclass, replace
 
 from scipy import optimize, stats
-
 from twolevel.data.errors import TwolevelError
 
 __all__ = [
@@ -217,7 +216,8 @@ class StudyDesign:
         if self.design == "bira2c":
             return (1 - self.r2_1) / (pq * n)
         Jc, rho3 = self.classes, self.icc3
-        lower = rho * (1 - self.r2_2) / (pq * Jc) + (1 - rho - rho3) * (1 - self.r2_1) / (pq * Jc * n)
+        lower = (rho * (1 - self.r2_2) / (pq * Jc)
+                 + (1 - rho - rho3) * (1 - self.r2_1) / (pq * Jc * n))
         if self.design == "cra3":
             return rho3 * (1 - self.r2_3) / pq + lower
         return rho3 * w * (1 - self.r2_t) + lower

@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 from scipy import special, stats
-
 from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models.design import Design, group_crossprods, make_design
 from twolevel.models.inference.kenward_roger import kenward_roger
