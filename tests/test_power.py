@@ -315,7 +315,7 @@ def test_power_from_fit_bad_terms(pilot):
         tl.power(pilot, term="treat", effect=0.2, nsim=0)
     with pytest.raises(TwolevelError, match="extend method must be 'cycle' or 'resample'"):
         tl.extend(pilot.design, 20, method="bootstrap")
-    with pytest.raises(TwolevelError, match="power needs a fitted lmer model or a StudyDesign"):
+    with pytest.raises(TwolevelError, match="power needs a fitted lmer or glmer model or a StudyDesign"):
         tl.power("cra2", effect=0.2, nsim=5)
     with pytest.raises(FormulaError, match="term 'x' is not a fixed effect of a planned design"):
         tl.power(StudyDesign(design="cra2", schools=10, students=5, icc=0.1), term="x")
@@ -406,3 +406,34 @@ def test_cli_errors_one_line(argv, msg, capsys):
     rc = main(["power", *argv, "--effect", "0.3"])
     err = capsys.readouterr().err
     assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_power_from_glmer_pilot():
+    """Binary outcomes: simulate from a glmer pilot, refit by glmer, Wald z test."""
+    rng = np.random.default_rng(12)
+    J, n = 16, 12
+    school = np.repeat(np.arange(J), n)
+    treat = (school % 2).astype(float)
+    eta = -0.3 + 0.8 * treat + 0.5 * rng.standard_normal(J)[school]
+    y = (rng.random(J * n) < 1 / (1 + np.exp(-eta))).astype(float)
+    d = pd.DataFrame({"y": y, "treat": treat, "school": school})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = tl.glmer("y ~ treat + (1 | school)", d, family="binomial")
+    res = tl.power(g, term="treat", effect=1.2, n_schools=20, nsim=12, seed=3)
+    r = res.table.iloc[0]
+    assert r.schools == 20 and r.nsim == 12 and 0 <= r.power <= 1
+    with pytest.raises(TwolevelError, match="a glmer fit is tested by glmer's Wald z test"):
+        tl.power(g, term="treat", effect=1.2, nsim=2, test="lrt")
+
+
+def test_satterthwaite_p_is_lmertest_contest1d(pilot):
+    from twolevel.models.lmm.satterthwaite import contest1d
+    from twolevel.models.power.simulation import satterthwaite_p
+
+    for k in range(pilot.design.p):
+        L = np.eye(pilot.design.p)[k]
+        assert satterthwaite_p(pilot, k) == pytest.approx(contest1d(pilot, L)["Pr(>|t|)"],
+                                                          rel=1e-9, abs=1e-15)

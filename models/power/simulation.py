@@ -33,11 +33,13 @@ from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models.design import Design, group_crossprods, make_design
 from twolevel.models.inference.kenward_roger import kenward_roger
 from twolevel.models.inference.simulate import _NoiseBasis, simulate_crossprods
+from twolevel.models.glmm.results import GlmerFit
 from twolevel.models.lmm.deviance import criterion, make_deviance, pls_state, sigma_hat
 from twolevel.models.lmm.optimize import optimize_theta
 from twolevel.models.lmm.results import LmerFit
 from twolevel.models.lmm.satterthwaite import varpar_info
 from twolevel.models.power.analytic import StudyDesign
+from twolevel.models.power.binary import glmer_job
 
 __all__ = ["TESTS", "PowerCurve", "SimulationJob", "design_population", "extend", "power",
            "run_simulations", "satterthwaite_p", "wilson_interval"]
@@ -418,7 +420,10 @@ def power(
     Parameters
     ----------
     model : an :class:`~twolevel.models.lmm.results.LmerFit` (a pilot: its θ̂, σ̂ and β̂ are the
-        truth, with the coefficient of ``term`` set to ``effect`` in the response's units), or a
+        truth, with the coefficient of ``term`` set to ``effect`` in the response's units), a
+        binomial (0/1) or Poisson :class:`~twolevel.models.glmm.results.GlmerFit` (``effect``
+        on the link scale, e.g. a log odds ratio; refits by glmer, Wald z test:
+        :mod:`.binary`), or a
         two-level :class:`~twolevel.models.power.analytic.StudyDesign` (``effect`` in standard
         deviations; :func:`design_population`).
     term : the fixed effect tested (lme4's coefficient name; ``"treat"`` for a design).
@@ -478,11 +483,24 @@ def power(
             beta = np.array(model.beta, float)
             beta[col] = float(effect)
             extra = {}
+        elif isinstance(model, GlmerFit):
+            col = _term_column(model.design, term)
+            if J is not None:
+                _count("n_schools", J, 3, "schools")
+            design = (model.design if J is None and n is None else
+                      extend(model.design, J, n, extend_method,
+                             np.random.default_rng(design_ss)))
+            if test != "satterthwaite":
+                raise TwolevelError(f"a glmer fit is tested by glmer's Wald z test; test="
+                                    f"{test!r} is for lmer fits")
+            job = glmer_job(model, design, col, effect, alpha)
+            extra = {}
         else:
-            raise TwolevelError(f"power needs a fitted lmer model or a StudyDesign, got "
+            raise TwolevelError(f"power needs a fitted lmer or glmer model or a StudyDesign, got "
                                 f"{type(model).__name__}")
-        job = SimulationJob(design=design, theta=theta, sigma=sigma, beta=beta, column=col,
-                            test=test, alpha=alpha)
+        if not isinstance(model, GlmerFit):
+            job = SimulationJob(design=design, theta=theta, sigma=sigma, beta=beta, column=col,
+                                test=test, alpha=alpha)
         label = f" [schools {design.n_groups}]"
         p = run_simulations(job, nsim, stream, n_jobs=n_jobs, progress=progress, tol=tol,
                             label=label)

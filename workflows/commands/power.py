@@ -143,7 +143,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: _num(v) for k, v in out.items()}, indent=2))
         return 0
-    print(res.summary())
+    d = res.design
+    print(f"{d.powerup_name} (PowerUp!): {d.schools} schools"
+          + (f" × {d.classes} classes" if d.three_level else "")
+          + f" × {d.students} students, effect {args.effect:g}, alpha {d.alpha:g}, "
+          f"{'two' if d.two_tailed else 'one'}-sided; mdes at power {args.power:g}")
     for key in ("power", "mdes", "mdes_exact", "df", "ncp", "schools_needed", "power_sim", "se"):
         if key in out and out[key] is not None:
             v = out[key]
