@@ -315,7 +315,8 @@ def test_power_from_fit_bad_terms(pilot):
         tl.power(pilot, term="treat", effect=0.2, nsim=0)
     with pytest.raises(TwolevelError, match="extend method must be 'cycle' or 'resample'"):
         tl.extend(pilot.design, 20, method="bootstrap")
-    with pytest.raises(TwolevelError, match="power needs a fitted lmer or glmer model or a StudyDesign"):
+    with pytest.raises(TwolevelError,
+                       match="power needs a fitted lmer or glmer model or a StudyDesign"):
         tl.power("cra2", effect=0.2, nsim=5)
     with pytest.raises(FormulaError, match="term 'x' is not a fixed effect of a planned design"):
         tl.power(StudyDesign(design="cra2", schools=10, students=5, icc=0.1), term="x")

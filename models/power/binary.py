@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design
 from twolevel.models.glmm.glmer import glmer

@@ -31,9 +31,9 @@ import pandas as pd
 from scipy import special, stats
 from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models.design import Design, group_crossprods, make_design
+from twolevel.models.glmm.results import GlmerFit
 from twolevel.models.inference.kenward_roger import kenward_roger
 from twolevel.models.inference.simulate import _NoiseBasis, simulate_crossprods
-from twolevel.models.glmm.results import GlmerFit
 from twolevel.models.lmm.deviance import criterion, make_deviance, pls_state, sigma_hat
 from twolevel.models.lmm.optimize import optimize_theta
 from twolevel.models.lmm.results import LmerFit
