@@ -438,3 +438,27 @@ def test_satterthwaite_p_is_lmertest_contest1d(pilot):
         L = np.eye(pilot.design.p)[k]
         assert satterthwaite_p(pilot, k) == pytest.approx(contest1d(pilot, L)["Pr(>|t|)"],
                                                           rel=1e-9, abs=1e-15)
+
+
+def test_variance_test_of_a_random_slope():
+    """χ̄² mixture test of a random slope's variance: level near α at SD 0, power at SD 0.5."""
+    rng = np.random.default_rng(21)
+    J, n = 20, 10
+    school = np.repeat(np.arange(J), n)
+    x = rng.standard_normal(J * n)
+    u = rng.standard_normal((J, 2)) * [0.6, 0.4]
+    y = u[school, 0] + (0.3 + u[school, 1]) * x + rng.standard_normal(J * n)
+    d = pd.DataFrame({"y": y, "x": x, "school": school})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = tl.lmer("y ~ x + (1 + x | school)", d)
+    null = tl.power(m, term="x", effect=0.0, test="variance", nsim=150, seed=4)
+    assert null.power < 0.05 + 3.5 * math.sqrt(0.05 * 0.95 / 150)
+    alt = tl.power(m, term="x", effect=0.6, test="variance", nsim=60, seed=4)
+    assert alt.power > 0.6
+    with pytest.raises(FormulaError, match="test='variance' needs a random slope: 'w' is not"):
+        tl.power(m, term="w", effect=0.3, test="variance", nsim=2)
+    with pytest.raises(TwolevelError, match="test='variance' tests a random slope of a pilot"):
+        tl.power(StudyDesign(design="cra2", schools=10, students=5, icc=0.1), test="variance")

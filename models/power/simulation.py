@@ -9,7 +9,10 @@ cross-products are drawn from their exact joint distribution, the model is refit
 
 * ``"satterthwaite"`` — lmerTest's t test with Satterthwaite df (REML);
 * ``"kenward-roger"`` — pbkrtest's Kenward–Roger t test (REML);
-* ``"lrt"`` — likelihood-ratio test of the term, both models fitted by ML, χ²₁ reference.
+* ``"lrt"`` — likelihood-ratio test of the term, both models fitted by ML, χ²₁ reference;
+* ``"variance"`` — the variance of the term's random slope: REML criteria of the model with and
+  without that random effect (and its k covariances), p from the ½χ²_k + ½χ²_{k+1} mixture
+  (Stram & Lee 1994; ``effect`` is then the slope's SD, its correlations kept).
 
 Power is the share of p-values below α among the refits that succeeded, with its Monte-Carlo
 standard error √(p̂(1−p̂)/m) and Wilson's 95% interval. Every simulation has its own random
@@ -44,7 +47,7 @@ from twolevel.models.power.binary import glmer_job
 __all__ = ["TESTS", "PowerCurve", "SimulationJob", "design_population", "extend", "power",
            "run_simulations", "satterthwaite_p", "wilson_interval"]
 
-TESTS = ("satterthwaite", "kenward-roger", "lrt")
+TESTS = ("satterthwaite", "kenward-roger", "lrt", "variance")
 
 
 def wilson_interval(k: int, m: int, level: float = 0.95) -> tuple[float, float]:
@@ -78,7 +81,7 @@ def satterthwaite_p(fit: LmerFit, column: int) -> float:
 @dataclass(frozen=True)
 class SimulationJob:
     """One simulation setting: a design (its X, Z and grouping; the response is not used), the
-    true (θ, σ, β), the tested fixed-effect column, the test and α."""
+    true (θ, σ, β), the tested column (of X; of Z for ``test="variance"``), the test and α."""
 
     design: Design
     theta: np.ndarray
@@ -96,7 +99,31 @@ class SimulationJob:
         if self.test == "lrt":
             keep = [k for k in range(d.p) if k != self.column]
             reduced = replace(d, X=d.X[:, keep], x_names=tuple(d.x_names[k] for k in keep))
+        elif self.test == "variance":
+            reduced = _drop_random_column(d, self.column)
         return _Prepared(self, cp, _NoiseBasis.of(d, cp), d.theta_to_T(self.theta), reduced)
+
+
+def _drop_random_column(d: Design, col: int) -> Design:
+    """The design without column ``col`` of Z (the random effect and its covariances)."""
+    from twolevel.models.design import RandomTerm
+
+    keep = [k for k in range(d.q) if k != col]
+    new_index = {k: i for i, k in enumerate(keep)}
+    terms = []
+    for t in d.terms:
+        cols = [c for c in t.columns if c != col]
+        if cols:
+            names = tuple(nm for c, nm in zip(t.columns, t.names, strict=True) if c != col)
+            terms.append(RandomTerm(names=names, columns=tuple(new_index[c] for c in cols),
+                                    group=t.group))
+    return replace(d, Z=d.Z[:, keep], z_names=tuple(d.z_names[k] for k in keep),
+                   terms=tuple(terms))
+
+
+def _mixture_k(d: Design, col: int) -> int:
+    """k: the covariances removed with random effect ``col`` (the other columns of its term)."""
+    return next(len(t.columns) - 1 for t in d.terms if col in t.columns)
 
 
 @dataclass(frozen=True)
@@ -127,6 +154,8 @@ class _Prepared:
                 kr = kenward_roger(d, cps, np.asarray(opt.theta, float), sigma_hat(st, True),
                                    L=L, beta=st.beta)
                 return float(kr.p_value[0])
+            if job.test == "variance":
+                return self._variance_p(cps, st)
             keep = [k for k in range(d.p) if k != job.column]
             cpr = replace(cps, B=cps.B[:, :, keep], XtX=cps.XtX[np.ix_(keep, keep)],
                           Xty=cps.Xty[keep], p=d.p - 1)
@@ -136,6 +165,35 @@ class _Prepared:
             return float(stats.chi2.sf(chi2, 1))
         except (TwolevelError, np.linalg.LinAlgError, FloatingPointError, ValueError):
             return math.nan
+
+    def _variance_p(self, cps, st) -> float:
+        """REML LRT of the random effect ``column`` against the ½χ²_k + ½χ²_{k+1} mixture."""
+        d, col, red = self.job.design, self.job.column, self.reduced
+        keep = [k for k in range(d.q) if k != col]
+        cpr = replace(cps, A=cps.A[:, keep][:, :, keep], B=cps.B[:, keep, :],
+                      c=cps.c[:, keep])
+        start = red.T_to_theta(np.linalg.cholesky(
+            self.T[np.ix_(keep, keep)] @ self.T[np.ix_(keep, keep)].T
+            + 1e-12 * np.eye(len(keep))))
+        opr = optimize_theta(make_deviance(red, reml=True, crossprods=cpr),
+                             np.maximum(start, red.theta_lower), red.theta_lower)
+        lrt = max(0.0, float(opr.fmin) - float(criterion(st, True)))
+        k = _mixture_k(d, col)
+        p_k = (0.0 if lrt > 0 else 1.0) if k == 0 else float(stats.chi2.sf(lrt, k))
+        return 0.5 * p_k + 0.5 * float(stats.chi2.sf(lrt, k + 1))
+
+
+def _slope_sd_theta(d: Design, theta: np.ndarray, sigma: float, col: int, sd: float
+                    ) -> np.ndarray:
+    """θ with the SD of random effect ``col`` set to ``sd`` (its correlations kept): row ``col``
+    of T scaled, Σ_b = σ²TTᵀ."""
+    T = d.theta_to_T(theta).copy()
+    cur = sigma * float(np.linalg.norm(T[col]))
+    if cur <= 0:
+        raise TwolevelError(f"the pilot's SD of the random effect '{d.z_names[col]}' is 0, so "
+                            "its correlations are unknown; refit the pilot or choose another term")
+    T[col] *= sd / cur
+    return d.T_to_theta(T)
 
 
 # ------------------------------------------------------------------------ running them
@@ -392,6 +450,16 @@ def _term_column(design: Design, term: str) -> int:
                        f"coefficients are {', '.join(names)}")
 
 
+def _random_column(design: Design, term: str) -> int:
+    """Index of ``term`` among the random effects (``test="variance"``), not the intercept."""
+    names = list(design.z_names)
+    if term not in names or term == "(Intercept)":
+        raise FormulaError(f"test='variance' needs a random slope: '{term}' is not a random "
+                           f"effect of '{design.formula}' besides the intercept (random "
+                           f"effects: {', '.join(names)})")
+    return names.index(term)
+
+
 def _as_list(v) -> list:
     if v is None:
         return [None]
@@ -430,7 +498,8 @@ def power(
     effect : its value under the alternative (0 gives the type I error).
     n_schools, n_students : a number or a list (a power curve over every combination); the
         pilot is extended (:func:`extend`, ``extend_method``) or the design's sizes replaced.
-    nsim : simulations per setting.  test : ``"satterthwaite"``, ``"kenward-roger"`` or ``"lrt"``.
+    nsim : simulations per setting.  test : ``"satterthwaite"``, ``"kenward-roger"``, ``"lrt"``
+        or ``"variance"`` (a random slope's variance, χ̄² mixture; ``effect`` its SD).
     alpha : the test's level.  seed : an int, a ``SeedSequence`` or a ``Generator``.
     n_jobs : worker processes (fork).  progress : print progress to stderr.
     tol : stop a setting early once the Monte-Carlo standard error is below ``tol``.
@@ -464,6 +533,9 @@ def power(
     streams = sim_ss.spawn(len(settings))
     for (J, n), stream in zip(settings, streams, strict=True):
         if isinstance(model, StudyDesign):
+            if test == "variance":
+                raise TwolevelError("test='variance' tests a random slope of a pilot lmer fit; "
+                                    "a planned design's test is for its treatment")
             if term != "treat":
                 raise FormulaError(f"term '{term}' is not a fixed effect of a planned design; "
                                    "its treatment is 'treat'")
@@ -473,7 +545,8 @@ def power(
                 sd, float(effect), np.random.default_rng(design_ss))
             extra = {"power_analytic": sd.power(float(effect))}
         elif isinstance(model, LmerFit):
-            col = _term_column(model.design, term)
+            col = (_random_column(model.design, term) if test == "variance"
+                   else _term_column(model.design, term))
             if J is not None:
                 _count("n_schools", J, 3, "schools")
             design = (model.design if J is None and n is None else
@@ -481,7 +554,10 @@ def power(
                              np.random.default_rng(design_ss)))
             theta, sigma = np.asarray(model.theta, float), float(model.sigma)
             beta = np.array(model.beta, float)
-            beta[col] = float(effect)
+            if test == "variance":
+                theta = _slope_sd_theta(model.design, theta, sigma, col, float(effect))
+            else:
+                beta[col] = float(effect)
             extra = {}
         elif isinstance(model, GlmerFit):
             col = _term_column(model.design, term)

@@ -69,13 +69,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--one-sided", action="store_true", help="one-sided test (PowerUp! option)")
     p.add_argument("--simulate", type=int, metavar="NSIM", help="also simulate NSIM data sets")
     p.add_argument("--test", default="satterthwaite",
-                   choices=("satterthwaite", "kenward-roger", "lrt"), help="simulation's test")
+                   choices=("satterthwaite", "kenward-roger", "lrt", "variance"),
+                   help="simulation's test (variance: --fit only, a random slope)")
     p.add_argument("--seed", type=int, default=1, help="random seed (1)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes for simulations")
     p.add_argument("--curve", metavar="SIZE=FROM:TO:BY",
                    help="a power curve over schools or students, e.g. schools=20:100:10")
     p.add_argument("--out", default="power_curve", help="--curve's files: OUT.csv, OUT.png")
     p.add_argument("--progress", action="store_true", help="simulation progress on stderr")
+    p.add_argument("--tol", type=float, default=None,
+                   help="stop simulating once the Monte-Carlo SE is below TOL (≥ 100 sims)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -113,7 +116,7 @@ def _study(args: argparse.Namespace):
 
 def _sim_kwargs(args: argparse.Namespace) -> dict:
     return {"nsim": args.simulate, "test": args.test, "alpha": args.alpha, "seed": args.seed,
-            "n_jobs": args.jobs, "progress": args.progress}
+            "n_jobs": args.jobs, "progress": args.progress, "tol": args.tol}
 
 
 def _num(x):
@@ -138,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
     out = res.to_dict()
     if args.simulate:
         sim = power(sd, effect=args.effect, **_sim_kwargs(args))
-        out.update(power_sim=sim.power, se=sim.se, nsim=args.simulate, test=args.test,
+        out.update(power_sim=sim.power, se=sim.se, nsim=int(sim.table["nsim"].iloc[0]),
+                   test=args.test,
                    sim_failed=int(sim.table["failed"].iloc[0]), seed=args.seed)
     if args.json:
         print(json.dumps({k: _num(v) for k, v in out.items()}, indent=2))
