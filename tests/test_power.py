@@ -402,6 +402,8 @@ def test_cli_fit(tmp_path, capsys, pilot):
       "0"], "--simulate needs a positive number of simulations"),
     (["--fit", "lecture", "g1rscore ~ famsesc + (1 | schid)"],
      "--fit needs --term, the fixed effect whose power is wanted"),
+    (["--fit", "lecture", "g1rscore ~ famsesc + (1 | schid)", "--term", "treat"],
+     "term 'treat' is not a fixed effect of 'g1rscore ~ famsesc + (1 | schid)'"),
 ])
 def test_cli_errors_one_line(argv, msg, capsys):
     rc = main(["power", *argv, "--effect", "0.3"])
