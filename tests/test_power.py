@@ -464,3 +464,15 @@ def test_variance_test_of_a_random_slope():
         tl.power(m, term="w", effect=0.3, test="variance", nsim=2)
     with pytest.raises(TwolevelError, match="test='variance' tests a random slope of a pilot"):
         tl.power(StudyDesign(design="cra2", schools=10, students=5, icc=0.1), test="variance")
+
+
+def test_hessian_batched_is_numderiv():
+    from twolevel.models.lmm.satterthwaite import devfun_vp, numderiv_hessian
+    from twolevel.models.power.simulation import hessian_batched
+
+    d = tl.load_data("lecture")
+    m = tl.lmer("g1rscore ~ famsesc + (1 + famsesc | schid)", d)
+    D = devfun_vp(m)
+    vp = np.append(m.theta, m.sigma)
+    np.testing.assert_allclose(hessian_batched(D.batch, vp), numderiv_hessian(D, vp),
+                               rtol=1e-12, atol=0)

@@ -40,12 +40,19 @@ from twolevel.models.inference.simulate import _NoiseBasis, simulate_crossprods
 from twolevel.models.lmm.deviance import criterion, make_deviance, pls_state, sigma_hat
 from twolevel.models.lmm.optimize import optimize_theta
 from twolevel.models.lmm.results import LmerFit
-from twolevel.models.lmm.satterthwaite import varpar_info
+from twolevel.models.lmm.satterthwaite import (
+    EIGEN_TOL,
+    ZERO_TOL,
+    covbeta,
+    covbeta_jacobian_analytic,
+    devfun_vp,
+)
 from twolevel.models.power.analytic import StudyDesign
 from twolevel.models.power.binary import glmer_job
 
 __all__ = ["TESTS", "PowerCurve", "SimulationJob", "design_population", "extend", "power",
-           "run_simulations", "satterthwaite_p", "wilson_interval"]
+           "hessian_batched", "run_simulations", "satterthwaite_p",
+           "wilson_interval"]
 
 TESTS = ("satterthwaite", "kenward-roger", "lrt", "variance")
 
@@ -66,14 +73,65 @@ def wilson_interval(k: int, m: int, level: float = 0.95) -> tuple[float, float]:
 # ---------------------------------------------------------------------------- the model
 
 
+def hessian_batched(f_batch, x: np.ndarray, d: float = 0.1, eps: float = 1e-4,
+                    zero_tol: float = ZERO_TOL, r: int = 4, v: float = 2.0) -> np.ndarray:
+    """numDeriv's Richardson Hessian (:func:`~twolevel.models.lmm.satterthwaite.numderiv_hessian`,
+    the same points and arithmetic) with every evaluation in one call of ``f_batch`` and the
+    Richardson steps vectorised: h_k = h₀/vᵏ, h₀ = |d·x| + eps·[|x| < zero_tol];
+    diagonal (f(x + h e_i) − 2f(x) + f(x − h e_i))/h², off-diagonal from x ± (h_i e_i + h_j e_j)
+    minus the diagonal terms over 2h_ih_j; A_k ← (4^m A_{k+1} − A_k)/(4^m − 1)."""
+    x = np.asarray(x, dtype=float)
+    n = x.shape[0]
+    h = (np.abs(d * x) + eps * (np.abs(x) < zero_tol))[None, :] / v ** np.arange(r)[:, None]
+    pairs = [(i, j) for i in range(n) for j in range(i)]
+    pts = [x[None, :]]
+    for hk in h:
+        E = np.diag(hk)
+        pts += [x + E, x - E]
+    for hk in h:
+        for i, j in pairs:
+            e = np.zeros(n)
+            e[i], e[j] = hk[i], hk[j]
+            pts += [(x + e)[None, :], (x - e)[None, :]]
+    vals = np.asarray(f_batch(np.concatenate(pts)), dtype=float)
+    f0, rest = vals[0], vals[1:]
+    diag = rest[: 2 * n * r].reshape(r, 2, n)
+    a = ((diag[:, 0] - 2.0 * f0 + diag[:, 1]) / h**2).T  # (n, r)
+    hd = _richardson(a)
+    H = np.diag(hd)
+    if pairs:
+        off = rest[2 * n * r:].reshape(r, len(pairs), 2)
+        ii = np.array([p[0] for p in pairs])
+        jj = np.array([p[1] for p in pairs])
+        hi, hj = h[:, ii], h[:, jj]
+        b = ((off[:, :, 0] - 2.0 * f0 + off[:, :, 1] - hd[ii] * hi**2 - hd[jj] * hj**2)
+             / (2.0 * hi * hj)).T
+        H[ii, jj] = H[jj, ii] = _richardson(b)
+    return H
+
+
+def _richardson(a: np.ndarray) -> np.ndarray:
+    """Richardson extrapolation along the last axis (numDeriv's, 4^m factors)."""
+    a = a.copy()
+    r = a.shape[-1]
+    for m in range(1, r):
+        a[..., : r - m] = (a[..., 1: r - m + 1] * 4.0**m - a[..., : r - m]) / (4.0**m - 1.0)
+    return a[..., 0]
+
+
 def satterthwaite_p(fit: LmerFit, column: int) -> float:
-    """lmerTest's ``contest1D`` for one coefficient k: C = vcov(β̂), A = vcov(θ̂, σ̂) (numDeriv
-    Hessian), g_m = ∂C_kk/∂varpar_m, ν = 2C_kk²/(gᵀAg), t = β̂_k/√C_kk, p = 2F_t(−|t|; ν)
-    (:func:`~twolevel.models.lmm.satterthwaite.contest1d` with scipy's ``stdtr`` for speed)."""
-    info = varpar_info(fit)
-    var = float(info.vcov_beta[column, column])
-    g = info.jacobian[:, column, column]
-    nu = 2.0 * var * var / float(g @ info.vcov_varpar @ g)
+    """lmerTest's ``contest1D`` for one coefficient k: C = vcov(β̂), A = vcov(θ̂, σ̂) = 2H⁺ (H the
+    numDeriv Hessian of D(θ, σ), eigenvalues > 1e-8), g_m = ∂C_kk/∂varpar_m, ν = 2C_kk²/(gᵀAg),
+    t = β̂_k/√C_kk, p = 2F_t(−|t|; ν) — as :func:`~twolevel.models.lmm.satterthwaite.contest1d`,
+    with the Hessian's evaluations batched (:func:`hessian_batched`) for speed."""
+    vp = np.append(np.asarray(fit.theta, dtype=float), float(fit.sigma))
+    H = hessian_batched(devfun_vp(fit).batch, vp)
+    lam, U = np.linalg.eigh(H)
+    pos = lam > EIGEN_TOL
+    A = 2.0 * (U[:, pos] / lam[pos]) @ U[:, pos].T
+    var = float(covbeta(fit, vp)[column, column])
+    g = covbeta_jacobian_analytic(fit)[:, column, column]
+    nu = 2.0 * var * var / float(g @ A @ g)
     t = float(fit.state.beta[column]) / math.sqrt(var)
     return float(2.0 * special.stdtr(nu, -abs(t)))
 
