@@ -1,6 +1,8 @@
 """Simulation-based power: ``twolevel.power`` against simr's procedure in R — a loop of
 ``simulate`` + ``lmer`` (refit) + lmerTest's ``summary`` (Satterthwaite t test) — on the same
-design, in the same run (a script, not a test; simr itself is not packaged here).
+design, in the same run (a script, not a test; simr itself is not packaged here). Wall-time ratios
+for 1 and 2 worker processes, and the ratio of CPU time per simulation (one process each),
+which a loaded machine distorts less.
 
 Design: cluster-randomised, 40 schools × 20 students, half the schools treated, ICC 0.1, effect
 0.3 SD; model ``y ~ treat + (1 | school)``, REML, Satterthwaite t test of ``treat`` at α = 0.05.
@@ -47,6 +49,7 @@ m <- lmer(y ~ treat + (1 | school), data = d)
 newparams <- list(theta = c("school.(Intercept)" = theta), sigma = sigma,
                   beta = c("(Intercept)" = 0, treat = effect))
 t0 <- proc.time()[["elapsed"]]
+c0 <- sum(proc.time()[c("user.self", "sys.self")])
 ys <- suppressMessages(simulate(m, nsim = nsim, seed = 1, newparams = newparams,
                                 use.u = FALSE))
 p <- numeric(nsim)
@@ -55,7 +58,9 @@ for (i in seq_len(nsim)) {
   p[i] <- summary(mi)$coefficients["treat", "Pr(>|t|)"]
 }
 secs <- proc.time()[["elapsed"]] - t0
-cat(sprintf('{"secs": %.6f, "nsim": %d, "power": %.6f}\n', secs, nsim, mean(p < 0.05)))
+cpu <- sum(proc.time()[c("user.self", "sys.self")]) - c0
+cat(sprintf('{"secs": %.6f, "cpu": %.6f, "nsim": %d, "power": %.6f}\n', secs, cpu, nsim,
+            mean(p < 0.05)))
 """
 
 
@@ -73,10 +78,14 @@ def main() -> None:
     analytic = sd.power(args.effect)
     tl.power(sd, effect=args.effect, nsim=20)  # warm-up: imports, compiled kernels
     times = {}
+    cpu1 = 0.0
     for jobs in (1, 2):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         res = tl.power(sd, effect=args.effect, nsim=args.nsim, n_jobs=jobs, seed=1)
         times[jobs] = time.perf_counter() - t0
+        if jobs == 1:
+            cpu1 = time.process_time() - c0
         print(f"twolevel, {jobs} process(es): {args.nsim} simulations in {times[jobs]:.2f} s "
               f"({1e3 * times[jobs] / args.nsim:.2f} ms each); power {res.power:.4f} "
               f"(MC se {res.se:.4f}); analytic {analytic:.4f}")
@@ -106,7 +115,11 @@ def main() -> None:
           f"{r['secs']:.2f} s ({1e3 * per_r:.1f} ms each), power {r['power']:.3f}; "
           f"{args.nsim} simulations ≈ {r_total:.1f} s{scaled}")
     for jobs in (1, 2):
-        print(f"ratio R / twolevel ({jobs} process(es)): {r_total / times[jobs]:.1f}x")
+        print(f"ratio R / twolevel ({jobs} process(es)), wall time: "
+              f"{r_total / times[jobs]:.1f}x")
+    print(f"ratio of CPU time per simulation (1 process; robust to the machine's load): "
+          f"{(r['cpu'] / r['nsim']) / (cpu1 / args.nsim):.1f}x "
+          f"(R {1e3 * r['cpu'] / r['nsim']:.1f} ms, twolevel {1e3 * cpu1 / args.nsim:.2f} ms)")
     print(f"load average at end: {os.getloadavg()}")
 
 
