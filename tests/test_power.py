@@ -174,6 +174,8 @@ def test_power_analytic_result_and_docstring_example():
     (dict(design="cra3", classes=1), r"classes must be a whole number of classes per school ≥ 2"),
     (dict(design="bira2", cv=0.3), r"cv \(unequal school sizes\) .* applies to design 'cra2'"),
     (dict(schools=4, covariates=2), r"has df = 0 < 1; add schools or drop covariates"),
+    (dict(covariates=-1), r"covariates must be a whole number of covariates ≥ 0, got -1"),
+    (dict(design="cra3", classes=2, icc3=1.5), r"icc3 must be in \[0, 1\), got 1.5"),
 ])
 def test_bad_design_parameters(kw, msg):
     base = dict(design="cra2", schools=20, students=10, icc=0.1)
@@ -189,6 +191,10 @@ def test_bad_power_and_effect():
         sd.schools_for_power(0.0)
     with pytest.raises(TwolevelError, match="more than 50 schools would be needed"):
         sd.schools_for_power(0.05, max_schools=50)
+    with pytest.raises(TwolevelError, match="PowerUp!'s iteration reached df ≤ 0; use "
+                       "schools_for_power"):
+        StudyDesign(design="cra2", schools=20, students=10, icc=0.1,
+                    covariates=9).mrss_powerup(0.3)
     with pytest.raises(TwolevelError, match="BIRA2_1c's df depends on the students"):
         StudyDesign(design="bira2c", schools=20, students=10, icc=0.1).mrss_powerup(0.2)
 
@@ -430,6 +436,18 @@ def test_power_from_glmer_pilot():
     assert r.schools == 20 and r.nsim == 12 and 0 <= r.power <= 1
     with pytest.raises(TwolevelError, match="a glmer fit is tested by glmer's Wald z test"):
         tl.power(g, term="treat", effect=1.2, nsim=2, test="lrt")
+    d["k"] = 3
+    d["s"] = (rng.random(J * n) < 0.4) * 1 + (rng.random(J * n) < 0.4) * 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gb = tl.glmer("cbind(s, k - s) ~ treat + (1 | school)", d, family="binomial")
+        d["ex"] = 2.0
+        gp = tl.glmer("s ~ treat + offset(log(ex)) + (1 | school)", d, family="poisson")
+    with pytest.raises(TwolevelError, match="supports 0/1 responses; this pilot has binomial "
+                       "trials"):
+        tl.power(gb, term="treat", effect=1.0, nsim=2)
+    with pytest.raises(TwolevelError, match="from a glmer fit with an offset is not supported"):
+        tl.power(gp, term="treat", effect=1.0, nsim=2)
 
 
 def test_satterthwaite_p_is_lmertest_contest1d(pilot):
@@ -462,6 +480,14 @@ def test_variance_test_of_a_random_slope():
     assert alt.power > 0.6
     with pytest.raises(FormulaError, match="test='variance' needs a random slope: 'w' is not"):
         tl.power(m, term="w", effect=0.3, test="variance", nsim=2)
+    import dataclasses
+
+    th = m.theta.copy()
+    th[1:] = 0.0  # the slope's row of T: no SD, no correlation
+    flat = dataclasses.replace(m, theta=th)
+    with pytest.raises(TwolevelError, match="the pilot's SD of the random effect 'x' is 0, so "
+                       "its correlations are unknown"):
+        tl.power(flat, term="x", effect=0.3, test="variance", nsim=2)
     with pytest.raises(TwolevelError, match="test='variance' tests a random slope of a pilot"):
         tl.power(StudyDesign(design="cra2", schools=10, students=5, icc=0.1), test="variance")
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design
+from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.glmer import glmer
 
 __all__ = ["GlmerJob"]
@@ -67,9 +68,9 @@ class _GlmerPrepared:
         b = rng.standard_normal((d.n_groups, d.q)) @ self.T.T
         eta = self.eta_fixed + np.einsum("nq,nq->n", d.Z, b[d.group_index])
         if job.family == "binomial":
-            y = (rng.random(d.n) < _inverse_link(eta, job.link)).astype(float)
+            y = (rng.random(d.n) < get_family(job.family, job.link).linkinv(eta)).astype(float)
         else:
-            y = rng.poisson(_inverse_link(eta, job.link)).astype(float)
+            y = rng.poisson(get_family(job.family, job.link).linkinv(eta)).astype(float)
         frame = self.frame.assign(y_=y)
         try:
             with warnings.catch_warnings():
@@ -79,22 +80,6 @@ class _GlmerPrepared:
                 return float(fit.coef_table()["Pr(>|z|)"].iloc[job.column])
         except (TwolevelError, np.linalg.LinAlgError, FloatingPointError, ValueError):
             return math.nan
-
-
-def _inverse_link(eta: np.ndarray, link: str) -> np.ndarray:
-    """μ = g⁻¹(η) for logit, probit, cloglog and log."""
-    from scipy import special
-
-    if link == "logit":
-        return special.expit(eta)
-    if link == "probit":
-        return special.ndtr(eta)
-    if link == "cloglog":
-        return -np.expm1(-np.exp(eta))
-    if link == "log":
-        return np.exp(eta)
-    raise TwolevelError(f"power by simulation supports the links logit, probit, cloglog and "
-                        f"log, not {link!r}")
 
 
 def glmer_job(fit, design: Design, column: int, effect: float, alpha: float) -> GlmerJob:
