@@ -502,3 +502,17 @@ def test_hessian_batched_is_numderiv():
     vp = np.append(m.theta, m.sigma)
     np.testing.assert_allclose(hessian_batched(D.batch, vp), numderiv_hessian(D, vp),
                                rtol=1e-12, atol=0)
+
+
+def test_devfun_vp_batch_is_lmertest_devfun(pilot):
+    from twolevel.models.lmm.lmer import refit_ml
+    from twolevel.models.lmm.satterthwaite import devfun_vp
+    from twolevel.models.power.simulation import devfun_vp_batch
+
+    rng = np.random.default_rng(0)
+    for fit in (pilot, refit_ml(pilot)):
+        vp = np.append(fit.theta, fit.sigma)
+        pts = vp * (1 + 0.1 * rng.standard_normal((7, vp.size)))
+        pts[3] = pts[1]  # a repeated θ
+        D = devfun_vp(fit)
+        np.testing.assert_allclose(devfun_vp_batch(fit, pts), [D(p) for p in pts], rtol=1e-13)
