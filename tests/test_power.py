@@ -452,7 +452,7 @@ def test_power_from_glmer_pilot():
 
 def test_satterthwaite_p_is_lmertest_contest1d(pilot):
     from twolevel.models.lmm.satterthwaite import contest1d
-    from twolevel.models.power.simulation import satterthwaite_p
+    from twolevel.models.power.satterthwaite import satterthwaite_p
 
     for k in range(pilot.design.p):
         L = np.eye(pilot.design.p)[k]
@@ -494,7 +494,7 @@ def test_variance_test_of_a_random_slope():
 
 def test_hessian_batched_is_numderiv():
     from twolevel.models.lmm.satterthwaite import devfun_vp, numderiv_hessian
-    from twolevel.models.power.simulation import hessian_batched
+    from twolevel.models.power.satterthwaite import hessian_batched
 
     d = tl.load_data("lecture")
     m = tl.lmer("g1rscore ~ famsesc + (1 + famsesc | schid)", d)
@@ -507,7 +507,7 @@ def test_hessian_batched_is_numderiv():
 def test_devfun_vp_batch_is_lmertest_devfun(pilot):
     from twolevel.models.lmm.lmer import refit_ml
     from twolevel.models.lmm.satterthwaite import devfun_vp
-    from twolevel.models.power.simulation import devfun_vp_batch
+    from twolevel.models.power.satterthwaite import devfun_vp_batch
 
     rng = np.random.default_rng(0)
     for fit in (pilot, refit_ml(pilot)):
