@@ -1,7 +1,7 @@
 """lmerTest's Satterthwaite t test of one coefficient, for the many refits of a power
 simulation: the same recipe as :mod:`twolevel.models.lmm.satterthwaite` (``contest1D``: numDeriv's
 Richardson Hessian of D(θ, σ), the analytic Jacobian of vcov(β̂)), with the Hessian's points
-built and evaluated in one batch — the same numbers, about a third of the cost."""
+built and evaluated in one batch — the same numbers at about half the cost."""
 
 from __future__ import annotations
 
