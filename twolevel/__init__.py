@@ -91,6 +91,14 @@ _API: dict[str, str] = {
     "GroupOLS": "twolevel.models.tables.ols",
     "shrinkage_table": "twolevel.models.tables.shrinkage",
     "caterpillar_table": "twolevel.models.tables.shrinkage",
+    # planning a study: power and MDES
+    "power": "twolevel.models.power.simulation",
+    "PowerCurve": "twolevel.models.power.simulation",
+    "extend": "twolevel.models.power.simulation",
+    "power_analytic": "twolevel.models.power.analytic",
+    "study_design": "twolevel.models.power.analytic",
+    "StudyDesign": "twolevel.models.power.analytic",
+    "PowerResult": "twolevel.models.power.analytic",
 }
 
 __all__ = sorted(_API)
@@ -153,5 +161,12 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
     from twolevel.models.survey.fit import WeightedLmerFit  # noqa: F401
     from twolevel.models.survey.pv import PooledFit  # noqa: F401
     from twolevel.models.survey.rubin import rubin_pool  # noqa: F401
+    from twolevel.models.power.analytic import (  # noqa: F401
+        PowerResult,
+        StudyDesign,
+        power_analytic,
+        study_design,
+    )
+    from twolevel.models.power.simulation import PowerCurve, extend, power  # noqa: F401
     from twolevel.models.tables.ols import GroupOLS, group_ols  # noqa: F401
     from twolevel.models.tables.shrinkage import caterpillar_table, shrinkage_table  # noqa: F401
