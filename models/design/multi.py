@@ -264,11 +264,23 @@ class MultiDesign:
         return T
 
     def theta_start(self) -> np.ndarray:
-        """lme4's starting θ for several terms: 1 on each T's diagonal, 0 off it."""
+        """lme4's starting θ (``mkLmerDevfun``): 1 on each T's diagonal, 0 off it; when every
+        term is a random intercept of its own factor, θ0_f = sqrt(v_f / v_e) with
+        v_f = var(ave(y, f)) and v_e = var(y) − Σ_f v_f, if v_e > 0."""
         th = np.zeros(self.n_theta)
         for tm in self.templates:
             d = np.diag(tm)
             th[d[d >= 0]] = 1.0
+        if (all(t.names == ("(Intercept)",) for t in self.terms)
+                and len(self.terms) == len(self.factors)):
+            v = []
+            for f in self.factors:
+                means = np.bincount(f.codes, weights=self.y) / np.bincount(f.codes)
+                v.append(float(np.var(means[f.codes], ddof=1)))
+            v_e = float(np.var(self.y, ddof=1)) - sum(v)
+            if v_e > 0:
+                for k, vf in enumerate(v):
+                    th[self.templates[k][0, 0]] = np.sqrt(vf / v_e)
         return th
 
 
@@ -318,10 +330,12 @@ def _interaction_codes(cols: tuple[str, ...], coded: dict[str, tuple[np.ndarray,
 
 def _reused_label_notes(factors: list[Factor], cols_of: dict[str, tuple[str, ...]],
                         coded: dict, n: int) -> list[str]:
-    """The reused-labels message: a single-column factor whose labels each occur in several
-    groups of another single-column factor, with replicated (school, class) cells, while the
-    formula treats the two as crossed. One line per pair, with the count and the nested
-    spelling."""
+    """The reused-labels message: a single-column factor whose labels (most of them) occur in
+    several groups of another single-column factor, some outer group holding at least half of
+    the labels (labels restarting at 1 in every school), with replicated (school, class) cells,
+    while the formula treats the two as crossed. One line per pair, with the count and the
+    nested spelling. A fully crossed design with replication looks the same and gets the note
+    too (worded conditionally)."""
     notes = []
     simple = [f for f in factors if len(f.columns) == 1]
     names = {f.name for f in factors}
@@ -331,7 +345,8 @@ def _reused_label_notes(factors: list[Factor], cols_of: dict[str, tuple[str, ...
                 continue
             if inner.n_levels == outer.n_levels and factors.index(inner) < factors.index(outer):
                 continue
-            if is_nested_in(inner.codes, outer.codes, inner.n_levels):
+            if (is_nested_in(inner.codes, outer.codes, inner.n_levels)
+                    or is_nested_in(outer.codes, inner.codes, outer.n_levels)):
                 continue
             if f"{inner.name}:{outer.name}" in names or f"{outer.name}:{inner.name}" in names:
                 continue
@@ -340,8 +355,11 @@ def _reused_label_notes(factors: list[Factor], cols_of: dict[str, tuple[str, ...
             per_label = np.bincount((uniq // outer.n_levels).astype(np.intp),
                                     minlength=inner.n_levels)
             reused = int(np.sum(per_label > 1))
-            if reused * 2 < inner.n_levels or np.median(counts) < 2:
-                continue  # genuinely (partially) crossed: few labels shared, or no replication
+            widest = int(np.max(np.bincount((uniq % outer.n_levels).astype(np.intp))))
+            if reused * 2 < inner.n_levels or widest * 2 < inner.n_levels or np.median(counts) < 2:
+                # genuinely (partially) crossed: few labels shared, every outer group meets a
+                # small part of the labels, or no replication within cells
+                continue
             notes.append(
                 f"{reused} of {inner.n_levels} '{inner.name}' labels occur in several "
                 f"'{outer.name}' groups ({uniq.shape[0]} {outer.name}:{inner.name} combinations): "
