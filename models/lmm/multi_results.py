@@ -231,7 +231,7 @@ class MultiFit:
         if ddf == "lme4":
             return pd.DataFrame({"Estimate": beta, "Std. Error": se, "t value": t}, index=names)
         if ddf == "Kenward-Roger":
-            from twolevel.models.lmm.multi import ddf_kenward_roger_multi
+            from twolevel.models.inference.kenward_roger_multi import ddf_kenward_roger_multi
 
             se, df = ddf_kenward_roger_multi(self, np.eye(len(names)))
             t = beta / se

@@ -28,6 +28,7 @@ from pathlib import Path
 from twolevel.data.errors import TwolevelError
 from twolevel.data.loaders import BUILTIN_DATASETS, load_data
 from twolevel.models.lmm.lmer import lmer
+from twolevel.models.lmm.multi_results import MultiFit
 from twolevel.workflows import inference
 from twolevel.workflows.commands import (
     add_data_argument,
@@ -148,6 +149,31 @@ def run_glmer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_several(fit, args: argparse.Namespace, caught) -> int:
+    """Several grouping factors: summary or JSON (``random`` keyed by lme4's factor names,
+    ``residual``), ``--ranef`` as long rows factor, level, effect, mode, condsd."""
+    bad = [flag for flag, on in (("--confint", args.confint), ("--hlm", args.hlm),
+                                 ("--schools", args.schools)) if on]
+    if bad:
+        raise TwolevelError(f"{', '.join(bad)} not available yet with several grouping factors; "
+                            "use --json, --ranef, --ddf")
+    ddf = inference.DDF_CHOICES[args.ddf or "satterthwaite"]
+    if ddf == "HLM":
+        raise TwolevelError("--ddf hlm is for one grouping factor; with several use "
+                            "--ddf satterthwaite or kenward-roger")
+    if args.json:
+        print(json.dumps(fit.to_dict(ddf), indent=2))
+        for w in caught:
+            print(f"twolevel fit: note: {w.message}", file=sys.stderr)
+    else:
+        print(fit.summary(ddf))
+        for w in caught:
+            print(str(w.message))
+    if args.ranef:
+        write_csv_atomic(fit.ranef_long(), args.ranef)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Fit, then print the summary or the JSON object; write --ranef if asked."""
     check_memory_engine_for_family(args)
@@ -162,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
                    **(opts | ({"per_group_x": True}
                               if opts and (args.hlm or args.schools or args.confint == "boot")
                               else {})))
+    if isinstance(fit, MultiFit):  # several grouping factors
+        return _run_several(fit, args, caught)
     with warnings.catch_warnings(record=True) as caught_extra:
         warnings.simplefilter("always")
         extras = inference.compute(fit, args)  # before any output: errors leave nothing half-done
