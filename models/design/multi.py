@@ -23,7 +23,6 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
-
 from twolevel.data.errors import DataError, FormulaError
 from twolevel.models.design.formula import _missing_variables, _variables, parse_formula
 from twolevel.models.design.matrices import (
@@ -435,7 +434,9 @@ def make_multi_design(formula: str, data: pd.DataFrame) -> MultiDesign:
             bad |= s.isna().to_numpy()
     n_dropped = int(bad.sum())
     if n_dropped == len(bad):
-        raise DataError(f"no complete rows left for formula '{formula}' after removing missing values")
+        raise DataError(
+            f"no complete rows left for formula '{formula}' after removing missing values"
+        )
     md = _ModelData(data, series, ~bad if n_dropped else slice(None), len(bad) - n_dropped)
     specs = _ModelSpecs()
     matrices: dict[str, tuple[np.ndarray, list[str]]] = {}
@@ -462,7 +463,8 @@ def make_multi_design(formula: str, data: pd.DataFrame) -> MultiDesign:
         mat, names = model_matrix(bar.lhs)
         if mat.shape[1] == 0:
             raise FormulaError(f"random-effects term '({bar.lhs} | {bar.group})' has no columns")
-        pieces = [[k] for k in range(mat.shape[1])] if not bar.correlated else [list(range(mat.shape[1]))]
+        ncol = mat.shape[1]
+        pieces = [[k] for k in range(ncol)] if not bar.correlated else [list(range(ncol))]
         for fname, cols in facs:
             fac_cols.setdefault(fname, cols)
             blocks = fac_blocks.setdefault(fname, [])

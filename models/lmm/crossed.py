@@ -23,7 +23,6 @@ from collections.abc import Callable
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
-
 from twolevel.models.design.multi import MultiDesign
 from twolevel.models.design.multi_stats import CrossedStats
 from twolevel.models.lmm.nested import MultiState, criterion_from_parts
@@ -45,7 +44,7 @@ def _T_rest(design: MultiDesign, theta: np.ndarray) -> sp.csr_matrix:
 
 
 def crossed_state(design: MultiDesign, stats: CrossedStats, theta: np.ndarray,
-                  modes: bool = False) -> "MultiState":
+                  modes: bool = False) -> MultiState:
     """Steps 1–3 of the module docstring at θ; with ``modes`` the conditional modes of every
     factor and their conditional covariances (β fixed).
 

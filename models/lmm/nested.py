@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-
 from twolevel.models.design.multi import MultiDesign
 from twolevel.models.design.multi_stats import NestedStats
 

