@@ -59,8 +59,14 @@ def crossed_state(design: MultiDesign, stats: CrossedStats, theta: np.ndarray,
     L1T = design.factor_T(theta, 0)
     M = np.matmul(np.matmul(L1T.T, stats.A11), L1T)
     M[:, np.arange(q1), np.arange(q1)] += 1.0
-    L = np.linalg.cholesky(M)
-    Linv = np.linalg.inv(L)
+    if q1 == 1:  # scalar blocks: no batched LAPACK calls
+        if np.any(M[:, 0, 0] <= 0):
+            raise np.linalg.LinAlgError("not positive definite")
+        L = np.sqrt(M)
+        Linv = 1.0 / L
+    else:
+        L = np.linalg.cholesky(M)
+        Linv = np.linalg.inv(L)
     K = _block_diag_sparse(np.matmul(L1T, np.transpose(Linv, (0, 2, 1))))  # Λ_1 L⁻ᵀ
     Tr = _T_rest(design, theta)
     R = (Tr.T @ stats.Ar1 @ K).tocsr()
@@ -68,7 +74,7 @@ def crossed_state(design: MultiDesign, stats: CrossedStats, theta: np.ndarray,
     Qr = sum(stats.q_rest)
     S[np.arange(Qr), np.arange(Qr)] += 1.0
     S -= (R @ R.T).toarray()
-    LS = np.linalg.cholesky(S)
+    LS = sla.cholesky(S, lower=True, check_finite=False)
     p = stats.p
     dg = np.diag(LS)
     ldL2 = 2.0 * float(np.sum(np.log(np.diagonal(L, axis1=1, axis2=2)))) + 2.0 * float(

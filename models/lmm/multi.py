@@ -142,17 +142,26 @@ def refit_ml_multi(fit: MultiFit) -> MultiFit:
 # ----------------------------------------------------------------------------- Satterthwaite
 
 
-def _parts(fit: MultiFit, theta: np.ndarray) -> MultiState:
-    return _state_fn(fit.engine)(fit.design, fit.stats, theta)
+def _parts(fit: MultiFit, theta: np.ndarray, cache: dict | None = None) -> MultiState:
+    """The engine's state at θ (no modes), remembered in ``cache`` by θ's bytes: numDeriv's
+    steps in σ alone reuse the state of their θ."""
+    theta = np.asarray(theta, dtype=float)
+    key = theta.tobytes()
+    if cache is not None and key in cache:
+        return cache[key]
+    st = _state_fn(fit.engine)(fit.design, fit.stats, theta)
+    if cache is not None:
+        cache[key] = st
+    return st
 
 
-def devfun_vp_multi(fit: MultiFit):
+def devfun_vp_multi(fit: MultiFit, cache: dict | None = None):
     """lmerTest's D(θ, σ): ML ``log|L|² + r²/σ² + n log(2πσ²)``; REML adds
     ``log|L_X|² − p log(2πσ²)``."""
     n, p, reml = fit.design.n, fit.design.p, fit.reml
 
     def D(varpar: np.ndarray) -> float:
-        st = _parts(fit, varpar[:-1])
+        st = _parts(fit, varpar[:-1], cache)
         s2 = varpar[-1] ** 2
         dev = st.ldL2 + st.r2 / s2 + n * (_LOG_2PI + math.log(s2))
         if reml:
@@ -162,9 +171,9 @@ def devfun_vp_multi(fit: MultiFit):
     return D
 
 
-def covbeta_multi(fit: MultiFit, varpar: np.ndarray) -> np.ndarray:
+def covbeta_multi(fit: MultiFit, varpar: np.ndarray, cache: dict | None = None) -> np.ndarray:
     """C(θ, σ) = σ²(L_XL_Xᵀ)⁻¹, lmerTest's ``get_covbeta``."""
-    st = _parts(fit, varpar[:-1])
+    st = _parts(fit, varpar[:-1], cache)
     LXi = np.linalg.inv(st.LX)
     return varpar[-1] ** 2 * (LXi.T @ LXi)
 
@@ -173,18 +182,19 @@ def multi_varpar_info(fit: MultiFit) -> VarparInfo:
     """lmerTest's ``as_lmerModLT`` for several factors: numDeriv's Hessian of D(θ, σ), 2H⁺ and
     numDeriv's Jacobian of cov(β̂) in (θ, σ)."""
     varpar = np.append(np.asarray(fit.theta, dtype=float), fit.sigma)
-    H = numderiv_hessian(devfun_vp_multi(fit), varpar)
+    cache: dict = {}
+    H = numderiv_hessian(devfun_vp_multi(fit, cache), varpar)
     evals, evecs = np.linalg.eigh(H)
     pos = evals > EIGEN_TOL
     Hinv = (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
     p = fit.design.p
-    Jm = numderiv_jacobian(lambda vp: covbeta_multi(fit, vp).ravel(order="F"), varpar)
+    Jm = numderiv_jacobian(lambda vp: covbeta_multi(fit, vp, cache).ravel(order="F"), varpar)
     Jac = np.stack([Jm[:, k].reshape(p, p, order="F") for k in range(Jm.shape[1])])
     msgs = []
     if np.any(evals < -EIGEN_TOL):
         msgs.append("Model failed to converge with negative eigenvalue(s) of the Hessian")
     return VarparInfo(varpar=varpar, hessian=H, vcov_varpar=2.0 * Hinv, jacobian=Jac,
-                      vcov_beta=covbeta_multi(fit, varpar), warnings=tuple(msgs))
+                      vcov_beta=covbeta_multi(fit, varpar, cache), warnings=tuple(msgs))
 
 
 # ----------------------------------------------------------------------------- anova
