@@ -44,23 +44,38 @@ out <- list(reml = as.numeric(REMLcrit(m)), fixef = unname(fixef(m)),
             se = unname(co[, "Std. Error"]), df = unname(co[, "df"]),
             vc = as.data.frame(VarCorr(m))$vcov, grp = as.data.frame(VarCorr(m))$grp,
             ranef = modes)
-if (length(args) > 2) {
+if (args[3] != "-") {
   s <- suppressMessages(suppressWarnings(lmer(as.formula(args[3]), data = d)))
   a <- suppressMessages(anova(s, m))
   out$chisq <- a$Chisq[2]; out$chidf <- a$Df[2]
+}
+if (args[4] != "-") {
+  nd <- read.csv(args[4])
+  for (v in c("school", "class")) nd[[v]] <- factor(nd[[v]])
+  out$pred <- unname(predict(m, newdata = nd, allow.new.levels = TRUE))
+}
+if (args[5] == "kr") out$kr_df <- unname(summary(m, ddf = "Kenward-Roger")$coefficients[, "df"])
+if (args[5] == "icc") {
+  ic <- performance::icc(m, by_group = TRUE)
+  out$icc <- setNames(as.list(ic$ICC), ic$Group)
 }
 cat(jsonlite::toJSON(out, digits = NA, auto_unbox = TRUE))
 """
 
 
-def _r(tmp_path, data: pd.DataFrame, formula: str, small: str | None = None) -> dict:
+def _r(tmp_path, data: pd.DataFrame, formula: str, small: str | None = None,
+       newdata: pd.DataFrame | None = None, extra: str = "-") -> dict:
     if shutil.which("Rscript") is None:
         pytest.skip("Rscript not found")
     csv = tmp_path / "d.csv"
     data.to_csv(csv, index=False)
     script = tmp_path / "fit.R"
     script.write_text(R_SCRIPT)
-    cmd = ["Rscript", str(script), str(csv), formula] + ([small] if small else [])
+    nd = "-"
+    if newdata is not None:
+        nd = str(tmp_path / "nd.csv")
+        newdata.to_csv(nd, index=False)
+    cmd = ["Rscript", str(script), str(csv), formula, small or "-", nd, extra]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if res.returncode == 3:
         pytest.skip("R packages lme4/lmerTest/jsonlite not installed")
@@ -130,8 +145,14 @@ def test_three_levels_slopes_at_two_levels(tmp_path):
     fit = lmer(formula, d)
     assert fit.engine == "nested"
     assert [f.name for f in fit.design.factors] == ["class:school", "school"]
-    r = _r(tmp_path, d, formula, small)
+    nd = pd.DataFrame({"school": [1, 1, 2, 99], "class": [1, 77, 2, 1],
+                       "x": [0.5, -1.0, 2.0, 0.3], "w": [0.1, 0.2, -0.4, 1.0]})
+    r = _r(tmp_path, d, formula, small, newdata=nd, extra="kr")
     _check(fit, r)
+    # a new class in a known school keeps the school's effect; a new school gets none
+    np.testing.assert_allclose(fit.predict(nd, allow_new_levels=True), r["pred"], rtol=0,
+                               atol=1e-8 * max(1.0, np.max(np.abs(r["pred"]))))
+    np.testing.assert_allclose(fit.coef_table("Kenward-Roger")["df"], r["kr_df"], rtol=1e-4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         a = anova_multi(lmer(small, d), fit)
@@ -149,7 +170,10 @@ def test_reused_labels_crossed_by_mistake_warns_and_matches_lme4(tmp_path):
     _check(fit, _r(tmp_path, d, formula))
     nested = lmer("y ~ x + (1 | school/class)", d)
     assert nested.engine == "nested"
-    _check(nested, _r(tmp_path, d, "y ~ x + (1 | school/class)"))
+    rn = _r(tmp_path, d, "y ~ x + (1 | school/class)", extra="icc")
+    _check(nested, rn)
+    icc = nested.icc()
+    assert icc == pytest.approx(rn["icc"], rel=1e-4)
     assert nested.criterion != pytest.approx(fit.criterion, rel=1e-3)
 
 

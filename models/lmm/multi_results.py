@@ -33,7 +33,7 @@ from twolevel.models.rformat import (
     zapsmall,
 )
 
-__all__ = ["MultiFit", "MultiVarCorr"]
+__all__ = ["MultiFit", "MultiVarCorr", "icc_by_group", "predict_multi"]
 
 
 @dataclass(frozen=True)
@@ -311,6 +311,14 @@ class MultiFit:
             out[name] = c
         return out
 
+    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False) -> np.ndarray:
+        """lme4's ``predict`` (:func:`predict_multi`)."""
+        return predict_multi(self, newdata, re_form, allow_new_levels)
+
+    def icc(self) -> dict[str, float]:
+        """ICC per level (:func:`icc_by_group`)."""
+        return icc_by_group(self)
+
     def fitted(self) -> np.ndarray:
         """x_iᵀβ̂ + Σ_k z_kiᵀ b_k,g_k(i)."""
         d = self.design
@@ -419,3 +427,110 @@ class MultiFit:
             "residual": float(vc.residual), "singular": bool(self.is_singular()),
             "converged": bool(self.converged),
         }
+
+
+# ----------------------------------------------------------------------------- predictions
+
+
+def _label_text(v) -> str:
+    """A group label as the fit's level labels write it (integer-valued floats as integers)."""
+    if isinstance(v, float | np.floating) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def predict_multi(fit: MultiFit, newdata=None, re_form=None,
+                  allow_new_levels: bool = False) -> np.ndarray:
+    """lme4's ``predict`` for several factors: x₀ᵀβ̂ + Σ_k z₀ₖᵀb̂ₖ over the factors whose level
+    the row has; with ``allow_new_levels`` an unseen level (a new class in a known school, a
+    new school) contributes 0 at that level only (lme4's ``allow.new.levels = TRUE``).
+    ``re_form`` None uses every factor; ``"NA"``, ``"~0"`` or NaN the fixed part only.
+
+    Parameters
+    ----------
+    fit : the fit.  newdata : a data frame (None: the fitted rows).
+    re_form : None or "NA"/"~0"/NaN.  allow_new_levels : predict unseen levels.
+
+    Returns
+    -------
+    numpy.ndarray
+        One prediction per row.
+
+    Raises
+    ------
+    DataError
+        An unseen level without ``allow_new_levels``, a missing grouping column, or the
+        errors of :func:`twolevel.models.design.newdata.new_model_matrices`.
+
+    Examples
+    --------
+    >>> predict_multi(fit, new_rows, allow_new_levels=True)   # doctest: +SKIP
+    """
+    from twolevel.data.errors import DataError, TwolevelError
+    from twolevel.models.design.formula import parse_formula
+    from twolevel.models.design.multi import expand_group
+    from twolevel.models.design.newdata import (
+        _all_names,
+        _as_frame,
+        _check_columns,
+        _check_finite,
+        _matrix,
+    )
+
+    d = fit.design
+    fixed_only = re_form is not None and (
+        (isinstance(re_form, float) and math.isnan(re_form))
+        or str(re_form).replace(" ", "") in ("NA", "~0"))
+    if re_form is not None and not fixed_only:
+        raise TwolevelError(f"re_form '{re_form}' is not available with several grouping "
+                            "factors; use None (every factor) or 'NA' (fixed part only)")
+    if newdata is None:
+        return d.X @ fit.state.beta if fixed_only else fit.fitted()
+    nd = _as_frame(newdata)
+    parsed = parse_formula(d.formula)
+    used = _check_columns(d, nd, [parsed.fixed] + [b.lhs for b in parsed.bars])
+    _check_finite(nd, used)
+    out = _matrix(d, parsed.fixed, nd, d.x_names) @ fit.state.beta
+    if fixed_only:
+        return out
+    cols: dict[tuple[str, str], np.ndarray] = {}
+    for bar in parsed.bars:
+        names = _all_names(d, bar.lhs)
+        mat = _matrix(d, bar.lhs, nd, names)
+        for fname, _ in expand_group(bar.group):
+            for k, nm in enumerate(names):
+                cols[fname, nm] = mat[:, k]
+    for k, f in enumerate(d.factors):
+        absent = [c for c in f.columns if c not in nd.columns]
+        if absent:
+            raise DataError(f"newdata lacks grouping column(s) {', '.join(map(repr, absent))} "
+                            f"of factor '{f.name}'; add them (or predict with re_form='NA')")
+        labels = [":".join(_label_text(v) for v in row)
+                  for row in nd[list(f.columns)].itertuples(index=False)]
+        pos = {lab: i for i, lab in enumerate(f.levels)}
+        idx = np.array([pos.get(lab, -1) for lab in labels], dtype=np.intp)
+        if np.any(idx < 0) and not allow_new_levels:
+            new = list(dict.fromkeys(lab for lab, i in zip(labels, idx, strict=True) if i < 0))
+            raise DataError(
+                f"newdata has level(s) of '{f.name}' the fit never saw ({', '.join(new[:5])}); "
+                "use allow_new_levels=True to predict them with that level's effect 0"
+            )
+        Z0 = np.column_stack([cols[f.name, nm] for nm in f.z_names])
+        b = fit._b(k)
+        known = idx >= 0
+        out[known] += np.einsum("nq,nq->n", Z0[known], b[idx[known]])
+    return out
+
+
+def icc_by_group(fit: MultiFit) -> dict[str, float]:
+    """performance's ``icc(by_group = TRUE)`` for random-intercept models: per factor
+    σ²_k / (Σ_j σ²_j + σ²). Raises TwolevelError when a term has random slopes."""
+    vc = fit.VarCorr()
+    if any(nms != ("(Intercept)",) for nms in vc.names):
+        from twolevel.data.errors import TwolevelError
+
+        raise TwolevelError("ICC per level is defined for random-intercept terms only; this "
+                            "model has random slopes (use the variance components instead)")
+    v = [float(C[0, 0]) for C in vc.covs]
+    total = sum(v) + vc.residual
+    return {g: vi / total for g, vi in zip(vc.groups, v, strict=True)}
