@@ -195,3 +195,25 @@ def test_kr_refused_above_row_limit():
     with pytest.raises(TwolevelError, match=re.escape("limited to 6000 rows; use --ddf "
                                                       "satterthwaite")):
         fit.coef_table("Kenward-Roger")
+
+
+def test_predict_and_icc_messages():
+    d = _three()
+    fit = lmer("y ~ x + (1 | school/class)", d)
+    nd = pd.DataFrame({"school": [1, 40], "class": [9, 1], "x": [0.0, 1.0]})
+    with pytest.raises(DataError, match=r"newdata has level\(s\) of 'class:school' the fit never "
+                       r"saw \(9:1, 1:40\); use allow_new_levels=True"):
+        fit.predict(nd)
+    p = fit.predict(nd, allow_new_levels=True)
+    b = fit.ranef(cond_var=False)["school"]
+    assert p[0] == pytest.approx(fit.fixef()["(Intercept)"] + b.loc["1", "(Intercept)"])
+    assert p[1] == pytest.approx(fit.fixef().sum())  # new school, new class: fixed part only
+    np.testing.assert_allclose(fit.predict(re_form="NA"), d["x"] * fit.fixef()["x"]
+                               + fit.fixef()["(Intercept)"])
+    np.testing.assert_allclose(fit.predict(d), fit.fitted())
+    with pytest.raises(DataError, match=r"newdata lacks grouping column\(s\) 'class'"):
+        fit.predict(nd.drop(columns="class"))
+    with pytest.raises(TwolevelError, match="re_form '~ \\(1 \\| school\\)' is not available"):
+        fit.predict(nd, re_form="~ (1 | school)")
+    with pytest.raises(TwolevelError, match="ICC per level is defined for random-intercept"):
+        lmer("y ~ x + (1 + x | school) + (1 | school:class)", d).icc()
