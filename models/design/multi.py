@@ -314,17 +314,16 @@ def _interaction_codes(cols: tuple[str, ...], coded: dict[str, tuple[np.ndarray,
         codes, levels = coded[c]
         key = key * len(levels) + codes
     uniq, inv = np.unique(key, return_inverse=True)
-    labels = []
-    sizes = [len(coded[c][1]) for c in cols]
-    for k in uniq:
-        parts = []
-        rem = int(k)
-        for s in reversed(sizes):
-            parts.append(rem % s)
-            rem //= s
-        parts.reverse()
-        labels.append(":".join(str(coded[c][1][i]) for c, i in zip(cols, parts, strict=True)))
-    return inv.astype(np.intp), np.asarray(labels, dtype=object)
+    parts = []
+    rem = uniq.copy()
+    for c in reversed(cols):
+        levels = coded[c][1]
+        text = np.asarray([str(v) for v in levels], dtype=object)
+        parts.append(pd.Series(text[rem % len(levels)]))
+        rem //= len(levels)
+    parts.reverse()
+    labels = parts[0].str.cat(parts[1:], sep=":") if len(parts) > 1 else parts[0]
+    return inv.astype(np.intp), labels.to_numpy(dtype=object)
 
 
 def _reused_label_notes(factors: list[Factor], cols_of: dict[str, tuple[str, ...]],

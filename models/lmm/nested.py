@@ -103,6 +103,16 @@ def _T_full(design: MultiDesign, theta: np.ndarray) -> np.ndarray:
     return T
 
 
+def _scale(C: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """TᵀC_cT for every c, as two BLAS products on the stacked (n·d × d) matrix."""
+    n, d, _ = C.shape
+    if np.array_equal(T, np.diag(np.diag(T))):  # diagonal T (scalar terms): an outer product
+        t = np.diag(T)
+        return C * (t[:, None] * t[None, :])
+    CT = (C.reshape(n * d, d) @ T).reshape(n, d, d)  # C_c T
+    return (np.swapaxes(CT, 1, 2).reshape(n * d, d) @ T).reshape(n, d, d).swapaxes(1, 2)
+
+
 def nested_state(design: MultiDesign, stats: NestedStats, theta: np.ndarray,
                  modes: bool = False) -> MultiState:
     """Block elimination at θ (module docstring); with ``modes`` also the conditional modes and
@@ -115,7 +125,7 @@ def nested_state(design: MultiDesign, stats: NestedStats, theta: np.ndarray,
     """
     theta = np.asarray(theta, dtype=float)
     T = _T_full(design, theta)
-    G = np.matmul(np.matmul(T.T, stats.C), T)
+    G = _scale(stats.C, T)
     K = len(stats.q)
     ld = 0.0
     steps = []
