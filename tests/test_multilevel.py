@@ -217,3 +217,15 @@ def test_predict_and_icc_messages():
         fit.predict(nd, re_form="~ (1 | school)")
     with pytest.raises(TwolevelError, match="ICC per level is defined for random-intercept"):
         lmer("y ~ x + (1 + x | school) + (1 | school:class)", d).icc()
+
+
+def test_public_api_and_anova_redirect():
+    import twolevel as tl
+
+    d = _three()
+    fit = tl.lmer_multi("y ~ x + (1 | school/class)", d)
+    assert isinstance(fit, tl.MultiFit)
+    with pytest.raises(TwolevelError, match=r"several grouping factors: compare it with "
+                       r"anova_multi\(small, big\)"):
+        tl.anova(tl.lmer("y ~ x + (1 | school)", d), fit)
+    assert tl.anova_multi(tl.lmer("y ~ x + (1 | school)", d), fit)["df"] == 1
