@@ -229,3 +229,13 @@ def test_public_api_and_anova_redirect():
                        r"anova_multi\(small, big\)"):
         tl.anova(tl.lmer("y ~ x + (1 | school)", d), fit)
     assert tl.anova_multi(tl.lmer("y ~ x + (1 | school)", d), fit)["df"] == 1
+
+
+def test_one_factor_models_name_the_nesting_operator():
+    """glmer and the Bayesian fit take one grouping factor: '/' is read as nesting, not as a
+    column name (the issue's wrong message)."""
+    from twolevel.models.design import make_design
+
+    with pytest.raises(FormulaError, match=r"several grouping factors \(class:school, school\); "
+                       r"this model takes one grouping factor \(tl.lmer fits several"):
+        make_design("y ~ x + (1 | school/class)", _three())
