@@ -191,9 +191,13 @@ def test_error_messages():
 
 
 def test_kr_refused_above_row_limit():
-    fit = lmer("score ~ 1 + (1 | lea/school)", _data("chem97"))
-    with pytest.raises(TwolevelError, match=re.escape("limited to 6000 rows; use --ddf "
-                                                      "satterthwaite")):
+    rng = np.random.default_rng(3)
+    a, b = np.meshgrid(np.arange(101), np.arange(60))
+    d = pd.DataFrame({"a": a.ravel(), "b": b.ravel()})
+    d["y"] = rng.normal(0, 1, 101)[d["a"]] + rng.normal(0, 1, 60)[d["b"]] + rng.normal(size=len(d))
+    fit = lmer("y ~ 1 + (1 | a) + (1 | b)", d)
+    with pytest.raises(TwolevelError, match=re.escape("Kenward-Roger builds 6060 x 6060 matrices "
+                                                      "here (6060 rows;")):
         fit.coef_table("Kenward-Roger")
 
 

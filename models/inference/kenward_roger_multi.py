@@ -8,8 +8,10 @@ P_r = −XᵀΣ⁻¹G_rΣ⁻¹X, Q_rs = XᵀΣ⁻¹G_rΣ⁻¹G_sΣ⁻¹X, K_rs =
 IE2 = K − 2tr(ΦQ) + tr(ΦPΦP), W = 2 IE2⁻¹, U = Σ W_rs(Q_rs − P_rΦP_s), Φ_A = Φ + 2ΦUΦ and the df
 of :func:`twolevel.models.inference.kenward_roger.kr_ddf`.
 
-This is pbkrtest's dense computation with n × n matrices (nested designs could use per-school
-sums, crossed designs have no block structure): it is refused above ``MAX_ROWS`` rows.
+For a nested design Σ is block-diagonal by the outermost factor, so every piece is a sum over its
+groups of products of that group's n_s × n_s blocks (pbkrtest's dense matrices, one group at a
+time). A crossed design has no block structure: all rows form one block. A block of more than
+``MAX_ROWS`` rows is refused.
 """
 
 from __future__ import annotations
@@ -24,56 +26,85 @@ __all__ = ["MAX_ROWS", "ddf_kenward_roger_multi", "kr_pieces_multi"]
 MAX_ROWS = 6000
 
 
+def _blocks(fit) -> list[np.ndarray]:
+    """Row sets on which Σ is block-diagonal: the top-level groups of a nested design (Σ is
+    block-diagonal by the outermost factor), else all rows as one block."""
+    d = fit.design
+    if fit.engine != "nested":
+        return [np.arange(d.n)]
+    top = d.factors[-1].codes
+    order = np.argsort(top, kind="stable")
+    cuts = np.flatnonzero(np.diff(top[order])) + 1
+    return np.split(order, cuts)
+
+
 def kr_pieces_multi(fit) -> KRPieces:
     """pbkrtest's Φ, P_r, W and Φ_A at a :class:`~twolevel.models.lmm.multi_results.MultiFit`
-    (module docstring).
+    (module docstring). Every piece is a sum over the blocks of Σ: the top-level groups of a
+    nested design, the whole data set for a crossed one.
 
     Raises
     ------
     TwolevelError
-        For an ML fit, or more than ``MAX_ROWS`` rows.
+        For an ML fit, or a block of more than ``MAX_ROWS`` rows.
     """
     if not fit.reml:
         raise TwolevelError(KR_REML_ONLY_MESSAGE)
     d = fit.design
-    n = d.n
-    if n > MAX_ROWS:
+    blocks = _blocks(fit)
+    big = max(len(b) for b in blocks)
+    if big > MAX_ROWS:
+        where = ("rows" if fit.engine != "nested"
+                 else f"rows in one '{d.factors[-1].name}' group")
         raise TwolevelError(
-            f"Kenward-Roger with several grouping factors builds {n} x {n} matrices (pbkrtest's "
-            f"method) and is limited to {MAX_ROWS} rows; use --ddf satterthwaite"
+            f"Kenward-Roger builds {big} x {big} matrices here ({big} {where}; pbkrtest's "
+            f"method) and is limited to {MAX_ROWS} rows per block; use --ddf satterthwaite"
         )
     s2 = fit.sigma**2
-    Gs, gam = [], []
-    for k, f in enumerate(d.factors):
+    params = []  # (θ index, factor k, r, c, γ)
+    for k in range(len(d.factors)):
         tm = d.templates[k]
         cov = s2 * d.factor_T(fit.theta, k) @ d.factor_T(fit.theta, k).T
-        Zc = [sp.csr_matrix((f.Z[:, j], (np.arange(n), f.codes)), shape=(n, f.n_levels))
-              for j in range(f.q)]
         for r, c in zip(*np.nonzero(tm >= 0), strict=True):
-            G = (Zc[r] @ Zc[c].T).toarray()
-            if r != c:
-                G = G + G.T
-            Gs.append((int(tm[r, c]), G))
-            gam.append((int(tm[r, c]), cov[r, c]))
-    order = np.argsort([i for i, _ in Gs])
-    G = [Gs[i][1] for i in order] + [np.eye(n)]
-    g = np.array([gam[i][1] for i in order] + [s2])
-    Sigma = sum(gi * Gi for gi, Gi in zip(g, G, strict=True))
-    Si = np.linalg.inv(Sigma)
-    X = d.X
-    SiX = Si @ X
-    Phi = np.linalg.inv(X.T @ SiX)
+            params.append((int(tm[r, c]), k, int(r), int(c), float(cov[r, c])))
+    params.sort()
+    m = len(params) + 1
+    p = d.p
+    XSX = np.zeros((p, p))
+    P = [np.zeros((p, p)) for _ in range(m)]
+    Q = {(r, s): np.zeros((p, p)) for r in range(m) for s in range(r, m)}
+    K = np.zeros((m, m))
+    for rows in blocks:
+        nb = len(rows)
+        G = []
+        for _, k, r, c, _g in params:
+            f = d.factors[k]
+            codes = f.codes[rows]
+            lv, inv = np.unique(codes, return_inverse=True)
+            Zr = sp.csr_matrix((f.Z[rows, r], (np.arange(nb), inv)), shape=(nb, len(lv)))
+            Zc = sp.csr_matrix((f.Z[rows, c], (np.arange(nb), inv)), shape=(nb, len(lv)))
+            Gi = (Zr @ Zc.T).toarray()
+            G.append(Gi + Gi.T if r != c else Gi)
+        G.append(np.eye(nb))
+        g = [pr[4] for pr in params] + [s2]
+        Sigma = sum(gi * Gi for gi, Gi in zip(g, G, strict=True))
+        Si = np.linalg.inv(Sigma)
+        X = d.X[rows]
+        SiX = Si @ X
+        XSX += X.T @ SiX
+        SG = [Si @ Gi for Gi in G]
+        GSiX = [Gi @ SiX for Gi in G]
+        for r in range(m):
+            P[r] -= SiX.T @ GSiX[r]
+            for s in range(r, m):
+                Q[r, s] += GSiX[r].T @ (SG[s] @ SiX)
+                K[r, s] += float(np.sum(SG[r] * SG[s].T))
+    Phi = np.linalg.inv(XSX)
     Phi = 0.5 * (Phi + Phi.T)
-    SG = [Si @ Gi for Gi in G]  # Σ⁻¹G_r
-    m = len(G)
-    P = [-(SiX.T @ (Gi @ SiX)) for Gi in G]
     IE2 = np.empty((m, m))
-    Q = {}
     for r in range(m):
         for s in range(r, m):
-            Q[r, s] = SiX.T @ G[r] @ SG[s] @ SiX
-            K = float(np.sum(SG[r] * SG[s].T))
-            IE2[r, s] = IE2[s, r] = (K - 2.0 * np.sum(Phi * Q[r, s])
+            IE2[r, s] = IE2[s, r] = (K[r, s] - 2.0 * np.sum(Phi * Q[r, s])
                                      + np.sum((Phi @ P[r]) * (P[s] @ Phi)))
     cond = float(np.min(np.abs(np.linalg.eigvalsh(IE2))))
     W = 2.0 * (np.linalg.inv(IE2) if cond > 1e-10 else np.linalg.pinv(IE2))
