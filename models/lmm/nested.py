@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 from twolevel.models.design.multi import MultiDesign
 from twolevel.models.design.multi_stats import NestedStats
+from twolevel.models.lmm.nested_kernels import eliminate_level
 
 __all__ = ["MultiState", "criterion_from_parts", "nested_deviance", "nested_state"]
 
@@ -129,7 +130,21 @@ def nested_state(design: MultiDesign, stats: NestedStats, theta: np.ndarray,
     K = len(stats.q)
     ld = 0.0
     steps = []
-    for k in range(K):
+    if not modes:  # the criterion only: one compiled pass per level, no per-group factors kept
+        for k in range(K):
+            q = stats.q[k]
+            last = k == K - 1
+            par = np.zeros(G.shape[0], dtype=np.intp) if last else stats.parents[k]
+            n_par = 1 if last else design.factors[k + 1].n_levels
+            m = G.shape[1] - q
+            out = np.zeros((n_par, m, m))
+            ldk = eliminate_level(np.ascontiguousarray(G), q, par, out)
+            if not np.isfinite(ldk):
+                raise np.linalg.LinAlgError("not positive definite")
+            ld += ldk
+            G = out
+        G = G[0]
+    for k in range(K if modes else 0):  # with the modes: keep every level's factors
         q = stats.q[k]
         idx = np.arange(q)
         G[:, idx, idx] += 1.0
