@@ -126,19 +126,21 @@ def nested_state(design: MultiDesign, stats: NestedStats, theta: np.ndarray,
     """
     theta = np.asarray(theta, dtype=float)
     T = _T_full(design, theta)
-    G = _scale(stats.C, T)
     K = len(stats.q)
     ld = 0.0
     steps = []
+    diagonal = not modes and not np.any(T - np.diag(np.diag(T)))
+    G = stats.C if diagonal else _scale(stats.C, T)
     if not modes:  # the criterion only: one compiled pass per level, no per-group factors kept
         for k in range(K):
+            t = np.diag(T) if diagonal and k == 0 else np.ones(G.shape[1])
             q = stats.q[k]
             last = k == K - 1
             par = np.zeros(G.shape[0], dtype=np.intp) if last else stats.parents[k]
             n_par = 1 if last else design.factors[k + 1].n_levels
             m = G.shape[1] - q
             out = np.zeros((n_par, m, m))
-            ldk = eliminate_level(np.ascontiguousarray(G), q, par, out)
+            ldk = eliminate_level(G, np.ascontiguousarray(t), q, par, out)
             if not np.isfinite(ldk):
                 raise np.linalg.LinAlgError("not positive definite")
             ld += ldk

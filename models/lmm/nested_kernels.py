@@ -18,9 +18,10 @@ __all__ = ["eliminate_level"]
 
 
 @numba.njit(cache=True, nogil=True)
-def eliminate_level(G, q, parent, out):
-    """Eliminate the first ``q`` rows/columns of every G[i] (adding I_q first) and add each
-    Schur complement into ``out[parent[i]]`` (``out`` zeroed by the caller). Returns
+def eliminate_level(G, t, q, parent, out):
+    """Eliminate the first ``q`` rows/columns of every diag(t) G[i] diag(t) (adding I_q first)
+    and add each Schur complement into ``out[parent[i]]`` (``out`` zeroed by the caller); ``t``
+    scales the rows and columns (a diagonal T; ones when G is already scaled). Returns
     2Σ log diag L, or NaN when a block is not positive definite."""
     n, m, _ = G.shape
     r = m - q
@@ -30,7 +31,7 @@ def eliminate_level(G, q, parent, out):
     for i in range(n):
         for a in range(q):
             for b in range(a + 1):
-                s = G[i, a, b] + (1.0 if a == b else 0.0)
+                s = G[i, a, b] * t[a] * t[b] + (1.0 if a == b else 0.0)
                 for k in range(b):
                     s -= L[a, k] * L[b, k]
                 if a == b:
@@ -42,14 +43,14 @@ def eliminate_level(G, q, parent, out):
                     L[a, b] = s / L[b, b]
         for a in range(q):
             for c in range(r):
-                s = G[i, a, q + c]
+                s = G[i, a, q + c] * t[a] * t[q + c]
                 for k in range(a):
                     s -= L[a, k] * Rt[k, c]
                 Rt[a, c] = s / L[a, a]
         pi = parent[i]
         for c1 in range(r):
             for c2 in range(c1 + 1):
-                s = G[i, q + c1, q + c2]
+                s = G[i, q + c1, q + c2] * t[q + c1] * t[q + c2]
                 for k in range(q):
                     s -= Rt[k, c1] * Rt[k, c2]
                 out[pi, c1, c2] += s
