@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 import pandas as pd
@@ -295,9 +295,11 @@ def grouping_factors(formula: str) -> list[str]:
     return out
 
 
+@lru_cache(maxsize=64)
 def needs_multi(formula: str) -> bool:
     """True when a formula needs the several-factors path: more than one grouping factor after
-    ``/`` expansion, or one factor that is an interaction (``school:class``)."""
+    ``/`` expansion, or one factor that is an interaction (``school:class``). Cached per
+    formula string (the one-factor path pays one dictionary look-up)."""
     facs = grouping_factors(formula)
     return len(facs) > 1 or any(":" in f for f in facs)
 
