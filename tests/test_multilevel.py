@@ -141,7 +141,7 @@ def test_cli_json_and_ranef(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--confint", "wald"], "--confint not available yet with several grouping factors"),
+    (["--confint", "profile"], "--confint profile not available yet with several grouping"),
     (["--ddf", "hlm"], "--ddf hlm is for one grouping factor"),
 ])
 def test_cli_errors(tmp_path, capsys, argv, message):
@@ -243,3 +243,22 @@ def test_one_factor_models_name_the_nesting_operator():
     with pytest.raises(FormulaError, match=r"several grouping factors \(class:school, school\); "
                        r"this model takes one grouping factor \(tl.lmer fits several"):
         make_design("y ~ x + (1 | school/class)", _three())
+
+
+def test_wald_intervals(tmp_path, capsys):
+    d = _three()
+    fit = lmer("y ~ x + (1 | school/class)", d)
+    ci = fit.confint()
+    assert list(ci.index) == [".sig01", ".sig02", ".sigma", "(Intercept)", "x"]
+    assert ci.loc["x"].to_numpy() == pytest.approx(fit.fixef()["x"] + np.array([-1, 1])
+                                                   * 1.959963984540054 * fit.se()["x"])
+    assert ci.loc[".sigma"].isna().all()
+    with pytest.raises(TwolevelError, match="confint method 'profile' is not available"):
+        fit.confint(method="profile")
+    csv = tmp_path / "three.csv"
+    d.to_csv(csv, index=False)
+    assert main(["fit", str(csv), "y ~ x + (1 | school/class)", "--json", "--confint",
+                 "wald"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["confint"][".sig01"] == [None, None]
+    assert out["confint"]["x"] == pytest.approx(list(ci.loc["x"]))

@@ -315,6 +315,20 @@ class MultiFit:
         """lme4's ``predict`` (:func:`predict_multi`)."""
         return predict_multi(self, newdata, re_form, allow_new_levels)
 
+    def confint(self, level: float = 0.95, method: str = "Wald") -> pd.DataFrame:
+        """lme4's ``confint(method = "Wald")``: β̂ ± z·SE, with NaN rows ``.sig01`` … and
+        ``.sigma`` for the variance parameters (only Wald with several factors)."""
+        if method != "Wald":
+            from twolevel.data.errors import TwolevelError
+
+            raise TwolevelError(f"confint method '{method}' is not available with several "
+                                "grouping factors yet; use method='Wald'")
+        from twolevel.models.inference.intervals import confint_wald
+
+        var = [f".sig{i + 1:02d}" for i in range(self.design.n_theta)] + [".sigma"]
+        return confint_wald(list(self.design.x_names), self.state.beta, self.se().to_numpy(),
+                            level, var)
+
     def icc(self) -> dict[str, float]:
         """ICC per level (:func:`icc_by_group`)."""
         return icc_by_group(self)

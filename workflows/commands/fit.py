@@ -152,21 +152,30 @@ def run_glmer(args: argparse.Namespace) -> int:
 def _run_several(fit, args: argparse.Namespace, caught) -> int:
     """Several grouping factors: summary or JSON (``random`` keyed by lme4's factor names,
     ``residual``), ``--ranef`` as long rows factor, level, effect, mode, condsd."""
-    bad = [flag for flag, on in (("--confint", args.confint), ("--hlm", args.hlm),
-                                 ("--schools", args.schools)) if on]
+    bad = [flag for flag, on in (("--confint " + str(args.confint),
+                                  args.confint not in (None, "wald")),
+                                 ("--hlm", args.hlm), ("--schools", args.schools)) if on]
     if bad:
         raise TwolevelError(f"{', '.join(bad)} not available yet with several grouping factors; "
-                            "use --json, --ranef, --ddf")
+                            "use --json, --ranef, --ddf, --confint wald")
     ddf = inference.DDF_CHOICES[args.ddf or "satterthwaite"]
     if ddf == "HLM":
         raise TwolevelError("--ddf hlm is for one grouping factor; with several use "
                             "--ddf satterthwaite or kenward-roger")
+    ci = fit.confint(args.level) if args.confint == "wald" else None
     if args.json:
-        print(json.dumps(fit.to_dict(ddf), indent=2))
+        out = fit.to_dict(ddf)
+        if ci is not None:
+            out["confint"] = {str(n): [None if math.isnan(v) else float(v) for v in row]
+                              for n, row in zip(ci.index, ci.to_numpy(), strict=True)}
+        print(json.dumps(out, indent=2))
         for w in caught:
             print(f"twolevel fit: note: {w.message}", file=sys.stderr)
     else:
         print(fit.summary(ddf))
+        if ci is not None:
+            print("\nConfidence intervals (Wald):\n"
+                  + ci.to_string(float_format=lambda v: f"{v:.4f}", na_rep="NA"))
         for w in caught:
             print(str(w.message))
     if args.ranef:
