@@ -262,3 +262,41 @@ def test_wald_intervals(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["confint"][".sig01"] == [None, None]
     assert out["confint"]["x"] == pytest.approx(list(ci.loc["x"]))
+    assert main(["fit", str(csv), "y ~ x + (1 | school/class)", "--confint", "boot",
+                 "--nsim", "3", "--seed", "2"]) == 0
+    assert "Confidence intervals (parametric bootstrap, 3 simulations, seed 2):" in \
+        capsys.readouterr().out
+    assert main(["fit", str(csv), "y ~ x + (1 | school/class)", "--confint", "boot",
+                 "--nsim", "1"]) == 2
+    assert "--nsim must be at least 2 for bootstrap intervals, got 1" in capsys.readouterr().err
+
+
+def test_simulate_and_bootstrap():
+    from twolevel.models.inference.simulate_multi import (
+        bootstrap_multi,
+        sdcor_multi,
+        simulate_multi,
+    )
+
+    d = _three()
+    fit = lmer("y ~ x + (1 + x | school) + (1 | school:class)", d)
+    names, v = sdcor_multi(fit)
+    vc = fit.VarCorr()
+    # lme4's confint order: per term the lower triangle, SDs on the diagonal, correlations off it
+    assert names == [".sig01", ".sig02", ".sig03", ".sig04", ".sigma"]
+    C = vc.covs[1]  # school's (Intercept, x) block
+    assert v[0] == pytest.approx(np.sqrt(vc.covs[0][0, 0]))
+    assert v[1:4] == pytest.approx([np.sqrt(C[0, 0]), C[1, 0] / np.sqrt(C[0, 0] * C[1, 1]),
+                                    np.sqrt(C[1, 1])])
+    ys = simulate_multi(fit, nsim=2000, seed=5)
+    np.testing.assert_array_equal(ys[:, :3], simulate_multi(fit, nsim=3, seed=5))
+    # row 0 (x = x0): Var y* = τ_class + (1, x0) Σ_school (1, x0)ᵀ + σ²
+    x0 = d["x"].iloc[0]
+    z = np.array([1.0, x0])
+    var0 = vc.covs[0][0, 0] + z @ C @ z + vc.residual
+    assert np.var(ys[0]) == pytest.approx(var0, rel=0.1)  # 2000 draws: sd of the ratio ≈ 0.03
+    b = bootstrap_multi(fit, nsim=5, seed=3)
+    assert b.replicates.shape == (5, 7) and b.n_failed == 0
+    ci = b.confint()
+    assert list(ci.index) == names + ["(Intercept)", "x"]
+    assert np.all(ci.iloc[:, 0] <= ci.iloc[:, 1])

@@ -153,16 +153,23 @@ def _run_several(fit, args: argparse.Namespace, caught) -> int:
     """Several grouping factors: summary or JSON (``random`` keyed by lme4's factor names,
     ``residual``), ``--ranef`` as long rows factor, level, effect, mode, condsd."""
     bad = [flag for flag, on in (("--confint " + str(args.confint),
-                                  args.confint not in (None, "wald")),
+                                  args.confint not in (None, "wald", "boot")),
                                  ("--hlm", args.hlm), ("--schools", args.schools)) if on]
     if bad:
         raise TwolevelError(f"{', '.join(bad)} not available yet with several grouping factors; "
-                            "use --json, --ranef, --ddf, --confint wald")
+                            "use --json, --ranef, --ddf, --confint wald|boot")
     ddf = inference.DDF_CHOICES[args.ddf or "satterthwaite"]
     if ddf == "HLM":
         raise TwolevelError("--ddf hlm is for one grouping factor; with several use "
                             "--ddf satterthwaite or kenward-roger")
     ci = fit.confint(args.level) if args.confint == "wald" else None
+    if args.confint == "boot":
+        from twolevel.models.inference.simulate_multi import bootstrap_multi
+
+        if args.nsim < 2:
+            raise TwolevelError(f"--nsim must be at least 2 for bootstrap intervals, got "
+                                f"{args.nsim}")
+        ci = bootstrap_multi(fit, args.nsim, args.seed).confint(args.level)
     if args.json:
         out = fit.to_dict(ddf)
         if ci is not None:
@@ -174,7 +181,9 @@ def _run_several(fit, args: argparse.Namespace, caught) -> int:
     else:
         print(fit.summary(ddf))
         if ci is not None:
-            print("\nConfidence intervals (Wald):\n"
+            title = ("Wald" if args.confint == "wald" else
+                     f"parametric bootstrap, {args.nsim} simulations, seed {args.seed}")
+            print(f"\nConfidence intervals ({title}):\n"
                   + ci.to_string(float_format=lambda v: f"{v:.4f}", na_rep="NA"))
         for w in caught:
             print(str(w.message))
