@@ -22,6 +22,7 @@ from twolevel.data.errors import DataError, FormulaError, TwolevelError
 from twolevel.models.design.multi import expand_group, make_multi_design
 from twolevel.models.lmm.lmer import lmer
 from twolevel.models.lmm.multi import anova_multi, fit_multi_design, refit_ml_multi
+from twolevel.models.lmm.multi_results import MultiFit
 from twolevel.workflows.cli import main
 
 GOLD = load_golden("multilevel_goldens.json")
@@ -300,3 +301,13 @@ def test_simulate_and_bootstrap():
     ci = b.confint()
     assert list(ci.index) == names + ["(Intercept)", "x"]
     assert np.all(ci.iloc[:, 0] <= ci.iloc[:, 1])
+
+
+def test_single_interaction_factor_equals_unique_labels():
+    d = _three()
+    d["cid"] = d["school"] * 10 + d["class"]
+    a = lmer("y ~ x + (1 + x | school:class)", d)
+    b = lmer("y ~ x + (1 + x | cid)", d)
+    assert isinstance(a, MultiFit) and not isinstance(b, MultiFit)
+    assert a.criterion == pytest.approx(b.criterion, rel=1e-9)
+    np.testing.assert_allclose(a.se(), b.se(), rtol=1e-6)
