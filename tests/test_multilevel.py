@@ -311,3 +311,14 @@ def test_single_interaction_factor_equals_unique_labels():
     assert isinstance(a, MultiFit) and not isinstance(b, MultiFit)
     assert a.criterion == pytest.approx(b.criterion, rel=1e-9)
     np.testing.assert_allclose(a.se(), b.se(), rtol=1e-6)
+
+
+def test_summary_printout_equals_lmertest():
+    """The whole printout, against lmerTest's (tests/goldens/multilevel_summary.R on
+    three_levels(5) of the live-R test module)."""
+    from conftest import GOLDENS
+    from test_multilevel_r_parity import three_levels
+
+    fit = lmer("y ~ x + (1 + x | school/class)", three_levels(5), data_name="d")
+    want = (GOLDENS / "multilevel_summary_three_levels.txt").read_text().rstrip("\n")
+    assert fit.summary() == want
