@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 from twolevel.models.design.multi import MultiDesign
 from twolevel.models.design.multi_stats import CrossedStats
 from twolevel.models.lmm.nested import MultiState, criterion_from_parts
@@ -74,7 +75,10 @@ def crossed_state(design: MultiDesign, stats: CrossedStats, theta: np.ndarray,
     Qr = sum(stats.q_rest)
     S[np.arange(Qr), np.arange(Qr)] += 1.0
     S -= (R @ R.T).toarray()
-    LS = sla.cholesky(S, lower=True, check_finite=False)
+    with threadpool_limits(1):  # one BLAS thread: threads stall on a busy machine (15× here)
+        LS, info = sla.lapack.dpotrf(S, lower=1, clean=1)
+    if info != 0:
+        raise np.linalg.LinAlgError("not positive definite")
     p = stats.p
     dg = np.diag(LS)
     ldL2 = 2.0 * float(np.sum(np.log(np.diagonal(L, axis1=1, axis2=2)))) + 2.0 * float(
