@@ -346,3 +346,13 @@ def test_insteval_crossed():
     assert ml.criterion == pytest.approx(g["ml"], rel=1e-7)
     m3 = lmer("y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept)", d, REML=False)
     assert m3.criterion == pytest.approx(237721.76877450474, rel=1e-9)
+
+
+def test_crossed_dense_block_limit():
+    n = 6002
+    d = pd.DataFrame({"a": np.arange(2 * n) % n, "b": np.arange(2 * n) % (n - 1),
+                      "y": np.random.default_rng(0).normal(size=2 * n)})
+    with pytest.raises(TwolevelError, match=r"are crossed \('a' 6002 levels, 'b' 6001 levels\);"
+                       r" after the largest, the others need a dense block of 6001 random "
+                       r"effects, above the 6000"):
+        lmer("y ~ 1 + (1 | a) + (1 | b)", d)
