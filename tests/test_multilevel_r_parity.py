@@ -216,7 +216,8 @@ def test_four_levels_and_uncorrelated_slopes(tmp_path):
 def test_crossed_with_random_slopes_on_both_factors(tmp_path):
     rng = np.random.default_rng(2208)
     d = crossed(2209, partial=True)
-    d["y"] = d["y"] + rng.normal(0, 0.5, 41)[d["a"]] * d["x"] + rng.normal(0, 0.4, 13)[d["b"]] * d["x"]
+    slope = rng.normal(0, 0.5, 41)[d["a"]] + rng.normal(0, 0.4, 13)[d["b"]]
+    d["y"] = d["y"] + slope * d["x"]
     formula = "y ~ x + (1 + x | a) + (1 + x | b)"
     fit = lmer(formula, d)
     assert fit.engine == "crossed"
