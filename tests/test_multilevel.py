@@ -358,3 +358,13 @@ def test_crossed_dense_block_limit():
                        r" after the largest, the others need a dense block of 6001 random "
                        r"effects, above the 6000"):
         lmer("y ~ 1 + (1 | a) + (1 | b)", d)
+
+
+def test_facade_predict_dispatches():
+    import twolevel as tl
+
+    d = _three()
+    fit = lmer("y ~ x + (1 | school/class)", d)
+    np.testing.assert_allclose(tl.predict(fit, d.iloc[:5]), fit.fitted()[:5])
+    with pytest.raises(TwolevelError, match="interval='confidence' is not available with several"):
+        tl.predict(fit, d.iloc[:5], interval="confidence")
