@@ -45,6 +45,12 @@ _API: dict[str, str] = {
     "refit_ml": "twolevel.models.lmm.lmer",
     "LmerFit": "twolevel.models.lmm.results",
     "VarCorr": "twolevel.models.lmm.results",
+    # several grouping factors (nested and crossed)
+    "lmer_multi": "twolevel.models.lmm.multi",
+    "refit_ml_multi": "twolevel.models.lmm.multi",
+    "anova_multi": "twolevel.models.lmm.multi",
+    "make_multi_design": "twolevel.models.design.multi",
+    "MultiFit": "twolevel.models.lmm.multi_results",
     # the GLMM engine (binomial, Poisson)
     "glmer": "twolevel.models.glmm.glmer",
     "GlmerFit": "twolevel.models.glmm.results",
@@ -136,6 +142,7 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
         group_crossprods,
         make_design,
     )
+    from twolevel.models.design.multi import make_multi_design  # noqa: F401
     from twolevel.models.design.newdata import center_new_rows  # noqa: F401
     from twolevel.models.inference.anova import AnovaResult, anova  # noqa: F401
     from twolevel.models.inference.effect_sizes import (  # noqa: F401
@@ -156,6 +163,8 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
     )
     from twolevel.models.inference.simulate import BootstrapResult, bootstrap, simulate  # noqa: F401
     from twolevel.models.lmm.lmer import lmer, refit_ml  # noqa: F401
+    from twolevel.models.lmm.multi import anova_multi, lmer_multi, refit_ml_multi  # noqa: F401
+    from twolevel.models.lmm.multi_results import MultiFit  # noqa: F401
     from twolevel.models.lmm.results import LmerFit, VarCorr  # noqa: F401
     from twolevel.models.survey.crossprods import weighted_group_crossprods  # noqa: F401
     from twolevel.models.survey.fit import WeightedLmerFit  # noqa: F401

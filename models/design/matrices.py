@@ -399,10 +399,14 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
             "this is not a mixed model; add one, or use ordinary least squares"
         )
     groups = sorted({b.group for b in parsed.bars})
-    if len(groups) > 1:
+    from twolevel.models.design.multi import grouping_factors, needs_multi
+
+    if len(groups) > 1 or needs_multi(formula):
+        facs = groups if len(groups) > 1 else grouping_factors(formula)
         raise FormulaError(
-            f"formula '{formula}' has several grouping factors ({', '.join(groups)}); "
-            "twolevel fits two-level models with one grouping factor"
+            f"formula '{formula}' has several grouping factors ({', '.join(facs)}); "
+            "this model takes one grouping factor (tl.lmer fits several: nested, e.g. "
+            "'(1 | school/class)', or crossed)"
         )
     group = groups[0]
     columns = data.columns

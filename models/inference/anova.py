@@ -304,6 +304,9 @@ def anova(*fits: LmerFit, names: list[str] | None = None, refit: bool = True) ->
         raise TwolevelError(LRT_REFUSED)
     if len(fits) < 2:
         raise TwolevelError("anova needs at least two fitted models to compare")
+    if any(hasattr(f.design, "factors") for f in fits):
+        raise TwolevelError("a model has several grouping factors: compare it with "
+                            "anova_multi(small, big) (likelihood-ratio test with ML refits)")
     names = list(names) if names is not None else [f"m{i + 1}" for i in range(len(fits))]
     if len(names) != len(fits):
         raise TwolevelError(f"{len(fits)} models but {len(names)} names")

@@ -175,6 +175,12 @@ def predict(
         return fit.predict(newdata, re_form, allow_new_levels, type=type or "link")
     if type not in (None, "link", "response"):
         raise TwolevelError(f"type must be 'link' or 'response', got {type!r}")
+    if hasattr(fit.design, "factors"):  # several grouping factors (a MultiFit)
+        if interval is not None:
+            raise TwolevelError(
+                f"interval={interval!r} is not available with several grouping factors yet; "
+                "predict without intervals (or use bootstrap_multi refits)")
+        return fit.predict(newdata, re_form, allow_new_levels)
     d = fit.design
     mask = re_form_mask(d, re_form)
     cond = bool(mask.any())

@@ -17,6 +17,7 @@ import pandas as pd
 
 from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods, make_design
+from twolevel.models.design.multi import needs_multi
 from twolevel.models.design.sources import ScaleDesign, choose_engine, crossprods_from
 from twolevel.models.lmm.deviance import criterion, deviance_gradient, make_deviance, pls_state
 from twolevel.models.lmm.optimize import MODES, optimize_theta, refit_ml_theta
@@ -102,8 +103,10 @@ def lmer(
 
     Parameters
     ----------
-    formula : lme4 formula with one grouping factor, e.g. ``"y ~ 1 + x*w + (1 + x | school)"``;
-        ``(1 + x || g)`` for uncorrelated effects.
+    formula : lme4 formula, e.g. ``"y ~ 1 + x*w + (1 + x | school)"``; ``(1 + x || g)`` for
+        uncorrelated effects. With several grouping factors (``(1 | school/class)``,
+        ``(1 | a) + (1 | b)``) the fit is a :class:`~twolevel.models.lmm.multi_results.MultiFit`
+        (:func:`twolevel.models.lmm.multi.lmer_multi`; in memory only).
     data : a data frame with the columns of the formula; or (engines duckdb/dask) a Parquet/CSV
         path, glob, directory or list of files, or a ``dask.dataframe``.
     REML : REML (True) or maximum likelihood (False).
@@ -148,6 +151,8 @@ def lmer(
                            weight_scaling=weight_scaling, pv=pv, df_com=df_com,
                            optimizer=optimizer, data_name=data_name, engine=engine,
                            memory_limit=memory_limit, scheduler=scheduler)
+    if needs_multi(formula):
+        return _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler)
     cp = None
     if choose_engine(data, engine, scheduler) == "memory" and isinstance(data, pd.DataFrame):
         design = make_design(formula, data)
@@ -167,6 +172,25 @@ def lmer(
             f"optimizer did not converge ({fit.optsum.status_message})", UserWarning, stacklevel=2
         )
     return fit
+
+
+def _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler):
+    """Several grouping factors (or an interaction factor): the in-memory path of
+    :func:`twolevel.models.lmm.multi.lmer_multi`."""
+    from twolevel.models.lmm.multi import lmer_multi
+
+    chosen = choose_engine(data, engine, scheduler)
+    if chosen == "memory" and not isinstance(data, pd.DataFrame):
+        from twolevel.models.design.duckdb_source import read_all
+
+        data = read_all(data)
+    if chosen != "memory":
+        raise TwolevelError(
+            f"formula '{formula}' has several grouping factors, which are fitted from a data "
+            "frame in memory for now; load the rows (engine='memory') instead of "
+            f"engine='{engine}'"
+        )
+    return lmer_multi(formula, data, REML=REML, optimizer=optimizer, data_name=data_name)
 
 
 def refit_ml(fit: LmerFit) -> LmerFit:

@@ -17,6 +17,7 @@ import warnings
 
 from twolevel.models.inference.anova import anova
 from twolevel.models.lmm.lmer import lmer
+from twolevel.models.lmm.multi_results import MultiFit
 from twolevel.workflows.commands import (
     add_data_argument,
     add_engine_arguments,
@@ -62,6 +63,19 @@ def run(args: argparse.Namespace) -> int:
         else:
             small = lmer(args.small, df, data_name=name, engine=engine, **opts)
             big = lmer(args.big, df, data_name=name, engine=engine, **opts)
+    if isinstance(small, MultiFit) or isinstance(big, MultiFit):  # several grouping factors
+        from twolevel.models.lmm.multi import anova_multi
+
+        out = anova_multi(small, big, names=("small", "big"))
+        if args.json:
+            print(json.dumps(out, indent=2))
+        else:
+            for m in out["models"]:
+                print(f"{m['name']}: {m['formula']}  npar {m['npar']}  logLik {m['loglik']:.4f}")
+            print(f"Chisq {out['chisq']:.4f}  Df {out['df']:g}  Pr(>Chisq) {out['p']:.4g}"
+                  + (f"  ({out['mixture']}: p = {out['p_mixture']:.4g})" if out["mixture"]
+                     else ""))
+        return 0
     res = anova(small, big, names=["small", "big"])
     print(json.dumps(res.to_dict(), indent=2) if args.json else res.summary())
     return 0

@@ -28,6 +28,7 @@ from pathlib import Path
 from twolevel.data.errors import TwolevelError
 from twolevel.data.loaders import BUILTIN_DATASETS, load_data
 from twolevel.models.lmm.lmer import lmer
+from twolevel.models.lmm.multi_results import MultiFit
 from twolevel.workflows import inference
 from twolevel.workflows.commands import (
     add_data_argument,
@@ -150,6 +151,49 @@ def run_glmer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_several(fit, args: argparse.Namespace, caught) -> int:
+    """Several grouping factors: summary or JSON (``random`` keyed by lme4's factor names,
+    ``residual``), ``--ranef`` as long rows factor, level, effect, mode, condsd."""
+    bad = [flag for flag, on in (("--confint " + str(args.confint),
+                                  args.confint not in (None, "wald", "boot")),
+                                 ("--hlm", args.hlm), ("--schools", args.schools)) if on]
+    if bad:
+        raise TwolevelError(f"{', '.join(bad)} not available yet with several grouping factors; "
+                            "use --json, --ranef, --ddf, --confint wald|boot")
+    ddf = inference.DDF_CHOICES[args.ddf or "satterthwaite"]
+    if ddf == "HLM":
+        raise TwolevelError("--ddf hlm is for one grouping factor; with several use "
+                            "--ddf satterthwaite or kenward-roger")
+    ci = fit.confint(args.level) if args.confint == "wald" else None
+    if args.confint == "boot":
+        from twolevel.models.inference.simulate_multi import bootstrap_multi
+
+        if args.nsim < 2:
+            raise TwolevelError(f"--nsim must be at least 2 for bootstrap intervals, got "
+                                f"{args.nsim}")
+        ci = bootstrap_multi(fit, args.nsim, args.seed).confint(args.level)
+    if args.json:
+        out = fit.to_dict(ddf)
+        if ci is not None:
+            out["confint"] = {str(n): [None if math.isnan(v) else float(v) for v in row]
+                              for n, row in zip(ci.index, ci.to_numpy(), strict=True)}
+        print(json.dumps(out, indent=2))
+        for w in caught:
+            print(f"twolevel fit: note: {w.message}", file=sys.stderr)
+    else:
+        print(fit.summary(ddf))
+        if ci is not None:
+            title = ("Wald" if args.confint == "wald" else
+                     f"parametric bootstrap, {args.nsim} simulations, seed {args.seed}")
+            print(f"\nConfidence intervals ({title}):\n"
+                  + ci.to_string(float_format=lambda v: f"{v:.4f}", na_rep="NA"))
+        for w in caught:
+            print(str(w.message))
+    if args.ranef:
+        write_csv_atomic(fit.ranef_long(), args.ranef)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Fit, then print the summary or the JSON object; write --ranef if asked."""
     if survey.wanted(args):
@@ -166,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
                    **(opts | ({"per_group_x": True}
                               if opts and (args.hlm or args.schools or args.confint == "boot")
                               else {})))
+    if isinstance(fit, MultiFit):  # several grouping factors
+        return _run_several(fit, args, caught)
     with warnings.catch_warnings(record=True) as caught_extra:
         warnings.simplefilter("always")
         extras = inference.compute(fit, args)  # before any output: errors leave nothing half-done
