@@ -24,8 +24,8 @@ LECTURE = "g1rscore ~ 1 + famsesc + (1 + famsesc | schid)"
 
 # Stages of twolevel.models, lowest first: a module may import (at module level) only from its
 # own subpackage or from a lower rank. data is below all of models; workflows above.
-MODEL_RANK = {"rformat": 0, "cbuild": 0, "design": 0, "lmm": 1, "glmm": 2, "bayes": 3, "inference": 3,
-              "tables": 4}
+MODEL_RANK = {"rformat": 0, "native": 0, "design": 0, "lmm": 1, "glmm": 2, "bayes": 3,
+              "inference": 3, "tables": 4, "versions": 5}
 
 
 # the Bayesian builder modules: the only ones that import PyMC / PyTensor

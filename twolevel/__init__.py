@@ -45,6 +45,8 @@ _API: dict[str, str] = {
     "refit_ml": "twolevel.models.lmm.lmer",
     "LmerFit": "twolevel.models.lmm.results",
     "VarCorr": "twolevel.models.lmm.results",
+    # what this installation runs on (compiled kernels, versions)
+    "show_versions": "twolevel.models.versions",
     # the GLMM engine (binomial, Poisson)
     "glmer": "twolevel.models.glmm.glmer",
     "GlmerFit": "twolevel.models.glmm.results",
@@ -146,3 +148,4 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
     from twolevel.models.lmm.results import LmerFit, VarCorr  # noqa: F401
     from twolevel.models.tables.ols import GroupOLS, group_ols  # noqa: F401
     from twolevel.models.tables.shrinkage import caterpillar_table, shrinkage_table  # noqa: F401
+    from twolevel.models.versions import show_versions  # noqa: F401

@@ -4,9 +4,9 @@ nutpie (0.16) runs its chains in Rust threads. Given a PyMC model it compiles Py
 code into a ``numba.cfunc`` that cannot be cached (it closes over the model's data), ~10 s every
 process; its Python-callback route (``nutpie.compiled_pyfunc.from_pyfunc``) takes the GIL for
 every gradient, so two cores sample no faster than one. Here nutpie gets generic machine code
-built once per installation, with the model's data as its ``user_data`` pointer
-(:func:`callbacks`): the C library of :mod:`twolevel.models.bayes.ckernels` when a C compiler is
-found, else the numba cfuncs of :mod:`twolevel.models.bayes.kernels` loaded from numba's cache
+compiled with the package, with the model's data as its ``user_data`` pointer
+(:func:`callbacks`): the C library of :mod:`twolevel.models.bayes.ckernels` when the package has
+it, else the numba cfuncs of :mod:`twolevel.models.bayes.kernels` loaded from numba's cache
 (the same maths, bitwise the same numbers on this machine) — through nutpie's own
 ``CompiledPyMCModel`` (the class ``nutpie.compile_pymc_model`` returns). The gradient then runs
 without the GIL in nutpie's threads, and no PyMC or PyTensor (nor, on the C route, numba) is
@@ -45,9 +45,9 @@ import pandas as pd
 import xarray as xr
 
 from twolevel.data.errors import FormulaError, TwolevelError
+from twolevel.models import native
 from twolevel.models.bayes import ckernels
 from twolevel.models.bayes import kernel_layout as layout
-from twolevel.models.bayes.compile_helper import start_kernel_compile, wait_kernel_compile
 from twolevel.models.bayes.priors import ModelPriors, check_priors, default_priors
 from twolevel.models.design import Design, GroupCrossprods
 
@@ -464,12 +464,9 @@ def callbacks(q: int) -> tuple[int, int, object]:
     :mod:`twolevel.models.bayes.ckernels` on the C route, numba's cfuncs of
     :mod:`twolevel.models.bayes.kernels` on the numba route (and when the C build failed)."""
     if ckernels.kernel_route() == "c":
-        try:
-            logp, copy = ckernels.callback_addresses(q)
-            return logp, copy, ckernels.load()
-        except TwolevelError:
-            if os.environ.get("TWOLEVEL_KERNELS", "auto").strip().lower() == "c":
-                raise
+        logp, copy = ckernels.callback_addresses(q)
+        return logp, copy, ckernels.load()
+    native.warn_numba(ckernels.MODULE, "fit_bayes")
     from twolevel.models.bayes import kernels
 
     logp_c, copy_c = kernels.logp_cfunc(q), kernels.copy_cfunc()
@@ -519,15 +516,9 @@ def sample_collapsed(
     """NUTS (nutpie's Rust sampler, :func:`run_nuts`) on the compiled collapsed model with
     nutpie's mass-matrix ``adaptation``; returns ``(datatree, priors)``: the DataTree
     (``posterior``, ``sample_stats``, ``warmup_*``, as ``nutpie.sample``) and the priors used."""
-    start_kernel_compile(design.q)
     lib = nutpie_lib()
     settings = nuts_settings(lib, adaptation=adaptation, seed=seed, draws=draws, tune=tune,
                              chains=chains, target_accept=target_accept)
-    if ckernels.kernel_route() == "numba":
-        from twolevel.models.bayes import kernels
-
-        kernels.copy_cfunc()  # (the helper compiles the logp callback meanwhile)
-    wait_kernel_compile(design.q)
     model, priors, _ = compile_collapsed(design, cp, priors)
     draw_batches, stat_batches = run_nuts(model, settings, cores, progress, lib)
     from importlib.metadata import version
@@ -540,14 +531,12 @@ def sample_collapsed(
 
 
 def compile_kernels() -> None:
-    """Build the C callbacks (:func:`twolevel.models.bayes.ckernels.build`, when a compiler is
-    found) and compile (or load) every numba kernel of the Bayesian side into numba's cache: the
-    callbacks for q = 2 and for any q (the fallback), and the PSIS-LOO kernel. ``make setup``
-    runs this once per installation, so a user's first fit and first LOO load machine code
-    instead of compiling."""
+    """Compile (or load) every numba kernel of the Bayesian side into numba's cache: the
+    callbacks for q = 2 and for any q (the numba route: the reference in the tests, and the
+    fallback where the package has no compiled C library), and the PSIS-LOO kernel. ``make
+    setup`` runs this once per installation, so a first LOO loads machine code instead of
+    compiling."""
     from twolevel.models.bayes import kernels, loo
-
-    ckernels.build()
 
     kernels.logp_cfunc(2)
     kernels.logp_cfunc(3)
