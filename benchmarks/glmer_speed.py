@@ -23,13 +23,17 @@ its own child: the default ``optimizer="lme4"`` (glmer's path: BOBYQA, then Neld
 ``optimizer="newton"`` (Newton steps with deriv12's Hessian in stage 2), both Laplace with the
 finite-difference Hessian. Each row also gives how far ours is from glmer's fit: deviance
 difference, max |β − β_glmer| / SE and max relative SE difference. Ours uses the C kernels
-(``route``) with OpenMP ``threads`` a sweep.
+(``route``) with OpenMP ``threads`` a sweep, the build this processor runs (``path``: avx512, avx2
+or baseline, :mod:`twolevel.models.native`); with the default optimizer ours runs again with
+``TWOLEVEL_KERNEL_BASELINE=1`` (the x86-64 baseline build): ``baseline_s`` and
+``baseline_over_dispatched``, measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -83,7 +87,9 @@ for _ in range(int(sys.argv[2])):
 se = np.sqrt(np.diag(m.vcov().to_numpy()))
 print(json.dumps({"times": times, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "m2ll": m.minus2loglik, "beta": m.beta.tolist(), "se": se.tolist(),
-                  "route": m.problem.route, "threads": getattr(m.problem._c, "threads", 1)}))
+                  "route": m.problem.route, "threads": getattr(m.problem._c, "threads", 1),
+                  "path": __import__("twolevel.models.native", fromlist=["x"]).vector_path(
+                      "twolevel.models.glmm._cpirls")}))
 """
 
 
@@ -113,8 +119,8 @@ def big_data(rows: int, schools: int, seed: int) -> pd.DataFrame:
     return simulate(g, rng.normal(size=rows), seed)
 
 
-def run_child(cmd: list[str]) -> dict:
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=7200, env=env)
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-2000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -148,7 +154,14 @@ def main() -> int:
                 t_o = statistics.median(ours["times"])
                 row = {"job": name, "optimizer": opt, "ours_s": t_o,
                        "ours_peak_mb": ours["peak_kb"] / 1024, "ours_m2ll": ours["m2ll"],
-                       "route": ours["route"], "threads": ours["threads"]}
+                       "route": ours["route"], "threads": ours["threads"],
+                       "path": ours["path"]}
+                if opt == OPTIMIZERS[0]:
+                    base = run_child([sys.executable, "-c", PY_CHILD, str(csv), str(repeats),
+                                      opt], env={**os.environ, "TWOLEVEL_KERNEL_BASELINE": "1"})
+                    t_b = statistics.median(base["times"])
+                    row |= {"baseline_s": t_b, "baseline_over_dispatched": t_b / t_o,
+                            "baseline_m2ll_rel_diff": abs(base["m2ll"] / ours["m2ll"] - 1)}
                 if r:
                     t_r = statistics.median(r["times"])
                     se = np.asarray(r["se"])

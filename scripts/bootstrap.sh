@@ -19,7 +19,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(0 if
   "$py" -m venv .venv
 fi
 echo "[setup] installing dependencies (first run: about 1-2 minutes)"
-.venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[test,scale]"
 echo "[setup] filling numba's cache with the Bayesian reference kernels (once per installation)"
 .venv/bin/python -c "from twolevel.models.bayes.sampler import compile_kernels; compile_kernels()"
 touch "$stamp"
