@@ -52,6 +52,7 @@ KERNELS = [
            ("-O3", "-fno-math-errno"), openmp=True, mvec=True),
     Kernel("twolevel.models.bayes._ckernels", "models/bayes/ckernels.c",
            ("-O2", "-fno-fast-math", "-ffp-contract=off")),
+    Kernel("twolevel.models.lmm._creml", "models/lmm/creml.c", ("-O3", "-ffp-contract=off")),
 ]
 
 # x86-64 variants: suffix → GCC/Clang flags (the loader's names: twolevel.models.native.VARIANTS)

@@ -52,13 +52,14 @@ def kernel_report() -> dict[str, object]:
     from twolevel.models import native
     from twolevel.models.bayes import ckernels
     from twolevel.models.glmm import cpirls
+    from twolevel.models.lmm import creml
 
     from twolevel import __version__
 
     bayes = _route(ckernels.MODULE)
     kernels = {"glmer": _route(cpirls.MODULE), "bayes_collapsed": bayes,
                "bayes_glmm": bayes, "bayes_other": "PyTensor (PyMC model through nutpie)",
-               "reml": "numba (twolevel.models.lmm.kernels)"}
+               "reml": _route(creml.MODULE)}
     threads = 1
     lib = native.load(cpirls.MODULE)
     if lib is not None:
