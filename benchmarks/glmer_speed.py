@@ -66,9 +66,15 @@ cat(sprintf('{"times": [%s], "peak_kb": %s, "m2ll": %.10f, "beta": [%s], "se": [
 """
 
 PY_CHILD = r"""
-import json, resource, sys, time, warnings, gc
+import json, os, resource, sys, time, warnings, gc
 import numpy as np, pandas as pd
 from twolevel.models.glmm.glmer import glmer
+if os.environ.get("GLMER_SPEED_LIBRARY"):  # the anchor: a -march=native build (see --native)
+    import ctypes, pathlib
+    from twolevel.models import native
+    p = pathlib.Path(os.environ["GLMER_SPEED_LIBRARY"])
+    native._LOADED[("twolevel.models.glmm._cpirls", False)] = native.Library(
+        "twolevel.models.glmm._cpirls", p, "native", ctypes.CDLL(str(p)))
 opt = sys.argv[3]
 warm = pd.DataFrame({"y": np.tile([0, 1, 1, 0, 1], 40), "x": np.linspace(-1, 1, 200),
                      "g": np.repeat(np.arange(20), 10)})
@@ -135,6 +141,9 @@ def main() -> int:
     ap.add_argument("--no-big", action="store_true")
     ap.add_argument("--seed", type=int, default=20261201)
     ap.add_argument("--out", default="benchmarks/results/glmer_speed.json")
+    ap.add_argument("--native", action="store_true",
+                    help="also time a -march=native build of cpirls.c compiled here (how the "
+                         "kernels were built at run time before they shipped in the wheel)")
     args = ap.parse_args()
     have_r = shutil.which("Rscript") is not None
     jobs = [("lecture (11,091 x 742, slope)", lecture_data(args.seed), args.repeats)]
@@ -156,6 +165,17 @@ def main() -> int:
                        "ours_peak_mb": ours["peak_kb"] / 1024, "ours_m2ll": ours["m2ll"],
                        "route": ours["route"], "threads": ours["threads"],
                        "path": ours["path"]}
+                if opt == OPTIMIZERS[0] and args.native:
+                    lib = Path(tmp) / "cpirls_native.so"
+                    if not lib.exists():
+                        subprocess.run(["cc", "-O3", "-march=native", "-fno-math-errno",
+                                        "-fopenmp", "-fPIC", "-shared", "-DTWOLEVEL_MVEC",
+                                        "models/glmm/cpirls.c", "-o", str(lib), "-lmvec",
+                                        "-lm"], check=True)
+                    nat = run_child([sys.executable, "-c", PY_CHILD, str(csv), str(repeats),
+                                     opt], env={**os.environ, "GLMER_SPEED_LIBRARY": str(lib)})
+                    t_n = statistics.median(nat["times"])
+                    row |= {"native_s": t_n, "dispatched_over_native": t_o / t_n}
                 if opt == OPTIMIZERS[0]:
                     base = run_child([sys.executable, "-c", PY_CHILD, str(csv), str(repeats),
                                       opt], env={**os.environ, "TWOLEVEL_KERNEL_BASELINE": "1"})
