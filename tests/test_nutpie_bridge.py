@@ -50,3 +50,19 @@ def test_unknown_nutpie_version_falls_back_to_the_public_route(monkeypatch):
     with warnings.catch_warnings():  # said once
         warnings.simplefilter("error")
         nutpie_bridge.warn_public("fit_bayes")
+
+
+def test_data_swaps_need_the_private_route(monkeypatch):
+    """``sample_nuts(data=...)`` swaps pm.Data values into the cached PyTensor functions, which
+    only nutpie's private helpers give: on an unknown nutpie it says what to install."""
+    from twolevel.data.errors import TwolevelError
+    from twolevel.models.bayes.pymc_model import build_model, sample_nuts
+    from twolevel.models.design import make_design
+
+    built = build_model(make_design("g1rscore ~ 1 + famsesc + (1 | schid)",
+                                    load_data("lecture").head(400)))
+    monkeypatch.setattr(nutpie_bridge, "SUPPORTED", ("0.0.",))
+    with pytest.raises(TwolevelError, match=r"^data= swaps need nutpie's private helpers, which "
+                       r"this nutpie version does not have: install 'nutpie>=0\.16\.0,<0\.17'$"):
+        sample_nuts(built, draws=10, tune=10, chains=1, cores=1, seed=1, target_accept=0.8,
+                    progress=False, data={"c": None})
