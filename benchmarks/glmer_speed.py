@@ -141,11 +141,12 @@ def main() -> int:
     ap.add_argument("--no-big", action="store_true")
     ap.add_argument("--seed", type=int, default=20261201)
     ap.add_argument("--out", default="benchmarks/results/glmer_speed.json")
+    ap.add_argument("--no-r", action="store_true", help="skip lme4 (ours only)")
     ap.add_argument("--native", action="store_true",
                     help="also time a -march=native build of cpirls.c compiled here (how the "
                          "kernels were built at run time before they shipped in the wheel)")
     args = ap.parse_args()
-    have_r = shutil.which("Rscript") is not None
+    have_r = shutil.which("Rscript") is not None and not args.no_r
     jobs = [("lecture (11,091 x 742, slope)", lecture_data(args.seed), args.repeats)]
     if not args.no_big:
         jobs.append((f"big ({args.rows:,} x {args.schools:,}, slope)",
