@@ -23,13 +23,17 @@ its own child: the default ``optimizer="lme4"`` (glmer's path: BOBYQA, then Neld
 ``optimizer="newton"`` (Newton steps with deriv12's Hessian in stage 2), both Laplace with the
 finite-difference Hessian. Each row also gives how far ours is from glmer's fit: deviance
 difference, max |β − β_glmer| / SE and max relative SE difference. Ours uses the C kernels
-(``route``) with OpenMP ``threads`` a sweep.
+(``route``) with OpenMP ``threads`` a sweep, the build this processor runs (``path``: avx512, avx2
+or baseline, :mod:`twolevel.models.native`); with the default optimizer ours runs again with
+``TWOLEVEL_KERNEL_BASELINE=1`` (the x86-64 baseline build): ``baseline_s`` and
+``baseline_over_dispatched``, measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -62,9 +66,15 @@ cat(sprintf('{"times": [%s], "peak_kb": %s, "m2ll": %.10f, "beta": [%s], "se": [
 """
 
 PY_CHILD = r"""
-import json, resource, sys, time, warnings, gc
+import json, os, resource, sys, time, warnings, gc
 import numpy as np, pandas as pd
 from twolevel.models.glmm.glmer import glmer
+if os.environ.get("GLMER_SPEED_LIBRARY"):  # the anchor: a -march=native build (see --native)
+    import ctypes, pathlib
+    from twolevel.models import native
+    p = pathlib.Path(os.environ["GLMER_SPEED_LIBRARY"])
+    native._LOADED[("twolevel.models.glmm._cpirls", False)] = native.Library(
+        "twolevel.models.glmm._cpirls", p, "native", ctypes.CDLL(str(p)))
 opt = sys.argv[3]
 warm = pd.DataFrame({"y": np.tile([0, 1, 1, 0, 1], 40), "x": np.linspace(-1, 1, 200),
                      "g": np.repeat(np.arange(20), 10)})
@@ -83,7 +93,9 @@ for _ in range(int(sys.argv[2])):
 se = np.sqrt(np.diag(m.vcov().to_numpy()))
 print(json.dumps({"times": times, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "m2ll": m.minus2loglik, "beta": m.beta.tolist(), "se": se.tolist(),
-                  "route": m.problem.route, "threads": getattr(m.problem._c, "threads", 1)}))
+                  "route": m.problem.route, "threads": getattr(m.problem._c, "threads", 1),
+                  "path": __import__("twolevel.models.native", fromlist=["x"]).vector_path(
+                      "twolevel.models.glmm._cpirls")}))
 """
 
 
@@ -113,8 +125,8 @@ def big_data(rows: int, schools: int, seed: int) -> pd.DataFrame:
     return simulate(g, rng.normal(size=rows), seed)
 
 
-def run_child(cmd: list[str]) -> dict:
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=7200, env=env)
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-2000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -129,8 +141,12 @@ def main() -> int:
     ap.add_argument("--no-big", action="store_true")
     ap.add_argument("--seed", type=int, default=20261201)
     ap.add_argument("--out", default="benchmarks/results/glmer_speed.json")
+    ap.add_argument("--no-r", action="store_true", help="skip lme4 (ours only)")
+    ap.add_argument("--native", action="store_true",
+                    help="also time a -march=native build of cpirls.c compiled here (how the "
+                         "kernels were built at run time before they shipped in the wheel)")
     args = ap.parse_args()
-    have_r = shutil.which("Rscript") is not None
+    have_r = shutil.which("Rscript") is not None and not args.no_r
     jobs = [("lecture (11,091 x 742, slope)", lecture_data(args.seed), args.repeats)]
     if not args.no_big:
         jobs.append((f"big ({args.rows:,} x {args.schools:,}, slope)",
@@ -148,7 +164,25 @@ def main() -> int:
                 t_o = statistics.median(ours["times"])
                 row = {"job": name, "optimizer": opt, "ours_s": t_o,
                        "ours_peak_mb": ours["peak_kb"] / 1024, "ours_m2ll": ours["m2ll"],
-                       "route": ours["route"], "threads": ours["threads"]}
+                       "route": ours["route"], "threads": ours["threads"],
+                       "path": ours["path"]}
+                if opt == OPTIMIZERS[0] and args.native:
+                    lib = Path(tmp) / "cpirls_native.so"
+                    if not lib.exists():
+                        subprocess.run(["cc", "-O3", "-march=native", "-fno-math-errno",
+                                        "-fopenmp", "-fPIC", "-shared", "-DTWOLEVEL_MVEC",
+                                        "models/glmm/cpirls.c", "-o", str(lib), "-lmvec",
+                                        "-lm"], check=True)
+                    nat = run_child([sys.executable, "-c", PY_CHILD, str(csv), str(repeats),
+                                     opt], env={**os.environ, "GLMER_SPEED_LIBRARY": str(lib)})
+                    t_n = statistics.median(nat["times"])
+                    row |= {"native_s": t_n, "dispatched_over_native": t_o / t_n}
+                if opt == OPTIMIZERS[0]:
+                    base = run_child([sys.executable, "-c", PY_CHILD, str(csv), str(repeats),
+                                      opt], env={**os.environ, "TWOLEVEL_KERNEL_BASELINE": "1"})
+                    t_b = statistics.median(base["times"])
+                    row |= {"baseline_s": t_b, "baseline_over_dispatched": t_b / t_o,
+                            "baseline_m2ll_rel_diff": abs(base["m2ll"] / ours["m2ll"] - 1)}
                 if r:
                     t_r = statistics.median(r["times"])
                     se = np.asarray(r["se"])

@@ -244,6 +244,10 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise DataError(
             f"file '{p}' is empty; give a table with a header row and data rows"
         ) from None
+    except ImportError:  # pandas reads Parquet through pyarrow: twolevel's scale extra
+        raise DataError(f"reading the Parquet file '{p}' needs the package 'pyarrow', which "
+                        "comes with twolevel's 'scale' extra: pip install 'twolevel[scale]'"
+                        ) from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:  # ParserError, ArrowInvalid too
         hint = f"a {kind} file" + ("" if kind == "Parquet" else " (UTF-8 text with a header row)")
         raise DataError(

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Create .venv with a Python >= 3.12 and install twolevel (editable) with the locked dependencies.
-# Idempotent: does nothing when .venv is already up to date with pyproject.toml and requirements.lock.
+# The editable install compiles the C kernels (setup.py) in place; it reruns when a .c file, setup.py,
+# pyproject.toml or requirements.lock is newer than the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stamp=.venv/.twolevel-installed
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt requirements.lock ]; then
+fresh=1
+for f in pyproject.toml requirements.lock setup.py $(git ls-files '*.c' 2>/dev/null || ls models/*.c models/*/*.c); do
+  [ -f "$stamp" ] && [ "$stamp" -nt "$f" ] || fresh=0
+done
+if [ "$fresh" = 1 ]; then
   exit 0
 fi
 py=$(scripts/find_python.sh)
@@ -14,10 +19,8 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(0 if
   "$py" -m venv .venv
 fi
 echo "[setup] installing dependencies (first run: about 1-2 minutes)"
-.venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[test]"
-echo "[setup] building the Bayesian kernels (C library and numba cache; once per installation)"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[test,scale]"
+echo "[setup] filling numba's cache with the Bayesian reference kernels (once per installation)"
 .venv/bin/python -c "from twolevel.models.bayes.sampler import compile_kernels; compile_kernels()"
-echo "[setup] building glmer's C kernels (once per installation and processor)"
-.venv/bin/python -c "from twolevel.models.glmm import cpirls; cpirls.build()"
 touch "$stamp"
 echo "[setup] done: $(.venv/bin/python --version)"

@@ -2,7 +2,9 @@
 twolevel.models.bayes.ckernels) equal the PyMC model's ``compile_logp`` / ``compile_dlogp`` at
 random points to 1e-10 (and each other to 1e-12), for q = 1, 2, 3, correlated and independent
 effects, level-2 predictors and every prior family; the compiled sampler returns the DataTree
-layout of nutpie on the PyMC model; the C library is built, found and refused as documented."""
+layout of nutpie on the PyMC model; the compiled library is found (the dispatched and the
+forced-baseline builds agree to 1e-12) and refused as documented; importing the fit module and
+touching SamplerSettings start no process and write no file."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pandas as pd
 import pytest
 
 from twolevel.data.errors import TwolevelError
+from twolevel.models import native
 from twolevel.models.bayes import ckernels, kernels, sampler
 from twolevel.models.bayes.priors import Prior, default_priors
 from twolevel.models.bayes.pymc_model import build_model
@@ -212,59 +215,81 @@ def test_driver_draws_are_nutpies_own(data):
     np.testing.assert_array_equal(wa, np.exp(ref["warmup_posterior"]["x"].to_numpy()[..., d.p]))
 
 
-@pytest.mark.slow
-def test_cold_numba_cache_is_filled_by_the_compile_helper(tmp_path):
-    """Numba route, empty numba cache: start_kernel_compile's helper process compiles the q = 2
-    callbacks into it (a fresh installation's first fit then only loads them)."""
-    code = ("from twolevel.models.bayes import compile_helper as s\n"
-            "assert not s._kernels_cached(2)\n"
-            "s.start_kernel_compile(2)\n"
-            "assert True in s._PENDING\n"
-            "s.wait_kernel_compile(2)\n"
-            "assert s._kernels_cached(2) and not s._PENDING\n")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "TWOLEVEL_KERNELS": "numba"}
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=600)
-    assert list((tmp_path / "numba").rglob("kernels._logp_c_q2-*.nbi"))
+def test_dispatched_and_baseline_libraries_give_the_same_density(data, monkeypatch):
+    """The library chosen for this processor (AVX2 / AVX-512 on x86-64) and the forced baseline
+    (TWOLEVEL_KERNEL_BASELINE=1) give the same log density and gradient to 1e-12 relative, for
+    the q = 2 and the general callbacks, on the lecture data and on simulated data."""
+    from twolevel.data.loaders import load_data
+
+    cases = [("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)", load_data("lecture")),
+             (FORMULAS[-1], data)]
+    for formula, frame in cases:
+        d = make_design(formula, frame)
+        cp = group_crossprods(d)
+        pri = default_priors(d)
+        structure = sampler.effect_structure(d)
+        packed = sampler.pack_data(cp, d.n, pri, structure)
+        x0 = sampler.support_point(pri, d.q, d.p, structure)
+        rng = np.random.default_rng(4)
+        for _ in range(4):
+            x = x0 + rng.uniform(-1.0, 1.0, x0.size)
+            got = {}
+            for base in ("0", "1"):
+                monkeypatch.setenv(native.BASELINE_ENV, base)
+                got[base] = ckernels.c_logp_and_grad(x, packed)
+            (lp, g, s), (lp0, g0, s0) = got["0"], got["1"]
+            assert s == s0 == 0
+            assert abs(lp - lp0) <= 1e-12 * abs(lp0), (lp, lp0)
+            np.testing.assert_allclose(g, g0, rtol=1e-12, atol=1e-12 * np.abs(g0).max())
+    monkeypatch.setenv(native.BASELINE_ENV, "1")
+    assert native.vector_path(ckernels.MODULE) == "baseline"
 
 
-def test_c_library_is_built_in_the_background_and_loaded_without_numba(tmp_path):
-    """C route, empty twolevel cache: importing the fit module starts the compiler; the sampler
-    waits for it, loads the library and never imports numba or PyTensor."""
-    assert ckernels.compiler() is not None, "no C compiler: the C route is untested"
-    code = ("import sys\n"
-            "from twolevel.models.bayes import fit, compile_helper as h, ckernels, sampler\n"
-            "assert 'c' in h._PENDING\n"
-            "h.wait_kernel_compile(2)\n"
-            "assert ckernels.library_path().exists() and not h._PENDING\n"
-            "logp, copy, _ = sampler.callbacks(2)\n"
-            "assert logp and copy\n"
-            "assert sampler.kernel_description().endswith('(twolevel.models.bayes.ckernels)')\n"
-            "assert 'numba' not in sys.modules and 'pytensor' not in sys.modules\n")
-    env = {**os.environ, "TWOLEVEL_CACHE_DIR": str(tmp_path / "tl"), "TWOLEVEL_KERNELS": "auto"}
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
-    libs = list((tmp_path / "tl").glob("ckernels-*.so"))
-    assert len(libs) == 1 and not list((tmp_path / "tl").glob("*.tmp"))
+def test_importing_the_fit_module_starts_no_process_and_writes_no_file(tmp_path):
+    """``import twolevel`` and touching ``tl.SamplerSettings`` (which imports the Bayesian fit
+    module) start no process and write nothing: no child process appears, the cache folder and
+    the working folder stay empty."""
+    cache, work = tmp_path / "cache", tmp_path / "work"
+    cache.mkdir()
+    work.mkdir()
+    code = ("import os, subprocess\n"
+            "started = []\n"
+            "real = subprocess.Popen.__init__\n"
+            "def spy(self, *a, **k):\n"
+            "    started.append(a[0] if a else k.get('args'))\n"
+            "    real(self, *a, **k)\n"
+            "subprocess.Popen.__init__ = spy\n"
+            "os.fork = lambda: (_ for _ in ()).throw(AssertionError('fork'))\n"
+            "import twolevel as tl\n"
+            "s = tl.SamplerSettings()\n"
+            "from twolevel.models.bayes import fit, sampler\n"
+            "assert not started, started\n"
+            "print(type(s).__name__)\n")
+    env = {**os.environ, "TWOLEVEL_CACHE_DIR": str(cache), "XDG_CACHE_HOME": str(cache),
+           "NUMBA_CACHE_DIR": str(cache / "numba"), "PYTHONDONTWRITEBYTECODE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=work, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "SamplerSettings"
+    assert not list(cache.rglob("*")) and not list(work.rglob("*"))
 
 
-def test_c_build_failure_falls_back_to_numba_or_says_what_to_do(tmp_path, monkeypatch):
-    """A compiler that fails: the default route falls back to numba, recording the compiler's
-    message; TWOLEVEL_KERNELS=c refuses with a message saying what to do; a bad route value is
+def test_missing_library_falls_back_to_numba_or_says_what_to_do(monkeypatch):
+    """No compiled library in the package: the default route is numba (the first fit says so
+    once); TWOLEVEL_KERNELS=c refuses with a message saying what to do; a bad route value is
     named."""
-    monkeypatch.setenv("TWOLEVEL_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("CC", "false")  # exits 1 without writing the library
-    monkeypatch.setattr(ckernels, "BUILD_ERRORS", [])
-    monkeypatch.setattr(ckernels, "_LIB", {})
+    monkeypatch.setattr(ckernels, "MODULE", "twolevel.models.bayes._no_such_kernel")
+    monkeypatch.setattr(native, "_WARNED", set())
     monkeypatch.setenv("TWOLEVEL_KERNELS", "auto")
-    assert ckernels.kernel_route() == "c"
-    assert ckernels.build() is None
-    assert "exited with 1" in ckernels.BUILD_ERRORS[0]
     assert ckernels.kernel_route() == "numba"
-    logp, copy, owner = sampler.callbacks(2)
+    with pytest.warns(native.NumbaKernelWarning, match=r"^twolevel: fit_bayes runs on numba's "
+                      r"kernels .*no compiled _no_such_kernel library"):
+        logp, copy, owner = sampler.callbacks(2)
     assert logp == kernels.logp_cfunc(2).address and copy == kernels.copy_cfunc().address
     assert "numba" in sampler.kernel_description()
     monkeypatch.setenv("TWOLEVEL_KERNELS", "c")
-    with pytest.raises(TwolevelError, match=r"cannot build the C kernels \(ckernels.c\): .*"
-                       r"exited with 1.*install a C compiler or set TWOLEVEL_KERNELS=numba"):
+    with pytest.raises(TwolevelError, match=r"no compiled C kernels \(twolevel.models.bayes."
+                       r"_no_such_kernel\): .*or set TWOLEVEL_KERNELS=numba"):
         sampler.callbacks(2)
     monkeypatch.setenv("TWOLEVEL_KERNELS", "fortran")
     with pytest.raises(TwolevelError, match=r"TWOLEVEL_KERNELS='fortran' is not a kernel route; "
@@ -272,10 +297,26 @@ def test_c_build_failure_falls_back_to_numba_or_says_what_to_do(tmp_path, monkey
         ckernels.kernel_route()
 
 
-def test_no_compiler_means_numba(monkeypatch):
-    """No C compiler on the PATH (and CC unset): the default route is numba."""
-    monkeypatch.delenv("CC", raising=False)
-    monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setenv("TWOLEVEL_KERNELS", "auto")
-    assert ckernels.compiler() is None
-    assert ckernels.kernel_route() == "numba"
+def test_stale_library_is_not_loaded(tmp_path, monkeypatch):
+    """In a checkout, a library older than its C source (edited since ``make setup``) is not
+    loaded; the reason says to rebuild."""
+    import importlib.machinery
+    import shutil
+    import types
+
+    lib = native.load(ckernels.MODULE).path
+    pkg = tmp_path / "stalepkg"
+    pkg.mkdir()
+    copy = pkg / ("_ckernels" + importlib.machinery.EXTENSION_SUFFIXES[0])
+    shutil.copy(lib, copy)
+    (pkg / "ckernels.c").write_text("/* newer */\n")
+    os.utime(copy, (lib.stat().st_mtime,) * 2)
+    os.utime(pkg / "ckernels.c", (lib.stat().st_mtime + 100,) * 2)
+    mod = types.ModuleType("stalepkg")
+    mod.__path__ = [str(pkg)]
+    monkeypatch.setitem(sys.modules, "stalepkg", mod)
+    monkeypatch.setenv(native.BASELINE_ENV, "1")
+    assert native.load("stalepkg._ckernels") is None
+    assert native.reason("stalepkg._ckernels").endswith(
+        "is older than ckernels.c (edited since the build); rebuild with make setup "
+        "(pip install -e .)")

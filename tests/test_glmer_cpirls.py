@@ -3,8 +3,9 @@ reference): the stage-1 and stage-2 objectives and the state they leave (u, β, 
 RX) agree to 1e-10 relative for every family and link, one to three random effects, rows sorted
 by group or not, one or two threads, value-only or full evaluations, β on Z's columns or in
 the offset, and the AGQ sum; two threads give the same bits on every call; a whole fit agrees;
-the kernel route falls back to numba when the build fails, and says what to do when C was
-asked for."""
+the kernel route falls back to numba when the package has no compiled library (saying so once),
+and says what to do when C was asked for; the dispatched (AVX2/AVX-512) and the forced-baseline
+libraries give the same deviance to 1e-10 relative on the lecture data."""
 
 from __future__ import annotations
 
@@ -13,14 +14,12 @@ import pandas as pd
 import pytest
 
 from twolevel.data.errors import TwolevelError
+from twolevel.models import native
 from twolevel.models.glmm import cpirls
 from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.glmer import glmer
 from twolevel.models.glmm.laplace import GlmmProblem
 from twolevel.models.glmm.response import glmer_design
-
-pytestmark = pytest.mark.skipif(cpirls.build() is None, reason="no C compiler")
-
 
 def _sim(seed=3, J=40, shuffle=False):
     """Two-level data with Bernoulli, binomial-with-trials and count responses."""
@@ -195,42 +194,80 @@ def test_more_effects_than_the_kernel_takes_says_what_to_do():
                       np.zeros(n, dtype=np.int64), 0, 1)
 
 
-def test_failed_build_falls_back_to_numba_or_says_what_to_do(tmp_path, monkeypatch):
-    """A compiler that fails: by default the fit uses numba's kernels (the compiler's message
-    kept); TWOLEVEL_KERNELS=c refuses, naming the file and what to do."""
-    monkeypatch.setenv("TWOLEVEL_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("CC", "false")  # exits 1 without writing the library
-    monkeypatch.setattr(cpirls, "BUILD_ERRORS", [])
-    monkeypatch.setattr(cpirls, "_LIB", {})
+def test_missing_library_falls_back_to_numba_once_or_says_what_to_do(monkeypatch):
+    """No compiled library in the package (as an sdist installed without a compiler): by default
+    the fit runs on numba's kernels and says so once, naming the reason and what to do;
+    TWOLEVEL_KERNELS=c refuses with the same reason."""
+    monkeypatch.setattr(cpirls, "MODULE", "twolevel.models.glmm._no_such_kernel")
+    monkeypatch.setattr(native, "_WARNED", set())
     d = _sim()
     fam = get_family("binomial", None)
     design, resp = glmer_design("y01 ~ 1 + x + (1 | g)", d, fam, None)
     monkeypatch.setenv("TWOLEVEL_KERNELS", "auto")
-    assert GlmmProblem(design, resp, fam).route == "numba"
-    assert "exited with 1" in cpirls.BUILD_ERRORS[0]
-    monkeypatch.setattr(cpirls, "BUILD_ERRORS", [])
+    with pytest.warns(native.NumbaKernelWarning,
+                      match=r"^twolevel: glmer runs on numba's kernels \(slower, compiled on first "
+                            r"use\): no compiled _no_such_kernel library in the installed package "
+                            r".*install a twolevel wheel built for this platform, or put a C "
+                            r"compiler on PATH and reinstall from source \(in a checkout: make "
+                            r"setup\)$"):
+        assert GlmmProblem(design, resp, fam).route == "numba"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert GlmmProblem(design, resp, fam).route == "numba"  # said once
     monkeypatch.setenv("TWOLEVEL_KERNELS", "c")
-    with pytest.raises(TwolevelError, match=r"cannot build the C kernels \(cpirls.c\): .*"
-                       r"exited with 1.*install a C compiler or set TWOLEVEL_KERNELS=numba"):
+    with pytest.raises(TwolevelError, match=r"no compiled C kernels "
+                       r"\(twolevel.models.glmm._no_such_kernel\): no compiled _no_such_kernel "
+                       r"library .*or set TWOLEVEL_KERNELS=numba"):
         GlmmProblem(design, resp, fam)
 
 
-def test_plain_build_without_openmp_equals_numba(tmp_path, monkeypatch):
-    """The fallback build (``-O2``, no OpenMP, scalar maths: for a compiler without them) runs
-    one thread and gives numba's numbers."""
-    monkeypatch.setenv("TWOLEVEL_CACHE_DIR", str(tmp_path))
-    plain = cpirls.specs()[1]
-    assert "-fopenmp" not in plain.flags
-    monkeypatch.setattr(cpirls, "specs", lambda: (plain,))
-    monkeypatch.setattr(cpirls, "_LIB", {})
-    monkeypatch.setattr(cpirls, "BUILD_ERRORS", [])
+def test_baseline_library_on_one_thread_equals_numba(monkeypatch):
+    """The baseline build (TWOLEVEL_KERNEL_BASELINE=1: what an x86-64 machine without AVX2, or
+    an aarch64 one, runs), on one thread, gives numba's numbers."""
+    monkeypatch.setenv(native.BASELINE_ENV, "1")
+    assert native.vector_path(cpirls.MODULE) == "baseline"
     d = _sim()
-    pc, pn = _problems(d, "y01 ~ 1 + x + (1 + x | g)", "binomial", None, monkeypatch=monkeypatch)
-    assert pc._c.threads == 1 and list(tmp_path.glob("cpirls-*.so"))
+    pc, pn = _problems(d, "y01 ~ 1 + x + (1 + x | g)", "binomial", None, threads=1,
+                       monkeypatch=monkeypatch)
+    assert pc._c.lib is native.load(cpirls.MODULE).cdll
     for th, beta in _points(pc, np.random.default_rng(5)):
         par = np.concatenate([th, beta])
         _same_state(pc.stage2_state(par), pn.stage2_state(par))
         _close(pc.stage1(th), pn.stage1(th))
+
+
+def test_dispatched_and_baseline_give_the_same_lecture_deviance(monkeypatch):
+    """glmer's deviance (−2 log-likelihood, the Laplace objective of stage 2) on the lecture
+    data at the fitted parameters and at points around them: the library chosen for this
+    processor and the forced baseline agree to 1e-10 relative, on one thread and on two."""
+    from twolevel.data.loaders import load_data
+
+    d = load_data("lecture")
+    f = "g1below ~ 1 + famsesc + (1 + famsesc | schid)"
+    fam = get_family("binomial", None)
+    design, resp = glmer_design(f, d, fam, None)
+    monkeypatch.setenv("TWOLEVEL_KERNELS", "c")
+    monkeypatch.delenv(native.BASELINE_ENV, raising=False)
+    fit = glmer(f, d, family="binomial")
+    probs = {}
+    for label, base in (("dispatched", "0"), ("baseline", "1")):
+        monkeypatch.setenv(native.BASELINE_ENV, base)
+        for threads in (1, 2):
+            p = GlmmProblem(design, resp, fam)
+            p._c = cpirls.CPirls(resp.y, resp.w, p.X, p.Z, p.g, fam.code, p.J, threads=threads)
+            p.set_warm_start(p.initial)
+            probs[label, threads] = p
+    assert probs["baseline", 1]._c.lib is not probs["dispatched", 1]._c.lib or \
+        native.x86_level() == 0
+    rng = np.random.default_rng(2)
+    pars = [np.concatenate([fit.theta, fit.beta])]
+    pars += [pars[0] + rng.normal(scale=0.05, size=pars[0].size) for _ in range(3)]
+    for par in pars:
+        ref = probs["baseline", 1].stage2(par)
+        for key, p in probs.items():
+            np.testing.assert_allclose(p.stage2(par), ref, rtol=1e-10, err_msg=str(key))
 
 
 def test_a_fit_pickles_and_its_objective_runs_after(monkeypatch):

@@ -24,9 +24,8 @@ LECTURE = "g1rscore ~ 1 + famsesc + (1 + famsesc | schid)"
 
 # Stages of twolevel.models, lowest first: a module may import (at module level) only from its
 # own subpackage or from a lower rank. data is below all of models; workflows above.
-MODEL_RANK = {"rformat": 0, "cbuild": 0, "design": 0, "lmm": 1, "glmm": 2, "bayes": 3, "inference": 3,
-              "survey": 3,
-              "tables": 4, "power": 4}
+MODEL_RANK = {"rformat": 0, "native": 0, "design": 0, "lmm": 1, "glmm": 2, "bayes": 3,
+              "inference": 3, "survey": 3, "tables": 4, "power": 4, "versions": 5}
 
 
 # the Bayesian builder modules: the only ones that import PyMC / PyTensor
@@ -149,12 +148,13 @@ def test_declared_packages_match_folders():
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> Path:
-    """``python -m build`` (sdist and wheel) of this checkout, without build isolation (the build
-    backend, setuptools, is a test dependency, so no download is needed)."""
+    """``python -m build`` of this checkout: the sdist, then the wheel built from the unpacked
+    sdist (so the sdist is shown to build, and no leftover ``build/`` folder of the checkout leaks
+    into the wheel); without build isolation (the build backend, setuptools, is a test
+    dependency, so no download is needed)."""
     out = tmp_path_factory.mktemp("dist")
-    r = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel",
-                        "--outdir", str(out), str(ROOT)], capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out),
+                        str(ROOT)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out
 
@@ -166,8 +166,7 @@ def test_wheel_has_only_twolevel(dist):
     tops = {n.split("/")[0] for n in names}
     assert tops == {"twolevel", f"{whl.name.split('-')[0]}-{whl.name.split('-')[1]}.dist-info"}
     for must in ("twolevel/__init__.py", "twolevel/__main__.py", "twolevel/data/ecls_k_like.csv",
-                 "twolevel/models/lmm/lmer.py", "twolevel/workflows/lecture/run.py",
-                 "twolevel/models/bayes/ckernels.c"):
+                 "twolevel/models/lmm/lmer.py", "twolevel/workflows/lecture/run.py"):
         assert must in names, must
     (sdist,) = dist.glob("twolevel-*.tar.gz")
     import tarfile
@@ -175,6 +174,98 @@ def test_wheel_has_only_twolevel(dist):
     members = tarfile.open(sdist).getnames()
     assert any(m.endswith("/models/lmm/lmer.py") for m in members)
     assert any(m.endswith("/data/ecls_k_like.csv") for m in members)
+
+
+def _setup_kernels() -> list[tuple[str, str]]:
+    """(module, source) of every kernel in setup.py's KERNELS list (read, not executed)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Kernel":
+            out.append((node.args[0].value, node.args[1].value))
+    return out
+
+
+@pytest.mark.slow
+def test_sdist_has_every_tracked_c_file_and_the_wheel_every_kernel(dist):
+    """The sdist carries every C file git tracks (and setup.py); the wheel is tagged for this
+    platform and carries a compiled library of every kernel in setup.py (on x86-64 also the
+    AVX2 and AVX-512 builds), and no C source."""
+    import tarfile
+
+    tracked = subprocess.run(["git", "ls-files", "*.c"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert tracked and {src for _, src in _setup_kernels()} == set(tracked)
+    (sdist,) = dist.glob("twolevel-*.tar.gz")
+    members = {m.split("/", 1)[1] for m in tarfile.open(sdist).getnames() if "/" in m}
+    missing = [c for c in tracked + ["setup.py"] if c not in members]
+    assert not missing, missing
+    (whl,) = dist.glob("twolevel-*.whl")
+    assert not whl.name.endswith("-none-any.whl"), whl.name  # platform-tagged
+    names = zipfile.ZipFile(whl).namelist()
+    assert not [n for n in names if n.endswith(".c")]
+    import platform
+
+    variants = ("", "_avx2", "_avx512") if platform.machine() in {"x86_64", "AMD64"} else ("",)
+    for module, _ in _setup_kernels():
+        path = module.replace(".", "/")
+        for v in variants if module != "twolevel.models._cpu" else ("",):
+            assert any(n.startswith(path + v + ".") and n.endswith((".so", ".pyd"))
+                       for n in names), path + v
+
+
+_ACCEPT = """
+import json, os, sys, warnings
+import models
+import twolevel as tl
+from twolevel.models.native import NumbaKernelWarning
+from twolevel.models.versions import kernel_report
+warnings.simplefilter("error", NumbaKernelWarning)  # a numba fallback would warn: fail instead
+warnings.filterwarnings("ignore", "NUTS fit of")  # the short run's diagnostic gate: not the point
+assert models.MY_MODEL
+d = tl.load_data("lecture")
+g = tl.glmer("g1below ~ 1 + famsesc + (1 + famsesc | schid)", d, family="binomial")
+b = tl.fit_bayes("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)", d, progress=False,
+                 settings=tl.SamplerSettings(chains=2, draws=300, tune=300))
+tl.show_versions()
+r = kernel_report()
+print(json.dumps({"glmer": g.problem.route, "bayes": b.sampler, "report": r["kernels"],
+                  "path": r["vector_path"], "deviance": g.minus2loglik}))
+"""
+
+
+@pytest.mark.slow
+def test_wheel_without_a_compiler_runs_compiled_kernels_and_writes_no_cache(dist, tmp_path):
+    """The issue's acceptance check: the wheel in a fresh virtual environment, a PATH with no C
+    compiler, a folder holding the user's ``models.py``: a glmer fit and a fit_bayes fit on the
+    lecture data both run on the compiled kernels (``tl.show_versions()`` says so), and nothing
+    is written under TWOLEVEL_CACHE_DIR (an empty folder) or the user's folder."""
+    import shutil
+
+    py, env = _fresh_venv(dist, tmp_path)
+    nocc = tmp_path / "bin-without-cc"
+    nocc.mkdir()
+    env["PATH"] = f"{py.parent}{os.pathsep}{nocc}"
+    assert all(shutil.which(c, path=env["PATH"]) is None for c in ("cc", "gcc", "clang"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env |= {"TWOLEVEL_CACHE_DIR": str(cache), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("TWOLEVEL_KERNELS", None)
+    env.pop("TWOLEVEL_KERNEL_BASELINE", None)
+    proj = _user_project(tmp_path)
+    before = sorted(p.name for p in proj.rglob("*"))
+    r = subprocess.run([py, "-c", _ACCEPT], cwd=proj, capture_output=True, text=True, env=env,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["glmer"] == "c"
+    assert "compiled from C" in out["bayes"], out["bayes"]
+    assert out["report"]["glmer"] == "compiled" and out["report"]["bayes_collapsed"] == "compiled"
+    assert out["path"] in {"avx512", "avx2", "baseline"}
+    assert "kernels.glmer           compiled" in r.stdout
+    assert out["deviance"] == pytest.approx(12716.64, rel=1e-5)
+    assert not list(cache.rglob("*")), list(cache.rglob("*"))
+    assert sorted(p.name for p in proj.rglob("*")) == before
 
 
 def _user_project(tmp: Path) -> Path:
@@ -197,6 +288,28 @@ def _check_fixef(stdout: str) -> None:
     assert got["famsesc"] == pytest.approx(7.65008008, abs=1e-6)
 
 
+PURELIB = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+
+
+def _fresh_venv(dist: Path, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A new virtual environment holding only the wheel (``--no-deps``); its dependencies come
+    from this environment's site-packages through a ``.pth`` line (no download, and the editable
+    install's finder is not activated there: .pth files are read only in site directories).
+    Returns (its python, an environment without PYTHONPATH)."""
+    (whl,) = dist.glob("twolevel-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = Path(subprocess.run([py, "-c", PURELIB], capture_output=True, text=True,
+                               check=True).stdout.strip())
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q",
+                        "--no-deps", "--disable-pip-version-check", str(whl)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return py, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 @pytest.mark.slow
 def test_wheel_in_fresh_venv_beside_user_models(dist, tmp_path):
     """The wheel installed into a new virtual environment works from a folder holding the user's
@@ -205,19 +318,11 @@ def test_wheel_in_fresh_venv_beside_user_models(dist, tmp_path):
     The new environment gets only the wheel (``--no-deps``); its dependencies come from this
     environment's site-packages through a ``.pth`` line (no download, and the editable install's
     finder is not activated there: .pth files are read only in site directories)."""
-    (whl,) = dist.glob("twolevel-*.whl")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    site = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
-    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q",
-                        "--no-deps", "--disable-pip-version-check", str(whl)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    py, env = _fresh_venv(dist, tmp_path)
+    venv = py.parent.parent
+    site = Path(subprocess.run([py, "-c", PURELIB], capture_output=True, text=True,
+                               check=True).stdout.strip())
     proj = _user_project(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     r = subprocess.run([py, "-c", "import twolevel, pathlib; print(twolevel.__file__)"],
                        cwd=proj, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr

@@ -51,6 +51,8 @@ _API: dict[str, str] = {
     "anova_multi": "twolevel.models.lmm.multi",
     "make_multi_design": "twolevel.models.design.multi",
     "MultiFit": "twolevel.models.lmm.multi_results",
+    # what this installation runs on (compiled kernels, versions)
+    "show_versions": "twolevel.models.versions",
     # the GLMM engine (binomial, Poisson)
     "glmer": "twolevel.models.glmm.glmer",
     "GlmerFit": "twolevel.models.glmm.results",
@@ -179,3 +181,4 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
     from twolevel.models.power.simulation import PowerCurve, extend, power  # noqa: F401
     from twolevel.models.tables.ols import GroupOLS, group_ols  # noqa: F401
     from twolevel.models.tables.shrinkage import caterpillar_table, shrinkage_table  # noqa: F401
+    from twolevel.models.versions import show_versions  # noqa: F401

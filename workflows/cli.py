@@ -16,25 +16,28 @@ from twolevel.data.errors import TwolevelError
 
 # Modules under workflows/commands/, in the order their subcommands are listed by --help.
 COMMAND_MODULES: tuple[str, ...] = ("lecture", "run", "ols", "fit", "anova", "bayes", "predict",
-                                    "power")
+                                    "power", "info")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every registered subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand (``only``: just that one, so that
+    running a command imports only its own module, not every command's dependencies)."""
     parser = argparse.ArgumentParser(
         prog="twolevel",
         description="Two-level (students-in-schools) models: REML with lme4 parity, and PyMC.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if only is None else (only,):
         importlib.import_module(f"twolevel.workflows.commands.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 user error)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    # the module of each subcommand has the subcommand's name (COMMAND_MODULES)
+    parser = build_parser(given[0] if given and given[0] in COMMAND_MODULES else None)
+    args = parser.parse_args(given)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

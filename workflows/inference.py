@@ -26,15 +26,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from twolevel.data.errors import TwolevelError
-from twolevel.models.inference.hlm import hlm_statistics_fit
-from twolevel.models.inference.kenward_roger import kenward_roger_fit
-from twolevel.models.inference.intervals import confint
-from twolevel.models.inference.residuals import (
-    format_residual_summary,
-    residual_summary_fit,
-    school_table_fit,
-    write_csv_atomic,
-)
+
+# the inference modules (and scipy.stats) are imported where a flag asks for them: a plain
+# `twolevel fit` does not pay for them (benchmarks/startup.py)
 
 __all__ = ["DDF_CHOICES", "CONFINT_CHOICES", "InferenceExtras", "add_arguments", "compute"]
 
@@ -71,6 +65,8 @@ class InferenceExtras:
     def write_files(self, args: argparse.Namespace) -> None:
         """Write ``--schools`` (atomically)."""
         if self.schools is not None and args.schools:
+            from twolevel.models.inference.residuals import write_csv_atomic
+
             write_csv_atomic(self.schools, args.schools)
 
 
@@ -83,6 +79,8 @@ def compute(fit, args: argparse.Namespace) -> InferenceExtras:
     ddf = DDF_CHOICES[getattr(args, "ddf", "satterthwaite") or "satterthwaite"]
     ex = InferenceExtras(ddf=ddf)
     if ddf == "Kenward-Roger":
+        from twolevel.models.inference.kenward_roger import kenward_roger_fit
+
         kr = kenward_roger_fit(fit)
         ex.json["kr_se"] = {n: float(v) for n, v in zip(kr.names, kr.se, strict=True)}
         ex.json["kr_df"] = {n: float(v) for n, v in zip(kr.names, kr.df, strict=True)}
@@ -90,6 +88,8 @@ def compute(fit, args: argparse.Namespace) -> InferenceExtras:
         method = CONFINT_CHOICES[args.confint]
         if method == "boot" and args.nsim < 2:
             raise TwolevelError(f"--nsim must be at least 2 for bootstrap intervals, got {args.nsim}")
+        from twolevel.models.inference.intervals import confint
+
         ci = confint(fit, method, level=args.level, nsim=args.nsim, seed=args.seed,
                      progress=not args.json)
         ex.json["confint"] = {str(n): [_num(r.iloc[0]), _num(r.iloc[1])] for n, r in ci.iterrows()}
@@ -98,6 +98,8 @@ def compute(fit, args: argparse.Namespace) -> InferenceExtras:
         ex.text.append(f"Confidence intervals ({title[method]}):\n"
                        + ci.to_string(float_format=lambda v: f"{v:.4f}", na_rep="NA"))
     if getattr(args, "hlm", False):
+        from twolevel.models.inference.hlm import hlm_statistics_fit
+
         s = hlm_statistics_fit(fit)
         ex.json["reliability"] = {n: float(v) for n, v in zip(s.coefficients, s.reliability,
                                                               strict=True)}
@@ -106,8 +108,15 @@ def compute(fit, args: argparse.Namespace) -> InferenceExtras:
         ex.json["robust_se"] = {n: float(v) for n, v in zip(s.x_names, s.robust_se, strict=True)}
         ex.json["hlm_df"] = {n: float(v) for n, v in zip(s.x_names, s.hlm_df, strict=True)}
         ex.text.append("HLM statistics:\n" + s.summary())
+        from twolevel.models.inference.residuals import (
+            format_residual_summary,
+            residual_summary_fit,
+        )
+
         ex.text.append("Level-2 residuals (BLUPs):\n"
                        + format_residual_summary(residual_summary_fit(fit)))
     if getattr(args, "schools", None):
+        from twolevel.models.inference.residuals import school_table_fit
+
         ex.schools = school_table_fit(fit)
     return ex

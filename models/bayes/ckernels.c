@@ -1,7 +1,7 @@
 /* The collapsed two-level model's log density and gradient in C: the same maths, data layout and
  * operation order as the numba kernels of twolevel/models/bayes/kernels.py (whose module
- * docstring gives the formulas), compiled by the system C compiler once per installation
- * (twolevel/models/bayes/ckernels.py) instead of by numba on first use.
+ * docstring gives the formulas), built with the package by setup.py (with -ffp-contract=off, so
+ * that every x86-64 variant rounds alike) and loaded by twolevel/models/bayes/ckernels.py.
  *
  * data: the flat float64 vector of twolevel.models.bayes.sampler.pack_data —
  *   header [q, p, J, n, struct, eta, fbeta, fsigma, fsd, const] | β prior (3p) | σ prior (2) |
@@ -14,6 +14,11 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(_WIN32)
+#define TL_EXPORT __declspec(dllexport)
+#else
+#define TL_EXPORT __attribute__((visibility("default")))
+#endif
 
 #define HEADER 10
 enum { I_Q, I_P, I_J, I_N, I_STRUCT, I_ETA, I_FBETA, I_FSIGMA, I_FSD, I_CONST };
@@ -344,13 +349,13 @@ static int64_t status(uint64_t dim, const double *grad, double lp) {
     return isfinite(lp) ? 0 : 4;
 }
 
-int64_t twolevel_logp_q2(uint64_t dim, const double *x, double *grad, double *logp, void *user) {
+TL_EXPORT int64_t twolevel_logp_q2(uint64_t dim, const double *x, double *grad, double *logp, void *user) {
     const double lp = logp_grad_q2(x, grad, (const double *)user);
     *logp = lp;
     return status(dim, grad, lp);
 }
 
-int64_t twolevel_logp_general(uint64_t dim, const double *x, double *grad, double *logp,
+TL_EXPORT int64_t twolevel_logp_general(uint64_t dim, const double *x, double *grad, double *logp,
                               void *user) {
     const double lp = logp_grad_general(x, grad, (const double *)user);
     *logp = lp;
@@ -358,7 +363,7 @@ int64_t twolevel_logp_general(uint64_t dim, const double *x, double *grad, doubl
 }
 
 /* nutpie's expand callback: the draw itself (sampler.expand_draws computes the rest) */
-int64_t twolevel_copy(uint64_t dim, uint64_t n_expanded, const double *x, double *out,
+TL_EXPORT int64_t twolevel_copy(uint64_t dim, uint64_t n_expanded, const double *x, double *out,
                       void *user) {
     (void)n_expanded;
     (void)user;
@@ -481,9 +486,15 @@ static double glmm_logp_grad(uint64_t dim, const double *restrict x, double *res
     return (lp + lp_beta) + lp_cov;
 }
 
-int64_t twolevel_logp_glmm(uint64_t dim, const double *x, double *grad, double *logp,
+TL_EXPORT int64_t twolevel_logp_glmm(uint64_t dim, const double *x, double *grad, double *logp,
                            void *user) {
     const double lp = glmm_logp_grad(dim, x, grad, (const double *)user);
     *logp = lp;
     return status(dim, grad, lp);
 }
+
+#ifdef TWOLEVEL_PYINIT
+/* setup.py builds this file as an extension module; the Windows linker wants its init symbol
+ * exported. Never called: Python loads the library with ctypes (twolevel/models/native.py). */
+TL_EXPORT void *TWOLEVEL_PYINIT(void) { return 0; }
+#endif

@@ -1,11 +1,10 @@
-# ruff: noqa: E402 - the kernel-compile helper starts before the other imports
 """Bayesian fit of the two-level model: design → PyMC model → NUTS → frozen :class:`BayesFit`.
 
 The stages mirror the REML engine (:mod:`twolevel.models.lmm.lmer`): the same formula strings and column names
 (:func:`twolevel.models.design.make_design`), the model built by :func:`twolevel.models.bayes.pymc_model.build_model`
 (LKJ prior on the school-effect correlation, school effects non-centred or integrated out), NUTS
 (nutpie), then a result that records how it was obtained. The default collapsed model is sampled
-through its compiled log-density and gradient (:mod:`twolevel.models.bayes.ckernels` in C, or
+through its compiled log-density and gradient (:mod:`twolevel.models.bayes.ckernels` in C, compiled with the package, or
 :mod:`twolevel.models.bayes.kernels` in numba; nutpie's
 Rust NUTS calling them without the GIL: :mod:`twolevel.models.bayes.sampler`; no PyMC import,
 nothing compiled per process); the other likelihoods through the PyMC model
@@ -31,13 +30,6 @@ This module does not import PyMC (only :mod:`twolevel.models.bayes.pymc_model` d
 """
 
 from __future__ import annotations
-
-# On a fresh installation, build the collapsed model's callbacks (the C library, or numba's q = 2
-# kernels) in the background while the caller goes on importing and loading data; a no-op once
-# they are built. First, before this module's heavier imports.
-from twolevel.models.bayes.compile_helper import start_kernel_compile  # isort: skip
-
-start_kernel_compile(2)
 
 import time
 import warnings

@@ -27,11 +27,13 @@ from scipy.special import gammaln
 
 from twolevel.models.bayes import ckernels
 from twolevel.models.bayes import kernel_layout as layout
+from twolevel.models.bayes import nutpie_bridge
 from twolevel.models.bayes.glmm_loglik import binomial_trials
 from twolevel.models.bayes.sampler import (
     LOG2PI,
     CompiledModel,
     _location_params,
+    check_adaptation,
     _positive_params,
     _positive_support,
     effect_structure,
@@ -53,10 +55,12 @@ G_HEADER = 10
 def compiled_glmm_supported(family: str, link: str, n_centered: int, priors) -> bool:
     """Whether the C kernel computes this model: non-centred effects, logit binomial or log
     Poisson, β prior Normal/StudentT, SD prior of :data:`kernel_layout.POSITIVE_CODES`, and the
-    C route available (:func:`twolevel.models.bayes.ckernels.kernel_route`)."""
+    C route available (:func:`twolevel.models.bayes.ckernels.kernel_route`) with a nutpie the
+    sampler bridge knows (:func:`twolevel.models.bayes.nutpie_bridge.private_route`)."""
     return ((family, link) in GLMM_FAMILY_CODES and n_centered == 0
             and priors.beta.dist in layout.LOCATION_CODES
-            and priors.sd.dist in layout.POSITIVE_CODES and ckernels.kernel_route() == "c")
+            and priors.sd.dist in layout.POSITIVE_CODES and ckernels.kernel_route() == "c"
+            and nutpie_bridge.private_route())
 
 
 def pack_glmm(design: Design, y: np.ndarray, w: np.ndarray, offset: np.ndarray, family: str,
@@ -175,6 +179,7 @@ def sample_glmm(design: Design, y, w, offset, family: str, link: str, priors, *,
     model."""
     from importlib.metadata import version
 
+    check_adaptation(adaptation)
     lib = nutpie_lib()
     settings = nuts_settings(lib, adaptation=adaptation, seed=seed, draws=draws, tune=tune,
                              chains=chains, target_accept=target_accept)

@@ -429,8 +429,9 @@ _COMPILED: dict[int, tuple] = {}
 
 def _nutpie_functions(built: BuiltModel):
     """nutpie's PyTensor functions of the model in NUMBA mode (cached per model object)."""
-    from nutpie.compile_pymc import _make_functions, _prepare_dims_and_coords
     from pymc.initial_point import make_initial_point_fn
+
+    from twolevel.models.bayes.nutpie_bridge import make_functions
 
     key = id(built.model)
     if key not in _COMPILED:
@@ -445,13 +446,7 @@ def _nutpie_functions(built: BuiltModel):
             with lock:
                 return ip_raw(seed)
 
-        n_dim, _, logp_pt, expand_pt, init_fn, shape_info, reparam = _make_functions(
-            model, mode="NUMBA", compute_grad=True, join_expanded=False,
-            pymc_initial_point_fn=ip_fn,
-        )
-        dims, coords = _prepare_dims_and_coords(model, shape_info, reparam)
-        _COMPILED[key] = (model, n_dim, logp_pt, expand_pt, init_fn, shape_info, reparam, dims,
-                          coords)
+        _COMPILED[key] = (model, *make_functions(model, ip_fn))
     return _COMPILED[key][1:]
 
 
@@ -530,7 +525,15 @@ def sample_nuts(
     available then."""
     import nutpie
 
+    from twolevel.models.bayes.nutpie_bridge import private_route, warn_public
+
     check_adaptation(adaptation)
+    if not gil_free and not private_route():  # the cached route uses nutpie's internals
+        if data:
+            raise TwolevelError("data= swaps need nutpie's private helpers, which this nutpie "
+                                "version does not have: install 'nutpie>=0.16.0,<0.17'")
+        warn_public("the PyMC model")
+        gil_free = True
     if gil_free:
         if data:
             raise TwolevelError("data= swaps need the cached route (gil_free=False)")

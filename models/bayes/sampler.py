@@ -4,9 +4,9 @@ nutpie (0.16) runs its chains in Rust threads. Given a PyMC model it compiles Py
 code into a ``numba.cfunc`` that cannot be cached (it closes over the model's data), ~10 s every
 process; its Python-callback route (``nutpie.compiled_pyfunc.from_pyfunc``) takes the GIL for
 every gradient, so two cores sample no faster than one. Here nutpie gets generic machine code
-built once per installation, with the model's data as its ``user_data`` pointer
-(:func:`callbacks`): the C library of :mod:`twolevel.models.bayes.ckernels` when a C compiler is
-found, else the numba cfuncs of :mod:`twolevel.models.bayes.kernels` loaded from numba's cache
+compiled with the package, with the model's data as its ``user_data`` pointer
+(:func:`callbacks`): the C library of :mod:`twolevel.models.bayes.ckernels` when the package has
+it, else the numba cfuncs of :mod:`twolevel.models.bayes.kernels` loaded from numba's cache
 (the same maths, bitwise the same numbers on this machine) — through nutpie's own
 ``CompiledPyMCModel`` (the class ``nutpie.compile_pymc_model`` returns). The gradient then runs
 without the GIL in nutpie's threads, and no PyMC or PyTensor (nor, on the C route, numba) is
@@ -20,7 +20,9 @@ U(−1, 1) in the unconstrained space, as nutpie does.
 Two things differ from ``nutpie.sample`` in how, not in what (both measured on the lecture model,
 4 × 2,000 iterations, 2 cores; tests check them against nutpie's own route):
 
-* **The driver** (:func:`run_nuts`) talks to nutpie's Rust extension ``nutpie._lib`` directly,
+* **The driver** (:func:`run_nuts`, in :mod:`twolevel.models.bayes.nutpie_bridge` with every
+  other use of nutpie's internals, and only on the nutpie versions it knows; otherwise nutpie's
+  public API on the collapsed PyMC model) talks to nutpie's Rust extension ``nutpie._lib`` directly,
   with the calls ``nutpie.sample`` makes (settings, ``PyMcModel``, ``PySampler.from_pymc``, the
   Arrow trace), and converts the trace itself (:func:`trace_to_datatree`). Importing nutpie's
   Python package imports ArviZ and matplotlib: 1.2 s per process, plus 0.4 s of interpreter
@@ -32,12 +34,8 @@ Two things differ from ``nutpie.sample`` in how, not in what (both measured on t
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import math
-import os
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,9 +43,11 @@ import pandas as pd
 import xarray as xr
 
 from twolevel.data.errors import FormulaError, TwolevelError
+from twolevel.models import native
 from twolevel.models.bayes import ckernels
 from twolevel.models.bayes import kernel_layout as layout
-from twolevel.models.bayes.compile_helper import start_kernel_compile, wait_kernel_compile
+from twolevel.models.bayes import nutpie_bridge
+from twolevel.models.bayes.nutpie_bridge import nutpie_lib, nuts_settings, run_nuts
 from twolevel.models.bayes.priors import ModelPriors, check_priors, default_priors
 from twolevel.models.design import Design, GroupCrossprods
 
@@ -220,35 +220,6 @@ def expand_draws(x: np.ndarray, q: int, p: int, structure: str) -> dict[str, np.
     Ls = L / sd[..., :, None]
     out.update(chol_cov=packed, sd=sd, corr=np.einsum("...ik,...jk->...ij", Ls, Ls))
     return out
-
-
-def nutpie_lib():
-    """nutpie's Rust extension ``nutpie._lib``, loaded without executing nutpie's Python package
-    (whose ``__init__`` imports ArviZ and matplotlib: module docstring). The same module object
-    as ``nutpie._lib`` if nutpie was, or is later, imported."""
-    mod = sys.modules.get("nutpie._lib")
-    if mod is not None:
-        return mod
-    spec = importlib.util.find_spec("nutpie")
-    if spec is None or not spec.submodule_search_locations:
-        raise TwolevelError("nutpie is not installed; install it (pip install nutpie) to sample")
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = os.path.join(list(spec.submodule_search_locations)[0], "_lib" + suffix)
-        if os.path.exists(path):
-            break
-    else:  # an unusual layout: import the package as usual
-        import nutpie
-
-        return nutpie._lib
-    lspec = importlib.util.spec_from_file_location("nutpie._lib", path)
-    mod = importlib.util.module_from_spec(lspec)
-    sys.modules["nutpie._lib"] = mod
-    try:
-        lspec.loader.exec_module(mod)
-    except BaseException:
-        sys.modules.pop("nutpie._lib", None)
-        raise
-    return mod
 
 
 # the sample_stats nutpie.sample leaves out unless a setting asks for them (nutpie 0.16)
@@ -436,24 +407,10 @@ def check_adaptation(adaptation: str) -> None:
                             f"{', '.join(ADAPTATIONS)}; use one of those")
 
 
-def nuts_settings(lib, *, adaptation: str, seed: int, draws: int, tune: int, chains: int,
-                  target_accept: float):
-    """nutpie's NUTS settings object as ``nutpie.sample(adaptation=, seed=, draws=, tune=,
-    chains=, target_accept=)`` makes it."""
-    check_adaptation(adaptation)
-    if adaptation == "low_rank":
-        settings = lib.PyNutsSettings.LowRank(seed)
-    else:
-        settings = lib.PyNutsSettings.Diag(seed)
-        if adaptation == "draw_diag":
-            settings.use_grad_based_mass_matrix = False
-    settings.update({"target_accept": float(target_accept), "num_tune": int(tune),
-                     "num_draws": int(draws), "num_chains": int(chains)})
-    return settings
-
-
 def kernel_description() -> str:
     """Which compiled callbacks a collapsed fit runs on (recorded as the fit's ``sampler``)."""
+    if not nutpie_bridge.private_route():
+        return "nutpie public API, collapsed PyMC model compiled by PyTensor/Numba"
     if ckernels.kernel_route() == "c":
         return "nutpie, collapsed model compiled from C (twolevel.models.bayes.ckernels)"
     return "nutpie, collapsed model compiled by numba (twolevel.models.bayes.kernels)"
@@ -464,42 +421,13 @@ def callbacks(q: int) -> tuple[int, int, object]:
     :mod:`twolevel.models.bayes.ckernels` on the C route, numba's cfuncs of
     :mod:`twolevel.models.bayes.kernels` on the numba route (and when the C build failed)."""
     if ckernels.kernel_route() == "c":
-        try:
-            logp, copy = ckernels.callback_addresses(q)
-            return logp, copy, ckernels.load()
-        except TwolevelError:
-            if os.environ.get("TWOLEVEL_KERNELS", "auto").strip().lower() == "c":
-                raise
+        logp, copy = ckernels.callback_addresses(q)
+        return logp, copy, ckernels.load()
+    native.warn_numba(ckernels.MODULE, "fit_bayes")
     from twolevel.models.bayes import kernels
 
     logp_c, copy_c = kernels.logp_cfunc(q), kernels.copy_cfunc()
     return logp_c.address, copy_c.address, (logp_c, copy_c)
-
-
-def run_nuts(model, settings, cores: int, progress: bool, lib=None):
-    """Run nutpie's Rust NUTS on the compiled callbacks (the calls of ``nutpie.sample`` and
-    ``CompiledPyMCModel._make_sampler``); returns the raw Arrow trace
-    ``(draw_batches, stat_batches)``, with ``x`` the unconstrained draws."""
-    lib = lib or nutpie_lib()
-    logp_addr, copy_addr, owner = model.callbacks()
-    keep = (model, owner)  # alive while the sampler runs
-    ptr = model.data.ctypes.data
-    logp_fn = lib.LogpFunc(logp_addr, ptr, keep)
-    expand_fn = lib.ExpandFunc(model.n_dim, model.n_dim, copy_addr, ptr, keep)
-    sizes = {k: len(v) for k, v in model.coords.items()}
-    variables = lib.PyVariable.new_variables(["x"], ["float64"], [(model.n_dim,)], sizes,
-                                             {"x": ("unconstrained_parameter",)})
-    pm_model = lib.PyMcModel(logp_fn, expand_fn, variables, model.n_dim, sizes,
-                             dict(model.coords), model.initial_point, None)
-    progress_type = lib.ProgressType.indicatif(100) if progress else lib.ProgressType.none()
-    sampler = lib.PySampler.from_pymc(settings, cores, pm_model, progress_type, None, 100,
-                                      lib.PyStorage.arrow())
-    try:
-        sampler.wait(None)
-    except BaseException:
-        sampler.abort()
-        raise
-    return sampler.take_results().get_arrow_trace()
 
 
 def sample_collapsed(
@@ -518,16 +446,24 @@ def sample_collapsed(
 ):
     """NUTS (nutpie's Rust sampler, :func:`run_nuts`) on the compiled collapsed model with
     nutpie's mass-matrix ``adaptation``; returns ``(datatree, priors)``: the DataTree
-    (``posterior``, ``sample_stats``, ``warmup_*``, as ``nutpie.sample``) and the priors used."""
-    start_kernel_compile(design.q)
+    (``posterior``, ``sample_stats``, ``warmup_*``, as ``nutpie.sample``) and the priors used.
+
+    On a nutpie version the bridge does not know (:func:`twolevel.models.bayes.nutpie_bridge.
+    private_route` False): nutpie's public ``compile_pymc_model`` + ``sample`` on the collapsed
+    PyMC model (the same density), said once."""
+    check_adaptation(adaptation)
+    if not nutpie_bridge.private_route():
+        from twolevel.models.bayes.pymc_model import build_model, sample_nuts
+
+        nutpie_bridge.warn_public("fit_bayes")
+        built = build_model(design, priors, likelihood="collapsed", crossprods=cp)
+        dt = sample_nuts(built, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
+                         target_accept=target_accept, progress=progress,
+                         adaptation=adaptation, gil_free=True)
+        return dt, built.priors
     lib = nutpie_lib()
     settings = nuts_settings(lib, adaptation=adaptation, seed=seed, draws=draws, tune=tune,
                              chains=chains, target_accept=target_accept)
-    if ckernels.kernel_route() == "numba":
-        from twolevel.models.bayes import kernels
-
-        kernels.copy_cfunc()  # (the helper compiles the logp callback meanwhile)
-    wait_kernel_compile(design.q)
     model, priors, _ = compile_collapsed(design, cp, priors)
     draw_batches, stat_batches = run_nuts(model, settings, cores, progress, lib)
     from importlib.metadata import version
@@ -540,14 +476,12 @@ def sample_collapsed(
 
 
 def compile_kernels() -> None:
-    """Build the C callbacks (:func:`twolevel.models.bayes.ckernels.build`, when a compiler is
-    found) and compile (or load) every numba kernel of the Bayesian side into numba's cache: the
-    callbacks for q = 2 and for any q (the fallback), and the PSIS-LOO kernel. ``make setup``
-    runs this once per installation, so a user's first fit and first LOO load machine code
-    instead of compiling."""
+    """Compile (or load) every numba kernel of the Bayesian side into numba's cache: the
+    callbacks for q = 2 and for any q (the numba route: the reference in the tests, and the
+    fallback where the package has no compiled C library), and the PSIS-LOO kernel. ``make
+    setup`` runs this once per installation, so a first LOO loads machine code instead of
+    compiling."""
     from twolevel.models.bayes import kernels, loo
-
-    ckernels.build()
 
     kernels.logp_cfunc(2)
     kernels.logp_cfunc(3)

@@ -464,6 +464,24 @@ def choose_engine(data, engine: str = "auto", scheduler=None) -> str:
     return "duckdb"
 
 
+# the packages of each out-of-memory engine: twolevel's ``scale`` extra (pyproject.toml)
+SCALE_PACKAGES = {"duckdb": ("duckdb",), "dask": ("dask", "distributed", "duckdb")}
+
+
+def require_scale_extra(engine: str, what: str | None = None) -> None:
+    """A :class:`TwolevelError` naming the ``scale`` extra when a package of ``engine`` (duckdb,
+    dask) is not installed; ``what`` says what needed it (default: the engine)."""
+    import importlib
+
+    for name in SCALE_PACKAGES.get(engine, ()):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise TwolevelError(f"{what or f'engine {engine!r}'} needs the package '{name}', "
+                                "which comes with twolevel's 'scale' extra: pip install "
+                                "'twolevel[scale]'") from None
+
+
 def crossprods_from(formula: str, data, engine: str = "auto", *, memory_limit: str | None = None,
                     threads: int | None = None, scheduler=None, progress: bool = False,
                     per_group_x: bool = False):
@@ -476,10 +494,12 @@ def crossprods_from(formula: str, data, engine: str = "auto", *, memory_limit: s
     engine = choose_engine(data, engine, scheduler)
     if engine == "memory":
         if not isinstance(data, pd.DataFrame):
+            require_scale_extra("duckdb", "reading data files")
             from twolevel.models.design.duckdb_source import read_all
             data = read_all(data)
         design = make_design(formula, data)
         return design, group_crossprods(design)
+    require_scale_extra(engine)
     if engine == "duckdb":
         from twolevel.models.design.duckdb_source import DuckDBRunner
         runner = DuckDBRunner(data, memory_limit=memory_limit, threads=threads, progress=progress)

@@ -1,6 +1,6 @@
 /* glmer's PIRLS, the Laplace pieces and the adaptive Gauss-Hermite sum in C: the same maths, data
  * layout and loop as the numba kernels of twolevel/models/glmm/kernels.py (the reference; a test
- * checks the two agree), built by twolevel.models.glmm.cpirls with the system C compiler.
+ * checks the two agree), built with the package by setup.py (loaded by twolevel.models.glmm.cpirls).
  *
  * Why C beside numba: one PIRLS sweep is a pass over the rows computing, per row, mu(eta), the
  * working weight W_i, the working response and the unit deviance: an exp and a log per row.
@@ -18,6 +18,11 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(_WIN32)
+#define TL_EXPORT __declspec(dllexport)
+#else
+#define TL_EXPORT __attribute__((visibility("default")))
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #else
@@ -925,10 +930,10 @@ static void cross_at(const GlmmData *d, double *mem, Cross *c) {
 }
 
 /* the threads the C kernels use by default (OpenMP's: OMP_NUM_THREADS, else the cores) */
-int64_t twolevel_max_threads(void) { return omp_get_max_threads(); }
+TL_EXPORT int64_t twolevel_max_threads(void) { return omp_get_max_threads(); }
 
 /* the work space twolevel_pirls needs for nt threads, in doubles */
-int64_t twolevel_work_size(const GlmmData *d, int64_t nt) {
+TL_EXPORT int64_t twolevel_work_size(const GlmmData *d, int64_t nt) {
     const int64_t J = d->J, q = d->q, p = d->p;
     return nt * cross_size(d) + J * q + J * q + p + J + nt * (p * p + p) + 2 * nt;
 }
@@ -938,7 +943,7 @@ int64_t twolevel_work_size(const GlmmData *d, int64_t nt) {
  * are among Z's), see eta_rows_shift. work: twolevel_work_size(d, nthreads) doubles (any
  * content). With F_NO_ETA (and
  * F_PRE) eta is neither read nor written (a value-only evaluation). */
-int64_t twolevel_pirls(const GlmmData *d, int64_t flags, const double *T, const double *off,
+TL_EXPORT int64_t twolevel_pirls(const GlmmData *d, int64_t flags, const double *T, const double *off,
                        double *eta, double tol, int64_t maxit, double csat, double *u,
                        double *beta, double *Lfac, double *RX, const double *A0,
                        const double *cz0, const double *B0, const double *XtWX0,
@@ -1028,7 +1033,7 @@ int64_t twolevel_pirls(const GlmmData *d, int64_t flags, const double *T, const 
 /* the stage-2 start: off_i = o_i + x_i'beta (beta moved into the offset; not when off is
  * NULL) and, when c0 is not NULL, cz_j = c0_j - B0_j beta (no BLAS call, whose threads would
  * spin on the cores the kernels use) */
-void twolevel_offset(const GlmmData *d, const double *o, const double *beta, double *off,
+TL_EXPORT void twolevel_offset(const GlmmData *d, const double *o, const double *beta, double *off,
                      const double *c0, const double *B0, double *cz, int64_t nthreads) {
     const int64_t n = d->n, p = d->p, J = d->J, q = d->q;
     const double *X = d->X;
@@ -1051,7 +1056,7 @@ void twolevel_offset(const GlmmData *d, const double *o, const double *beta, dou
 }
 
 /* A_j, c_j, B_j, XtWX, XtWz at eta (numba's start_crossprods) */
-void twolevel_crossprods(const GlmmData *d, const double *off, const double *eta, double *A,
+TL_EXPORT void twolevel_crossprods(const GlmmData *d, const double *off, const double *eta, double *A,
                          double *cz, double *B, double *XtWX, double *XtWz) {
     Cross c = {A, cz, B, XtWX, XtWz};
     accumulate(d, off, eta, &c, 1);
@@ -1059,7 +1064,7 @@ void twolevel_crossprods(const GlmmData *d, const double *off, const double *eta
 
 /* adaptive Gauss-Hermite sum for one scalar random effect (numba's agq_kernel); out[0] =
  * sum_j devc0_j, out[1] = -2 sum_j log mult_j. work: 3 J doubles (any content). */
-void twolevel_agq(const GlmmData *d, double t11, const double *off, const double *u,
+TL_EXPORT void twolevel_agq(const GlmmData *d, double t11, const double *off, const double *u,
                   const double *Lfac, int64_t nk, const double *nodes, const double *weights,
                   double *work, double *out) {
     const int64_t n = d->n, J = d->J;
@@ -1103,3 +1108,9 @@ void twolevel_agq(const GlmmData *d, double t11, const double *off, const double
     out[0] = s0;
     out[1] = -2.0 * lm;
 }
+
+#ifdef TWOLEVEL_PYINIT
+/* setup.py builds this file as an extension module; the Windows linker wants its init symbol
+ * exported. Never called: Python loads the library with ctypes (twolevel/models/native.py). */
+TL_EXPORT void *TWOLEVEL_PYINIT(void) { return 0; }
+#endif

@@ -3,81 +3,51 @@ numba's kernels (:mod:`twolevel.models.glmm.kernels`) as the fallback and the re
 
 Why C: a PIRLS sweep computes, for every row, μ(η), the working weight, the working response
 and the unit deviance (an ``exp`` and a ``log`` a row). numba does that one row at a time;
-``cpirls.c`` computes blocks of rows in a loop the compiler vectorises (``-O3 -march=native``,
-glibc's libmvec for ``exp``/``log`` when it is there, no ``-ffast-math``) and then adds them into
-each group's cross-products. The maths, layout and loop are numba's; the objective agrees to
-about 1e-12 relative (a test), not bitwise, because the vector ``exp``/``log`` round differently.
+``cpirls.c`` computes blocks of rows in a loop the compiler vectorises (``-O3``, glibc's libmvec
+for ``exp``/``log`` when the build found it, no ``-ffast-math``) and then adds them into each
+group's cross-products. The maths, layout and loop are numba's; the objective agrees to about
+1e-12 relative (a test), not bitwise, because the vector ``exp``/``log`` round differently.
 
-The library is built once per installation and processor into twolevel's cache
-(:mod:`twolevel.models.cbuild`); ``TWOLEVEL_KERNELS=numba`` forces numba, and the default falls
-back to numba when no C compiler is found or the build fails (the reason kept in
-:data:`BUILD_ERRORS`). The C calls release the GIL, so evaluations at several parameter values
-run on several threads (:meth:`twolevel.models.glmm.laplace.GlmmProblem.map`).
+The library is compiled with the package (``setup.py``; on x86-64 a baseline, an AVX2 and an
+AVX-512 build, the widest this processor runs loaded by :mod:`twolevel.models.native`);
+``TWOLEVEL_KERNELS=numba`` forces numba, and the default falls back to numba (saying so once)
+when the package has no compiled library. The C calls release the GIL, so evaluations at
+several parameter values run on several threads
+(:meth:`twolevel.models.glmm.laplace.GlmmProblem.map`).
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import threading
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from twolevel.data.errors import TwolevelError
-from twolevel.models import cbuild
+from twolevel.models import native
 
-__all__ = ["BUILD_ERRORS", "CPirls", "SOURCE", "build", "for_problem", "kernel_route", "load",
-           "specs", "threads_for", "x_columns_in_z"]
+__all__ = ["CPirls", "MODULE", "for_problem", "kernel_route", "load", "threads_for",
+           "x_columns_in_z"]
 
-SOURCE = Path(__file__).with_name("cpirls.c")
-BASE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
-PLAIN_FLAGS = ("-O2", "-fPIC", "-shared")
-BUILD_ERRORS: list[str] = []
-_LIB: dict[str, ctypes.CDLL] = {}
+MODULE = "twolevel.models.glmm._cpirls"
+_TYPED: set[int] = set()
 
 F_JOINT, F_WANT_RX, F_REFRESH, F_PRE, F_NO_ETA = 1, 2, 4, 8, 16
 
 
-@lru_cache(maxsize=1)
-def specs() -> tuple[cbuild.CSource, ...]:
-    """How ``cpirls.c`` is built, in order of preference: OpenMP threads and this processor's
-    vector instructions, with glibc's vector maths library (``-DTWOLEVEL_MVEC -lmvec``) when
-    the system has it; then, for a compiler without OpenMP or those flags, plain ``-O2``
-    (one thread, scalar maths)."""
-    if ctypes.util.find_library("mvec"):
-        best = cbuild.CSource(SOURCE, (*BASE_FLAGS, "-DTWOLEVEL_MVEC"), ("-lmvec", "-lm"),
-                              native=True)
-    else:
-        best = cbuild.CSource(SOURCE, BASE_FLAGS, ("-lm",), native=True)
-    return best, cbuild.CSource(SOURCE, PLAIN_FLAGS, ("-lm",))
-
-
 def kernel_route() -> str:
-    """``"c"`` or ``"numba"`` (see :func:`twolevel.models.cbuild.kernel_route`)."""
-    return cbuild.kernel_route(BUILD_ERRORS)
-
-
-def build():
-    """Build the library now if needed (``make setup`` does, once per installation and
-    processor): the first of :func:`specs` that builds; its path, or None when no compiler is
-    found or every build failed (the compiler's messages in :data:`BUILD_ERRORS`)."""
-    tried: list[str] = []
-    for sp in specs():
-        path = sp.build(tried)
-        if path is not None:
-            return path
-    BUILD_ERRORS.extend(tried)
-    return None
+    """``"c"`` or ``"numba"`` (see :func:`twolevel.models.native.kernel_route`)."""
+    return native.kernel_route(MODULE)
 
 
 def for_problem(y, w, X, Z, g, fam: int, J: int) -> CPirls | None:
-    """The C kernels for one model, or None for numba's: ``TWOLEVEL_KERNELS=numba``, no C
-    compiler, or (by default) a failed build, whose reason is kept in :data:`BUILD_ERRORS`.
-    With ``TWOLEVEL_KERNELS=c`` a failed build is an error saying what to do."""
+    """The C kernels for one model, or None for numba's: ``TWOLEVEL_KERNELS=numba``, or (by
+    default) no compiled library in the package, said once
+    (:func:`twolevel.models.native.warn_numba`). With ``TWOLEVEL_KERNELS=c`` a missing library
+    is an error saying what to do."""
     if kernel_route() != "c":
+        native.warn_numba(MODULE, "glmer")
         return None
     try:
         return CPirls(y, w, X, Z, g, fam, J)
@@ -88,11 +58,11 @@ def for_problem(y, w, X, Z, g, fam: int, J: int) -> CPirls | None:
 
 
 def load() -> ctypes.CDLL:
-    """The built library (built now if needed); a :class:`TwolevelError` saying what to do when
-    there is no compiler or the build failed."""
-    if "lib" in _LIB:
-        return _LIB["lib"]
-    lib = cbuild.open_library(build(), BUILD_ERRORS, SOURCE)
+    """The compiled library (the variant :func:`twolevel.models.native.load` chose), its
+    functions typed; a :class:`TwolevelError` saying what to do when the package has none."""
+    lib = native.require(MODULE).cdll
+    if id(lib) in _TYPED:
+        return lib
     vp, i64, dbl = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
     lib.twolevel_pirls.restype = i64
     lib.twolevel_pirls.argtypes = [vp, i64, vp, vp, vp, dbl, i64, dbl] + [vp] * 10 + [i64, vp, vp]
@@ -106,7 +76,7 @@ def load() -> ctypes.CDLL:
     lib.twolevel_crossprods.argtypes = [vp] * 8
     lib.twolevel_agq.restype = None
     lib.twolevel_agq.argtypes = [vp, dbl, vp, vp, vp, i64, vp, vp, vp, vp]
-    _LIB["lib"] = lib
+    _TYPED.add(id(lib))
     return lib
 
 

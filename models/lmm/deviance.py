@@ -24,12 +24,9 @@ from scipy.linalg import solve_triangular
 
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods
-from twolevel.models.lmm.kernels import (
-    X_NOT_PD,
-    pls_parts_batch_kernel,
-    pls_parts_kernel,
-    theta_grad_kernel,
-)
+from twolevel.models.lmm import creml
+
+X_NOT_PD = creml.X_NOT_PD  # the kernels' status code (twolevel.models.lmm.kernels.X_NOT_PD)
 
 __all__ = [
     "PLSState",
@@ -154,7 +151,8 @@ def _not_estimable() -> TwolevelError:
 
 def _pls_parts(cp: GroupCrossprods, T: np.ndarray) -> _Parts:
     """r², log|L|² and log|R_X|² at T without the conditional modes (the optimizer's path):
-    :func:`twolevel.models.lmm.kernels.pls_parts_kernel` on the blocks of :attr:`GroupCrossprods.shifted`
+    :func:`twolevel.models.lmm.kernels.pls_parts_kernel` (in C: :mod:`twolevel.models.lmm.creml`)
+    on the blocks of :attr:`GroupCrossprods.shifted`
     (the response y − Xγ: same r², less cancellation).
 
     Raises
@@ -163,7 +161,7 @@ def _pls_parts(cp: GroupCrossprods, T: np.ndarray) -> _Parts:
         If the down-dated XᵀX is not positive definite (see :func:`pls_state`).
     """
     BC, aug0, _ = cp.shifted
-    r2, ldL2, ldRX2, status = pls_parts_kernel(T, cp.A, BC, aug0)
+    r2, ldL2, ldRX2, status = creml.kernels().pls_parts_kernel(T, cp.A, BC, aug0)
     if status == X_NOT_PD:
         raise _not_estimable()
     return _Parts(r2=r2, ldL2=ldL2, ldRX2=ldRX2, n=cp.n, p=cp.p)
@@ -175,7 +173,7 @@ def _pls_parts_batch(
     """(r², log|L|², log|R_X|²) at K relative covariance factors ``Ts`` (K, q, q), each as
     :func:`_pls_parts`, in one compiled call."""
     BC, aug0, _ = cp.shifted
-    r2, ldL2, ldRX2, status = pls_parts_batch_kernel(
+    r2, ldL2, ldRX2, status = creml.kernels().pls_parts_batch_kernel(
         np.ascontiguousarray(Ts, dtype=float), cp.A, BC, aug0
     )
     if np.any(status == X_NOT_PD):
@@ -404,7 +402,8 @@ def _gradient_sums(
     (:func:`twolevel.models.lmm.kernels.theta_grad_kernel`): Σ_j A_jT M_j⁻¹ (q, q), Σ_j ũ_j[c]·resid_j[r]
     (q, q) and, with ``with_w``, Σ_j W_j[r]ᵀ(TᵀW_j)[c] (q, q, p, p)."""
     BC, _, gamma = cp.shifted  # c_j − B_jβ̂ is the same for y − Xγ and β̂ − γ
-    return theta_grad_kernel(np.asarray(T, dtype=float), cp.A, BC, st.beta - gamma, with_w)
+    return creml.kernels().theta_grad_kernel(np.asarray(T, dtype=float), cp.A, BC,
+                                             st.beta - gamma, with_w)
 
 
 # ------------------------------------------------------------------------ the deviance function

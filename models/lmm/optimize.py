@@ -31,7 +31,6 @@ from functools import cached_property
 
 import nlopt
 import numpy as np
-from scipy.optimize import minimize
 
 __all__ = ["OptSummary", "optimize_theta", "refit_ml_theta", "MODES"]
 
@@ -309,6 +308,8 @@ def _polish(
 ) -> tuple[np.ndarray, float, int]:
     """L-BFGS-B with the analytic gradient from x, then Nelder–Mead within the bounds; returns the
     best point seen (never worse than x)."""
+    from scipy.optimize import minimize  # only this polish needs it (start-up: not at import)
+
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
     best_x, best_f, nev = x.copy(), f, 0
     res = minimize(

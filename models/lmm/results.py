@@ -17,7 +17,7 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
 from twolevel.data.errors import TwolevelError
 from twolevel.models.lmm.deviance import (
@@ -334,7 +334,7 @@ class LmerFit:
             )
         se, df = func(self, np.eye(self.design.p))
         t = est / se
-        p = 2.0 * stats.t.sf(np.abs(t), df)
+        p = 2.0 * special.stdtr(df, -np.abs(t))  # = stats.t.sf(|t|, df), without scipy.stats
         return pd.DataFrame(
             {"Estimate": est, "Std. Error": se, "df": df, "t value": t, "Pr(>|t|)": p},
             index=names,
