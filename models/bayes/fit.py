@@ -1,8 +1,10 @@
 # ruff: noqa: E402 - the kernel-compile helper starts before the other imports
 """Bayesian fit of the two-level model: design → PyMC model → NUTS → frozen :class:`BayesFit`.
 
-The stages mirror the REML engine (:mod:`twolevel.models.lmm.lmer`): the same formula strings and column names
-(:func:`twolevel.models.design.make_design`), the model built by :func:`twolevel.models.bayes.pymc_model.build_model`
+The stages mirror the REML engine (:mod:`twolevel.models.lmm.lmer`): the same formula strings and
+column names
+(:func:`twolevel.models.design.make_design`), the model built by
+:func:`twolevel.models.bayes.pymc_model.build_model`
 (LKJ prior on the school-effect correlation, school effects non-centred or integrated out), NUTS
 (nutpie), then a result that records how it was obtained. The default collapsed model is sampled
 through its compiled log-density and gradient (:mod:`twolevel.models.bayes.ckernels` in C, or
@@ -13,7 +15,8 @@ nothing compiled per process); the other likelihoods through the PyMC model
 
 Default: ``likelihood="collapsed"``. The school effects are integrated out analytically, NUTS
 samples only (β, σ, sd, LKJ factor), and every school's effects are then drawn from their exact
-Gaussian conditional posterior b_j | y, β, Σ, σ (:func:`twolevel.models.bayes.collapsed.draw_school_effects`):
+Gaussian conditional posterior b_j | y, β, Σ, σ
+(:func:`twolevel.models.bayes.collapsed.draw_school_effects`):
 the same joint posterior as the non-centred model, without its funnel (no divergences by
 construction) and with O(J) work per gradient.
 
@@ -47,7 +50,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import xarray as xr
-
 from twolevel.data.errors import TwolevelError
 from twolevel.models.bayes.collapsed import draw_school_effects, school_marginal_loglik
 from twolevel.models.bayes.diagnostics import rhat_ess
@@ -254,7 +256,8 @@ def student_loglik(design: Design, beta: np.ndarray, b: np.ndarray, sigma: np.nd
                    chunk: int = 250) -> np.ndarray:
     """Per-student log density given the school's effects, (S, n):
 
-    log N(y_i | x_iβ + z_i b_j, σ²) = −½ [log 2πσ² + (y_i − x_iβ − z_i b_j)²/σ²]. Chunked over draws.
+    log N(y_i | x_iβ + z_i b_j, σ²) = −½ [log 2πσ² + (y_i − x_iβ − z_i b_j)²/σ²]. Chunked over
+    draws.
     """
     S = beta.shape[0]
     g, X, Z, y = design.group_index, design.X, design.Z, design.y
@@ -272,7 +275,8 @@ def student_loglik(design: Design, beta: np.ndarray, b: np.ndarray, sigma: np.nd
 def school_loglik(design: Design, cp: GroupCrossprods, beta: np.ndarray, L: np.ndarray,
                   sigma: np.ndarray) -> np.ndarray:
     """Per-school log density with the school's effects integrated out, (S, J)
-    (:func:`twolevel.models.bayes.collapsed.school_marginal_loglik` with :func:`school_residual_ss`)."""
+    (:func:`twolevel.models.bayes.collapsed.school_marginal_loglik` with
+    :func:`school_residual_ss`)."""
     rss0 = school_residual_ss(design, beta)
     return school_marginal_loglik(cp.A, cp.B, cp.c, rss0, design.group_sizes, beta, L, sigma)
 
@@ -280,7 +284,39 @@ def school_loglik(design: Design, cp: GroupCrossprods, beta: np.ndarray, L: np.n
 LOG_LIKELIHOODS = ("both", "school", "none")
 
 
-@dataclass(frozen=True)
+class BayesSummary(str):
+    """``BayesFit.summary()``: the printed text (the ``str`` itself) with its parts as data —
+    ``table`` (the posterior table, ArviZ ``az.summary``'s columns: mean, sd, quantiles, ESS,
+    R̂), ``gate`` (the diagnostics as a one-row DataFrame with ``passed``), ``priors`` (the
+    :class:`~twolevel.models.bayes.priors.ModelPriors`) and ``header`` (the lines above)."""
+
+    table: pd.DataFrame
+    gate: pd.DataFrame
+    priors: object
+    header: tuple[str, ...]
+
+    def __new__(cls, text: str, *, table, gate, priors, header=()) -> BayesSummary:
+        obj = super().__new__(cls, text)
+        obj.table, obj.gate, obj.priors, obj.header = table, gate, priors, tuple(header)
+        return obj
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        parts = ["<div class='twolevel-summary'>"]
+        parts += [f"<div><code>{html.escape(h)}</code></div>" for h in self.header]
+        parts.append("<p><b>Priors</b></p><pre>" + html.escape(str(self.priors)) + "</pre>")
+        parts.append("<p><b>Diagnostics gate</b></p>" + self.gate.to_html(index=False, border=0))
+        parts.append("<p><b>Posterior</b></p>"
+                     + self.table.to_html(float_format=lambda v: f"{v:.4g}", border=0))
+        parts.append("</div>")
+        return "\n".join(parts)
+
+
+@dataclass(frozen=True, repr=False)
 class BayesFit:
     """A finished NUTS fit and how it was obtained.
 
@@ -324,7 +360,8 @@ class BayesFit:
         if "corr" in post:
             for a in range(len(eff)):
                 for b in range(a):
-                    rows[f"corr:{eff[b]}:{eff[a]}"] = post["corr"].isel(effect=a, effect_b=b).to_numpy()
+                    rows[f"corr:{eff[b]}:{eff[a]}"] = post["corr"].isel(
+                        effect=a, effect_b=b).to_numpy()
         if "sigma" in post:
             rows["sigma"] = post["sigma"].to_numpy()
         names = list(rows)
@@ -339,9 +376,30 @@ class BayesFit:
             "ess_bulk": ess_b, "ess_tail": ess_t, "r_hat": rhat,
         }, index=pd.Index(names, name="parameter"))
 
-    def summary(self) -> str:
-        """A printed summary: model, sampler, settings, diagnostics gate, posterior table."""
+    def __repr__(self) -> str:
+        from twolevel.models.fit_base import short_repr
+
+        d = self.diagnostics
+        return short_repr(type(self).__name__, [
+            ("likelihood", self.likelihood), ("nobs", self.design.n),
+            ("groups", f"{self.design.group}:{self.design.n_groups}"),
+            ("draws", f"{self.settings.chains}x{self.settings.draws}"),
+            ("gate", "passed" if d.passed else "FAILED")], self.formula)
+
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()
+
+    def summary(self) -> BayesSummary:
+        """A printed summary: model, sampler, settings, diagnostics gate, posterior table.
+
+        Returns
+        -------
+        BayesSummary
+            A ``str`` (the printout) with ``.table`` (posterior table), ``.gate`` (the
+            diagnostics) and ``.priors``.
+        """
         s, d = self.settings, self.diagnostics
+        table = self.to_frame()
         glmm = "/" in self.likelihood  # "binomial/logit", "poisson/log"
         lines = [
             f"Bayesian {'generalized ' if glmm else ''}linear mixed model fit by NUTS "
@@ -361,9 +419,10 @@ class BayesFit:
             + (", ".join(f"{b:.2f}" for b in d.bfmi) or "n/a"),
             "Gate: passed" if d.passed else "Gate: FAILED\n  " + "\n  ".join(d.problems),
             "",
-            self.to_frame().to_string(float_format=lambda v: f"{v:.4g}"),
+            table.to_string(float_format=lambda v: f"{v:.4g}"),
         ]
-        return "\n".join(lines)
+        return BayesSummary("\n".join(lines), table=table, gate=d.to_frame(),
+                            priors=self.priors, header=lines[:3])
 
     def posterior_json(self) -> dict[str, dict[str, float]]:
         """``{name: {mean, sd, q2.5, q97.5}}`` for the CLI's ``--json``."""
@@ -412,7 +471,8 @@ def fit_bayes(
     count outcome (:func:`twolevel.models.bayes.glmm_fit.fit_bayes_glmm`: school effects sampled,
     non-centred unless ``centering`` says otherwise; ``likelihood`` does not apply).
 
-    ``likelihood``/``centering``/``priors`` as in :func:`twolevel.models.bayes.pymc_model.build_model`
+    ``likelihood``/``centering``/``priors`` as in
+    :func:`twolevel.models.bayes.pymc_model.build_model`
     (``centering`` only matters for the sampled school effects of "suffstat"/"student"; the
     collapsed model, sampled by :func:`twolevel.models.bayes.sampler.sample_collapsed`, records
     ``n_centered = 0``). A failed
@@ -499,7 +559,8 @@ def fit_bayes(
 def _with_school_effects(post: xr.Dataset, design: Design, cp: GroupCrossprods,
                          seed: int) -> xr.Dataset:
     """The posterior with ``b_school`` [school, effect]: drawn from the exact conditional
-    (:func:`twolevel.models.bayes.collapsed.draw_school_effects`, seeded by ``[seed, 1]``) when the model
+    (:func:`twolevel.models.bayes.collapsed.draw_school_effects`, seeded by ``[seed, 1]``) when the
+    model
     integrated them out; school and effect coordinates named after the data."""
     if summarise_school_effects(design):
         return post.assign_coords(effect=list(design.z_names))

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from twolevel.data.errors import DataError, TwolevelError
+from twolevel.data.loaders import require_unique_header
 from twolevel.models.design.sql import is_numeric_type, is_text_type, quote
 
 __all__ = ["DuckDBRunner", "resolve_files", "parse_memory_limit", "read_all", "file_scan_sql"]
@@ -76,6 +76,8 @@ def resolve_files(spec) -> list[str]:
         raise DataError(f"data file '{bad}' is neither Parquet (.parquet) nor CSV (.csv)")
     if len(kinds) > 1:
         raise DataError("the files mix Parquet and CSV; convert them to one format")
+    for f in files:
+        require_unique_header(f)
     return files
 
 
