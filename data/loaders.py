@@ -245,7 +245,7 @@ def require_unique_header(path: str | os.PathLike[str]) -> None:
     --------
     >>> import pathlib, tempfile
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "d.csv"
-    >>> _ = f.write_text("y,famsesc,famsesc,schid\n1,2,3,4\n")
+    >>> _ = f.write_text("y,famsesc,famsesc,schid\\n1,2,3,4\\n")
     >>> require_unique_header(f)
     Traceback (most recent call last):
     ...
@@ -281,7 +281,7 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     --------
     >>> import pathlib, tempfile
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "d.csv"
-    >>> _ = f.write_text("y,x,school\n1.0,2.0,a\n")
+    >>> _ = f.write_text("y,x,school\\n1.0,2.0,a\\n")
     >>> read_table(f).columns.tolist()
     ['y', 'x', 'school']
     """

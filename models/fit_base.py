@@ -20,7 +20,8 @@ import html
 import numpy as np
 import pandas as pd
 
-__all__ = ["FitSummary", "MixedFit", "as_generator", "require_lmm", "seed_of", "short_repr"]
+__all__ = ["BayesSummary", "FitSummary", "MixedFit", "as_generator", "require_lmm", "seed_of",
+           "short_repr"]
 
 REPR_MAX = 299  # repr(fit) is shorter than 300 characters
 
@@ -219,3 +220,33 @@ class MixedFit:
 
     def _repr_html_(self) -> str:
         return self.summary()._repr_html_()
+
+
+class BayesSummary(str):
+    """``BayesFit.summary()``: the printed text (the ``str`` itself) with its parts as data —
+    ``table`` (the posterior table, ArviZ ``az.summary``'s columns: mean, sd, quantiles, ESS,
+    R̂), ``gate`` (the diagnostics as a one-row DataFrame with ``passed``), ``priors`` (the
+    :class:`~twolevel.models.bayes.priors.ModelPriors`) and ``header`` (the lines above)."""
+
+    table: pd.DataFrame
+    gate: pd.DataFrame
+    priors: object
+    header: tuple[str, ...]
+
+    def __new__(cls, text: str, *, table, gate, priors, header=()) -> BayesSummary:
+        obj = super().__new__(cls, text)
+        obj.table, obj.gate, obj.priors, obj.header = table, gate, priors, tuple(header)
+        return obj
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        parts = ["<div class='twolevel-summary'>"]
+        parts += [f"<div><code>{html.escape(h)}</code></div>" for h in self.header]
+        parts.append("<p><b>Priors</b></p><pre>" + html.escape(str(self.priors)) + "</pre>")
+        parts.append("<p><b>Diagnostics gate</b></p>" + self.gate.to_html(index=False, border=0))
+        parts.append("<p><b>Posterior</b></p>"
+                     + self.table.to_html(float_format=lambda v: f"{v:.4g}", border=0))
+        parts.append("</div>")
+        return "\n".join(parts)

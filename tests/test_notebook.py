@@ -1,5 +1,5 @@
-"""docs/tutorial.ipynb runs from top to bottom (quick sampling settings) and is stored without
-outputs, so it cannot rot."""
+"""docs/tutorials/lecture.ipynb runs from top to bottom (quick sampling settings) and is stored
+without outputs, so it cannot rot."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "tutorial.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "lecture.ipynb"
 
 
 def test_tutorial_is_stored_without_outputs():

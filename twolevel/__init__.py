@@ -121,6 +121,7 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
         posterior_predictive,
         prior_predictive,
     )
+    from twolevel.models.bayes.loo import loo  # noqa: F401
     from twolevel.models.bayes.predict import bayes_icc, bayes_r2, predict_bayes  # noqa: F401
     from twolevel.models.bayes.priors import ModelPriors, Prior, default_priors  # noqa: F401
     from twolevel.models.design import (  # noqa: F401
@@ -130,6 +131,13 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
         make_design,
     )
     from twolevel.models.design.newdata import center_new_rows  # noqa: F401
+    from twolevel.models.design.sources import (  # noqa: F401
+        ScaleDesign,
+        ScaleError,
+        crossprods_from,
+    )
+    from twolevel.models.glmm.glmer import glmer  # noqa: F401
+    from twolevel.models.glmm.results import GlmerFit  # noqa: F401
     from twolevel.models.inference.anova import AnovaResult, anova  # noqa: F401
     from twolevel.models.inference.effect_sizes import (  # noqa: F401
         icc,

@@ -62,6 +62,7 @@ from twolevel.models.bayes.scale import (
     summarise_school_effects,
 )
 from twolevel.models.design import Design, GroupCrossprods
+from twolevel.models.fit_base import BayesSummary, short_repr
 
 __all__ = [
     "BayesFit",
@@ -284,38 +285,6 @@ def school_loglik(design: Design, cp: GroupCrossprods, beta: np.ndarray, L: np.n
 LOG_LIKELIHOODS = ("both", "school", "none")
 
 
-class BayesSummary(str):
-    """``BayesFit.summary()``: the printed text (the ``str`` itself) with its parts as data —
-    ``table`` (the posterior table, ArviZ ``az.summary``'s columns: mean, sd, quantiles, ESS,
-    R̂), ``gate`` (the diagnostics as a one-row DataFrame with ``passed``), ``priors`` (the
-    :class:`~twolevel.models.bayes.priors.ModelPriors`) and ``header`` (the lines above)."""
-
-    table: pd.DataFrame
-    gate: pd.DataFrame
-    priors: object
-    header: tuple[str, ...]
-
-    def __new__(cls, text: str, *, table, gate, priors, header=()) -> BayesSummary:
-        obj = super().__new__(cls, text)
-        obj.table, obj.gate, obj.priors, obj.header = table, gate, priors, tuple(header)
-        return obj
-
-    def __repr__(self) -> str:
-        return str(self)
-
-    def _repr_html_(self) -> str:
-        import html
-
-        parts = ["<div class='twolevel-summary'>"]
-        parts += [f"<div><code>{html.escape(h)}</code></div>" for h in self.header]
-        parts.append("<p><b>Priors</b></p><pre>" + html.escape(str(self.priors)) + "</pre>")
-        parts.append("<p><b>Diagnostics gate</b></p>" + self.gate.to_html(index=False, border=0))
-        parts.append("<p><b>Posterior</b></p>"
-                     + self.table.to_html(float_format=lambda v: f"{v:.4g}", border=0))
-        parts.append("</div>")
-        return "\n".join(parts)
-
-
 @dataclass(frozen=True, repr=False)
 class BayesFit:
     """A finished NUTS fit and how it was obtained.
@@ -377,8 +346,6 @@ class BayesFit:
         }, index=pd.Index(names, name="parameter"))
 
     def __repr__(self) -> str:
-        from twolevel.models.fit_base import short_repr
-
         d = self.diagnostics
         return short_repr(type(self).__name__, [
             ("likelihood", self.likelihood), ("nobs", self.design.n),
