@@ -280,10 +280,21 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     Examples
     --------
     >>> import pathlib, tempfile
+    >>> import twolevel as tl
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "d.csv"
     >>> _ = f.write_text("y,x,school\\n1.0,2.0,a\\n")
-    >>> read_table(f).columns.tolist()
+    >>> tl.read_table(f).columns.tolist()
     ['y', 'x', 'school']
+
+    Parameters
+    ----------
+    path : str or path
+        The file (``.csv``, ``.txt``, ``.tsv``, ``.parquet``, ``.pq``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Its rows, with ``attrs["source"]`` naming the file.
     """
     p = Path(path)
     if not p.exists():
@@ -376,7 +387,30 @@ BUILTIN_DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
 
 def load_data(spec: str | os.PathLike[str]) -> pd.DataFrame:
     """A built-in data set by name (``lecture``, ``hsb``, ``sleepstudy``) or a file by path
-    (:func:`read_table`). A name wins over a file of the same name; write ``./hsb`` for the file."""
+    (:func:`read_table`). A name wins over a file of the same name; write ``./hsb`` for the file.
+
+    Parameters
+    ----------
+    spec : str or path
+        ``"lecture"``, ``"hsb"``, ``"sleepstudy"``, or the path of a CSV, TSV or Parquet file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The data (a file's through :func:`read_table`).
+
+    Raises
+    ------
+    DataError
+        An unknown name or a file that cannot be read (see :func:`read_table`).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> d[["g1rscore", "famsesc", "schid"]].shape
+    (11091, 3)
+    """
     if isinstance(spec, str) and spec in BUILTIN_DATASETS:
         return BUILTIN_DATASETS[spec]()
     return read_table(spec)

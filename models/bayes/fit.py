@@ -92,7 +92,16 @@ class SamplerSettings:
     ``"diag"`` or ``"draw_diag"``.
 
     These are the defaults of the normal-outcome (collapsed) model. Binary and count outcomes
-    sample every school effect and take :meth:`for_family`'s defaults instead."""
+    sample every school effect and take :meth:`for_family`'s defaults instead.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> tl.SamplerSettings(chains=2, draws=500).chains
+    2
+    >>> tl.SamplerSettings.for_family("binomial").adaptation
+    'diag'
+    """
 
     chains: int = 4
     draws: int = 1000
@@ -449,6 +458,33 @@ def fit_bayes(
     instead of S × n numbers) or ``"none"``. ``engine``/``memory_limit``/``scheduler``: where
     the per-school statistics are computed (files or a dask collection as ``data``;
     :mod:`twolevel.models.bayes.scale`).
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, one grouping factor.
+    data : DataFrame (or files / a dask.dataframe with ``engine``)
+        The rows.
+    priors : ModelPriors, optional
+        Default :func:`default_priors`.
+    settings : SamplerSettings, optional
+        Chains, draws, tuning, seed.
+    family, link, weights : as :func:`glmer` for binary and count outcomes.
+
+    Returns
+    -------
+    BayesFit
+        The posterior (``datatree``), the diagnostics gate and ``summary()``.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> d = d[d.schid.isin(sorted(d.schid.unique())[:40])]   # 40 schools, for speed
+    >>> s = tl.SamplerSettings(chains=2, draws=100, tune=100, seed=1)
+    >>> b = tl.fit_bayes("g1rscore ~ 1 + famsesc + (1 | schid)", d, settings=s, progress=False)
+    >>> b.summary().splitlines()[0]
+    'Bayesian linear mixed model fit by NUTS (nutpie...'
     """
     if family != "gaussian":
         from twolevel.models.bayes.glmm_fit import fit_bayes_glmm
@@ -561,7 +597,31 @@ def _log_likelihoods(post: xr.Dataset, design: Design, cp: GroupCrossprods,
 
 def posterior_predictive(fit: BayesFit, n_draws: int, seed: int) -> np.ndarray:
     """Replicated outcomes y_rep (n_draws, n) from ``n_draws`` posterior draws (evenly spaced):
-    y_rep = Xβ + Z b_j + σ ε, the school effects of the same draw."""
+    y_rep = Xβ + Z b_j + σ ε, the school effects of the same draw.
+
+    Parameters
+    ----------
+    fit : BayesFit
+    n_draws : int
+        Number of posterior draws used.
+    seed : int
+        Random seed of ε.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_draws, n) replicated outcomes.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> d = d[d.schid.isin(sorted(d.schid.unique())[:40])]   # 40 schools, for speed
+    >>> s = tl.SamplerSettings(chains=2, draws=100, tune=100, seed=1)
+    >>> b = tl.fit_bayes("g1rscore ~ 1 + famsesc + (1 | schid)", d, settings=s, progress=False)
+    >>> tl.posterior_predictive(b, 10, seed=1).shape == (10, len(d))
+    True
+    """
     d = fit.design
     beta, sigma = fit.draws("beta", "fixed"), fit.draws("sigma")
     b = fit.draws("b_school", "school", "effect")
@@ -574,7 +634,23 @@ def posterior_predictive(fit: BayesFit, n_draws: int, seed: int) -> np.ndarray:
 def prior_predictive(design: Design, priors: ModelPriors | None, n_draws: int, seed: int,
                      likelihood: str = "collapsed") -> dict[str, np.ndarray]:
     """Draws from the prior: ``beta`` (S, p), ``sigma`` (S,), ``L`` (S, q, q), ``b`` (S, J, q)
-    and ``y`` (S, n) = Xβ + Z b_j + σ ε (PyMC draws the hyperparameters)."""
+    and ``y`` (S, n) = Xβ + Z b_j + σ ε (PyMC draws the hyperparameters).
+
+    Parameters
+    ----------
+    design : Design
+    priors : ModelPriors or None
+        None for :func:`default_priors`.
+    n_draws : int
+    seed : int
+    likelihood : str
+        As :func:`fit_bayes`.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``beta``, ``sigma``, ``L``, ``b`` and ``y`` draws.
+    """
     from twolevel.models.bayes.pymc_model import build_model, prior_draws
 
     built = build_model(design, priors, likelihood=likelihood)

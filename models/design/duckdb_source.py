@@ -153,7 +153,10 @@ class DuckDBRunner:
         tmp = temp_directory or os.path.join(tempfile.gettempdir(), "twolevel-duckdb")
         cfg["temp_directory"] = tmp
         self.con = duckdb.connect(config=cfg)
-        self.con.execute(f"SET enable_progress_bar = {'true' if progress else 'false'}")
+        try:
+            self.con.execute(f"SET enable_progress_bar = {'true' if progress else 'false'}")
+        except duckdb.InvalidInputException:  # in Jupyter without ipywidgets: no bar at all
+            pass
         self._rows_read = 0
         if isinstance(data, pd.DataFrame):
             self.files: list[str] = []

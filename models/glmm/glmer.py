@@ -120,6 +120,27 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
         printed digit can differ; it hands over to Nelder–Mead near a bound); "tight" gives
         the fully converged Laplace/AGQ optimum (never a worse objective).
     weights : column name or array of prior weights (binomial: trials for proportions).
+
+    Returns
+    -------
+    GlmerFit
+        With ``fixef``, ``vcov``, ``VarCorr``, ``ranef``, ``coef``, ``predict``, ``summary`` and the
+        rest of lme4's vocabulary.
+
+    Raises
+    ------
+    FormulaError
+        An unknown family, link or optimizer, or an nAGQ that glmer does not allow.
+    DataError
+        A response that does not fit the family (e.g. values other than 0/1 for a Bernoulli model).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> g = tl.glmer("g1below ~ 1 + famsesc + (1 | schid)", d, family="binomial")
+    >>> g.fixef().round(2).to_dict()
+    {'(Intercept)': -1.01, 'famsesc': -0.66}
     """
     fam = get_family(family, link)
     if optimizer not in OPTIMIZERS:

@@ -72,6 +72,14 @@ class GlmerFit(MixedFit):
     evaluation at the optimum (ũ, η, μ, lagged factors).  value : −2 log L as glmer reports it.
     vcov_hessian : 2(H⁻¹)_ββ or None.  optinfo : :class:`GlmerOptInfo`.  formula : as given.
     data_name : for "Data:".  notes : warnings of the fit.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> g = tl.glmer("g1below ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> g
+    <GlmerFit 'g1below ~ 1 + famsesc + (1 | schid)' family=binomial/logit nobs=11091
+     groups=schid:742 deviance=... nAGQ=1>
     """
 
     problem: GlmmProblem

@@ -317,7 +317,32 @@ def _same_data(null, full) -> None:
 def prv(null, full) -> pd.Series:
     """Raudenbush & Bryk's proportion reduction in variance of ``full`` relative to ``null``:
     level 1 (σ²₀ − σ²₁)/σ²₀ and, for each random effect in both models, (τ₀ − τ₁)/τ₀ (e.g. τ00;
-    τ11 between two slope models). Either can be negative."""
+    τ11 between two slope models). Either can be negative.
+
+    Parameters
+    ----------
+    null, full : LmerFit
+        The two fits (same response and rows, same criterion).
+
+    Returns
+    -------
+    pandas.Series
+        ``sigma2`` and ``tau_<effect>`` reductions.
+
+    Raises
+    ------
+    TwolevelError
+        Different data or criteria, or a glmer fit (no residual variance).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> m0 = tl.lmer("g1rscore ~ 1 + (1 | schid)", d)
+    >>> m1 = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", d)
+    >>> list(tl.prv(m0, m1).index)
+    ['sigma2', 'tau_(Intercept)']
+    """
     _same_data(null, full)
     out = {"sigma2": (null.sigma**2 - full.sigma**2) / null.sigma**2}
     v0, v1 = null.VarCorr().variances, full.VarCorr().variances
@@ -331,7 +356,35 @@ def snijders_bosker(null, full, n_tilde: float | None = None) -> pd.Series:
     """Snijders & Bosker's explained variance for random-intercept models:
     R²₁ = 1 − (σ²₁ + τ00,₁)/(σ²₀ + τ00,₀) and R²₂ = 1 − (σ²₁/ñ + τ00,₁)/(σ²₀/ñ + τ00,₀), with ñ the
     harmonic mean of the school sizes by default (misty's choice). Models with random slopes are
-    computed from τ00 with a warning (Snijders & Bosker refit them without slopes)."""
+    computed from τ00 with a warning (Snijders & Bosker refit them without slopes).
+
+    Parameters
+    ----------
+    null, full : LmerFit
+        The two fits, both with a random intercept.
+    n_tilde : float, optional
+        The typical group size (default: the harmonic mean of the school sizes).
+
+    Returns
+    -------
+    pandas.Series
+        ``R2_1`` (level 1), ``R2_2`` (level 2) and ``n_tilde``.
+
+    Raises
+    ------
+    TwolevelError
+        Different data, no random intercept, or a glmer fit.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> m0 = tl.lmer("g1rscore ~ 1 + (1 | schid)", d)
+    >>> m1 = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", d)
+    >>> r = tl.snijders_bosker(m0, m1)
+    >>> bool(0 < r["R2_1"] < 1)
+    True
+    """
     _same_data(null, full)
     for f in (null, full):
         if "(Intercept)" not in f.design.z_names:

@@ -84,6 +84,14 @@ class VarCorr:
     terms : the names of each random-effects term (correlations exist only within a term).
     cov : (q, q) covariance matrix σ̂²TTᵀ of the random effects.  residual : σ̂², or None for
     a model without a scale parameter (binomial and Poisson GLMMs: no Residual row).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)", tl.load_data("lecture"))
+    >>> fit.VarCorr().to_frame()[["grp", "var1", "var2"]].fillna("-").values.tolist()
+    [['schid', '(Intercept)', '-'], ['schid', 'famsesc', '-'],
+     ['schid', '(Intercept)', 'famsesc'], ['Residual', '-', '-']]
     """
 
     group: str
@@ -219,6 +227,16 @@ class LmerFit(MixedFit):
     reml : fitted by REML (True) or ML.  theta : θ̂.  state : the PLS solution at θ̂.
     optsum : how θ̂ was obtained (:class:`~twolevel.models.lmm.optimize.OptSummary`).
     data_name : how the data are called in printouts ("Data: ...").
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> fit
+    <LmerFit 'g1rscore ~ 1 + famsesc + (1 | schid)' family=gaussian nobs=11091
+     groups=schid:742 REML=...>
+    >>> fit.ranef().shape[0], round(fit.sigma, 1) > 0
+    (742, True)
     """
 
     design: Design

@@ -143,6 +143,13 @@ def group_ols(formula: str, data: pd.DataFrame, group: str) -> GroupOLS:
     GroupOLS
         Estimates, SEs, n_j, residual df and a reason for every group where something is not
         estimable (those groups are kept, with NaN).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> ols = tl.group_ols("g1rscore ~ famsesc", tl.load_data("lecture"), "schid")
+    >>> type(ols).__name__
+    'GroupOLS'
     """
     if parse_formula(formula).bars:
         raise FormulaError(
