@@ -15,4 +15,7 @@ fi
 rm -rf docs/_build/html docs/jupyter_execute
 export TWOLEVEL_DOCS_QUICK="${TWOLEVEL_DOCS_QUICK:-1}"
 .venv/bin/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+# a fit displayed in a notebook renders lme4's summary as HTML tables
+grep -q "twolevel-summary" docs/_build/html/tutorials/predictions.html \
+  || { echo "[docs] the predictions tutorial shows no summary tables" >&2; exit 1; }
 echo "[docs] built docs/_build/html/index.html"
