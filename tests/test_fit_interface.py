@@ -71,8 +71,8 @@ def test_confint_module_equals_method_on_glmer(fits):
     g = fits["glmer0"]
     for method in ("Wald", "profile"):
         pd.testing.assert_frame_equal(tl.confint(g, method=method), g.confint(method=method))
-    with pytest.raises(TwolevelError, match="method='boot'.* lmer fits only"):
-        tl.confint(g, method="boot")
+    boot = tl.confint(g, method="boot", nsim=4, rng=2)
+    assert list(boot.index) == ["sd_(Intercept)|g", "(Intercept)"]
 
 
 # name in tl.__all__ → how it is called on a fit (m0 the smaller model of the same kind)
@@ -95,7 +95,6 @@ CALLS = {
 }
 # what a glmer fit is refused with (lme4/pbkrtest/performance refuse or do not define these)
 GLMER_REFUSED = {
-    "bootstrap": "lmer fits only",
     "hlm_statistics_fit": "lmer fits only",
     "kenward_roger_fit": "pbkrtest refuses glmer fits too",
     "prv": "residual variances",
@@ -152,6 +151,18 @@ def test_rng_convention(fits):
     p1 = tl.predict(m, interval="bootstrap", nsim=20, rng=3).iloc[:3]
     p2 = tl.predict(m, interval="bootstrap", nsim=20, seed=3).iloc[:3]
     pd.testing.assert_frame_equal(p1, p2)
+
+
+def test_glmer_bootstrap_refits_simulated_responses(fits):
+    g = fits["glmer0"]
+    b = tl.bootstrap(g, nsim=6, rng=5)
+    assert b.nsim == 6 and b.n_failed == 0 and b.seed == 5 and "sigma" not in b.table
+    assert list(b.lme4_columns()) == ["sd_(Intercept)|g", "(Intercept)"]
+    assert b.table["(Intercept)"].std() > 0  # each replicate is a different refit
+    # the estimate row is the fit itself
+    assert b.estimate["objective"] == g.minus2loglik
+    assert b.estimate["sd_(Intercept)|g"] == np.sqrt(g.VarCorr().cov[0, 0])
+    pd.testing.assert_frame_equal(b.table, tl.bootstrap(g, nsim=6, seed=5).table)
 
 
 def test_glmer_simulate_draws_from_the_model(fits):

@@ -126,7 +126,7 @@ def confint(
         as lme4; a GLMM through :func:`twolevel.models.glmm.profile.confint_profile`).
         ``"Wald"``: fixed effects only, β̂ ± z·SE with the fit's vcov (an LMM's variance rows
         are NaN, as lme4 prints them). ``"boot"``: parametric-bootstrap percentile intervals
-        (LMMs; ``nsim`` refits).
+        (``nsim`` refits; glmer's for a GLMM).
     level : float
         Confidence level, between 0 and 1.
     nsim, rng, seed : bootstrap replicates and random numbers (``rng`` a seed or a
@@ -142,7 +142,7 @@ def confint(
     Raises
     ------
     TwolevelError
-        An unknown method, a level outside (0, 1), or ``"boot"`` for a GLMM.
+        An unknown method or a level outside (0, 1).
 
     Examples
     --------
@@ -165,8 +165,9 @@ def confint(
             from twolevel.models.glmm.profile import confint_profile
 
             return confint_profile(fit, level)
-        raise TwolevelError("confint(method='boot') is implemented for lmer fits only; use "
-                            "method='profile' or 'Wald' for a glmer fit")
+        from twolevel.models.inference.simulate import bootstrap
+
+        return bootstrap(fit, nsim, rng, seed=seed, progress=progress).confint(level)
     d = fit.design
     if method == "profile":
         say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else None

@@ -15,6 +15,7 @@ so results agree with lme4's in distribution, not draw by draw.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -369,7 +370,8 @@ class BootstrapResult:
         vc = [c for c in self.table.columns if c.startswith(("sd_", "cor_"))]
         fixed = [c for c in self.table.columns
                  if c not in vc and c not in ("objective", "sigma") and not c.startswith("theta_")]
-        return vc + ["sigma"] + fixed
+        sigma = ["sigma"] if "sigma" in self.table.columns else []  # none for a GLMM
+        return vc + sigma + fixed
 
     def confint(self, level: float = 0.95, type: str = "perc") -> pd.DataFrame:
         """Bootstrap intervals, lme4 rows (``boot.ci``): ``"perc"`` (default; ``norm.inter``
@@ -474,10 +476,7 @@ def bootstrap(fit, nsim: int = 1000, rng=None, *, seed: int | None = None,
         A table of ``nsim`` refitted parameter sets; ``.confint()`` gives lme4's percentile
         intervals.
 
-    Raises
-    ------
-    TwolevelError
-        For a glmer fit (a GLMM bootstrap refits glmer; use ``simulate`` and ``glmer``).
+    For a glmer fit the refits are glmer's (:func:`bootstrap_glmer`).
 
     Examples
     --------
@@ -487,14 +486,56 @@ def bootstrap(fit, nsim: int = 1000, rng=None, *, seed: int | None = None,
     5
     """
     if hasattr(fit, "family"):
-        raise TwolevelError("bootstrap() is implemented for lmer fits only; for a glmer fit "
-                            "refit glmer to the responses of simulate(fit, nsim)")
+        res = bootstrap_glmer(fit, nsim, as_generator(rng, seed, default=1), progress=progress)
+        return replace(res, seed=seed_of(rng, seed, default=1))
     res = parametric_bootstrap(
         fit.design, fit.theta, fit.sigma, fit.beta, reml=fit.reml, nsim=nsim,
         seed=as_generator(rng, seed, default=1), crossprods=fit.crossprods,
         objective=fit.criterion, progress=progress,
     )
     return replace(res, seed=seed_of(rng, seed, default=1))
+
+
+def _glmer_row(fit) -> np.ndarray:
+    sv = cv_to_sv(fit.design, fit.theta, 1.0)[:-1]  # SDs and correlations of TTᵀ, no σ
+    return np.concatenate([[fit.minus2loglik], fit.beta, sv, fit.theta])
+
+
+def bootstrap_glmer(fit, nsim: int = 1000, rng=None, *, progress: bool = False
+                    ) -> BootstrapResult:
+    """lme4's ``bootMer(fit, nsim, use.u = FALSE)`` for a glmer fit: ``nsim`` responses drawn
+    by :func:`simulate_glmer` (fresh school effects), each refitted with the fit's nAGQ and
+    optimizer (glmer's two stages on the same design, offset and weights). The table's columns
+    are ``objective`` (−2 log L), the fixed effects, ``sd_…``/``cor_…`` and θ; no ``sigma``."""
+    from twolevel.models.glmm.glmer import fit_glmm
+
+    nsim = _check_nsim(nsim)
+    gen = as_generator(rng)
+    d, resp = fit.design, fit.problem.resp
+    sims = simulate_glmer(fit, nsim, gen).to_numpy()
+    if fit.family.name == "binomial":
+        trials = np.rint(resp.n if resp.kind == "cbind" else
+                         (resp.w if resp.kind == "proportion" else np.ones(d.n)))
+        sims = sims / np.where(trials > 0, trials, 1)[:, None]
+    cols = (["objective", *d.x_names, *parameter_names(d)[:-1]]
+            + [f"theta_{n}" for n in d.theta_names])
+    out = np.full((nsim, len(cols)), np.nan)
+    failed = 0
+    step = max(1, nsim // 10)
+    for i in range(nsim):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ref = fit_glmm(d, resp.with_y(sims[:, i]), fit.family, fit.nagq,
+                               fit.optinfo.optimizer, fit.formula, fit.data_name, [])
+            out[i] = _glmer_row(ref)
+        except (TwolevelError, np.linalg.LinAlgError, FloatingPointError, ValueError):
+            failed += 1
+        if progress and (i + 1) % step == 0:
+            print(f"bootstrap: {i + 1}/{nsim} refits", file=sys.stderr, flush=True)
+    est = pd.Series(_glmer_row(fit), index=cols)
+    return BootstrapResult(table=pd.DataFrame(out, columns=cols), estimate=est, seed=None,
+                           reml=False, n_failed=failed)
 
 
 # ------------------------------------------------------------------ bootstrap prediction
