@@ -31,6 +31,13 @@ class Centering:
     group_means : x̄_j per group (indexed by group label, sorted) for group-mean centering; for
         grand-mean centering a one-element series holding x̄.
     n_groups : number of groups (1 for grand-mean).  n : rows used.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> c = tl.center(tl.load_data("hsb"), "ses", by="school")
+    >>> c.means.name, len(c.group_means)
+    ('meanses', 160)
     """
 
     column: str

@@ -18,10 +18,6 @@ import twolevel as tl
 ROOT = Path(__file__).resolve().parents[1]
 
 GAPS = {  # name → sections still missing
-    "AnovaResult": {"Examples"}, "BayesFit": {"Examples"}, "BootstrapResult": {"Examples"},
-    "Centering": {"Examples"}, "Design": {"Examples"}, "GroupCrossprods": {"Examples"},
-    "GroupOLS": {"Examples"}, "HLMStatistics": {"Examples"}, "ModelPriors": {"Examples"},
-    "Profile": {"Examples"}, "ScaleDesign": {"Examples"}, "ScaleError": {"Examples"},
     "prior_predictive": {"Examples"},  # PyMC's compile time; the test suite samples it
 }
 

@@ -304,6 +304,16 @@ class BayesFit:
     (centred leading effects; 0 = non-centred), settings (:class:`SamplerSettings`), datatree
     (the posterior, log-likelihoods and sampler statistics), diagnostics (:class:`Diagnostics`),
     timings (seconds per stage), sampler (text).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> d = d[d.schid.isin(sorted(d.schid.unique())[:40])]
+    >>> s = tl.SamplerSettings(chains=2, draws=100, tune=100, seed=1)
+    >>> b = tl.fit_bayes("g1rscore ~ 1 + famsesc + (1 | schid)", d, settings=s, progress=False)
+    >>> b  # doctest: +ELLIPSIS
+    <BayesFit 'g1rscore ~ 1 + famsesc + (1 | schid)' likelihood=collapsed nobs=... draws=2x100 gate=...>
     """
 
     formula: str

@@ -119,6 +119,14 @@ class ModelPriors:
     sigma : prior of the residual SD (positive family, scalar parameters); None for binary and
         count outcomes, which have no residual SD.
     fixed_names, effect_names : the names the vector entries refer to (for printing).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> p = tl.default_priors(tl.make_design("g1rscore ~ famsesc + (1 | schid)", d))
+    >>> p.fixed_names
+    ('(Intercept)', 'famsesc')
     """
 
     beta: Prior

@@ -26,6 +26,14 @@ class GroupCrossprods:
     ``A[j] = Z_jᵀZ_j`` (J, q, q), ``B[j] = Z_jᵀX_j`` (J, q, p), ``c[j] = Z_jᵀy_j`` (J, q); global
     ``XtX = XᵀX``, ``Xty = Xᵀy``, ``yty = yᵀy``; ``n`` rows and ``p`` fixed effects. These are all the
     (RE)ML criterion needs, so they can also be aggregated elsewhere (a database, a cluster).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> cp = tl.group_crossprods(tl.make_design("g1rscore ~ famsesc + (1 | schid)", d))
+    >>> cp.XtX.shape
+    (2, 2)
     """
 
     A: np.ndarray

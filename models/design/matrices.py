@@ -74,6 +74,14 @@ class Design:
         (``formulae``'s fitted term object — factor levels, stateful transforms such as
         ``center(x)`` — or ``None`` for plain numeric columns, R's names of all its columns); see
         :func:`twolevel.models.design.newdata.new_model_matrices`.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> des = tl.make_design("g1rscore ~ famsesc + (1 | schid)", d)
+    >>> des.X.shape, des.Z.shape
+    ((11091, 2), (11091, 1))
     """
 
     formula: str

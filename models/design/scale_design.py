@@ -38,7 +38,14 @@ class GroupMoments:
 
 
 class ScaleError(TwolevelError):
-    """A per-student quantity was asked of a fit whose rows were never in memory."""
+    """A per-student quantity was asked of a fit whose rows were never in memory.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> issubclass(tl.ScaleError, tl.TwolevelError)
+    True
+    """
 
 
 # ----------------------------------------------------------------------------- the design
@@ -64,6 +71,14 @@ class ScaleDesign:
     engine : "duckdb" or "dask".  source : a description of the data.  rows_read : rows scanned
     in the first pass (before the complete-case rule).  columns : the SQL of X's, Z's and y's
     columns (for the residual pass).  runner : the source's runner (for later passes).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> des, cp = tl.crossprods_from("g1rscore ~ famsesc + (1 | schid)", d, engine="duckdb")
+    >>> type(des).__name__, des.engine
+    ('ScaleDesign', 'duckdb')
     """
 
     formula: str

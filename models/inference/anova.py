@@ -46,6 +46,15 @@ class AnovaResult:
     mixture : text describing the mixture used for each row ("" where none).
     refitted : REML fits were refitted by ML.  data_name : the data's name.
     fits : the ML fits used.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> m0 = tl.lmer("g1rscore ~ famsesc + (1 | schid)", d)
+    >>> res = tl.anova(m0, tl.lmer("g1rscore ~ famsesc + (1 + famsesc | schid)", d))
+    >>> res.refitted, float(res.df[1])
+    (True, 2.0)
     """
 
     names: tuple[str, ...]

@@ -355,6 +355,14 @@ class HLMStatistics:
     n_sufficient : J', units with sufficient data for the per-unit OLS.
     robust_se : CR0 cluster-robust SEs of the fixed effects.  model_se : model-based SEs.
     hlm_df : HLM's df of each fixed effect.  x_names : fixed-effect names.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> h = tl.hlm_statistics_fit(tl.lmer("g1rscore ~ famsesc + (1 | schid)", d))
+    >>> type(h).__name__
+    'HLMStatistics'
     """
 
     coefficients: tuple[str, ...]

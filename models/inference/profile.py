@@ -241,6 +241,15 @@ class Profile:
     ml_theta, ml_sigma, ml_beta : the ML refit.  base_deviance : its deviance D_min.
     cutoff : √χ²_nptot(1 − alphamax).  delta : the ζ step.
     warnings : messages such as "non-monotonic profile for …".
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> fit = tl.lmer("g1rscore ~ famsesc + (1 | schid)", d)
+    >>> pr = tl.profile(fit.design, fit.crossprods, which=["famsesc"], theta_start=fit.theta)
+    >>> pr.confint().index.tolist()
+    ['famsesc']
     """
 
     traces: dict[str, ProfileTrace]

@@ -352,6 +352,14 @@ class BootstrapResult:
         (``theta_<name>``). A failed refit is a row of NaN.
     estimate : the same quantities for the original fit (a Series).
     seed, reml : how the replicates were made.  n_failed : refits that failed.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> b = tl.bootstrap(tl.lmer("g1rscore ~ famsesc + (1 | schid)", d), nsim=5, rng=1)
+    >>> b.confint().index.tolist()
+    ['sd_(Intercept)|schid', 'sigma', '(Intercept)', 'famsesc']
     """
 
     table: pd.DataFrame

@@ -44,6 +44,14 @@ class GroupOLS:
     n, n_groups : rows used and number of groups.
     n_na_dropped : rows removed for missing or non-finite values (listwise deletion).
     notes : sentences on what was removed or flagged.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> ols = tl.group_ols("g1rscore ~ famsesc", d, "schid")
+    >>> ols.n_groups
+    742
     """
 
     formula: str
