@@ -57,7 +57,10 @@ GROUPS = {  # section of the API index → module prefixes
     "Generalized linear mixed models": ("twolevel.models.glmm",),
     "Inference on a fit": ("twolevel.models.inference",),
     "Bayesian models": ("twolevel.models.bayes",),
+    "Survey data": ("twolevel.models.survey",),
+    "Planning a study": ("twolevel.models.power",),
     "Tables": ("twolevel.models.tables",),
+    "Other": ("twolevel",),  # a module not listed above
 }
 
 
@@ -81,6 +84,8 @@ def write_api_pages() -> None:
     lines = ["API reference", "=============", "",
              "Every public name of ``twolevel`` (``import twolevel as tl``), by stage.", ""]
     for group, names in sections.items():
+        if not names:
+            continue
         lines += [group, "-" * len(group), "", ".. toctree::", "   :maxdepth: 1", ""]
         lines += [f"   {n}" for n in names] + [""]
     (out / "index.rst").write_text("\n".join(lines))

@@ -7,6 +7,7 @@ repository."""
 from __future__ import annotations
 
 import doctest
+import importlib
 import inspect
 import re
 from pathlib import Path
@@ -19,6 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 GAPS = {  # name → sections still missing
     "prior_predictive": {"Examples"},  # PyMC's compile time; the test suite samples it
+    # from the survey and power issues (merged while this list was made)
+    "PooledFit": {"Examples"}, "PowerCurve": {"Examples"}, "PowerResult": {"Examples"},
+    "StudyDesign": {"Examples"}, "WeightedLmerFit": {"Examples"},
+    "extend": {"Parameters", "Returns", "Examples"},
+    "study_design": {"Parameters", "Returns", "Examples"},
 }
 
 
@@ -45,8 +51,8 @@ def _example_cases():
 @pytest.mark.parametrize("name", list(_example_cases()))
 def test_examples_run(name):
     obj = getattr(tl, name)
-    tests = doctest.DocTestFinder(recurse=False).find(obj, f"twolevel.{name}",
-                                                        globs={"tl": tl})
+    globs = dict(vars(importlib.import_module(tl._API[name])))  # as pytest --doctest-modules
+    tests = doctest.DocTestFinder(recurse=False).find(obj, f"twolevel.{name}", globs=globs)
     assert tests and tests[0].examples, f"{name} has no doctest"
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     for t in tests:

@@ -26,7 +26,7 @@ LECTURE = "g1rscore ~ 1 + famsesc + (1 + famsesc | schid)"
 # Stages of twolevel.models, lowest first: a module may import (at module level) only from its
 # own subpackage or from a lower rank. data is below all of models; workflows above.
 MODEL_RANK = {"rformat": 0, "cbuild": 0, "fit_base": 0, "design": 0, "lmm": 1, "glmm": 2,
-              "bayes": 3, "inference": 3, "tables": 4}
+              "bayes": 3, "inference": 3, "survey": 3, "tables": 4, "power": 4}
 
 
 # the Bayesian builder modules: the only ones that import PyMC / PyTensor

@@ -87,11 +87,24 @@ _API: dict[str, str] = {
     "Prior": "twolevel.models.bayes.priors",
     "ModelPriors": "twolevel.models.bayes.priors",
     "default_priors": "twolevel.models.bayes.priors",
+    # survey data: sampling weights, plausible values, imputed data sets
+    "WeightedLmerFit": "twolevel.models.survey.fit",
+    "PooledFit": "twolevel.models.survey.pv",
+    "rubin_pool": "twolevel.models.survey.rubin",
+    "weighted_group_crossprods": "twolevel.models.survey.crossprods",
     # tables
     "group_ols": "twolevel.models.tables.ols",
     "GroupOLS": "twolevel.models.tables.ols",
     "shrinkage_table": "twolevel.models.tables.shrinkage",
     "caterpillar_table": "twolevel.models.tables.shrinkage",
+    # planning a study: power and MDES
+    "power": "twolevel.models.power.simulation",
+    "PowerCurve": "twolevel.models.power.simulation",
+    "extend": "twolevel.models.power.simulation",
+    "power_analytic": "twolevel.models.power.analytic",
+    "study_design": "twolevel.models.power.analytic",
+    "StudyDesign": "twolevel.models.power.analytic",
+    "PowerResult": "twolevel.models.power.analytic",
 }
 
 __all__ = sorted(_API)
@@ -158,5 +171,16 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
     from twolevel.models.inference.simulate import BootstrapResult, bootstrap, simulate  # noqa: F401
     from twolevel.models.lmm.lmer import lmer, refit_ml  # noqa: F401
     from twolevel.models.lmm.results import LmerFit, VarCorr  # noqa: F401
+    from twolevel.models.survey.crossprods import weighted_group_crossprods  # noqa: F401
+    from twolevel.models.survey.fit import WeightedLmerFit  # noqa: F401
+    from twolevel.models.survey.pv import PooledFit  # noqa: F401
+    from twolevel.models.survey.rubin import rubin_pool  # noqa: F401
+    from twolevel.models.power.analytic import (  # noqa: F401
+        PowerResult,
+        StudyDesign,
+        power_analytic,
+        study_design,
+    )
+    from twolevel.models.power.simulation import PowerCurve, extend, power  # noqa: F401
     from twolevel.models.tables.ols import GroupOLS, group_ols  # noqa: F401
     from twolevel.models.tables.shrinkage import caterpillar_table, shrinkage_table  # noqa: F401

@@ -15,7 +15,8 @@ import sys
 from twolevel.data.errors import TwolevelError
 
 # Modules under workflows/commands/, in the order their subcommands are listed by --help.
-COMMAND_MODULES: tuple[str, ...] = ("lecture", "run", "ols", "fit", "anova", "bayes", "predict")
+COMMAND_MODULES: tuple[str, ...] = ("lecture", "run", "ols", "fit", "anova", "bayes", "predict",
+                                    "power")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -315,8 +315,12 @@ def fit_bayes(
     engine: str = "auto",
     memory_limit: str | None = None,
     scheduler=None,
+    pv=None,
 ) -> BayesFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) by NUTS and run the diagnostic gate.
+
+    ``pv`` (plausible values: a list of response columns) or a list of imputed frames as
+    ``data``: one fit per set, draws stacked (:mod:`twolevel.models.survey.bayes`).
 
     ``family="binomial"`` (links logit, probit, cloglog) or ``"poisson"`` (log) fits a binary or
     count outcome (:func:`twolevel.models.bayes.glmm_fit.fit_bayes_glmm`: school effects sampled,
@@ -361,6 +365,14 @@ def fit_bayes(
     >>> b.summary().splitlines()[0]
     'Bayesian linear mixed model fit by NUTS (nutpie...'
     """
+    if pv is not None or (isinstance(data, (list, tuple)) and data
+                          and all(isinstance(d, pd.DataFrame) for d in data)):
+        from twolevel.models.survey.bayes import fit_bayes_sets
+
+        return fit_bayes_sets(formula, data, pv=pv, priors=priors, likelihood=likelihood,
+                              centering=centering, settings=settings, progress=progress,
+                              log_likelihood=log_likelihood, family=family, link=link,
+                              weights=weights)
     if family != "gaussian":
         from twolevel.models.bayes.glmm_fit import fit_bayes_glmm
 

@@ -105,7 +105,8 @@ def _conv_messages(H: np.ndarray | None, g: np.ndarray | None, singular: bool,
 
 def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str | None = None,
           nAGQ: int = 1, optimizer: str = "lme4", weights=None,
-          data_name: str = "data") -> GlmerFit:
+          data_name: str = "data", conditional_weights: bool = False,
+          weight_scaling: str = "none", pv=None, df_com: float | None = None) -> GlmerFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) to ``data`` as ``lme4::glmer``.
 
     Parameters
@@ -119,7 +120,12 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
         evaluations; glmer's deviance to ~1e-6, β to ~1e-3 SE, SEs to ~1e-4, so the last
         printed digit can differ; it hands over to Nelder–Mead near a bound); "tight" gives
         the fully converged Laplace/AGQ optimum (never a worse objective).
-    weights : column name or array of prior weights (binomial: trials for proportions).
+    weights : column name or array of prior weights (binomial: trials for proportions); a
+        tuple of two column names (level 1, level 2) are sampling weights: a pseudo-maximum
+        likelihood fit with robust SEs (:mod:`twolevel.models.survey.glmm`; random intercept;
+        ``conditional_weights``, ``weight_scaling`` as in ``lmer``).
+    pv, df_com : plausible values (or a list of imputed frames as ``data``), pooled by Rubin's
+        rules as in ``lmer``.
 
     Returns
     -------
@@ -142,6 +148,25 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
     >>> g.fixef().round(2).to_dict()
     {'(Intercept)': -1.01, 'famsesc': -0.66}
     """
+    if pv is not None or (isinstance(data, (list, tuple)) and data
+                          and all(isinstance(d, pd.DataFrame) for d in data)):
+        from twolevel.models.survey.api import survey_sets
+
+        return survey_sets(lambda f, d: glmer(f, d, family=family, link=link, nAGQ=nAGQ,
+                                              optimizer=optimizer, weights=weights,
+                                              data_name=data_name,
+                                              conditional_weights=conditional_weights,
+                                              weight_scaling=weight_scaling),
+                           formula, data, pv, isinstance(weights, tuple), df_com)
+    if isinstance(weights, tuple) and len(weights) == 2 and all(
+            w is None or isinstance(w, str) for w in weights):
+        from twolevel.models.survey.glmm import glmer_weighted
+
+        if link not in (None, {"binomial": "logit", "poisson": "log"}.get(str(family).lower())):
+            raise FormulaError(f"weighted GLMMs use the canonical link (logit, log), not '{link}'")
+        return glmer_weighted(formula, data, weights, family=family, nAGQ=nAGQ,
+                              conditional_weights=conditional_weights,
+                              weight_scaling=weight_scaling, data_name=data_name)
     fam = get_family(family, link)
     if optimizer not in OPTIMIZERS:
         raise FormulaError(f"optimizer '{optimizer}' is not one of {', '.join(OPTIMIZERS)}")

@@ -332,6 +332,10 @@ def anova(*fits: LmerFit, names: list[str] | None = None, refit: bool = True) ->
     >>> res.names, res.refitted
     (('m1', 'm2'), True)
     """
+    if any(getattr(f, "pseudo_likelihood", False) for f in fits):
+        from twolevel.models.survey.fit import LRT_REFUSED
+
+        raise TwolevelError(LRT_REFUSED)
     if len(fits) < 2:
         raise TwolevelError("anova needs at least two fitted models to compare")
     names = list(names) if names is not None else [f"m{i + 1}" for i in range(len(fits))]

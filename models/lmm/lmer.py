@@ -92,7 +92,12 @@ def lmer(
     scheduler=None,
     progress: bool = False,
     per_group_x: bool = False,
-) -> LmerFit:
+    weights=None,
+    conditional_weights: bool = False,
+    weight_scaling: str = "none",
+    pv=None,
+    df_com: float | None = None,
+):
     """Fit a two-level linear mixed model by REML (default) or ML, like ``lme4::lmer``.
 
     Parameters
@@ -112,10 +117,19 @@ def lmer(
     memory_limit, threads : DuckDB's limits (e.g. "4GB").  scheduler : a ``distributed``
         address or ``Client`` (dask).  progress : DuckDB's progress bar.  per_group_x : also
         aggregate X_jᵀX_j, X_jᵀy_j per school (HLM statistics at scale need them).
+    weights : (level-1 column, level-2 column) sampling weights: a pseudo-maximum-likelihood
+        fit with robust SEs (needs ``REML=False``); see :mod:`twolevel.models.survey`.
+    conditional_weights, weight_scaling : level-1 weights conditional on the school (Stata) or
+        unconditional (WeMix, default); scaling "none", "size" or "effective".
+    pv : plausible values: a list of response columns (or {variable: [columns]}); each set is
+        fitted and the fixed effects pooled by Rubin's rules. A list of data frames as ``data``
+        (imputed data sets) is pooled the same way.  df_com : Rubin's complete-data df
+        (default nobs − p).
 
     Returns
     -------
     LmerFit
+        (a ``WeightedLmerFit`` with weights, a ``PooledFit`` with pv or a list of data sets)
         With ``fixef``, ``vcov``, ``VarCorr``, ``ranef``, ``coef``, ``summary`` and the rest of
         lme4's vocabulary.
 
@@ -133,6 +147,15 @@ def lmer(
     >>> fit.fixef().round(2).to_dict()
     {'(Intercept)': 94.92, 'famsesc': 7.65}
     """
+    if weights is not None or pv is not None or isinstance(data, (list, tuple)) and data and all(
+            isinstance(d, pd.DataFrame) for d in data):
+        from twolevel.models.survey.api import survey_lmer
+
+        return survey_lmer(formula, data, REML=REML, weights=weights,
+                           conditional_weights=conditional_weights,
+                           weight_scaling=weight_scaling, pv=pv, df_com=df_com,
+                           optimizer=optimizer, data_name=data_name, engine=engine,
+                           memory_limit=memory_limit, scheduler=scheduler)
     cp = None
     if choose_engine(data, engine, scheduler) == "memory" and isinstance(data, pd.DataFrame):
         design = make_design(formula, data)

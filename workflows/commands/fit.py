@@ -35,6 +35,7 @@ from twolevel.workflows.commands import (
     check_memory_engine_for_family,
     resolve_data,
     rows_read,
+    survey,
 )
 from twolevel.workflows.commands.ols import write_csv_atomic
 
@@ -92,6 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "Gauss-Hermite quadrature (single random intercept only)")
     add_engine_arguments(p)  # --engine, --memory-limit, --scheduler
     inference.add_arguments(p)  # --ddf, --confint, --level, --nsim, --seed, --hlm, --schools
+    survey.add_arguments(p)  # --weights, --conditional-weights, --weight-scaling, --pv
     p.set_defaults(func=run)
 
 
@@ -150,6 +152,8 @@ def run_glmer(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Fit, then print the summary or the JSON object; write --ranef if asked."""
+    if survey.wanted(args):
+        return survey.run_survey(args, data_label(args.data))
     check_memory_engine_for_family(args)
     _glmer_options_check(args)
     if args.family is not None:
