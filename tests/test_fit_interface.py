@@ -201,3 +201,23 @@ def test_summary_is_text_and_tables(fits, kind):
     html = fit._repr_html_()
     assert html.count("<table") == 3 and "Fixed effects" in html and "Random effects" in html
     assert "(Intercept)" in html
+
+
+def test_survey_fit_reprs_are_short():
+    """The fit classes of survey data (sampling weights, plausible values / imputed sets)."""
+    d = _data()
+    rng = np.random.default_rng(3)
+    d["w1"] = rng.uniform(0.5, 2.0, len(d))
+    d["w2"] = rng.uniform(0.5, 2.0, 31)[d.g]
+    d2 = d.assign(y=d.y + rng.normal(size=len(d)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fits = [tl.lmer("y ~ x + (1 | g)", d, weights=("w1", "w2"), REML=False),
+                tl.glmer("yb ~ x + (1 | g)", d, family="binomial", weights=("w1", "w2")),
+                tl.lmer("y ~ x + (1 | g)", [d, d2]),
+                tl.fit_bayes("y ~ 1 + x + (1 | g)", [d, d2], progress=False,
+                             settings=tl.SamplerSettings(chains=2, draws=100, tune=100, seed=1))]
+    names = ["WeightedLmerFit", "WeightedGlmerFit", "PooledFit", "StackedBayesFit"]
+    for fit, name in zip(fits, names, strict=True):
+        r = repr(fit)
+        assert type(fit).__name__ == name and r.startswith(f"<{name} 'y") and len(r) < 300, r
