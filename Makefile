@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 OUT ?= outputs/lecture
 
-.PHONY: setup demo test test-fast clean bench
+.PHONY: setup demo test test-fast docs clean bench
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -16,5 +16,8 @@ test: setup
 test-fast: setup
 	@$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
+docs: setup
+	@bash scripts/docs.sh
+
 clean:
-	rm -rf .venv outputs .pytest_cache
+	rm -rf .venv outputs .pytest_cache build docs/_build docs/api docs/jupyter_execute

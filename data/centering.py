@@ -31,6 +31,13 @@ class Centering:
     group_means : x̄_j per group (indexed by group label, sorted) for group-mean centering; for
         grand-mean centering a one-element series holding x̄.
     n_groups : number of groups (1 for grand-mean).  n : rows used.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> c = tl.center(tl.load_data("hsb"), "ses", by="school")
+    >>> c.means.name, len(c.group_means)
+    ('meanses', 160)
     """
 
     column: str
@@ -57,7 +64,26 @@ class Centering:
 
 
 def group_means(x: pd.Series, g: pd.Series) -> pd.Series:
-    """x̄_j = (1/n_j) Σ_{i in j} x_ij for every group j (indexed by sorted group label)."""
+    """x̄_j = (1/n_j) Σ_{i in j} x_ij for every group j (indexed by sorted group label).
+
+    Parameters
+    ----------
+    x : pandas.Series
+        The values.
+    g : pandas.Series
+        The group of each value (same index).
+
+    Returns
+    -------
+    pandas.Series
+        One mean per group, indexed by the sorted group labels.
+
+    Examples
+    --------
+    >>> import pandas as pd, twolevel as tl
+    >>> tl.group_means(pd.Series([1.0, 3.0, 10.0]), pd.Series(["a", "a", "b"])).to_dict()
+    {'a': 2.0, 'b': 10.0}
+    """
     return x.groupby(g.to_numpy(), sort=True).mean()
 
 
@@ -85,6 +111,14 @@ def center(
     -------
     Centering
         ``centered = x − x̄_j`` (or ``x − x̄``), ``means`` (per row) and ``group_means``.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("hsb")
+    >>> c = tl.center(d, "ses", by="school")
+    >>> c.centered.name, bool(abs(c.centered.groupby(d["school"]).mean()).max() < 1e-12)
+    ('cses', True)
     """
     for col in [column] + ([by] if by is not None else []):
         if col not in df.columns:

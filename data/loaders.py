@@ -5,7 +5,8 @@ Every loader returns a validated :class:`pandas.DataFrame`. Validation is shared
 or non-finite values in the columns a model uses are removed *and counted* (lme4's ``na.omit``,
 never silently), and a grouping column must have at least two groups. What was removed is recorded
 in ``frame.attrs["twolevel_notes"]`` (a tuple of sentences) and ``frame.attrs["n_dropped"]``.
-Every problem is a :class:`twolevel.data.errors.DataError` whose message names the file, column, rows or
+Every problem is a :class:`twolevel.data.errors.DataError` whose message names the file, column,
+rows or
 group and says what to do.
 """
 
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from twolevel.data.errors import DataError
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "read_table",
     "require_columns",
     "require_outcome",
+    "require_unique_header",
 ]
 
 NOTES_ATTR = "twolevel_notes"
@@ -214,6 +215,57 @@ def _as_numeric(s: pd.Series, col: str, source: str) -> pd.Series:
 _READERS = {".csv": "CSV", ".txt": "CSV", ".tsv": "TSV", ".parquet": "Parquet", ".pq": "Parquet"}
 
 
+def header_names(path: str | os.PathLike[str]) -> list[str]:
+    """The column names as written in a file's header (before any reader renames duplicates):
+    the first CSV/TSV line, or the Parquet schema."""
+    p = str(path)
+    if p.lower().endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(p).names)
+    import csv
+
+    with open(p, newline="", encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    delim = "\t" if p.lower().endswith(".tsv") else ","
+    row = next(csv.reader([first], delimiter=delim), [])
+    return [c.strip().strip("\ufeff") for c in row]
+
+
+def require_unique_header(path: str | os.PathLike[str]) -> None:
+    """Refuse a file whose header names a column twice (a reader would silently keep one of
+    them, or rename the second to ``name.1``).
+
+    Raises
+    ------
+    DataError
+        Naming the repeated column(s) and the file.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "d.csv"
+    >>> _ = f.write_text("y,famsesc,famsesc,schid\\n1,2,3,4\\n")
+    >>> require_unique_header(f)
+    Traceback (most recent call last):
+    ...
+    twolevel.data.errors.DataError: file '...d.csv' names column 'famsesc' twice ...
+    """
+    try:
+        names = header_names(path)
+    except (OSError, ValueError):
+        return  # unreadable: the reader's own message follows
+    seen: dict[str, int] = {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+    dup = [n for n, k in seen.items() if k > 1 and n != ""]
+    if dup:
+        what = ", ".join(f"'{n}' " + ("twice" if seen[n] == 2 else f"{seen[n]} times") for n in dup)
+        raise DataError(
+            f"file '{path}' names column {what} in its header; rename or remove the repeated "
+            "column so that every column has its own name")
+
+
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a user's CSV (``.csv``, ``.txt``), TSV (``.tsv``) or Parquet (``.parquet``, ``.pq``)
     file with a header row.
@@ -221,8 +273,28 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     Raises
     ------
     DataError
-        The file does not exist, is not a file, has another extension, cannot be parsed, or has no
-        data rows. Columns are checked later with :func:`require_columns`.
+        The file does not exist, is not a file, has another extension, names a column twice,
+        cannot be parsed, or has no data rows. Columns are checked later with
+        :func:`require_columns`.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> import twolevel as tl
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "d.csv"
+    >>> _ = f.write_text("y,x,school\\n1.0,2.0,a\\n")
+    >>> tl.read_table(f).columns.tolist()
+    ['y', 'x', 'school']
+
+    Parameters
+    ----------
+    path : str or path
+        The file (``.csv``, ``.txt``, ``.tsv``, ``.parquet``, ``.pq``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Its rows, with ``attrs["source"]`` naming the file.
     """
     p = Path(path)
     if not p.exists():
@@ -235,6 +307,7 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
             f"file '{p}' has extension '{p.suffix}'; twolevel reads CSV (.csv, .txt), "
             "TSV (.tsv) and Parquet (.parquet, .pq) files: convert it to one of these"
         )
+    require_unique_header(p)
     try:
         if kind == "Parquet":
             df = pd.read_parquet(p)
@@ -318,7 +391,30 @@ BUILTIN_DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
 
 def load_data(spec: str | os.PathLike[str]) -> pd.DataFrame:
     """A built-in data set by name (``lecture``, ``hsb``, ``sleepstudy``) or a file by path
-    (:func:`read_table`). A name wins over a file of the same name; write ``./hsb`` for the file."""
+    (:func:`read_table`). A name wins over a file of the same name; write ``./hsb`` for the file.
+
+    Parameters
+    ----------
+    spec : str or path
+        ``"lecture"``, ``"hsb"``, ``"sleepstudy"``, or the path of a CSV, TSV or Parquet file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The data (a file's through :func:`read_table`).
+
+    Raises
+    ------
+    DataError
+        An unknown name or a file that cannot be read (see :func:`read_table`).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> d[["g1rscore", "famsesc", "schid"]].shape
+    (11091, 3)
+    """
     if isinstance(spec, str) and spec in BUILTIN_DATASETS:
         return BUILTIN_DATASETS[spec]()
     return read_table(spec)

@@ -9,6 +9,7 @@ decimals, fixed unless scientific is narrower), ``format.pval``, ``printCoefmat`
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -252,3 +253,20 @@ def _stars(p: float) -> str:
         if p <= cut:
             return s
     return " "
+
+
+def _r_num(x: float, digits: int) -> str:
+    """R's ``cat(round(x, digits))`` (up to 7 significant digits, trailing zeros dropped)."""
+    return f"{float(r_round(x, digits)):.7g}"
+
+
+def deparse_formula(formula: str) -> str:
+    """R's ``deparse`` spacing of a formula: spaces around ~ + - * | ||, none around ':'."""
+    s = re.sub(r"\s+", "", formula)
+    s = re.sub(r"\|\|", "\x00", s)
+    s = re.sub(r"([~+*|\x00])", r" \1 ", s)
+    s = re.sub(r"(?<=[^\s(~])-", " - ", s)
+    s = s.replace("\x00", "||")
+    s = re.sub(r"\s+", " ", s).strip()
+    s = s.replace("( ", "(").replace(" )", ")")
+    return s

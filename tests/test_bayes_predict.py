@@ -65,7 +65,8 @@ def test_predictions_group_and_variances(bfit, data):
     np.testing.assert_array_equal(mu[:, 2], mu[:, 4])
     assert not np.allclose(mu[:, 1], mu[:, 3])
     assert pred["y"].shape == (2, 400, 5)
-    # new school: Var(ỹ) ≈ mean_s(z₀ᵀT_sz₀ + σ_s²) + var_s(x₀ᵀβ_s)  (spec §5.4 check)
+    # new school: Var(ỹ) ≈ mean_s(z₀ᵀT_sz₀ + σ_s²) + var_s(x₀ᵀβ_s)
+    # (predict-simulate-r2.md §5.4 check)
     sd, corr, sig = _flat(post["sd"]), _flat(post["corr"])[:, 1, 0], _flat(post["sigma"])
     zTz = sd[:, 0] ** 2 + 2 * corr * sd[:, 0] * sd[:, 1] + sd[:, 1] ** 2
     expect = np.mean(zTz + sig**2) + np.var(beta @ [1, 1, 0])

@@ -42,7 +42,7 @@ def test_double_bar_gives_structural_zeros(sleepstudy):
 
 
 def test_intercept_only_start_matches_lme4(sleepstudy):
-    # lme4 1.1-31: sleepstudy (1|Subject) starts at theta0 = 0.88868 (lme4 algorithm notes §1.5)
+    # lme4 1.1-31: sleepstudy (1|Subject) starts at theta0 = 0.88868 (lme4-algorithms.md §1.5)
     d = make_design("Reaction ~ Days + (1 | Subject)", sleepstudy)
     assert d.theta_start()[0] == pytest.approx(0.88868, abs=5e-6)
 

@@ -1,6 +1,6 @@
 """Profiled deviance (models/lmm/deviance.py) against lme4's devfun, and its analytic gradient.
 
-Reference values: lme4 1.1-31 (R 4.2.2) — the lme4 algorithm notes §9 for sim_3re, and the
+Reference values: lme4 1.1-31 (R 4.2.2) — docs/notes/lme4-algorithms.md §9 for sim_3re, and the
 REML criteria of tests/goldens/*_lme4.json evaluated at lme4's θ̂.
 """
 
@@ -29,14 +29,14 @@ def sim_design(sim_3re):
 
 
 def test_sim3re_devfun_matches_lme4(sim_design):
-    # lme4 notes §9: REML devfun 1338.81302834, ML devfun 1326.05536818 at SIM_THETA
+    # lme4-algorithms.md §9: REML devfun 1338.81302834, ML devfun 1326.05536818 at SIM_THETA
     assert make_deviance(sim_design, reml=True)(SIM_THETA) == pytest.approx(1338.81302834, rel=1e-10)
     assert make_deviance(sim_design, reml=False)(SIM_THETA) == pytest.approx(1326.05536818, rel=1e-10)
 
 
 def test_sim3re_remlcrit_at_lme4_theta(sim_design):
     theta = [0.828738090645, -0.109408141387, 0.0303154782751, 0.554110593927, 0.11725651123,
-             0.43697218766]  # lme4 notes §9
+             0.43697218766]  # lme4-algorithms.md §9
     assert make_deviance(sim_design)(np.array(theta)) == pytest.approx(1323.42585736, rel=1e-10)
 
 

@@ -1,7 +1,7 @@
 """HLM's statistics (reliability, χ² of τ = 0, plausible ranges, ICC, df rule, robust SEs) on HSB.
 
 Acceptance numbers are R&B (2002) ch. 4 as recomputed with lme4 REML estimates
-(shared/reference/users-needs.md §5): they are reproduced by REML fits, which the tests make with
+(users-needs.md §5): they are reproduced by REML fits, which the tests make with
 the engine's deviance and optimizer (lme4's path)."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from twolevel.models.inference.kenward_roger import kenward_roger, kenward_roger
 
 SIM_THETA = [0.828738090645, -0.109408141387, 0.0303154782751, 0.554110593927, 0.11725651123,
              0.43697218766]
-# lme4 algorithm notes §9 (pbkrtest 0.5.2), in R's column order
+# lme4-algorithms.md §9 (pbkrtest 0.5.2), in R's column order
 SIM_KR_DF = {"(Intercept)": 37.9461846803, "x1": 36.3259176433, "w": 37.1741275033,
              "x2": 35.9073585215, "x1:w": 42.2306083097}
 

@@ -3,7 +3,7 @@ singular fits and every user-error message.
 
 Goldens: tests/goldens/{sleepstudy,hsb82,lecture}_lme4.json (lme4_goldens.R), the printed
 summaries tests/goldens/summaries_lme4.txt (summaries_lme4.R), sim_3re numbers from the lme4
-algorithm notes §9. Tolerances are the issue's acceptance ones unless a tighter one is stated;
+lme4-algorithms.md §9. Tolerances are the issue's acceptance ones unless a tighter one is stated;
 the default optimizer follows lme4's own path, so most agree to ~1e-7 or better.
 """
 
@@ -112,7 +112,7 @@ def test_ml_fit_parity(name, request):
 
 def test_sim3re_parity(sim_3re):
     fit = lmer("y ~ x1*w + x2 + (1+x1+x2|g)", sim_3re)
-    # lme4 notes §9 (nloptwrap, 80 evaluations)
+    # lme4-algorithms.md §9 (nloptwrap, 80 evaluations)
     theta = [0.828738090645, -0.109408141387, 0.0303154782751, 0.554110593927, 0.11725651123,
              0.43697218766]
     assert fit.reml_criterion <= 1323.42585736 + 1e-6
@@ -163,7 +163,7 @@ def test_coef_fitted_residuals(sleepstudy):
     np.testing.assert_allclose(fit.residuals(), fit.design.y - mu)
     np.testing.assert_allclose(fit.residuals(scaled=True), (fit.design.y - mu) / fit.sigma)
     V = fit.vcov().to_numpy()
-    # lme4 notes §9: vcov = [[46.57512004879, −1.45108841663], [·, 2.38946562321]]
+    # lme4-algorithms.md §9: vcov = [[46.57512004879, −1.45108841663], [·, 2.38946562321]]
     np.testing.assert_allclose(V, [[46.57512004879, -1.45108841663], [-1.45108841663, 2.38946562321]],
                                rtol=1e-6)
     assert list(fit.to_frame().columns) == ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]

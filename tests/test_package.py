@@ -4,6 +4,7 @@ and a wheel that installs and runs beside a user's own ``models.py`` and ``data/
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import subprocess
@@ -24,8 +25,8 @@ LECTURE = "g1rscore ~ 1 + famsesc + (1 + famsesc | schid)"
 
 # Stages of twolevel.models, lowest first: a module may import (at module level) only from its
 # own subpackage or from a lower rank. data is below all of models; workflows above.
-MODEL_RANK = {"rformat": 0, "native": 0, "design": 0, "lmm": 1, "glmm": 2, "bayes": 3,
-              "inference": 3, "survey": 3, "tables": 4, "power": 4, "versions": 5}
+MODEL_RANK = {"rformat": 0, "native": 0, "fit_base": 0, "design": 0, "lmm": 1, "glmm": 2,
+              "bayes": 3, "inference": 3, "survey": 3, "tables": 4, "power": 4, "versions": 5}
 
 
 # the Bayesian builder modules: the only ones that import PyMC / PyTensor
@@ -76,7 +77,18 @@ def test_public_namespace():
     for name in ("lmer", "anova", "confint", "fit_bayes", "load_data", "center", "group_ols",
                  "LmerFit", "BayesFit", "GroupOLS", "AnovaResult"):
         assert callable(getattr(tl, name)), name
-    assert set(tl.__all__) <= set(dir(tl))
+    # every public name resolves to the object its module defines, and the TYPE_CHECKING block
+    # (what editors and type checkers see) imports each of them from that module
+    for name in tl.__all__:
+        assert getattr(tl, name) is getattr(importlib.import_module(tl._API[name]), name), name
+    init = ast.parse(Path(tl.__file__).read_text())
+    static = {}
+    for node in ast.walk(init):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for imp in node.body:
+                if isinstance(imp, ast.ImportFrom):
+                    static.update({a.name: imp.module for a in imp.names})
+    assert static == dict(tl._API)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         tl.nope  # noqa: B018
 

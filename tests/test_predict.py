@@ -56,9 +56,11 @@ def test_prediction_intervals_reference_values(m1):
     x0 = np.array([1.0, 5.0])
     V, T = np.reshape(g["vcov_fixed"], (2, 2)), np.reshape(g["T"], (2, 2))
     var = [g["pev_308_day5"] + g["sigma2"], x0 @ V @ x0 + x0 @ T @ x0 + g["sigma2"]]
-    np.testing.assert_allclose(tab["se"] ** 2, var, rtol=1e-7)  # spec §6: 719.197, 2331.678
+    # predict-simulate-r2.md §6: 719.197, 2331.678
+    np.testing.assert_allclose(tab["se"] ** 2, var, rtol=1e-7)
     np.testing.assert_allclose(tab["upr"] - tab["fit"], z * np.sqrt(var), rtol=1e-7)
-    # the joint PEV is below condVar + vcov without their covariance (spec §6: 810.80851)
+    # the joint PEV is below condVar + vcov without their covariance
+    # (predict-simulate-r2.md §6: 810.80851)
     assert tab["se"].iloc[0] ** 2 < 810.80851
     # confidence: lme4 1.1-37's se.fit², conditional (PEV) and population (x₀ᵀV̂x₀)
     conf = predict(m1, pd.DataFrame({"Days": np.arange(5.0), "Subject": "308"}),
@@ -79,7 +81,7 @@ def test_hsb_reference_values(hsb):
     tab = predict(m2, nd, allow_new_levels=True, interval="prediction")
     np.testing.assert_allclose(tab["fit"], g["fit_1224_cses_1_0"] + g["new_cses_1_0"], rtol=1e-8)
     np.testing.assert_allclose(tab["se"][:2] ** 2, np.add(g["pev_1224_cses_1_0"], g["sigma2"]),
-                               rtol=1e-6)  # spec §6: 37.948759, 37.417007
+                               rtol=1e-6)  # predict-simulate-r2.md §6: 37.948759, 37.417007
     i, r2 = icc(m2), r2_nakagawa(m2)
     np.testing.assert_allclose([i.adjusted, i.unadjusted], g["icc"], rtol=1e-6)
     np.testing.assert_allclose([r2.marginal, r2.conditional], g["r2"], rtol=1e-6)
@@ -87,7 +89,7 @@ def test_hsb_reference_values(hsb):
 
 def test_effect_sizes_reference_values(m1):
     g = G["sleepstudy"]
-    vc = variance_components(m1)  # spec §4.5: 908.95336, 1698.0837, 654.94001
+    vc = variance_components(m1)  # predict-simulate-r2.md §4.5: 908.95336, 1698.0837, 654.94001
     assert vc.residual == pytest.approx(g["sigma2"], rel=1e-7)
     np.testing.assert_allclose([icc(m1).adjusted, icc(m1).unadjusted], g["icc"], rtol=1e-6)
     r2 = r2_nakagawa(m1)
@@ -195,7 +197,8 @@ def _design_stub(hsb):
 def test_simulate_moments(m1):
     nd = pd.DataFrame({"Days": [5], "Subject": ["308"]})
     s = simulate(m1, 4000, seed=11, newdata=nd).iloc[0].to_numpy()
-    # use_u=False: Var = z₀ᵀT̂z₀ + σ̂² = 2239.877 (spec §2.1); 4000 draws: SE of the var ≈ 50
+    # use_u=False: Var = z₀ᵀT̂z₀ + σ̂² = 2239.877 (predict-simulate-r2.md §2.1);
+    # 4000 draws: SE of the var ≈ 50
     assert s.mean() == pytest.approx(303.74153, abs=4 * np.sqrt(2239.877 / 4000))
     assert s.var(ddof=1) == pytest.approx(2239.877, abs=4 * 2239.877 * np.sqrt(2 / 4000))
     u = simulate(m1, 4000, seed=11, newdata=nd, use_u=True).iloc[0].to_numpy()

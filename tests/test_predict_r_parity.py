@@ -57,7 +57,8 @@ nd[[group]] <- as.character(nd[[group]])
 for (v in names(nd))
   if (is.factor(d[[v]]) && v != group) nd[[v]] <- factor(nd[[v]], levels = levels(d[[v]]))
 m <- lmer(as.formula(formula), data = d)
-# dense joint covariance of (b - b_hat, beta_hat - beta) (lme4 1.1-37's vcov_full, spec §1)
+# dense joint covariance of (b - b_hat, beta_hat - beta) (lme4 1.1-37's vcov_full,
+# predict-simulate-r2.md §1)
 X <- getME(m, "X"); Z <- getME(m, "Z"); Lam <- getME(m, "Lambda")
 ZL <- as.matrix(Z %*% Lam)
 A <- rbind(cbind(crossprod(ZL) + diag(ncol(ZL)), crossprod(ZL, X)),

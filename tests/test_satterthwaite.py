@@ -1,7 +1,7 @@
 """Satterthwaite df (models/lmm/satterthwaite.py) against lmerTest 3.1-3.
 
-References: sim_3re df from the lme4 algorithm notes §9; contest1D / contestMD values printed by
-tests/goldens/summaries_lme4.R (section sim_contests of summaries_lme4.txt; R 4.2.2, lmerTest
+References: sim_3re df from docs/notes/lme4-algorithms.md §9; contest1D / contestMD values
+printed by tests/goldens/summaries_lme4.R (section sim_contests of summaries_lme4.txt; R 4.2.2, lmerTest
 3.1-3) on sim_3re:
 contestMD(m3, rbind(x1, x2)): Sum Sq 45.68033996, Mean Sq 22.84016998, NumDF 2,
 DenDF 35.7588747, F 21.43217552, p 7.625113296e-07; contest1D(m3, x1 − x2): 0.8763649435,
@@ -14,7 +14,7 @@ import pytest
 from twolevel.models.lmm.lmer import lmer
 from twolevel.models.lmm.satterthwaite import fstat_ddf, numderiv_hessian, numderiv_jacobian, varpar_info
 
-SIM_DF = {  # lme4 notes §9 (lmerTest), in R's column order
+SIM_DF = {  # lme4-algorithms.md §9 (lmerTest), in R's column order
     "(Intercept)": 38.9549816647, "x1": 39.0388920574, "w": 38.5891212368,
     "x2": 31.6958574668, "x1:w": 46.1508476616,
 }
@@ -70,7 +70,7 @@ def test_numderiv_jacobian_agrees_with_analytic(sim_fit):
 
 def test_sleepstudy_vcov_varpar(sleepstudy):
     fit = lmer("Reaction ~ Days + (Days | Subject)", sleepstudy)
-    # lme4 notes §9: lmerTest's vcov_varpar diagonal
+    # lme4-algorithms.md §9: lmerTest's vcov_varpar diagonal
     np.testing.assert_allclose(
         np.diag(fit.varpar_info.vcov_varpar), [0.05765275, 0.00554160, 0.00278818, 2.27409501],
         rtol=1e-5,

@@ -8,17 +8,23 @@ a PyMC workflow.
 
 The public API is lme4's vocabulary; each name is imported on first use, so ``import twolevel``
 is cheap and PyMC is imported only by :func:`fit_bayes` with a non-default likelihood and by
-:func:`prior_predictive` (the default collapsed model runs on compiled kernels). The repository's folders map into this
-namespace: ``data/`` → :mod:`twolevel.data`, ``models/`` → :mod:`twolevel.models`,
-``workflows/`` → :mod:`twolevel.workflows`.
+:func:`prior_predictive` (the default collapsed model runs on compiled kernels). The
+repository's folders map into this namespace: ``data/`` → :mod:`twolevel.data`,
+``models/`` → :mod:`twolevel.models`, ``workflows/`` → :mod:`twolevel.workflows`.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# The strict editable install (scripts/bootstrap.sh) links the repository's folders into one
+# `twolevel` tree under build/; run from the repository root, this folder is found first, so the
+# package's path also takes that tree (a no-op in an installed wheel).
+__path__ = pkgutil.extend_path(__path__, __name__)
 
 # public name → module that defines it
 _API: dict[str, str] = {
@@ -136,6 +142,7 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
         posterior_predictive,
         prior_predictive,
     )
+    from twolevel.models.bayes.loo import loo  # noqa: F401
     from twolevel.models.bayes.predict import bayes_icc, bayes_r2, predict_bayes  # noqa: F401
     from twolevel.models.bayes.priors import ModelPriors, Prior, default_priors  # noqa: F401
     from twolevel.models.design import (  # noqa: F401
@@ -146,6 +153,13 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
     )
     from twolevel.models.design.multi import make_multi_design  # noqa: F401
     from twolevel.models.design.newdata import center_new_rows  # noqa: F401
+    from twolevel.models.design.sources import (  # noqa: F401
+        ScaleDesign,
+        ScaleError,
+        crossprods_from,
+    )
+    from twolevel.models.glmm.glmer import glmer  # noqa: F401
+    from twolevel.models.glmm.results import GlmerFit  # noqa: F401
     from twolevel.models.inference.anova import AnovaResult, anova  # noqa: F401
     from twolevel.models.inference.effect_sizes import (  # noqa: F401
         icc,

@@ -1,7 +1,9 @@
 """Bayesian fit of the two-level model: design → PyMC model → NUTS → frozen :class:`BayesFit`.
 
-The stages mirror the REML engine (:mod:`twolevel.models.lmm.lmer`): the same formula strings and column names
-(:func:`twolevel.models.design.make_design`), the model built by :func:`twolevel.models.bayes.pymc_model.build_model`
+The stages mirror the REML engine (:mod:`twolevel.models.lmm.lmer`): the same formula strings and
+column names
+(:func:`twolevel.models.design.make_design`), the model built by
+:func:`twolevel.models.bayes.pymc_model.build_model`
 (LKJ prior on the school-effect correlation, school effects non-centred or integrated out), NUTS
 (nutpie), then a result that records how it was obtained. The default collapsed model is sampled
 through its compiled log-density and gradient (:mod:`twolevel.models.bayes.ckernels` in C, compiled with the package, or
@@ -12,7 +14,8 @@ nothing compiled per process); the other likelihoods through the PyMC model
 
 Default: ``likelihood="collapsed"``. The school effects are integrated out analytically, NUTS
 samples only (β, σ, sd, LKJ factor), and every school's effects are then drawn from their exact
-Gaussian conditional posterior b_j | y, β, Σ, σ (:func:`twolevel.models.bayes.collapsed.draw_school_effects`):
+Gaussian conditional posterior b_j | y, β, Σ, σ
+(:func:`twolevel.models.bayes.collapsed.draw_school_effects`):
 the same joint posterior as the non-centred model, without its funnel (no divergences by
 construction) and with O(J) work per gradient.
 
@@ -39,10 +42,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import xarray as xr
-
 from twolevel.data.errors import TwolevelError
 from twolevel.models.bayes.collapsed import draw_school_effects, school_marginal_loglik
 from twolevel.models.bayes.diagnostics import rhat_ess
+from twolevel.models.bayes.gate import (  # noqa: F401 (re-exported: fit.SamplerSettings, ...)
+    GATE,
+    Diagnostics,
+    SamplerSettings,
+    _flat_params,
+    diagnose,
+)
 from twolevel.models.bayes.priors import ModelPriors
 from twolevel.models.bayes.scale import (
     bayes_statistics,
@@ -52,6 +61,7 @@ from twolevel.models.bayes.scale import (
     summarise_school_effects,
 )
 from twolevel.models.design import Design, GroupCrossprods
+from twolevel.models.fit_base import BayesSummary, short_repr
 
 __all__ = [
     "BayesFit",
@@ -63,141 +73,7 @@ __all__ = [
     "prior_predictive",
 ]
 
-GATE = {"max_rhat": 1.01, "min_ess": 400.0, "min_bfmi": 0.3}
-
 _LOG2PI = float(np.log(2.0 * np.pi))
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    """NUTS settings: ``chains`` × ``draws`` after ``tune`` adaptation steps, on ``cores`` threads;
-    ``seed`` makes the run reproducible (also the draws of the school effects). ``target_accept``
-    is 0.9 (PyMC's default is 0.8): the longer trajectories decorrelate the skewed posterior of the
-    slope SD, about 25% more ESS for about 25% more sampling time on the lecture model, so more
-    ESS per second of a whole fit, and fewer low-ESS seeds on HSB. ``adaptation`` is
-    nutpie's mass-matrix adaptation: ``"low_rank"`` (default: the diagonal plus a low-rank
-    correction learned from the draws and gradients, which captures the correlation of the SDs
-    with the LKJ factor; about 30% more ESS per gradient on the lecture model than ``"diag"``),
-    ``"diag"`` or ``"draw_diag"``.
-
-    These are the defaults of the normal-outcome (collapsed) model. Binary and count outcomes
-    sample every school effect and take :meth:`for_family`'s defaults instead."""
-
-    chains: int = 4
-    draws: int = 1000
-    tune: int = 1000
-    seed: int = 20250121
-    target_accept: float = 0.9
-    cores: int = 2
-    adaptation: str = "low_rank"
-
-    @classmethod
-    def for_family(cls, family: str = "gaussian", **overrides) -> SamplerSettings:
-        """The default settings for ``family`` with ``overrides``. ``"gaussian"``: the class
-        defaults. ``"binomial"``/``"poisson"`` (non-centred school effects sampled, J·q more
-        parameters): ``adaptation="diag"``, ``target_accept=0.8``, ``draws=2000``. Measured at
-        the lecture design (742 schools, Bernoulli, random slope, 4 chains, 2 cores): nutpie's
-        low-rank adaptation there gave 1,016 divergent transitions in 890 s; the diagonal one
-        none, in 158 s at 0.9 with max R-hat 1.0104 over the 1,490 school effects at 1,000 draws,
-        and in 135 s at 0.8 with 2,000 draws, max R-hat 1.0035 and min ESS 1,078 (the gate's R-hat
-        ≤ 1.01 over every school effect needs the longer chains)."""
-        base = {} if family == "gaussian" else {"adaptation": "diag", "target_accept": 0.8,
-                                                 "draws": 2000}
-        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
-
-
-@dataclass(frozen=True)
-class Diagnostics:
-    """The diagnostic gate of a NUTS run, over **every** parameter including each school effect.
-
-    divergences : post-warmup divergent transitions.  max_rhat : largest rank-normalised split
-    R̂.  min_ess_bulk / min_ess_tail : smallest bulk / tail ESS.  bfmi : per chain.
-    worst_rhat / worst_ess : the parameter that attains the extreme.  problems : plain-words
-    failures of the gate (R̂ > 1.01, ESS < 400, any divergence, BFMI < 0.3); empty when it passes.
-    """
-
-    divergences: int
-    max_rhat: float
-    min_ess_bulk: float
-    min_ess_tail: float
-    bfmi: tuple[float, ...]
-    worst_rhat: str
-    worst_ess: str
-    problems: tuple[str, ...]
-
-    @property
-    def passed(self) -> bool:
-        return not self.problems
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row: the numbers and whether the gate passed."""
-        return pd.DataFrame([{
-            "divergences": self.divergences, "max_rhat": self.max_rhat,
-            "min_ess_bulk": self.min_ess_bulk, "min_ess_tail": self.min_ess_tail,
-            "min_bfmi": min(self.bfmi) if self.bfmi else np.nan,
-            "worst_rhat": self.worst_rhat, "worst_ess": self.worst_ess,
-            "passed": self.passed,
-        }])
-
-
-def _flat_params(post: xr.Dataset) -> dict[str, np.ndarray]:
-    """Every scalar parameter of the posterior as (chain, draw) arrays named like
-    ``beta[(Intercept)]``, ``corr[famsesc,(Intercept)]`` (below the diagonal only: the diagonal is
-    1), ``b_school[1001,famsesc]``."""
-    out: dict[str, np.ndarray] = {}
-    for name in ("beta", "sigma", "sd", "corr", "b_school"):
-        if name not in post:
-            continue
-        da = post[name]
-        other = [d for d in da.dims if d not in ("chain", "draw")]
-        arr = da.transpose("chain", "draw", *other).to_numpy()
-        if not other:
-            out[name] = arr
-            continue
-        labels = [[str(v) for v in da[d].to_numpy()] for d in other]
-        for idx in np.ndindex(*arr.shape[2:]):
-            if name == "corr" and idx[0] <= idx[1]:
-                continue
-            lab = ",".join(labels[k][i] for k, i in enumerate(idx))
-            out[f"{name}[{lab}]"] = arr[(slice(None), slice(None), *idx)]
-    return out
-
-
-def diagnose(dt) -> Diagnostics:
-    """R̂, bulk/tail ESS (ArviZ's algorithms, vectorised: :mod:`twolevel.models.bayes.diagnostics`),
-    divergences and BFMI of a posterior DataTree, and the gate."""
-    params = _flat_params(dt["posterior"].to_dataset())
-    names = list(params)
-    arr = np.stack([params[n] for n in names], axis=-1)  # (chain, draw, K)
-    rhat, ess_b, ess_t = rhat_ess(arr)
-    stats = dt["sample_stats"]
-    div = int(stats["diverging"].sum()) if "diverging" in stats else 0
-    bfmi: tuple[float, ...] = ()
-    if "energy" in stats:
-        e = stats["energy"].transpose("chain", "draw").to_numpy()
-        bfmi = tuple(float(np.mean(np.diff(c) ** 2) / np.var(c)) for c in e)
-    i_r, i_e = int(np.nanargmax(rhat)), int(np.nanargmin(ess_b))
-    d = Diagnostics(
-        divergences=div, max_rhat=float(rhat[i_r]), min_ess_bulk=float(ess_b[i_e]),
-        min_ess_tail=float(np.nanmin(ess_t)), bfmi=bfmi, worst_rhat=names[i_r],
-        worst_ess=names[i_e], problems=(),
-    )
-    probs = []
-    if d.divergences:
-        probs.append(f"{d.divergences} divergent transitions after warm-up: the posterior has "
-                     "regions NUTS cannot explore; do not report this fit (raise target_accept, "
-                     "or use likelihood='collapsed')")
-    if d.max_rhat > GATE["max_rhat"]:
-        probs.append(f"R-hat {d.max_rhat:.3f} > {GATE['max_rhat']} for {d.worst_rhat}: the chains "
-                     "disagree; run more tuning and draws")
-    if d.min_ess_bulk < GATE["min_ess"] or d.min_ess_tail < GATE["min_ess"]:
-        probs.append(f"effective sample size too small (bulk {d.min_ess_bulk:.0f}, tail "
-                     f"{d.min_ess_tail:.0f} < {GATE['min_ess']:.0f}; worst: {d.worst_ess}): "
-                     "run more draws")
-    if bfmi and min(bfmi) < GATE["min_bfmi"]:
-        probs.append(f"BFMI {min(bfmi):.2f} < {GATE['min_bfmi']} in some chain: the energy "
-                     "distribution is poorly explored")
-    return Diagnostics(**{**d.__dict__, "problems": tuple(probs)})
 
 
 def _draws(da: xr.DataArray, *dims: str) -> np.ndarray:
@@ -246,7 +122,8 @@ def student_loglik(design: Design, beta: np.ndarray, b: np.ndarray, sigma: np.nd
                    chunk: int = 250) -> np.ndarray:
     """Per-student log density given the school's effects, (S, n):
 
-    log N(y_i | x_iβ + z_i b_j, σ²) = −½ [log 2πσ² + (y_i − x_iβ − z_i b_j)²/σ²]. Chunked over draws.
+    log N(y_i | x_iβ + z_i b_j, σ²) = −½ [log 2πσ² + (y_i − x_iβ − z_i b_j)²/σ²]. Chunked over
+    draws.
     """
     S = beta.shape[0]
     g, X, Z, y = design.group_index, design.X, design.Z, design.y
@@ -264,7 +141,8 @@ def student_loglik(design: Design, beta: np.ndarray, b: np.ndarray, sigma: np.nd
 def school_loglik(design: Design, cp: GroupCrossprods, beta: np.ndarray, L: np.ndarray,
                   sigma: np.ndarray) -> np.ndarray:
     """Per-school log density with the school's effects integrated out, (S, J)
-    (:func:`twolevel.models.bayes.collapsed.school_marginal_loglik` with :func:`school_residual_ss`)."""
+    (:func:`twolevel.models.bayes.collapsed.school_marginal_loglik` with
+    :func:`school_residual_ss`)."""
     rss0 = school_residual_ss(design, beta)
     return school_marginal_loglik(cp.A, cp.B, cp.c, rss0, design.group_sizes, beta, L, sigma)
 
@@ -272,7 +150,7 @@ def school_loglik(design: Design, cp: GroupCrossprods, beta: np.ndarray, L: np.n
 LOG_LIKELIHOODS = ("both", "school", "none")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class BayesFit:
     """A finished NUTS fit and how it was obtained.
 
@@ -282,6 +160,17 @@ class BayesFit:
     (centred leading effects; 0 = non-centred), settings (:class:`SamplerSettings`), datatree
     (the posterior, log-likelihoods and sampler statistics), diagnostics (:class:`Diagnostics`),
     timings (seconds per stage), sampler (text).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> d = d[d.schid.isin(sorted(d.schid.unique())[:40])]
+    >>> s = tl.SamplerSettings(chains=2, draws=100, tune=100, seed=1)
+    >>> b = tl.fit_bayes("g1rscore ~ 1 + famsesc + (1 | schid)", d, settings=s, progress=False)
+    >>> b  # doctest: +ELLIPSIS
+    <BayesFit 'g1rscore ~ 1 + famsesc + (1 | schid)' likelihood=collapsed nobs=...
+     draws=2x100 gate=...>
     """
 
     formula: str
@@ -316,7 +205,8 @@ class BayesFit:
         if "corr" in post:
             for a in range(len(eff)):
                 for b in range(a):
-                    rows[f"corr:{eff[b]}:{eff[a]}"] = post["corr"].isel(effect=a, effect_b=b).to_numpy()
+                    rows[f"corr:{eff[b]}:{eff[a]}"] = post["corr"].isel(
+                        effect=a, effect_b=b).to_numpy()
         if "sigma" in post:
             rows["sigma"] = post["sigma"].to_numpy()
         names = list(rows)
@@ -331,9 +221,28 @@ class BayesFit:
             "ess_bulk": ess_b, "ess_tail": ess_t, "r_hat": rhat,
         }, index=pd.Index(names, name="parameter"))
 
-    def summary(self) -> str:
-        """A printed summary: model, sampler, settings, diagnostics gate, posterior table."""
+    def __repr__(self) -> str:
+        d = self.diagnostics
+        return short_repr(type(self).__name__, [
+            ("likelihood", self.likelihood), ("nobs", self.design.n),
+            ("groups", f"{self.design.group}:{self.design.n_groups}"),
+            ("draws", f"{self.settings.chains}x{self.settings.draws}"),
+            ("gate", "passed" if d.passed else "FAILED")], self.formula)
+
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()
+
+    def summary(self) -> BayesSummary:
+        """A printed summary: model, sampler, settings, diagnostics gate, posterior table.
+
+        Returns
+        -------
+        BayesSummary
+            A ``str`` (the printout) with ``.table`` (posterior table), ``.gate`` (the
+            diagnostics) and ``.priors``.
+        """
         s, d = self.settings, self.diagnostics
+        table = self.to_frame()
         glmm = "/" in self.likelihood  # "binomial/logit", "poisson/log"
         lines = [
             f"Bayesian {'generalized ' if glmm else ''}linear mixed model fit by NUTS "
@@ -353,9 +262,10 @@ class BayesFit:
             + (", ".join(f"{b:.2f}" for b in d.bfmi) or "n/a"),
             "Gate: passed" if d.passed else "Gate: FAILED\n  " + "\n  ".join(d.problems),
             "",
-            self.to_frame().to_string(float_format=lambda v: f"{v:.4g}"),
+            table.to_string(float_format=lambda v: f"{v:.4g}"),
         ]
-        return "\n".join(lines)
+        return BayesSummary("\n".join(lines), table=table, gate=d.to_frame(),
+                            priors=self.priors, header=lines[:3])
 
     def posterior_json(self) -> dict[str, dict[str, float]]:
         """``{name: {mean, sd, q2.5, q97.5}}`` for the CLI's ``--json``."""
@@ -408,7 +318,8 @@ def fit_bayes(
     count outcome (:func:`twolevel.models.bayes.glmm_fit.fit_bayes_glmm`: school effects sampled,
     non-centred unless ``centering`` says otherwise; ``likelihood`` does not apply).
 
-    ``likelihood``/``centering``/``priors`` as in :func:`twolevel.models.bayes.pymc_model.build_model`
+    ``likelihood``/``centering``/``priors`` as in
+    :func:`twolevel.models.bayes.pymc_model.build_model`
     (``centering`` only matters for the sampled school effects of "suffstat"/"student"; the
     collapsed model, sampled by :func:`twolevel.models.bayes.sampler.sample_collapsed`, records
     ``n_centered = 0``). A failed
@@ -418,6 +329,33 @@ def fit_bayes(
     instead of S × n numbers) or ``"none"``. ``engine``/``memory_limit``/``scheduler``: where
     the per-school statistics are computed (files or a dask collection as ``data``;
     :mod:`twolevel.models.bayes.scale`).
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, one grouping factor.
+    data : DataFrame (or files / a dask.dataframe with ``engine``)
+        The rows.
+    priors : ModelPriors, optional
+        Default :func:`default_priors`.
+    settings : SamplerSettings, optional
+        Chains, draws, tuning, seed.
+    family, link, weights : as :func:`glmer` for binary and count outcomes.
+
+    Returns
+    -------
+    BayesFit
+        The posterior (``datatree``), the diagnostics gate and ``summary()``.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> d = d[d.schid.isin(sorted(d.schid.unique())[:40])]   # 40 schools, for speed
+    >>> s = tl.SamplerSettings(chains=2, draws=100, tune=100, seed=1)
+    >>> b = tl.fit_bayes("g1rscore ~ 1 + famsesc + (1 | schid)", d, settings=s, progress=False)
+    >>> b.summary().splitlines()[0]
+    'Bayesian linear mixed model fit by NUTS (nutpie...'
     """
     if pv is not None or (isinstance(data, (list, tuple)) and data
                           and all(isinstance(d, pd.DataFrame) for d in data)):
@@ -503,7 +441,8 @@ def fit_bayes(
 def _with_school_effects(post: xr.Dataset, design: Design, cp: GroupCrossprods,
                          seed: int) -> xr.Dataset:
     """The posterior with ``b_school`` [school, effect]: drawn from the exact conditional
-    (:func:`twolevel.models.bayes.collapsed.draw_school_effects`, seeded by ``[seed, 1]``) when the model
+    (:func:`twolevel.models.bayes.collapsed.draw_school_effects`, seeded by ``[seed, 1]``) when the
+    model
     integrated them out; school and effect coordinates named after the data."""
     if summarise_school_effects(design):
         return post.assign_coords(effect=list(design.z_names))
@@ -537,7 +476,31 @@ def _log_likelihoods(post: xr.Dataset, design: Design, cp: GroupCrossprods,
 
 def posterior_predictive(fit: BayesFit, n_draws: int, seed: int) -> np.ndarray:
     """Replicated outcomes y_rep (n_draws, n) from ``n_draws`` posterior draws (evenly spaced):
-    y_rep = Xβ + Z b_j + σ ε, the school effects of the same draw."""
+    y_rep = Xβ + Z b_j + σ ε, the school effects of the same draw.
+
+    Parameters
+    ----------
+    fit : BayesFit
+    n_draws : int
+        Number of posterior draws used.
+    seed : int
+        Random seed of ε.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_draws, n) replicated outcomes.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> d = d[d.schid.isin(sorted(d.schid.unique())[:40])]   # 40 schools, for speed
+    >>> s = tl.SamplerSettings(chains=2, draws=100, tune=100, seed=1)
+    >>> b = tl.fit_bayes("g1rscore ~ 1 + famsesc + (1 | schid)", d, settings=s, progress=False)
+    >>> tl.posterior_predictive(b, 10, seed=1).shape == (10, len(d))
+    True
+    """
     d = fit.design
     beta, sigma = fit.draws("beta", "fixed"), fit.draws("sigma")
     b = fit.draws("b_school", "school", "effect")
@@ -550,7 +513,23 @@ def posterior_predictive(fit: BayesFit, n_draws: int, seed: int) -> np.ndarray:
 def prior_predictive(design: Design, priors: ModelPriors | None, n_draws: int, seed: int,
                      likelihood: str = "collapsed") -> dict[str, np.ndarray]:
     """Draws from the prior: ``beta`` (S, p), ``sigma`` (S,), ``L`` (S, q, q), ``b`` (S, J, q)
-    and ``y`` (S, n) = Xβ + Z b_j + σ ε (PyMC draws the hyperparameters)."""
+    and ``y`` (S, n) = Xβ + Z b_j + σ ε (PyMC draws the hyperparameters).
+
+    Parameters
+    ----------
+    design : Design
+    priors : ModelPriors or None
+        None for :func:`default_priors`.
+    n_draws : int
+    seed : int
+    likelihood : str
+        As :func:`fit_bayes`.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``beta``, ``sigma``, ``L``, ``b`` and ``y`` draws.
+    """
     from twolevel.models.bayes.pymc_model import build_model, prior_draws
 
     built = build_model(design, priors, likelihood=likelihood)

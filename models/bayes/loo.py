@@ -191,6 +191,33 @@ def loo(datatree, var_name: str, pointwise: bool = True, reff: float | None = No
 
     elpd_i = log Σ_s exp(lw_si + ℓ_si), p_i = log mean_s exp(ℓ_si) − elpd_i,
     elpd = Σ elpd_i, se = √(N var(elpd_i)), p = Σ p_i.
+
+    Parameters
+    ----------
+    datatree : xarray.DataTree
+        A fit's ``datatree`` with a ``log_likelihood`` group.
+    var_name : str
+        The pointwise log-likelihood (the response, or ``"school"``).
+    pointwise : bool
+        Keep elpd_i and the Pareto k of each point.
+    reff : float, optional
+        Relative efficiency (default from the ESS).
+
+    Returns
+    -------
+    ELPDDataLOO
+        elpd, se, p, the Pareto k's, as ``arviz.loo``.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> d = d[d.schid.isin(sorted(d.schid.unique())[:40])]   # 40 schools, for speed
+    >>> s = tl.SamplerSettings(chains=2, draws=100, tune=100, seed=1)
+    >>> b = tl.fit_bayes("g1rscore ~ 1 + famsesc + (1 | schid)", d, settings=s, progress=False)
+    >>> res = tl.loo(b.datatree, "g1rscore")
+    >>> bool(res.elpd < 0)
+    True
     """
     import xarray as xr
     from arviz_stats.utils import ELPDDataLOO

@@ -134,7 +134,34 @@ def predict_bayes(
     seed: int = 1,
 ) -> BayesPredictions:
     """Posterior predictive draws of ``newdata``'s rows (module docstring). ``re_form`` and
-    ``allow_new_levels`` as :func:`twolevel.models.inference.predict.predict`."""
+    ``allow_new_levels`` as :func:`twolevel.models.inference.predict.predict`.
+
+    Parameters
+    ----------
+    fit : BayesFit
+    newdata : DataFrame
+        Rows with the formula's columns and the school.
+    re_form, allow_new_levels : as :func:`predict`.
+    seed : int
+        Random seed of the new schools' effects and the students' noise.
+
+    Returns
+    -------
+    BayesPredictions
+        Draws of the mean and of a new student's outcome; ``.summary(level)`` gives intervals.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> d = d[d.schid.isin(sorted(d.schid.unique())[:40])]   # 40 schools, for speed
+    >>> s = tl.SamplerSettings(chains=2, draws=100, tune=100, seed=1)
+    >>> b = tl.fit_bayes("g1rscore ~ 1 + famsesc + (1 | schid)", d, settings=s, progress=False)
+    >>> import pandas as pd
+    >>> new = pd.DataFrame({"famsesc": [0.0], "schid": ["a new school"]})
+    >>> list(tl.predict_bayes(b, new, allow_new_levels=True).summary().columns)[:2]
+    ['fit', 'sd']
+    """
     cond = parse_re_form(re_form)
     d = fit.design
     nd = newdata_frame(d, newdata, cond)
@@ -220,7 +247,27 @@ def _as_draws(fit, v: np.ndarray) -> xr.DataArray:
 
 def bayes_icc(fit) -> xr.Dataset:
     """The ICC per posterior draw, adjusted σ²_r/(σ²_r + σ²) and unadjusted
-    σ²_r/(σ²_f + σ²_r + σ²), with σ²_f = var(Xβ_s) (the REML definitions at each draw)."""
+    σ²_r/(σ²_f + σ²_r + σ²), with σ²_f = var(Xβ_s) (the REML definitions at each draw).
+
+    Parameters
+    ----------
+    fit : BayesFit
+
+    Returns
+    -------
+    xarray.Dataset
+        ``icc`` (adjusted) and ``icc_unadjusted`` per (chain, draw).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> d = d[d.schid.isin(sorted(d.schid.unique())[:40])]   # 40 schools, for speed
+    >>> s = tl.SamplerSettings(chains=2, draws=100, tune=100, seed=1)
+    >>> b = tl.fit_bayes("g1rscore ~ 1 + famsesc + (1 | schid)", d, settings=s, progress=False)
+    >>> sorted(tl.bayes_icc(b).data_vars)
+    ['icc', 'icc_unadjusted']
+    """
     d, post = fit.design, fit.posterior
     L = _chol(post, d.q)
     T = L @ np.swapaxes(L, 1, 2)
@@ -235,7 +282,27 @@ def bayes_icc(fit) -> xr.Dataset:
 def bayes_r2(fit) -> xr.Dataset:
     """R² per posterior draw: Gelman et al.'s Bayesian R² var(μ_s)/(var(μ_s) + σ_s²), with
     μ_s = Xβ_s + Zb_s the draw's fitted values (school effects included), and Nakagawa's
-    marginal and conditional R² at the draw."""
+    marginal and conditional R² at the draw.
+
+    Parameters
+    ----------
+    fit : BayesFit
+
+    Returns
+    -------
+    xarray.Dataset
+        The R²s per (chain, draw).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> d = d[d.schid.isin(sorted(d.schid.unique())[:40])]   # 40 schools, for speed
+    >>> s = tl.SamplerSettings(chains=2, draws=100, tune=100, seed=1)
+    >>> b = tl.fit_bayes("g1rscore ~ 1 + famsesc + (1 | schid)", d, settings=s, progress=False)
+    >>> "r2_bayes" in tl.bayes_r2(b)
+    True
+    """
     d, post = fit.design, fit.posterior
     beta, sigma = _flat(post["beta"], "fixed"), _flat(post["sigma"])
     S = beta.shape[0]

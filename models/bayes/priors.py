@@ -76,6 +76,12 @@ class Prior:
     """A named distribution with its parameters, e.g. ``Prior("Normal", mu=0.0, sigma=1.0)``.
 
     Parameters may be scalars or sequences (one value per coefficient / effect).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> print(tl.Prior("Normal", mu=0.0, sigma=10.0))
+    Normal(mu: 0.0, sigma: 10.0)
     """
 
     dist: str
@@ -113,6 +119,14 @@ class ModelPriors:
     sigma : prior of the residual SD (positive family, scalar parameters); None for binary and
         count outcomes, which have no residual SD.
     fixed_names, effect_names : the names the vector entries refer to (for printing).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> p = tl.default_priors(tl.make_design("g1rscore ~ famsesc + (1 | schid)", d))
+    >>> p.fixed_names
+    ('(Intercept)', 'famsesc')
     """
 
     beta: Prior
@@ -153,6 +167,23 @@ def default_priors(design: Design) -> ModelPriors:
     Scales: ``s_y = sd(y)``; for a non-constant column ``x_k`` of X (or ``z_k`` of Z) the slope
     scale is ``s_y / sd(x_k)``; constant columns (the intercept) use ``s_y`` and, in ``beta``,
     are centred at ``mean(y)``.
+
+    Parameters
+    ----------
+    design : Design
+        From :func:`make_design`.
+
+    Returns
+    -------
+    ModelPriors
+        ``beta``, ``sd``, ``corr`` and ``sigma`` priors; change one with ``.replace(...)``.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> des = tl.make_design("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> print(tl.default_priors(des).corr)
+    LKJ(eta: 2.0)
     """
     moments = getattr(design, "column_moments", None)
     if moments is not None:  # statistics-only design (engine duckdb/dask)

@@ -26,6 +26,14 @@ class GroupCrossprods:
     ``A[j] = Z_jᵀZ_j`` (J, q, q), ``B[j] = Z_jᵀX_j`` (J, q, p), ``c[j] = Z_jᵀy_j`` (J, q); global
     ``XtX = XᵀX``, ``Xty = Xᵀy``, ``yty = yᵀy``; ``n`` rows and ``p`` fixed effects. These are all the
     (RE)ML criterion needs, so they can also be aggregated elsewhere (a database, a cluster).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> cp = tl.group_crossprods(tl.make_design("g1rscore ~ famsesc + (1 | schid)", d))
+    >>> cp.XtX.shape
+    (2, 2)
     """
 
     A: np.ndarray
@@ -85,7 +93,25 @@ def group_crossprods(design: Design) -> GroupCrossprods:
     Each distinct product of two columns is summed by group once (``np.bincount``): columns that
     Z and X share (the intercept, a variable with both a fixed and a random slope) are detected
     and their products reused, and a product with the all-ones column is the column itself (or
-    the group sizes)."""
+    the group sizes).
+
+    Parameters
+    ----------
+    design : Design
+        From :func:`make_design`.
+
+    Returns
+    -------
+    GroupCrossprods
+        Per-group ZᵀZ, ZᵀX, Zᵀy and the totals XᵀX, Xᵀy, yᵀy.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> des = tl.make_design("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> tl.group_crossprods(des).A.shape
+    (742, 1, 1)
+    """
     g, J = design.group_index, design.n_groups
     Z, X, y = design.Z, design.X, design.y
     q, p = design.q, design.p

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from twolevel.data.errors import DataError, TwolevelError
+from twolevel.data.loaders import require_unique_header
 from twolevel.models.design.sql import is_numeric_type, is_text_type, quote
 
 __all__ = ["DuckDBRunner", "resolve_files", "parse_memory_limit", "read_all", "file_scan_sql"]
@@ -76,6 +76,8 @@ def resolve_files(spec) -> list[str]:
         raise DataError(f"data file '{bad}' is neither Parquet (.parquet) nor CSV (.csv)")
     if len(kinds) > 1:
         raise DataError("the files mix Parquet and CSV; convert them to one format")
+    for f in files:
+        require_unique_header(f)
     return files
 
 
@@ -151,7 +153,10 @@ class DuckDBRunner:
         tmp = temp_directory or os.path.join(tempfile.gettempdir(), "twolevel-duckdb")
         cfg["temp_directory"] = tmp
         self.con = duckdb.connect(config=cfg)
-        self.con.execute(f"SET enable_progress_bar = {'true' if progress else 'false'}")
+        try:
+            self.con.execute(f"SET enable_progress_bar = {'true' if progress else 'false'}")
+        except duckdb.InvalidInputException:  # in Jupyter without ipywidgets: no bar at all
+            pass
         self._rows_read = 0
         if isinstance(data, pd.DataFrame):
             self.files: list[str] = []

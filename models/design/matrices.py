@@ -74,6 +74,14 @@ class Design:
         (``formulae``'s fitted term object — factor levels, stateful transforms such as
         ``center(x)`` — or ``None`` for plain numeric columns, R's names of all its columns); see
         :func:`twolevel.models.design.newdata.new_model_matrices`.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> des = tl.make_design("g1rscore ~ famsesc + (1 | schid)", d)
+    >>> des.X.shape, des.Z.shape
+    ((11091, 2), (11091, 1))
     """
 
     formula: str
@@ -391,6 +399,32 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
     Rows with a missing or non-finite value in any variable of the model are dropped (lme4's
     ``na.omit``) and counted in ``n_na_dropped``. Rank-deficient fixed-effect columns are dropped
     (recorded in ``dropped_columns``), as lme4's default ``check.rankX = "message+drop.cols"``.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax with one grouping factor, e.g. ``"y ~ 1 + x + (1 + x | g)"``.
+    data : pandas.DataFrame
+        The columns of the formula.
+
+    Returns
+    -------
+    Design
+        y, X, Z, the grouping, lme4's column names and the random-effects terms.
+
+    Raises
+    ------
+    FormulaError
+        A formula twolevel cannot fit (e.g. two grouping factors).
+    DataError
+        Missing columns, non-numeric values, fewer than two groups.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> des = tl.make_design("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)", tl.load_data("lecture"))
+    >>> des.x_names, des.z_names, des.n_groups
+    (('(Intercept)', 'famsesc'), ('(Intercept)', 'famsesc'), 742)
     """
     parsed = parse_formula(formula)
     if not parsed.bars:

@@ -211,6 +211,42 @@ def center_new_rows(
     his own school as in the fitted data. A new school has no recorded mean: its mean must be
     given in ``means_column`` of newdata (e.g. ``meanses``); otherwise a DataError names the
     schools. (A student "one SD above his school's mean" can simply be given ``name`` = SD.)
+
+    Parameters
+    ----------
+    design : Design
+        The fit's design.
+    newdata : DataFrame
+        The new rows, with ``column`` and the grouping column.
+    column : str
+        The raw predictor, e.g. ``"ses"``.
+    group_means : pandas.Series
+        The school means recorded when the data were centred.
+    name : str
+        The centred column to add, e.g. ``"cses"``.
+    means_column : str, optional
+        A column of newdata holding the school means of new schools.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy of newdata with ``name`` added.
+
+    Raises
+    ------
+    DataError
+        A new school without a mean in ``means_column``.
+
+    Examples
+    --------
+    >>> import pandas as pd, twolevel as tl
+    >>> d = tl.load_data("hsb")
+    >>> c = tl.center(d, "ses", by="school")
+    >>> fit = tl.lmer("mAch ~ cses + (1 | school)", d.assign(cses=c.centered))
+    >>> new = pd.DataFrame({"ses": [0.5], "school": [d.school.iloc[0]]})
+    >>> out = tl.center_new_rows(fit.design, new, "ses", c.group_means, name="cses")
+    >>> bool(abs(out.cses[0] - (0.5 - c.group_means[d.school.iloc[0]])) < 1e-12)
+    True
     """
     nd = _as_frame(newdata).copy()
     for col in [column, design.group]:

@@ -15,7 +15,6 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design.crossprods import GroupCrossprods
 from twolevel.models.design.matrices import Design, RandomTerm
@@ -39,7 +38,14 @@ class GroupMoments:
 
 
 class ScaleError(TwolevelError):
-    """A per-student quantity was asked of a fit whose rows were never in memory."""
+    """A per-student quantity was asked of a fit whose rows were never in memory.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> issubclass(tl.ScaleError, tl.TwolevelError)
+    True
+    """
 
 
 # ----------------------------------------------------------------------------- the design
@@ -61,10 +67,18 @@ class ScaleDesign:
     Fields
     ------
     formula, response, group, x_names, z_names, terms, group_levels, n_na_dropped,
-    dropped_columns, notes : as :class:`Design`.  n_rows : rows used.  group_sizes_ : n_j.
+    dropped_columns, notes : as :class:`Design`.  n_rows : rows used.  ``group_sizes_`` : n_j.
     engine : "duckdb" or "dask".  source : a description of the data.  rows_read : rows scanned
     in the first pass (before the complete-case rule).  columns : the SQL of X's, Z's and y's
     columns (for the residual pass).  runner : the source's runner (for later passes).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> des, cp = tl.crossprods_from("g1rscore ~ famsesc + (1 | schid)", d, engine="duckdb")
+    >>> type(des).__name__, des.engine
+    ('ScaleDesign', 'duckdb')
     """
 
     formula: str

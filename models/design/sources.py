@@ -490,7 +490,36 @@ def crossprods_from(formula: str, data, engine: str = "auto", *, memory_limit: s
 
     ``data``: a pandas frame, a path, glob, directory or list of Parquet/CSV files, or a
     ``dask.dataframe``. ``memory_limit`` (e.g. "4GB") and ``threads`` bound DuckDB;
-    ``scheduler`` is a ``distributed`` address, ``Client`` or None (dask engine)."""
+    ``scheduler`` is a ``distributed`` address, ``Client`` or None (dask engine).
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, one grouping factor.
+    data : DataFrame, path, glob, directory, list of files, or dask.dataframe
+        Where the rows are.
+    engine : {"auto", "memory", "duckdb", "dask"}
+        Where the per-group sums are computed.
+
+    Returns
+    -------
+    tuple
+        (design, cross-products): a :class:`Design` (memory) or :class:`ScaleDesign`, and the
+        :class:`GroupCrossprods`.
+
+    Raises
+    ------
+    ScaleError, DataError
+        Unreadable files, differing schemas, a column named twice, memory exhausted.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> des, cp = tl.crossprods_from("g1rscore ~ famsesc + (1 | schid)", tl.load_data("lecture"),
+    ...                              engine="duckdb")
+    >>> des.n_groups, cp.A.shape[0]
+    (742, 742)
+    """
     engine = choose_engine(data, engine, scheduler)
     if engine == "memory":
         if not isinstance(data, pd.DataFrame):

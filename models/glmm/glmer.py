@@ -11,10 +11,10 @@ lme4's convergence checks. ``optimizer="tight"`` then minimises the *converged* 
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
-
 from twolevel.data.errors import FormulaError
 from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.laplace import GlmmProblem
@@ -126,6 +126,27 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
         ``conditional_weights``, ``weight_scaling`` as in ``lmer``).
     pv, df_com : plausible values (or a list of imputed frames as ``data``), pooled by Rubin's
         rules as in ``lmer``.
+
+    Returns
+    -------
+    GlmerFit
+        With ``fixef``, ``vcov``, ``VarCorr``, ``ranef``, ``coef``, ``predict``, ``summary`` and the
+        rest of lme4's vocabulary.
+
+    Raises
+    ------
+    FormulaError
+        An unknown family, link or optimizer, or an nAGQ that glmer does not allow.
+    DataError
+        A response that does not fit the family (e.g. values other than 0/1 for a Bernoulli model).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> g = tl.glmer("g1below ~ 1 + famsesc + (1 | schid)", d, family="binomial")
+    >>> g.fixef().round(2).to_dict()
+    {'(Intercept)': -1.01, 'famsesc': -0.66}
     """
     if pv is not None or (isinstance(data, (list, tuple)) and data
                           and all(isinstance(d, pd.DataFrame) for d in data)):
@@ -158,11 +179,30 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
             f"nAGQ = {nagq} > 1 needs a single scalar random effect per group, but '{formula}' "
             f"has {design.q} random effects ({', '.join(design.z_names)}) for '{design.group}'; "
             "use nAGQ = 1 (Laplace) or drop the random slope")
-    notes = list(resp.notes)
+    return fit_glmm(design, resp, fam, nagq, optimizer, formula, data_name, list(resp.notes))
+
+
+def null_model(fit: GlmerFit) -> GlmerFit:
+    """insight's ``null_model`` of a glmer fit: the same response, offset, family, random
+    effects, nAGQ and optimizer with the intercept as the only fixed effect
+    (``update(fit, y ~ (re terms), offset = ...)``); warnings of the refit are dropped."""
+    d = fit.design
+    ones = np.ones((d.n, 1))
+    null_design = replace(d, X=ones, x_names=("(Intercept)",), dropped_columns=(),
+                          formula=f"{d.response} ~ 1 (null model of {fit.formula})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fit_glmm(null_design, fit.problem.resp, fit.family, fit.nagq,
+                        fit.optinfo.optimizer, null_design.formula, fit.data_name, [])
+
+
+def fit_glmm(design, resp, fam, nagq: int, optimizer: str, formula: str, data_name: str,
+             notes: list) -> GlmerFit:
+    """glmer's two optimisation stages on a built design and response (:func:`glmer`)."""
     prob = GlmmProblem(design, resp, fam, nagq=max(nagq, 1))
     sep = _separation_note(prob)
     if sep:
-        warnings.warn(sep, stacklevel=2)
+        warnings.warn(sep, stacklevel=3)
         notes.append(sep)
     lower_t = design.theta_lower
     theta1, _, fe1 = bobyqa_stage1(prob.stage1, prob.theta0, lower_t)
@@ -218,7 +258,7 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
         msg = ("variance-covariance matrix computed from finite-difference Hessian is not "
                "positive definite or contains NA values: falling back to var-cov estimated "
                "from RX")
-        warnings.warn(msg, stacklevel=2)
+        warnings.warn(msg, stacklevel=3)
         notes.append(msg)
     st = prob.stage2_state(par, exact=(optimizer == "tight"), want_rx=True)
     theta = par[:n_t].copy()
@@ -226,7 +266,7 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
     msgs = _conv_messages(H, g, singular, n_t)
     msgs = list(dict.fromkeys(msgs))
     for m in msgs:
-        warnings.warn(m, stacklevel=2)
+        warnings.warn(m, stacklevel=3)
     info = GlmerOptInfo(optimizer, theta1, fe1, feval2, message2, g, H, polish_feval,
                         tuple(msgs), stage2_name)
     return GlmerFit(prob, nagq, theta, par[n_t:].copy(), st, st.value, vcov_h, info, formula,

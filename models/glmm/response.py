@@ -58,6 +58,26 @@ class GlmResponse:
     kc: np.ndarray
     notes: tuple[str, ...] = ()
 
+    def with_y(self, y: np.ndarray) -> GlmResponse:
+        """The same rows, weights, trials and offset with a new response ``y`` (a proportion
+        for binomial rows, a count for Poisson), and the ``aic`` constants recomputed: the
+        parametric bootstrap refits simulated responses with it."""
+        y = np.ascontiguousarray(y, dtype=float)
+        w = self.w
+        if self.kind == "count":
+            ka, kb, kc = w * y, w, -w * special.gammaln(y + 1)
+        else:
+            m = np.round(self.n if (self.n > 1).any() else w)
+            kk = np.round(m * y)
+            c = np.where(m > 0, w / np.where(m > 0, m, 1), 0.0)
+            ka, kb = c * kk, c * (m - kk)
+            kc = (np.zeros_like(c) if np.all(m == 1) else
+                  c * (special.gammaln(m + 1) - special.gammaln(kk + 1)
+                       - special.gammaln(m - kk + 1)))
+        return dataclasses.replace(self, y=y, ka=np.ascontiguousarray(ka),
+                                   kb=np.ascontiguousarray(kb), kc=np.ascontiguousarray(kc),
+                                   notes=())
+
     def mustart(self, family: Family) -> np.ndarray:
         """R's ``family$initialize``: (n·y + ½)/(n + 1) for cbind, (w·y + ½)/(w + 1) for other
         binomial responses, y + 0.1 for Poisson."""

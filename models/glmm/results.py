@@ -13,8 +13,8 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 from scipy import stats
-
 from twolevel.data.errors import TwolevelError
+from twolevel.models.fit_base import FitSummary, MixedFit
 from twolevel.models.glmm.family import Family
 from twolevel.models.glmm.kernels import row_values_kernel
 from twolevel.models.glmm.laplace import GlmmProblem, PirlsState
@@ -60,8 +60,8 @@ class GlmerOptInfo:
     stage2_optimizer: str = "Nelder_Mead"
 
 
-@dataclass(frozen=True)
-class GlmerFit:
+@dataclass(frozen=True, repr=False)
+class GlmerFit(MixedFit):
     """A fitted binomial or Poisson two-level model (lme4's ``glmerMod``).
 
     Fields
@@ -72,6 +72,14 @@ class GlmerFit:
     evaluation at the optimum (ũ, η, μ, lagged factors).  value : −2 log L as glmer reports it.
     vcov_hessian : 2(H⁻¹)_ββ or None.  optinfo : :class:`GlmerOptInfo`.  formula : as given.
     data_name : for "Data:".  notes : warnings of the fit.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> g = tl.glmer("g1below ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> g
+    <GlmerFit 'g1below ~ 1 + famsesc + (1 | schid)' family=binomial/logit nobs=11091
+     groups=schid:742 deviance=... nAGQ=1>
     """
 
     problem: GlmmProblem
@@ -103,6 +111,11 @@ class GlmerFit:
     @property
     def ngroups(self) -> int:
         return self.design.n_groups
+
+    @property
+    def reml(self) -> bool:
+        """False: a GLMM is fitted by maximum likelihood (lme4's ``isREML``)."""
+        return False
 
     @property
     def npar(self) -> int:
@@ -181,17 +194,9 @@ class GlmerFit:
         return pd.DataFrame({"Estimate": b, "Std. Error": se, "z value": z,
                              "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z))})
 
-    def confint(self, level: float = 0.95, method: str = "Wald") -> pd.DataFrame:
+    def confint_wald(self, level: float = 0.95) -> pd.DataFrame:
         """Wald intervals β̂ ± z·SE for the fixed effects (``confint(fit, method = "Wald")``;
-        lme4 gives NA for the variance parameters there, omitted here), or ``method="profile"``
-        (:func:`twolevel.models.glmm.profile.confint_profile`: scalar random-effect SDs and
-        fixed effects)."""
-        if method.lower() == "profile":
-            from twolevel.models.glmm.profile import confint_profile
-
-            return confint_profile(self, level)
-        if method.lower() != "wald":
-            raise ValueError("method must be 'Wald' or 'profile'")
+        lme4 gives NA for the variance parameters there, omitted here)."""
         z = stats.norm.ppf(0.5 + level / 2)
         b, se = self.fixef(), self.se()
         lo, hi = f"{100 * (1 - level) / 2:.1f} %", f"{100 * (1 + level) / 2:.1f} %"
@@ -221,31 +226,9 @@ class GlmerFit:
         """(J, q) conditional modes b̃_j = T ũ_j."""
         return self.state.u @ self.T.T
 
-    def ranef(self, cond_var: bool = True) -> pd.DataFrame:
-        """Conditional modes per group, with (cond_var=True) ``condsd_<name>``,
-        ``condvar_<name>`` and ``condcov_<a>:<b>`` (``ranef(fit, condVar = TRUE)``)."""
-        names = list(self.design.z_names)
-        idx = pd.Index(self.design.group_levels, name=self.design.group)
-        df = pd.DataFrame(self.b, index=idx, columns=names)
-        if cond_var:
-            V = self.cond_var()
-            for i, n in enumerate(names):
-                df[f"condsd_{n}"] = np.sqrt(V[:, i, i])
-            for i, n in enumerate(names):
-                df[f"condvar_{n}"] = V[:, i, i]
-            for i in range(len(names)):
-                for j in range(i + 1, len(names)):
-                    df[f"condcov_{names[i]}:{names[j]}"] = V[:, i, j]
-        return df
-
-    def coef(self) -> pd.DataFrame:
-        """Per-group coefficients: β̂ plus that group's conditional modes."""
-        fe = self.fixef()
-        idx = pd.Index(self.design.group_levels, name=self.design.group)
-        out = pd.DataFrame(np.tile(fe.to_numpy(), (self.ngroups, 1)), index=idx, columns=fe.index)
-        for k, n in enumerate(self.design.z_names):
-            out[n] = (out[n] if n in out.columns else 0.0) + self.b[:, k]
-        return out
+    def _modes(self) -> np.ndarray:
+        """(J, q) conditional modes (the base class's ``ranef`` and ``coef`` read them)."""
+        return self.b
 
     # ----------------------------------------------------------------- fitted values
     @cached_property
@@ -334,8 +317,25 @@ class GlmerFit:
             return cat_fill([*lines, " [", cls, "]"])
         return f"{title} ['{cls}']"
 
-    def summary(self) -> str:
-        """glmer's ``summary(fit)`` printout (lme4 1.1-31 layout, digits = 4)."""
+    def summary(self) -> FitSummary:
+        """glmer's ``summary(fit)``.
+
+        Returns
+        -------
+        FitSummary
+            A ``str``: the printout (lme4 1.1-31 layout, digits = 4), with the tables as data
+            frames in ``.coefficients``, ``.random_effects`` and ``.fit_statistics``.
+
+        Examples
+        --------
+        >>> import numpy as np, pandas as pd, twolevel as tl
+        >>> rng = np.random.default_rng(1)
+        >>> d = pd.DataFrame({"g": np.repeat(np.arange(30), 20), "x": rng.normal(size=600)})
+        >>> d["y"] = rng.binomial(1, 1 / (1 + np.exp(-(0.5 * d.x + rng.normal(size=30)[d.g]))))
+        >>> fit = tl.glmer("y ~ x + (1 | g)", d, family="binomial")
+        >>> fit.summary().coefficients.columns.tolist()
+        ['Estimate', 'Std. Error', 'z value', 'Pr(>|z|)']
+        """
         digits = 4
         out = [self._title(), f" Family: {self.family.name}  ( {self.family.link} )",
                f"Formula: {_deparse(self.formula)}", f"   Data: {self.data_name}"]
@@ -380,10 +380,33 @@ class GlmerFit:
         if notes:
             out.append("")
             out.extend(notes)
-        return "\n".join(out)
+        stats_ = {"family": f"{self.family.name}/{self.family.link}", "nobs": self.nobs,
+                  "groups": self.ngroups, "AIC": self.aic, "BIC": self.bic,
+                  "logLik": self.loglik, "deviance": self.minus2loglik,
+                  "df.resid": self.df_resid}
+        return FitSummary("\n".join(out), coefficients=tab,
+                          random_effects=self.VarCorr().to_frame(),
+                          fit_statistics=pd.Series(stats_, name=self.formula, dtype=object),
+                          header=out[:4], notes=[*self.optinfo.messages, *notes])
 
     def __str__(self) -> str:
-        return self.summary()
+        return str(self.summary())
+
+    def _repr_fields(self) -> list[tuple[str, object]]:
+        return [("family", f"{self.family.name}/{self.family.link}"), ("nobs", self.nobs),
+                ("groups", f"{self.design.group}:{self.ngroups}"),
+                ("deviance", f"{self.minus2loglik:.4f}"), ("nAGQ", self.nagq)]
+
+    def simulate(self, nsim: int = 1, rng=None, *, seed=None, use_u: bool = False,
+                 newdata=None, allow_new_levels: bool = False) -> pd.DataFrame:
+        """lme4's ``simulate(fit, nsim, seed, use.u)`` for a binomial or Poisson GLMM
+        (:func:`twolevel.models.inference.simulate.simulate_glmer`)."""
+        from twolevel.models.inference.simulate import simulate_glmer
+
+        if newdata is not None:
+            raise TwolevelError("simulate() of a glmer fit draws for the fitted rows only; "
+                                "drop newdata (or predict(newdata) for the means)")
+        return simulate_glmer(self, nsim, rng, seed=seed, use_u=use_u)
 
     def to_frame(self) -> pd.DataFrame:
         """The fixed-effects table (Estimate, Std. Error, z value, Pr(>|z|))."""

@@ -46,6 +46,15 @@ class AnovaResult:
     mixture : text describing the mixture used for each row ("" where none).
     refitted : REML fits were refitted by ML.  data_name : the data's name.
     fits : the ML fits used.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> m0 = tl.lmer("g1rscore ~ famsesc + (1 | schid)", d)
+    >>> res = tl.anova(m0, tl.lmer("g1rscore ~ famsesc + (1 + famsesc | schid)", d))
+    >>> res.refitted, float(res.df[1])
+    (True, 2.0)
     """
 
     names: tuple[str, ...]
@@ -297,6 +306,31 @@ def anova(*fits: LmerFit, names: list[str] | None = None, refit: bool = True) ->
     REML fits are refitted by ML first (lme4's ``refitML``; ``refitted`` is set and
     ``summary()`` says so). Raises :class:`~twolevel.data.errors.TwolevelError` when the fits use
     different data or are not nested.
+
+    Parameters
+    ----------
+    *fits : LmerFit or GlmerFit
+        Two or more nested fits of one response on the same rows (lmer fits or glmer fits).
+    names : list of str, optional
+        Names of the models in the table (default m1, m2, ...).
+    refit : bool
+        Refit REML fits by ML first (lme4's default).
+
+    Returns
+    -------
+    AnovaResult
+        npar, AIC, BIC, logLik, deviance, χ², df and p per model; ``p_mixture`` the
+        boundary-corrected p of a test of a variance; ``print()`` gives lme4's table.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> m0 = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", d)
+    >>> m1 = tl.lmer("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)", d)
+    >>> res = tl.anova(m0, m1)
+    >>> res.names, res.refitted
+    (('m1', 'm2'), True)
     """
     if any(getattr(f, "pseudo_likelihood", False) for f in fits):
         from twolevel.models.survey.fit import LRT_REFUSED

@@ -18,6 +18,16 @@ the predictor: ρ(x) = z(x)ᵀT̂z(x) / (z(x)ᵀT̂z(x) + σ̂²) (:func:`icc_at
 the sample *average* of z_iᵀT̂z_i into one ratio, so it changes when the slope variable is
 centred differently; with random slopes report ρ(x) at chosen values instead (or as well).
 
+**GLMMs** (binomial and Poisson, :class:`~twolevel.models.glmm.results.GlmerFit`) follow
+performance 0.10.2 / insight 0.19's ``get_variance`` (``.compute_variance_distribution``): σ²_f
+and σ²_r as above on the link scale (σ²_f without the offset), and in place of σ²_ε the
+distribution-specific variance σ²_d:
+
+* binomial, logit link: π²/3; probit: 1; cloglog: π²/6;
+* Poisson, log link: log(1 + 1/λ) with λ = exp(β̂₀) of the *null model* — the same random
+  effects and offset with the intercept as the only fixed effect, refitted (insight's
+  ``null_model``); a warning when λ < 6 ("mu ... too close to zero"), as insight's.
+
 PRV and Snijders–Bosker compare two fits (a null model ``y ~ 1 + (1 | school)`` and a fuller one)
 from their variance components; both are meant for random-intercept models.
 """
@@ -29,7 +39,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
 from twolevel.data.errors import TwolevelError
 
 __all__ = [
@@ -115,6 +124,47 @@ def random_variance(fit) -> tuple[float, tuple[str, ...]]:
     return float(np.einsum("ia,ab,ib->", Zx, S, Zx) / d.n), tuple(notes)
 
 
+def distribution_variance(fit) -> float:
+    """σ²_ε of an LMM (σ̂²) or a GLMM's distribution-specific variance σ²_d (module docstring:
+    π²/3 for logit, 1 for probit, π²/6 for cloglog, log(1 + 1/λ) for a Poisson log link).
+
+    Raises
+    ------
+    TwolevelError
+        For a family/link pair performance does not define (none of twolevel's today).
+    """
+    family = getattr(fit, "family", None)
+    if family is None:
+        return float(fit.sigma**2)
+    fixed = {("binomial", "logit"): np.pi**2 / 3, ("binomial", "probit"): 1.0,
+             ("binomial", "cloglog"): np.pi**2 / 6}
+    key = (family.name, family.link)
+    if key in fixed:
+        return float(fixed[key])
+    if key == ("poisson", "log"):
+        lam = poisson_null_mean(fit)
+        if lam < 6:
+            warnings.warn(f"mu of {lam:.1f} is too close to zero, estimate of the "
+                          "distribution-specific variance may be unreliable (insight's warning)",
+                          UserWarning, stacklevel=4)
+        return float(np.log1p(1.0 / lam))
+    raise TwolevelError(f"the ICC and R² are not defined for family {family.name} with link "
+                        f"{family.link} (performance defines logit/probit/cloglog binomial and "
+                        "log Poisson)")
+
+
+def poisson_null_mean(fit) -> float:
+    """λ = exp(β̂₀) of the null model of a Poisson GLMM (insight's ``.variance_distributional``;
+    the refit is cached on the fit)."""
+    cached = fit.__dict__.get("_null_intercept")
+    if cached is None:
+        from twolevel.models.glmm.glmer import null_model
+
+        cached = float(null_model(fit).beta[0])
+        fit.__dict__["_null_intercept"] = cached  # frozen dataclass: a cache, as cached_property
+    return float(np.exp(cached))
+
+
 def _singular(fit, tolerance: float) -> bool:
     """insight's ``.is_singular`` for merMod: any diagonal θ with |θ| < tolerance."""
     lower = fit.design.theta_lower
@@ -128,8 +178,8 @@ def variance_components(fit, tolerance: float = ICC_TOLERANCE) -> VarianceCompon
         rv = float("nan")
         notes = (*notes, "some variance components equal zero (singular fit): the random-effect "
                  "variance, the ICC and the conditional R² are not computed")
-    return VarianceComponents(fixed=fixed_variance(fit), random=rv, residual=fit.sigma**2,
-                              notes=notes)
+    return VarianceComponents(fixed=fixed_variance(fit), random=rv,
+                              residual=distribution_variance(fit), notes=notes)
 
 
 def _warn(notes) -> None:
@@ -138,9 +188,34 @@ def _warn(notes) -> None:
 
 
 def icc(fit, tolerance: float = ICC_TOLERANCE) -> ICC:
-    """``performance::icc(fit)``: adjusted and unadjusted ICC (NaN for a singular fit). With
-    random slopes this is an average over the sample (see the module docstring and
-    :func:`icc_at`)."""
+    """``performance::icc(fit)``: adjusted and unadjusted ICC.
+
+    ICC_adj = σ²_r/(σ²_r + σ²_ε), ICC_unadj = σ²_r/(σ²_f + σ²_r + σ²_ε), with σ²_ε the
+    distribution-specific variance for a GLMM (module docstring). With random slopes this is
+    an average over the sample (see :func:`icc_at`).
+
+    Parameters
+    ----------
+    fit : LmerFit or GlmerFit
+    tolerance : θ below this counts as a singular fit (performance's default 1e-5).
+
+    Returns
+    -------
+    ICC
+        ``adjusted`` and ``unadjusted`` (both NaN for a singular fit, as performance).
+
+    Raises
+    ------
+    TwolevelError
+        A GLMM family/link without a distribution-specific variance.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + (1 | schid)", tl.load_data("lecture"))
+    >>> 0 < tl.icc(fit).adjusted < 1
+    True
+    """
     vc = variance_components(fit, tolerance)
     _warn(vc.notes)
     f, r, e = vc.fixed, vc.random, vc.residual
@@ -149,8 +224,35 @@ def icc(fit, tolerance: float = ICC_TOLERANCE) -> ICC:
 
 def r2_nakagawa(fit, tolerance: float = R2_TOLERANCE) -> R2:
     """``performance::r2_nakagawa(fit)``: marginal and conditional R² (Nakagawa, Johnson &
-    Schielzeth 2017, with Johnson's random-slope extension). A singular fit gives the marginal
-    R² without σ²_r and a NaN conditional R²."""
+    Schielzeth 2017, with Johnson's random-slope extension).
+
+    R²_m = σ²_f/(σ²_f + σ²_r + σ²_ε), R²_c = (σ²_f + σ²_r)/(σ²_f + σ²_r + σ²_ε), σ²_ε the
+    distribution-specific variance for a GLMM (module docstring).
+
+    Parameters
+    ----------
+    fit : LmerFit or GlmerFit
+    tolerance : θ below this counts as a singular fit.
+
+    Returns
+    -------
+    R2
+        ``marginal`` and ``conditional``; a singular fit gives the marginal R² without σ²_r and
+        a NaN conditional R² (as performance).
+
+    Raises
+    ------
+    TwolevelError
+        A GLMM family/link without a distribution-specific variance.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> r2 = tl.r2_nakagawa(fit)
+    >>> 0 < r2.marginal < r2.conditional < 1
+    True
+    """
     vc = variance_components(fit, tolerance)
     _warn(vc.notes)
     f, r, e = vc.fixed, vc.random, vc.residual
@@ -162,7 +264,30 @@ def r2_nakagawa(fit, tolerance: float = R2_TOLERANCE) -> R2:
 def icc_at(fit, z) -> np.ndarray:
     """The intraclass correlation at random-effect covariates z (rows of length q, in
     ``design.z_names`` order, e.g. [1, x] for an intercept and slope):
-    ρ(z) = zᵀT̂z / (zᵀT̂z + σ̂²)."""
+    ρ(z) = zᵀT̂z / (zᵀT̂z + σ̂²) (σ̂² the distribution-specific variance for a GLMM).
+
+    Parameters
+    ----------
+    fit : LmerFit or GlmerFit
+    z : array (q,) or (m, q) of random-effect covariates.
+
+    Returns
+    -------
+    numpy.ndarray
+        (m,) intraclass correlations.
+
+    Raises
+    ------
+    TwolevelError
+        When z does not have q columns.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)", tl.load_data("lecture"))
+    >>> tl.icc_at(fit, [[1, -1], [1, 0], [1, 1]]).shape
+    (3,)
+    """
     z = np.atleast_2d(np.asarray(z, dtype=float))
     if z.shape[1] != fit.design.q:
         raise TwolevelError(
@@ -170,10 +295,15 @@ def icc_at(fit, z) -> np.ndarray:
             f"{z.shape[1]}"
         )
     v = np.einsum("ma,ab,mb->m", z, fit.VarCorr().cov, z)
-    return v / (v + fit.sigma**2)
+    return v / (v + distribution_variance(fit))
 
 
 def _same_data(null, full) -> None:
+    from twolevel.models.fit_base import require_lmm
+
+    for f in (null, full):
+        require_lmm(f, "this variance-reduction measure", "it compares residual variances σ̂², "
+                    "which a binomial or Poisson GLMM does not have")
     if null.nobs != full.nobs or null.design.response != full.design.response:
         raise TwolevelError(
             "the two fits must use the same response and rows (got "
@@ -187,7 +317,32 @@ def _same_data(null, full) -> None:
 def prv(null, full) -> pd.Series:
     """Raudenbush & Bryk's proportion reduction in variance of ``full`` relative to ``null``:
     level 1 (σ²₀ − σ²₁)/σ²₀ and, for each random effect in both models, (τ₀ − τ₁)/τ₀ (e.g. τ00;
-    τ11 between two slope models). Either can be negative."""
+    τ11 between two slope models). Either can be negative.
+
+    Parameters
+    ----------
+    null, full : LmerFit
+        The two fits (same response and rows, same criterion).
+
+    Returns
+    -------
+    pandas.Series
+        ``sigma2`` and ``tau_<effect>`` reductions.
+
+    Raises
+    ------
+    TwolevelError
+        Different data or criteria, or a glmer fit (no residual variance).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> m0 = tl.lmer("g1rscore ~ 1 + (1 | schid)", d)
+    >>> m1 = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", d)
+    >>> list(tl.prv(m0, m1).index)
+    ['sigma2', 'tau_(Intercept)']
+    """
     _same_data(null, full)
     out = {"sigma2": (null.sigma**2 - full.sigma**2) / null.sigma**2}
     v0, v1 = null.VarCorr().variances, full.VarCorr().variances
@@ -201,7 +356,35 @@ def snijders_bosker(null, full, n_tilde: float | None = None) -> pd.Series:
     """Snijders & Bosker's explained variance for random-intercept models:
     R²₁ = 1 − (σ²₁ + τ00,₁)/(σ²₀ + τ00,₀) and R²₂ = 1 − (σ²₁/ñ + τ00,₁)/(σ²₀/ñ + τ00,₀), with ñ the
     harmonic mean of the school sizes by default (misty's choice). Models with random slopes are
-    computed from τ00 with a warning (Snijders & Bosker refit them without slopes)."""
+    computed from τ00 with a warning (Snijders & Bosker refit them without slopes).
+
+    Parameters
+    ----------
+    null, full : LmerFit
+        The two fits, both with a random intercept.
+    n_tilde : float, optional
+        The typical group size (default: the harmonic mean of the school sizes).
+
+    Returns
+    -------
+    pandas.Series
+        ``R2_1`` (level 1), ``R2_2`` (level 2) and ``n_tilde``.
+
+    Raises
+    ------
+    TwolevelError
+        Different data, no random intercept, or a glmer fit.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> m0 = tl.lmer("g1rscore ~ 1 + (1 | schid)", d)
+    >>> m1 = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", d)
+    >>> r = tl.snijders_bosker(m0, m1)
+    >>> bool(0 < r["R2_1"] < 1)
+    True
+    """
     _same_data(null, full)
     for f in (null, full):
         if "(Intercept)" not in f.design.z_names:

@@ -18,13 +18,15 @@ Coefficient equations (HLM's level-2 model)
     Each fixed-effect column belongs to the equation of one level-1 coefficient β_q: a column
     constant within every group belongs to the intercept's equation (a level-2 predictor, or the
     intercept itself); a column equal to z_q · w_j (w constant within groups) belongs to β_q's
-    equation (a cross-level interaction with w, or γ_q0 itself when w ≡ 1). Other columns are level-1
+    equation (a cross-level interaction with w, or γ_q0 itself when w ≡ 1). Other columns are
+    level-1
     covariates with a fixed coefficient.
 
 Degrees of freedom, HLM's rule (``ddf="HLM"``)
     For every γ of a randomly varying coefficient β_q: df = J − S_q − 1, with S_q the number of
     level-2 predictors in β_q's equation (R&B 2002, §3.5; HLM's manual). For a level-1 covariate
-    whose coefficient does not vary (no random effect): df = N − p (our choice; HLM prints an N-based
+    whose coefficient does not vary (no random effect): df = N − p (our choice; HLM prints an
+    N-based
     df such as 1998 for 2000 pupils and 2 fixed effects, which this reproduces for that case).
 """
 
@@ -35,7 +37,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
-
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design, GroupCrossprods
 
@@ -354,6 +355,14 @@ class HLMStatistics:
     n_sufficient : J', units with sufficient data for the per-unit OLS.
     robust_se : CR0 cluster-robust SEs of the fixed effects.  model_se : model-based SEs.
     hlm_df : HLM's df of each fixed effect.  x_names : fixed-effect names.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> h = tl.hlm_statistics_fit(tl.lmer("g1rscore ~ famsesc + (1 | schid)", d))
+    >>> type(h).__name__
+    'HLMStatistics'
     """
 
     coefficients: tuple[str, ...]
@@ -480,7 +489,35 @@ def hlm_statistics(
 
 
 def hlm_statistics_fit(fit) -> HLMStatistics:
-    """:func:`hlm_statistics` at a fitted model (``twolevel.models.lmm.lmer.lmer``'s :class:`LmerFit`)."""
+    """:func:`hlm_statistics` at a fitted model (``twolevel.models.lmm.lmer.lmer``'s
+    :class:`LmerFit`).
+
+    Parameters
+    ----------
+    fit : LmerFit
+
+    Returns
+    -------
+    HLMStatistics
+        HLM's reliabilities, χ² tests of the variance components, plausible ranges, df and
+        robust SEs.
+
+    Raises
+    ------
+    TwolevelError
+        For a glmer fit (HLM's HGLM output is not implemented).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> type(tl.hlm_statistics_fit(fit)).__name__
+    'HLMStatistics'
+    """
+    from twolevel.models.fit_base import require_lmm
+
+    require_lmm(fit, "hlm_statistics_fit", "HLM's statistics for a binomial or Poisson model "
+                "(HGLM) are not implemented")
     return hlm_statistics(fit.design, fit.crossprods, fit.theta, fit.sigma, fit.beta)
 
 

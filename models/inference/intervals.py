@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design, GroupCrossprods
+from twolevel.models.fit_base import as_generator
 from twolevel.models.inference.profile import parameter_names, profile
 from twolevel.models.inference.simulate import norm_inter, parametric_bootstrap
 
@@ -110,15 +111,45 @@ def confint(
     level: float = 0.95,
     *,
     nsim: int = 500,
-    seed: int = 1,
+    rng=None,
+    seed: int | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """lme4's ``confint(fit, method = ..., oldNames = FALSE)`` for a fitted model
-    (``twolevel.models.lmm.lmer.lmer``'s :class:`LmerFit`): rows sd_…, cor_…, sigma, then the fixed effects.
+    """lme4's ``confint(fit, method = ..., oldNames = FALSE)`` for a fitted LMM or GLMM.
 
-    * ``"profile"``: ML profile of every parameter (refits by ML from the fit's θ̂, as lme4);
-    * ``"Wald"``: fixed effects only, β̂ ± z·SE with the fit's vcov; variance rows NaN;
-    * ``"boot"``: parametric bootstrap percentile intervals (``nsim``, ``seed``).
+    Parameters
+    ----------
+    fit : LmerFit or GlmerFit
+        The fitted model.
+    method : {"profile", "Wald", "boot"}
+        ``"profile"``: likelihood profile of every parameter (an LMM refitted by ML from its θ̂,
+        as lme4; a GLMM through :func:`twolevel.models.glmm.profile.confint_profile`).
+        ``"Wald"``: fixed effects only, β̂ ± z·SE with the fit's vcov (an LMM's variance rows
+        are NaN, as lme4 prints them). ``"boot"``: parametric-bootstrap percentile intervals
+        (``nsim`` refits; glmer's for a GLMM).
+    level : float
+        Confidence level, between 0 and 1.
+    nsim, rng, seed : bootstrap replicates and random numbers (``rng`` a seed or a
+        ``numpy.random.Generator``; ``seed=`` the older spelling; default seed 1).
+    progress : print the profile's or bootstrap's progress on stderr.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per parameter (``sd_(Intercept)|g``, ``cor_…``, ``sigma``, then the fixed
+        effects), columns "2.5 %" and "97.5 %" (for level 0.95).
+
+    Raises
+    ------
+    TwolevelError
+        An unknown method or a level outside (0, 1).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> tl.confint(fit, method="Wald").columns.tolist()
+    ['2.5 %', '97.5 %']
     """
     method = {"wald": "Wald"}.get(str(method).lower(), str(method).lower())
     if method not in CONFINT_METHODS:
@@ -127,6 +158,16 @@ def confint(
         )
     if not 0.0 < level < 1.0:
         raise TwolevelError(f"confidence level must be between 0 and 1 (e.g. 0.95), got {level}")
+    if hasattr(fit, "family"):  # a GlmerFit
+        if method == "Wald":
+            return fit.confint_wald(level)
+        if method == "profile":
+            from twolevel.models.glmm.profile import confint_profile
+
+            return confint_profile(fit, level)
+        from twolevel.models.inference.simulate import bootstrap
+
+        return bootstrap(fit, nsim, rng, seed=seed, progress=progress).confint(level)
     d = fit.design
     if method == "profile":
         say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else None
@@ -134,5 +175,6 @@ def confint(
     if method == "Wald":
         return confint_wald(list(d.x_names), fit.beta, fit.se().to_numpy(), level,
                             variance_names=parameter_names(d))
-    return confint_boot(d, fit.theta, fit.sigma, fit.beta, reml=fit.reml, nsim=nsim, seed=seed,
+    gen = as_generator(rng, seed, default=1)
+    return confint_boot(d, fit.theta, fit.sigma, fit.beta, reml=fit.reml, nsim=nsim, seed=gen,
                         level=level, progress=progress, crossprods=fit.crossprods).confint(level)

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design, GroupCrossprods
 
@@ -138,7 +137,8 @@ def kr_vcov_adjusted(
     HB = np.matmul(H, B)
     Sxx = (cp.XtX - np.einsum("jqa,jqb->ab", B, HB)) / s2
     Sxx2 = (
-        cp.XtX - 2.0 * np.einsum("jqa,jqb->ab", B, HB) + np.einsum("jqa,jqb->ab", HB, np.matmul(A, HB))
+        cp.XtX - 2.0 * np.einsum("jqa,jqb->ab", B, HB)
+        + np.einsum("jqa,jqb->ab", HB, np.matmul(A, HB))
     ) / s2**2
     Sxx3 = (Sxx2 - np.einsum("jqa,jqb->ab", D, np.matmul(H, D))) / s2
     tr_S2 = (
@@ -295,8 +295,36 @@ def kenward_roger(
 
 
 def kenward_roger_fit(fit, L: np.ndarray | None = None) -> KRResult:
-    """:func:`kenward_roger` at a fitted model (``twolevel.models.lmm.lmer.lmer``'s :class:`LmerFit`): its θ̂,
-    σ̂ and β̂; raises for an ML fit (lmerTest's rule)."""
+    """:func:`kenward_roger` at a fitted model (``twolevel.models.lmm.lmer.lmer``'s
+    :class:`LmerFit`): its θ̂,
+    σ̂ and β̂; raises for an ML fit (lmerTest's rule).
+
+    Parameters
+    ----------
+    fit : LmerFit (REML)
+    L : contrasts, one per row (default: each fixed effect).
+
+    Returns
+    -------
+    KRResult
+        The adjusted vcov, SEs and denominator df of each contrast.
+
+    Raises
+    ------
+    TwolevelError
+        For an ML fit or a glmer fit (pbkrtest refuses both).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> tl.kenward_roger_fit(fit).df.shape
+    (2,)
+    """
+    from twolevel.models.fit_base import require_lmm
+
+    require_lmm(fit, "Kenward-Roger", "pbkrtest refuses glmer fits too; use the z tests of "
+                "summary() or confint(method='profile')")
     return kenward_roger(
         fit.design, fit.crossprods, fit.theta, fit.sigma, L=L, beta=fit.beta, reml=fit.reml
     )

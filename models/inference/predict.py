@@ -34,7 +34,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy import stats
-
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design.newdata import (
     NewRows,
@@ -141,7 +140,8 @@ def predict(
     level: float = 0.95,
     *,
     nsim: int = 1000,
-    seed: int = 1,
+    rng=None,
+    seed: int | None = None,
     type: str | None = None,
 ):
     """lme4's ``predict(fit, newdata, re.form, allow.new.levels)`` with optional intervals.
@@ -158,7 +158,8 @@ def predict(
     allow_new_levels : predict schools not in the fit with school effect 0.
     interval : None, "confidence", "prediction" or "bootstrap" (see the module docstring).
     level : coverage of the intervals.
-    nsim, seed : bootstrap replicates and seed (``interval="bootstrap"`` only).
+    nsim, rng : bootstrap replicates and random numbers, a seed or a ``numpy.random.Generator``
+        (``interval="bootstrap"`` only; default seed 1; ``seed=`` is the older spelling).
     type : "link" or "response" (identical for lmer; for glmer η or g⁻¹(η)).
 
     Returns
@@ -166,6 +167,19 @@ def predict(
     ndarray (m,) of predictions when ``interval`` is None; otherwise a DataFrame with columns
     ``fit``, ``se`` (the standard deviation behind the interval; NaN for "bootstrap"), ``lwr``,
     ``upr``, index as newdata's.
+
+    Raises
+    ------
+    TwolevelError
+        An unknown interval or type, a level outside (0, 1), a school not in the fit without
+        ``allow_new_levels``, or an interval for a glmer fit.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> tl.predict(fit, interval="confidence").columns.tolist()
+    ['fit', 'se', 'lwr', 'upr']
     """
     if hasattr(fit, "family"):  # a GlmerFit
         if interval is not None:
@@ -211,9 +225,11 @@ def predict(
     if interval is None:
         return pred
     if interval == "bootstrap":
+        from twolevel.models.fit_base import as_generator
         from twolevel.models.inference.simulate import bootstrap_predict
 
-        lo, hi = bootstrap_predict(fit, rows, pred, cond, nsim=nsim, seed=seed, level=level)
+        lo, hi = bootstrap_predict(fit, rows, pred, cond, nsim=nsim,
+                                   seed=as_generator(rng, seed, default=1), level=level)
         return pd.DataFrame({"fit": pred, "se": np.nan, "lwr": lo, "upr": hi}, index=index)
     use_pev = known & cond
     var = np.empty(pred.shape[0])

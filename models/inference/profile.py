@@ -241,6 +241,15 @@ class Profile:
     ml_theta, ml_sigma, ml_beta : the ML refit.  base_deviance : its deviance D_min.
     cutoff : √χ²_nptot(1 − alphamax).  delta : the ζ step.
     warnings : messages such as "non-monotonic profile for …".
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> fit = tl.lmer("g1rscore ~ famsesc + (1 | schid)", d)
+    >>> pr = tl.profile(fit.design, fit.crossprods, which=["famsesc"], theta_start=fit.theta)
+    >>> pr.confint().index.tolist()
+    ['famsesc']
     """
 
     traces: dict[str, ProfileTrace]
@@ -411,6 +420,19 @@ def profile(
     alphamax, maxpts, delta_cutoff, maxmult : lme4's arguments.
     theta_start : where the ML refit starts (e.g. the REML θ̂, as lme4's ``refitML``).
     progress : called with a short message before each parameter.
+
+    Returns
+    -------
+    Profile
+        The profile traces; ``.confint(level)`` gives lme4's profile intervals.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> pr = tl.profile(fit.design, fit.crossprods, theta_start=fit.theta)
+    >>> pr.confint().index.tolist()
+    ['sd_(Intercept)|schid', 'sigma', '(Intercept)', 'famsesc']
     """
     cp = cp if cp is not None else group_crossprods(design)
     refit = ml_refit(design, cp, theta_start)

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from twolevel.models.lmm.deviance import cond_var_unscaled, pls_state
 from twolevel.models.design import Design, GroupCrossprods
 from twolevel.models.inference.hlm import coefficient_equations, unit_ols
+from twolevel.models.lmm.deviance import cond_var_unscaled, pls_state
 
 __all__ = [
     "format_residual_summary",
@@ -161,10 +160,53 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 
 
 def residual_summary_fit(fit) -> pd.DataFrame:
-    """:func:`level2_residual_summary` of a fitted model's BLUPs (lme4's ``ranef``)."""
-    return level2_residual_summary(fit.state.b)
+    """:func:`level2_residual_summary` of a fitted model's BLUPs (lme4's ``ranef``).
+
+    Parameters
+    ----------
+    fit : LmerFit or GlmerFit
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per random effect (see :func:`level2_residual_summary`).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + (1 | schid)", tl.load_data("lecture"))
+    >>> len(tl.residual_summary_fit(fit)) >= 1
+    True
+    """
+    return level2_residual_summary(fit._modes())
 
 
 def school_table_fit(fit) -> pd.DataFrame:
-    """:func:`school_table` at a fitted model's θ̂ and σ̂."""
+    """:func:`school_table` at a fitted model's θ̂ and σ̂.
+
+    Parameters
+    ----------
+    fit : LmerFit
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per school (see :func:`school_table`).
+
+    Raises
+    ------
+    TwolevelError
+        For a glmer fit (the table's reliabilities use σ̂²).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + (1 | schid)", tl.load_data("lecture"))
+    >>> len(tl.school_table_fit(fit)) == fit.ngroups
+    True
+    """
+    from twolevel.models.fit_base import require_lmm
+
+    require_lmm(fit, "school_table_fit", "its OLS and reliability columns use the residual "
+                "variance σ̂², which a binomial or Poisson GLMM does not have")
     return school_table(fit.design, fit.crossprods, fit.theta, fit.sigma)

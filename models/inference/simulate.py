@@ -15,15 +15,16 @@ so results agree with lme4's in distribution, not draw by draw.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from scipy import stats
-
 from twolevel.data.errors import DataError, TwolevelError
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods
+from twolevel.models.fit_base import as_generator, seed_of
 from twolevel.models.inference.profile import cv_to_sv, parameter_names
 from twolevel.models.lmm.deviance import criterion, make_deviance, pls_state, sigma_hat
 from twolevel.models.lmm.optimize import optimize_theta
@@ -56,26 +57,58 @@ def _check_nsim(nsim) -> int:
 def simulate(
     fit,
     nsim: int = 1,
-    seed: int | None = None,
+    rng=None,
     use_u: bool = False,
     newdata=None,
     allow_new_levels: bool = False,
+    *,
+    seed: int | None = None,
 ) -> pd.DataFrame:
-    """lme4's ``simulate(fit, nsim, seed, use.u)``: responses y* = η + Zb* + σ̂ε.
+    """lme4's ``simulate(fit, nsim, seed, use.u)``: new responses from a fitted LMM or GLMM.
+
+    LMM: y* = η + Zb* + σ̂ε.
 
     * ``use_u=False`` (lme4's ``re.form = NA``): η = Xβ̂ and every school, fitted or new, gets a
       fresh b* ~ N(0, T̂) per simulation.
     * ``use_u=True`` (``re.form = NULL``): η = Xβ̂ + Zb̃ (the BLUPs are held fixed) and only ε is
       redrawn; a new school (``allow_new_levels``) gets b = 0 and no draw, as in lme4.
 
-    Returns a data frame with columns ``sim_1 … sim_nsim`` (rows of newdata, or the fitted rows).
+    GLMM: see :func:`simulate_glmer` (fitted rows only).
+
+    Parameters
+    ----------
+    fit : LmerFit or GlmerFit
+    nsim : number of simulated responses.
+    rng : a seed or a ``numpy.random.Generator`` (``seed=`` is the older spelling).
+    use_u, newdata, allow_new_levels : as above (lme4's ``use.u``, ``newdata``,
+        ``allow.new.levels``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``sim_1 … sim_nsim``; one row per row of newdata, or per fitted row.
+
+    Raises
+    ------
+    TwolevelError
+        nsim not a positive integer; a new school without ``allow_new_levels``.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> tl.simulate(fit, nsim=2, rng=1).shape == (fit.nobs, 2)
+    True
     """
     from twolevel.models.design.newdata import NewRows, new_model_matrices
     from twolevel.models.inference.predict import predict
 
+    if hasattr(fit, "family"):  # a GlmerFit
+        return fit.simulate(nsim, rng, seed=seed, use_u=use_u, newdata=newdata,
+                            allow_new_levels=allow_new_levels)
     nsim = _check_nsim(nsim)
     d = fit.design
-    rng = np.random.default_rng(seed)
+    rng = as_generator(rng, seed)
     if newdata is None:
         rows = NewRows(X=d.X, Z=d.Z, group_index=d.group_index, new_groups=())
         index = pd.RangeIndex(d.n)
@@ -111,6 +144,51 @@ def simulate(
             eps = rng.standard_normal(m)
             sims[:, s] = eta + np.einsum("mq,mq->m", rows.Z, b[gi]) + sigma * eps
     return pd.DataFrame(sims, index=index, columns=[f"sim_{k + 1}" for k in range(nsim)])
+
+
+def simulate_glmer(fit, nsim: int = 1, rng=None, *, seed: int | None = None,
+                   use_u: bool = False) -> pd.DataFrame:
+    """lme4's ``simulate(fit, nsim, seed, use.u)`` for a binomial or Poisson GLMM, fitted rows.
+
+    η* = o + Xβ̂ + Zb* with b* ~ N(0, T̂T̂ᵀ) per school and simulation (``use_u=False``) or the
+    conditional modes b̃ (``use_u=True``); μ* = g⁻¹(η*). Poisson: y* ~ Poisson(μ*). Binomial:
+    y* ~ Binomial(n_i, μ*) with n_i the trials (1 for a 0/1 response), returned as the number
+    of successes (lme4 returns a successes/failures matrix for ``cbind``, the proportion for a
+    weighted proportion; divide by the trials for the latter).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``sim_1 … sim_nsim``, one row per fitted row.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, twolevel as tl
+    >>> rng = np.random.default_rng(2)
+    >>> d = pd.DataFrame({"g": np.repeat(np.arange(20), 10), "x": rng.normal(size=200)})
+    >>> d["y"] = rng.poisson(np.exp(0.3 * d.x + rng.normal(0, 0.5, 20)[d.g]))
+    >>> sims = tl.simulate(tl.glmer("y ~ x + (1 | g)", d, family="poisson"), 3, rng=1)
+    >>> sims.shape
+    (200, 3)
+    """
+    nsim = _check_nsim(nsim)
+    gen = as_generator(rng, seed)
+    d, resp = fit.design, fit.problem.resp
+    base = resp.offset + d.X @ fit.beta
+    trials = np.rint(resp.n if getattr(resp, "kind", "") == "cbind" else
+                     (resp.w if getattr(resp, "kind", "") == "proportion" else
+                      np.ones(d.n))).astype(np.int64)
+    T = fit.T
+    sims = np.empty((d.n, nsim))
+    for s in range(nsim):
+        b = fit.b if use_u else gen.standard_normal((d.n_groups, d.q)) @ T.T
+        mu = fit.family.linkinv(base + np.einsum("nq,nq->n", d.Z, b[d.group_index]))
+        if fit.family.name == "poisson":
+            sims[:, s] = gen.poisson(mu)
+        else:
+            sims[:, s] = gen.binomial(trials, np.clip(mu, 0.0, 1.0))
+    return pd.DataFrame(sims, index=pd.RangeIndex(d.n),
+                        columns=[f"sim_{k + 1}" for k in range(nsim)])
 
 
 # --------------------------------------------------------------------------- the refits
@@ -274,6 +352,14 @@ class BootstrapResult:
         (``theta_<name>``). A failed refit is a row of NaN.
     estimate : the same quantities for the original fit (a Series).
     seed, reml : how the replicates were made.  n_failed : refits that failed.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> b = tl.bootstrap(tl.lmer("g1rscore ~ famsesc + (1 | schid)", d), nsim=5, rng=1)
+    >>> b.confint().index.tolist()
+    ['sd_(Intercept)|schid', 'sigma', '(Intercept)', 'famsesc']
     """
 
     table: pd.DataFrame
@@ -292,7 +378,8 @@ class BootstrapResult:
         vc = [c for c in self.table.columns if c.startswith(("sd_", "cor_"))]
         fixed = [c for c in self.table.columns
                  if c not in vc and c not in ("objective", "sigma") and not c.startswith("theta_")]
-        return vc + ["sigma"] + fixed
+        sigma = ["sigma"] if "sigma" in self.table.columns else []  # none for a GLMM
+        return vc + sigma + fixed
 
     def confint(self, level: float = 0.95, type: str = "perc") -> pd.DataFrame:
         """Bootstrap intervals, lme4 rows (``boot.ci``): ``"perc"`` (default; ``norm.inter``
@@ -379,15 +466,84 @@ def parametric_bootstrap(
                            reml=reml, n_failed=failed)
 
 
-def bootstrap(fit, nsim: int = 1000, seed: int | None = 1, *, progress: bool = False
-              ) -> BootstrapResult:
+def bootstrap(fit, nsim: int = 1000, rng=None, *, seed: int | None = None,
+              progress: bool = False) -> BootstrapResult:
     """MixedModels.jl's ``parametricbootstrap(nsim, fit)`` / lme4's ``bootMer(fit, nsim,
-    use.u = FALSE)``: a table of ``nsim`` refitted parameter sets (:class:`BootstrapResult`;
-    ``.confint()`` gives lme4's percentile intervals)."""
-    return parametric_bootstrap(
-        fit.design, fit.theta, fit.sigma, fit.beta, reml=fit.reml, nsim=nsim, seed=seed,
-        crossprods=fit.crossprods, objective=fit.criterion, progress=progress,
+    use.u = FALSE)``.
+
+    Parameters
+    ----------
+    fit : LmerFit
+    nsim : number of simulated data sets, each refitted with the fit's criterion.
+    rng : a seed or a ``numpy.random.Generator`` (default seed 1; ``seed=`` also accepted).
+    progress : print progress on stderr every 10%.
+
+    Returns
+    -------
+    BootstrapResult
+        A table of ``nsim`` refitted parameter sets; ``.confint()`` gives lme4's percentile
+        intervals.
+
+    For a glmer fit the refits are glmer's (:func:`bootstrap_glmer`).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> tl.bootstrap(fit, nsim=5, rng=3).nsim
+    5
+    """
+    if hasattr(fit, "family"):
+        res = bootstrap_glmer(fit, nsim, as_generator(rng, seed, default=1), progress=progress)
+        return replace(res, seed=seed_of(rng, seed, default=1))
+    res = parametric_bootstrap(
+        fit.design, fit.theta, fit.sigma, fit.beta, reml=fit.reml, nsim=nsim,
+        seed=as_generator(rng, seed, default=1), crossprods=fit.crossprods,
+        objective=fit.criterion, progress=progress,
     )
+    return replace(res, seed=seed_of(rng, seed, default=1))
+
+
+def _glmer_row(fit) -> np.ndarray:
+    sv = cv_to_sv(fit.design, fit.theta, 1.0)[:-1]  # SDs and correlations of TTᵀ, no σ
+    return np.concatenate([[fit.minus2loglik], fit.beta, sv, fit.theta])
+
+
+def bootstrap_glmer(fit, nsim: int = 1000, rng=None, *, progress: bool = False
+                    ) -> BootstrapResult:
+    """lme4's ``bootMer(fit, nsim, use.u = FALSE)`` for a glmer fit: ``nsim`` responses drawn
+    by :func:`simulate_glmer` (fresh school effects), each refitted with the fit's nAGQ and
+    optimizer (glmer's two stages on the same design, offset and weights). The table's columns
+    are ``objective`` (−2 log L), the fixed effects, ``sd_…``/``cor_…`` and θ; no ``sigma``."""
+    from twolevel.models.glmm.glmer import fit_glmm
+
+    nsim = _check_nsim(nsim)
+    gen = as_generator(rng)
+    d, resp = fit.design, fit.problem.resp
+    sims = simulate_glmer(fit, nsim, gen).to_numpy()
+    if fit.family.name == "binomial":
+        trials = np.rint(resp.n if resp.kind == "cbind" else
+                         (resp.w if resp.kind == "proportion" else np.ones(d.n)))
+        sims = sims / np.where(trials > 0, trials, 1)[:, None]
+    cols = (["objective", *d.x_names, *parameter_names(d)[:-1]]
+            + [f"theta_{n}" for n in d.theta_names])
+    out = np.full((nsim, len(cols)), np.nan)
+    failed = 0
+    step = max(1, nsim // 10)
+    for i in range(nsim):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ref = fit_glmm(d, resp.with_y(sims[:, i]), fit.family, fit.nagq,
+                               fit.optinfo.optimizer, fit.formula, fit.data_name, [])
+            out[i] = _glmer_row(ref)
+        except (TwolevelError, np.linalg.LinAlgError, FloatingPointError, ValueError):
+            failed += 1
+        if progress and (i + 1) % step == 0:
+            print(f"bootstrap: {i + 1}/{nsim} refits", file=sys.stderr, flush=True)
+    est = pd.Series(_glmer_row(fit), index=cols)
+    return BootstrapResult(table=pd.DataFrame(out, columns=cols), estimate=est, seed=None,
+                           reml=False, n_failed=failed)
 
 
 # ------------------------------------------------------------------ bootstrap prediction

@@ -141,6 +141,14 @@ def lmer(
     UserWarning
         For lme4's messages: rank-deficient fixed effects dropped, rows with missing values
         removed, singular fit, non-convergence.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)", d)
+    >>> fit.fixef().round(2).to_dict()
+    {'(Intercept)': 94.92, 'famsesc': 7.65}
     """
     if weights is not None or pv is not None or isinstance(data, (list, tuple)) and data and all(
             isinstance(d, pd.DataFrame) for d in data):
@@ -195,7 +203,26 @@ def _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler):
 
 def refit_ml(fit: LmerFit) -> LmerFit:
     """lme4's ``refitML``: the same model refitted by ML, with minqa-style BOBYQA started at the
-    REML θ̂ (:func:`twolevel.models.lmm.optimize.refit_ml_theta`). ML fits are returned unchanged."""
+    REML θ̂ (:func:`twolevel.models.lmm.optimize.refit_ml_theta`). ML fits are returned unchanged.
+
+    Parameters
+    ----------
+    fit : LmerFit
+        A REML or ML fit (a glmer fit, already ML, is also returned unchanged).
+
+    Returns
+    -------
+    LmerFit
+        The ML fit.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> m = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> ml = tl.refit_ml(m)
+    >>> ml.reml, ml.nobs == m.nobs
+    (False, True)
+    """
     if not fit.reml:
         return fit
     d, cp = fit.design, fit.crossprods

@@ -1,4 +1,5 @@
-"""The frozen result of :func:`twolevel.models.lmm.lmer.lmer` with lme4's vocabulary (lme4's ``merMod``).
+"""The frozen result of :func:`twolevel.models.lmm.lmer.lmer` with lme4's vocabulary (lme4's
+``merMod``).
 
 Everything is computed from the design, the per-group cross-products and θ̂: the PLS state at θ̂
 gives β̂, ũ, R_X and r²; the rest are small functions of those (§2 and §4 of the lme4 notes).
@@ -9,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import math
-import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +20,8 @@ import pandas as pd
 from scipy import special
 
 from twolevel.data.errors import TwolevelError
+from twolevel.models.design import Design, GroupCrossprods
+from twolevel.models.fit_base import FitSummary, MixedFit
 from twolevel.models.lmm.deviance import (
     PLSState,
     cond_var_unscaled,
@@ -28,11 +30,13 @@ from twolevel.models.lmm.deviance import (
     sigma_hat,
     unscaled_vcov,
 )
-from twolevel.models.design import Design, GroupCrossprods
 from twolevel.models.lmm.optimize import SINGULAR_TOL, OptSummary
-from twolevel.models.rformat import (
+from twolevel.models.lmm.varcorr import VarCorr
+from twolevel.models.rformat import (  # noqa: F401 (deparse_formula: glmm.results reads it here)
+    _r_num,
     abbreviate,
     cat_fill,
+    deparse_formula,
     print_char_matrix,
     print_coefmat,
     print_named,
@@ -47,8 +51,10 @@ __all__ = ["DDF_METHODS", "LmerFit", "VarCorr", "ddf_method"]
 # The target "module:function" is imported on first use and called as f(fit, L) → (se, df) for
 # the rows of L (one contrast per row); None means lme4's plain t table without df or p.
 DDF_METHODS: dict[str, tuple[str | None, str]] = {
-    "Satterthwaite": ("twolevel.models.lmm.satterthwaite:ddf_satterthwaite", "Satterthwaite's method"),
-    "Kenward-Roger": ("twolevel.models.inference.kenward_roger:ddf_kenward_roger", "Kenward-Roger's method"),
+    "Satterthwaite": ("twolevel.models.lmm.satterthwaite:ddf_satterthwaite",
+                      "Satterthwaite's method"),
+    "Kenward-Roger": ("twolevel.models.inference.kenward_roger:ddf_kenward_roger",
+                      "Kenward-Roger's method"),
     "HLM": ("twolevel.models.inference.hlm:ddf_hlm", "HLM's J - S - 1 df rule"),
     "lme4": (None, ""),
 }
@@ -67,153 +73,30 @@ def ddf_method(name: str) -> tuple[Callable | None, str]:
     return getattr(importlib.import_module(module), func), title
 
 
-# ----------------------------------------------------------------------------------- VarCorr
-
-
-@dataclass(frozen=True)
-class VarCorr:
-    """Estimated variance components (lme4's ``VarCorr``).
-
-    Fields
-    ------
-    group : the grouping factor.  names : the random effects (columns of Z).
-    terms : the names of each random-effects term (correlations exist only within a term).
-    cov : (q, q) covariance matrix σ̂²TTᵀ of the random effects.  residual : σ̂², or None for
-    a model without a scale parameter (binomial and Poisson GLMMs: no Residual row).
-    """
-
-    group: str
-    names: tuple[str, ...]
-    terms: tuple[tuple[str, ...], ...]
-    cov: np.ndarray
-    residual: float | None
-
-    @property
-    def variances(self) -> pd.Series:
-        """Variance of each random effect."""
-        return pd.Series(np.diag(self.cov), index=list(self.names), name="variance")
-
-    @property
-    def sds(self) -> pd.Series:
-        """Standard deviation of each random effect."""
-        return pd.Series(np.sqrt(np.diag(self.cov)), index=list(self.names), name="sd")
-
-    @property
-    def correlations(self) -> pd.DataFrame:
-        """Correlation matrix Σ_ab / (sd_a sd_b) (NaN where an SD is 0)."""
-        sd = np.sqrt(np.diag(self.cov))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            R = self.cov / np.outer(sd, sd)
-        return pd.DataFrame(R, index=list(self.names), columns=list(self.names))
-
-    @property
-    def residual_sd(self) -> float:
-        """σ̂."""
-        return math.sqrt(self.residual)
-
-    def pairs(self) -> list[tuple[str, str, float, float]]:
-        """(name_a, name_b, covariance, correlation) within each term, lme4's order."""
-        R = self.correlations.to_numpy()
-        idx = {n: i for i, n in enumerate(self.names)}
-        out = []
-        for term in self.terms:
-            for a in range(len(term)):
-                for b in range(a + 1, len(term)):
-                    i, j = idx[term[a]], idx[term[b]]
-                    out.append((term[a], term[b], float(self.cov[i, j]), float(R[i, j])))
-        return out
-
-    def _term_groups(self) -> list[str]:
-        return [self.group if k == 0 else f"{self.group}.{k}" for k in range(len(self.terms))]
-
-    def to_frame(self) -> pd.DataFrame:
-        """lme4's ``as.data.frame(VarCorr(fit))``: grp, var1, var2, vcov, sdcor; variances, then
-        covariances of each term, then the residual."""
-        rows = []
-        idx = {n: i for i, n in enumerate(self.names)}
-        R = self.correlations.to_numpy()
-        for grp, term in zip(self._term_groups(), self.terms, strict=True):
-            for nm in term:
-                i = idx[nm]
-                rows.append((grp, nm, None, self.cov[i, i], math.sqrt(self.cov[i, i])))
-            for a in range(len(term)):
-                for b in range(a + 1, len(term)):
-                    i, j = idx[term[a]], idx[term[b]]
-                    rows.append((grp, term[a], term[b], self.cov[i, j], R[i, j]))
-        if self.residual is not None:
-            rows.append(("Residual", None, None, self.residual, math.sqrt(self.residual)))
-        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
-
-    def to_dict(self) -> dict:
-        """{"variances", "covariances", "correlations", "residual"} (the CLI's JSON layout; no
-        "residual" when there is no scale parameter)."""
-        out = {
-            "variances": {k: float(v) for k, v in self.variances.items()},
-            "covariances": {f"{a}:{b}": c for a, b, c, _ in self.pairs()},
-            "correlations": {f"{a}:{b}": r for a, b, _, r in self.pairs()},
-        }
-        if self.residual is not None:
-            out["residual"] = float(self.residual)
-        return out
-
-    def table(self, digits: int = 4) -> str:
-        """lme4's random-effects table (``formatVC``): Groups, Name, Variance, Std.Dev., Corr."""
-        groups = self._term_groups()
-        idx = {n: i for i, n in enumerate(self.names)}
-        resid = [] if self.residual is None else [self.residual]
-        var = [self.cov[idx[n], idx[n]] for t in self.terms for n in t] + resid
-        sds = [math.sqrt(v) for v in var]
-        vs, ss = r_format(var, digits), r_format(sds, digits)
-        gcol, ncol = [], []
-        for grp, term in zip(groups, self.terms, strict=True):
-            for k, nm in enumerate(term):
-                gcol.append(grp if k == 0 else "")
-                ncol.append(nm)
-        if resid:
-            gcol.append("Residual")
-            ncol.append("")
-        maxlen = max(len(t) for t in self.terms)
-        corr_cols = max(maxlen - 1, 0)
-        corr_cells = []
-        Rall = self.correlations.to_numpy()
-        dig = max(2, digits - 2)
-        for term in self.terms:
-            ii = [idx[n] for n in term]
-            Rt = Rall[np.ix_(ii, ii)]
-            fm = r_format(r_round(Rt, dig).ravel(order="F"), 7, nsmall=dig)
-            k = len(term)
-            for a in range(k):
-                row = [fm[b * k + a] if a > b else "" for b in range(k)]
-                row = (row + [""] * maxlen)[:corr_cols]
-                corr_cells.append(row)
-        if resid:
-            corr_cells.append([""] * corr_cols)
-        cells = [
-            [g, n, v, s] + c for g, n, v, s, c in zip(gcol, ncol, vs, ss, corr_cells, strict=True)
-        ]
-        cols = ["Groups", "Name", "Variance", "Std.Dev."]
-        if corr_cols:
-            cols += ["Corr"] + [""] * (corr_cols - 1)
-        return print_char_matrix(cells, cols, [""] * len(cells), right=False)
-
-    def summary(self) -> str:
-        """The random-effects table as printed by ``summary(fit)``."""
-        return self.table()
-
-
 # ------------------------------------------------------------------------------------ LmerFit
 
 
-@dataclass(frozen=True)
-class LmerFit:
+@dataclass(frozen=True, repr=False)
+class LmerFit(MixedFit):
     """A fitted two-level linear mixed model (lme4's ``lmerMod`` + lmerTest's additions).
 
     Fields
     ------
-    design : the :class:`~twolevel.models.design.Design`.  crossprods : its per-group cross-products.
+    design : the :class:`~twolevel.models.design.Design`.  crossprods : its per-group
+    cross-products.
     reml : fitted by REML (True) or ML.  theta : θ̂.  state : the PLS solution at θ̂.
     optsum : how θ̂ was obtained (:class:`~twolevel.models.lmm.optimize.OptSummary`).
     data_name : how the data are called in printouts ("Data: ...").
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> fit
+    <LmerFit 'g1rscore ~ 1 + famsesc + (1 | schid)' family=gaussian nobs=11091
+     groups=schid:742 REML=...>
+    >>> fit.ranef().shape[0], round(fit.sigma, 1) > 0
+    (742, True)
     """
 
     design: Design
@@ -315,7 +198,8 @@ class LmerFit:
 
     @cached_property
     def varpar_info(self):
-        """lmerTest's Hessian / vcov(varpar) / Jacobian (:class:`twolevel.models.lmm.satterthwaite.VarparInfo`),
+        """lmerTest's Hessian / vcov(varpar) / Jacobian
+        (:class:`twolevel.models.lmm.satterthwaite.VarparInfo`),
         computed on first use."""
         from twolevel.models.lmm.satterthwaite import varpar_info
 
@@ -368,35 +252,9 @@ class LmerFit:
         """(J, q, q) conditional covariance of b_j given y (lme4's postVar): σ̂²·T M_j⁻¹ Tᵀ."""
         return self.sigma**2 * cond_var_unscaled(self.state)
 
-    def ranef(self, cond_var: bool = True) -> pd.DataFrame:
-        """Conditional modes (BLUPs) b̃_j = Tũ_j per group, with (cond_var=True) their
-        conditional SDs ``condsd_<name>``, variances ``condvar_<name>`` and covariances
-        ``condcov_<a>:<b>`` (lme4's ``ranef(fit, condVar = TRUE)``)."""
-        names = list(self.design.z_names)
-        idx = pd.Index(self.design.group_levels, name=self.design.group)
-        df = pd.DataFrame(self.state.b, index=idx, columns=names)
-        if cond_var:
-            V = self.cond_var()
-            for i, n in enumerate(names):
-                df[f"condsd_{n}"] = np.sqrt(V[:, i, i])
-            for i, n in enumerate(names):
-                df[f"condvar_{n}"] = V[:, i, i]
-            for i in range(len(names)):
-                for j in range(i + 1, len(names)):
-                    df[f"condcov_{names[i]}:{names[j]}"] = V[:, i, j]
-        return df
-
-    def coef(self) -> pd.DataFrame:
-        """Per-group coefficients: fixed effects plus that group's BLUPs (lme4's ``coef``)."""
-        fe = self.fixef()
-        idx = pd.Index(self.design.group_levels, name=self.design.group)
-        out = pd.DataFrame(np.tile(fe.to_numpy(), (self.ngroups, 1)), index=idx, columns=fe.index)
-        for k, n in enumerate(self.design.z_names):
-            if n in out.columns:
-                out[n] = out[n] + self.state.b[:, k]
-            else:
-                out[n] = self.state.b[:, k]
-        return out
+    def _modes(self) -> np.ndarray:
+        """(J, q) BLUPs b̃_j = Tũ_j (the base class's ``ranef`` and ``coef`` read them)."""
+        return self.state.b
 
     # ------------------------------------------------------------------ fitted and residuals
     def fitted(self) -> np.ndarray:
@@ -432,7 +290,6 @@ class LmerFit:
             return ""
         vc = self.VarCorr()
         sd = vc.sds.to_numpy()
-        R = vc.correlations.to_numpy()
         g = self.design.group
         scale = max(float(sd.max()), self.sigma)
         parts = []
@@ -465,9 +322,27 @@ class LmerFit:
         return "boundary (singular) fit: " + "; ".join(parts) + ". " + advice
 
     # ------------------------------------------------------------------ printing
-    def summary(self, ddf: str = "Satterthwaite", effect_sizes: bool = False) -> str:
-        """lme4 + lmerTest's ``summary(fit)`` printout (R's layout and digits; digits = 4); with
-        ``effect_sizes`` followed by the ICC and Nakagawa's R² (:meth:`effect_sizes`)."""
+    def summary(self, ddf: str = "Satterthwaite", effect_sizes: bool = False) -> FitSummary:
+        """lme4 + lmerTest's ``summary(fit)``.
+
+        Parameters
+        ----------
+        ddf : "Satterthwaite" (lmerTest's default), "Kenward-Roger", "HLM" or "lme4" (no df, p).
+        effect_sizes : append the ICC and Nakagawa's R² (:meth:`effect_sizes`).
+
+        Returns
+        -------
+        FitSummary
+            A ``str``: R's printout (R's layout and digits; digits = 4), with the tables as
+            data frames in ``.coefficients``, ``.random_effects`` and ``.fit_statistics``.
+
+        Examples
+        --------
+        >>> import twolevel as tl
+        >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+        >>> print(fit.summary().splitlines()[0])
+        Linear mixed model fit by REML. t-tests use Satterthwaite's method ['lmerModLmerTest']
+        """
         digits = 4
         func, ddf_title = ddf_method(ddf)
         out: list[str] = []
@@ -497,7 +372,8 @@ class LmerFit:
         q, how = self.scaled_residual_quantiles()
         out.append("Scaled residuals: " + how)
         out.append(
-            print_named(["Min", "1Q", "Median", "3Q", "Max"], r_format(zapsmall(q, digits + 1), digits))
+            print_named(["Min", "1Q", "Median", "3Q", "Max"],
+                        r_format(zapsmall(q, digits + 1), digits))
         )
         out.append("")
         out.append("Random effects:")
@@ -547,10 +423,24 @@ class LmerFit:
 
             out.append("")
             out.append(effect_size_text(self))
-        return "\n".join(out)
+        header = list(out[:3])
+        stats_ = {"nobs": self.nobs, "groups": self.ngroups,
+                  ("REML criterion" if self.reml else "deviance"): self.criterion,
+                  "logLik": self.loglik, "AIC": self.aic, "BIC": self.bic,
+                  "df.resid": self.nobs - self.npar, "sigma": self.sigma}
+        return FitSummary("\n".join(out), coefficients=tab,
+                          random_effects=self.VarCorr().to_frame(),
+                          fit_statistics=pd.Series(stats_, name=self.design.formula, dtype=object),
+                          header=header, notes=notes)
 
     def __str__(self) -> str:
-        return self.summary()
+        return str(self.summary())
+
+    def _repr_fields(self) -> list[tuple[str, object]]:
+        crit = "REML" if self.reml else "deviance"
+        return [("family", "gaussian"), ("nobs", self.nobs),
+                ("groups", f"{self.design.group}:{self.ngroups}"),
+                (crit, f"{self.criterion:.4f}")]
 
     # ------------------------------------------------------------------ effect sizes, predict
     def effect_sizes(self) -> dict:
@@ -598,20 +488,3 @@ class LmerFit:
             "singular": bool(self.is_singular()),
             "converged": bool(self.converged),
         }
-
-
-def _r_num(x: float, digits: int) -> str:
-    """R's ``cat(round(x, digits))`` (up to 7 significant digits, trailing zeros dropped)."""
-    return f"{float(r_round(x, digits)):.7g}"
-
-
-def deparse_formula(formula: str) -> str:
-    """R's ``deparse`` spacing of a formula: spaces around ~ + - * | ||, none around ':'."""
-    s = re.sub(r"\s+", "", formula)
-    s = re.sub(r"\|\|", "\x00", s)
-    s = re.sub(r"([~+*|\x00])", r" \1 ", s)
-    s = re.sub(r"(?<=[^\s(~])-", " - ", s)
-    s = s.replace("\x00", "||")
-    s = re.sub(r"\s+", " ", s).strip()
-    s = s.replace("( ", "(").replace(" )", ")")
-    return s

@@ -395,7 +395,7 @@ def power_analytic(design: str | StudyDesign = "cra2", effect: float = 0.25,
 
     >>> r = power_analytic("cra2", effect=0.629, schools=20, students=15, icc=0.17)
     >>> round(r.mdes, 3), round(r.power, 2), r.df
-    (0.629, 0.8, 18)
+    (0.629, 0.8, 18.0)
     """
     sd = design if isinstance(design, StudyDesign) else StudyDesign(design=design, **params)
     if isinstance(design, StudyDesign) and params:

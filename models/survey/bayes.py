@@ -17,14 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
 from twolevel.data.errors import DataError
 from twolevel.models.survey.pv import pv_formulas
 
 __all__ = ["StackedBayesFit", "fit_bayes_sets"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class StackedBayesFit:
     """Per-set Bayesian fits and their stacked draws.
 
@@ -88,6 +87,11 @@ class StackedBayesFit:
             "max_rhat_within_set": [max(fr.loc[n, "r_hat"] for fr in frames) for n in names],
         }, index=pd.Index(names, name="parameter"))
         return out
+
+    def __repr__(self) -> str:
+        from twolevel.models.fit_base import short_repr
+
+        return short_repr(type(self).__name__, [("sets", self.m)], self.fits[0].formula)
 
     def summary(self) -> str:
         """Number of sets, each set's gate, the stacked posterior table."""

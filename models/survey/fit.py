@@ -16,7 +16,6 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 from scipy import stats
-
 from twolevel.data.errors import DataError, FormulaError, TwolevelError
 from twolevel.models.design import Design, make_design
 from twolevel.models.design.formula import parse_formula
@@ -78,7 +77,7 @@ def _vc_pairs(design: Design) -> list[tuple[int, int]]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class WeightedLmerFit:
     """A pseudo-maximum-likelihood fit with sampling weights at both levels.
 
@@ -270,6 +269,14 @@ class WeightedLmerFit:
             "weights": self.weights.to_dict(),
             "converged": self.converged,
         }
+
+    def __repr__(self) -> str:
+        from twolevel.models.fit_base import short_repr
+
+        d = self.design
+        return short_repr(type(self).__name__, [
+            ("weights", "sampling"), ("nobs", d.n), ("groups", f"{d.group}:{d.n_groups}")],
+            d.formula)
 
     def summary(self) -> str:
         """A printout in lme4's layout with the weights, the log pseudo-likelihood, variance

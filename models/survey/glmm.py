@@ -25,7 +25,6 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
-
 from twolevel.data.errors import DataError, FormulaError, TwolevelError
 from twolevel.models.design import Design, make_design
 from twolevel.models.lmm.results import VarCorr
@@ -125,7 +124,7 @@ def school_loglik(beta: np.ndarray, tau: float, d: GlmmData, nagq: int = 1,
     return np.log(math.sqrt(2) * s) + special.logsumexp(terms, axis=0), u
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class WeightedGlmerFit:
     """A weighted GLMM fit by pseudo-maximum likelihood (random intercept).
 
@@ -259,6 +258,14 @@ class WeightedGlmerFit:
                 "se": {k: float(v) for k, v in tab["Std. Error"].items()},
                 "varcorr": self.VarCorr().to_dict(), "varcorr_se": self.varcorr_se(),
                 "weights": self.weights.to_dict()}
+
+    def __repr__(self) -> str:
+        from twolevel.models.fit_base import short_repr
+
+        d = self.design
+        return short_repr(type(self).__name__, [
+            ("family", self.family), ("weights", "sampling"), ("nobs", d.n),
+            ("groups", f"{d.group}:{d.n_groups}"), ("nAGQ", self.nagq)], d.formula)
 
     def summary(self) -> str:
         """Weights, log pseudo-likelihood, τ̂² with its sandwich SE, fixed effects (robust)."""

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
 from twolevel.data.errors import DataError
 from twolevel.models.design.formula import parse_formula
 from twolevel.models.survey.rubin import RubinPool, rubin_pool
@@ -86,7 +85,7 @@ def pv_formulas(formula: str, pv, data: pd.DataFrame) -> list[str]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class PooledFit:
     """M fits combined by Rubin's rules.
 
@@ -164,6 +163,14 @@ class PooledFit:
     def coef_table(self) -> pd.DataFrame:
         """Pooled Estimate, Std. Error, Barnard–Rubin df, t, p, RIV, FMI."""
         return self.pool.table()
+
+    def __repr__(self) -> str:
+        from twolevel.models.fit_base import short_repr
+
+        first = self.fits[0]
+        return short_repr(type(self).__name__, [
+            ("sets", self.m), ("fit", type(first).__name__), ("weighted", self.weighted)],
+            getattr(first, "formula", None) or first.design.formula)
 
     def summary(self) -> str:
         """The pooled table, the number of sets and the averaged variance components."""

@@ -44,6 +44,14 @@ class GroupOLS:
     n, n_groups : rows used and number of groups.
     n_na_dropped : rows removed for missing or non-finite values (listwise deletion).
     notes : sentences on what was removed or flagged.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> ols = tl.group_ols("g1rscore ~ famsesc", d, "schid")
+    >>> ols.n_groups
+    742
     """
 
     formula: str
@@ -143,6 +151,13 @@ def group_ols(formula: str, data: pd.DataFrame, group: str) -> GroupOLS:
     GroupOLS
         Estimates, SEs, n_j, residual df and a reason for every group where something is not
         estimable (those groups are kept, with NaN).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> ols = tl.group_ols("g1rscore ~ famsesc", tl.load_data("lecture"), "schid")
+    >>> type(ols).__name__
+    'GroupOLS'
     """
     if parse_formula(formula).bars:
         raise FormulaError(

@@ -55,6 +55,18 @@ def shrinkage_table(
     DataFrame indexed by school with ``n`` and, per coefficient ``c``: ``c.ols``, ``c.reml``,
     ``c.bayes``, ``c.shift_reml`` = reml − ols, ``c.shift_bayes`` = bayes − ols and
     ``c.bayes_minus_reml``.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)", d)
+    >>> ols = tl.group_ols("g1rscore ~ famsesc", d, "schid")
+    >>> t = ols.table.set_index(ols.table.columns[0])
+    >>> est = t[["B0_hat", "B1_hat"]].set_axis(["(Intercept)", "famsesc"], axis=1)
+    >>> tab = tl.shrinkage_table(t["n_j"], est, fit.coef())
+    >>> "famsesc.shift_reml" in tab.columns
+    True
     """
     coefs = list(reml.columns)
     missing = [c for c in coefs if c not in ols.columns]
@@ -270,6 +282,34 @@ def caterpillar_table(
     given (e.g. 2.5% and 97.5%) posterior quantiles. ``rank`` is 1 for the lowest REML estimate;
     ``reml_excludes_ref`` / ``bayes_excludes_ref`` flag intervals not containing ``reference``
     (0 for u_j, γ for absolute coefficients).
+
+    Parameters
+    ----------
+    school : index or array
+        The school labels.
+    reml, reml_sd : arrays
+        BLUPs and their conditional SDs.
+    bayes, bayes_lo, bayes_hi : arrays, optional
+        Posterior means and quantiles.
+    z : float
+        The normal quantile of the REML intervals.
+    reference : float
+        The value an interval is checked against.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per school, sorted by the REML estimate, with ``rank``, the intervals and the flags.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> re = fit.ranef()
+    >>> tab = tl.caterpillar_table(re.index, re["(Intercept)"].to_numpy(),
+    ...                            re["condsd_(Intercept)"].to_numpy())
+    >>> int(tab["rank"].iloc[0])
+    1
     """
     df = pd.DataFrame(
         {

@@ -127,7 +127,7 @@ def run_glmer(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         fit = glmer(args.formula, df, family=args.family, link=args.link, nAGQ=args.nagq,
                     optimizer=args.optimizer, data_name=data_label(args.data))
-        ci = fit.confint(args.level, method=args.confint) if args.confint else None
+        ci = fit.confint(method=args.confint, level=args.level) if args.confint else None
     if args.json:
         out = fit.to_dict()
         if ci is not None:
