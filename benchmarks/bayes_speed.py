@@ -63,8 +63,8 @@ def hand_written(data: str, draws: int, tune: int, chains: int, seed: int,
 
     from twolevel.data.loaders import load_data
     from twolevel.models.bayes.fit import diagnose
-    from twolevel.models.design import make_design
     from twolevel.models.bayes.priors import default_priors
+    from twolevel.models.design import make_design
 
     formula, y, x, g = CASES[data]
     df = load_data(data)

@@ -47,8 +47,8 @@ from twolevel.data.loaders import load_lecture  # noqa: E402
 from twolevel.models.design import GroupCrossprods, group_crossprods, make_design  # noqa: E402
 from twolevel.models.inference.hlm import hlm_ddf  # noqa: E402
 from twolevel.models.inference.kenward_roger import kenward_roger_fit  # noqa: E402
-from twolevel.models.lmm.lmer import fit_design  # noqa: E402
 from twolevel.models.inference.profile import ml_refit, profile_lrt  # noqa: E402
+from twolevel.models.lmm.lmer import fit_design  # noqa: E402
 from twolevel.models.lmm.satterthwaite import ddf_satterthwaite  # noqa: E402
 
 FORMULA = "g1rscore ~ 1 + famsesc + (1 + famsesc | schid)"

@@ -35,9 +35,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from twolevel.models.power.simulation import design_population  # noqa: E402
-
 import twolevel as tl  # noqa: E402
+from twolevel.models.power.simulation import design_population  # noqa: E402
 
 R_SCRIPT = r"""
 args <- commandArgs(TRUE)

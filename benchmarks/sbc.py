@@ -50,9 +50,9 @@ def main() -> None:
     import warnings
 
     from twolevel.models.bayes.fit import SamplerSettings, cholesky_draws, prior_predictive
-    from twolevel.models.design import group_crossprods, make_design
     from twolevel.models.bayes.priors import ModelPriors, Prior
     from twolevel.models.bayes.sampler import sample_collapsed
+    from twolevel.models.design import group_crossprods, make_design
 
     design = make_design("y ~ 1 + x + (1 + x | g)", design_data(a.seed))
     priors = ModelPriors(

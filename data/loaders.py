@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from twolevel.data.errors import DataError
 
 __all__ = [

@@ -49,12 +49,11 @@ def kernel_report() -> dict[str, object]:
     ``vector_path`` (the x86-64 variant loaded: ``avx512``, ``avx2``, ``baseline``; ``none``
     without compiled kernels), ``baseline_forced``, ``threads`` (OpenMP threads of glmer's
     kernels; 1 without OpenMP) and ``dependencies`` (name → version or None)."""
+    from twolevel import __version__
     from twolevel.models import native
     from twolevel.models.bayes import ckernels
     from twolevel.models.glmm import cpirls
     from twolevel.models.lmm import creml
-
-    from twolevel import __version__
 
     bayes = _route(ckernels.MODULE)
     kernels = {"glmer": _route(cpirls.MODULE), "bayes_collapsed": bayes,

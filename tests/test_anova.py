@@ -6,8 +6,8 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import GOLDENS, load_golden
+
 from twolevel.data.errors import TwolevelError
 from twolevel.data.loaders import load_data
 from twolevel.models.inference.anova import anova, mixture_pvalue

@@ -10,6 +10,7 @@ import xarray as xr
 from scipy.stats import multivariate_normal
 
 from twolevel.data.errors import DataError, FormulaError, TwolevelError
+from twolevel.models.bayes.collapsed import draw_school_effects, school_marginal_loglik
 from twolevel.models.bayes.fit import (
     SamplerSettings,
     diagnose,
@@ -19,10 +20,9 @@ from twolevel.models.bayes.fit import (
     school_residual_ss,
     student_loglik,
 )
-from twolevel.models.bayes.collapsed import draw_school_effects, school_marginal_loglik
-from twolevel.models.design import group_crossprods, make_design
 from twolevel.models.bayes.priors import Prior, default_priors
 from twolevel.models.bayes.pymc_model import build_model, collapsed_loglik, value_var_names
+from twolevel.models.design import group_crossprods, make_design
 
 F_SLOPE = "y ~ 1 + x + w + (1 + x | g)"
 

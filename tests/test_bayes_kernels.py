@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import pymc_reference
 
 from twolevel.data.errors import TwolevelError
 from twolevel.models import native
@@ -23,8 +24,6 @@ from twolevel.models.bayes import ckernels, kernels, sampler
 from twolevel.models.bayes.priors import Prior, default_priors
 from twolevel.models.bayes.pymc_model import build_model
 from twolevel.models.design import group_crossprods, make_design
-
-from conftest import pymc_reference
 
 
 def _sim(J=15, seed=3):

@@ -7,8 +7,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import GOLDENS, load_golden
+
 from twolevel.workflows.cli import main
 
 FIT_KEYS = ["formula", "reml", "nobs", "ngroups", "criterion", "loglik", "aic", "bic", "theta",

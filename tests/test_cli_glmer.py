@@ -7,8 +7,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import GOLDENS, load_golden
+
 from twolevel.workflows.cli import main
 
 KEYS = ["formula", "family", "link", "nagq", "nobs", "ngroups", "deviance", "loglik", "aic", "bic",

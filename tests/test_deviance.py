@@ -6,8 +6,9 @@ REML criteria of tests/goldens/*_lme4.json evaluated at lme4's θ̂.
 
 import numpy as np
 import pytest
-
 from conftest import load_golden
+
+from twolevel.models.design import group_crossprods, make_design
 from twolevel.models.lmm.deviance import (
     _pls_parts_batch,
     deviance_gradient,
@@ -17,7 +18,6 @@ from twolevel.models.lmm.deviance import (
     reml_criterion,
     sigma_hat,
 )
-from twolevel.models.design import group_crossprods, make_design
 
 SIM_FORMULA = "y ~ x1*w + x2 + (1+x1+x2|g)"
 SIM_THETA = np.array([0.9, 0.1, -0.2, 0.5, 0.05, 0.3])

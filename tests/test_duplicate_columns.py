@@ -10,10 +10,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from twolevel.data.errors import DataError
-from twolevel.data.loaders import header_names, require_unique_header
 
 import twolevel as tl
+from twolevel.data.errors import DataError
+from twolevel.data.loaders import header_names, require_unique_header
 
 FORMULA = "g1rscore ~ 1 + famsesc + (1 | schid)"
 

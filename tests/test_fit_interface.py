@@ -11,9 +11,9 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from twolevel.data.errors import TwolevelError
 
 import twolevel as tl
+from twolevel.data.errors import TwolevelError
 
 LMM_F = "y ~ x + (1 + x | g)"
 GLMM_F = "yb ~ x + (1 + x | g)"

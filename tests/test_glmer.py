@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import GOLDENS, load_golden
+
 from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.glmer import glmer
 from twolevel.models.glmm.laplace import GlmmProblem

@@ -21,6 +21,7 @@ from twolevel.models.glmm.glmer import glmer
 from twolevel.models.glmm.laplace import GlmmProblem
 from twolevel.models.glmm.response import glmer_design
 
+
 def _sim(seed=3, J=40, shuffle=False):
     """Two-level data with Bernoulli, binomial-with-trials and count responses."""
     rng = np.random.default_rng(seed)

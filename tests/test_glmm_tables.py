@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import integrate, special, stats
+
 from twolevel.models.tables.empirical import (
     empirical_log_rate,
     empirical_logit,

@@ -11,7 +11,6 @@ import pytest
 from conftest import load_golden
 
 from twolevel.data.errors import TwolevelError
-from twolevel.models.lmm.deviance import make_deviance, pls_state, sigma_hat
 from twolevel.models.design import group_crossprods, make_design
 from twolevel.models.inference.hlm import (
     cluster_robust_vcov,
@@ -25,6 +24,7 @@ from twolevel.models.inference.hlm import (
     slope_precision_weights,
     unit_ols,
 )
+from twolevel.models.lmm.deviance import make_deviance, pls_state, sigma_hat
 from twolevel.models.lmm.optimize import optimize_theta
 
 

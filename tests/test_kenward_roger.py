@@ -8,9 +8,14 @@ import pytest
 from conftest import load_golden
 
 from twolevel.data.errors import TwolevelError
-from twolevel.models.lmm.deviance import pls_state, sigma_hat
 from twolevel.models.design import group_crossprods, make_design
-from twolevel.models.inference.kenward_roger import kenward_roger, kenward_roger_fit, kr_ddf, kr_vcov_adjusted
+from twolevel.models.inference.kenward_roger import (
+    kenward_roger,
+    kenward_roger_fit,
+    kr_ddf,
+    kr_vcov_adjusted,
+)
+from twolevel.models.lmm.deviance import pls_state, sigma_hat
 
 SIM_THETA = [0.828738090645, -0.109408141387, 0.0303154782751, 0.554110593927, 0.11725651123,
              0.43697218766]

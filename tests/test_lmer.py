@@ -13,8 +13,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import GOLDENS, load_golden
+
 from twolevel.data.errors import DataError, FormulaError, TwolevelError
 from twolevel.data.loaders import load_data
 from twolevel.models.lmm.lmer import lmer

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import load_golden
+
 from twolevel.data.errors import DataError, FormulaError, TwolevelError
 from twolevel.models.design.multi import expand_group, make_multi_design
 from twolevel.models.lmm.lmer import lmer

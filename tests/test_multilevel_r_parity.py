@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+
 from twolevel.models.lmm.lmer import lmer
 from twolevel.models.lmm.multi import anova_multi
 from twolevel.models.lmm.multi_results import MultiFit

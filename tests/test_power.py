@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import integrate, special, stats
+
+import twolevel as tl
 from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models.power.analytic import StudyDesign, power_analytic, power_t
 from twolevel.models.power.simulation import SimulationJob, design_population, run_simulations
 from twolevel.workflows.cli import main
-
-import twolevel as tl
 
 GOLDENS = Path(__file__).parent / "goldens"
 

@@ -11,8 +11,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import load_golden
+
 from twolevel.data.errors import DataError, TwolevelError
 from twolevel.models.design.newdata import center_new_rows
 from twolevel.models.inference.effect_sizes import icc, icc_at, r2_nakagawa, variance_components

@@ -133,8 +133,8 @@ def test_bootstrap_seeded_and_sensible(sleepstudy, capsys):
 
 
 def test_confint_on_fit(sleepstudy):
-    from twolevel.models.lmm.lmer import lmer
     from twolevel.models.inference.intervals import confint
+    from twolevel.models.lmm.lmer import lmer
 
     g = load_golden("sleepstudy_lme4.json")["m1_reml"]
     fit = lmer(SLEEP, sleepstudy)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pytest
+
 from twolevel.models.inference.anova import anova
 from twolevel.models.lmm.lmer import lmer
 from twolevel.models.lmm.results import LmerFit

@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from twolevel.models.lmm.lmer import lmer
-from twolevel.models.lmm.satterthwaite import fstat_ddf, numderiv_hessian, numderiv_jacobian, varpar_info
+from twolevel.models.lmm.satterthwaite import (
+    fstat_ddf,
+    numderiv_hessian,
+    numderiv_jacobian,
+    varpar_info,
+)
 
 SIM_DF = {  # lme4-algorithms.md §9 (lmerTest), in R's column order
     "(Intercept)": 38.9549816647, "x1": 39.0388920574, "w": 38.5891212368,

@@ -267,11 +267,11 @@ def test_memory_duckdb_dask_same_fit_1m_rows(tmp_path):
 def test_bayes_inputs_from_statistics_match_memory(small):
     """Priors, centring reliabilities, per-school residual sums and the school-effect summary
     computed from the statistics equal the in-memory ones (no sampling: fixed draws)."""
+    from twolevel.models.bayes.collapsed import draw_school_effects
     from twolevel.models.bayes.fit import school_residual_ss
     from twolevel.models.bayes.priors import default_priors
     from twolevel.models.bayes.pymc_model import reliabilities
     from twolevel.models.bayes.scale import bayes_statistics, school_effect_summary
-    from twolevel.models.bayes.collapsed import draw_school_effects
 
     df, files = small
     d0, c0 = bayes_statistics(FORMULA, df)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from twolevel.data.loaders import load_lecture
-from twolevel.models.tables.lecture_answers import comparison_verdict, lecture_answers
 from twolevel.models.lmm.lmer import lmer
+from twolevel.models.tables.lecture_answers import comparison_verdict, lecture_answers
 from twolevel.workflows.lecture import reml_quantities, reml_view
 
 

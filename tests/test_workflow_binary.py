@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from twolevel.data.lecture import BINARY_VALUES
 from twolevel.data.loaders import load_lecture
 from twolevel.workflows.cli import main
@@ -118,6 +119,7 @@ def test_binary_numbers_are_those_of_the_fits(binary_run):
     """The report's Laplace numbers are glmer's on the same rows; the MOR is its formula of τ00;
     odds ratios are exp of the coefficients; the AGQ fit is the nAGQ = 12 one."""
     from scipy import stats
+
     from twolevel.models.glmm.glmer import glmer
 
     out, _, data = binary_run

@@ -20,7 +20,12 @@ from twolevel.models.tables.shrinkage import (
     t_ellipse,
 )
 from twolevel.workflows import plots
-from twolevel.workflows.report import ReportWriter, atomic_replace_dir, markdown_table, recover_and_clean
+from twolevel.workflows.report import (
+    ReportWriter,
+    atomic_replace_dir,
+    markdown_table,
+    recover_and_clean,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

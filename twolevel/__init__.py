@@ -182,10 +182,6 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
     from twolevel.models.lmm.multi import anova_multi, lmer_multi, refit_ml_multi  # noqa: F401
     from twolevel.models.lmm.multi_results import MultiFit  # noqa: F401
     from twolevel.models.lmm.results import LmerFit, VarCorr  # noqa: F401
-    from twolevel.models.survey.crossprods import weighted_group_crossprods  # noqa: F401
-    from twolevel.models.survey.fit import WeightedLmerFit  # noqa: F401
-    from twolevel.models.survey.pv import PooledFit  # noqa: F401
-    from twolevel.models.survey.rubin import rubin_pool  # noqa: F401
     from twolevel.models.power.analytic import (  # noqa: F401
         PowerResult,
         StudyDesign,
@@ -193,6 +189,10 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
         study_design,
     )
     from twolevel.models.power.simulation import PowerCurve, extend, power  # noqa: F401
+    from twolevel.models.survey.crossprods import weighted_group_crossprods  # noqa: F401
+    from twolevel.models.survey.fit import WeightedLmerFit  # noqa: F401
+    from twolevel.models.survey.pv import PooledFit  # noqa: F401
+    from twolevel.models.survey.rubin import rubin_pool  # noqa: F401
     from twolevel.models.tables.ols import GroupOLS, group_ols  # noqa: F401
     from twolevel.models.tables.shrinkage import caterpillar_table, shrinkage_table  # noqa: F401
     from twolevel.models.versions import show_versions  # noqa: F401

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import xarray as xr
+
 from twolevel.models.bayes.diagnostics import rhat_ess
 
 GATE = {"max_rhat": 1.01, "min_ess": 400.0, "min_bfmi": 0.3}

@@ -25,21 +25,20 @@ import pandas as pd
 import xarray as xr
 from scipy.special import gammaln
 
-from twolevel.models.bayes import ckernels
+from twolevel.models.bayes import ckernels, nutpie_bridge
 from twolevel.models.bayes import kernel_layout as layout
-from twolevel.models.bayes import nutpie_bridge
 from twolevel.models.bayes.glmm_loglik import binomial_trials
 from twolevel.models.bayes.sampler import (
     LOG2PI,
     CompiledModel,
     _location_params,
-    check_adaptation,
     _positive_params,
     _positive_support,
+    check_adaptation,
     effect_structure,
     lkj_normalizing_constant,
-    nuts_settings,
     nutpie_lib,
+    nuts_settings,
     run_nuts,
     trace_to_datatree,
 )

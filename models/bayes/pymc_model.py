@@ -51,12 +51,12 @@ import pymc as pm  # noqa: E402
 import pytensor.tensor as pt  # noqa: E402
 
 from twolevel.data.errors import TwolevelError  # noqa: E402
-from twolevel.models.design import Design, GroupCrossprods, group_crossprods  # noqa: E402
 from twolevel.models.bayes.priors import ModelPriors, Prior, check_priors, default_priors  # noqa: E402
 from twolevel.models.bayes.sampler import (  # noqa: E402
     check_adaptation,
     effect_structure,  # re-exported
 )
+from twolevel.models.design import Design, GroupCrossprods, group_crossprods  # noqa: E402
 
 __all__ = [
     "LIKELIHOODS",

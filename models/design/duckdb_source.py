@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from twolevel.data.errors import DataError, TwolevelError
 from twolevel.data.loaders import require_unique_header
 from twolevel.models.design.sql import is_numeric_type, is_text_type, quote

@@ -23,6 +23,7 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 import pandas as pd
+
 from twolevel.data.errors import DataError, FormulaError
 from twolevel.models.design.formula import _missing_variables, _variables, parse_formula
 from twolevel.models.design.matrices import (

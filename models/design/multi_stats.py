@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+
 from twolevel.models.design.multi import MultiDesign, is_nested_in
 
 __all__ = ["CrossedStats", "NestedStats", "crossed_stats", "nested_chain", "nested_stats"]

@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design.crossprods import GroupCrossprods
 from twolevel.models.design.matrices import Design, RandomTerm

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+
 from twolevel.data.errors import FormulaError
 from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.laplace import GlmmProblem

@@ -13,6 +13,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 from scipy import stats
+
 from twolevel.data.errors import TwolevelError
 from twolevel.models.fit_base import FitSummary, MixedFit
 from twolevel.models.glmm.family import Family

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from twolevel.data.errors import TwolevelError
 
 __all__ = [

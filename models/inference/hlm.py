@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design, GroupCrossprods
 

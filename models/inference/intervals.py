@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design, GroupCrossprods
 from twolevel.models.fit_base import as_generator

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design, GroupCrossprods
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+
 from twolevel.data.errors import TwolevelError
 from twolevel.models.inference.kenward_roger import KR_REML_ONLY_MESSAGE, KRPieces, kr_ddf
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy import stats
+
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design.newdata import (
     NewRows,

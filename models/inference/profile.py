@@ -49,8 +49,8 @@ from scipy import stats
 from scipy.interpolate import CubicSpline
 
 from twolevel.data.errors import TwolevelError
-from twolevel.models.lmm.deviance import make_deviance, ml_deviance, pls_state, sigma_hat
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods
+from twolevel.models.lmm.deviance import make_deviance, ml_deviance, pls_state, sigma_hat
 from twolevel.models.lmm.optimize import optimize_theta
 
 __all__ = [

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from twolevel.models.design import Design, GroupCrossprods
 from twolevel.models.inference.hlm import coefficient_equations, unit_ols
 from twolevel.models.lmm.deviance import cond_var_unscaled, pls_state

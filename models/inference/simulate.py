@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 from scipy import stats
+
 from twolevel.data.errors import DataError, TwolevelError
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods
 from twolevel.models.fit_base import as_generator, seed_of

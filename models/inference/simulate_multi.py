@@ -15,6 +15,7 @@ import dataclasses
 import warnings
 
 import numpy as np
+
 from twolevel.models.inference.intervals import BootResult
 
 __all__ = ["bootstrap_multi", "sdcor_multi", "simulate_multi"]

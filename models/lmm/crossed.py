@@ -24,6 +24,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
+
 from twolevel.models.design.multi import MultiDesign
 from twolevel.models.design.multi_stats import CrossedStats
 from twolevel.models.lmm.nested import MultiState, criterion_from_parts

@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import pandas as pd
 from scipy import stats as sstats
+
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design.multi import MultiDesign, make_multi_design
 from twolevel.models.design.multi_stats import (

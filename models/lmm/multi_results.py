@@ -18,6 +18,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 from scipy import stats
+
 from twolevel.models.design.multi import MultiDesign
 from twolevel.models.lmm.nested import MultiState
 from twolevel.models.lmm.optimize import SINGULAR_TOL, OptSummary

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+
 from twolevel.models.design.multi import MultiDesign
 from twolevel.models.design.multi_stats import NestedStats
 from twolevel.models.lmm.nested_kernels import eliminate_level

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
-from twolevel.models.lmm.deviance import _gradient_sums, _pls_parts, _pls_parts_batch, pls_state, unscaled_vcov
+from twolevel.models.lmm.deviance import (
+    _gradient_sums,
+    _pls_parts,
+    _pls_parts_batch,
+    pls_state,
+    unscaled_vcov,
+)
 
 __all__ = [
     "VarparInfo",

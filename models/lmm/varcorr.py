@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from twolevel.models.rformat import print_char_matrix, r_format, r_round
 
 # ----------------------------------------------------------------------------------- VarCorr

@@ -40,6 +40,7 @@ import math
 from dataclasses import dataclass, replace
 
 from scipy import optimize, stats
+
 from twolevel.data.errors import TwolevelError
 
 __all__ = [

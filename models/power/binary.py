@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design
 from twolevel.models.glmm.family import get_family

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 from scipy import special
+
 from twolevel.models.lmm.deviance import _pls_parts_batch
 from twolevel.models.lmm.results import LmerFit
 from twolevel.models.lmm.satterthwaite import (

@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 from scipy import stats
+
 from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models.design import Design, group_crossprods, make_design
 from twolevel.models.glmm.results import GlmerFit

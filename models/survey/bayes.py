@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from twolevel.data.errors import DataError
 from twolevel.models.survey.pv import pv_formulas
 

@@ -16,6 +16,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 from scipy import stats
+
 from twolevel.data.errors import DataError, FormulaError, TwolevelError
 from twolevel.models.design import Design, make_design
 from twolevel.models.design.formula import parse_formula

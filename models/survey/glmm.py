@@ -25,6 +25,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
+
 from twolevel.data.errors import DataError, FormulaError, TwolevelError
 from twolevel.models.design import Design, make_design
 from twolevel.models.lmm.results import VarCorr

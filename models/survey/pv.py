@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from twolevel.data.errors import DataError
 from twolevel.models.design.formula import parse_formula
 from twolevel.models.survey.rubin import RubinPool, rubin_pool

@@ -23,6 +23,7 @@ import argparse
 
 import numpy as np
 import pandas as pd
+
 from twolevel.data.centering import Centering, center
 from twolevel.data.errors import TwolevelError
 from twolevel.data.loaders import load_lecture

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+
 from twolevel.data.errors import TwolevelError
 from twolevel.data.loaders import BUILTIN_DATASETS, load_data, require_columns
 from twolevel.models.tables.ols import GroupOLS, group_ols

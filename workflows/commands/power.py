@@ -196,6 +196,7 @@ def _run_fit(args: argparse.Namespace, curve) -> int:
 
 def _write_curve(args: argparse.Namespace, sd, curve) -> int:
     import pandas as pd
+
     from twolevel.models.power.analytic import power_analytic
     from twolevel.models.power.simulation import power
 

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pandas as pd
+
 from twolevel.workflows.lecture.compare import _compare_words, bayes_vs_reml
 from twolevel.workflows.lecture.prepare import PreparedData
 from twolevel.workflows.lecture.spec import Progress, RunSettings, WorkflowSpec, _labels

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from twolevel.workflows.lecture.spec import WorkflowSpec
 
 

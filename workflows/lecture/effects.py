@@ -5,6 +5,7 @@ shrinkage of the per-school coefficients OLS → REML BLUP → posterior mean.
 from __future__ import annotations
 
 import numpy as np
+
 from twolevel.workflows.lecture.prepare import PreparedData
 from twolevel.workflows.lecture.spec import WorkflowSpec, _labels
 from twolevel.workflows.lecture.views import BayesView, RemlView

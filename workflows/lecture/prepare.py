@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
 from twolevel.data.centering import Centering, center
 from twolevel.data.errors import DataError
 from twolevel.data.loaders import load_data, require_columns

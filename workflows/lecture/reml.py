@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from twolevel.workflows.lecture.prepare import PreparedData
 from twolevel.workflows.lecture.spec import WorkflowSpec
 

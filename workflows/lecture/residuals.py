@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from twolevel.workflows.lecture.prepare import PreparedData
 from twolevel.workflows.lecture.spec import WorkflowSpec, _labels
 from twolevel.workflows.lecture.views import RemlView

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from twolevel.models.tables.glmm_answers import SCALES
 from twolevel.workflows.lecture.answers import write_answers
 from twolevel.workflows.lecture.spec import Progress, _labels

@@ -7,6 +7,7 @@ against school size and school mean of the predictor.
 from __future__ import annotations
 
 import pandas as pd
+
 from twolevel.models.tables.glmm_answers import SCALES
 from twolevel.workflows.lecture.residuals import add_residuals_against_groups
 from twolevel.workflows.lecture.spec import _labels

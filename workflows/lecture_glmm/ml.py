@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from twolevel.models.tables.glmm_answers import SCALES
 from twolevel.workflows.lecture_glmm.prepare import PreparedGlmmData
 from twolevel.workflows.lecture_glmm.spec import GlmmWorkflowSpec

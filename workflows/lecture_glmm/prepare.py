@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
+
 from twolevel.data.centering import Centering
 from twolevel.data.loaders import require_outcome
 from twolevel.models.tables.empirical import EmpiricalTable, school_empirical_table
