@@ -200,7 +200,7 @@ def main() -> None:
 
     t = pd.DataFrame(rows)
     t["min_ess_per_s"] = t["min_ess_bulk"] / t["wall_s"]
-    for (data, model), g in t.groupby(["data", "model"], sort=False):
+    for (_data, _model), g in t.groupby(["data", "model"], sort=False):
         cold = g.loc[g["caches"] == "cold", "wall_s"]
         warm = g.loc[g["caches"] == "warm", "wall_s"]
         if len(cold) and len(warm):

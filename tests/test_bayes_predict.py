@@ -127,9 +127,10 @@ def test_mixture_quantile_is_the_root_of_the_mixture_cdf():
     for p in (0.005, 0.025, 0.5, 0.975):
         got = mixture_quantile(loc, scale, p)
         for i in range(4):
-            root = optimize.brentq(lambda y: mixture_cdf(np.array([y]), loc[:, [i]],
-                                                         scale[:, [i]])[0] - p, -50, 50,
-                                   xtol=1e-14)
+            def excess(y, i=i, p=p):
+                return mixture_cdf(np.array([y]), loc[:, [i]], scale[:, [i]])[0] - p
+
+            root = optimize.brentq(excess, -50, 50, xtol=1e-14)
             assert got[i] == pytest.approx(root, abs=1e-9)
     one = mixture_quantile(np.array([[2.0]]), np.array([[3.0]]), 0.975)
     assert one[0] == pytest.approx(stats.norm.ppf(0.975, 2.0, 3.0), rel=1e-12)

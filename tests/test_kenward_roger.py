@@ -92,10 +92,10 @@ def _dense_pbkrtest(des, theta, sigma):
     Phi = np.linalg.inv(X.T @ Si @ X)
     m = len(G)
     H = [Gi @ Si for Gi in G]
-    O = [h @ X for h in H]
+    HX = [h @ X for h in H]
     TT = Si @ X
-    P = [-(O[r].T @ TT) for r in range(m)]
-    Q = {(r, s): O[r].T @ Si @ O[s] for r in range(m) for s in range(m)}
+    P = [-(HX[r].T @ TT) for r in range(m)]
+    Q = {(r, s): HX[r].T @ Si @ HX[s] for r in range(m) for s in range(m)}
     K = np.array([[np.sum(H[r].T * H[s]) for s in range(m)] for r in range(m)])
     IE2 = np.array([[K[r, s] - 2 * np.sum(Phi * Q[r, s]) + np.sum((Phi @ P[r]) * (P[s] @ Phi))
                      for s in range(m)] for r in range(m)])

@@ -67,7 +67,7 @@ def test_failed_run_leaves_previous_report_untouched(tmp_path):
         with ReportWriter(target, title="two") as rep:
             rep.section("S").text("half written")
             rep.save_file("data.txt", lambda p: p.write_text("two"))
-            1 / 0
+            raise ZeroDivisionError("simulated failure while writing")
     assert _snapshot(target) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # partial removed
 

@@ -37,8 +37,8 @@ def _conditional_pieces(A, B, c, beta, L, sigma):
     q = A.shape[1]
     s2 = (sigma**2)[:, None]
     d = c[None] - np.einsum("jkp,sp->sjk", B, beta)  # (S, J, q)
-    # AL[k][b] = Σ_l A_kl L_lb ; M_ab = δ_ab + Σ_k L_ka AL[k][b] / σ²
-    AL = [[sum(A[None, :, k, l] * L[:, l, b, None] for l in range(b, q)) for b in range(q)]
+    # AL[k][b] = Σ_m A_km L_mb ; M_ab = δ_ab + Σ_k L_ka AL[k][b] / σ²
+    AL = [[sum(A[None, :, k, m] * L[:, m, b, None] for m in range(b, q)) for b in range(q)]
           for k in range(q)]
     M = [[None] * q for _ in range(q)]
     for a in range(q):

@@ -92,7 +92,7 @@ def logp_grad_q2(x, grad, data):
     o_B = o_A + J * q * q
     o_c = o_B + J * q * p
     o_XtX = o_c + J * q
-    o_Xty = o_XtX + p * p
+    # (Xty follows at o_XtX + p * p; read in _assemble)
     L = np.zeros((q, q))  # lower: LKJ packed rows with exp on the diagonal, or diag(exp)
     k = p + 1
     if int(data[_STRUCT]) == 0:
@@ -125,9 +125,9 @@ def logp_grad_q2(x, grad, data):
         oc = o_c + 2 * j
         d0 = data[oc]
         d1 = data[oc + 1]
-        for l in range(p):
-            d0 -= data[oB + l] * x[l]
-            d1 -= data[oB + p + l] * x[l]
+        for m in range(p):
+            d0 -= data[oB + m] * x[m]
+            d1 -= data[oB + p + m] * x[m]
         a00, a01, a11 = data[oA], data[oA + 1], data[oA + 3]
         al00 = a00 * l00 + a01 * l10
         al01 = a01 * l11
@@ -154,8 +154,8 @@ def logp_grad_q2(x, grad, data):
         sum_trW += W00 + W11
         w0 = l00 * h0
         w1 = l10 * h0 + l11 * h1
-        for l in range(p):
-            gB[l] += data[oB + l] * w0 + data[oB + p + l] * w1
+        for m in range(p):
+            gB[m] += data[oB + m] * w0 + data[oB + p + m] * w1
         K00 = W00 * i2 + h0 * h0 * i6
         K01 = W01 * i2 + h0 * h1 * i6
         K11 = W11 * i2 + h1 * h1 * i6
@@ -180,7 +180,7 @@ def logp_grad_general(x, grad, data):
     o_B = o_A + J * q * q
     o_c = o_B + J * q * p
     o_XtX = o_c + J * q
-    o_Xty = o_XtX + p * p
+    # (Xty follows at o_XtX + p * p; read in _assemble)
     L = np.zeros((q, q))  # lower: LKJ packed rows with exp on the diagonal, or diag(exp)
     k = p + 1
     if int(data[_STRUCT]) == 0:
@@ -218,8 +218,8 @@ def logp_grad_general(x, grad, data):
         oc = o_c + j * q
         for k in range(q):
             s = data[oc + k]
-            for l in range(p):
-                s -= data[oB + k * p + l] * x[l]
+            for m in range(p):
+                s -= data[oB + k * p + m] * x[m]
             d[k] = s
         for a in range(q):
             for b in range(q):
@@ -240,8 +240,8 @@ def logp_grad_general(x, grad, data):
         # M = R Rᵀ
         for k in range(q):
             s = M[k, k]
-            for l in range(k):
-                s -= R[k, l] * R[k, l]
+            for m in range(k):
+                s -= R[k, m] * R[k, m]
             r = math.sqrt(s)
             R[k, k] = r
             prod *= s
@@ -250,8 +250,8 @@ def logp_grad_general(x, grad, data):
                 prod = 1.0
             for i in range(k + 1, q):
                 s = M[i, k]
-                for l in range(k):
-                    s -= R[i, l] * R[k, l]
+                for m in range(k):
+                    s -= R[i, m] * R[k, m]
                 R[i, k] = s / r
         # Rinv (lower), W = Rinvᵀ Rinv
         for c in range(q):
@@ -260,8 +260,8 @@ def logp_grad_general(x, grad, data):
                     Rinv[i, c] = 0.0
                     continue
                 s = 1.0 if i == c else 0.0
-                for l in range(c, i):
-                    s -= R[i, l] * Rinv[l, c]
+                for m in range(c, i):
+                    s -= R[i, m] * Rinv[m, c]
                 Rinv[i, c] = s / R[i, i]
         trW = 0.0
         for a in range(q):
@@ -286,11 +286,11 @@ def logp_grad_general(x, grad, data):
             for k in range(a + 1):
                 s += L[a, k] * h[k]
             w[a] = s
-        for l in range(p):
+        for m in range(p):
             s = 0.0
             for k in range(q):
-                s += data[oB + k * p + l] * w[k]
-            gB[l] += s
+                s += data[oB + k * p + m] * w[k]
+            gB[m] += s
         for a in range(q):
             for b in range(q):
                 K[a, b] = W[a, b] / s2 + h[a] * h[b] / s6
@@ -333,8 +333,8 @@ def _assemble(x, grad, data, L, sigma, sums, GL, gB):
     S = yty
     for k in range(p):
         xb = 0.0
-        for l in range(p):
-            xb += data[o_XtX + k * p + l] * x[l]
+        for m in range(p):
+            xb += data[o_XtX + k * p + m] * x[m]
         S += x[k] * xb - 2.0 * x[k] * data[o_Xty + k]
         grad[k] = -(xb - data[o_Xty + k]) / s2 - gB[k] / s4
     lp = data[_CONST] - 0.5 * (n * math.log(s2) + sum_logdet + S / s2 - sum_Q / s4)

@@ -243,7 +243,10 @@ def loo(datatree, var_name: str, pointwise: bool = True, reff: float | None = No
             "posterior are very different. This is more likely to happen with a non-robust "
             "model and highly influential observations.", UserWarning, stacklevel=2)
     coords = {d: da[d] for d in obs_dims if d in da.coords}
-    pw = (lambda v: xr.DataArray(v.reshape(obs_shape), dims=obs_dims, coords=coords))
+
+    def pw(v):
+        return xr.DataArray(v.reshape(obs_shape), dims=obs_dims, coords=coords)
+
     lw_da = xr.DataArray(lw.reshape(*obs_shape, C, D),
                          dims=[*obs_dims, "chain", "draw"],
                          coords={**coords, "chain": da["chain"], "draw": da["draw"]})

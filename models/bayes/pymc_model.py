@@ -166,13 +166,13 @@ def _unrolled_cholesky(M: list[list], mod):
     R = [[None] * q for _ in range(q)]
     for k in range(q):
         s = M[k][k]
-        for l in range(k):
-            s = s - R[k][l] ** 2
+        for m in range(k):
+            s = s - R[k][m] ** 2
         R[k][k] = mod.sqrt(s)
         for i in range(k + 1, q):
             s = M[i][k]
-            for l in range(k):
-                s = s - R[i][l] * R[k][l]
+            for m in range(k):
+                s = s - R[i][m] * R[k][m]
             R[i][k] = s / R[k][k]
     return R
 
@@ -191,8 +191,8 @@ def collapsed_terms(cp, beta, L, sigma, mod=pt):
     q = len(L)
     d = c - mod.tensordot(B, beta, axes=[[2], [0]])  # (J, q)
     s2 = sigma**2
-    # AL[k][b] = Σ_l A[:, k, l] L[l][b]   (vectors over schools)
-    AL = [[sum(A[:, k, l] * L[l][bb] for l in range(q) if L[l][bb] is not None) for bb in range(q)]
+    # AL[k][b] = Σ_m A[:, k, m] L[m][b]   (vectors over schools)
+    AL = [[sum(A[:, k, m] * L[m][bb] for m in range(q) if L[m][bb] is not None) for bb in range(q)]
           for k in range(q)]
     M = [[None] * q for _ in range(q)]
     for a in range(q):
@@ -208,8 +208,8 @@ def collapsed_terms(cp, beta, L, sigma, mod=pt):
     v = []
     for k in range(q):
         s = u[k]
-        for l in range(k):
-            s = s - R[k][l] * v[l]
+        for m in range(k):
+            s = s - R[k][m] * v[m]
         v.append(s / R[k][k])
     quad = sum(vk**2 for vk in v)
     return logdet, quad

@@ -335,7 +335,6 @@ def pirls_kernel(joint, want_rx, refresh, y, w, X, Z, g, fam, T, offset, eta, to
     usq = ‖ũ‖² at the final μ, and aic = −2 log p(y | ũ) = devsum + C_sat (the ``aic`` term;
     ``csat`` is the saturated constant, so no per-row log-density is needed).
     """
-    n = y.shape[0]
     J, q = u.shape
     p = X.shape[1]
     with_x = joint or want_rx
@@ -364,7 +363,8 @@ def pirls_kernel(joint, want_rx, refresh, y, w, X, Z, g, fam, T, offset, eta, to
             XtWz[:] = XtWz0
     else:
         _accumulate(y, w, X, Z, g, fam, offset, eta, A, cz, B, XtWX, XtWz, with_x)
-    for it in range(1, maxit + 1):
+    for iteration in range(1, maxit + 1):
+        it = iteration  # returned: the number of iterations run
         u_old[:] = u
         beta_old[:] = beta
         ok, ldL2 = _factor(T, A, cz, B, XtWX, XtWz, Lfac, RX, with_x, joint, u, beta)

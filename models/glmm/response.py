@@ -209,7 +209,6 @@ def glmer_design(
     lhs = parsed.response
     cb = _cbind_parts(lhs)
     index = data.index
-    work = {}
     if cb is not None:
         if not family.is_binomial:
             raise FormulaError(f"'{lhs}' (cbind) is a binomial response; use family='binomial'")

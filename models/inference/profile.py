@@ -266,7 +266,7 @@ class Profile:
         a = (1.0 - level) / 2.0
         zq = stats.norm.ppf([a, 1.0 - a])
         rows, msgs = [], []
-        for name, tr in self.traces.items():
+        for _name, tr in self.traces.items():
             lo_hi, msg = _invert(tr, zq)
             if msg:
                 msgs.append(msg)
@@ -441,7 +441,6 @@ def profile(
     )
 
     vnames = parameter_names(design)
-    nvp = len(vnames)
     names = vnames + list(design.x_names)
     nptot = len(names)
     sv_opt = cv_to_sv(design, theta_ml, sig_ml)
@@ -467,7 +466,8 @@ def profile(
         others0 = np.delete(sv_opt, w)
         lo_o, up_o = np.delete(lower, w), np.delete(upper, w)
 
-        def zeta(xx: float, s: np.ndarray, w: int = w, pw: float = pw, lo_o=lo_o, up_o=up_o):
+        def zeta(xx: float, s: np.ndarray, w: int = w, pw: float = pw, lo_o=lo_o, up_o=up_o,
+                 name: str = name):
             def f(o: np.ndarray) -> float:
                 return dev2(np.insert(o, w, xx))
 
