@@ -91,8 +91,7 @@ def logp_grad_q2(x, grad, data):
     o_A = o_pd + 2 * q
     o_B = o_A + J * q * q
     o_c = o_B + J * q * p
-    o_XtX = o_c + J * q
-    # (Xty follows at o_XtX + p * p; read in _assemble)
+    # (XtX follows at o_c + J * q, then Xty; both read in _assemble)
     L = np.zeros((q, q))  # lower: LKJ packed rows with exp on the diagonal, or diag(exp)
     k = p + 1
     if int(data[_STRUCT]) == 0:
@@ -179,8 +178,7 @@ def logp_grad_general(x, grad, data):
     o_A = o_pd + 2 * q
     o_B = o_A + J * q * q
     o_c = o_B + J * q * p
-    o_XtX = o_c + J * q
-    # (Xty follows at o_XtX + p * p; read in _assemble)
+    # (XtX follows at o_c + J * q, then Xty; both read in _assemble)
     L = np.zeros((q, q))  # lower: LKJ packed rows with exp on the diagonal, or diag(exp)
     k = p + 1
     if int(data[_STRUCT]) == 0:
