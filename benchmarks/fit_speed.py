@@ -8,7 +8,8 @@ Usage::
 Jobs
 ----
 * lecture fit: ``lmer("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)", lecture, REML=True)`` on
-  ``data/ecls_k_like.csv`` (11,091 students, 742 schools) loaded with ``twolevel.data.loaders.load_lecture``.
+  ``data/ecls_k_like.csv`` (11,091 students, 742 schools) loaded with
+  ``twolevel.data.loaders.load_lecture``.
 * lecture fit + Satterthwaite: the same fit then the coefficient table with Satterthwaite df and p
   (``fit.coef_table()``: numDeriv Hessian of D(θ, σ), analytic Jacobian of vcov(β̂)); R's anchor is
   ``summary(lmerTest::lmer(...))`` (lmerTest's fit, its Hessian/Jacobian, and the table).

@@ -16,13 +16,13 @@ Jobs
 Both sides run in child processes that read the same CSV: ours in a fresh Python (one warm-up
 fit on a small data set first, so the kernels are loaded; then ``--repeats`` timed fits, or
 ``--repeats-big`` at 1M rows), R in one ``Rscript`` session (``proc.time()`` around each
-``glmer`` call, so start-up, package loading and CSV reading are excluded). Reported: median wall time of each, the ratio
-R / ours, and each child's peak resident set size (ours: ``ru_maxrss``; R: ``VmHWM``), which
-includes the interpreter, libraries and data. glmer runs with its defaults; ours twice, each in
-its own child: the default ``optimizer="lme4"`` (glmer's path: BOBYQA, then Nelder–Mead) and
-``optimizer="newton"`` (Newton steps with deriv12's Hessian in stage 2), both Laplace with the
-finite-difference Hessian. Each row also gives how far ours is from glmer's fit: deviance
-difference, max |β − β_glmer| / SE and max relative SE difference. Ours uses the C kernels
+``glmer`` call, so start-up, package loading and CSV reading are excluded). Reported: median wall
+time of each, the ratio R / ours, and each child's peak resident set size (ours: ``ru_maxrss``; R:
+``VmHWM``), which includes the interpreter, libraries and data. glmer runs with its defaults; ours
+twice, each in its own child: the default ``optimizer="lme4"`` (glmer's path: BOBYQA, then
+Nelder–Mead) and ``optimizer="newton"`` (Newton steps with deriv12's Hessian in stage 2), both
+Laplace with the finite-difference Hessian. Each row also gives how far ours is from glmer's fit:
+deviance difference, max |β − β_glmer| / SE and max relative SE difference. Ours uses the C kernels
 (``route``) with OpenMP ``threads`` a sweep, the build this processor runs (``path``: avx512, avx2
 or baseline, :mod:`twolevel.models.native`); with the default optimizer ours runs again with
 ``TWOLEVEL_KERNEL_BASELINE=1`` (the x86-64 baseline build): ``baseline_s`` and

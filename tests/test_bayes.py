@@ -315,7 +315,8 @@ def test_one_school_is_refused():
 
 
 def test_default_sd_prior_is_boundary_avoiding_gamma(design):
-    """Gamma(2, 2/s) per random effect (module docstring of twolevel.models.bayes.priors), s the data scale."""
+    """Gamma(2, 2/s) per random effect (module docstring of twolevel.models.bayes.priors), s the
+    data scale."""
     pri = default_priors(design)
     assert pri.sd.dist == "Gamma" and pri.sd.params["alpha"] == 2.0
     s_y = float(np.std(design.y, ddof=1))

@@ -134,7 +134,8 @@ def test_gradient_double_bar_structural_zeros(sleepstudy):
     ],
 )
 def test_compiled_criterion_equals_numpy_pls_state(formula, theta, sleepstudy):
-    # the optimizer's compiled path (twolevel.models.lmm.kernels) against the full NumPy PLS solution
+    # the optimizer's compiled path (twolevel.models.lmm.kernels) against the full NumPy PLS
+    # solution
     d = make_design(formula, sleepstudy)
     cp = group_crossprods(d)
     th = np.array(theta)

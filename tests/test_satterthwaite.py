@@ -1,8 +1,8 @@
 """Satterthwaite df (models/lmm/satterthwaite.py) against lmerTest 3.1-3.
 
 References: sim_3re df from docs/notes/lme4-algorithms.md §9; contest1D / contestMD values
-printed by tests/goldens/summaries_lme4.R (section sim_contests of summaries_lme4.txt; R 4.2.2, lmerTest
-3.1-3) on sim_3re:
+printed by tests/goldens/summaries_lme4.R (section sim_contests of summaries_lme4.txt; R 4.2.2,
+lmerTest 3.1-3) on sim_3re:
 contestMD(m3, rbind(x1, x2)): Sum Sq 45.68033996, Mean Sq 22.84016998, NumDF 2,
 DenDF 35.7588747, F 21.43217552, p 7.625113296e-07; contest1D(m3, x1 − x2): 0.8763649435,
 SE 0.1345156521, df 39.04117665, t 6.514966324, p 9.94869565e-08.

@@ -2,8 +2,8 @@
 
 Each subcommand lives in its own module under ``workflows/commands/`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to a function taking the parsed
-arguments and returning the exit status. User errors (:class:`twolevel.data.errors.TwolevelError`) are
-printed as one line on stderr with exit status 2, never as a traceback.
+arguments and returning the exit status. User errors (:class:`twolevel.data.errors.TwolevelError`)
+are printed as one line on stderr with exit status 2, never as a traceback.
 """
 
 from __future__ import annotations

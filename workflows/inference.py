@@ -37,7 +37,8 @@ CONFINT_CHOICES = {"profile": "profile", "wald": "Wald", "boot": "boot"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add ``--ddf``, ``--confint``, ``--level``, ``--nsim``, ``--seed``, ``--hlm``, ``--schools``."""
+    """Add ``--ddf``, ``--confint``, ``--level``, ``--nsim``, ``--seed``, ``--hlm``,
+    ``--schools``."""
     p.add_argument("--ddf", choices=tuple(DDF_CHOICES), default="satterthwaite",
                    help="denominator df of the t-tests (default satterthwaite; hlm = J - S - 1)")
     p.add_argument("--confint", choices=tuple(CONFINT_CHOICES),

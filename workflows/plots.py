@@ -1,9 +1,10 @@
 """Figures of the lecture workflow (matplotlib, Agg backend; ArviZ for the Bayesian diagnostics).
 
-Every function takes tables computed elsewhere (``twolevel.models.tables.shrinkage``, ``twolevel.models.inference.residuals``, the
-fits) and returns a matplotlib ``Figure`` (or an ArviZ ``PlotCollection``); nothing here computes a
-statistic a report quotes. Figures stay legible at 742 schools: schools are plotted by rank, never
-one tick label per school; only the most extreme schools are named, in a side box.
+Every function takes tables computed elsewhere (``twolevel.models.tables.shrinkage``,
+``twolevel.models.inference.residuals``, the fits) and returns a matplotlib ``Figure`` (or an ArviZ
+``PlotCollection``); nothing here computes a statistic a report quotes. Figures stay legible at 742
+schools: schools are plotted by rank, never one tick label per school; only the most extreme schools
+are named, in a side box.
 """
 
 from __future__ import annotations
@@ -58,11 +59,11 @@ def caterpillar_figure(
     """Caterpillar plot: schools sorted by the REML estimate, 95% intervals, REML BLUP ± 1.96
     conditional SD (left) and posterior mean with 95% posterior interval (right) on the same axes.
 
-    ``table`` is from :func:`twolevel.models.tables.shrinkage.caterpillar_table`. The ``n_extremes`` lowest and
-    highest schools are drawn in orange and named in a box (no per-school tick labels). On a log
-    scale (GLMMs), ``ratio`` names exp(value) (e.g. "OR") and the box shows it beside each value;
-    ``panel_names`` titles the two panels and ``rank_by`` names what ranks the schools (e.g. the
-    conditional modes of a glmer fit).
+    ``table`` is from :func:`twolevel.models.tables.shrinkage.caterpillar_table`. The ``n_extremes``
+    lowest and highest schools are drawn in orange and named in a box (no per-school tick labels).
+    On a log scale (GLMMs), ``ratio`` names exp(value) (e.g. "OR") and the box shows it beside each
+    value; ``panel_names`` titles the two panels and ``rank_by`` names what ranks the schools (e.g.
+    the conditional modes of a glmer fit).
     """
     has_bayes = "bayes" in table.columns
     ncols = 2 if has_bayes else 1
@@ -478,8 +479,8 @@ def pareto_k_figure(
 def prediction_figure(tab: pd.DataFrame, group: str, y_label: str, x_label: str) -> Figure:
     """Prediction intervals for new students, one panel per school type (columns
     ``school_type``, ``position``, ``REML fit/lwr/upr``, ``Bayes mean/lwr/upr`` of
-    :func:`twolevel.workflows.lecture.predictions.predictions_table`): REML and Bayes side by side at
-    each position of the predictor."""
+    :func:`twolevel.workflows.lecture.predictions.predictions_table`): REML and Bayes side by side
+    at each position of the predictor."""
     types = list(dict.fromkeys(tab["school_type"]))
     fig, axes = plt.subplots(1, len(types), figsize=(3.0 * len(types), 3.8), sharey=True,
                              layout="constrained", squeeze=False)

@@ -1,4 +1,5 @@
-"""The collapsed two-level likelihood: school effects integrated out, from per-school cross-products.
+"""The collapsed two-level likelihood: school effects integrated out, from per-school
+cross-products.
 
 Pure NumPy (no PyMC here). With r_j = y_j − X_jβ, d_j = Z_jᵀr_j = c_j − B_jβ, Σ = LLᵀ,
 M_j = I + LᵀA_jL/σ², u_j = Lᵀd_j and h_j = M_j⁻¹u_j (A_j, B_j, c_j from
@@ -10,8 +11,9 @@ M_j = I + LᵀA_jL/σ², u_j = Lᵀd_j and h_j = M_j⁻¹u_j (A_j, B_j, c_j from
 because V_j = σ²I + Z_jΣZ_jᵀ has log|V_j| = n_j log σ² + log|M_j| and
 r_jᵀV_j⁻¹r_j = (r_jᵀr_j − u_jᵀM_j⁻¹u_j/σ²)/σ² (Woodbury). M_j has eigenvalues ≥ 1, so the formula
 stays well conditioned when Σ is singular (an SD at 0, a correlation at ±1). The PyMC model's
-version of ℓ is :func:`twolevel.models.bayes.pymc_model.collapsed_loglik` (a PyTensor graph, differentiated by
-PyTensor); this module holds the NumPy pieces used after sampling, vectorised over draws.
+version of ℓ is :func:`twolevel.models.bayes.pymc_model.collapsed_loglik` (a PyTensor graph,
+differentiated by PyTensor); this module holds the NumPy pieces used after sampling, vectorised over
+draws.
 
 Given (β, L, σ), school j's effects have the Gaussian conditional posterior
 b_j | y, β, L, σ ~ N(L h_j/σ², L M_j⁻¹ Lᵀ) (:func:`draw_school_effects`).

@@ -339,7 +339,8 @@ def _assemble(x, grad, data, L, sigma, sums, GL, gB):
     g_s2 = -0.5 * (n / s2 - (J * q - sum_trW) / s2 - S / s4 + (sum_Q + sum_hh) / s6)
 
     # β prior
-    # Normal −½((x−μ)/s)², −(x−μ)/s²;  StudentT −(ν+1)/2 log1p(((x−μ)/s)²/ν), −(ν+1)(x−μ)/(νs² + (x−μ)²)
+    # Normal −½((x−μ)/s)², −(x−μ)/s²;
+    # StudentT −(ν+1)/2 log1p(((x−μ)/s)²/ν), −(ν+1)(x−μ)/(νs² + (x−μ)²)
     fb = int(data[_FBETA])
     for k in range(p):
         mu, sk, nu = data[o_pb + 3 * k], data[o_pb + 3 * k + 1], data[o_pb + 3 * k + 2]

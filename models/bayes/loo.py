@@ -4,11 +4,11 @@ ArviZ's ``az.loo`` smooths the importance weights of one observation at a time i
 a generalised-Pareto fit and a logsumexp per column): about 3 ms per student, so ~35 s for the
 11,091 students × 4,000 draws of the lecture model. :func:`loo` runs the same algorithm (Vehtari,
 Simpson, Gelman, Yao and Gabry 2024; ``arviz_stats.base.diagnostics._psislw``/``_ps_tail``/
-``_gpdfit``) as one numba kernel over the observations (cached; ``prange`` over the cores): per observation
-a partition finds the tail, the Zhang–Stephens fit and the smoothing follow, then the
-normalisation, elpd_i and p_loo_i, with no full sort and no (draws × observations) temporaries. It returns ArviZ's own result object
-(``ELPDDataLOO``), so ``az.compare`` and ArviZ's plots take it as they take ``az.loo``'s; the
-numbers equal ``az.loo``'s to 1e-10 (tests/test_bayes_loo.py).
+``_gpdfit``) as one numba kernel over the observations (cached; ``prange`` over the cores): per
+observation a partition finds the tail, the Zhang–Stephens fit and the smoothing follow, then the
+normalisation, elpd_i and p_loo_i, with no full sort and no (draws × observations) temporaries. It
+returns ArviZ's own result object (``ELPDDataLOO``), so ``az.compare`` and ArviZ's plots take it as
+they take ``az.loo``'s; the numbers equal ``az.loo``'s to 1e-10 (tests/test_bayes_loo.py).
 
 Relative efficiency r_eff is ArviZ's default: the mean over every posterior scalar of the ESS of
 the mean (:func:`twolevel.models.bayes.diagnostics.ess_mean`) divided by the number of draws.

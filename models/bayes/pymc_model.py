@@ -3,7 +3,8 @@
 Model (school j, student i; q random effects with lme4's names, p fixed effects)::
 
     y_ij = x_ij β + z_ij b_j + e_ij,   e_ij ~ N(0, σ²),   b_j ~ N_q(0, Σ),   Σ = L Lᵀ
-    L = diag(sd) · chol(corr),   corr ~ LKJ(η),   sd_k ~ prior.sd,   β ~ prior.beta,   σ ~ prior.sigma
+    L = diag(sd) · chol(corr),   corr ~ LKJ(η),   sd_k ~ prior.sd,
+    β ~ prior.beta,   σ ~ prior.sigma
 
 Three likelihoods give the same posterior of (β, Σ, σ) (and of b when it is sampled):
 
@@ -11,11 +12,13 @@ Three likelihoods give the same posterior of (β, Σ, σ) (and of b when it is s
     The textbook observation-level model ``y ~ Normal(Xβ + (Z∘b[g]), σ)``: O(n) work per gradient.
 ``likelihood="suffstat"``
     The same Gaussian likelihood from the per-school cross-products of the REML engine
-    (:func:`twolevel.models.design.group_crossprods`), O(J) work per gradient; see :func:`suffstat_loglik`.
+    (:func:`twolevel.models.design.group_crossprods`), O(J) work per gradient; see
+    :func:`suffstat_loglik`.
 ``likelihood="collapsed"`` (default of :mod:`twolevel.models.bayes.fit`)
     The school effects integrated out analytically (Woodbury), see :func:`collapsed_loglik`; only
     β, σ and the LKJ factor are sampled. The school effects are drawn afterwards from their exact
-    Gaussian conditional posterior (:func:`draw_school_effects`, in :mod:`twolevel.models.bayes.fit`).
+    Gaussian conditional posterior (:func:`draw_school_effects`, in
+    :mod:`twolevel.models.bayes.fit`).
 
 Variable names (fixed, relied on by :mod:`twolevel.models.bayes.fit` and the CLI)
 -------------------------------------------------------------------

@@ -24,8 +24,8 @@ class GroupCrossprods:
     """Per-group cross-products, one pass over the data (§7.1 of the lme4 notes).
 
     ``A[j] = Z_jᵀZ_j`` (J, q, q), ``B[j] = Z_jᵀX_j`` (J, q, p), ``c[j] = Z_jᵀy_j`` (J, q); global
-    ``XtX = XᵀX``, ``Xty = Xᵀy``, ``yty = yᵀy``; ``n`` rows and ``p`` fixed effects. These are all the
-    (RE)ML criterion needs, so they can also be aggregated elsewhere (a database, a cluster).
+    ``XtX = XᵀX``, ``Xty = Xᵀy``, ``yty = yᵀy``; ``n`` rows and ``p`` fixed effects. These are all
+    the (RE)ML criterion needs, so they can also be aggregated elsewhere (a database, a cluster).
 
     Examples
     --------

@@ -4,12 +4,12 @@ For a parameter ψ (a fixed effect β_k, or a standard deviation or correlation 
 effects: lme4's ``.sig01``, ``.sig02``, … on the "sdcor" scale, named ``sd_<effect>|<group>``
 and ``cor_<effect>.<effect>|<group>`` as for lmer) the profiled objective is d(ψ) = min over the
 other parameters of glmer's objective with ψ held fixed (the variance parameters on the sdcor
-scale, mapped to θ by lme4's ``Sv_to_Cv``, when ψ is one of them; θ otherwise); the signed root ζ(ψ) = sign(ψ − ψ̂)·√(d(ψ) − d(ψ̂)) is found equal to ±z_{(1+level)/2}
-by bracketing and Brent's method (lme4 interpolates a spline through a grid of ζ instead; the
-two agree to the grid's interpolation error). The objective is the fit's own (lme4's lagged
-Laplace/AGQ value by default, the converged one for ``optimizer="tight"``). An end beyond
-which d never rises far enough is reported as the bound (0 for a standard deviation, ±1 for a
-correlation).
+scale, mapped to θ by lme4's ``Sv_to_Cv``, when ψ is one of them; θ otherwise); the signed
+root ζ(ψ) = sign(ψ − ψ̂)·√(d(ψ) − d(ψ̂)) is found equal to ±z_{(1+level)/2} by bracketing and
+Brent's method (lme4 interpolates a spline through a grid of ζ instead; the two agree to the grid's
+interpolation error). The objective is the fit's own (lme4's lagged Laplace/AGQ value by default,
+the converged one for ``optimizer="tight"``). An end beyond which d never rises far enough is
+reported as the bound (0 for a standard deviation, ±1 for a correlation).
 """
 
 from __future__ import annotations

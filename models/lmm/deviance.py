@@ -1,11 +1,12 @@
 """Profiled (RE)ML deviance of a two-level linear mixed model as a pure function of θ.
 
 This is lme4's ``mkLmerDevfun`` / ``devFunOnly`` for one grouping factor, computed from the
-per-group cross-products of :class:`twolevel.models.design.GroupCrossprods` (§7 of the lme4 algorithm
-notes): one penalised least squares (PLS) solve costs O(J·(q³ + q²p) + p³). The optimizer's path
-(r², log|L|², log|R_X|² only) is a compiled loop over the J groups (:mod:`twolevel.models.lmm.kernels`); the
-full solution with the conditional modes (:func:`pls_state`, once per fit) is NumPy, component by
-component on length-J vectors, and also serves as the kernel's independent check in the tests.
+per-group cross-products of :class:`twolevel.models.design.GroupCrossprods` (§7 of the lme4
+algorithm notes): one penalised least squares (PLS) solve costs O(J·(q³ + q²p) + p³). The
+optimizer's path (r², log|L|², log|R_X|² only) is a compiled loop over the J groups
+(:mod:`twolevel.models.lmm.kernels`); the full solution with the conditional modes
+(:func:`pls_state`, once per fit) is NumPy, component by component on length-J vectors, and also
+serves as the kernel's independent check in the tests.
 
 Notation (lme4's): T is the q × q lower-triangular relative covariance factor built from θ
 (Σ_b = σ² T Tᵀ); for group j, A_j = Z_jᵀZ_j, B_j = Z_jᵀX_j, c_j = Z_jᵀy_j and
@@ -399,8 +400,8 @@ def _gradient_sums(
     cp: GroupCrossprods, T: np.ndarray, st: PLSState, with_w: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The per-group sums of the analytic derivatives at T and the state's β̂
-    (:func:`twolevel.models.lmm.kernels.theta_grad_kernel`): Σ_j A_jT M_j⁻¹ (q, q), Σ_j ũ_j[c]·resid_j[r]
-    (q, q) and, with ``with_w``, Σ_j W_j[r]ᵀ(TᵀW_j)[c] (q, q, p, p)."""
+    (:func:`twolevel.models.lmm.kernels.theta_grad_kernel`): Σ_j A_jT M_j⁻¹ (q, q), Σ_j
+    ũ_j[c]·resid_j[r] (q, q) and, with ``with_w``, Σ_j W_j[r]ᵀ(TᵀW_j)[c] (q, q, p, p)."""
     BC, _, gamma = cp.shifted  # c_j − B_jβ̂ is the same for y − Xγ and β̂ − γ
     return creml.kernels().theta_grad_kernel(np.asarray(T, dtype=float), cp.A, BC,
                                              st.beta - gamma, with_w)

@@ -1,5 +1,5 @@
-"""The lecture's small-group questions answered from a random-intercept-and-slope fit, REML and Bayes
-side by side (Lecture 5, "Small group discussion").
+"""The lecture's small-group questions answered from a random-intercept-and-slope fit, REML and
+Bayes side by side (Lecture 5, "Small group discussion").
 
 Model (school j, student i, X group-mean centred so β0j is school j's mean score)::
 
@@ -70,8 +70,8 @@ class LectureAnswers:
 
     ``table``: one row per quantity with columns ``question`` (1–6), ``quantity``, ``symbol``,
     ``reml``, ``reml_se`` (fixed effects only), ``post_mean``, ``post_sd``, ``post_q2.5``,
-    ``post_q97.5``. ``answers``: one sentence per question, with the numbers. ``prob_corr_negative``:
-    the posterior probability that ρ01 < 0 (NaN without draws).
+    ``post_q97.5``. ``answers``: one sentence per question, with the numbers.
+    ``prob_corr_negative``: the posterior probability that ρ01 < 0 (NaN without draws).
     """
 
     table: pd.DataFrame

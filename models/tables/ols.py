@@ -6,11 +6,11 @@ school j gets its own regression ``y_j = X_j β_j + r_j`` (R's ``lm`` on that sc
     β̂_j = (X_jᵀX_j)⁻¹ X_jᵀy_j,    s_j² = ‖y_j − X_j β̂_j‖² / (n_j − p),
     SE(β̂_jk) = s_j · sqrt([(X_jᵀX_j)⁻¹]_kk).
 
-The model matrix comes from :func:`twolevel.models.design.make_design` (same formula handling, R's names,
-listwise deletion counted). Full-rank groups are solved together from per-group cross-products;
-groups where a coefficient is not estimable (fewer rows than coefficients, or a predictor with no
-variation in the group) are handled one by one as R's ``lm`` does (aliased columns get ``NaN``) and
-flagged with the reason — never dropped.
+The model matrix comes from :func:`twolevel.models.design.make_design` (same formula handling, R's
+names, listwise deletion counted). Full-rank groups are solved together from per-group
+cross-products; groups where a coefficient is not estimable (fewer rows than coefficients, or a
+predictor with no variation in the group) are handled one by one as R's ``lm`` does (aliased columns
+get ``NaN``) and flagged with the reason — never dropped.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Shrinkage of per-school estimates: OLS (no pooling) → REML BLUP → posterior mean (partial pooling).
+"""Shrinkage of per-school estimates: OLS (no pooling) → REML BLUP → posterior mean (partial
+pooling).
 
 Pure functions on per-school tables; no plotting (``workflows/plots.py`` draws them).
 
@@ -120,8 +121,8 @@ class ShrinkageSummary:
     ``tau_bayes`` (posterior mean of τ_qq, if given), ``var_bayes`` (variance of the posterior
     means), ``ratio_reml`` = var_reml / var_ols, ``ratio_bayes`` = var_bayes / var_ols, and
     ``cor_ols_reml``. ``by_size`` rows = (coefficient, school-size band); columns ``schools``,
-    ``mean_abs_shift_reml`` (mean |BLUP − OLS|), ``mean_abs_shift_bayes``, ``mean_abs_bayes_minus_reml``
-    and ``mean_bayes_minus_reml``.
+    ``mean_abs_shift_reml`` (mean |BLUP − OLS|), ``mean_abs_shift_bayes``,
+    ``mean_abs_bayes_minus_reml`` and ``mean_bayes_minus_reml``.
     """
 
     spread: pd.DataFrame
@@ -154,7 +155,8 @@ def shrinkage_summary(
     tau_bayes: dict[str, float] | None = None,
     bands: int = 3,
 ) -> ShrinkageSummary:
-    """Spread and movement of OLS, BLUP and posterior-mean coefficients (see :class:`ShrinkageSummary`).
+    """Spread and movement of OLS, BLUP and posterior-mean coefficients (see
+    :class:`ShrinkageSummary`).
 
     Parameters
     ----------

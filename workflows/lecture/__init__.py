@@ -2,10 +2,10 @@
 
 Orchestration only: :mod:`.run` calls one small unit per step, each in its own module
 (:mod:`.prepare`, :mod:`.reml`, :mod:`.bayes`, :mod:`.compare`, :mod:`.effects`,
-:mod:`.residuals`, :mod:`.answers`, :mod:`.predictions`, :mod:`.record`; :mod:`.spec` says what is fitted and
-:mod:`.views` what the steps share). Every statistic comes from ``models/`` (OLS, lmer, anova, HLM
-statistics, Kenward-Roger, the PyMC sampler, shrinkage, the lecture answers), every figure from
-``workflows/plots.py``, and the report is written atomically by ``workflows/report.py``.
+:mod:`.residuals`, :mod:`.answers`, :mod:`.predictions`, :mod:`.record`; :mod:`.spec` says what is
+fitted and :mod:`.views` what the steps share). Every statistic comes from ``models/`` (OLS, lmer,
+anova, HLM statistics, Kenward-Roger, the PyMC sampler, shrinkage, the lecture answers), every
+figure from ``workflows/plots.py``, and the report is written atomically by ``workflows/report.py``.
 
 Steps (each prints a progress line and is timed)::
 
@@ -17,7 +17,8 @@ Steps (each prints a progress line and is timed)::
     6 shrinkage      OLS → BLUP → posterior mean, table and figure with the T ellipse
     7 residuals      level-2 residual summary and plots against school size and mean x
     8 answers        the lecture's six questions, REML and Bayes side by side
-    9 predictions    new students in existing and new schools (REML and Bayes intervals), ICC, R², PRV
+    9 predictions    new students in existing and new schools (REML and Bayes intervals),
+                     ICC, R², PRV
    10 report         HTML + Markdown + CSV + PNG + NetCDF, swapped into place atomically
 """
 

@@ -1,5 +1,6 @@
-"""Step 3, Bayes: m1 and m2 by NUTS with the default priors, the diagnostic gate, prior and posterior
-predictive checks (per student and per school), the saved posteriors, and the report section.
+"""Step 3, Bayes: m1 and m2 by NUTS with the default priors, the diagnostic gate, prior and
+posterior predictive checks (per student and per school), the saved posteriors, and the report
+section.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from twolevel.workflows.lecture.views import bayes_view, reml_view
 
 def fit_bayes(spec: WorkflowSpec, d: PreparedData, reml: dict[str, Any], eff: RunSettings,
               progress: Progress) -> dict[str, Any]:
-    """m1 and m2 by NUTS (:func:`twolevel.models.bayes.fit.fit_bayes`), with prior and posterior predictive
-    draws; each random step has its own seed derived from the run's seed.
+    """m1 and m2 by NUTS (:func:`twolevel.models.bayes.fit.fit_bayes`), with prior and posterior
+    predictive draws; each random step has its own seed derived from the run's seed.
 
-    Returns ``m1``, ``m2`` (:class:`twolevel.models.bayes.fit.BayesFit`), ``prior_m1``/``prior_m2`` and
-    ``ppc_m1``/``ppc_m2`` (replicated scores, draws × students, in the design's row order),
+    Returns ``m1``, ``m2`` (:class:`twolevel.models.bayes.fit.BayesFit`), ``prior_m1``/``prior_m2``
+    and ``ppc_m1``/``ppc_m2`` (replicated scores, draws × students, in the design's row order),
     ``view`` (:class:`BayesView` of m1, schools in the REML fit's order) and ``warnings`` (messages
     of the sampler other than the diagnostics gate, which is in ``fit.diagnostics``).
     """

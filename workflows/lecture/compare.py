@@ -66,8 +66,9 @@ def _compare_words(tab: pd.DataFrame, label: str = "REML") -> str:
 def add_comparison_section(sec, spec: WorkflowSpec, reml: dict[str, Any], bayes: dict[str, Any],
                            plots, lrt_label: str = "ML refits") -> str:
     """PSIS-LOO per student and leave-one-school-out for m1 and m2 (ArviZ), Pareto k, and the LRT,
-    with the plain-words verdict of :func:`twolevel.models.tables.lecture_answers.comparison_verdict`. Returns
-    the verdict. ``lrt_label`` says how the LRT's fits were obtained (glmer: "Laplace")."""
+    with the plain-words verdict of
+    :func:`twolevel.models.tables.lecture_answers.comparison_verdict`. Returns the verdict.
+    ``lrt_label`` says how the LRT's fits were obtained (glmer: "Laplace")."""
     import warnings
 
     import arviz as az

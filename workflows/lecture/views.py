@@ -84,7 +84,8 @@ def reml_quantities(view: RemlView, xc: str):
 
 
 def bayes_answer_draws(view: BayesView, xc: str, effects: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Posterior draws of γ00, γ10, τ00, τ11, τ01 for :func:`twolevel.models.tables.lecture_answers.lecture_answers`."""
+    """Posterior draws of γ00, γ10, τ00, τ11, τ01 for
+    :func:`twolevel.models.tables.lecture_answers.lecture_answers`."""
     i0, i1 = effects.index("(Intercept)"), effects.index(xc)
     f0, f1 = view.fixed.index("(Intercept)"), view.fixed.index(xc)
     return {
