@@ -79,7 +79,9 @@ SIM = {
 # ----------------------------------------------------------------------------- data
 
 
-def simulate(n_rows: int = 1_000_000, n_schools: int = 50_000, seed: int = 20251125) -> pd.DataFrame:
+def simulate(
+    n_rows: int = 1_000_000, n_schools: int = 50_000, seed: int = 20251125
+) -> pd.DataFrame:
     """``g1rscore = β0 + β1·famsesc + u0_j + u1_j·famsesc + e`` with (u0, u1) bivariate normal
     (the lecture fit's estimates, :data:`SIM`); famsesc is school-mean-centred; school sizes are
     2 + multinomial (every school has ≥ 2 students, mean n/J); rows are ordered by school."""

@@ -103,7 +103,9 @@ def one_replicate(design, A, Lc, rng, do_profile: bool) -> dict[str, float]:
             "gamma10": ("famsesc", TRUE["gamma10"]),
         }
         for key, (name, value) in targets.items():
-            out[f"Profile (ML)|{key}"] = float(profile_lrt(design, cp, refit, name, value) <= CHI2_95)
+            out[f"Profile (ML)|{key}"] = float(
+                profile_lrt(design, cp, refit, name, value) <= CHI2_95
+            )
     out["_kr_df10"] = float(kr.df[1])
     out["_satt_df10"] = float(df_s[1])
     return out

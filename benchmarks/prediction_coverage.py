@@ -218,7 +218,8 @@ def bayes_coverage(design, X0, schools, args) -> None:
             for i, (name, j) in enumerate(schools.items(), start=1):
                 truth = m_true + float(X0[0] @ b[j])
                 cov[method, f"existing ({name})"].append(
-                    stats.norm.cdf((hi[i] - truth) / sigma) - stats.norm.cdf((lo[i] - truth) / sigma))
+                    stats.norm.cdf((hi[i] - truth) / sigma)
+                    - stats.norm.cdf((lo[i] - truth) / sigma))
     print(f"Bayes (NUTS, collapsed, 2 x {args.draws} draws): {args.bayes} data sets, "
           f"{time.perf_counter() - t0:.0f} s; interval = summary(method=...)")
     vr = np.asarray(vratio)

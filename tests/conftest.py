@@ -45,7 +45,8 @@ def pytest_runtest_makereport(item, call):
     R package missing) fails instead, so CI cannot pass without running the live R parity tests."""
     outcome = yield
     rep = outcome.get_result()
-    if rep.skipped and item.get_closest_marker("needs_r") and os.environ.get("TWOLEVEL_REQUIRE_R") == "1":
+    if (rep.skipped and item.get_closest_marker("needs_r")
+            and os.environ.get("TWOLEVEL_REQUIRE_R") == "1"):
         rep.outcome = "failed"
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         rep.longrepr = f"needs_r test skipped but TWOLEVEL_REQUIRE_R=1: {reason}"

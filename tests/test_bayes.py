@@ -271,7 +271,8 @@ def test_prior_with_wrong_shape(design):
 
 
 def test_prior_of_wrong_family_and_parameters(design):
-    with pytest.raises(TwolevelError, match="prior 'sd' is Normal, which twolevel cannot use there"):
+    with pytest.raises(TwolevelError,
+                       match="prior 'sd' is Normal, which twolevel cannot use there"):
         build_model(design, default_priors(design).replace(sd=Prior("Normal", mu=0, sigma=1)))
     with pytest.raises(TwolevelError, match=r"missing: sigma; unknown: scale"):
         build_model(design, default_priors(design).replace(sigma=Prior("HalfNormal", scale=1)))
@@ -309,8 +310,8 @@ def test_log_likelihood_per_school_only(small):
 
 def test_one_school_is_refused():
     df = pd.DataFrame({"g": ["a"] * 6, "x": np.arange(6.0), "y": np.arange(6.0) ** 1.5})
-    with pytest.raises(DataError, match=r"grouping column 'g' has only 1 group \(a\); a two-level model needs at "
-                                      "least 2 groups"):
+    with pytest.raises(DataError, match=r"grouping column 'g' has only 1 group \(a\); "
+                                      "a two-level model needs at least 2 groups"):
         fit_bayes("y ~ 1 + x + (1 | g)", df, progress=False)
 
 
@@ -347,7 +348,8 @@ def test_collapsed_posterior_matches_noncentred_within_4_mcse():
         post = fit.posterior
         sd = post["sd"]
         q = {
-            "gamma00": post["beta"].sel(fixed="(Intercept)"), "gamma10": post["beta"].sel(fixed="x"),
+            "gamma00": post["beta"].sel(fixed="(Intercept)"),
+            "gamma10": post["beta"].sel(fixed="x"),
             "gamma01": post["beta"].sel(fixed="w"),
             "tau00": sd.sel(effect="(Intercept)") ** 2, "tau11": sd.sel(effect="x") ** 2,
             "rho": post["corr"].sel(effect="x", effect_b="(Intercept)"), "sigma": post["sigma"],

@@ -46,7 +46,8 @@ FORMULAS = [
     "y ~ 1 + x1 + x2 + w + (1 + x1 + x2 || g)",      # q = 3, independent
 ]
 OTHER_PRIORS = [
-    dict(beta=Prior("StudentT", nu=5.0, mu=1.0, sigma=10.0), sigma=Prior("Gamma", alpha=2.0, beta=0.5),
+    dict(beta=Prior("StudentT", nu=5.0, mu=1.0, sigma=10.0),
+         sigma=Prior("Gamma", alpha=2.0, beta=0.5),
          sd=Prior("HalfCauchy", beta=2.0), corr=Prior("LKJ", eta=1.5)),
     dict(sigma=Prior("HalfNormal", sigma=3.0), sd=Prior("Exponential", lam=0.7)),
     dict(sigma=Prior("Exponential", lam=0.3), sd=Prior("HalfStudentT", nu=3.0, sigma=2.0),

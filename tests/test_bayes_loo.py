@@ -26,7 +26,8 @@ def _datatree(seed=0, C=4, D=300, N=60):
     mu = theta[..., 0:1]
     sd = np.exp(0.3 * theta[..., 1:2])
     ll = -0.5 * ((y - mu) / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi)
-    post = xr.Dataset({"a": (("chain", "draw", "k"), theta), "s": (("chain", "draw"), theta[..., 2])})
+    post = xr.Dataset({"a": (("chain", "draw", "k"), theta),
+                       "s": (("chain", "draw"), theta[..., 2])})
     lik = xr.Dataset({"y": (("chain", "draw", "obs"), ll)}, coords={"obs": np.arange(N)})
     return xr.DataTree.from_dict({"posterior": post, "log_likelihood": lik})
 

@@ -21,7 +21,9 @@ def _data(tmp_path, J=25, seed=3):
     b = rng.normal(size=(J, 2)) * [2.0, 0.7]
     y = 5 + 1.5 * x + b[g, 0] + b[g, 1] * x + rng.normal(size=g.size)
     path = tmp_path / "d.csv"
-    pd.DataFrame({"school": g, "x": x, "w": rng.normal(size=g.size), "y": y}).to_csv(path, index=False)
+    pd.DataFrame({"school": g, "x": x, "w": rng.normal(size=g.size), "y": y}).to_csv(
+        path, index=False
+    )
     return path
 
 

@@ -73,7 +73,9 @@ def test_categorical_predictor_uses_r_names():
 
 def test_rank_deficient_column_dropped():
     rng = np.random.default_rng(2)
-    df = pd.DataFrame({"y": rng.normal(size=40), "x": rng.normal(size=40), "g": np.repeat(range(8), 5)})
+    df = pd.DataFrame(
+        {"y": rng.normal(size=40), "x": rng.normal(size=40), "g": np.repeat(range(8), 5)}
+    )
     df["x2"] = 2 * df["x"]
     d = make_design("y ~ x + x2 + (1 | g)", df)
     assert d.x_names == ("(Intercept)", "x") and d.dropped_columns == ("x2",)
@@ -82,7 +84,9 @@ def test_rank_deficient_column_dropped():
 
 def test_missing_values_dropped_and_counted():
     rng = np.random.default_rng(3)
-    df = pd.DataFrame({"y": rng.normal(size=40), "x": rng.normal(size=40), "g": np.repeat(range(8), 5)})
+    df = pd.DataFrame(
+        {"y": rng.normal(size=40), "x": rng.normal(size=40), "g": np.repeat(range(8), 5)}
+    )
     df.loc[[3, 7], "x"] = np.nan
     df.loc[11, "y"] = np.inf
     d = make_design("y ~ x + (1 | g)", df)
@@ -115,7 +119,8 @@ def test_error_single_group():
 
 def test_error_too_many_random_effects():
     df = pd.DataFrame({"y": [1.0, 2.0, 3.0, 4.0], "x": [0.0, 1.0, 0.0, 1.0], "g": [1, 1, 2, 2]})
-    with pytest.raises(DataError, match=r"number of observations \(4\) <= number of random effects \(4\)"):
+    with pytest.raises(DataError,
+                       match=r"number of observations \(4\) <= number of random effects \(4\)"):
         make_design("y ~ x + (1 + x | g)", df)
 
 

@@ -30,8 +30,12 @@ def sim_design(sim_3re):
 
 def test_sim3re_devfun_matches_lme4(sim_design):
     # lme4-algorithms.md §9: REML devfun 1338.81302834, ML devfun 1326.05536818 at SIM_THETA
-    assert make_deviance(sim_design, reml=True)(SIM_THETA) == pytest.approx(1338.81302834, rel=1e-10)
-    assert make_deviance(sim_design, reml=False)(SIM_THETA) == pytest.approx(1326.05536818, rel=1e-10)
+    assert make_deviance(sim_design, reml=True)(SIM_THETA) == pytest.approx(
+        1338.81302834, rel=1e-10
+    )
+    assert make_deviance(sim_design, reml=False)(SIM_THETA) == pytest.approx(
+        1326.05536818, rel=1e-10
+    )
 
 
 def test_sim3re_remlcrit_at_lme4_theta(sim_design):

@@ -68,7 +68,8 @@ def test_new_rows_by_hand(pois):
     fe, b = pois.fixef(), pois.ranef(cond_var=False)
     x, f = nd["x"].to_numpy(), nd["f"].to_numpy()
     by_hand = (fe["(Intercept)"] + fe["x"] * x + fe["flo"] * (f == "lo") + fe["fmid"] * (f == "mid")
-               + fe["I(x^2)"] * x**2 + fe["x:flo"] * x * (f == "lo") + fe["x:fmid"] * x * (f == "mid")
+               + fe["I(x^2)"] * x**2 + fe["x:flo"] * x * (f == "lo")
+               + fe["x:fmid"] * x * (f == "mid")
                + np.log(nd["expo"].to_numpy()))
     for i, gname in enumerate(nd["g"]):
         if gname in b.index:
@@ -84,7 +85,8 @@ def test_bad_input_messages(pois):
         pois.predict(nd)
     with pytest.raises(DataError, match=r"newdata lacks column\(s\) 'expo'"):
         pois.predict(nd.drop(columns="expo"), allow_new_levels=True)
-    with pytest.raises(DataError, match=r"offset 'offset\(log\(expo\)\)' is not finite in newdata row 1"):
+    with pytest.raises(DataError,
+                       match=r"offset 'offset\(log\(expo\)\)' is not finite in newdata row 1"):
         pois.predict(nd.assign(expo=[1.0, 0.0, 1.0, 1.0]), allow_new_levels=True)
     with pytest.raises(DataError, match="newdata lacks the grouping column 'g'"):
         pois.predict(nd.drop(columns="g"))

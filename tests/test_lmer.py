@@ -90,7 +90,8 @@ def test_ranef_parity(case):
     for row in g["m1_reml"]["ranef_first3"]:
         r = re.loc[re.index.astype(str) == row["group"]].iloc[0]
         np.testing.assert_allclose(r[names].to_numpy(float), row["u"], rtol=1e-3, atol=1e-6)
-        cv = [r[f"condvar_{names[0]}"], r[f"condcov_{names[0]}:{names[1]}"], r[f"condvar_{names[1]}"]]
+        cv = [r[f"condvar_{names[0]}"], r[f"condcov_{names[0]}:{names[1]}"],
+              r[f"condvar_{names[1]}"]]
         np.testing.assert_allclose(cv, row["cond_var"], rtol=1e-3)
         assert r[f"condsd_{names[1]}"] == pytest.approx(np.sqrt(row["cond_var"][2]), rel=1e-3)
 
@@ -164,8 +165,8 @@ def test_coef_fitted_residuals(sleepstudy):
     np.testing.assert_allclose(fit.residuals(scaled=True), (fit.design.y - mu) / fit.sigma)
     V = fit.vcov().to_numpy()
     # lme4-algorithms.md §9: vcov = [[46.57512004879, −1.45108841663], [·, 2.38946562321]]
-    np.testing.assert_allclose(V, [[46.57512004879, -1.45108841663], [-1.45108841663, 2.38946562321]],
-                               rtol=1e-6)
+    np.testing.assert_allclose(V, [[46.57512004879, -1.45108841663],
+                                   [-1.45108841663, 2.38946562321]], rtol=1e-6)
     assert list(fit.to_frame().columns) == ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]
 
 
@@ -241,7 +242,8 @@ def test_uncorrelated_zero_variance_named():
     with pytest.warns(UserWarning):
         fit = lmer("y ~ x + (1 + x || g)", df)
     assert fit.is_singular()
-    assert "variance of 'x' across g groups is estimated as (nearly) zero" in fit.singular_explanation()
+    assert ("variance of 'x' across g groups is estimated as (nearly) zero"
+            in fit.singular_explanation())
 
 
 def test_nonsingular_has_no_explanation(sleepstudy):

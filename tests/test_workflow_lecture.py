@@ -41,8 +41,8 @@ FIGURES = [
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "twolevel.workflows.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=900, env=env, **kw)
+    return subprocess.run([sys.executable, "-m", "twolevel.workflows.cli", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900, env=env, **kw)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -77,7 +77,8 @@ def test_progress_sections_figures(quick):
         assert (out / "tables" / f"{t}.csv").exists(), t
     ols = pd.read_csv(out / "tables" / "per_school_ols.csv")
     assert len(ols) == 742 and ols["n_j"].sum() == 11_091
-    assert "twolevel lecture --quick --seed 7" in md or "twolevel.workflows.cli lecture --quick" in md
+    assert ("twolevel lecture --quick --seed 7" in md
+            or "twolevel.workflows.cli lecture --quick" in md)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
 

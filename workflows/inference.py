@@ -88,7 +88,9 @@ def compute(fit, args: argparse.Namespace) -> InferenceExtras:
     if getattr(args, "confint", None):
         method = CONFINT_CHOICES[args.confint]
         if method == "boot" and args.nsim < 2:
-            raise TwolevelError(f"--nsim must be at least 2 for bootstrap intervals, got {args.nsim}")
+            raise TwolevelError(
+                f"--nsim must be at least 2 for bootstrap intervals, got {args.nsim}"
+            )
         from twolevel.models.inference.intervals import confint
 
         ci = confint(fit, method, level=args.level, nsim=args.nsim, seed=args.seed,

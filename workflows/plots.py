@@ -81,9 +81,11 @@ def caterpillar_figure(
     if has_bayes:
         panels.append(("bayes", panel_names[1], C_BAYES))
     for ax, (src, name, color) in zip(axes[0], panels, strict=True):
-        lo, hi, est = table[f"{src}_lo"].to_numpy(), table[f"{src}_hi"].to_numpy(), table[src].to_numpy()
+        lo, hi, est = (table[f"{src}_lo"].to_numpy(), table[f"{src}_hi"].to_numpy(),
+                       table[src].to_numpy())
         segs = np.stack([np.column_stack([x, lo]), np.column_stack([x, hi])], axis=1)
-        colors = np.where(ext[:, None], matplotlib.colors.to_rgba(C_HI), matplotlib.colors.to_rgba(color, 0.45))
+        colors = np.where(ext[:, None], matplotlib.colors.to_rgba(C_HI),
+                          matplotlib.colors.to_rgba(color, 0.45))
         ax.add_collection(LineCollection(segs, colors=colors, linewidths=lw))
         ax.scatter(x[~ext], est[~ext], s=ms, color=color, zorder=3, linewidths=0)
         ax.scatter(x[ext], est[ext], s=ms * 6, color=C_HI, zorder=4, edgecolors="k", linewidths=0.3)
@@ -148,7 +150,8 @@ def shrinkage_figure(
     for axis in (ax, az_):
         axis.plot(ellipse_reml[:, 0], ellipse_reml[:, 1], color=C_REML, lw=1.6,
                   label="95% ellipse of REML T around γ")
-        axis.plot(*gamma, marker="X", ms=8, color="k", ls="none", label="γ (fixed effects)", zorder=5)
+        axis.plot(*gamma, marker="X", ms=8, color="k", ls="none", label="γ (fixed effects)",
+                  zorder=5)
         axis.set_xlabel(f"school intercept: {labels[0]}")
         axis.set_ylabel(f"school slope: {labels[1]}")
         axis.grid(alpha=0.3)
@@ -169,7 +172,8 @@ def shrinkage_figure(
         d = post - reml
         az_.quiver(reml[:, 0], reml[:, 1], d[:, 0], d[:, 1], angles="xy", scale_units="xy", scale=1,
                    color=C_BAYES, alpha=0.6, width=0.0015, headwidth=4, headlength=5)
-        az_.scatter(post[:, 0], post[:, 1], s=6, color=C_BAYES, linewidths=0, label="posterior mean")
+        az_.scatter(post[:, 0], post[:, 1], s=6, color=C_BAYES, linewidths=0,
+                    label="posterior mean")
         pts.append(post)
     if ellipse_bayes is not None:
         az_.plot(ellipse_bayes[:, 0], ellipse_bayes[:, 1], color=C_BAYES, lw=1.4, ls="--",
@@ -268,7 +272,9 @@ def mean_curve_figure(curves: pd.DataFrame, x_label: str, y_label: str,
     return fig
 
 
-def shrinkage_by_size_figure(table: pd.DataFrame, coefs: list[str], labels: dict[str, str]) -> Figure:
+def shrinkage_by_size_figure(
+    table: pd.DataFrame, coefs: list[str], labels: dict[str, str]
+) -> Figure:
     """Where the estimates move, by school size n_j, one column per coefficient. Top: |BLUP − OLS|
     (blue) and |posterior mean − OLS| (red) per school, with their means by n_j. Bottom: posterior
     mean − BLUP per school (where Bayesian and REML shrinkage differ)."""
@@ -337,7 +343,8 @@ def residual_figure(
             trend = _running_mean(xv, yv, discrete)
             ax.plot(trend[0], trend[1], color=C_BAYES, lw=2, label="running mean")
             r = np.corrcoef(xv, yv)[0, 1]
-            ax.set_title(f"{u_labels.get(uc, uc)} vs {cov_labels.get(cc, cc)} (r = {r:+.2f})", fontsize=9)
+            ax.set_title(f"{u_labels.get(uc, uc)} vs {cov_labels.get(cc, cc)} (r = {r:+.2f})",
+                         fontsize=9)
             ax.set_xlabel(cov_labels.get(cc, cc))
             ax.set_ylabel(u_labels.get(uc, uc))
             ax.grid(alpha=0.3)
@@ -442,7 +449,8 @@ def pareto_k_figure(
     """
     models = list(k)
     levels = list(next(iter(k.values())))
-    fig, axes = plt.subplots(len(models), len(levels), figsize=(5.6 * len(levels), 2.9 * len(models)),
+    fig, axes = plt.subplots(len(models), len(levels),
+                             figsize=(5.6 * len(levels), 2.9 * len(models)),
                              squeeze=False, sharey=True, layout="constrained")
     top = max(1.05, max(float(np.nanmax(v)) for d in k.values() for v in d.values()) + 0.05)
     bottom = min(0.0, min(float(np.nanmin(v)) for d in k.values() for v in d.values()) - 0.05)

@@ -159,7 +159,8 @@ def _html_table(df: pd.DataFrame, digits: int, index: bool) -> str:
     out.append("</tr></thead><tbody>")
     for r in rows:
         cells = "".join(
-            f'<td class="num">{html.escape(c)}</td>' if _is_num(c) and c else f"<td>{html.escape(c)}</td>"
+            f'<td class="num">{html.escape(c)}</td>' if _is_num(c) and c
+            else f"<td>{html.escape(c)}</td>"
             for c in r
         )
         out.append(f"<tr>{cells}</tr>")
@@ -195,7 +196,8 @@ h1{font-size:1.7em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
 th,td{border:1px solid #ddd;padding:.25em .6em}th{background:#f3f3f3}td.num{text-align:right;
 font-variant-numeric:tabular-nums}pre{background:#f6f6f6;padding:.8em;overflow-x:auto;font-size:.85em}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.9em;color:#555}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}\
+figcaption{font-size:.9em;color:#555}
 .caption{font-size:.9em;color:#555}nav ol{columns:2}
 """
 
@@ -384,7 +386,8 @@ class ReportWriter:
             "<nav><ol>",
         ]
         out += [
-            f'<li><a href="#{_anchor(s.title)}">{html.escape(s.title)}</a></li>' for s in self.sections
+            f'<li><a href="#{_anchor(s.title)}">{html.escape(s.title)}</a></li>'
+            for s in self.sections
         ]
         out.append("</ol></nav>")
         for s in self.sections:

@@ -270,7 +270,8 @@ def school_loglik_agq(X, Z, group_index, n_groups, y, n, offset, family, link, b
                        np.ascontiguousarray(s[order]), np.ascontiguousarray(n[order], dtype=float),
                        np.ascontiguousarray(const[order]),
                        np.ascontiguousarray(offset[order], dtype=float),
-                       np.ascontiguousarray(beta, dtype=float), np.ascontiguousarray(L, dtype=float),
+                       np.ascontiguousarray(beta, dtype=float),
+                       np.ascontiguousarray(L, dtype=float),
                        xk, logwk, out)
 
 

@@ -61,7 +61,8 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "LKJ": ("eta",),
 }
 _LOCATION = {"Normal", "StudentT"}  # for `beta`
-_POSITIVE = {"HalfNormal", "HalfStudentT", "HalfCauchy", "Exponential", "Gamma"}  # for `sd`, `sigma`
+# for `sd`, `sigma`
+_POSITIVE = {"HalfNormal", "HalfStudentT", "HalfCauchy", "Exponential", "Gamma"}
 
 
 def _fmt(v: object) -> str:
@@ -92,7 +93,10 @@ class Prior:
         object.__setattr__(
             self,
             "params",
-            {k: (float(v) if np.ndim(v) == 0 else tuple(float(x) for x in v)) for k, v in params.items()},
+            {
+                k: (float(v) if np.ndim(v) == 0 else tuple(float(x) for x in v))
+                for k, v in params.items()
+            },
         )
 
     def __str__(self) -> str:
@@ -283,7 +287,8 @@ def _default_priors_from_moments(design, mom: dict) -> ModelPriors:
 
 def _check_block(name: str, prior: Prior, families: set[str], size: int | None) -> None:
     if not isinstance(prior, Prior):
-        raise TwolevelError(f"prior '{name}' must be a twolevel.models.bayes.priors.Prior, got {type(prior).__name__}")
+        raise TwolevelError(f"prior '{name}' must be a twolevel.models.bayes.priors.Prior, "
+                            f"got {type(prior).__name__}")
     if prior.dist not in families:
         raise TwolevelError(
             f"prior '{name}' is {prior.dist}, which twolevel cannot use there; "

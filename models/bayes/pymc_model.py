@@ -410,9 +410,11 @@ def prior_draws(built: BuiltModel, draws: int, seed: int | None) -> dict[str, np
     names = ["beta", "sigma"] + (["chol_cov"] if built.structure == "lkj" else ["sd"])
     model = built.model
     vars_ = [model[n] for n in names]
-    out = pm.draw(vars_, draws=draws, random_seed=seed, mode="NUMBA")  # cached; the C default costs s
+    # cached; the C default costs s
+    out = pm.draw(vars_, draws=draws, random_seed=seed, mode="NUMBA")
     q = built.design.q
-    res = {"beta": np.asarray(out[0]).reshape(draws, -1), "sigma": np.asarray(out[1]).reshape(draws)}
+    res = {"beta": np.asarray(out[0]).reshape(draws, -1),
+           "sigma": np.asarray(out[1]).reshape(draws)}
     if built.structure == "lkj":
         packed = np.asarray(out[2]).reshape(draws, -1)
         L = np.zeros((draws, q, q))

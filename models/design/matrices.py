@@ -422,7 +422,8 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
     Examples
     --------
     >>> import twolevel as tl
-    >>> des = tl.make_design("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)", tl.load_data("lecture"))
+    >>> des = tl.make_design("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)",
+    ...                      tl.load_data("lecture"))
     >>> des.x_names, des.z_names, des.n_groups
     (('(Intercept)', 'famsesc'), ('(Intercept)', 'famsesc'), 742)
     """
@@ -476,7 +477,9 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
             bad |= s.isna().to_numpy()
     n_dropped = int(bad.sum())
     if n_dropped == len(bad):
-        raise DataError(f"no complete rows left for formula '{formula}' after removing missing values")
+        raise DataError(
+            f"no complete rows left for formula '{formula}' after removing missing values"
+        )
     md = _ModelData(data, series, ~bad if n_dropped else slice(None), len(bad) - n_dropped)
     matrices: dict[str, tuple[np.ndarray, list[str]]] = {}
     specs = _ModelSpecs()
@@ -502,7 +505,8 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
         mat, names = model_matrix(bar.lhs)
         if mat.shape[1] == 0:
             raise FormulaError(f"random-effects term '({bar.lhs} | {bar.group})' has no columns")
-        pieces = [[k] for k in range(mat.shape[1])] if not bar.correlated else [list(range(mat.shape[1]))]
+        pieces = ([[k] for k in range(mat.shape[1])] if not bar.correlated
+                  else [list(range(mat.shape[1]))])
         for piece in pieces:
             cols = []
             for k in piece:
@@ -514,7 +518,8 @@ def make_design(formula: str, data: pd.DataFrame) -> Design:
                 cols.append(len(z_names))
                 z_names.append(names[k])
                 z_blocks.append(mat[:, k])
-            terms.append(RandomTerm(names=tuple(names[k] for k in piece), columns=tuple(cols), group=group))
+            terms.append(RandomTerm(names=tuple(names[k] for k in piece), columns=tuple(cols),
+                                    group=group))
     if len(parsed.bars) == 1 and len(z_blocks) == mat.shape[1]:
         Z = mat  # one bar: its model matrix is Z (shared with X when the two are the same)
     else:

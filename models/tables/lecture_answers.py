@@ -191,7 +191,8 @@ def lecture_answers(
             f"is negative {p_neg:.3f}"
         )
     a6 += (f". Because {x_label} is centred within schools, the intercept of a school is its mean "
-           f"{y_label}, so this correlation is between school mean {y_label} and the school's slope.")
+           f"{y_label}, so this correlation is between school mean {y_label} and the school's "
+           "slope.")
     q = [s.format(x=x_label, y=y_label) for s in QUESTIONS]
     answers = (
         f"{q[0]} γ00 = {r.gamma00:.4f} (SE {r.se00:.4f}){b('gamma00')}.",

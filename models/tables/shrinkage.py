@@ -232,7 +232,8 @@ def describe_shrinkage(summary: ShrinkageSummary, labels: dict[str, str] | None 
             f"{100 * r.ratio_reml:.0f}% of the OLS variance)"
         )
         if "var_bayes" in sp.columns and not np.isnan(r.get("var_bayes", np.nan)):
-            s += f" and the posterior means similarly ({r.var_bayes:.3g}, {100 * r.ratio_bayes:.0f}%)"
+            s += (f" and the posterior means similarly ({r.var_bayes:.3g}, "
+                  f"{100 * r.ratio_bayes:.0f}%)")
         s += "."
         sub = bs[bs["coefficient"] == c]
         if len(sub) >= 2:
@@ -244,7 +245,8 @@ def describe_shrinkage(summary: ShrinkageSummary, labels: dict[str, str] | None 
             )
             if "mean_abs_bayes_minus_reml" in sub.columns:
                 s += (
-                    f" Posterior means and BLUPs differ by {small.mean_abs_bayes_minus_reml:.3g} on "
+                    " Posterior means and BLUPs differ by "
+                    f"{small.mean_abs_bayes_minus_reml:.3g} on "
                     f"average in the smallest schools and {large.mean_abs_bayes_minus_reml:.3g} in "
                     f"the largest"
                 )

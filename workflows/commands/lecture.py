@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``lecture`` subcommand."""
     p = sub.add_parser(
         "lecture",
-        help="the lecture's workflow on the simulated ECLS-K:2011-like data (REML + Bayes + report)",
+        help=("the lecture's workflow on the simulated ECLS-K:2011-like data "
+              "(REML + Bayes + report)"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

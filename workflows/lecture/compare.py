@@ -56,7 +56,8 @@ def _compare_words(tab: pd.DataFrame, label: str = "REML") -> str:
         text += (f"{label} estimates outside the 95% posterior interval: "
                  + ", ".join(f"{r.parameter} ({r.model})" for r in outside.itertuples()) + ".")
     if abs(worst["diff_in_post_sd"]) > 0.25:
-        text += (f" {worst['parameter']} is the least sharply estimated: its 95% posterior interval "
+        text += (f" {worst['parameter']} is the least sharply estimated: "
+                 "its 95% posterior interval "
                  f"[{worst['q2.5']:.3g}, {worst['q97.5']:.3g}] is wide, and a point estimate "
                  f"({label}) and a posterior mean summarise such a posterior differently; the "
                  "prior also weighs more where the data say little.")

@@ -55,7 +55,8 @@ def load_centered(spec: WorkflowSpec) -> CenteredData:
         stored = pd.to_numeric(df[spec.xc], errors="coerce").to_numpy(float)
         diff = float(np.nanmax(np.abs(stored - cen.centered.to_numpy())))
         if np.isfinite(diff) and diff <= 1e-9:
-            note += f"; the stored column '{spec.xc}' equals it (max difference {diff:.1e}) and is used"
+            note += (f"; the stored column '{spec.xc}' equals it (max difference {diff:.1e}) "
+                     "and is used")
         else:
             df[spec.xc] = cen.centered.to_numpy()
             note += f"; the stored column '{spec.xc}' differed (max {diff:.3g}) and was replaced"
@@ -95,8 +96,10 @@ def describe_data(d: PreparedData, spec: WorkflowSpec) -> pd.DataFrame:
         ("students per group: median", float(s.median())),
         ("students per group: mean", round(float(s.mean()), 2)),
         ("students per group: max", int(s.max())),
-        (f"response {spec.y}: mean (SD)", f"{d.frame[spec.y].mean():.3f} ({d.frame[spec.y].std():.3f})"),
-        (f"predictor {spec.x}: mean (SD)", f"{d.frame[spec.x].mean():.3f} ({d.frame[spec.x].std():.3f})"),
+        (f"response {spec.y}: mean (SD)",
+         f"{d.frame[spec.y].mean():.3f} ({d.frame[spec.y].std():.3f})"),
+        (f"predictor {spec.x}: mean (SD)",
+         f"{d.frame[spec.x].mean():.3f} ({d.frame[spec.x].std():.3f})"),
         ("groups with a non-estimable OLS fit", int((~d.ols.table["estimable"]).sum())),
     ]
     return pd.DataFrame(rows, columns=["quantity", "value"]).astype({"value": str})

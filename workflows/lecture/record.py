@@ -34,7 +34,8 @@ def software_versions() -> pd.DataFrame:
         root = Path(__file__).resolve().parents[2]
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         if sha:
             rows.append(("git commit", sha + (" (with local changes)" if dirty else "")))

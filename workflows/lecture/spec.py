@@ -77,7 +77,8 @@ LECTURE_SPEC = WorkflowSpec(
     x_centered="famsesc",
     y_label="reading score",
     x_label="SES",
-    title="Lecture 5: two-level model with random intercept and random slope (ECLS-K:2011-like data)",
+    title=("Lecture 5: two-level model with random intercept and random slope "
+           "(ECLS-K:2011-like data)"),
 )
 
 
@@ -100,8 +101,8 @@ class RunSettings:
 
     def seed_for(self, step: str) -> int:
         """A fixed seed per random step, derived from the run's seed."""
-        offsets = {"prior_m1": 1, "bayes_m1": 2, "bayes_m2": 3, "ppc_m1": 4, "ppc_m2": 5, "prior_m2": 6,
-                   "predict": 7}
+        offsets = {"prior_m1": 1, "bayes_m1": 2, "bayes_m2": 3, "ppc_m1": 4, "ppc_m2": 5,
+                   "prior_m2": 6, "predict": 7}
         return int(self.seed) * 10 + offsets[step]
 
 
