@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import special, stats
-
 from twolevel.models.bayes import agq
 from twolevel.models.bayes.priors import default_glmm_priors
 from twolevel.models.bayes.sampler import effect_structure
@@ -163,7 +162,8 @@ def _school_rows(design, resp, family, j):
 @pytest.mark.parametrize(("family", "link", "response", "extra"), CASES)
 def test_agq_equals_brute_force(family, link, response, extra, q):
     """Q_j and its gradient in (β, L) of every school vs dense quadrature, to 1e-8 (with enough
-    nodes that the rule's own error is below that: 40 per dimension for q = 1, 60 for q = 2: one binomial cloglog school here is far from Gaussian)."""
+    nodes that the rule's own error is below that: 40 per dimension for q = 1, 60 for q = 2,
+    as one binomial cloglog school here is far from Gaussian)."""
     nodes = 40 if q == 1 else 60
     design, resp, data, structure = _setup(family, link, response, extra, q, nodes)
     rng = np.random.default_rng(11)
@@ -234,7 +234,7 @@ def test_school_effect_draws_are_exact(family, link, response, extra, q):
         if q == 1:
             order = np.argsort(U[:, 0])
             cdf_x, cdf_y = U[order, 0], np.cumsum(w[order]) - 0.5 * w[order]
-            p = stats.kstest(u[:, j, 0], lambda v: np.interp(v, cdf_x, cdf_y)).pvalue
+            p = stats.kstest(u[:, j, 0], lambda v, a=cdf_x, c=cdf_y: np.interp(v, a, c)).pvalue
             assert p > 1e-3, (j, p)
 
 

@@ -61,7 +61,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy.special import gammaln
-
 from twolevel.data.errors import TwolevelError
 from twolevel.models import cbuild
 from twolevel.models.bayes import kernel_layout as layout

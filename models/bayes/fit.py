@@ -405,12 +405,17 @@ def fit_bayes(
     engine: str = "auto",
     memory_limit: str | None = None,
     scheduler=None,
+    sampler: str = "auto",
+    nodes: int | None = None,
 ) -> BayesFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) by NUTS and run the diagnostic gate.
 
     ``family="binomial"`` (links logit, probit, cloglog) or ``"poisson"`` (log) fits a binary or
     count outcome (:func:`twolevel.models.bayes.glmm_fit.fit_bayes_glmm`: school effects sampled,
-    non-centred unless ``centering`` says otherwise; ``likelihood`` does not apply).
+    non-centred unless ``centering`` says otherwise; ``likelihood`` does not apply). There
+    ``sampler="auto"`` (default) integrates each school's effects out by adaptive Gauss–Hermite
+    quadrature (``nodes`` per dimension) and samples the hyperparameters only, ``"full"``
+    samples every school effect (:func:`~twolevel.models.bayes.glmm_fit.fit_bayes_glmm`).
 
     ``likelihood``/``centering``/``priors`` as in :func:`twolevel.models.bayes.pymc_model.build_model`
     (``centering`` only matters for the sampled school effects of "suffstat"/"student"; the
@@ -434,7 +439,7 @@ def fit_bayes(
         return fit_bayes_glmm(formula, data, family, link, weights=weights, priors=priors,
                               centering="noncentered" if centering is None else centering,
                               settings=settings, progress=progress,
-                              log_likelihood=log_likelihood)
+                              log_likelihood=log_likelihood, sampler=sampler, nodes=nodes)
     centering = "auto" if centering is None else centering
     if log_likelihood not in LOG_LIKELIHOODS:
         raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "
