@@ -154,6 +154,27 @@ static inline double row_ll(int link, double eta, double s, double n, double *d1
     }
 }
 
+/* the derivatives of a row's log-likelihood without the value (no logarithm for the logit
+ * and log links) */
+static inline void row_d(int link, double eta, double s, double n, double *d1, double *d2,
+                         double *d3) {
+    if (link == 0) {
+        const double e = exp(-fabs(eta));
+        const double mu = eta >= 0.0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+        const double v = mu * (1.0 - mu);
+        *d1 = s - n * mu;
+        *d2 = -n * v;
+        *d3 = -n * v * (1.0 - 2.0 * mu);
+    } else if (link == 3) {
+        const double mu = exp(eta);
+        *d1 = s - mu;
+        *d2 = -mu;
+        *d3 = -mu;
+    } else {
+        (void)row_ll(link, eta, s, n, d1, d2, d3);
+    }
+}
+
 /* ----------------------------------------------------------------------- small dense algebra */
 
 /* lower Cholesky factor R of the q×q symmetric H (row-major); 0 if not positive definite */
@@ -211,7 +232,8 @@ typedef struct {
     double f, g[QMAX], H[QMAX * QMAX];
 } pass_out;
 
-/* one pass over the school's rows lo..hi at u: f; if want ≥ 1 also the score g and H = −∇²f;
+/* one pass over the school's rows lo..hi at u: want 0: f only; want 1: the score g and
+ * H = −∇²f (f not computed);
  * d (3 per row) receives ℓ', ℓ'', ℓ''' when not NULL */
 static void pass_mode(const agq_data *a, long lo, long hi, const double *eta0, const double *A,
                       const double *u, int want, double *d, pass_out *o) {
@@ -222,7 +244,10 @@ static void pass_mode(const agq_data *a, long lo, long hi, const double *eta0, c
         double eta = eta0[r];
         for (int k = 0; k < q; k++) eta += ar[k] * u[k];
         double d1, d2, d3;
-        f += row_ll(a->link, eta, a->s[r], a->tr[r], &d1, &d2, &d3);
+        if (want)
+            row_d(a->link, eta, a->s[r], a->tr[r], &d1, &d2, &d3);
+        else
+            f += row_ll(a->link, eta, a->s[r], a->tr[r], &d1, &d2, &d3);
         if (d) {
             d[3 * (r - lo)] = d1;
             d[3 * (r - lo) + 1] = d2;
@@ -262,12 +287,17 @@ static int find_mode(const agq_data *a, long lo, long hi, const double *eta0, co
         for (int k = 0; k < q; k++) mx = fmax(mx, fabs(step[k]));
         if (!isfinite(mx)) return 0;
         if (mx < 1e-14 * (1.0 + fabs(u[0]))) break;
+        /* damped Newton on the concave f: along u + tδ the slope starts at gᵀδ > 0; a step
+         * whose end slope is below −gᵀδ overshot the maximum by too much and is halved */
         pass_out on;
-        double t = 1.0;
+        double t = 1.0, slope0 = 0.0;
+        for (int k = 0; k < q; k++) slope0 += o->g[k] * step[k];
         for (int h = 0; h < 60; h++) {
             for (int k = 0; k < q; k++) un[k] = u[k] + t * step[k];
             pass_mode(a, lo, hi, eta0, A, un, 1, d, &on);
-            if (on.f >= o->f - 1e-12 * fabs(o->f)) break;
+            double slope1 = 0.0;
+            for (int k = 0; k < q; k++) slope1 += on.g[k] * step[k];
+            if (isfinite(slope1) && slope1 >= -slope0) break;
             t *= 0.5;
         }
         memcpy(u, un, sizeof(double) * q);
@@ -282,10 +312,11 @@ static int find_mode(const agq_data *a, long lo, long hi, const double *eta0, co
 
 /* Q_j of one school and (when gb/gL not NULL) its gradient in β (p) and L (q×q lower, row-major)
  * added to gb/gL. eta0 = o + Xβ and A (rows a_i = Lᵀz_i) are the whole data's; d scratch of
- * 3·(hi − lo); node scratch of K^q·(1 + p + q + q) doubles. u_out receives û and R_out R. */
+ * 3·(hi − lo); node scratch of K^q·(1 + p + 4q) doubles; ex (NULL: no fast path) scratch of
+ * (hi − lo)·(1 + qK) doubles. u_out receives û and R_out R. */
 static double school_agq(const agq_data *a, long j, const double *L, const double *eta0,
-                         const double *A, double *d, double *node, double *gb, double *gL,
-                         double *u_out, double *R_out) {
+                         const double *A, double *d, double *node, double *ex, double *gb,
+                         double *gL, double *u_out, double *R_out) {
     const int q = a->q, p = a->p, K = a->K;
     const long lo = (long)a->starts[j], hi = (long)a->starts[j + 1];
     double u[QMAX], R[QMAX * QMAX], S[QMAX * QMAX];
@@ -300,6 +331,38 @@ static double school_agq(const agq_data *a, long j, const double *L, const doubl
     for (int k = 0; k < q; k++) total *= K;
     const int want = gb != NULL;
     const int stride = 1 + p + 2 * q + q; /* log term, F1 (p), F2 (q), u_k (q), x_k (q) */
+    /* logit and log links: e^η at a node is e^η̂ Π_d e^{α_d x_d} (α = Sᵀa), so the K^q nodes
+     * need 1 + qK exponentials per row instead of K^q exponentials and logarithms; Σ_i
+     * log(1 + e^η_i) over Bernoulli rows is the logarithm of a product */
+    const int KQ = q * K;
+    int fast = (a->link == 0 || a->link == 3) && ex != NULL;
+    double sE = 0.0, sA[QMAX] = {0};
+    if (fast) {
+        double xmax = 0.0;
+        for (int k = 0; k < K; k++) xmax = fmax(xmax, fabs(a->xk[k]));
+        for (long r = lo; r < hi && fast; r++) {
+            const double *ar = A + r * q;
+            double etah = eta0[r], al[QMAX], bound;
+            for (int k = 0; k < q; k++) etah += ar[k] * u[k];
+            bound = etah;
+            for (int dd = 0; dd < q; dd++) {
+                double t = 0.0;
+                for (int k = 0; k <= dd; k++) t += S[k * q + dd] * ar[k];
+                al[dd] = t;
+                bound += fabs(t) * xmax;
+                sA[dd] += a->s[r] * t;
+            }
+            if (bound > 300.0) {
+                fast = 0;
+                break;
+            }
+            sE += a->s[r] * etah;
+            double *er = ex + (r - lo) * (1 + KQ);
+            er[0] = exp(etah);
+            for (int dd = 0; dd < q; dd++)
+                for (int k = 0; k < K; k++) er[1 + dd * K + k] = exp(al[dd] * a->xk[k]);
+        }
+    }
     double mx = -INFINITY;
     for (int t = 0; t < total; t++) {
         double *nd = node + (long)t * (stride + q);
@@ -319,7 +382,47 @@ static double school_agq(const agq_data *a, long j, const double *L, const doubl
         }
         double f = 0.0, F1[64], F2[QMAX] = {0};
         for (int l = 0; l < p; l++) F1[l] = 0.0;
-        for (long r = lo; r < hi; r++) {
+        if (fast) {
+            int ik[QMAX];
+            int rm = t;
+            for (int k = 0; k < q; k++) {
+                ik[k] = 1 + k * K + rm % K;
+                rm /= K;
+            }
+            f = sE;
+            for (int k = 0; k < q; k++) f += sA[k] * xv[k];
+            double prod = 1.0, lsum = 0.0;
+            for (long r = lo; r < hi; r++) {
+                const double *er = ex + (r - lo) * (1 + KQ);
+                double e = er[0];
+                for (int k = 0; k < q; k++) e *= er[ik[k]];
+                double d1;
+                const double nr = a->tr[r];
+                if (a->link == 3) {
+                    lsum += e;
+                    d1 = a->s[r] - e;
+                } else {
+                    const double one = 1.0 + e;
+                    if (nr == 1.0) {
+                        prod *= one;
+                        if (prod > 1e200) {
+                            lsum += log(prod);
+                            prod = 1.0;
+                        }
+                    } else {
+                        lsum += nr * log1p(e);
+                    }
+                    d1 = a->s[r] - nr * (e / one);
+                }
+                if (want) {
+                    const double *xr = a->X + r * p, *zr = a->Z + r * q;
+                    for (int l = 0; l < p; l++) F1[l] += d1 * xr[l];
+                    for (int k = 0; k < q; k++) F2[k] += d1 * zr[k];
+                }
+            }
+            f -= lsum + log(prod);
+        }
+        for (long r = fast ? hi : lo; r < hi; r++) {
             const double *ar = A + r * q;
             double eta = eta0[r];
             for (int k = 0; k < q; k++) eta += ar[k] * uk[k];
@@ -590,7 +693,7 @@ static int schools(const agq_data *a, const double *beta, const double *L, doubl
     if (nt > a->J) nt = (int)a->J;
 #pragma omp parallel num_threads(nt) reduction(| : fail)
     {
-        double *d = malloc(sizeof(double) * (3 * nmax + nodesz));
+        double *d = malloc(sizeof(double) * (3 * nmax + nodesz + nmax * (1 + q * a->K)));
         if (!d) {
             fail = 1;
         } else {
@@ -598,7 +701,8 @@ static int schools(const agq_data *a, const double *beta, const double *L, doubl
             for (long j = 0; j < a->J; j++) {
                 double *g = gj ? gj + j * G : NULL;
                 if (g) memset(g, 0, sizeof(double) * G);
-                qj[j] = school_agq(a, j, L, eta0, A, d, d + 3 * nmax, g, g ? g + p : NULL,
+                qj[j] = school_agq(a, j, L, eta0, A, d, d + 3 * nmax, d + 3 * nmax + nodesz,
+                                   g, g ? g + p : NULL,
                                    uj ? uj + j * q : NULL, Rj ? Rj + j * q * q : NULL);
             }
             free(d);
