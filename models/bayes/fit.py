@@ -343,14 +343,17 @@ class BayesFit:
         """A printed summary: model, sampler, settings, diagnostics gate, posterior table."""
         s, d = self.settings, self.diagnostics
         glmm = "/" in self.likelihood  # "binomial/logit", "poisson/log"
+        integrated = glmm and "integrated out" in self.sampler
         lines = [
             f"Bayesian {'generalized ' if glmm else ''}linear mixed model fit by NUTS "
             f"({self.sampler})",
             f"Formula: {self.formula}",
             (f"Family: {self.likelihood.split('/')[0]} ({self.likelihood.split('/')[1]} link); "
-             "school effects sampled" if glmm else f"Likelihood: {self.likelihood}")
+             + ("school effects integrated out by adaptive quadrature" if integrated else
+                "school effects sampled") if glmm else f"Likelihood: {self.likelihood}")
             + (" (school effects integrated out, drawn afterwards from their exact conditional)"
                if self.likelihood == "collapsed" else
+               " (drawn afterwards from their exact conditional)" if integrated else
                f" ({self.n_centered} leading effect(s) centred, the rest non-centred)"),
             "Priors:\n  " + str(self.priors).replace("\n", "\n  "),
             f"Chains: {s.chains} x {s.draws} draws after {s.tune} tuning steps; seed {s.seed}; "
