@@ -247,3 +247,14 @@ def test_q_above_three_and_unknown_link_say_what_to_do():
     with pytest.raises(Exception, match="nodes=70"):
         agq.pack_agq(design, resp.y, resp.w, resp.offset, "binomial", "logit", priors,
                      structure, nodes=70)
+
+
+def test_newton_start_does_not_change_the_density():
+    """Where Newton starts (agq.with_start) changes the cost, not the value or gradient."""
+    _, _, data, structure = _setup("poisson", "log", "count", " + offset(log(expo))", 2, None)
+    x = _x(2, structure, np.random.default_rng(4))
+    b0 = np.random.default_rng(5).normal(size=(int(data[2]), 2))
+    a = agq.agq_logp(x, data)
+    b = agq.agq_logp(x, agq.with_start(data, b0))
+    assert b[0] == pytest.approx(a[0], rel=1e-12)
+    np.testing.assert_allclose(b[1], a[1], rtol=1e-9)

@@ -65,7 +65,7 @@ from twolevel.data.errors import TwolevelError
 from twolevel.models import cbuild
 from twolevel.models.bayes import kernel_layout as layout
 
-__all__ = ["AGQ_LINK_CODES", "DEFAULT_MH_STEPS", "agq_logp", "agq_schools", "default_agq_nodes",
+__all__ = ["with_start", "AGQ_LINK_CODES", "DEFAULT_MH_STEPS", "agq_logp", "agq_schools", "default_agq_nodes",
            "draw_school_effects_agq", "load", "pack_agq", "unconstrained_from_posterior"]
 
 SOURCE = Path(__file__).with_name("cagq.c")
@@ -79,7 +79,7 @@ AGQ_LINK_CODES = {("binomial", "logit"): 0, ("binomial", "probit"): 1,
 A_HEADER = 12
 QMAX = 3
 PMAX = 64
-DEFAULT_MH_STEPS = 10
+DEFAULT_MH_STEPS = 8
 DEFAULT_THREADS = 2
 LOG2PI = math.log(2.0 * math.pi)
 
@@ -149,8 +149,9 @@ def pack_agq(design, y: np.ndarray, w: np.ndarray, offset: np.ndarray, family: s
     """The flat float64 vector the kernels of ``cagq.c`` read (rows sorted by school): header
     [q, p, J, n, structure, η, β prior code, sd prior code, constant, link code, nodes, threads]
     | β prior (3p) | sd prior (2q) | nodes (K) | log-weights (K) | school starts (J+1) | school
-    constants c_j (J) | X | Z | successes or counts | trials | offset. The constant holds the
-    priors' and the LKJ normalising constants."""
+    constants c_j (J) | X | Z | successes or counts | trials | offset | Newton's start b0 (J q,
+    zeros; :func:`with_start`). The constant holds the priors' and the LKJ normalising
+    constants."""
     from twolevel.models.bayes.glmm_loglik import binomial_trials
     from twolevel.models.bayes.sampler import (
         _location_params,
@@ -192,7 +193,18 @@ def pack_agq(design, y: np.ndarray, w: np.ndarray, offset: np.ndarray, family: s
         head, pb.ravel(), pd_.ravel(), xk, lwk, starts, cj,
         np.asarray(design.X, float)[order].ravel(), np.asarray(design.Z, float)[order].ravel(),
         np.asarray(s, float)[order], np.asarray(trials, float)[order],
-        np.asarray(offset, float)[order]]))
+        np.asarray(offset, float)[order], np.zeros(J * q)]))
+
+
+def with_start(data: np.ndarray, b0: np.ndarray) -> np.ndarray:
+    """A copy of packed data whose Newton iterations start every school at b0 (J, q) on the
+    scale of b = L u (instead of 0): fewer iterations when b0 is near the modes over the
+    posterior; the same start for every evaluation, so results do not depend on the order of
+    evaluations or on threads."""
+    out = data.copy()
+    b0 = np.ascontiguousarray(b0, dtype=float).ravel()
+    out[out.size - b0.size:] = b0
+    return out
 
 
 def with_threads(data: np.ndarray, threads: int) -> np.ndarray:

@@ -14,7 +14,8 @@
  *
  * data: header [q, p, J, n, struct, eta, fbeta, fsd, const, link, K, nthreads] | β prior (3p) |
  *   sd prior (2q) | x_k (K) | lw_k (K) | school starts (J+1) | c_j (J) | X (n p) | Z (n q) |
- *   s (n) | trials (n) | offset (n), rows sorted by school.
+ *   s (n) | trials (n) | offset (n) | b0 (J q: where Newton starts, in b = L u), rows sorted by
+ *   school.
  * x: [β (p) | LKJ packed factor with log diagonal (q(q+1)/2), or log sd (q)].
  * link: 0 binomial logit, 1 binomial probit, 2 binomial cloglog, 3 Poisson log.
  */
@@ -34,7 +35,7 @@ enum { A_Q, A_P, A_J, A_N, A_STRUCT, A_ETA, A_FBETA, A_FSD, A_CONST, A_LINK, A_K
 typedef struct {
     int q, p, strct, link, K, nthreads;
     long J, n;
-    const double *pb, *pd, *xk, *lwk, *starts, *cj, *X, *Z, *s, *tr, *off;
+    const double *pb, *pd, *xk, *lwk, *starts, *cj, *X, *Z, *s, *tr, *off, *b0;
 } agq_data;
 
 static agq_data get_data(const double *d) {
@@ -69,6 +70,8 @@ static agq_data get_data(const double *d) {
     a.tr = p;
     p += a.n;
     a.off = p;
+    p += a.n;
+    a.b0 = p;
     return a;
 }
 
@@ -239,6 +242,29 @@ static void pass_mode(const agq_data *a, long lo, long hi, const double *eta0, c
                       const double *u, int want, double *d, pass_out *o) {
     const int q = a->q;
     double f = 0.0, g[QMAX] = {0}, H[QMAX * QMAX] = {0};
+    if (!want && a->link == 0) { /* logit value: Σ sη − log Π (1 + e^η) over Bernoulli rows */
+        double prod = 1.0;
+        for (long r = lo; r < hi; r++) {
+            const double *ar = A + r * q;
+            double eta = eta0[r];
+            for (int k = 0; k < q; k++) eta += ar[k] * u[k];
+            const double nr = a->tr[r];
+            f += a->s[r] * eta;
+            if (nr == 1.0 && eta < 30.0) {
+                prod *= 1.0 + exp(eta);
+                if (prod > 1e200) {
+                    f -= log(prod);
+                    prod = 1.0;
+                }
+            } else {
+                f -= nr * ((eta > 0.0 ? eta : 0.0) + log1p(exp(-fabs(eta))));
+            }
+        }
+        f -= log(prod);
+        for (int k = 0; k < q; k++) f -= 0.5 * u[k] * u[k];
+        o->f = f;
+        return;
+    }
     for (long r = lo; r < hi; r++) {
         const double *ar = A + r * q;
         double eta = eta0[r];
@@ -273,10 +299,16 @@ static void pass_mode(const agq_data *a, long lo, long hi, const double *eta0, c
 
 /* the mode û by Newton's method with step halving from u = 0; returns the pass at û (with d)
  * and R = chol(H(û)); 0 when it fails */
-static int find_mode(const agq_data *a, long lo, long hi, const double *eta0, const double *A,
-                     double *u, double *d, pass_out *o, double *R) {
+static int find_mode(const agq_data *a, long j, const double *L, const double *eta0,
+                     const double *A, double *u, double *d, pass_out *o, double *R) {
     const int q = a->q;
-    for (int k = 0; k < q; k++) u[k] = 0.0;
+    const long lo = (long)a->starts[j], hi = (long)a->starts[j + 1];
+    const double *b0 = a->b0 + j * q;
+    for (int k = 0; k < q; k++) { /* u = L⁻¹ b0: the same start for any (β, L) and thread */
+        double t = b0[k];
+        for (int m = 0; m < k; m++) t -= L[k * q + m] * u[m];
+        u[k] = t / L[k * q + k];
+    }
     pass_mode(a, lo, hi, eta0, A, u, 1, d, o);
     for (int it = 0; it < 100; it++) {
         if (!chol(q, o->H, R)) return 0;
@@ -321,7 +353,7 @@ static double school_agq(const agq_data *a, long j, const double *L, const doubl
     const long lo = (long)a->starts[j], hi = (long)a->starts[j + 1];
     double u[QMAX], R[QMAX * QMAX], S[QMAX * QMAX];
     pass_out o;
-    if (!find_mode(a, lo, hi, eta0, A, u, d, &o, R)) return NAN;
+    if (!find_mode(a, j, L, eta0, A, u, d, &o, R)) return NAN;
     if (u_out) memcpy(u_out, u, sizeof(double) * q);
     if (R_out) memcpy(R_out, R, sizeof(double) * q * q);
     inv_t(q, R, S);
@@ -832,7 +864,7 @@ int64_t twolevel_agq_draw(const double *xs, int64_t S, int64_t dim, const double
                     double u[QMAX], R[QMAX * QMAX], Sm[QMAX * QMAX], cur[QMAX];
                     pass_out o;
                     double *uo = out_u + (s * a.J + j) * q;
-                    if (!find_mode(&a, lo, hi, eta0, A, u, d, &o, R)) {
+                    if (!find_mode(&a, j, L, eta0, A, u, d, &o, R)) {
                         for (int k = 0; k < q; k++) uo[k] = NAN;
                         continue;
                     }
