@@ -65,8 +65,9 @@ from twolevel.data.errors import TwolevelError
 from twolevel.models import cbuild
 from twolevel.models.bayes import kernel_layout as layout
 
-__all__ = ["with_start", "AGQ_LINK_CODES", "DEFAULT_MH_STEPS", "agq_logp", "agq_schools", "default_agq_nodes",
-           "draw_school_effects_agq", "load", "pack_agq", "unconstrained_from_posterior"]
+__all__ = ["AGQ_LINK_CODES", "DEFAULT_MH_STEPS", "agq_logp", "agq_schools", "default_agq_nodes",
+           "draw_school_effects_agq", "load", "pack_agq", "unconstrained_from_posterior",
+           "with_start"]
 
 SOURCE = Path(__file__).with_name("cagq.c")
 CFLAGS = ("-O2", "-fPIC", "-shared", "-fno-fast-math", "-fopenmp")
