@@ -258,3 +258,24 @@ def test_newton_start_does_not_change_the_density():
     b = agq.agq_logp(x, agq.with_start(data, b0))
     assert b[0] == pytest.approx(a[0], rel=1e-12)
     np.testing.assert_allclose(b[1], a[1], rtol=1e-9)
+
+
+@pytest.mark.parametrize(("family", "link", "response", "extra"), [CASES[0], CASES[-1]])
+def test_agq_gradient_q3_equals_finite_differences(family, link, response, extra):
+    """Three correlated effects per school (27 nodes by default): the gradient equals central
+    finite differences to 1e-6 relative."""
+    d = _sim()
+    d["x2"] = np.random.default_rng(9).normal(size=len(d))
+    fam = get_family(family, link)
+    design, resp = glmer_design(f"{response} ~ 1 + x{extra} + (1 + x + x2 | g)", d, fam, None)
+    priors = default_glmm_priors(design, resp.y, resp.w, resp.offset, family, link)
+    data = agq.pack_agq(design, resp.y, resp.w, resp.offset, family, link, priors, "lkj")
+    x = np.array([-0.3, 0.4, np.log(0.7), 0.1, np.log(0.4), -0.1, 0.05, np.log(0.3)])
+    lp, g, st = agq.agq_logp(x, data)
+    assert st == 0 and np.isfinite(lp)
+    fd = np.empty_like(x)
+    for k in range(x.size):
+        e = np.zeros_like(x)
+        e[k] = 1e-5
+        fd[k] = (agq.agq_logp(x + e, data)[0] - agq.agq_logp(x - e, data)[0]) / 2e-5
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6 * np.abs(fd).max())
