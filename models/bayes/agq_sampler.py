@@ -53,10 +53,12 @@ def agq_supported(family: str, link: str, q: int, p: int, priors) -> str | None:
         return f"{p} fixed effects: the integrated likelihood takes at most {agq.PMAX}"
     if priors.beta.dist not in layout.LOCATION_CODES or priors.sd.dist not in layout.POSITIVE_CODES:
         return f"priors {priors.beta.dist}/{priors.sd.dist} have no compiled kernel"
-    from twolevel.models import cbuild
+    from twolevel.data.errors import TwolevelError
 
-    if cbuild.compiler() is None:
-        return "no C compiler to build the integrated kernel (cagq.c)"
+    try:
+        agq.load()
+    except (TwolevelError, OSError) as e:
+        return f"the integrated kernel is not available ({e})"
     return None
 
 

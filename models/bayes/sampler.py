@@ -546,9 +546,10 @@ def compile_kernels() -> None:
     callbacks for q = 2 and for any q (the fallback), and the PSIS-LOO kernel. ``make setup``
     runs this once per installation, so a user's first fit and first LOO load machine code
     instead of compiling."""
-    from twolevel.models.bayes import kernels, loo
+    from twolevel.models.bayes import agq, kernels, loo
 
     ckernels.build()
+    agq.SPEC.build(agq.BUILD_ERRORS)  # the integrated GLMM's kernel (cagq.c)
 
     kernels.logp_cfunc(2)
     kernels.logp_cfunc(3)
