@@ -8,11 +8,11 @@ Data: the 742 schools and 11,091 students of the lecture data with their ``famse
 Bernoulli outcome simulated as in ``benchmarks/glmer_speed.py`` (logit −0.4 + 0.5x, school
 intercept SD 0.8, slope SD 0.3, correlation 0.3), fitted as ``y ~ 1 + x + (1 + x | g)``.
 
-* ``ours``: ``fit_bayes(..., family="binomial")`` with its defaults (the school effects
-  integrated out by adaptive Gauss–Hermite quadrature, ``sampler="auto"``, and drawn afterwards;
-  LKJ(2); ``SamplerSettings()``), no pointwise log-likelihood; the gate over every parameter (γ,
-  SDs, correlation and all 1,484 school effects); posterior means of γ against ``glmer``'s
-  Laplace estimates in posterior SDs.
+* ``ours``: ``fit_bayes(..., family="binomial", sampler="integrated")`` (the school effects
+  integrated out by adaptive Gauss–Hermite quadrature and drawn afterwards; LKJ(2);
+  ``SamplerSettings()``), no pointwise log-likelihood; the gate over every parameter (γ, SDs,
+  correlation and all 1,484 school effects); posterior means of γ against ``glmer``'s Laplace
+  estimates in posterior SDs.
 * ``hand``: the same model as a PyMC user writes it (observation-level ``pm.Bernoulli``,
   ``z @ chol.T``, the same priors), ``pm.sample()`` with its defaults (4 × 1,000 draws, PyMC's
   NUTS); ``hand_nutpie``: the same with ``nuts_sampler="nutpie"``.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 FORMULA = "y ~ 1 + x + (1 + x | g)"
 
 
-def ours(seed: int, sampler: str = "auto") -> dict:
+def ours(seed: int, sampler: str = "integrated") -> dict:
     from glmer_speed import lecture_data
 
     from twolevel.models.bayes.fit import fit_bayes

@@ -135,5 +135,5 @@ def test_what_the_integrated_sampler_cannot_fit():
     with pytest.warns(UserWarning, match="4 random effects per school.*sampling every school "
                                          "effect instead"):
         fit = fit_bayes(f4, d, family="poisson", settings=s, progress=False,
-                        log_likelihood="none")
+                        log_likelihood="none", sampler="auto")
     assert "integrated" not in fit.sampler

@@ -408,7 +408,7 @@ def fit_bayes(
     engine: str = "auto",
     memory_limit: str | None = None,
     scheduler=None,
-    sampler: str = "auto",
+    sampler: str = "full",
     nodes: int | None = None,
 ) -> BayesFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) by NUTS and run the diagnostic gate.
@@ -416,9 +416,10 @@ def fit_bayes(
     ``family="binomial"`` (links logit, probit, cloglog) or ``"poisson"`` (log) fits a binary or
     count outcome (:func:`twolevel.models.bayes.glmm_fit.fit_bayes_glmm`: school effects sampled,
     non-centred unless ``centering`` says otherwise; ``likelihood`` does not apply). There
-    ``sampler="auto"`` (default) integrates each school's effects out by adaptive Gauss–Hermite
-    quadrature (``nodes`` per dimension) and samples the hyperparameters only, ``"full"``
-    samples every school effect (:func:`~twolevel.models.bayes.glmm_fit.fit_bayes_glmm`).
+    ``sampler="full"`` (default) samples every school effect; ``"integrated"`` (or ``"auto"``:
+    where it applies) integrates each school's effects out by adaptive Gauss–Hermite quadrature
+    (``nodes`` per dimension) and samples the hyperparameters only
+    (:func:`~twolevel.models.bayes.glmm_fit.fit_bayes_glmm`).
 
     ``likelihood``/``centering``/``priors`` as in :func:`twolevel.models.bayes.pymc_model.build_model`
     (``centering`` only matters for the sampled school effects of "suffstat"/"student"; the

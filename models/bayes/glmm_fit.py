@@ -84,7 +84,7 @@ def fit_bayes_glmm(
     progress: bool = True,
     log_likelihood: str = "both",
     nodes: int | None = None,
-    sampler: str = "auto",
+    sampler: str = "full",
 ) -> BayesFit:
     """NUTS fit of a binary (``family="binomial"``: logit, probit, cloglog) or count
     (``"poisson"``: log) two-level model, with the diagnostic gate (module docstring).
@@ -94,13 +94,17 @@ def fit_bayes_glmm(
     (diagonal mass-matrix adaptation, target_accept 0.8, 4 × 2,000 draws). ``nodes``: Gauss–Hermite nodes per dimension for the per-school
     log-likelihood (default 9 for one random effect, 5 for two, 3 for more).
 
-    ``sampler``: ``"integrated"`` samples (β, the covariance factor) with each school's effects
-    integrated out by adaptive Gauss–Hermite quadrature and draws the school effects afterwards
-    (:mod:`twolevel.models.bayes.agq_sampler`; ``nodes`` is then its nodes per dimension,
-    default :func:`twolevel.models.bayes.agq.default_agq_nodes`); ``"full"`` samples every
-    school effect (non-centred or ``centering``); ``"auto"`` (default) the integrated sampler
-    where it applies (logit/probit/cloglog binomial, log Poisson, 1–3 effects, non-centred,
-    compiled priors, a C compiler) and otherwise the full one, saying why in one warning."""
+    ``sampler``: ``"full"`` (default) samples every school effect (non-centred or
+    ``centering``); ``"integrated"`` samples (β, the covariance factor) with each school's
+    effects integrated out by adaptive Gauss–Hermite quadrature and draws the school effects
+    afterwards (:mod:`twolevel.models.bayes.agq_sampler`; ``nodes`` is then its nodes per
+    dimension, default :func:`twolevel.models.bayes.agq.default_agq_nodes`); ``"auto"`` the
+    integrated sampler where it applies (logit/probit/cloglog binomial, log Poisson, 1–3
+    effects, non-centred, compiled priors, a C compiler) and otherwise the full one, saying why
+    in one warning. Not the default: at the lecture design (742 schools of ~15 students, two
+    effects) a gradient of the integrated density with 25 nodes costs ~16 times the full
+    model's, and the full sampler's trajectories there are as short, so the integrated fit took
+    several times longer (``benchmarks/agq_nodes.py``, docs/bayes-agq.md)."""
     if log_likelihood not in LOG_LIKELIHOODS:
         raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "
                             f"{', '.join(LOG_LIKELIHOODS)}; use one of those")

@@ -33,10 +33,8 @@ def fit_bayes_glmm(spec: GlmmWorkflowSpec, d: PreparedGlmmData, ml: dict[str, An
     out: dict[str, Any] = {"warnings": []}
     for m, formula in (("m1", spec.formula_m1), ("m2", spec.formula_m2)):
         t0 = time.perf_counter()
-        # the integrated sampler (fit_bayes's default here) moves in the hyperparameters only:
-        # the normal model's settings (low-rank adaptation, target_accept 0.9) suit it
-        settings = SamplerSettings(chains=eff.chains, draws=eff.draws, tune=eff.tune,
-                                   seed=eff.seed_for(f"bayes_{m}"))
+        settings = SamplerSettings.for_family(spec.family, chains=eff.chains, draws=eff.draws,
+                                              tune=eff.tune, seed=eff.seed_for(f"bayes_{m}"))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             fit = nuts(formula, d.frame, family=spec.family, link=spec.link, settings=settings,
