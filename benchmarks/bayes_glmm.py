@@ -8,13 +8,15 @@ Data: the 742 schools and 11,091 students of the lecture data with their ``famse
 Bernoulli outcome simulated as in ``benchmarks/glmer_speed.py`` (logit −0.4 + 0.5x, school
 intercept SD 0.8, slope SD 0.3, correlation 0.3), fitted as ``y ~ 1 + x + (1 + x | g)``.
 
-* ``ours``: ``fit_bayes(..., family="binomial")`` with its defaults (non-centred school effects,
-  LKJ(2), ``SamplerSettings.for_family("binomial")``: 4 chains × 2,000 draws, 1,000 tuning steps,
-  diagonal adaptation, target_accept 0.8), no pointwise log-likelihood; the gate over every
-  parameter (γ, SDs, correlation and all 1,484 school effects); posterior means of γ against
-  ``glmer``'s Laplace estimates in posterior SDs.
+* ``ours``: ``fit_bayes(..., family="binomial", sampler="integrated")`` (the school effects
+  integrated out by adaptive Gauss–Hermite quadrature and drawn afterwards; LKJ(2);
+  ``SamplerSettings()``), no pointwise log-likelihood; the gate over every parameter (γ, SDs,
+  correlation and all 1,484 school effects); posterior means of γ against ``glmer``'s Laplace
+  estimates in posterior SDs.
 * ``hand``: the same model as a PyMC user writes it (observation-level ``pm.Bernoulli``,
-  ``z @ chol.T``, the same priors), ``pm.sample()`` with its defaults (4 × 1,000 draws; nutpie).
+  ``z @ chol.T``, the same priors), ``pm.sample()`` with its defaults (4 × 1,000 draws, PyMC's
+  NUTS); ``hand_nutpie``: the same with ``nuts_sampler="nutpie"``.
+* ``full`` (``--full``): ``fit_bayes(..., sampler="full")``, every school effect sampled.
 
 Each in a fresh process timed whole; min-ESS per second = min(bulk, tail ESS) / wall.
 """
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 FORMULA = "y ~ 1 + x + (1 + x | g)"
 
 
-def ours(seed: int) -> dict:
+def ours(seed: int, sampler: str = "integrated") -> dict:
     from glmer_speed import lecture_data
 
     from twolevel.models.bayes.fit import fit_bayes
@@ -41,7 +43,8 @@ def ours(seed: int) -> dict:
     d = lecture_data(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a failed gate shows in the numbers
-        fit = fit_bayes(FORMULA, d, family="binomial", progress=False, log_likelihood="none")
+        fit = fit_bayes(FORMULA, d, family="binomial", progress=False, log_likelihood="none",
+                        sampler=sampler)
     dg = fit.diagnostics
     post = fit.posterior
     return {"divergences": dg.divergences, "max_rhat": dg.max_rhat, "worst_rhat": dg.worst_rhat,
@@ -50,10 +53,11 @@ def ours(seed: int) -> dict:
             "mean": post["beta"].mean(("chain", "draw")).to_numpy().tolist(),
             "sd": post["beta"].std(("chain", "draw")).to_numpy().tolist(),
             "settings": {k: getattr(fit.settings, k) for k in ("chains", "draws", "tune",
-                                                              "target_accept", "adaptation")}}
+                                                              "target_accept", "adaptation")},
+            "sampler": fit.sampler}
 
 
-def hand(seed: int) -> dict:
+def hand(seed: int, nuts_sampler: str = "pymc") -> dict:
     import numpy as np
     import pymc as pm
     from glmer_speed import lecture_data
@@ -84,7 +88,7 @@ def hand(seed: int) -> dict:
         xv = d["x"].to_numpy(float)
         eta = beta[0] + b[codes, 0] + (beta[1] + b[codes, 1]) * xv
         pm.Bernoulli("y", logit_p=eta, observed=d["y"].to_numpy())
-        dt = pm.sample(random_seed=seed, cores=2, progressbar=False)
+        dt = pm.sample(random_seed=seed, cores=2, progressbar=False, nuts_sampler=nuts_sampler)
     dg = diagnose(dt)
     return {"divergences": dg.divergences, "max_rhat": dg.max_rhat, "worst_rhat": dg.worst_rhat,
             "min_ess_bulk": dg.min_ess_bulk, "min_ess_tail": dg.min_ess_tail,
@@ -107,17 +111,23 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--skip-hand", action="store_true")
-    ap.add_argument("--worker", choices=["ours", "hand"], help=argparse.SUPPRESS)
+    ap.add_argument("--full", action="store_true",
+                    help="also time sampler='full' (every school effect sampled)")
+    ap.add_argument("--worker", choices=["ours", "full", "hand", "hand_nutpie"],
+                    help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(ours(a.seed) if a.worker == "ours" else hand(a.seed)))
+        work = {"ours": lambda: ours(a.seed), "full": lambda: ours(a.seed, "full"),
+                "hand": lambda: hand(a.seed), "hand_nutpie": lambda: hand(a.seed, "nutpie")}
+        print(json.dumps(work[a.worker]()))
         return 0
     import os
 
     print(f"Bernoulli, lecture design, data seed {a.seed}; load {os.getloadavg()[0]:.2f}")
     lap = laplace(a.seed)
     res = {}
-    for w in ["ours"] + ([] if a.skip_hand else ["hand"]):
+    for w in (["ours"] + (["full"] if a.full else [])
+              + ([] if a.skip_hand else ["hand", "hand_nutpie"])):
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, __file__, "--worker", w, "--seed", str(a.seed)],
                              capture_output=True, text=True, check=True).stdout
@@ -137,8 +147,14 @@ def main() -> int:
         z = (o["mean"][k] - lap["fixef"][k]) / o["sd"][k]
         print(f"gamma {name}: posterior mean {o['mean'][k]:.4f} (SD {o['sd'][k]:.4f}), Laplace "
               f"{lap['fixef'][k]:.4f} (SE {lap['se'][k]:.4f}): {z:+.3f} posterior SD")
-    if "hand" in res:
-        print(f"min-ESS/s ours / hand-written: {o['min_ess_per_s'] / res['hand']['min_ess_per_s']:.2f}")
+    print("ours sampler:", o["sampler"])
+    for w, label in (("full", "ours with sampler='full'"),
+                     ("hand", "hand-written, pm.sample() defaults"),
+                     ("hand_nutpie", "hand-written, nutpie")):
+        if w in res:
+            print(f"min-ESS/s ours / {label}: "
+                  f"{o['min_ess_per_s'] / res[w]['min_ess_per_s']:.2f}")
+    print(f"load at the end {os.getloadavg()[0]:.2f}")
     return 0
 
 

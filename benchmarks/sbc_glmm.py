@@ -1,6 +1,6 @@
 """Simulation-based calibration of the Bayesian binary-outcome model (a script, not a test).
 
-    .venv/bin/python benchmarks/sbc_glmm.py [--reps 200] [--seed 1] [--draws 500] [--route c]
+    .venv/bin/python benchmarks/sbc_glmm.py [--reps 200] [--seed 1] [--draws 500] [--route agq]
 
 Talts et al. (2018) for ``y ~ 1 + x + (1 + x | g)`` with a Bernoulli (logit) outcome, the
 non-centred LKJ model of :mod:`twolevel.models.bayes.pymc_glmm`: a fixed design (40 schools of
@@ -11,12 +11,14 @@ prior is centred on g(ȳ) of the data, which an SBC cannot use because the data 
 it. (γ, SDs, ρ, school effects, y) are drawn from the PyMC model's prior predictive (the
 specification), each data set is fitted by NUTS with the binary-outcome sampler defaults
 (``SamplerSettings.for_family("binomial")``: diagonal adaptation, target_accept 0.8) on the same
-sampler the default fit uses — the C log density and gradient through nutpie
-(:func:`twolevel.models.bayes.glmm_sampler.sample_glmm`; ``--route pymc``: the PyMC model compiled
-once, the response swapped in by ``sample_nuts(data={"observed": y})``) — 4 chains ×
+sampler the default fit uses — the school effects integrated out by adaptive Gauss–Hermite
+quadrature (:func:`twolevel.models.bayes.agq_sampler.sample_agq`; ``--route c``: the non-centred
+C log density and gradient through nutpie, :func:`twolevel.models.bayes.glmm_sampler.sample_glmm`;
+``--route pymc``: the PyMC model compiled once, the response swapped in by
+``sample_nuts(data={"observed": y})``) — 4 chains ×
 ``--draws`` after as many tuning steps, thinned to 99 draws, and the rank of the true value is
 recorded for γ00, γ10, sd0, sd1 and ρ. χ² test of uniform ranks over 20 bins (rejected at 1% is a
-failure). Ranks in ``benchmarks/results/sbc_glmm_ranks.csv``.
+failure). Ranks in ``benchmarks/results/sbc_glmm_ranks_<route>.csv``.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--draws", type=int, default=500)
-    ap.add_argument("--route", choices=["c", "pymc"], default="c",
-                    help="the compiled C model (the default fit's) or the PyMC model")
+    ap.add_argument("--route", choices=["agq", "c", "pymc"], default="agq",
+                    help="the integrated (AGQ) sampler (the default fit's), the compiled "
+                         "non-centred C model (sampler='full') or the PyMC model")
     a = ap.parse_args()
 
     import pymc as pm
@@ -89,7 +92,12 @@ def main() -> None:
             warnings.simplefilter("ignore")
             kw = dict(draws=a.draws, tune=a.draws, chains=4, cores=2, seed=a.seed * 1000 + i,
                       target_accept=st.target_accept, progress=False, adaptation=st.adaptation)
-            if a.route == "c":
+            if a.route == "agq":
+                from twolevel.models.bayes.agq_sampler import sample_agq
+
+                dt = sample_agq(design, ys[i].astype(float), resp.w, resp.offset, "binomial",
+                                "logit", priors, **kw)[0]
+            elif a.route == "c":
                 dt = sample_glmm(design, ys[i].astype(float), resp.w, resp.offset, "binomial",
                                  "logit", priors, **kw)
             else:
@@ -109,7 +117,7 @@ def main() -> None:
     R = pd.DataFrame(ranks)
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    R.assign(divergences=divs).to_csv(out / "sbc_glmm_ranks.csv", index=False)
+    R.assign(divergences=divs).to_csv(out / f"sbc_glmm_ranks_{a.route}.csv", index=False)
     bins, L = 20, len(draws)
     edges = np.linspace(-0.5, L + 0.5, bins + 1)
     rows = []

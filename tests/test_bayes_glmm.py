@@ -280,7 +280,7 @@ def test_normal_model_settings_on_a_glmm_warn():
     with pytest.warns(UserWarning, match=r"adaptation='low_rank'.*about 10x slower.*use "
                       r"SamplerSettings.for_family\('binomial', \.\.\.\)"):
         fit = fit_bayes("y ~ 1 + x + (1 + x | g)", d, family="binomial", progress=False,
-                        log_likelihood="none",
+                        log_likelihood="none", sampler="full",
                         settings=SamplerSettings(chains=2, draws=50, tune=50))
     assert fit.settings.adaptation == "low_rank"
 

@@ -118,7 +118,7 @@ def test_compiled_fit_has_the_pymc_routes_variables_and_posterior(monkeypatch):
     for route in ("c", "numba"):
         monkeypatch.setenv("TWOLEVEL_KERNELS", route)
         fits[route] = fit_bayes(f, d, family="binomial", settings=s, progress=False,
-                                log_likelihood="none")
+                                log_likelihood="none", sampler="full")
     c, ref = fits["c"], fits["numba"]
     assert "compiled from C" in c.sampler and "PyTensor" in ref.sampler
     pc, pr = c.posterior, ref.posterior

@@ -244,14 +244,17 @@ class BayesFit:
         s, d = self.settings, self.diagnostics
         table = self.to_frame()
         glmm = "/" in self.likelihood  # "binomial/logit", "poisson/log"
+        integrated = glmm and "integrated out" in self.sampler
         lines = [
             f"Bayesian {'generalized ' if glmm else ''}linear mixed model fit by NUTS "
             f"({self.sampler})",
             f"Formula: {self.formula}",
             (f"Family: {self.likelihood.split('/')[0]} ({self.likelihood.split('/')[1]} link); "
-             "school effects sampled" if glmm else f"Likelihood: {self.likelihood}")
+             + ("school effects integrated out by adaptive quadrature" if integrated else
+                "school effects sampled") if glmm else f"Likelihood: {self.likelihood}")
             + (" (school effects integrated out, drawn afterwards from their exact conditional)"
                if self.likelihood == "collapsed" else
+               " (drawn afterwards from their exact conditional)" if integrated else
                f" ({self.n_centered} leading effect(s) centred, the rest non-centred)"),
             "Priors:\n  " + str(self.priors).replace("\n", "\n  "),
             f"Chains: {s.chains} x {s.draws} draws after {s.tune} tuning steps; seed {s.seed}; "
@@ -308,6 +311,8 @@ def fit_bayes(
     memory_limit: str | None = None,
     scheduler=None,
     pv=None,
+    sampler: str = "full",
+    nodes: int | None = None,
 ) -> BayesFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) by NUTS and run the diagnostic gate.
 
@@ -316,7 +321,11 @@ def fit_bayes(
 
     ``family="binomial"`` (links logit, probit, cloglog) or ``"poisson"`` (log) fits a binary or
     count outcome (:func:`twolevel.models.bayes.glmm_fit.fit_bayes_glmm`: school effects sampled,
-    non-centred unless ``centering`` says otherwise; ``likelihood`` does not apply).
+    non-centred unless ``centering`` says otherwise; ``likelihood`` does not apply). There
+    ``sampler="full"`` (default) samples every school effect; ``"integrated"`` (or ``"auto"``:
+    where it applies) integrates each school's effects out by adaptive Gauss–Hermite quadrature
+    (``nodes`` per dimension) and samples the hyperparameters only
+    (:func:`~twolevel.models.bayes.glmm_fit.fit_bayes_glmm`).
 
     ``likelihood``/``centering``/``priors`` as in
     :func:`twolevel.models.bayes.pymc_model.build_model`
@@ -376,7 +385,7 @@ def fit_bayes(
         return fit_bayes_glmm(formula, data, family, link, weights=weights, priors=priors,
                               centering="noncentered" if centering is None else centering,
                               settings=settings, progress=progress,
-                              log_likelihood=log_likelihood)
+                              log_likelihood=log_likelihood, sampler=sampler, nodes=nodes)
     centering = "auto" if centering is None else centering
     if log_likelihood not in LOG_LIKELIHOODS:
         raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "

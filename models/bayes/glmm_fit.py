@@ -19,6 +19,7 @@ leave-one-school-out).
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
@@ -41,7 +42,9 @@ from twolevel.models.bayes.priors import ModelPriors, default_glmm_priors
 from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.response import glmer_design
 
-__all__ = ["GIL_FREE_ROWS", "fit_bayes_glmm", "glmm_reliabilities"]
+__all__ = ["GIL_FREE_ROWS", "SAMPLERS", "fit_bayes_glmm", "glmm_reliabilities"]
+
+SAMPLERS = ("auto", "integrated", "full")
 
 # From this many rows the model is compiled into nutpie's GIL-free callback (~8 s of compilation
 # per process; at the lecture's 11,091 rows a gradient costs ~450 µs and 4 chains on 2 cores then
@@ -81,6 +84,7 @@ def fit_bayes_glmm(
     progress: bool = True,
     log_likelihood: str = "both",
     nodes: int | None = None,
+    sampler: str = "full",
 ) -> BayesFit:
     """NUTS fit of a binary (``family="binomial"``: logit, probit, cloglog) or count
     (``"poisson"``: log) two-level model, with the diagnostic gate (module docstring).
@@ -88,11 +92,43 @@ def fit_bayes_glmm(
     ``centering``: "noncentered" (default), "centered", "auto" (reliability rule) or the number
     of leading effects to centre. ``settings``: default ``SamplerSettings.for_family(family)``
     (diagonal mass-matrix adaptation, target_accept 0.8, 4 × 2,000 draws). ``nodes``: Gauss–Hermite nodes per dimension for the per-school
-    log-likelihood (default 9 for one random effect, 5 for two, 3 for more)."""
+    log-likelihood (default 9 for one random effect, 5 for two, 3 for more).
+
+    ``sampler``: ``"full"`` (default) samples every school effect (non-centred or
+    ``centering``); ``"integrated"`` samples (β, the covariance factor) with each school's
+    effects integrated out by adaptive Gauss–Hermite quadrature and draws the school effects
+    afterwards (:mod:`twolevel.models.bayes.agq_sampler`; ``nodes`` is then its nodes per
+    dimension, default :func:`twolevel.models.bayes.agq.default_agq_nodes`); ``"auto"`` the
+    integrated sampler where it applies (logit/probit/cloglog binomial, log Poisson, 1–3
+    effects, non-centred, compiled priors, a C compiler) and otherwise the full one, saying why
+    in one warning. Not the default: at the lecture design (742 schools of ~15 students, two
+    effects) a gradient of the integrated density with 25 nodes costs ~16 times the full
+    model's, and the full sampler's trajectories there are as short, so the integrated fit took
+    several times longer (``benchmarks/agq_nodes.py``, docs/bayes-agq.md)."""
     if log_likelihood not in LOG_LIKELIHOODS:
         raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "
                             f"{', '.join(LOG_LIKELIHOODS)}; use one of those")
     fam = get_family(family, link)
+    if sampler not in SAMPLERS:
+        raise TwolevelError(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)}; use one "
+                            "of those")
+    if sampler != "full":
+        design, resp = glmer_design(formula, data, fam, weights)
+        priors = priors or default_glmm_priors(design, resp.y, resp.w, resp.offset, fam.name,
+                                               fam.link)
+        from twolevel.models.bayes.agq_sampler import agq_supported
+
+        why = agq_supported(fam.name, fam.link, design.q, design.p, priors)
+        if why is None and centering == "noncentered":
+            return _fit_integrated(formula, design, resp, fam, priors, settings, progress,
+                                   log_likelihood, nodes)
+        if sampler == "integrated":
+            raise TwolevelError(f"the integrated sampler cannot fit '{formula}': "
+                                f"{why or 'centering applies to sampled school effects'}; use "
+                                "sampler='full'")
+        if why is not None:
+            warnings.warn(f"'{formula}': {why}; sampling every school effect instead "
+                          "(sampler='full')", UserWarning, stacklevel=2)
     if settings is not None and settings.adaptation == "low_rank":
         warnings.warn(
             f"SamplerSettings(adaptation='low_rank') is the normal model's default; with every "
@@ -179,3 +215,74 @@ def _glmm_log_likelihoods(post: xr.Dataset, design, resp, family: str, link: str
         design.X, design.Z, design.group_index, design.n_groups, resp.y, w, resp.offset, family,
         link, beta, cholesky_draws(post, design.q), nodes).reshape(C, D, -1))
     return xr.Dataset(ll, coords={"school": [str(s) for s in design.group_levels]})
+
+
+def _fit_integrated(formula: str, design, resp, fam, priors, settings, progress: bool,
+                    log_likelihood: str, nodes: int | None) -> BayesFit:
+    """The integrated (AGQ) sampler's fit (:mod:`twolevel.models.bayes.agq_sampler`): NUTS on
+    the hyperparameters, the school effects drawn afterwards, the per-school log-likelihood
+    stored by the sampler, the diagnostic gate, and the quadrature error estimated at a few
+    posterior draws (a warning saying what to do when it is not far below the Monte-Carlo
+    error)."""
+    from twolevel.models.bayes.agq_sampler import LL_SCHOOL, quadrature_error, sample_agq
+
+    settings = settings or SamplerSettings()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    dt, model, t_s = sample_agq(
+        design, resp.y, resp.w, resp.offset, fam.name, fam.link, priors, draws=settings.draws,
+        tune=settings.tune, chains=settings.chains, cores=settings.cores, seed=settings.seed,
+        target_accept=settings.target_accept, adaptation=settings.adaptation, progress=progress,
+        nodes=nodes)
+    timings["compile+sample"] = t_s["sample"]
+    timings["school effects"] = t_s["school effects"]
+    post = dt["posterior"].to_dataset()
+    ll_school = post[LL_SCHOOL]
+    post = post.drop_vars(LL_SCHOOL)
+    dt["posterior"] = xr.DataTree(post)
+    if "warmup_posterior" in dt:
+        dt["warmup_posterior"] = xr.DataTree(
+            dt["warmup_posterior"].to_dataset().drop_vars(LL_SCHOOL, errors="ignore"))
+    t2 = time.perf_counter()
+    diag = diagnose(xr.DataTree.from_dict(
+        {"posterior": post, "sample_stats": dt["sample_stats"].to_dataset()}))
+    timings["diagnostics"] = time.perf_counter() - t2
+    err = quadrature_error(model, post)
+    timings["quadrature error"] = err["seconds"]
+    K = int(err["nodes"])
+    mc = 1.0 / math.sqrt(max(diag.min_ess_bulk, 1.0))
+    post.attrs.update({"agq_nodes": K, "agq_error_sd": err["sd"],
+                       "agq_error_max_abs": err["max_abs"], "mc_error_sd_units": mc})
+    dt["posterior"] = xr.DataTree(post)
+    problems = list(diag.problems)
+    if err["sd"] > 0.25 * mc:
+        problems_q = (f"quadrature error: the log density with {K} and {2 * K + 1} nodes per "
+                      f"dimension differs by SD {err['sd']:.2g} over posterior draws, not far "
+                      f"below the Monte-Carlo error ({mc:.2g} posterior SDs); refit with "
+                      f"nodes={2 * K + 1}")
+        warnings.warn(f"NUTS fit of '{formula}': {problems_q}", RuntimeWarning, stacklevel=3)
+    if log_likelihood != "none":
+        t3 = time.perf_counter()
+        ll = {}
+        C, D = post.sizes["chain"], post.sizes["draw"]
+        if log_likelihood == "both":
+            w = resp.w if fam.name == "binomial" else np.ones(design.n)
+            ll[design.response] = (("chain", "draw", "obs"), student_loglik_glmm(
+                design.X, design.Z, design.group_index, resp.y, w, resp.offset, fam.name,
+                fam.link, _draws(post["beta"], "fixed"),
+                _draws(post["b_school"], "school", "effect")).reshape(C, D, -1))
+        ll[f"{design.response}_by_school"] = (("chain", "draw", "school"),
+                                              ll_school.transpose("chain", "draw", "school")
+                                              .to_numpy())
+        dt["log_likelihood"] = xr.DataTree(xr.Dataset(
+            ll, coords={"school": [str(s) for s in design.group_levels]}))
+        timings["log-likelihood"] = time.perf_counter() - t3
+    timings["build"] = time.perf_counter() - t0 - sum(timings.values())
+    for p in problems:
+        warnings.warn(f"NUTS fit of '{formula}': {p}", RuntimeWarning, stacklevel=3)
+    return BayesFit(
+        formula=formula, design=design, priors=priors, likelihood=f"{fam.name}/{fam.link}",
+        n_centered=0, settings=settings, datatree=dt, diagnostics=diag, timings=timings,
+        sampler=(f"nutpie, school effects integrated out by adaptive Gauss-Hermite quadrature "
+                 f"({K} nodes per dimension; quadrature error SD {err['sd']:.1g}) and drawn "
+                 "from their exact conditional (twolevel.models.bayes.agq_sampler)"))

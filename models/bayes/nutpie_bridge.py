@@ -124,9 +124,10 @@ def run_nuts(model, settings, cores: int, progress: bool, lib=None):
     keep = (model, owner)  # alive while the sampler runs
     ptr = model.data.ctypes.data
     logp_fn = lib.LogpFunc(logp_addr, ptr, keep)
-    expand_fn = lib.ExpandFunc(model.n_dim, model.n_dim, copy_addr, ptr, keep)
+    n_expanded = getattr(model, "n_expanded", model.n_dim)  # the draw and what expand adds
+    expand_fn = lib.ExpandFunc(model.n_dim, n_expanded, copy_addr, ptr, keep)
     sizes = {k: len(v) for k, v in model.coords.items()}
-    variables = lib.PyVariable.new_variables(["x"], ["float64"], [(model.n_dim,)], sizes,
+    variables = lib.PyVariable.new_variables(["x"], ["float64"], [(n_expanded,)], sizes,
                                              {"x": ("unconstrained_parameter",)})
     pm_model = lib.PyMcModel(logp_fn, expand_fn, variables, model.n_dim, sizes,
                              dict(model.coords), model.initial_point, None)

@@ -70,13 +70,21 @@ def add_glmm_bayes_section(sec, rep, spec: GlmmWorkflowSpec, ml: dict[str, Any],
     fits = {"m1": bayes["m1"], "m2": bayes["m2"]}
     f1 = fits["m1"]
     s = f1.settings
+    integrated = all("integrated" in f.sampler for f in fits.values())
+    how = (f"Unlike a normal outcome, the {gl} effects cannot be integrated out in closed form; "
+           f"here each {gl}'s effects are integrated out numerically, by adaptive Gauss–Hermite "
+           "quadrature centred at their conditional mode (glmer's nAGQ construction, with its "
+           "exact gradient), so NUTS samples only the fixed effects and the covariance factor; "
+           f"every {gl}'s effects are then drawn for every posterior draw from their exact "
+           "conditional posterior. The quadrature error (nodes K against 2K + 1 at a few "
+           "posterior draws) is in each summary's sampler line" if integrated else
+           f"Unlike a normal outcome, the {gl} effects cannot be integrated out in closed form, "
+           f"so every {gl}'s effects are sampled, non-centred (b_j = L z_j, z_j ~ N(0, I))")
     sec.text(
         f"Both models are fitted by NUTS (nutpie, {s.chains} chains × {s.draws} draws after "
         f"{s.tune} tuning steps, target_accept {s.target_accept}, {s.adaptation} mass-matrix "
-        f"adaptation). Unlike a normal outcome, the {gl} effects cannot be integrated out in "
-        f"closed form, so every {gl}'s effects are sampled, non-centred (b_j = L z_j, z_j ~ "
-        "N(0, I)), with an LKJ(2) prior on their correlation. Priors are weakly informative on "
-        f"the {sc.link} scale and printed in each summary."
+        f"adaptation). {how}, with an LKJ(2) prior on their correlation. Priors are weakly "
+        f"informative on the {sc.link} scale and printed in each summary."
         + (" **--quick run: too few draws to report; the diagnostics gate is expected to fail "
            "on effective sample size.**" if eff.quick else ""))
     fix = ("rerun without `--quick`" if eff.quick else
@@ -87,8 +95,10 @@ def add_glmm_bayes_section(sec, rep, spec: GlmmWorkflowSpec, ml: dict[str, Any],
         columns=["model", "stage", "seconds"]), digits=1,
         caption="Where the time of each NUTS fit went (build: design and priors, and the PyMC "
                 "model where the compiled C density does not apply; compile+sample: compiling "
-                "(PyMC route only) and sampling; "
-                "log-likelihood: per student and per school, the latter by AGQ at every draw)")
+                "(PyMC route only) and sampling; school effects: their draws given each "
+                "posterior draw (integrated sampler); quadrature error: K against 2K + 1 nodes; "
+                "log-likelihood: per student, and per school by AGQ at every draw unless the "
+                "integrated sampler stored it while sampling)")
     for m, f in fits.items():
         sec.pre(f.summary(), caption=f"{m}: {f.formula}")
         sec.table(f"posterior_{m}", posterior_ratio_table(f, ratio), digits=4,
@@ -104,4 +114,5 @@ def add_glmm_bayes_section(sec, rep, spec: GlmmWorkflowSpec, ml: dict[str, Any],
     sec.text("The posteriors are saved as `posterior_m1.nc` and `posterior_m2.nc` (NetCDF; "
              "`arviz.from_netcdf(...)` or `xarray.open_datatree(...)` reopens them), with the "
              f"per-{gl} log-likelihood (effects integrated out by adaptive Gauss–Hermite "
-             f"quadrature at each draw) used for leave-one-{gl}-out.")
+             f"quadrature at each draw; stored by the sampler when it integrated them out) "
+             f"used for leave-one-{gl}-out.")
