@@ -34,6 +34,7 @@ def main() -> int:
     ap.add_argument("--points", type=int, default=8)
     a = ap.parse_args()
     from glmer_speed import lecture_data
+
     from twolevel.models.bayes import agq
     from twolevel.models.bayes.priors import default_glmm_priors
     from twolevel.models.bayes.sampler import effect_structure

@@ -83,8 +83,9 @@ def main() -> None:
                          "sd1": sd[:, 1], "rho": corr})
     st = SamplerSettings.for_family("binomial")
     print(f"priors: {priors.to_dict()}")
-    print(f"route: {a.route}; sampler: {st.adaptation} adaptation, target_accept {st.target_accept}, 4 chains x "
-          f"{a.draws} draws after {a.draws} tuning steps", flush=True)
+    print(f"route: {a.route}; sampler: {st.adaptation} adaptation, "
+          f"target_accept {st.target_accept}, 4 chains x {a.draws} draws after {a.draws} "
+          "tuning steps", flush=True)
     ranks, divs = [], []
     t0 = time.perf_counter()
     for i in range(a.reps):

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import special, stats
+
 from twolevel.models.bayes import agq
 from twolevel.models.bayes.priors import default_glmm_priors
 from twolevel.models.bayes.sampler import effect_structure

@@ -13,6 +13,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
+
 from twolevel.data.errors import TwolevelError
 from twolevel.models.bayes import agq
 from twolevel.models.bayes.agq_sampler import _unconstrained

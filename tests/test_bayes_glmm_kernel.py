@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import pymc_reference
 
 from twolevel.models.bayes import ckernels
 from twolevel.models.bayes.glmm_sampler import compile_glmm, compiled_glmm_supported
@@ -17,8 +18,6 @@ from twolevel.models.bayes.priors import Prior, default_glmm_priors
 from twolevel.models.bayes.pymc_glmm import build_glmm_model
 from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.response import glmer_design
-
-from conftest import pymc_reference
 
 
 def _sim(seed=5, J=12):

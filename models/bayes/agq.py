@@ -57,10 +57,10 @@ from __future__ import annotations
 
 import ctypes
 import math
-from pathlib import Path
 
 import numpy as np
 from scipy.special import gammaln
+
 from twolevel.data.errors import TwolevelError
 from twolevel.models import native
 from twolevel.models.bayes import kernel_layout as layout

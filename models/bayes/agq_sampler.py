@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import xarray as xr
+
 from twolevel.models.bayes import agq
 from twolevel.models.bayes import kernel_layout as layout
 from twolevel.models.bayes.sampler import (

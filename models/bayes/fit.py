@@ -6,10 +6,10 @@ column names
 :func:`twolevel.models.bayes.pymc_model.build_model`
 (LKJ prior on the school-effect correlation, school effects non-centred or integrated out), NUTS
 (nutpie), then a result that records how it was obtained. The default collapsed model is sampled
-through its compiled log-density and gradient (:mod:`twolevel.models.bayes.ckernels` in C, compiled with the package, or
-:mod:`twolevel.models.bayes.kernels` in numba; nutpie's
-Rust NUTS calling them without the GIL: :mod:`twolevel.models.bayes.sampler`; no PyMC import,
-nothing compiled per process); the other likelihoods through the PyMC model
+through its compiled log-density and gradient (:mod:`twolevel.models.bayes.ckernels` in C,
+compiled with the package, or :mod:`twolevel.models.bayes.kernels` in numba; nutpie's Rust NUTS
+calling them without the GIL: :mod:`twolevel.models.bayes.sampler`; no PyMC import, nothing
+compiled per process); the other likelihoods through the PyMC model
 (:func:`twolevel.models.bayes.pymc_model.sample_nuts`).
 
 Default: ``likelihood="collapsed"``. The school effects are integrated out analytically, NUTS
@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import xarray as xr
+
 from twolevel.data.errors import TwolevelError
 from twolevel.models.bayes.collapsed import draw_school_effects, school_marginal_loglik
 from twolevel.models.bayes.diagnostics import rhat_ess

@@ -3,7 +3,8 @@ the same frozen :class:`~twolevel.models.bayes.fit.BayesFit` as the Gaussian mod
 
 ``fit_bayes(formula, data, family="binomial" | "poisson", link=...)`` comes here. The response
 encodings are glmer's (0/1, two-level factor, logical, ``cbind(successes, failures)``, proportions
-with ``weights`` = trials, counts with ``offset(log(exposure))``; :mod:`twolevel.models.glmm.response`).
+with ``weights`` = trials, counts with ``offset(log(exposure))``;
+:mod:`twolevel.models.glmm.response`).
 The model (:mod:`twolevel.models.bayes.pymc_glmm`) has the LKJ prior on the school effects'
 correlation and samples the school effects **non-centred** by default; ``centering="auto"`` centres
 the leading effects whose reliability in the Laplace fit (``glmer``) is ≥ 0.5. The non-centred
@@ -91,8 +92,9 @@ def fit_bayes_glmm(
 
     ``centering``: "noncentered" (default), "centered", "auto" (reliability rule) or the number
     of leading effects to centre. ``settings``: default ``SamplerSettings.for_family(family)``
-    (diagonal mass-matrix adaptation, target_accept 0.8, 4 × 2,000 draws). ``nodes``: Gauss–Hermite nodes per dimension for the per-school
-    log-likelihood (default 9 for one random effect, 5 for two, 3 for more).
+    (diagonal mass-matrix adaptation, target_accept 0.8, 4 × 2,000 draws). ``nodes``:
+    Gauss–Hermite nodes per dimension for the per-school log-likelihood (default 9 for one
+    random effect, 5 for two, 3 for more).
 
     ``sampler``: ``"full"`` (default) samples every school effect (non-centred or
     ``centering``); ``"integrated"`` samples (β, the covariance factor) with each school's

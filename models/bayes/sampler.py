@@ -44,15 +44,14 @@ import xarray as xr
 
 from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models import native
-from twolevel.models.bayes import ckernels
+from twolevel.models.bayes import ckernels, nutpie_bridge
 from twolevel.models.bayes import kernel_layout as layout
-from twolevel.models.bayes import nutpie_bridge
 from twolevel.models.bayes.nutpie_bridge import nutpie_lib, nuts_settings, run_nuts
 from twolevel.models.bayes.priors import ModelPriors, check_priors, default_priors
 from twolevel.models.design import Design, GroupCrossprods
 
-__all__ = ["ADAPTATIONS", "CollapsedModel", "CompiledModel", "check_adaptation", "compile_collapsed",
-           "callbacks", "compile_kernels", "kernel_description",
+__all__ = ["ADAPTATIONS", "CollapsedModel", "CompiledModel", "check_adaptation",
+           "compile_collapsed", "callbacks", "compile_kernels", "kernel_description",
            "effect_structure", "expand_draws", "expand_names", "nutpie_lib", "pack_data",
            "run_nuts", "sample_collapsed", "support_point", "trace_to_datatree"]
 
@@ -61,8 +60,9 @@ LOG2PI = math.log(2.0 * math.pi)
 
 
 def effect_structure(design: Design) -> str:
-    """``"lkj"`` for one correlated term with all random effects (``(1 + x | g)``), ``"diag"`` when
-    every term has a single effect (``(1 | g)``, ``(1 + x || g)``); anything else cannot be built."""
+    """``"lkj"`` for one correlated term with all random effects (``(1 + x | g)``), ``"diag"``
+    when every term has a single effect (``(1 | g)``, ``(1 + x || g)``); anything else cannot be
+    built."""
     terms = design.terms
     if len(terms) == 1 and len(terms[0].columns) >= 2:
         return "lkj"
@@ -191,7 +191,8 @@ def support_point(priors, q: int, p: int, structure: str) -> np.ndarray:
 
 def expand_names(q: int, p: int, structure: str) -> tuple[list[str], list[tuple[int, ...]]]:
     """Names and shapes of the expanded draw (nutpie's trace order, as PyMC's model has them):
-    the free value variables, then σ, the packed factor ``chol_cov`` (LKJ), ``sd``, ``corr`` (LKJ)."""
+    the free value variables, then σ, the packed factor ``chol_cov`` (LKJ), ``sd``, ``corr``
+    (LKJ)."""
     if structure == "lkj":
         m = q * (q + 1) // 2
         return (["beta", "sigma_log__", "chol_cov_cholesky-cov-packed__", "sigma", "chol_cov",
@@ -284,9 +285,8 @@ def _group(arrays: dict[str, list[np.ndarray]], dims: dict[str, tuple[str, ...]]
     data_vars, all_coords = {}, {}
     for name, chains in arrays.items():
         first = chains[0]
-        full = np.full((len(chains), length, *first.shape[1:]),
-                       np.nan if first.dtype.kind == "f" else (None if first.dtype == object else 0),
-                       dtype=first.dtype)
+        fill = np.nan if first.dtype.kind == "f" else (None if first.dtype == object else 0)
+        full = np.full((len(chains), length, *first.shape[1:]), fill, dtype=first.dtype)
         for c, a in enumerate(chains):
             full[c, :a.shape[0]] = a
         vd = dims.get(name) or tuple(f"{name}_dim_{k}" for k in range(first.ndim - 1))

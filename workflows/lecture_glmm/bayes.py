@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from twolevel.models.tables.glmm_answers import SCALES
 from twolevel.workflows.lecture.bayes import add_gate_text, gate_line, keep_sampler_notes
 from twolevel.workflows.lecture.compare import _compare_words, bayes_vs_reml
