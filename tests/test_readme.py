@@ -33,14 +33,17 @@ def test_no_link_leaves_the_repository():
 
 
 def test_blocks_are_python_or_the_two_commands():
-    assert len(PYTHON) == 3  # one LMM, one GLMM, one Bayesian example
+    assert len(PYTHON) == 4  # one LMM, one GLMM, one Bayesian and one power example
     console = [code for lang, code in BLOCKS if lang == "console"]
     assert [ln.split()[:2] for c in console for ln in c.splitlines()] == [
         ["make", "demo"], ["make", "test"]]
     assert {lang for lang, _ in BLOCKS} == {"python", "console"}
 
 
-@pytest.mark.parametrize("k", range(len(PYTHON)), ids=["lmm", "glmm", "bayes"][: len(PYTHON)])
+BLOCK_IDS = ["lmm", "glmm", "bayes", "power"]
+
+
+@pytest.mark.parametrize("k", range(len(PYTHON)), ids=BLOCK_IDS[: len(PYTHON)])
 def test_python_block_runs_from_a_temporary_folder(tmp_path, k):
     script = tmp_path / "block.py"
     script.write_text(PYTHON[k])
