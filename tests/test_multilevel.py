@@ -369,3 +369,20 @@ def test_facade_predict_dispatches():
     np.testing.assert_allclose(tl.predict(fit, d.iloc[:5]), fit.fitted()[:5])
     with pytest.raises(TwolevelError, match="interval='confidence' is not available with several"):
         tl.predict(fit, d.iloc[:5], interval="confidence")
+
+
+
+def test_refit_ml_takes_a_fit_with_several_factors():
+    import twolevel as tl
+
+    rng = np.random.default_rng(4)
+    d = pd.DataFrame({"school": np.repeat(np.arange(12), 12),
+                      "class": np.tile(np.repeat([1, 2, 3], 4), 12)})
+    d["x"] = rng.normal(size=len(d))
+    d["y"] = (d["x"] + np.repeat(rng.normal(size=12), 12)
+              + np.repeat(rng.normal(size=36), 4) + rng.normal(size=len(d)))
+    fit = lmer("y ~ x + (1 | school/class)", d)
+    ml = tl.refit_ml(fit)
+    assert isinstance(ml, MultiFit) and ml.reml is False
+    assert ml.criterion == pytest.approx(refit_ml_multi(fit).criterion, rel=1e-12)
+    assert len(repr(fit)) < 300 and "class:school:36" in repr(fit)

@@ -395,8 +395,14 @@ def make_multi_design(formula: str, data: pd.DataFrame) -> MultiDesign:
 
     Examples
     --------
-    >>> d = make_multi_design("y ~ x + (1 | school/class)", frame)  # doctest: +SKIP
-    >>> [f.name for f in d.factors]                                  # doctest: +SKIP
+    >>> import pandas as pd
+    >>> import twolevel as tl
+    >>> frame = pd.DataFrame({"school": [1, 1, 1, 1, 2, 2, 2, 2],
+    ...                       "class": [1, 1, 2, 2, 1, 1, 2, 2],
+    ...                       "x": [0.1, 0.4, -0.3, 0.8, 0.5, -0.2, 0.3, 0.0],
+    ...                       "y": [1.0, 1.3, 0.2, 1.9, 1.1, 0.4, 0.9, 0.6]})
+    >>> d = tl.make_multi_design("y ~ x + (1 | school/class)", frame)
+    >>> [f.name for f in d.factors]
     ['class:school', 'school']
     """
     parsed = parse_formula(formula)

@@ -225,6 +225,10 @@ def refit_ml(fit: LmerFit) -> LmerFit:
     """
     if not fit.reml:
         return fit
+    if hasattr(fit.design, "factors"):  # several grouping factors (a MultiFit)
+        from twolevel.models.lmm.multi import refit_ml_multi
+
+        return refit_ml_multi(fit)
     d, cp = fit.design, fit.crossprods
     fn = make_deviance(d, reml=False, crossprods=cp)
     opt = refit_ml_theta(

@@ -124,8 +124,20 @@ def lmer_multi(formula: str, data: pd.DataFrame, REML: bool = True, optimizer: s
 
     Examples
     --------
-    >>> fit = lmer_multi("y ~ x + (1 | school/class)", df)   # doctest: +SKIP
-    >>> print(fit.summary())                                 # doctest: +SKIP
+    >>> import numpy as np, pandas as pd
+    >>> import twolevel as tl
+    >>> rng = np.random.default_rng(1)   # 20 schools, 2 classes each, 8 students a class
+    >>> d = pd.DataFrame({"school": np.repeat(np.arange(20), 16),
+    ...                   "klass": np.tile(np.repeat([1, 2], 8), 20)})
+    >>> d["x"] = rng.normal(size=len(d))
+    >>> d["y"] = (1 + 0.5 * d["x"] + np.repeat(rng.normal(size=20), 16)
+    ...           + np.repeat(rng.normal(scale=0.7, size=40), 8) + rng.normal(size=len(d)))
+    >>> fit = tl.lmer_multi("y ~ x + (1 | school/klass)", d)
+    >>> print(fit.summary())                                # lmerTest's printout
+    Linear mixed model fit by REML. t-tests use Satterthwaite's method [
+    lmerModLmerTest]
+    Formula: y ~ x + (1 | school/klass)
+    ...
     """
     design = make_multi_design(formula, data)
     for note in design.notes:
@@ -142,7 +154,32 @@ def lmer_multi(formula: str, data: pd.DataFrame, REML: bool = True, optimizer: s
 
 def refit_ml_multi(fit: MultiFit) -> MultiFit:
     """lme4's ``refitML`` for several factors: BOBYQA on the ML deviance from the REML θ̂
-    (:func:`twolevel.models.lmm.optimize.refit_ml_theta`). ML fits are returned unchanged."""
+    (:func:`twolevel.models.lmm.optimize.refit_ml_theta`). ML fits are returned unchanged.
+
+    Parameters
+    ----------
+    fit : MultiFit
+        A fit with several grouping factors (REML or ML).
+
+    Returns
+    -------
+    MultiFit
+        The ML fit (``fit`` itself when it is ML already).
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import twolevel as tl
+    >>> rng = np.random.default_rng(1)   # 20 schools, 2 classes each, 8 students a class
+    >>> d = pd.DataFrame({"school": np.repeat(np.arange(20), 16),
+    ...                   "klass": np.tile(np.repeat([1, 2], 8), 20)})
+    >>> d["x"] = rng.normal(size=len(d))
+    >>> d["y"] = (1 + 0.5 * d["x"] + np.repeat(rng.normal(size=20), 16)
+    ...           + np.repeat(rng.normal(scale=0.7, size=40), 8) + rng.normal(size=len(d)))
+    >>> ml = tl.refit_ml_multi(tl.lmer_multi("y ~ x + (1 | school/klass)", d))
+    >>> ml.reml
+    False
+    """
     if not fit.reml:
         return fit
     fn = _deviance_fn(fit.engine)(fit.design, fit.stats, reml=False)
@@ -250,7 +287,19 @@ def anova_multi(small, big, names: tuple[str, str] = ("small", "big")) -> dict:
 
     Examples
     --------
-    >>> anova_multi(lmer("y ~ x + (1|s)", d), lmer_multi("y ~ x + (1|s/c)", d))  # doctest: +SKIP
+    >>> import numpy as np, pandas as pd
+    >>> import twolevel as tl
+    >>> rng = np.random.default_rng(1)   # 20 schools, 2 classes each, 8 students a class
+    >>> d = pd.DataFrame({"school": np.repeat(np.arange(20), 16),
+    ...                   "klass": np.tile(np.repeat([1, 2], 8), 20)})
+    >>> d["x"] = rng.normal(size=len(d))
+    >>> d["y"] = (1 + 0.5 * d["x"] + np.repeat(rng.normal(size=20), 16)
+    ...           + np.repeat(rng.normal(scale=0.7, size=40), 8) + rng.normal(size=len(d)))
+    >>> small = tl.lmer("y ~ x + (1 | school)", d)
+    >>> big = tl.lmer("y ~ x + (1 | school/klass)", d)
+    >>> res = tl.anova_multi(small, big)       # ML refits, LRT, the boundary mixture p
+    >>> res["df"], res["mixture"]
+    (1.0, '0.5*chi2(0) + 0.5*chi2(1)')
     """
     from twolevel.models.lmm.lmer import refit_ml
 

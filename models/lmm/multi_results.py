@@ -20,6 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from twolevel.models.design.multi import MultiDesign
+from twolevel.models.fit_base import short_repr
 from twolevel.models.lmm.nested import MultiState
 from twolevel.models.lmm.optimize import SINGULAR_TOL, OptSummary
 from twolevel.models.lmm.results import _r_num, deparse_formula
@@ -129,7 +130,30 @@ class MultiFit:
     stats : its statistics (nested or crossed).  engine : "nested" or "crossed".
     reml : REML fit.  theta : θ̂.  state : the engine's state at θ̂ (with the modes).
     optsum : how θ̂ was obtained.  data_name : the "Data:" line.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import twolevel as tl
+    >>> rng = np.random.default_rng(1)   # 20 schools, 2 classes each, 8 students a class
+    >>> d = pd.DataFrame({"school": np.repeat(np.arange(20), 16),
+    ...                   "klass": np.tile(np.repeat([1, 2], 8), 20)})
+    >>> d["x"] = rng.normal(size=len(d))
+    >>> d["y"] = (1 + 0.5 * d["x"] + np.repeat(rng.normal(size=20), 16)
+    ...           + np.repeat(rng.normal(scale=0.7, size=40), 8) + rng.normal(size=len(d)))
+    >>> fit = tl.lmer("y ~ x + (1 | school/klass)", d)    # a MultiFit: lme4's names
+    >>> fit.ngroups
+    {'klass:school': 40, 'school': 20}
+    >>> len(repr(fit)) < 300
+    True
     """
+
+    def __repr__(self) -> str:
+        kind = "REML" if self.reml else "ML"
+        groups = ",".join(f"{k}:{v}" for k, v in self.ngroups.items())
+        return short_repr(type(self).__name__, [
+            ("nobs", self.nobs), ("groups", groups), (kind, f"{self.criterion:.4f}")],
+            self.design.formula)
 
     design: MultiDesign
     stats: object
