@@ -18,14 +18,7 @@ import twolevel as tl
 
 ROOT = Path(__file__).resolve().parents[1]
 
-GAPS = {  # name → sections still missing
-    "prior_predictive": {"Examples"},  # PyMC's compile time; the test suite samples it
-    # from the survey and power issues (merged while this list was made)
-    "PooledFit": {"Examples"}, "PowerCurve": {"Examples"}, "PowerResult": {"Examples"},
-    "StudyDesign": {"Examples"}, "WeightedLmerFit": {"Examples"},
-    "extend": {"Parameters", "Returns", "Examples"},
-    "study_design": {"Parameters", "Returns", "Examples"},
-}
+GAPS: dict[str, set[str]] = {}  # name → sections still missing (none left)
 
 
 def _sections(name: str) -> set[str]:

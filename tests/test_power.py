@@ -516,3 +516,16 @@ def test_devfun_vp_batch_is_lmertest_devfun(pilot):
         pts[3] = pts[1]  # a repeated θ
         D = devfun_vp(fit)
         np.testing.assert_allclose(devfun_vp_batch(fit, pts), [D(p) for p in pts], rtol=1e-13)
+
+
+def test_power_takes_the_rng_convention():
+    sd = tl.study_design("cra2", schools=10, students=5, icc=0.2)
+    a = tl.power(sd, effect=0.8, nsim=12, rng=5)
+    b = tl.power(sd, effect=0.8, nsim=12, seed=5)
+    c = tl.power(sd, effect=0.8, nsim=12, rng=np.random.default_rng(5))
+    assert a.table["rejections"].tolist() == b.table["rejections"].tolist()
+    assert c.table["nsim"].tolist() == [12]
+    assert tl.power(sd, effect=0.8, nsim=12).table.equals(
+        tl.power(sd, effect=0.8, nsim=12, rng=1).table)  # the default stays seed 1
+    with pytest.raises(TwolevelError, match="either rng= .* or seed=, not both"):
+        tl.power(sd, effect=0.8, nsim=2, rng=1, seed=1)

@@ -539,6 +539,15 @@ def prior_predictive(design: Design, priors: ModelPriors | None, n_draws: int, s
     -------
     dict of numpy.ndarray
         ``beta``, ``sigma``, ``L``, ``b`` and ``y`` draws.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("sleepstudy")
+    >>> design = tl.make_design("Reaction ~ Days + (1 | Subject)", d)
+    >>> draws = tl.prior_predictive(design, None, n_draws=5, seed=1)
+    >>> draws["y"].shape, draws["b"].shape
+    ((5, 180), (5, 18, 1))
     """
     from twolevel.models.bayes.pymc_model import build_model, prior_draws
 

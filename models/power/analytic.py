@@ -132,6 +132,13 @@ class StudyDesign:
     p : share treated.  covariates : g, covariates at the randomised (or block) level.
     cv : coefficient of variation of school sizes (CRA2_2r only).
     alpha, two_tailed : the test.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> sd = tl.StudyDesign("cra3", schools=20, classes=3, students=15, icc=0.1, icc3=0.1)
+    >>> sd.classes, sd.icc3
+    (3, 0.1)
     """
 
     design: str
@@ -321,7 +328,32 @@ def _check_power(power: float) -> None:
 
 def study_design(design: str = "cra2", **params) -> StudyDesign:
     """Build a :class:`StudyDesign` (``design`` one of :data:`DESIGNS`; the other fields as
-    keywords)."""
+    keywords).
+
+    Parameters
+    ----------
+    design : str
+        ``"cra2"``, ``"bira2"``, ``"bira2c"``, ``"cra3"`` or ``"bcra3"``.
+    **params
+        The design's fields (:class:`StudyDesign`): ``schools``, ``students``, ``icc``, ...
+
+    Returns
+    -------
+    StudyDesign
+        The validated design.
+
+    Raises
+    ------
+    TwolevelError
+        A value outside its range (ρ outside [0, 1), fewer than 3 schools, ...).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> sd = tl.study_design("cra2", schools=40, students=20, icc=0.1)
+    >>> sd.design, sd.schools, sd.students
+    ('cra2', 40, 20)
+    """
     return StudyDesign(design=design, **params)
 
 
@@ -329,7 +361,15 @@ def study_design(design: str = "cra2", **params) -> StudyDesign:
 class PowerResult:
     """Analytic power of a design: ``power`` at ``effect``, ``mdes`` (PowerUp!'s multiplier form)
     and ``mdes_exact`` (noncentral t) at ``target_power``, ``df``, ``ncp`` = δ/SSE, ``sse``,
-    ``schools_needed`` (smallest number of schools reaching ``target_power`` at ``effect``)."""
+    ``schools_needed`` (smallest number of schools reaching ``target_power`` at ``effect``).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> r = tl.power_analytic("cra2", schools=40, students=20, icc=0.1, effect=0.3)
+    >>> round(r.power, 3), round(r.mdes, 3), r.df, r.schools_needed
+    (0.68, 0.346, 38.0, 53)
+    """
 
     design: StudyDesign
     effect: float

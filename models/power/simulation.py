@@ -268,6 +268,30 @@ def extend(design: Design, n_schools: int | None = None, n_students: int | None 
     covariates), and within a school student i copies the school's student i mod n_j.
     ``method="resample"``: schools drawn with replacement, students drawn with replacement
     within their school (``rng``). The response is carried along but not used.
+
+    Parameters
+    ----------
+    design : Design
+        The pilot's design (:func:`~twolevel.models.design.make_design`).
+    n_schools, n_students : int, optional
+        The new number of schools, and of students per school (None keeps the pilot's).
+    method : {"cycle", "resample"}
+        simr's cyclic copying (default) or resampling with replacement.
+    rng : numpy.random.Generator, optional
+        For ``method="resample"`` (default: a generator seeded with 0).
+
+    Returns
+    -------
+    Design
+        The extended design, rows ordered by school.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> pilot = tl.make_design("Reaction ~ Days + (1 | Subject)", tl.load_data("sleepstudy"))
+    >>> big = tl.extend(pilot, n_schools=30)        # 18 subjects → 30, 10 rows each
+    >>> big.n_groups, big.n
+    (30, 300)
     """
     if method not in ("cycle", "resample"):
         raise TwolevelError(f"extend method must be 'cycle' or 'resample', got {method!r}")
@@ -379,6 +403,14 @@ class PowerCurve:
         √(p̂(1−p̂)/m)), ``lower``/``upper`` (Wilson's 95% interval) and, for a planned design,
         ``power_analytic`` (:mod:`.analytic`).
     term, effect, test, alpha, seed : what was simulated.  p_values : per setting, the p-values.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> sd = tl.study_design("cra2", schools=20, students=10, icc=0.1)
+    >>> curve = tl.power(sd, effect=0.5, nsim=20, rng=3)
+    >>> list(curve.table.columns[:6])
+    ['schools', 'students', 'nsim', 'failed', 'rejections', 'power']
     """
 
     table: pd.DataFrame
@@ -465,11 +497,12 @@ def power(
     nsim: int = 1000,
     test: str = "satterthwaite",
     alpha: float = 0.05,
-    seed: int | np.random.Generator | None = 1,
+    seed: int | np.random.Generator | None = None,
     n_jobs: int = 1,
     progress: bool = False,
     tol: float | None = None,
     extend_method: str = "cycle",
+    rng: int | np.random.Generator | None = None,
 ) -> PowerCurve:
     """Simulation-based power of the test of one fixed effect (simr's ``powerSim`` /
     ``powerCurve``), from a fitted model or a planned design.
@@ -489,7 +522,8 @@ def power(
         pilot is extended (:func:`extend`, ``extend_method``) or the design's sizes replaced.
     nsim : simulations per setting.  test : ``"satterthwaite"``, ``"kenward-roger"``, ``"lrt"``
         or ``"variance"`` (a random slope's variance, χ̄² mixture; ``effect`` its SD).
-    alpha : the test's level.  seed : an int, a ``SeedSequence`` or a ``Generator``.
+    alpha : the test's level.  rng, seed : the package's seed convention: ``rng=`` an int, a
+        ``SeedSequence`` or a ``Generator`` (``seed=`` the same, kept; not both; default 1).
     n_jobs : worker processes (fork).  progress : print progress to stderr.
     tol : stop a setting early once the Monte-Carlo standard error is below ``tol``.
 
@@ -507,8 +541,15 @@ def power(
     --------
     >>> import twolevel as tl
     >>> sd = tl.study_design("cra2", schools=20, students=10, icc=0.1)
-    >>> tl.power(sd, effect=0.5, nsim=200).power   # doctest: +SKIP
+    >>> curve = tl.power(sd, effect=0.5, n_schools=[10, 20], nsim=20, rng=1)
+    >>> curve.table[["schools", "nsim"]].to_dict("list")
+    {'schools': [10, 20], 'nsim': [20, 20]}
+    >>> bool(curve.table["power"].between(0, 1).all())
+    True
     """
+    if rng is not None and seed is not None:
+        raise TwolevelError("give either rng= (a seed or a numpy Generator) or seed=, not both")
+    seed = rng if rng is not None else (1 if seed is None else seed)
     if test not in TESTS:
         raise TwolevelError(f"unknown test {test!r}; choose one of {', '.join(TESTS)}")
     nsim = _count("nsim", nsim, 1, "simulations")

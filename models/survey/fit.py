@@ -88,6 +88,15 @@ class WeightedLmerFit:
     (response shifted by ``shift``: β = β̂(shifted) + shift).  weights : the
     :class:`~twolevel.models.survey.weights.SurveyWeights`.  theta : θ̂.  optsum : the optimizer.
     data_name : for ``summary()``.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("sleepstudy").assign(w1=1.0, w2=1.0)   # unit weights: plain ML
+    >>> w = tl.lmer("Reaction ~ Days + (1 | Subject)", d, weights=("w1", "w2"), REML=False)
+    >>> m = tl.lmer("Reaction ~ Days + (1 | Subject)", d, REML=False)
+    >>> abs(w.loglik - m.logLik()) < 1e-6
+    True
     """
 
     design: Design

@@ -95,6 +95,15 @@ class PooledFit:
     fits : the per-set fits.  pool : :class:`RubinPool` of the fixed effects.
     labels : one label per set (the PV column or ``set 1`` …).  weighted : whether the fits
     used sampling weights (robust within variance).
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("sleepstudy")
+    >>> d2 = d.assign(Reaction=d["Reaction"] + 1.0)      # a second "imputed" data set
+    >>> pooled = tl.lmer("Reaction ~ Days + (1 | Subject)", [d, d2], REML=False)
+    >>> pooled.m, len(repr(pooled)) < 300
+    (2, True)
     """
 
     fits: tuple
