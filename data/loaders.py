@@ -221,8 +221,12 @@ def header_names(path: str | os.PathLike[str]) -> list[str]:
     the first CSV/TSV line, or the Parquet schema."""
     p = str(path)
     if p.lower().endswith((".parquet", ".pq")):
-        import pyarrow.parquet as pq
-
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:  # Parquet is read through pyarrow: twolevel's scale extra
+            raise DataError(f"reading the Parquet file '{p}' needs the package 'pyarrow', which "
+                            "comes with twolevel's 'scale' extra: pip install 'twolevel[scale]'"
+                            ) from None
         return list(pq.read_schema(p).names)
     import csv
 
