@@ -17,7 +17,7 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
 from twolevel.models.design.multi import MultiDesign
 from twolevel.models.fit_base import short_repr
@@ -268,7 +268,7 @@ class MultiFit:
 
             raise TwolevelError(f"ddf '{ddf}' is not available with several grouping factors; "
                                 "use 'Satterthwaite', 'Kenward-Roger' or 'lme4'")
-        p = 2.0 * stats.t.sf(np.abs(t), df)
+        p = 2.0 * special.stdtr(df, -np.abs(t))  # = stats.t.sf(|t|, df), without scipy.stats
         return pd.DataFrame({"Estimate": beta, "Std. Error": se, "df": df, "t value": t,
                              "Pr(>|t|)": p}, index=names)
 
