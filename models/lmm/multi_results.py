@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import textwrap
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -23,10 +22,9 @@ from twolevel.models.design.multi import MultiDesign
 from twolevel.models.fit_base import short_repr
 from twolevel.models.lmm.nested import MultiState
 from twolevel.models.lmm.optimize import SINGULAR_TOL, OptSummary
-from twolevel.models.lmm.results import _r_num, deparse_formula
+from twolevel.models.lmm.results import summary_header
 from twolevel.models.rformat import (
     abbreviate,
-    cat_fill,
     print_char_matrix,
     print_coefmat,
     print_named,
@@ -381,29 +379,11 @@ class MultiFit:
         """lme4 + lmerTest's ``summary(fit)`` printout for several factors."""
         digits = 4
         out: list[str] = []
-        method = "REML" if self.reml else "maximum likelihood"
-        if ddf == "lme4":
-            title, cls = f"Linear mixed model fit by {method}", "lmerMod"
-        else:
-            sep = "" if self.reml else " "
-            what = "Satterthwaite's method" if ddf == "Satterthwaite" else "Kenward-Roger's method"
-            title, cls = f"Linear mixed model fit by {method}{sep}. t-tests use {what}", \
-                "lmerModLmerTest"
-        if len(title) + 5 + len(cls) > 80:
-            lines = textwrap.wrap(title, width=77, subsequent_indent="  ")
-            out.append(cat_fill([*lines, " [", cls, "]"]))
-        else:
-            out.append(f"{title} ['{cls}']")
-        out.append(f"Formula: {deparse_formula(self.design.formula)}")
-        out.append(f"   Data: {self.data_name}")
-        out.append("")
-        if self.reml:
-            out.append(f"REML criterion at convergence: {_r_num(self.criterion, 1)}")
-        else:
-            f = r_format(list(r_round([self.aic, self.bic, self.loglik, self.criterion], 1)), 7)
-            f.append(str(self.nobs - self.npar))
-            out.append(print_named(["AIC", "BIC", "logLik", "deviance", "df.resid"], f))
-        out.append("")
+        what = None if ddf == "lme4" else (
+            "Satterthwaite's method" if ddf == "Satterthwaite" else "Kenward-Roger's method")
+        out += summary_header(self.reml, what, self.design.formula, self.data_name,
+                              self.criterion, self.aic, self.bic, self.loglik,
+                              self.nobs - self.npar)
         q = np.quantile(self.residuals(scaled=True), [0, 0.25, 0.5, 0.75, 1.0])
         out.append("Scaled residuals: ")
         out.append(print_named(["Min", "1Q", "Median", "3Q", "Max"],

@@ -77,6 +77,37 @@ def ddf_method(name: str) -> tuple[Callable | None, str]:
 
 
 @dataclass(frozen=True, repr=False)
+
+def summary_header(reml: bool, ddf_title: str | None, formula: str, data_name: str,
+                   criterion: float, aic: float, bic: float, loglik: float,
+                   df_resid: int) -> list[str]:
+    """The first lines of lme4 + lmerTest's ``summary()``: the title (``lmerMod`` when
+    ``ddf_title`` is None, else ``lmerModLmerTest`` with "t-tests use <ddf_title>"), formula,
+    data, and the REML criterion (``criterion``) or AIC/BIC/logLik/deviance/df.resid, then a
+    blank line. Shared by one-factor and several-factor fits."""
+    method = "REML" if reml else "maximum likelihood"
+    if ddf_title is None:
+        title, cls = f"Linear mixed model fit by {method}", "lmerMod"
+    else:
+        sep = "" if reml else " "
+        title = f"Linear mixed model fit by {method}{sep}. t-tests use {ddf_title}"
+        cls = "lmerModLmerTest"
+    out: list[str] = []
+    if len(title) + 5 + len(cls) > 80:
+        lines = textwrap.wrap(title, width=77, subsequent_indent="  ")
+        out.append(cat_fill([*lines, " [", cls, "]"]))
+    else:
+        out.append(f"{title} ['{cls}']")
+    out += [f"Formula: {deparse_formula(formula)}", f"   Data: {data_name}", ""]
+    if reml:
+        out.append(f"REML criterion at convergence: {_r_num(criterion, 1)}")
+    else:
+        f = r_format(list(r_round([aic, bic, loglik, criterion], 1)), 7)
+        f.append(str(df_resid))
+        out.append(print_named(["AIC", "BIC", "logLik", "deviance", "df.resid"], f))
+    out.append("")
+    return out
+
 class LmerFit(MixedFit):
     """A fitted two-level linear mixed model (lme4's ``lmerMod`` + lmerTest's additions).
 
@@ -346,29 +377,10 @@ class LmerFit(MixedFit):
         digits = 4
         func, ddf_title = ddf_method(ddf)
         out: list[str] = []
-        method = "REML" if self.reml else "maximum likelihood"
-        if func is None:
-            title, cls = f"Linear mixed model fit by {method}", "lmerMod"
-        else:
-            sep = "" if self.reml else " "
-            title = f"Linear mixed model fit by {method}{sep}. t-tests use {ddf_title}"
-            cls = "lmerModLmerTest"
-        if len(title) + 5 + len(cls) > 80:
-            lines = textwrap.wrap(title, width=77, subsequent_indent="  ")
-            out.append(cat_fill([*lines, " [", cls, "]"]))
-        else:
-            out.append(f"{title} ['{cls}']")
-        out.append(f"Formula: {deparse_formula(self.design.formula)}")
-        out.append(f"   Data: {self.data_name}")
-        out.append("")
-        if self.reml:
-            out.append(f"REML criterion at convergence: {_r_num(self.reml_criterion, 1)}")
-        else:
-            vals = [self.aic, self.bic, self.loglik, self.criterion]
-            f = r_format(list(r_round(vals, 1)), 7)
-            f.append(str(self.nobs - self.npar))
-            out.append(print_named(["AIC", "BIC", "logLik", "deviance", "df.resid"], f))
-        out.append("")
+        out += summary_header(
+            self.reml, ddf_title if func is not None else None, self.design.formula,
+            self.data_name, self.reml_criterion if self.reml else self.criterion,
+            self.aic, self.bic, self.loglik, self.nobs - self.npar)
         q, how = self.scaled_residual_quantiles()
         out.append("Scaled residuals: " + how)
         out.append(
