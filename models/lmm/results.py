@@ -76,8 +76,6 @@ def ddf_method(name: str) -> tuple[Callable | None, str]:
 # ------------------------------------------------------------------------------------ LmerFit
 
 
-@dataclass(frozen=True, repr=False)
-
 def summary_header(reml: bool, ddf_title: str | None, formula: str, data_name: str,
                    criterion: float, aic: float, bic: float, loglik: float,
                    df_resid: int) -> list[str]:
@@ -108,6 +106,8 @@ def summary_header(reml: bool, ddf_title: str | None, formula: str, data_name: s
     out.append("")
     return out
 
+
+@dataclass(frozen=True, repr=False)
 class LmerFit(MixedFit):
     """A fitted two-level linear mixed model (lme4's ``lmerMod`` + lmerTest's additions).
 
