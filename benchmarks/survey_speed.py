@@ -8,7 +8,10 @@
    variance components (WeMix computes both in every fit), against WeMix 4.0.3's stored time for
    the same fit: 85 s (``survey-weights.md`` §4.4; WeMix is not installable here).
 2. A weighted fit on ``--rows`` simulated rows (5,000 schools, correlated random slope) against
-   the unweighted ``lmer(REML=False)`` of the same data, measured in the same run (the anchor).
+   the unweighted ``lmer(REML=False)`` of the same data and formula, measured in the same run
+   (the anchor). Like with like: both are timed from the data frame to the fit WITH the
+   standard errors of β (``fit.se()``: robust sandwich for the weighted fit, model-based for
+   the unweighted one). Acceptance (issue 23): ratio ≤ 1.5.
 
 Prints the machine's load (``uptime``) with the timings: the machine may be shared.
 """
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 WEMIX_RS_SECONDS = 85.0  # survey-weights.md §4.4: WeMix 4.0.3, random slope, lecture data
+RATIO_TARGET = 1.5  # issue 23: a weighted 10⁶-row fit within 1.5× of the unweighted one
 
 
 def best_of(fn, repeat: int) -> float:
@@ -76,15 +80,26 @@ def large(rows: int, repeat: int) -> None:
 
     d = simulate(rows, 5000)
     f = "y ~ 1 + x + (1 + x | g)"
-    tu = best_of(lambda: lmer(f, d, REML=False), repeat)
+
+    def unweighted():
+        fit = lmer(f, d, REML=False)
+        fit.se()
 
     def weighted():
         fit = lmer(f, d, weights=("w1", "wj"), REML=False)
         fit.se()
 
-    tw = best_of(weighted, repeat)
-    print(f"{rows:,} rows, 5,000 schools, random slope: unweighted lmer(REML=False) "
-          f"{tu:.3f} s, weighted {tw:.3f} s (with robust SEs)  →  ratio {tw / tu:.2f}")
+    unweighted(), weighted()  # compile / warm caches
+    # interleaved, best of each: a shared machine's load hits both alike
+    tu, tw = [], []
+    for _ in range(repeat):
+        tu.append(best_of(unweighted, 1))
+        tw.append(best_of(weighted, 1))
+    tu, tw = min(tu), min(tw)
+    ratio = tw / tu
+    print(f"{rows:,} rows, 5,000 schools, random slope, both with SEs of β: unweighted "
+          f"lmer(REML=False) {tu:.3f} s, weighted {tw:.3f} s (robust SEs)  →  ratio {ratio:.2f} "
+          f"(target ≤ {RATIO_TARGET}: {'met' if ratio <= RATIO_TARGET else 'NOT met'})")
 
 
 def main() -> None:
@@ -96,7 +111,7 @@ def main() -> None:
     print("load:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
           f"(cores: {os.cpu_count()})")
     lecture(args.repeat)
-    large(args.rows, max(1, args.repeat // 2))
+    large(args.rows, args.repeat)
 
 
 if __name__ == "__main__":

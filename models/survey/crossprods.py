@@ -17,9 +17,9 @@ from functools import cached_property
 
 import numpy as np
 
-from twolevel.models.survey.kernels import weighted_group_sums
+from twolevel.models.survey.kernels import weighted_checked_sums, weighted_group_sums
 
-__all__ = ["WeightedCrossprods", "weighted_group_crossprods"]
+__all__ = ["WeightedCrossprods", "weighted_group_crossprods", "checked_weighted_crossprods"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,39 @@ class WeightedCrossprods:
         return WeightedCrossprods(M=M, n_star=self.n_star, w=self.w, n=self.n, q=self.q, p=self.p)
 
 
+
+def _distinct_columns(Z: np.ndarray, X: np.ndarray, y: np.ndarray
+                      ) -> tuple[list[np.ndarray], list[int]]:
+    """The distinct columns of v = (z, x, y) (the intercept and a variable in both X and Z
+    appear twice) and, per column of v, its index in them; −1 is the all-ones column, whose
+    products are the other column itself (or Σa)."""
+    cols = [Z[:, k] for k in range(Z.shape[1])] + [X[:, k] for k in range(X.shape[1])] + [y]
+    distinct: list[np.ndarray] = []
+
+    def col_id(v: np.ndarray) -> int:
+        if v.shape[0] and v[0] == 1.0 and np.all(v == 1.0):
+            return -1
+        for k, u in enumerate(distinct):
+            same_view = (u.shape == v.shape and u.strides == v.strides
+                         and u.__array_interface__["data"][0] == v.__array_interface__["data"][0])
+            if same_view or np.array_equal(u, v):
+                return k
+        distinct.append(v)
+        return len(distinct) - 1
+
+    return distinct, [col_id(c) for c in cols]
+
+
+def _expand(S: np.ndarray, ids: list[int]) -> np.ndarray:
+    """M (J, m, m) from the sums S (J, d+1, d+1) of the distinct columns (index 0: ones)."""
+    m = len(ids)
+    M = np.empty((S.shape[0], m, m))
+    for k in range(m):
+        for ll in range(k, m):
+            M[:, k, ll] = M[:, ll, k] = S[:, ids[k] + 1, ids[ll] + 1]
+    return M
+
+
 def weighted_group_crossprods(Z: np.ndarray, X: np.ndarray, y: np.ndarray, codes: np.ndarray,
                               a: np.ndarray, w_group: np.ndarray) -> WeightedCrossprods:
     """Σ_i a_ij v v ᵀ per group, v = (z, x, y), in one compiled pass over the rows (columns
@@ -99,33 +132,68 @@ def weighted_group_crossprods(Z: np.ndarray, X: np.ndarray, y: np.ndarray, codes
     (np.float64(2.0), [3.0, 1.0], 6.0)
     """
     J = int(w_group.shape[0])
-    cols = [Z[:, k] for k in range(Z.shape[1])] + [X[:, k] for k in range(X.shape[1])] + [y]
-    m = len(cols)
-    # distinct columns once (the intercept and a variable in both X and Z appear twice);
-    # -1 is the all-ones column, whose products are the column itself (or Σa)
-    distinct: list[np.ndarray] = []
-
-    def col_id(v: np.ndarray) -> int:
-        if v.shape[0] and v[0] == 1.0 and np.all(v == 1.0):
-            return -1
-        for k, u in enumerate(distinct):
-            if u is v or np.array_equal(u, v):
-                return k
-        distinct.append(v)
-        return len(distinct) - 1
-
-    ids = [col_id(c) for c in cols]
+    distinct, ids = _distinct_columns(Z, X, y)
     D = np.empty((len(distinct), codes.shape[0]))
     for k, u in enumerate(distinct):
         D[k] = u
     S = weighted_group_sums(D, np.ascontiguousarray(codes, dtype=np.int64),
                             np.ascontiguousarray(a, dtype=float), J)
     n_star = np.ascontiguousarray(S[:, 0, 0])
-    M = np.empty((J, m, m))
-    for k in range(m):
-        for ll in range(k, m):
-            M[:, k, ll] = M[:, ll, k] = S[:, ids[k] + 1, ids[ll] + 1]
+    M = _expand(S, ids)
     return WeightedCrossprods(
         M=M, n_star=n_star, w=np.asarray(w_group, dtype=float),
         n=np.bincount(codes, minlength=J), q=int(Z.shape[1]), p=int(X.shape[1]),
     )
+
+
+def checked_weighted_crossprods(Z: np.ndarray, X: np.ndarray, y: np.ndarray, codes: np.ndarray,
+                                n_groups: int, w1: np.ndarray, w2: np.ndarray,
+                                conditional: bool, scaling: str, rtol: float
+                                ) -> tuple[WeightedCrossprods, np.ndarray] | None:
+    """The weighted statistics straight from the raw weight columns, in one compiled pass that
+    also checks the weights (:func:`~twolevel.models.survey.kernels.weighted_checked_sums`):
+    the school weight w_j (the school's level-2 value), a_ij = w1/w_j (or w1 when
+    ``conditional``), then the level-1 ``scaling`` as a factor per school (``size``:
+    n_j/Σa, ``effective``: Σa/Σa²), applied to the sums.
+
+    Parameters
+    ----------
+    Z, X, y : model matrices.  codes : (n,) school codes 0..J−1, every school present.
+    n_groups : J.  w1, w2 : (n,) the level-1 and level-2 weight columns as floats.
+    conditional, scaling : as :func:`~twolevel.models.survey.weights.survey_weights`.
+    rtol : the tolerance for a level-2 weight within a school.
+
+    Returns
+    -------
+    (WeightedCrossprods, a) or None
+        ``None`` when a weight is missing, infinite, negative or zero, or a level-2 weight
+        varies within a school: the caller then runs the row-wise checks, which name the
+        problem (or drop the rows and schools with weight 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cp, a = checked_weighted_crossprods(
+    ...     np.ones((3, 1)), np.ones((3, 1)), np.arange(3.0), np.array([0, 0, 1]), 2,
+    ...     np.array([2.0, 4.0, 3.0]), np.array([2.0, 2.0, 3.0]), False, "none", 1e-8)
+    >>> a.tolist(), cp.w.tolist(), cp.n_weighted
+    ([1.0, 2.0, 1.0], [2.0, 3.0], 9.0)
+    """
+    distinct, ids = _distinct_columns(Z, X, y)
+    cols = tuple(np.ascontiguousarray(u, dtype=float) for u in distinct)
+    if not cols:  # the kernel needs one column; a copy of the ones costs nothing in the sums
+        cols = (np.ones(codes.shape[0]),)
+    codes = np.ascontiguousarray(codes, dtype=np.int64)
+    S, ssq, w, a, flags = weighted_checked_sums(
+        cols, codes, np.ascontiguousarray(w1, dtype=float), np.ascontiguousarray(w2, dtype=float),
+        n_groups, bool(conditional), float(rtol))
+    if flags:
+        return None
+    n = np.bincount(codes, minlength=n_groups)
+    if scaling != "none":
+        s1 = S[:, 0, 0]
+        f = n / s1 if scaling == "size" else s1 / ssq
+        S = S * f[:, None, None]
+        a = a * f[codes]
+    return WeightedCrossprods(M=_expand(S, ids), n_star=np.ascontiguousarray(S[:, 0, 0]), w=w,
+                              n=n, q=int(Z.shape[1]), p=int(X.shape[1])), a

@@ -8,6 +8,7 @@ dispatches here. See ``docs/survey.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -22,15 +23,21 @@ from twolevel.models.design import Design, make_design
 from twolevel.models.design.formula import parse_formula
 from twolevel.models.lmm.optimize import OptSummary, optimize_theta
 from twolevel.models.lmm.results import VarCorr
-from twolevel.models.survey.crossprods import WeightedCrossprods, weighted_group_crossprods
+from twolevel.models.survey.crossprods import (
+    WeightedCrossprods,
+    checked_weighted_crossprods,
+    weighted_group_crossprods,
+)
 from twolevel.models.survey.pml import (
     beta_sandwich,
     conditional_modes,
     profile_theta,
     profiled_pseudo_loglik,
+    profiled_pseudo_loglik_gradient,
     varcomp_sandwich,
 )
 from twolevel.models.survey.weights import (
+    LEVEL2_RTOL,
     SurveyWeights,
     check_weight_column,
     check_weights_spec,
@@ -340,27 +347,6 @@ LRT_REFUSED = (
 )
 
 
-def _weighted_shift(X: np.ndarray, y: np.ndarray, wrow: np.ndarray) -> np.ndarray:
-    """Weighted least-squares γ (Σ w x xᵀ)⁻¹ Σ w x y: the response is fitted as y − Xγ so the
-    cross-products cancel far less (β = β̂ + γ)."""
-    Xw = X * wrow[:, None]
-    try:
-        g = np.linalg.solve(Xw.T @ X, Xw.T @ y)
-    except np.linalg.LinAlgError:
-        return np.zeros(X.shape[1])
-    return g if np.all(np.isfinite(g)) else np.zeros(X.shape[1])
-
-
-def _central_gradient(fn, x: np.ndarray) -> np.ndarray:
-    g = np.empty_like(x)
-    for k in range(x.size):
-        h = 1e-6 * max(abs(x[k]), 1e-2)
-        e = np.zeros_like(x)
-        e[k] = h
-        g[k] = (fn(x + e) - fn(x - e)) / (2 * h)
-    return g
-
-
 def _newton_polish(fn, x: np.ndarray, lower: np.ndarray, steps: int = 3) -> np.ndarray:
     """A few Newton steps on the free θ (not on a lower bound) with central-difference
     derivatives (steps 1e-4·max(|θ|, 0.1)), kept only while the criterion does not rise: the
@@ -400,6 +386,47 @@ def _newton_polish(fn, x: np.ndarray, lower: np.ndarray, steps: int = 3) -> np.n
         x, f = xn, min(f, fnew)
         if np.max(np.abs(step) / np.maximum(np.abs(x[free]), 0.1)) < 1e-8:
             break  # converged: another step would move θ below the criterion's rounding
+    return x
+
+
+def _gradient_polish(grad, x: np.ndarray, lower: np.ndarray, steps: int = 4) -> np.ndarray:
+    """Newton steps on the free θ (not on a lower bound) for the root of the analytic gradient
+    ``grad`` of ℓ_p (:func:`~twolevel.models.survey.pml.profiled_pseudo_loglik_gradient`).
+    The Hessian is formed once, by forward differences of the gradient (steps
+    1e-6·max(|θ|, 0.1)), and kept (so each further step costs one gradient); a step is kept
+    while it shrinks the scaled gradient. ℓ_p's size Σw (PISA: 10⁷) hides its last digits
+    from BOBYQA but not from the gradient, a sum of per-school terms. Stops when a step moves
+    θ by < 1e-12 (relative to max(|θ|, 0.1))."""
+    x = np.asarray(x, dtype=float).copy()
+    free = np.flatnonzero(~(x <= lower))
+    g = grad(x)
+    if not free.size or not np.all(np.isfinite(g)):
+        return x
+    scale = np.maximum(np.abs(x[free]), 0.1)
+    h = 1e-6 * scale
+    k = free.size
+    H = np.empty((k, k))
+    for a in range(k):
+        e = np.zeros_like(x)
+        e[free[a]] = h[a]
+        H[:, a] = (grad(x + e)[free] - g[free]) / h[a]
+    H = 0.5 * (H + H.T)
+    try:
+        if not np.all(np.linalg.eigvalsh(H) < 0):  # not a maximum's neighbourhood
+            return x
+    except np.linalg.LinAlgError:
+        return x
+    for _ in range(steps):
+        step = -np.linalg.solve(H, g[free])
+        xn = x.copy()
+        xn[free] = np.maximum(x[free] + step, lower[free])
+        gn = grad(xn)
+        if not (np.all(np.isfinite(gn))
+                and np.linalg.norm(gn[free] * scale) < np.linalg.norm(g[free] * scale)):
+            break
+        x, g = xn, gn
+        if np.max(np.abs(step) / scale) < 1e-12:
+            break
     return x
 
 
@@ -478,9 +505,31 @@ def lmer_weighted(
                         f"{', '.join(map(str, data.columns))}")
     l1, l2 = check_weights_spec(weights, weight_scaling)
     n = len(data)
-    w1 = check_weight_column(data, l1, "level-1") if l1 is not None else np.ones(n)
-    w2 = check_weight_column(data, l2, "level-2") if l2 is not None else np.ones(n)
+    # the columns exist and are numeric; their values are checked in the pass over the rows
+    w1 = check_weight_column(data, l1, "level-1", values=False) if l1 is not None else np.ones(n)
+    w2 = check_weight_column(data, l2, "level-2", values=False) if l2 is not None else np.ones(n)
     design = make_design(formula, data)  # complete rows (lme4's na.omit)
+    fast = None
+    if not design.n_na_dropped:
+        # ONE pass: weight checks, w_j, a_ij and the weighted per-school sums together
+        fast = checked_weighted_crossprods(
+            design.Z, design.X, design.y, design.group_index, design.n_groups, w1, w2,
+            conditional_weights, weight_scaling, LEVEL2_RTOL)
+    if fast is not None:
+        cp, a = fast
+        sw = SurveyWeights(level1=l1, level2=l2, conditional=bool(conditional_weights),
+                           scaling=weight_scaling, keep=np.ones(n, dtype=bool), a=a,
+                           w_school=pd.Series(cp.w, index=np.asarray(design.group_levels),
+                                              name=l2),
+                           n_zero_rows=0, n_zero_schools=0)
+        return _fit_statistics(design, cp, sw, np.zeros(cp.p), design.theta_start(),
+                               list(design.notes), data_name)
+    # a bad or zero weight, or rows dropped for missing values: the row-wise checks name the
+    # problem, or drop the rows and schools with weight 0
+    if l1 is not None:
+        w1 = check_weight_column(data, l1, "level-1")
+    if l2 is not None:
+        w2 = check_weight_column(data, l2, "level-2")
     if design.n_na_dropped:
         cc = complete_rows(formula, data)
         w1, w2 = w1[cc], w2[cc]
@@ -492,12 +541,9 @@ def lmer_weighted(
         rows = np.flatnonzero(complete_rows(formula, data))[sw.keep] if design.n_na_dropped \
             else np.flatnonzero(sw.keep)
         design = make_design(formula, data.iloc[rows])
-    w_group = sw.w_school.to_numpy(dtype=float)
-    wrow = sw.a * w_group[design.group_index]
-    gamma = _weighted_shift(design.X, design.y, wrow)
-    cp = weighted_group_crossprods(design.Z, design.X, design.y - design.X @ gamma,
-                                   design.group_index, sw.a, w_group)
-    return _fit_statistics(design, cp, sw, gamma, design.theta_start(),
+    cp = weighted_group_crossprods(design.Z, design.X, design.y, design.group_index, sw.a,
+                                   sw.w_school.to_numpy(dtype=float))
+    return _fit_statistics(design, cp, sw, np.zeros(cp.p), design.theta_start(),
                            list(design_notes) + list(sw.notes), data_name)
 
 
@@ -508,13 +554,26 @@ def _fit_statistics(design, cp: WeightedCrossprods, sw: SurveyWeights, gamma: np
         raise DataError(f"only {cp.n_groups} '{design.group}' group with a positive weight: "
                         "the sandwich needs at least 2 schools")
 
+    # BOBYQA minimises −2ℓ_p·n/N_w: the deviance's size for n unit-weight rows, so that lme4's
+    # absolute tolerances (ftol_abs 1e-8) mean what they mean for the unweighted fit
+    unit = float(np.sum(cp.n)) / cp.n_weighted
+
     def fn(th: np.ndarray) -> float:
         ll = profiled_pseudo_loglik(th, cp, design.theta_to_T)
-        return -2.0 * ll if math.isfinite(ll) else math.inf
+        return -2.0 * unit * ll if math.isfinite(ll) else math.inf
+
+    def grad(th: np.ndarray) -> np.ndarray:
+        return profiled_pseudo_loglik_gradient(th, cp, design.theta_to_T)
 
     opt = optimize_theta(fn, start, design.theta_lower, mode="lme4",
-                         gradient=lambda th: _central_gradient(fn, th))
-    theta = _newton_polish(fn, np.asarray(opt.theta, dtype=float), design.theta_lower)
+                         gradient=lambda th: -2.0 * unit * grad(th))
+    theta = _gradient_polish(grad, np.asarray(opt.theta, dtype=float), design.theta_lower)
+    ll = profiled_pseudo_loglik(theta, cp, design.theta_to_T)
+    opt = dataclasses.replace(
+        opt, theta=theta, fmin=-2.0 * ll, lme4_fmin=opt.lme4_fmin / unit,
+        at_lower=tuple(bool(v) for v in (theta <= design.theta_lower)),
+        optimizer=opt.optimizer + " on −2ℓ_p·n/N_w, then Newton on the analytic gradient",
+        gradient_fn=lambda: -2.0 * grad(theta))
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=3)
     return WeightedLmerFit(design=design, crossprods=cp, weights=sw,

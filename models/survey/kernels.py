@@ -9,7 +9,8 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["weighted_group_sums", "weighted_schur_sums", "weighted_schur_sums_q2"]
+__all__ = ["weighted_checked_sums", "weighted_group_sums", "weighted_schur_sums",
+           "weighted_schur_sums_q2", "weighted_score_sums"]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -114,6 +115,82 @@ def weighted_schur_sums_q2(M: np.ndarray, w: np.ndarray, Lam: np.ndarray
     return Cs, logdet
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def weighted_score_sums(M: np.ndarray, w: np.ndarray, Lam: np.ndarray, r: np.ndarray, q: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The two sums of :func:`twolevel.models.survey.pml.profiled_pseudo_loglik_gradient`:
+    E = Σ_j w_j e_j u_jᵀ and G = Σ_j w_j L_j⁻¹ΛᵀS_zz (q × q each), with b_j = P_j r,
+    u_j = L_j⁻¹Λᵀb_j, e_j = b_j − S_zzΛu_j, L_j = I + ΛᵀS_zzΛ (Cholesky per school)."""
+    J, m, _ = M.shape
+    E = np.zeros((q, q))
+    G = np.zeros((q, q))
+    L = np.empty((q, q))
+    W = np.empty((q, q))
+    b = np.empty(q)
+    t = np.empty(q)
+    u = np.empty(q)
+    B = np.empty((q, q))
+    for j in range(J):
+        wj = w[j]
+        for c in range(q):  # W = S_zz Λ, b = P r
+            s = 0.0
+            for k in range(m - q):
+                s += M[j, c, q + k] * r[k]
+            b[c] = s
+            for d in range(q):
+                s = 0.0
+                for e in range(q):
+                    s += M[j, c, e] * Lam[e, d]
+                W[c, d] = s
+        for a in range(q):  # L = ΛᵀW + I (lower), then its Cholesky factor in place
+            for d in range(a + 1):
+                s = 1.0 if a == d else 0.0
+                for c in range(q):
+                    s += Lam[c, a] * W[c, d]
+                L[a, d] = s
+        for a in range(q):
+            s = L[a, a]
+            for k in range(a):
+                s -= L[a, k] * L[a, k]
+            L[a, a] = math.sqrt(s)
+            for i in range(a + 1, q):
+                v = L[i, a]
+                for k in range(a):
+                    v -= L[i, k] * L[a, k]
+                L[i, a] = v / L[a, a]
+        # u = L⁻¹ Λᵀ b and B = L⁻¹ Λᵀ S_zz = L⁻¹ Wᵀ (column by column): forward, back
+        for col in range(q + 1):
+            for a in range(q):
+                if col == 0:
+                    s = 0.0
+                    for c in range(q):
+                        s += Lam[c, a] * b[c]
+                else:
+                    s = W[col - 1, a]
+                for k in range(a):
+                    s -= L[a, k] * t[k]
+                t[a] = s / L[a, a]
+            for a in range(q - 1, -1, -1):
+                s = t[a]
+                for k in range(a + 1, q):
+                    s -= L[k, a] * t[k]
+                t[a] = s / L[a, a]
+            if col == 0:
+                for a in range(q):
+                    u[a] = t[a]
+            else:
+                for a in range(q):
+                    B[a, col - 1] = t[a]
+        for a in range(q):
+            s = b[a]
+            for d in range(q):
+                s -= W[a, d] * u[d]  # e = b − S_zz Λ u
+            for d in range(q):
+                E[a, d] += wj * s * u[d]
+                G[a, d] += wj * B[a, d]
+    return E, G
+
+
 @numba.njit(cache=True, nogil=True)
 def weighted_group_sums(cols: np.ndarray, codes: np.ndarray, a: np.ndarray, n_groups: int
                         ) -> np.ndarray:
@@ -137,3 +214,66 @@ def weighted_group_sums(cols: np.ndarray, codes: np.ndarray, a: np.ndarray, n_gr
             for ll in range(k):
                 S[g, k, ll] = S[g, ll, k]
     return S
+
+
+@numba.njit(cache=True, nogil=True)
+def weighted_checked_sums(cols, codes: np.ndarray, w1: np.ndarray, w2: np.ndarray,
+                          n_groups: int, conditional: bool, rtol: float):
+    """The weighted statistics of the rows in ONE pass, with the weight checks fused in.
+
+    Per row i of school g: the school weight w_g is the level-2 value of the school's first
+    row; a_i = w1_i (``conditional``) or w1_i / w_g; S[g, k, l] += a_i c_ik c_il with c_i0 = 1
+    and c_ik = ``cols[k − 1][i]`` (``cols`` a tuple of (n,) columns); ssq[g] += a_i².
+
+    Returns (S, ssq, w, a, flags): flags is 0 when every weight is finite, w1 ≥ 0, w2 ≥ 0,
+    a level-2 value within ``rtol`` of its school's w_g and every a_i > 0; otherwise a bit set
+    (1: level 1 missing/infinite/negative, 2: level 2 likewise, 4: w2 varies within a school,
+    8: a zero weight) and the caller redoes the checks with their messages
+    (:mod:`twolevel.models.survey.weights`)."""
+    n = codes.shape[0]
+    d = len(cols)
+    S = np.zeros((n_groups, d + 1, d + 1))
+    ssq = np.zeros(n_groups)
+    w = np.zeros(n_groups)
+    seen = np.zeros(n_groups, dtype=np.bool_)
+    a = np.empty(n)
+    c = np.empty(d + 1)
+    c[0] = 1.0
+    flags = 0
+    for i in range(n):
+        g = codes[i]
+        v1 = w1[i]
+        v2 = w2[i]
+        if not (v1 >= 0.0 and v1 < np.inf):
+            flags |= 1
+        if not (v2 >= 0.0 and v2 < np.inf):
+            flags |= 2
+        if not seen[g]:
+            seen[g] = True
+            w[g] = v2
+        elif abs(v2 - w[g]) > rtol * max(abs(w[g]), 1e-300):
+            flags |= 4
+        wg = w[g]
+        if conditional:
+            ai = v1
+        elif wg > 0.0:
+            ai = v1 / wg
+        else:
+            ai = 0.0
+        if not ai > 0.0:
+            flags |= 8
+        a[i] = ai
+        ssq[g] += ai * ai
+        k = 1
+        for col in cols:
+            c[k] = col[i]
+            k += 1
+        for k in range(d + 1):
+            ak = ai * c[k]
+            for ll in range(k, d + 1):
+                S[g, k, ll] += ak * c[ll]
+    for g in range(n_groups):
+        for k in range(d + 1):
+            for ll in range(k):
+                S[g, k, ll] = S[g, ll, k]
+    return S, ssq, w, a, flags

@@ -72,8 +72,10 @@ class SurveyWeights:
         return tuple(out)
 
 
-def check_weight_column(data: pd.DataFrame, col: str, level: str) -> np.ndarray:
-    """The values of weight column ``col`` as floats, after checking them.
+def check_weight_column(data: pd.DataFrame, col: str, level: str, values: bool = True
+                        ) -> np.ndarray:
+    """The values of weight column ``col`` as floats, after checking them (``values=False``:
+    only that the column exists and is numeric; the values are checked elsewhere).
 
     Raises
     ------
@@ -89,6 +91,8 @@ def check_weight_column(data: pd.DataFrame, col: str, level: str) -> np.ndarray:
         raise DataError(f"{level} weight column '{col}' is not numeric (dtype {s.dtype}); "
                         "convert it to numbers first")
     v = s.to_numpy(dtype=float, na_value=np.nan)
+    if not values:
+        return v
     for bad, what in ((np.isnan(v), "missing"), (np.isinf(v), "infinite"), (v < 0, "negative")):
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
