@@ -92,7 +92,8 @@ class WeightedLmerFit:
     Fields
     ------
     design : the model matrices of the rows kept.  crossprods : the weighted statistics
-    (response shifted by ``shift``: β = β̂(shifted) + shift).  weights : the
+    (of the response minus X·``shift``: β = β̂(statistics) + shift; the fits here sum the
+    response itself, shift = 0, in the one pass over the rows).  weights : the
     :class:`~twolevel.models.survey.weights.SurveyWeights`.  theta : θ̂.  optsum : the optimizer.
     data_name : for ``summary()``.
 
