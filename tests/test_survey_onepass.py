@@ -138,3 +138,17 @@ def test_gradient_three_random_effects():
     g = profiled_pseudo_loglik_gradient(th, f.crossprods, T)
     ref = _central(lambda t: profiled_pseudo_loglik(t, f.crossprods, T), th)
     np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+
+
+def test_q2_score_kernel_equals_general_kernel():
+    from twolevel.models.survey.kernels import weighted_score_sums, weighted_score_sums_q2
+
+    d = simulated()
+    f = wfit(FORMULA, d, ("w1", "wj"))
+    r = np.append(-f.beta, 1.0)
+    for th in (f.theta, np.array([0.7, -0.3, 0.2]), np.array([1.2, 0.0, 0.0])):
+        Lam = f.design.theta_to_T(th)
+        E1, G1 = weighted_score_sums(f.crossprods.M, f.crossprods.w, Lam, r, 2)
+        E2, G2 = weighted_score_sums_q2(f.crossprods.M, f.crossprods.w, Lam, r)
+        np.testing.assert_allclose(E2, E1, rtol=1e-12, atol=1e-12 * np.abs(E1).max())
+        np.testing.assert_allclose(G2, G1, rtol=1e-12, atol=1e-12 * np.abs(G1).max())

@@ -10,7 +10,7 @@ import numba
 import numpy as np
 
 __all__ = ["weighted_checked_sums", "weighted_group_sums", "weighted_schur_sums",
-           "weighted_schur_sums_q2", "weighted_score_sums"]
+           "weighted_schur_sums_q2", "weighted_score_sums", "weighted_score_sums_q2"]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -79,13 +79,15 @@ def weighted_schur_sums(M: np.ndarray, w: np.ndarray, Lam: np.ndarray, q: int
 def weighted_schur_sums_q2(M: np.ndarray, w: np.ndarray, Lam: np.ndarray
                            ) -> tuple[np.ndarray, float]:
     """:func:`weighted_schur_sums` for q = 2 (a random intercept and slope; Λ lower
-    triangular), written out in scalars."""
+    triangular), written out in scalars with L_j⁻¹ = adj(L_j)/|L_j| (one logarithm and one
+    division per school, no square roots): with B = ΛᵀP_j,
+    C_j[k,l] = Q_j[k,l] − (L11 B0k B0l − L10 (B0k B1l + B1k B0l) + L00 B1k B1l)/|L_j|."""
     J, m, _ = M.shape
     r = m - 2
     l00, l10, l11 = Lam[0, 0], Lam[1, 0], Lam[1, 1]
     Cs = np.zeros((r, r))
-    v0 = np.empty(r)
-    v1 = np.empty(r)
+    b0 = np.empty(r)
+    b1 = np.empty(r)
     logdet = 0.0
     for j in range(J):
         s00, s01, s11 = M[j, 0, 0], M[j, 0, 1], M[j, 1, 1]
@@ -94,21 +96,21 @@ def weighted_schur_sums_q2(M: np.ndarray, w: np.ndarray, Lam: np.ndarray
         L00 = l00 * a00 + l10 * a10 + 1.0
         L10 = l11 * a10
         L11 = l11 * s11 * l11 + 1.0
-        r00 = math.sqrt(L00)
-        r10 = L10 / r00
-        d11 = L11 - r10 * r10
-        r11 = math.sqrt(d11)
+        det = L00 * L11 - L10 * L10
         wj = w[j]
-        logdet += wj * (math.log(L00) + math.log(d11))
+        logdet += wj * math.log(det)
+        c = wj / det
+        c00, c10, c11 = c * L11, c * L10, c * L00
         for k in range(r):
             p0 = M[j, 0, 2 + k]
             p1 = M[j, 1, 2 + k]
-            x0 = (l00 * p0 + l10 * p1) / r00
-            v0[k] = x0
-            v1[k] = (l11 * p1 - r10 * x0) / r11
+            b0[k] = l00 * p0 + l10 * p1
+            b1[k] = l11 * p1
         for k in range(r):
+            x0 = c00 * b0[k] - c10 * b1[k]
+            x1 = c11 * b1[k] - c10 * b0[k]
             for ll in range(k, r):
-                Cs[k, ll] += wj * (M[j, 2 + k, 2 + ll] - v0[k] * v0[ll] - v1[k] * v1[ll])
+                Cs[k, ll] += wj * M[j, 2 + k, 2 + ll] - (x0 * b0[ll] + x1 * b1[ll])
     for k in range(r):
         for ll in range(k):
             Cs[k, ll] = Cs[ll, k]
@@ -188,6 +190,50 @@ def weighted_score_sums(M: np.ndarray, w: np.ndarray, Lam: np.ndarray, r: np.nda
             for d in range(q):
                 E[a, d] += wj * s * u[d]
                 G[a, d] += wj * B[a, d]
+    return E, G
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def weighted_score_sums_q2(M: np.ndarray, w: np.ndarray, Lam: np.ndarray, r: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`weighted_score_sums` for q = 2 (Λ lower triangular), in scalars with
+    L_j⁻¹ = adj(L_j)/|L_j|; W = S_zzΛ, so S_zzΛu = Wu and L_j⁻¹ΛᵀS_zz = L_j⁻¹Wᵀ."""
+    J, m, _ = M.shape
+    nr = m - 2
+    l00, l10, l11 = Lam[0, 0], Lam[1, 0], Lam[1, 1]
+    E = np.zeros((2, 2))
+    G = np.zeros((2, 2))
+    for j in range(J):
+        s00, s01, s11 = M[j, 0, 0], M[j, 0, 1], M[j, 1, 1]
+        W00 = s00 * l00 + s01 * l10
+        W10 = s01 * l00 + s11 * l10
+        W01 = s01 * l11
+        W11 = s11 * l11
+        L00 = l00 * W00 + l10 * W10 + 1.0
+        L10 = l11 * W10
+        L11 = l11 * W11 + 1.0
+        idet = 1.0 / (L00 * L11 - L10 * L10)
+        i00, i10, i11 = L11 * idet, -L10 * idet, L00 * idet
+        b0 = 0.0
+        b1 = 0.0
+        for k in range(nr):
+            b0 += M[j, 0, 2 + k] * r[k]
+            b1 += M[j, 1, 2 + k] * r[k]
+        t0 = l00 * b0 + l10 * b1
+        t1 = l11 * b1
+        u0 = i00 * t0 + i10 * t1
+        u1 = i10 * t0 + i11 * t1
+        e0 = b0 - (W00 * u0 + W01 * u1)
+        e1 = b1 - (W10 * u0 + W11 * u1)
+        wj = w[j]
+        E[0, 0] += wj * e0 * u0
+        E[0, 1] += wj * e0 * u1
+        E[1, 0] += wj * e1 * u0
+        E[1, 1] += wj * e1 * u1
+        G[0, 0] += wj * (i00 * W00 + i10 * W01)
+        G[0, 1] += wj * (i00 * W10 + i10 * W11)
+        G[1, 0] += wj * (i10 * W00 + i11 * W01)
+        G[1, 1] += wj * (i10 * W10 + i11 * W11)
     return E, G
 
 

@@ -195,10 +195,14 @@ def profiled_pseudo_loglik_gradient(theta: np.ndarray, cp: WeightedCrossprods,
     beta, s2, _ = profile_theta(cp, Lam)
     if not s2 > 0:
         return np.full(theta.size, np.nan)
-    from twolevel.models.survey.kernels import weighted_score_sums
+    from twolevel.models.survey.kernels import weighted_score_sums, weighted_score_sums_q2
 
-    E, G = weighted_score_sums(cp.M, cp.w, np.ascontiguousarray(Lam, dtype=float),
-                               np.append(-np.asarray(beta, dtype=float), 1.0), cp.q)
+    Lc = np.ascontiguousarray(Lam, dtype=float)
+    r = np.append(-np.asarray(beta, dtype=float), 1.0)
+    if cp.q == 2 and Lc[0, 1] == 0.0:
+        E, G = weighted_score_sums_q2(cp.M, cp.w, Lc, r)
+    else:
+        E, G = weighted_score_sums(cp.M, cp.w, Lc, r, cp.q)
     g = np.empty(theta.size)
     for k in range(theta.size):
         dL = theta_to_T(np.eye(theta.size)[k])
