@@ -43,6 +43,7 @@ from twolevel.models.lmm.optimize import optimize_theta
 from twolevel.models.lmm.results import LmerFit
 from twolevel.models.power.analytic import StudyDesign
 from twolevel.models.power.binary import glmer_job
+from twolevel.models.power.intercept import InterceptModel
 from twolevel.models.power.satterthwaite import satterthwaite_p
 
 __all__ = ["TESTS", "PowerCurve", "SimulationJob", "design_population", "extend", "power",
@@ -70,7 +71,10 @@ def wilson_interval(k: int, m: int, level: float = 0.95) -> tuple[float, float]:
 @dataclass(frozen=True)
 class SimulationJob:
     """One simulation setting: a design (its X, Z and grouping; the response is not used), the
-    true (θ, σ, β), the tested column (of X; of Z for ``test="variance"``), the test and α."""
+    true (θ, σ, β), the tested column (of X; of Z for ``test="variance"``), the test and α.
+    ``fast``: refit a one-random-effect model's Satterthwaite test from its (p+1) × (p+1) sums
+    (:mod:`.intercept`: the same criterion, optimizer path and test; False takes the general
+    route, which the tests compare it with)."""
 
     design: Design
     theta: np.ndarray
@@ -79,18 +83,26 @@ class SimulationJob:
     column: int
     test: str = "satterthwaite"
     alpha: float = 0.05
+    fast: bool = True
 
     def prepare(self) -> _Prepared:
         """Cross-products of X and Z, the noise basis and the reduced model (LRT), once."""
         d = self.design
         cp = group_crossprods(d)
+        basis = _NoiseBasis.of(d, cp)
+        fast = None
+        if self.fast and self.test == "satterthwaite" and d.q == 1:
+            try:
+                fast = InterceptModel.of(cp, basis, self.theta, self.sigma, self.beta)
+            except TwolevelError:  # XᵀX singular: the general route reports each failed refit
+                fast = None
         reduced = None
         if self.test == "lrt":
             keep = [k for k in range(d.p) if k != self.column]
             reduced = replace(d, X=d.X[:, keep], x_names=tuple(d.x_names[k] for k in keep))
         elif self.test == "variance":
             reduced = _drop_random_column(d, self.column)
-        return _Prepared(self, cp, _NoiseBasis.of(d, cp), d.theta_to_T(self.theta), reduced)
+        return _Prepared(self, cp, basis, d.theta_to_T(self.theta), reduced, fast)
 
 
 def _drop_random_column(d: Design, col: int) -> Design:
@@ -122,10 +134,17 @@ class _Prepared:
     basis: _NoiseBasis
     T: np.ndarray
     reduced: Design | None
+    fast: InterceptModel | None = None
 
     def p_value(self, rng: np.random.Generator) -> float:
         """Simulate one response, refit, return the test's p-value (NaN if the refit failed)."""
         job, d = self.job, self.job.design
+        if self.fast is not None:
+            try:
+                return self.fast.p_value(rng, job.column)
+            except (TwolevelError, np.linalg.LinAlgError, FloatingPointError, ValueError,
+                    ZeroDivisionError):
+                return math.nan
         b = job.sigma * rng.standard_normal((d.n_groups, d.q)) @ self.T.T
         cps = simulate_crossprods(d, self.cp, self.basis, b, job.sigma, job.beta, rng)
         reml = job.test != "lrt"
