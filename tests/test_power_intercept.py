@@ -164,3 +164,19 @@ def test_needs_one_random_effect_and_a_full_rank_x():
                         beta=np.append(fit.beta, 0.0), column=1)
     assert job.prepare().fast is None  # the general route reports each failed refit
     assert math.isnan(run_simulations(job, 1)[0])
+
+
+def test_written_out_p2_criterion_is_the_general_cholesky():
+    """The written-out branch (p = 2, one school size) equals cholesky_small on S − wG."""
+    sd = tl.study_design("cra2", schools=10, students=6, icc=0.2)
+    design, theta, sigma, beta, col = design_population(sd, 0.5, np.random.default_rng(0))
+    prep = SimulationJob(design=design, theta=theta, sigma=sigma, beta=beta,
+                         column=col).prepare()
+    prof = prep.fast.profile(*prep.fast.draw(np.random.default_rng(2)))
+    assert prof._K1 and prof._m == 3
+    for th in (0.0, 0.2, 0.7, -1.3):
+        L = cholesky_small(prof.down_dated(th), 3)
+        r2, ldL2, ldRX2 = prof.parts(th)
+        assert r2 == pytest.approx(L[8] ** 2, rel=1e-14)
+        assert ldRX2 == pytest.approx(2.0 * (math.log(L[0]) + math.log(L[4])), rel=1e-14)
+        assert ldL2 == pytest.approx(prof.log_det_L2(th), rel=1e-14)

@@ -87,7 +87,8 @@ def hessian2(f, x0: float, x1: float, d: float = 0.1, eps: float = 1e-4,
     (:func:`~twolevel.models.lmm.satterthwaite.numderiv_hessian`: the same points and arithmetic)
     in scalar arithmetic: h_i = |d·x_i| + eps·[|x_i| < zero_tol], halved r − 1 times; diagonal
     (f(x + h e_i) − 2f(x) + f(x − h e_i))/h², off-diagonal (f(x + h_0e_0 + h_1e_1) − 2f(x) +
-    f(x − h_0e_0 − h_1e_1) − H_11h_1² − H_00h_0²)/(2h_1h_0) (numDeriv's order of operations); A_k ← (4^m A_{k+1} − A_k)/(4^m − 1).
+    f(x − h_0e_0 − h_1e_1) − H_11h_1² − H_00h_0²)/(2h_1h_0) (numDeriv's order of operations);
+    A_k ← (4^m A_{k+1} − A_k)/(4^m − 1).
     """
     x = (x0, x1)
     f0 = f(x0, x1)
@@ -136,6 +137,26 @@ def vcov_varpar(H: list[list[float]]) -> np.ndarray:
     lam, U = np.linalg.eigh(np.array(H))
     pos = lam > EIGEN_TOL
     return 2.0 * (U[:, pos] / lam[pos]) @ U[:, pos].T
+
+
+def _unscaled_column(L: list[float], m: int, k: int) -> list[float]:
+    """Column k of C_u = (R_XᵀR_X)⁻¹ from the lower Cholesky factor L (m × m, row-major; its
+    leading p = m − 1 block is R_Xᵀ): C_u e_k = R_X⁻¹(R_X⁻ᵀe_k), a forward then a backward
+    substitution."""
+    p = m - 1
+    z = [0.0] * p
+    for i in range(p):
+        t = 1.0 if i == k else 0.0
+        for j in range(i):
+            t -= L[i * m + j] * z[j]
+        z[i] = t / L[i * m + i]
+    x = [0.0] * p
+    for i in range(p - 1, -1, -1):
+        t = z[i]
+        for j in range(i + 1, p):
+            t -= L[j * m + i] * x[j]
+        x[i] = t / L[i * m + i]
+    return x
 
 
 @dataclass(frozen=True)
@@ -286,8 +307,27 @@ class InterceptProfile:
 
     def parts(self, theta: float) -> tuple[float, float, float]:
         """(r², log|L|², log|R_X|²) at θ: r and R_X's diagonal from the Cholesky factor of
-        :meth:`down_dated` (:func:`cholesky_small`)."""
+        :meth:`down_dated` (:func:`cholesky_small`; written out for p = 2 and one school size,
+        ``y ~ treat + (1 | school)`` in a balanced design, the same operations in the same
+        order)."""
         m = self._m
+        if m == 3 and self._K1:
+            t2 = theta * theta
+            w = t2 / (1.0 + t2 * self._a[0])
+            S, G = self._S, self._G[0]
+            s = S[0] - w * G[0]
+            if s <= 0.0:
+                raise _not_estimable()
+            l00 = math.sqrt(s)
+            l10, l20 = (S[3] - w * G[3]) / l00, (S[6] - w * G[6]) / l00
+            s = S[4] - w * G[4] - l10 * l10
+            if s <= 0.0:
+                raise _not_estimable()
+            l11 = math.sqrt(s)
+            l21 = (S[7] - w * G[7] - l20 * l10) / l11
+            r2 = max(S[8] - w * G[8] - l20 * l20 - l21 * l21, 0.0)
+            ldL2 = self._counts[0] * math.log1p(t2 * self._a[0])
+            return math.sqrt(r2) ** 2, ldL2, 2.0 * (math.log(l00) + math.log(l11))
         L = cholesky_small(self.down_dated(theta), m)
         ldRX2 = 0.0
         for i in range(0, (m - 1) * (m + 1), m + 1):
@@ -342,11 +382,9 @@ class InterceptProfile:
         A = vcov_varpar(hessian2(D, theta, sigma))
         m, p = self._m, self.model.p
         t2 = theta * theta
-        RtR = np.array(self.down_dated(theta)).reshape(m, m)[:p, :p]
-        Cu = np.linalg.inv(RtR)
+        cu_k = np.array(_unscaled_column(cholesky_small(self.down_dated(theta), m), m, column))
         dw = 2.0 * theta / (1.0 + t2 * self.model.a) ** 2  # ∂w_k/∂θ
         dRtR = -(dw @ self._Gflat).reshape(m, m)[:p, :p]
-        cu_k = Cu[:, column]
         s2 = sigma * sigma
         var = s2 * float(cu_k[column])
         g = np.array([-s2 * float(cu_k @ dRtR @ cu_k), 2.0 * sigma * float(cu_k[column])])
