@@ -93,8 +93,10 @@ def test_draw_is_the_general_routes_draw(unbalanced):
 
 @pytest.mark.parametrize("kw", [
     dict(schools=40, students=20, icc=0.1),  # balanced: one school size
-    dict(schools=14, students=8, icc=0.2, cv=0.5),  # a few sizes: scalar sums
-    dict(schools=30, students=12, icc=0.15, cv=0.8, r2_1=0.3, r2_2=0.4),  # many sizes, p = 4
+    dict(schools=20, students=10, icc=0.1, r2_1=0.5),  # one size, p = 3: the general Cholesky
+    dict(schools=12, students=6, icc=0.2, cv=0.3),  # 7 sizes: scalar sums
+    dict(schools=14, students=8, icc=0.2, cv=0.5),  # 11 sizes: sums in NumPy
+    dict(schools=30, students=12, icc=0.15, cv=0.8, r2_1=0.3, r2_2=0.4),  # 22 sizes, p = 4
 ])
 def test_power_simulation_equals_the_general_route(kw):
     """Per seed, the fast route's p-values are the general route's (same draws; the refits
@@ -102,7 +104,10 @@ def test_power_simulation_equals_the_general_route(kw):
     sd = tl.study_design("cra2", **kw)
     design, theta, sigma, beta, col = design_population(sd, 0.4, np.random.default_rng(0))
     job = SimulationJob(design=design, theta=theta, sigma=sigma, beta=beta, column=col)
-    assert job.prepare().fast is not None
+    fast = job.prepare().fast
+    assert fast is not None
+    K = fast.a.shape[0]
+    assert (K == 1) == (kw.get("cv", 0.0) == 0.0)
     slow = dataclasses.replace(job, fast=False)
     assert slow.prepare().fast is None
     p_fast = run_simulations(job, 60, seed=5)
