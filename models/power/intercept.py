@@ -54,6 +54,18 @@ def cholesky_small(a: list[float], m: int) -> list[float]:
     in scalar arithmetic: L_jj = √(a_jj − Σ_{k<j} L_jk²), L_ij = (a_ij − Σ_{k<j} L_ikL_jk)/L_jj.
     The last pivot (r²) ≤ 0 through rounding (an exact fit) gives L_mm = 0.
 
+    Parameters
+    ----------
+    a : list of float
+        The m × m matrix, row-major (only its lower triangle is read).
+    m : int
+        Its order.
+
+    Returns
+    -------
+    list of float
+        L, row-major, zeros above the diagonal.
+
     Raises
     ------
     TwolevelError
@@ -89,6 +101,26 @@ def hessian2(f, x0: float, x1: float, d: float = 0.1, eps: float = 1e-4,
     (f(x + h e_i) − 2f(x) + f(x − h e_i))/h², off-diagonal (f(x + h_0e_0 + h_1e_1) − 2f(x) +
     f(x − h_0e_0 − h_1e_1) − H_11h_1² − H_00h_0²)/(2h_1h_0) (numDeriv's order of operations);
     A_k ← (4^m A_{k+1} − A_k)/(4^m − 1).
+
+    Parameters
+    ----------
+    f : callable
+        f(x0, x1) → float.
+    x0, x1 : float
+        The point.
+    d, eps, zero_tol, r, v : float, int
+        numDeriv's ``method.args`` (its defaults for ``hessian``).
+
+    Returns
+    -------
+    list of list of float
+        The 2 × 2 Hessian.
+
+    Examples
+    --------
+    >>> H = hessian2(lambda a, b: a**3 + a * b**2, 1.0, 2.0)
+    >>> [[round(v, 8) for v in row] for row in H]
+    [[6.0, 4.0], [4.0, 2.0]]
     """
     x = (x0, x1)
     f0 = f(x0, x1)
@@ -127,7 +159,18 @@ def vcov_varpar(H: list[list[float]]) -> np.ndarray:
     """lmerTest's vcov of (θ, σ): A = 2H⁺, the pseudo-inverse over eigenvalues > 1e-8
     (:func:`~twolevel.models.lmm.satterthwaite.varpar_info`). For a 2 × 2 H with both
     eigenvalues λ = tr/2 ± √((h₀₀ − h₁₁)²/4 + h₀₁²) above the tolerance H⁺ = H⁻¹ =
-    [[h₁₁, −h₀₁], [−h₀₁, h₀₀]]/det; otherwise through the eigen-decomposition."""
+    [[h₁₁, −h₀₁], [−h₀₁, h₀₀]]/det; otherwise through the eigen-decomposition.
+
+    Parameters
+    ----------
+    H : list of list of float
+        The 2 × 2 Hessian of D(θ, σ) (:func:`hessian2`).
+
+    Returns
+    -------
+    numpy.ndarray
+        A (2, 2).
+    """
     (a, b), (_, d) = H
     half = 0.5 * (a + d)
     rad = math.sqrt(0.25 * (a - d) ** 2 + b * b)
@@ -165,7 +208,21 @@ class InterceptModel:
     their counts m_k, the schools sorted by k and where each k starts (for the sums G_k), a_j,
     B (J, p) = z_jᵀX_j, XᵀX and its inverse (the shift γ = (XᵀX)⁻¹Xᵀy), n, p; and for drawing
     responses (:meth:`draw`) the noise basis (F, keep) and the true θ, σ, β with XᵀXβ, βᵀXᵀXβ,
-    Bβ."""
+    Bβ.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import twolevel as tl
+    >>> from twolevel.models.power.simulation import SimulationJob, design_population
+    >>> sd = tl.study_design("cra2", schools=10, students=5, icc=0.2)
+    >>> model = SimulationJob(*design_population(sd, 0.5, np.random.default_rng(0))).prepare().fast
+    >>> model.a, model.p                  # one school size (5 students), p = 2 fixed effects
+    (array([5.]), 2)
+    >>> p = model.p_value(np.random.default_rng(1), column=1)
+    >>> bool(0.0 <= p <= 1.0)
+    True
+    """
 
     a: np.ndarray
     counts: np.ndarray
