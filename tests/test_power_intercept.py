@@ -185,3 +185,26 @@ def test_written_out_p2_criterion_is_the_general_cholesky():
         assert r2 == pytest.approx(L[8] ** 2, rel=1e-14)
         assert ldRX2 == pytest.approx(2.0 * (math.log(L[0]) + math.log(L[4])), rel=1e-14)
         assert ldL2 == pytest.approx(prof.log_det_L2(th), rel=1e-14)
+
+
+def test_random_slope_without_intercept_equals_the_general_route():
+    """q = 1 with a random slope, (0 + x | school): a_j = Σ x² differs in every school (K = J)."""
+    rng = np.random.default_rng(12)
+    J, n = 15, 8
+    school = np.repeat(np.arange(J), n)
+    x = rng.standard_normal(J * n)
+    y = (0.3 + 0.4 * rng.standard_normal(J)[school]) * x + rng.standard_normal(J * n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = tl.lmer("y ~ x + (0 + x | school)", pd.DataFrame({"y": y, "x": x,
+                                                                "school": school}))
+    beta = np.array(fit.beta, float)
+    beta[1] = 0.25
+    job = SimulationJob(design=fit.design, theta=np.asarray(fit.theta, float),
+                        sigma=float(fit.sigma), beta=beta, column=1)
+    assert job.prepare().fast.a.shape[0] == J
+    p_fast = run_simulations(job, 40, seed=9)
+    p_slow = run_simulations(dataclasses.replace(job, fast=False), 40, seed=9)
+    np.testing.assert_allclose(p_fast, p_slow, rtol=1e-4, atol=1e-7)
+    res = tl.power(fit, term="x", effect=0.25, nsim=40, seed=9)
+    assert res.table["failed"].iloc[0] == 0
