@@ -244,6 +244,18 @@ class InterceptModel:
     Bbeta: np.ndarray
 
     @classmethod
+    def for_job(cls, job, cp: GroupCrossprods, basis) -> InterceptModel | None:
+        """The model of a :class:`~twolevel.models.power.simulation.SimulationJob` when this
+        route applies — ``job.fast``, the Satterthwaite test, one random effect, XᵀX of full
+        rank — else None (the general route, which reports each failed refit)."""
+        if not (job.fast and job.test == "satterthwaite" and cp.A.shape[1] == 1):
+            return None
+        try:
+            return cls.of(cp, basis, job.theta, job.sigma, job.beta)
+        except TwolevelError:
+            return None
+
+    @classmethod
     def of(cls, cp: GroupCrossprods, basis, theta: np.ndarray, sigma: float, beta: np.ndarray
            ) -> InterceptModel:
         """From the design's cross-products (A (J, 1, 1), B, XᵀX; the response is not used), its
@@ -318,10 +330,15 @@ class InterceptModel:
 
     def p_value(self, rng: np.random.Generator, column: int) -> float:
         """Draw one response (:meth:`draw`), refit it by REML from the true θ (lower bound 0) and
-        return lmerTest's Satterthwaite p-value of coefficient ``column``."""
+        return lmerTest's Satterthwaite p-value of coefficient ``column`` (NaN when the refit
+        fails, as the general route)."""
         prof = self.profile(*self.draw(rng))
-        theta, beta, sigma = prof.fit(np.array([self.theta]), _LOWER)
-        return prof.satterthwaite(theta, beta, sigma, column)[2]
+        try:
+            theta, beta, sigma = prof.fit(np.array([self.theta]), _LOWER)
+            return prof.satterthwaite(theta, beta, sigma, column)[2]
+        except (TwolevelError, np.linalg.LinAlgError, FloatingPointError, ValueError,
+                ZeroDivisionError):
+            return math.nan
 
 
 class InterceptProfile:
