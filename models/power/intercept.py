@@ -207,8 +207,8 @@ class InterceptModel:
     """What does not depend on the simulated response: the distinct a_k = z_jᵀz_j (K,) and
     their counts m_k, the schools sorted by k and where each k starts (for the sums G_k), a_j,
     B (J, p) = z_jᵀX_j, XᵀX and its inverse (the shift γ = (XᵀX)⁻¹Xᵀy), n, p; and for drawing
-    responses (:meth:`draw`) the noise basis (F, keep) and the true θ, σ, β with XᵀXβ, βᵀXᵀXβ,
-    Bβ.
+    responses (:meth:`draw`) the noise basis (F, the dropped directions and Σ rank W_j) and the
+    true θ, σ, β with XᵀXβ, βᵀXᵀXβ, Bβ.
 
     Examples
     --------
@@ -235,7 +235,9 @@ class InterceptModel:
     n: int
     p: int
     F: np.ndarray
-    keep: np.ndarray
+    drop: np.ndarray
+    rank: int
+    ones: np.ndarray
     theta: float
     sigma: float
     beta: np.ndarray
@@ -282,7 +284,8 @@ class InterceptModel:
         beta = np.asarray(beta, float)
         return cls(a=a, counts=counts.astype(float), order=order, starts=starts, a_j=a_j, B=B,
                    XtX=np.array(cp.XtX, float), XtX_inv=XtX_inv, n=int(cp.n), p=int(cp.p),
-                   F=basis.F, keep=basis.keep, theta=float(np.ravel(theta)[0]),
+                   F=basis.F, drop=~basis.keep, rank=int(basis.keep.sum()),
+                   ones=np.ones(a_j.shape[0]), theta=float(np.ravel(theta)[0]),
                    sigma=float(sigma), beta=beta, XtXbeta=cp.XtX @ beta,
                    bXtXb=float(beta @ cp.XtX @ beta), Bbeta=B @ beta)
 
@@ -295,15 +298,16 @@ class InterceptModel:
         J, sigma = self.a_j.shape[0], self.sigma
         b = (sigma * rng.standard_normal(J)) * self.theta
         xi = rng.standard_normal(self.F.shape[:2])
-        xi[~self.keep] = 0.0
+        xi[self.drop] = 0.0
         w = np.einsum("jab,jb->ja", self.F, xi)
-        ze, xe = w[:, 0], w[:, 1:].sum(axis=0)
+        ze, xe = w[:, 0], self.ones @ w[:, 1:]
         Ab = self.a_j * b
         c = self.Bbeta + Ab + sigma * ze
         Xty = self.XtXbeta + b @ self.B + sigma * xe
-        dof = self.n - int(self.keep.sum())
+        dof = self.n - self.rank
         chi = rng.chisquare(dof) if dof > 0 else 0.0
-        ete = float(np.sum(xi * xi)) + chi
+        xf = xi.ravel()
+        ete = float(xf @ xf) + chi
         mm = self.bXtXb + 2.0 * float(b @ self.Bbeta) + float(b @ Ab)
         cross = float(self.beta @ xe + b @ ze)
         return c, Xty, mm + 2.0 * sigma * cross + sigma**2 * ete
