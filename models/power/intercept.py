@@ -435,12 +435,14 @@ class InterceptProfile:
         opt = optimize_theta(self.reml, theta0, lower)
         theta = float(opt.theta[0])
         m, p = self._m, self.model.p
-        L = np.array(cholesky_small(self.down_dated(theta), m)).reshape(m, m)
-        RX, cbeta = L[:p, :p].T, L[p, :p]
-        beta = np.empty(p)
+        L = cholesky_small(self.down_dated(theta), m)  # R_X = L[:p, :p]ᵀ, c_β = L[p, :p]
+        beta = [0.0] * p
         for i in range(p - 1, -1, -1):
-            beta[i] = (cbeta[i] - RX[i, i + 1:] @ beta[i + 1:]) / RX[i, i]
-        return theta, beta + self.gamma, math.sqrt(float(L[p, p]) ** 2 / (self.model.n - p))
+            t = L[p * m + i]
+            for j in range(i + 1, p):
+                t -= L[j * m + i] * beta[j]
+            beta[i] = t / L[i * m + i]
+        return theta, np.array(beta) + self.gamma, math.sqrt(L[-1] ** 2 / (self.model.n - p))
 
     def satterthwaite(self, theta: float, beta: np.ndarray, sigma: float, column: int
                       ) -> tuple[float, float, float]:
@@ -457,15 +459,25 @@ class InterceptProfile:
             s2 = sg * sg
             return pt[1] + pt[2] + pt[0] / s2 + n_p * (_LOG_2PI + math.log(s2))
 
-        A = vcov_varpar(hessian2(D, theta, sigma))
+        (a00, a01), (_, a11) = vcov_varpar(hessian2(D, theta, sigma)).tolist()
         m, p = self._m, self.model.p
         t2 = theta * theta
-        cu_k = np.array(_unscaled_column(cholesky_small(self.down_dated(theta), m), m, column))
-        dw = 2.0 * theta / (1.0 + t2 * self.model.a) ** 2  # ∂w_k/∂θ
-        dRtR = -(dw @ self._Gflat).reshape(m, m)[:p, :p]
+        cu = _unscaled_column(cholesky_small(self.down_dated(theta), m), m, column)
+        # −∂R_XᵀR_X/∂θ = Σ_k ∂w_k/∂θ·G_k[:p, :p], ∂w_k/∂θ = 2θ/(1 + θ²a_k)²
+        if self._scalar:
+            M = [0.0] * (m * m)
+            for ak, Gk in zip(self._a, self._G, strict=True):
+                dw = 2.0 * theta / (1.0 + t2 * ak) ** 2
+                M = [x + dw * g for x, g in zip(M, Gk, strict=True)]
+        else:
+            M = ((2.0 * theta / (1.0 + t2 * self.model.a) ** 2) @ self._Gflat).tolist()
+        quad = 0.0
+        for i in range(p):
+            for j in range(p):
+                quad += cu[i] * M[i * m + j] * cu[j]
         s2 = sigma * sigma
-        var = s2 * float(cu_k[column])
-        g = np.array([-s2 * float(cu_k @ dRtR @ cu_k), 2.0 * sigma * float(cu_k[column])])
-        nu = 2.0 * var * var / float(g @ A @ g)
+        var = s2 * cu[column]
+        g0, g1 = s2 * quad, 2.0 * sigma * cu[column]  # ∂C_kk/∂θ, ∂C_kk/∂σ
+        nu = 2.0 * var * var / (a00 * g0 * g0 + 2.0 * a01 * g0 * g1 + a11 * g1 * g1)
         t = float(beta[column]) / math.sqrt(var)
         return t, nu, float(2.0 * special.stdtr(nu, -abs(t)))
