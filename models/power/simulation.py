@@ -5,7 +5,8 @@ rejections.
 Each simulation draws fresh school effects b* ~ N(0, σ²TTᵀ) and residuals, and — as the
 parametric bootstrap (:mod:`twolevel.models.inference.simulate`) — never forms y*: the response's
 cross-products are drawn from their exact joint distribution, the model is refitted from them
-(warm start at the true θ) and the term is tested:
+(warm start at the true θ) and the term is tested (a one-random-effect model's Satterthwaite
+test from a few (p+1) × (p+1) sums in scalar arithmetic, :mod:`.intercept`, the same numbers):
 
 * ``"satterthwaite"`` — lmerTest's t test with Satterthwaite df (REML);
 * ``"kenward-roger"`` — pbkrtest's Kenward–Roger t test (REML);
@@ -43,6 +44,9 @@ from twolevel.models.lmm.optimize import optimize_theta
 from twolevel.models.lmm.results import LmerFit
 from twolevel.models.power.analytic import StudyDesign
 from twolevel.models.power.binary import glmer_job
+from twolevel.models.power.intercept import InterceptModel
+from twolevel.models.power.montecarlo import summarise as _summarise
+from twolevel.models.power.montecarlo import wilson_interval
 from twolevel.models.power.satterthwaite import satterthwaite_p
 
 __all__ = ["TESTS", "PowerCurve", "SimulationJob", "design_population", "extend", "power",
@@ -51,26 +55,14 @@ __all__ = ["TESTS", "PowerCurve", "SimulationJob", "design_population", "extend"
 TESTS = ("satterthwaite", "kenward-roger", "lrt", "variance")
 
 
-def wilson_interval(k: int, m: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson's score interval for a binomial share k/m: (p̂ + z²/2m ± z√(p̂(1−p̂)/m + z²/4m²))
-    / (1 + z²/m)."""
-    if m == 0:
-        return (math.nan, math.nan)
-    z = float(stats.norm.isf((1.0 - level) / 2.0))
-    p = k / m
-    den = 1.0 + z * z / m
-    mid = (p + z * z / (2 * m)) / den
-    half = z * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
-
-
 # ---------------------------------------------------------------------------- the model
 
 
 @dataclass(frozen=True)
 class SimulationJob:
     """One simulation setting: a design (its X, Z and grouping; the response is not used), the
-    true (θ, σ, β), the tested column (of X; of Z for ``test="variance"``), the test and α."""
+    true (θ, σ, β), the tested column (of X; of Z for ``test="variance"``), the test and α;
+    ``fast=False`` refuses :mod:`.intercept`'s scalar route (q = 1, Satterthwaite)."""
 
     design: Design
     theta: np.ndarray
@@ -79,18 +71,21 @@ class SimulationJob:
     column: int
     test: str = "satterthwaite"
     alpha: float = 0.05
+    fast: bool = True
 
     def prepare(self) -> _Prepared:
         """Cross-products of X and Z, the noise basis and the reduced model (LRT), once."""
         d = self.design
         cp = group_crossprods(d)
+        basis = _NoiseBasis.of(d, cp)
+        fast = InterceptModel.for_job(self, cp, basis)
         reduced = None
         if self.test == "lrt":
             keep = [k for k in range(d.p) if k != self.column]
             reduced = replace(d, X=d.X[:, keep], x_names=tuple(d.x_names[k] for k in keep))
         elif self.test == "variance":
             reduced = _drop_random_column(d, self.column)
-        return _Prepared(self, cp, _NoiseBasis.of(d, cp), d.theta_to_T(self.theta), reduced)
+        return _Prepared(self, cp, basis, d.theta_to_T(self.theta), reduced, fast)
 
 
 def _drop_random_column(d: Design, col: int) -> Design:
@@ -122,10 +117,13 @@ class _Prepared:
     basis: _NoiseBasis
     T: np.ndarray
     reduced: Design | None
+    fast: InterceptModel | None = None
 
     def p_value(self, rng: np.random.Generator) -> float:
         """Simulate one response, refit, return the test's p-value (NaN if the refit failed)."""
         job, d = self.job, self.job.design
+        if self.fast is not None:
+            return self.fast.p_value(rng, job.column)
         b = job.sigma * rng.standard_normal((d.n_groups, d.q)) @ self.T.T
         cps = simulate_crossprods(d, self.cp, self.basis, b, job.sigma, job.beta, rng)
         reml = job.test != "lrt"
@@ -447,15 +445,6 @@ class PowerCurve:
                          f"{100 * r.power:6.2f}% ({100 * r.lower:.2f}, {100 * r.upper:.2f}) "
                          f"se {r.se:.4f}, {r.nsim} simulations, {r.failed} failed{extra}")
         return "\n".join(lines)
-
-
-def _summarise(p: np.ndarray, alpha: float) -> dict:
-    ok = p[np.isfinite(p)]
-    m, k = ok.size, int(np.sum(ok < alpha))
-    pw = k / m if m else math.nan
-    lo, hi = wilson_interval(k, m)
-    return {"nsim": int(p.size), "failed": int(p.size - m), "rejections": k, "power": pw,
-            "se": math.sqrt(pw * (1 - pw) / m) if m else math.nan, "lower": lo, "upper": hi}
 
 
 def _term_column(design: Design, term: str) -> int:
