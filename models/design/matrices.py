@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import formulae
 import numpy as np
 import pandas as pd
 
@@ -21,6 +20,7 @@ from twolevel.data.errors import DataError, FormulaError
 from twolevel.models.design.formula import (
     _FORMULA_CACHE,
     _missing_variables,
+    _plain_columns_plan,
     _r_name,
     _variables,
     parse_formula,
@@ -245,6 +245,8 @@ def _model_matrix(
     simple = _simple_model_matrix(response, rhs, md)
     if simple is not None:
         return (*simple, None)
+    import formulae  # here, not at import: it loads scipy.interpolate and scipy.sparse.linalg
+
     try:
         dm = formulae.design_matrices(f"{response} ~ {rhs}", md.frame(), na_action="error")
     except Exception as exc:  # formulae raises several types; give the user one clear message
@@ -304,7 +306,9 @@ def _simple_plan(
     key = (response, rhs, dtypes)
     if key in _PLANS:
         return _PLANS[key]
-    plan = _find_simple_plan(response, rhs, head())
+    plan = _plain_columns_plan(rhs, dict(dtypes))
+    if plan is None:
+        plan = _find_simple_plan(response, rhs, head())
     if len(_PLANS) >= _FORMULA_CACHE:
         _PLANS.pop(next(iter(_PLANS)))
     _PLANS[key] = plan
@@ -314,6 +318,8 @@ def _simple_plan(
 def _find_simple_plan(
     response: str, rhs: str, head: pd.DataFrame
 ) -> tuple[tuple[str | None, ...], tuple[str, ...]] | None:
+    import formulae
+
     try:
         dm = formulae.design_matrices(f"{response} ~ {rhs}", head, na_action="error")
     except Exception:
