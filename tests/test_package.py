@@ -25,8 +25,9 @@ LECTURE = "g1rscore ~ 1 + famsesc + (1 + famsesc | schid)"
 
 # Stages of twolevel.models, lowest first: a module may import (at module level) only from its
 # own subpackage or from a lower rank. data is below all of models; workflows above.
-MODEL_RANK = {"rformat": 0, "native": 0, "fit_base": 0, "design": 0, "lmm": 1, "glmm": 2,
-              "bayes": 3, "inference": 3, "survey": 3, "tables": 4, "power": 4, "versions": 5}
+MODEL_RANK = {"rformat": 0, "native": 0, "pvalues": 0, "fit_base": 0, "design": 0, "lmm": 1,
+              "glmm": 2, "bayes": 3, "inference": 3, "survey": 3, "tables": 4, "power": 4,
+              "versions": 5}
 
 
 # the Bayesian builder modules: the only ones that import PyMC / PyTensor

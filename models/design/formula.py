@@ -9,6 +9,7 @@ column names for ``formulae``'s labels (``Intercept`` → ``(Intercept)``, ``k[b
 
 from __future__ import annotations
 
+import keyword
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -152,3 +153,36 @@ def _missing_variables(expr: str, columns: pd.Index) -> list[str]:
         if tok not in out:
             out.append(tok)
     return out
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")  # formulae: no leading "_"
+
+
+def _plain_columns_plan(
+    rhs: str, dtypes: dict
+) -> tuple[tuple[str | None, ...], tuple[str, ...]] | None:
+    """The plan of :func:`_simple_plan` read from the text alone, without ``formulae``, for the
+    commonest right-hand side: ``1``'s and names of numeric (not boolean) columns joined by
+    ``+`` (``1 + famsesc``, ``x + w``); else None, and ``formulae`` decides.
+
+    ``formulae`` gives such a right-hand side the intercept first, then each distinct column once,
+    in the order written, named as the column. Importing ``formulae`` costs more than a whole
+    lecture fit (it loads ``scipy.interpolate`` and ``scipy.sparse.linalg``), so the command line
+    and the first fit of a session skip it here; ``tests/test_design_plain.py`` holds this
+    function to ``matrices._find_simple_plan`` (``formulae``'s answer) on random right-hand
+    sides."""
+    sources: list[str | None] = [None]
+    for token in rhs.split("+"):
+        token = token.strip()
+        if token == "1":
+            continue
+        if not _PLAIN_NAME.match(token) or keyword.iskeyword(token) or token not in dtypes:
+            return None
+        dtype = dtypes[token]
+        if (not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+                or pd.api.types.is_complex_dtype(dtype)):
+            return None
+        if token not in sources:
+            sources.append(token)
+    names = ["(Intercept)", *sources[1:]]
+    return tuple(sources), tuple(names)

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import formulae
 import numpy as np
 import pandas as pd
 
@@ -21,6 +20,7 @@ from twolevel.data.errors import DataError, FormulaError
 from twolevel.models.design.formula import (
     _FORMULA_CACHE,
     _missing_variables,
+    _plain_columns_plan,
     _r_name,
     _variables,
     parse_formula,
@@ -219,6 +219,7 @@ class _ModelData:
         self._frame: pd.DataFrame | None = None
         self.n = n
         self.dtypes = tuple((col, s.dtype) for col, s in series.items())
+        self.columns = list(series)
 
     def column(self, col: str) -> np.ndarray:
         """Column ``col`` of the complete rows, as float (a view when it is float64 already and
@@ -227,6 +228,11 @@ class _ModelData:
         if pd.api.types.is_extension_array_dtype(s):  # nullable dtypes: NA in dropped rows
             return s.to_numpy(dtype=float, na_value=np.nan)[self._rows]
         return s.to_numpy(dtype=float)[self._rows]
+
+    def values(self, col: str):
+        """Column ``col`` of the complete rows as it is (a pandas array: categories kept)."""
+        arr = self._series[col].array
+        return arr if isinstance(self._rows, slice) else arr[self._rows]
 
     def frame(self) -> pd.DataFrame:
         """The model frame: the used columns of the complete rows, index 0..n-1."""
@@ -245,6 +251,13 @@ def _model_matrix(
     simple = _simple_model_matrix(response, rhs, md)
     if simple is not None:
         return (*simple, None)
+    from twolevel.models.design.factor_plan import factor_model_matrix
+
+    built = factor_model_matrix(response, rhs, _variables(rhs, pd.Index(md.columns)), md)
+    if built is not None:
+        return built
+    import formulae  # here, not at import: it loads scipy.interpolate and scipy.sparse.linalg
+
     try:
         dm = formulae.design_matrices(f"{response} ~ {rhs}", md.frame(), na_action="error")
     except Exception as exc:  # formulae raises several types; give the user one clear message
@@ -304,7 +317,9 @@ def _simple_plan(
     key = (response, rhs, dtypes)
     if key in _PLANS:
         return _PLANS[key]
-    plan = _find_simple_plan(response, rhs, head())
+    plan = _plain_columns_plan(rhs, dict(dtypes))
+    if plan is None:
+        plan = _find_simple_plan(response, rhs, head())
     if len(_PLANS) >= _FORMULA_CACHE:
         _PLANS.pop(next(iter(_PLANS)))
     _PLANS[key] = plan
@@ -314,6 +329,8 @@ def _simple_plan(
 def _find_simple_plan(
     response: str, rhs: str, head: pd.DataFrame
 ) -> tuple[tuple[str | None, ...], tuple[str, ...]] | None:
+    import formulae
+
     try:
         dm = formulae.design_matrices(f"{response} ~ {rhs}", head, na_action="error")
     except Exception:

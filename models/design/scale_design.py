@@ -54,6 +54,8 @@ class ScaleError(TwolevelError):
 
 def _refuse(what: str, instead: str):
     def prop(self):
+        if self.frame is not None:  # the rows are a data frame in memory: build them when asked
+            return getattr(self.rows_design, what)
         raise ScaleError(
             f"'{what}' is a per-student quantity, not held when the statistics come from "
             f"engine='{self.engine}' (the rows stay in {self.source}); {instead}"
@@ -107,6 +109,7 @@ class ScaleDesign:
     group_moments: GroupMoments | None = field(default=None, compare=False, repr=False)
     column_moments: dict | None = field(default=None, compare=False, repr=False)
     yty_groups: np.ndarray | None = field(default=None, compare=False, repr=False)
+    frame: Any = field(default=None, compare=False, repr=False)
 
     X = _refuse("X", "use fit.fixef(), fit.vcov() or the cross-products fit.crossprods; HLM "
                 "statistics need per_group_x=True (the CLI's --hlm asks for it)")
@@ -114,6 +117,29 @@ class ScaleDesign:
     y = _refuse("y", "use fit.crossprods (n_j, Σy, yᵀy per school) or fit.summary()'s residual "
                 "quantiles")
     group_index = _refuse("group_index", "use fit.design.group_levels and group_sizes (per school)")
+
+    @cached_property
+    def rows_design(self) -> Design:
+        """The in-memory :class:`Design` of the same formula on ``frame``, when the statistics came
+        from DuckDB but the rows are a pandas frame (``tl.lmer``'s default for large frames):
+        built the first time a per-student quantity (``X``, ``Z``, ``y``, ``group_index``,
+        ``model_specs``) is asked, e.g. by ``residuals()``, ``predict()`` or ``simulate()``."""
+        from twolevel.models.design.matrices import make_design
+
+        if self.frame is None:
+            raise ScaleError(f"the rows of this fit stay in {self.source}: refit with "
+                             "engine='memory' for per-student quantities")
+        d = make_design(self.formula, self.frame)
+        if (d.x_names != self.x_names or d.n != self.n
+                or not np.array_equal(np.asarray(d.group_levels), np.asarray(self.group_levels))):
+            raise ScaleError("the data frame no longer matches this fit (changed since the fit?): "
+                             "refit it")
+        return d
+
+    @property
+    def model_specs(self) -> dict:
+        """How each model matrix was built, for new data (from :attr:`rows_design`)."""
+        return self.rows_design.model_specs
 
     @property
     def n(self) -> int:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from scipy.linalg import solve_triangular
 
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods
@@ -54,6 +53,8 @@ def _solve_upper(R: np.ndarray, b: np.ndarray) -> np.ndarray:
     matrix can stall for milliseconds on a busy machine when OpenBLAS wakes its threads.)"""
     p = R.shape[0]
     if p > 16:
+        from scipy.linalg import solve_triangular  # not at import: SciPy costs the CLI ~0.3 s
+
         return solve_triangular(R, b, lower=False)
     x = np.array(b, dtype=float, copy=True)
     for i in range(p - 1, -1, -1):
@@ -68,6 +69,8 @@ def _solve_upper_t(R: np.ndarray, b: np.ndarray) -> np.ndarray:
     :func:`_solve_upper`)."""
     p = R.shape[0]
     if p > 16:
+        from scipy.linalg import solve_triangular
+
         return solve_triangular(R, b, trans="T", lower=False)
     x = np.array(b, dtype=float, copy=True)
     for i in range(p):

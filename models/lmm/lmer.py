@@ -10,6 +10,7 @@ the optimum further (see :mod:`twolevel.models.lmm.optimize`).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -162,7 +163,9 @@ def lmer(
     if needs_multi(formula):
         return _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler)
     cp = None
-    if choose_engine(data, engine, scheduler) == "memory" and isinstance(data, pd.DataFrame):
+    if _route_to_duckdb(data, engine, scheduler, per_group_x):
+        design, cp = _duckdb_for_frame(formula, data, memory_limit, threads, progress)
+    elif choose_engine(data, engine, scheduler) == "memory" and isinstance(data, pd.DataFrame):
         design = make_design(formula, data)
     else:
         design, cp = crossprods_from(formula, data, engine, memory_limit=memory_limit,
@@ -180,6 +183,36 @@ def lmer(
             f"optimizer did not converge ({fit.optsum.status_message})", UserWarning, stacklevel=2
         )
     return fit
+
+
+AUTO_DUCKDB_ROWS = 2_000_000  # a pandas frame this long is summed by DuckDB by default
+
+
+def _route_to_duckdb(data, engine: str, scheduler, per_group_x: bool) -> bool:
+    """``engine="auto"`` on a pandas frame of at least :data:`AUTO_DUCKDB_ROWS` rows, with DuckDB
+    installed (the ``scale`` extra): the statistics come from DuckDB, which reads the frame's
+    columns in place and never builds the model matrices (at 5 million rows the in-memory design
+    takes ~2× the time and ~0.5 GB more; benchmarks/startup.py). The rows stay available: the
+    design builds them from the frame when a per-student quantity is asked
+    (:attr:`~twolevel.models.design.scale_design.ScaleDesign.rows_design`)."""
+    if engine != "auto" or scheduler is not None or per_group_x:
+        return False
+    if not isinstance(data, pd.DataFrame) or len(data) < AUTO_DUCKDB_ROWS:
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("duckdb") is not None
+
+
+def _duckdb_for_frame(formula, data, memory_limit, threads, progress):
+    """(design, cross-products) of a large frame from DuckDB, the frame kept for the rows; the
+    in-memory design when DuckDB cannot take the formula (its errors, if any, are the user's)."""
+    try:
+        design, cp = crossprods_from(formula, data, "duckdb", memory_limit=memory_limit,
+                                     threads=threads, progress=progress)
+    except TwolevelError:
+        return make_design(formula, data), None
+    return dataclasses.replace(design, frame=data), cp
 
 
 def _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler):

@@ -17,7 +17,6 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
-from scipy import special
 
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design, GroupCrossprods
@@ -32,6 +31,7 @@ from twolevel.models.lmm.deviance import (
 )
 from twolevel.models.lmm.optimize import SINGULAR_TOL, OptSummary
 from twolevel.models.lmm.varcorr import VarCorr
+from twolevel.models.pvalues import t_sf2
 from twolevel.models.rformat import (  # noqa: F401 (deparse_formula: glmm.results reads it here)
     _r_num,
     abbreviate,
@@ -249,7 +249,7 @@ class LmerFit(MixedFit):
             )
         se, df = func(self, np.eye(self.design.p))
         t = est / se
-        p = 2.0 * special.stdtr(df, -np.abs(t))  # = stats.t.sf(|t|, df), without scipy.stats
+        p = t_sf2(t, df)  # = 2 stats.t.sf(|t|, df), without importing SciPy
         return pd.DataFrame(
             {"Estimate": est, "Std. Error": se, "df": df, "t value": t, "Pr(>|t|)": p},
             index=names,

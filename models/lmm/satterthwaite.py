@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import special
 
 from twolevel.models.lmm.deviance import (
     _gradient_sums,
@@ -28,6 +27,7 @@ from twolevel.models.lmm.deviance import (
     pls_state,
     unscaled_vcov,
 )
+from twolevel.models.pvalues import f_sf, t_sf2
 
 __all__ = [
     "VarparInfo",
@@ -294,7 +294,7 @@ def contest1d(fit, L: np.ndarray, rhs: float = 0.0) -> dict[str, float]:
     t = est / se
     return {
         "Estimate": est, "Std. Error": float(se), "df": float(ddf), "t value": float(t),
-        "Pr(>|t|)": float(2.0 * special.stdtr(ddf, -abs(t))),  # stats.t.sf(|t|, ddf)
+        "Pr(>|t|)": t_sf2(t, ddf),  # 2 stats.t.sf(|t|, ddf)
     }
 
 
@@ -345,7 +345,7 @@ def contest_md(fit, L: np.ndarray, rhs: np.ndarray | float = 0.0) -> dict[str, f
         ddf = fstat_ddf(np.array(nu))
     return {
         "Sum Sq": F * sigma2 * q, "Mean Sq": F * sigma2, "NumDF": float(q), "DenDF": float(ddf),
-        "F value": float(F), "Pr(>F)": float(special.fdtrc(q, ddf, F)),
+        "F value": float(F), "Pr(>F)": f_sf(F, q, ddf),
     }
 
 

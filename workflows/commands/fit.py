@@ -28,7 +28,6 @@ from pathlib import Path
 from twolevel.data.errors import TwolevelError
 from twolevel.data.loaders import BUILTIN_DATASETS, load_data
 from twolevel.models.lmm.lmer import lmer
-from twolevel.models.lmm.multi_results import MultiFit
 from twolevel.workflows import inference
 from twolevel.workflows.commands import (
     add_data_argument,
@@ -210,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
                    **(opts | ({"per_group_x": True}
                               if opts and (args.hlm or args.schools or args.confint == "boot")
                               else {})))
-    if isinstance(fit, MultiFit):  # several grouping factors
+    if hasattr(fit.design, "factors"):  # several grouping factors (a MultiFit, as lmer() tells)
         return _run_several(fit, args, caught)
     with warnings.catch_warnings(record=True) as caught_extra:
         warnings.simplefilter("always")
