@@ -96,9 +96,7 @@ def factor_model_matrix(response: str, rhs: str, variables: list[str], md):
     >>> tl.make_design("y ~ x * f + (1 | g)", d).x_names
     ('(Intercept)', 'x', 'fb', 'fc', 'x:fb', 'x:fc')
     """
-    import formulae  # only when a factor is present: it loads parts of SciPy
-
-    from twolevel.models.design.matrices import _column_names
+    from twolevel.models.design.matrices import _column_names, _head_common
 
     dtypes = dict(md.dtypes)
     factors = [v for v in variables if v in dtypes and _is_factor(dtypes[v])]
@@ -115,14 +113,11 @@ def factor_model_matrix(response: str, rhs: str, variables: list[str], md):
     rows = np.unique(np.concatenate(first))
     head = pd.DataFrame({v: md.values(v)[rows] for v in dict.fromkeys([response, *variables])
                          if v in dtypes})
-    try:
-        dm = formulae.design_matrices(f"{response} ~ {rhs}", head, na_action="error")
-    except Exception:
-        return None  # the full evaluation reports the error
-    if dm.common is None:
+    common = _head_common(response, rhs, head)
+    if common is None:
         return None
     recipe: list[tuple] = []
-    for term in dm.common.terms.values():
+    for term in common.terms.values():
         if getattr(term, "kind", None) == "intercept":
             recipe.append(())
             continue
@@ -131,12 +126,12 @@ def factor_model_matrix(response: str, rhs: str, variables: list[str], md):
         if part is None:
             return None
         recipe.extend(part)
-    names = _column_names(dm.common)
+    names = _column_names(common)
     if len(names) != len(recipe):
         return None
     head_codes = {c: v[rows] for c, v in codes.items()}
     head_mat = _build(recipe, len(rows), lambda c: head[c].to_numpy(dtype=float), head_codes)
-    if not np.array_equal(head_mat, np.asarray(dm.common.design_matrix, dtype=float)):
+    if not np.array_equal(head_mat, np.asarray(common.design_matrix, dtype=float)):
         return None
     cache: dict[str, np.ndarray] = {}
 
@@ -145,4 +140,4 @@ def factor_model_matrix(response: str, rhs: str, variables: list[str], md):
             cache[col] = md.column(col)
         return cache[col]
 
-    return _build(recipe, md.n, numeric, codes), names, dm.common
+    return _build(recipe, md.n, numeric, codes), names, common

@@ -326,19 +326,25 @@ def _simple_plan(
     return plan
 
 
-def _find_simple_plan(
-    response: str, rhs: str, head: pd.DataFrame
-) -> tuple[tuple[str | None, ...], tuple[str, ...]] | None:
+def _head_common(response: str, rhs: str, head: pd.DataFrame):
+    """``formulae``'s fitted right-hand side (``design_matrices(...).common``) on a few rows, or
+    None when it has no terms or fails (the evaluation on every row then reports the error)."""
     import formulae
 
     try:
-        dm = formulae.design_matrices(f"{response} ~ {rhs}", head, na_action="error")
+        return formulae.design_matrices(f"{response} ~ {rhs}", head, na_action="error").common
     except Exception:
-        return None  # the full evaluation reports the error
-    if dm.common is None:
+        return None
+
+
+def _find_simple_plan(
+    response: str, rhs: str, head: pd.DataFrame
+) -> tuple[tuple[str | None, ...], tuple[str, ...]] | None:
+    common = _head_common(response, rhs, head)
+    if common is None:
         return None
     sources: list[str | None] = []
-    for term_name, term in dm.common.terms.items():
+    for term_name, term in common.terms.items():
         kind = getattr(term, "kind", None)
         if kind == "intercept":
             sources.append(None)
@@ -355,13 +361,13 @@ def _find_simple_plan(
         if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
             return None
         sources.append(name)
-    names = _column_names(dm.common)
+    names = _column_names(common)
     if len(names) != len(sources):
         return None
     mat = np.empty((len(head), len(sources)))
     for k, src in enumerate(sources):
         mat[:, k] = 1.0 if src is None else head[src].to_numpy(dtype=float)
-    if not np.array_equal(mat, np.asarray(dm.common.design_matrix, dtype=float)):
+    if not np.array_equal(mat, np.asarray(common.design_matrix, dtype=float)):
         return None
     return tuple(sources), tuple(names)
 
