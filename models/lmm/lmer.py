@@ -160,7 +160,8 @@ def lmer(
                            optimizer=optimizer, data_name=data_name, engine=engine,
                            memory_limit=memory_limit, scheduler=scheduler)
     if needs_multi(formula):
-        return _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler)
+        return _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler,
+                             memory_limit=memory_limit, threads=threads, progress=progress)
     cp = None
     if choose_engine(data, engine, scheduler) == "memory" and isinstance(data, pd.DataFrame):
         design = make_design(formula, data)
@@ -182,9 +183,11 @@ def lmer(
     return fit
 
 
-def _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler):
-    """Several grouping factors (or an interaction factor): the in-memory path of
-    :func:`twolevel.models.lmm.multi.lmer_multi`."""
+def _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler,
+                  memory_limit=None, threads=None, progress=False):
+    """Several grouping factors (or an interaction factor): in memory
+    (:func:`twolevel.models.lmm.multi.lmer_multi`), or nested designs from DuckDB/Dask
+    (:func:`twolevel.models.lmm.multi_scale.lmer_multi_scale`)."""
     from twolevel.models.lmm.multi import lmer_multi
 
     chosen = choose_engine(data, engine, scheduler)
@@ -193,11 +196,11 @@ def _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler):
 
         data = read_all(data)
     if chosen != "memory":
-        raise TwolevelError(
-            f"formula '{formula}' has several grouping factors, which are fitted from a data "
-            "frame in memory for now; load the rows (engine='memory') instead of "
-            f"engine='{engine}'"
-        )
+        from twolevel.models.lmm.multi_scale import lmer_multi_scale
+
+        return lmer_multi_scale(formula, data, engine=chosen, REML=REML, optimizer=optimizer,
+                                data_name=data_name, memory_limit=memory_limit,
+                                threads=threads, scheduler=scheduler, progress=progress)
     return lmer_multi(formula, data, REML=REML, optimizer=optimizer, data_name=data_name)
 
 
