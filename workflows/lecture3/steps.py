@@ -107,8 +107,11 @@ def add_decomposition_section(sec, spec: MultilevelSpec, fits: dict[str, Any]) -
              + "; ".join(parts)
              + f"; within the innermost groups: {100 * dec.share.iloc[-1]:.1f}%. "
              "**Correlation**: two observations in the same "
-             + ", ".join(f"{r.level} (but different groups below it) correlate "
-                         f"{r.correlation:.3f}" for r in rows.itertuples()) + ".")
+             + "; in the same ".join(
+                 f"{r.level}" + (f" but a different {rows.level.iloc[k + 1]}"
+                                 if k + 1 < len(rows) else "")
+                 + f" correlate {r.correlation:.3f}" for k, r in enumerate(rows.itertuples()))
+             + ".")
     return {"shares": dict(zip(dec.level, dec.share, strict=True))}
 
 
@@ -158,7 +161,8 @@ def add_modes_section(sec, spec: MultilevelSpec, fits: dict[str, Any], plots) ->
               caption="Conditional modes per level: their SD against the model's SD "
                       "(shrinkage), mean conditional SD, intervals excluding 0")
     re = m1.ranef(cond_var=True)
-    for k, g in enumerate(nested_order(m1)):
+    order = nested_order(m1)
+    for k, g in enumerate(order):
         fr = re[g]
         tab = caterpillar_table(fr.index, fr["(Intercept)"].to_numpy(),
                                 fr["condsd_(Intercept)"].to_numpy(), z=Z95)
@@ -167,7 +171,7 @@ def add_modes_section(sec, spec: MultilevelSpec, fits: dict[str, Any], plots) ->
                   caption=f"'{g}' intercepts: conditional mode ± 1.96 conditional SD, sorted")
         unit = spec.groups[min(k, len(spec.groups) - 1)]
         fig = plots.caterpillar_figure(
-            tab, f"Level {k + 2} ('{g}'): random intercepts, {len(tab)} groups",
+            tab, f"Level {len(order) + 1 - k} ('{g}'): random intercepts, {len(tab)} groups",
             f"intercept deviation ({spec.y})", panel_names=("conditional mode ± 1.96 "
                                                            "conditional SD", ""),
             rank_by="conditional mode", unit=unit)
