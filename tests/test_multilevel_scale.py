@@ -108,6 +108,11 @@ def test_rowless_fit_says_what_it_cannot_do(parquet):
         fit.fitted()
     with pytest.raises(TwolevelError, match="predictions on the fitted rows need the rows"):
         fit.predict()
+    from twolevel.models.inference.simulate_multi import bootstrap_multi
+
+    with pytest.raises(TwolevelError, match="simulated responses \\(and bootstrap refits\\) "
+                                            "need the rows"):
+        bootstrap_multi(fit, 5)
     with pytest.raises(FormulaError, match="not nested that way: use engine='memory'"):
         lmer("y ~ x + (1 | school) + (1 | class)", glob, engine="duckdb")
     with pytest.raises(TwolevelError, match="grouping column\\(s\\) 'room' of formula"):
