@@ -183,3 +183,23 @@ def test_predictions_match_lme4_with_new_levels(tmp_path, formula):
                                    rtol=0, atol=tol, err_msg=key)
     np.testing.assert_allclose(fit.predict(re_form="~(1 | school)"), r["fitted_school"], rtol=0,
                                atol=tol)
+
+
+def test_cli_predict_with_several_factors(tmp_path):
+    """``twolevel predict`` writes the same intervals as the library for a nested model."""
+    import subprocess
+
+    d = _three()
+    d.to_csv(tmp_path / "d.csv", index=False)
+    NEW.to_csv(tmp_path / "nd.csv", index=False)
+    out = tmp_path / "p.csv"
+    proc = subprocess.run([sys.executable, "-m", "twolevel.workflows.cli", "predict",
+                           str(tmp_path / "d.csv"), "y ~ x + (1 | school/class)", "--newdata",
+                           str(tmp_path / "nd.csv"), "--out", str(out), "--allow-new-levels"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = pd.read_csv(out)
+    want = predict(lmer("y ~ x + (1 | school/class)", d), NEW, allow_new_levels=True,
+                   interval="prediction")
+    np.testing.assert_allclose(got[["fit", "lwr", "upr", "se"]], want[["fit", "lwr", "upr", "se"]],
+                               rtol=1e-9)
