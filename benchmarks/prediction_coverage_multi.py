@@ -17,6 +17,9 @@ predict_intervals_multi`, ``interval="prediction"``):
 The coverage is the average of the exact conditional probabilities Φ((u − μ)/s) − Φ((l − μ)/s)
 (Monte-Carlo SE from their spread). For the new class it also prints the coverage of the
 interval without the class variance (what a two-level habit would give), which must fall short.
+The intervals plug in θ̂ and σ̂ (as lme4's and the one-factor ones do), so they fall short of the
+level by O(1/J): measured 0.949 for all three cases at 60 schools, 0.9488 / 0.9503 / 0.9496 (MC SE
+0.0006 / 0.0004 / 0.0002) at 200 schools (1000 data sets each, 2026-12-06, load ≈ 5).
 
 Usage::
 
@@ -111,11 +114,13 @@ def main() -> None:
           f"{dt:.1f} s")
     print("target: 0.95 within Monte-Carlo error (|coverage - 0.95| <= 2 MC SE)")
     for k, r in res.items():
-        ok = abs(r["coverage"] - 0.95) <= 2 * r["mc_se"]
+        dev = (r["coverage"] - 0.95) / r["mc_se"]
         extra = (f"; without the class variance {r['coverage_without_class_variance']:.4f}"
                  if "coverage_without_class_variance" in r else "")
-        print(f"  {k:26s} coverage {r['coverage']:.4f} (MC SE {r['mc_se']:.4f}) "
-              f"{'ok' if ok else 'OUTSIDE'}{extra}")
+        print(f"  {k:26s} coverage {r['coverage']:.4f} (MC SE {r['mc_se']:.4f}, "
+              f"{dev:+.1f} SE) {'ok' if abs(dev) <= 2 else 'OUTSIDE'}{extra}")
+    print("(the intervals plug in theta-hat: they fall short of 0.95 by O(1/schools), about "
+          "0.001 at 60 schools)")
 
 
 if __name__ == "__main__":
