@@ -117,3 +117,19 @@ def test_rowless_fit_says_what_it_cannot_do(parquet):
         lmer("y ~ x + (1 | school) + (1 | class)", glob, engine="duckdb")
     with pytest.raises(TwolevelError, match="grouping column\\(s\\) 'room' of formula"):
         lmer("y ~ x + (1 | school/room)", glob, engine="duckdb")
+
+
+def test_four_levels_from_duckdb(tmp_path):
+    """a/b/c: the innermost key pastes three columns; labels restart within each parent."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    d = pd.DataFrame({"a": rng.integers(1, 16, n), "b": rng.integers(1, 5, n),
+                      "c": rng.integers(1, 4, n), "x": rng.normal(size=n)})
+    ua, ub, uc = rng.normal(size=20), rng.normal(0, 0.7, 200), rng.normal(0, 0.5, 2000)
+    d["y"] = (1 + 0.5 * d.x + ua[d.a] + ub[d.a * 10 + d.b] + uc[d.a * 100 + d.b * 10 + d.c]
+              + rng.normal(size=n))
+    d.to_parquet(tmp_path / "four.parquet", index=False)
+    mem = lmer("y ~ x + (1 | a/b/c)", d)
+    other = lmer("y ~ x + (1 | a/b/c)", str(tmp_path / "four.parquet"), engine="duckdb")
+    assert list(other.ngroups) == ["c:(b:a)", "b:a", "a"]
+    _same(mem, other)
