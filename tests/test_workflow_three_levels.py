@@ -56,11 +56,12 @@ def test_three_level_run_writes_its_report(tmp_path):
     proc = _cli("run", "--data", str(path), "--y", "y", "--x", "x", "--group", "school",
                 "--group", "class", "--level2", "w", "--quick", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[6/6]" in proc.stdout
+    assert "[7/7]" in proc.stdout
     md = (out / "report.md").read_text()
     for s in ("1. Data", "2. Variance decomposition by level", "3. REML fit",
               "4. Likelihood-ratio test for the 'class' level",
-              "5. Conditional modes and caterpillar plots per level", "6. Reproducibility"):
+              "5. Conditional modes and caterpillar plots per level",
+              "6. Predictions for a new student", "7. Reproducibility"):
         assert s in md, s
     assert "REML criterion at convergence" in md and "Satterthwaite" in md
     assert "labels are reused across 'school' groups" in md
@@ -83,6 +84,14 @@ def test_three_level_run_writes_its_report(tmp_path):
     assert res["lrt"]["chisq"] > 10  # σ_class = 0.6 with 100 classes: clearly detected
     cat = pd.read_csv(out / "tables" / "caterpillar_class_in_school.csv")
     assert len(cat) == 100 and cat["reml"].is_monotonic_increasing
+    pred = pd.read_csv(out / "tables" / "predictions.csv").set_index("case")
+    nd = pd.DataFrame({"school": [1, 1, 999], "class": [1, 999, 999], "x": d["x"].median(),
+                       "w": [d["w"].iloc[0]] * 2 + [d["w"].mean()]})
+    want = m1.predict(nd, allow_new_levels=True)
+    np.testing.assert_allclose(pred.loc[["known", "new_inner", "new_outer"], "fit"], want,
+                               rtol=1e-9)
+    se = pred["pred_se"]
+    assert se["known"] < se["new_inner"] < se["new_outer"]
     modes = pd.read_csv(out / "tables" / "modes_by_level.csv")
     assert list(modes["level"]) == ["school", "class:school"]
     assert list(modes["ngroups"]) == [25, 100]

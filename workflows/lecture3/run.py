@@ -1,4 +1,4 @@
-"""The several-level workflow's orchestrator: :func:`run_multilevel_workflow` runs the six steps
+"""The several-level workflow's orchestrator: :func:`run_multilevel_workflow` runs the seven steps
 in order and writes the report folder atomically (HTML, Markdown, CSV tables, figures, JSON).
 """
 
@@ -19,6 +19,7 @@ from twolevel.workflows.lecture3.steps import (
     add_decomposition_section,
     add_lrt_section,
     add_modes_section,
+    add_prediction_section,
     add_reml_section,
     fit_models,
     load_levels,
@@ -35,7 +36,7 @@ def run_multilevel_workflow(
     command: str | None = None,
     emit: Callable[[str], None] = print,
 ) -> Path:
-    """Run the six steps and write the report folder ``out`` (atomically). Returns its path.
+    """Run the seven steps and write the report folder ``out`` (atomically). Returns its path.
 
     Parameters
     ----------
@@ -74,7 +75,8 @@ def run_multilevel_workflow(
         s_reml = rep.section("3. REML fit (lme4 + lmerTest)")
         s_lrt = rep.section(f"4. Likelihood-ratio test for the '{spec.groups[-1]}' level")
         s_modes = rep.section("5. Conditional modes and caterpillar plots per level")
-        s_repro = rep.section("6. Reproducibility: command, R code, software, timings, files")
+        s_pred = rep.section("6. Predictions for a new student: known and new groups")
+        s_repro = rep.section("7. Reproducibility: command, R code, software, timings, files")
 
         with progress.step("data: rows and groups per level"):
             d = load_levels(spec)
@@ -97,6 +99,11 @@ def run_multilevel_workflow(
 
         with progress.step("conditional modes and caterpillar plots per level"):
             add_modes_section(s_modes, spec, fits, plots)
+
+        with progress.step("predictions: known group, new inner group, new outer group"):
+            tab = add_prediction_section(s_pred, spec, d, fits)
+            progress.note("prediction SEs: " + ", ".join(
+                f"{c} {v:.3f}" for c, v in zip(tab["case"], tab["pred_se"], strict=True)))
 
         with progress.step("report: HTML, Markdown, CSV, figures"):
             s_repro.text("Command that produced this report:")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-N_STEPS = 6
+N_STEPS = 7
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,60 @@ def add_modes_section(sec, spec: MultilevelSpec, fits: dict[str, Any], plots) ->
              "outer group's effect.")
 
 
+def prediction_rows(spec: MultilevelSpec, d: LevelData) -> pd.DataFrame:
+    """Three new students with the median of x: in a known innermost group (that of the first
+    row of the largest outer group), in a new innermost group of that outer group, and in a new
+    outer group (higher-level predictors: the outer group's values, or their means for a new
+    one)."""
+    f = d.frame
+    top = spec.groups[0]
+    big = f.groupby(top, observed=True).size().idxmax()  # ties: the first label
+    i0 = f.index[f[top] == big][0]
+    x0 = float(f[spec.x].median())
+    rows = []
+    for case in ("known", "new_inner", "new_outer"):
+        r = {"case": case, spec.x: x0}
+        for k, g in enumerate(spec.groups):
+            known = case == "known" or (case == "new_inner" and k < len(spec.groups) - 1)
+            r[g] = f.at[i0, g] if known else f"new {g}"
+        for w in spec.level2:
+            r[w] = float(f.at[i0, w]) if case != "new_outer" else float(f[w].mean())
+        rows.append(r)
+    out = pd.DataFrame(rows)
+    for g in spec.groups:
+        out[g] = out[g].astype(object)
+    return out
+
+
+def add_prediction_section(sec, spec: MultilevelSpec, d: LevelData, fits: dict[str, Any]
+                           ) -> pd.DataFrame:
+    """Step 6's section: a new student's predicted score with 95% confidence and prediction
+    intervals in a known group, a new innermost group, and a new outer group
+    (:func:`twolevel.models.inference.predict.predict`; new levels' effects are 0 and their
+    variances are added to the prediction interval)."""
+    from twolevel.models.inference.predict import predict
+
+    nd = prediction_rows(spec, d)
+    m1 = fits["m1"]
+    pi = predict(m1, nd, allow_new_levels=True, interval="prediction")
+    ci = predict(m1, nd, allow_new_levels=True, interval="confidence")
+    tab = nd.copy()
+    for g in spec.groups:  # labels, not numbers, in the tables
+        tab[g] = tab[g].map(str)
+    tab["fit"] = pi["fit"].to_numpy()
+    tab["conf_lwr"], tab["conf_upr"] = ci["lwr"].to_numpy(), ci["upr"].to_numpy()
+    tab["pred_lwr"], tab["pred_upr"] = pi["lwr"].to_numpy(), pi["upr"].to_numpy()
+    tab["pred_se"] = pi["se"].to_numpy()
+    inner, outer = spec.groups[-1], spec.groups[0]
+    sec.text(f"A new student with {spec.x} = {nd[spec.x].iloc[0]:.3g} (the median): in a known "
+             f"'{inner}', in a new '{inner}' of the same '{outer}', and in a new '{outer}'. A new "
+             "group's effect is 0 (lme4's allow.new.levels) and its variance is added to the "
+             "prediction interval; the confidence interval is for the mean of the known groups.")
+    sec.table("predictions", tab, caption="Predicted scores with 95% confidence and prediction "
+                                          "intervals")
+    return tab
+
+
 def r_code(spec: MultilevelSpec) -> str:
     """The same REML analysis in R (lme4 + lmerTest + performance)."""
     return "\n".join([
