@@ -128,6 +128,7 @@ def test_four_levels_from_duckdb(tmp_path):
     ua, ub, uc = rng.normal(size=20), rng.normal(0, 0.7, 200), rng.normal(0, 0.5, 2000)
     d["y"] = (1 + 0.5 * d.x + ua[d.a] + ub[d.a * 10 + d.b] + uc[d.a * 100 + d.b * 10 + d.c]
               + rng.normal(size=n))
+    d["a"] = d["a"].astype(np.uint64)  # DuckDB UBIGINT: labels "3", not "3.0", as in memory
     d.to_parquet(tmp_path / "four.parquet", index=False)
     mem = lmer("y ~ x + (1 | a/b/c)", d)
     other = lmer("y ~ x + (1 | a/b/c)", str(tmp_path / "four.parquet"), engine="duckdb")

@@ -151,7 +151,7 @@ def _cell_values(keys: np.ndarray, columns: tuple[str, ...], types: dict[str, st
     for c in columns:
         if is_numeric_type(types[c]):
             v = pd.to_numeric(parts[c])
-            if re.match(r"(TINY|SMALL|BIG|HUGE|U)?INT", types[c].upper()):
+            if re.match(r"U?(TINY|SMALL|BIG|HUGE)?INT", types[c].upper()):
                 v = v.astype(np.int64)
             parts[c] = v
     return parts
