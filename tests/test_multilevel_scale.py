@@ -134,3 +134,23 @@ def test_four_levels_from_duckdb(tmp_path):
     other = lmer("y ~ x + (1 | a/b/c)", str(tmp_path / "four.parquet"), engine="duckdb")
     assert list(other.ngroups) == ["c:(b:a)", "b:a", "a"]
     _same(mem, other)
+
+
+def test_cli_fit_with_engine_duckdb(parquet, tmp_path):
+    """``twolevel fit FILES FORMULA --engine duckdb --json`` with several factors: the in-memory
+    fit's numbers and lme4's factor names."""
+    import json
+    import subprocess
+    import sys
+
+    d, glob = parquet
+    formula = "y ~ x + (1 | school/class)"
+    proc = subprocess.run([sys.executable, "-m", "twolevel.workflows.cli", "fit", glob, formula,
+                           "--engine", "duckdb", "--json"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    mem = lmer(formula, d)
+    assert out["criterion"] == pytest.approx(mem.criterion, rel=1e-9, abs=0)
+    assert set(out["random"]) == {"class:school", "school"}
+    assert out["random"]["class:school"]["ngroups"] == 400
