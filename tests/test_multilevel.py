@@ -177,9 +177,12 @@ def test_error_messages():
         lmer("y ~ z + (1 | school/class)", d)
     with pytest.raises(DataError, match="no complete rows left"):
         lmer("y ~ x + (1 | school/class)", d.assign(y=np.nan))
-    with pytest.raises(TwolevelError, match="several grouping factors, which are fitted from a "
-                       "data frame in memory for now"):
-        lmer("y ~ x + (1 | school/class)", d, engine="duckdb")
+    with pytest.raises(TwolevelError, match="engines duckdb and dask fit nested grouping factors "
+                       "written with '/' or ':'"):
+        lmer("y ~ x + (1 | school) + (1 | class)", d, engine="duckdb")
+    with pytest.raises(TwolevelError, match="engines duckdb and dask fit several grouping factors "
+                       "when every term has the same random effects"):
+        lmer("y ~ x + (1 + x | school) + (1 | school:class)", d, engine="duckdb")
     with pytest.raises(TwolevelError, match="unknown optimizer 'fast'"):
         fit_multi_design(make_multi_design("y ~ x + (1 | school/class)", d), optimizer="fast")
     fit = lmer("y ~ x + (1 | school/class)", d)
@@ -221,8 +224,19 @@ def test_predict_and_icc_messages():
     np.testing.assert_allclose(fit.predict(d), fit.fitted())
     with pytest.raises(DataError, match=r"newdata lacks grouping column\(s\) 'class'"):
         fit.predict(nd.drop(columns="class"))
-    with pytest.raises(TwolevelError, match="re_form '~ \\(1 \\| school\\)' is not available"):
-        fit.predict(nd, re_form="~ (1 | school)")
+    # lme4's partial re.form: only the school effects (a known class's own effect is dropped)
+    only_school = fit.predict(d, re_form="~ (1 | school)")
+    np.testing.assert_allclose(only_school, fit.predict(re_form="NA")
+                               + b["(Intercept)"].to_numpy()[fit.design.factors[1].codes])
+    with pytest.raises(TwolevelError, match="re_form '~ \\(1 \\| room\\)' names grouping factor "
+                       "'room', which the model does not have; its factors are: class:school, "
+                       "school"):
+        fit.predict(nd, re_form="~ (1 | room)")
+    with pytest.raises(TwolevelError, match="names random effect 'x' of 'school', which the "
+                       "model does not have; its effects are: \\(Intercept\\)"):
+        fit.predict(nd, re_form="~ (0 + x | school)")
+    with pytest.raises(TwolevelError, match="re_form '~x' is not understood"):
+        fit.predict(nd, re_form="~x")
     with pytest.raises(TwolevelError, match="ICC per level is defined for random-intercept"):
         lmer("y ~ x + (1 + x | school) + (1 | school:class)", d).icc()
 
@@ -367,8 +381,9 @@ def test_facade_predict_dispatches():
     d = _three()
     fit = lmer("y ~ x + (1 | school/class)", d)
     np.testing.assert_allclose(tl.predict(fit, d.iloc[:5]), fit.fitted()[:5])
-    with pytest.raises(TwolevelError, match="interval='confidence' is not available with several"):
-        tl.predict(fit, d.iloc[:5], interval="confidence")
+    ci = tl.predict(fit, d.iloc[:5], interval="confidence")
+    np.testing.assert_allclose(ci["fit"], fit.fitted()[:5])
+    assert list(ci.columns) == ["fit", "se", "lwr", "upr"] and (ci["se"] > 0).all()
 
 
 

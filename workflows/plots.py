@@ -55,6 +55,7 @@ def caterpillar_figure(
     panel_names: tuple[str, str] = ("REML BLUP ± 1.96 conditional SD",
                                     "posterior mean, 95% interval"),
     rank_by: str = "REML estimate",
+    unit: str = "school",
 ) -> Figure:
     """Caterpillar plot: schools sorted by the REML estimate, 95% intervals, REML BLUP ± 1.96
     conditional SD (left) and posterior mean with 95% posterior interval (right) on the same axes.
@@ -63,7 +64,7 @@ def caterpillar_figure(
     lowest and highest schools are drawn in orange and named in a box (no per-school tick labels).
     On a log scale (GLMMs), ``ratio`` names exp(value) (e.g. "OR") and the box shows it beside each
     value; ``panel_names`` titles the two panels and ``rank_by`` names what ranks the schools (e.g.
-    the conditional modes of a glmer fit).
+    the conditional modes of a glmer fit); ``unit`` names a group on the x axis ("class").
     """
     has_bayes = "bayes" in table.columns
     ncols = 2 if has_bayes else 1
@@ -93,7 +94,9 @@ def caterpillar_figure(
         n_excl = int(table[f"{src}_excludes_ref"].sum())
         ax.set_title(f"{name}\n{n_excl} of {J} intervals exclude {reference_label}", fontsize=10)
         ax.set_xlim(0, J + 1)
-        ax.set_xlabel(f"school rank (by {rank_by}, 1 = lowest; {J} schools)")
+        ax.set_xlabel(f"{unit} rank (by {rank_by}, 1 = lowest; {J} {unit}es)"
+                      if unit.endswith("s") else
+                      f"{unit} rank (by {rank_by}, 1 = lowest; {J} {unit}s)")
         ax.margins(y=0.03)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel(ylabel)

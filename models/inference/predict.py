@@ -191,11 +191,15 @@ def predict(
     if type not in (None, "link", "response"):
         raise TwolevelError(f"type must be 'link' or 'response', got {type!r}")
     if hasattr(fit.design, "factors"):  # several grouping factors (a MultiFit)
-        if interval is not None:
+        if interval is None:
+            return fit.predict(newdata, re_form, allow_new_levels)
+        if interval == "bootstrap":
             raise TwolevelError(
-                f"interval={interval!r} is not available with several grouping factors yet; "
-                "predict without intervals (or use bootstrap_multi refits)")
-        return fit.predict(newdata, re_form, allow_new_levels)
+                "interval='bootstrap' is not available with several grouping factors yet; use "
+                "'confidence' or 'prediction' (or bootstrap_multi refits)")
+        from twolevel.models.inference.predict_multi import predict_intervals_multi
+
+        return predict_intervals_multi(fit, newdata, re_form, allow_new_levels, interval, level)
     d = fit.design
     mask = re_form_mask(d, re_form)
     cond = bool(mask.any())

@@ -50,10 +50,16 @@ def simulate_multi(fit, nsim: int = 1, seed: int | None = None) -> np.ndarray:
     -------
     numpy.ndarray
 
+    Raises
+    ------
+    TwolevelError
+        For a fit whose statistics came from DuckDB or Dask (no rows in memory).
+
     Examples
     --------
     >>> ystar = simulate_multi(fit, nsim=10, seed=1)   # doctest: +SKIP
     """
+    fit._need_rows("simulated responses (and bootstrap refits)")
     rng = np.random.default_rng(seed)
     d = fit.design
     mu = d.X @ fit.state.beta

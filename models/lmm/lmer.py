@@ -161,7 +161,8 @@ def lmer(
                            optimizer=optimizer, data_name=data_name, engine=engine,
                            memory_limit=memory_limit, scheduler=scheduler)
     if needs_multi(formula):
-        return _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler)
+        return _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler,
+                             memory_limit=memory_limit, threads=threads, progress=progress)
     cp = None
     if _route_to_duckdb(data, engine, scheduler, per_group_x):
         design, cp = _duckdb_for_frame(formula, data, memory_limit, threads, progress)
@@ -192,7 +193,7 @@ def _route_to_duckdb(data, engine: str, scheduler, per_group_x: bool) -> bool:
     """``engine="auto"`` on a pandas frame of at least :data:`AUTO_DUCKDB_ROWS` rows, with DuckDB
     installed (the ``scale`` extra): the statistics come from DuckDB, which reads the frame's
     columns in place and never builds the model matrices (at 5 million rows the in-memory design
-    takes ~2× the time and ~0.5 GB more; benchmarks/startup.py). The rows stay available: the
+    takes ~2× the time and ~0.5 GB more; benchmarks/large_frame.py). The rows stay available: the
     design builds them from the frame when a per-student quantity is asked
     (:attr:`~twolevel.models.design.scale_design.ScaleDesign.rows_design`)."""
     if engine != "auto" or scheduler is not None or per_group_x:
@@ -215,9 +216,11 @@ def _duckdb_for_frame(formula, data, memory_limit, threads, progress):
     return dataclasses.replace(design, frame=data), cp
 
 
-def _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler):
-    """Several grouping factors (or an interaction factor): the in-memory path of
-    :func:`twolevel.models.lmm.multi.lmer_multi`."""
+def _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler,
+                  memory_limit=None, threads=None, progress=False):
+    """Several grouping factors (or an interaction factor): in memory
+    (:func:`twolevel.models.lmm.multi.lmer_multi`), or nested designs from DuckDB/Dask
+    (:func:`twolevel.models.lmm.multi_scale.lmer_multi_scale`)."""
     from twolevel.models.lmm.multi import lmer_multi
 
     chosen = choose_engine(data, engine, scheduler)
@@ -226,11 +229,11 @@ def _lmer_several(formula, data, REML, optimizer, data_name, engine, scheduler):
 
         data = read_all(data)
     if chosen != "memory":
-        raise TwolevelError(
-            f"formula '{formula}' has several grouping factors, which are fitted from a data "
-            "frame in memory for now; load the rows (engine='memory') instead of "
-            f"engine='{engine}'"
-        )
+        from twolevel.models.lmm.multi_scale import lmer_multi_scale
+
+        return lmer_multi_scale(formula, data, engine=chosen, REML=REML, optimizer=optimizer,
+                                data_name=data_name, memory_limit=memory_limit,
+                                threads=threads, scheduler=scheduler, progress=progress)
     return lmer_multi(formula, data, REML=REML, optimizer=optimizer, data_name=data_name)
 
 

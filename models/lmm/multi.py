@@ -53,14 +53,16 @@ def _deviance_fn(engine: str):
 
 
 def fit_multi_design(design: MultiDesign, REML: bool = True, optimizer: str = "lme4",
-                     data_name: str = "data") -> MultiFit:
+                     data_name: str = "data", stats=None) -> MultiFit:
     """Fit a :class:`~twolevel.models.design.multi.MultiDesign` (lme4's ``mkLmerDevfun`` →
     ``optimizeLmer`` → ``mkMerMod``).
 
     Parameters
     ----------
     design : the design.  REML : REML (True) or ML.  optimizer : "lme4" or "tight".
-    data_name : the "Data:" line.
+    data_name : the "Data:" line.  stats : nested statistics computed elsewhere (DuckDB, Dask:
+        :func:`twolevel.models.design.multi_scale.nested_stats_scale`); None computes them from
+        the design's rows.
 
     Returns
     -------
@@ -80,7 +82,7 @@ def fit_multi_design(design: MultiDesign, REML: bool = True, optimizer: str = "l
             f"unknown optimizer '{optimizer}'; choose 'lme4' (lme4's exact path, default) or "
             "'tight' (lme4's path then a polish)"
         )
-    engine = "nested" if nested_chain(design) else "crossed"
+    engine = "nested" if stats is not None or nested_chain(design) else "crossed"
     if engine == "crossed":
         dense = sum(f.n_levels * f.q for f in design.factors[1:])
         if dense > MAX_DENSE:
@@ -91,7 +93,8 @@ def fit_multi_design(design: MultiDesign, REML: bool = True, optimizer: str = "l
                 f"{MAX_DENSE} this engine handles (a sparse Cholesky is not available yet); "
                 "if the smaller factor is nested in the larger, spell it 'outer/inner'"
             )
-    st = nested_stats(design) if engine == "nested" else crossed_stats(design)
+    st = stats if stats is not None else (
+        nested_stats(design) if engine == "nested" else crossed_stats(design))
     fn = _deviance_fn(engine)(design, st, reml=REML)
     opt = optimize_theta(fn, design.theta_start(), design.theta_lower, mode=optimizer)
     state = _state_fn(engine)(design, st, opt.theta, modes=True)

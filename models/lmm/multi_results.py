@@ -356,8 +356,23 @@ class MultiFit:
         """ICC per level (:func:`icc_by_group`)."""
         return icc_by_group(self)
 
+    @property
+    def has_rows(self) -> bool:
+        """False when the statistics came from DuckDB or Dask (no rows in memory)."""
+        return self.design.y.shape[0] == self.design.n
+
+    def _need_rows(self, what: str) -> None:
+        if not self.has_rows:
+            from twolevel.data.errors import TwolevelError
+
+            raise TwolevelError(
+                f"{what} need the rows, and this fit's statistics came from "
+                f"{getattr(self.design, 'engine', 'an engine')} without them; refit with "
+                "engine='memory' (or predict on a data frame of the rows you need)")
+
     def fitted(self) -> np.ndarray:
         """x_iᵀβ̂ + Σ_k z_kiᵀ b_k,g_k(i)."""
+        self._need_rows("fitted values")
         d = self.design
         mu = d.X @ self.state.beta
         for k, f in enumerate(d.factors):
@@ -384,10 +399,14 @@ class MultiFit:
         out += summary_header(self.reml, what, self.design.formula, self.data_name,
                               self.criterion, self.aic, self.bic, self.loglik,
                               self.nobs - self.npar)
-        q = np.quantile(self.residuals(scaled=True), [0, 0.25, 0.5, 0.75, 1.0])
-        out.append("Scaled residuals: ")
-        out.append(print_named(["Min", "1Q", "Median", "3Q", "Max"],
-                               r_format(zapsmall(q, digits + 1), digits)))
+        if self.has_rows:
+            q = np.quantile(self.residuals(scaled=True), [0, 0.25, 0.5, 0.75, 1.0])
+            out.append("Scaled residuals: ")
+            out.append(print_named(["Min", "1Q", "Median", "3Q", "Max"],
+                                   r_format(zapsmall(q, digits + 1), digits)))
+        else:
+            out.append(f"Scaled residuals: not computed (statistics from "
+                       f"{self.design.engine}, rows not in memory)")
         out.append("")
         out.append("Random effects:")
         out.append(self.VarCorr().table(digits))
@@ -451,24 +470,20 @@ class MultiFit:
 # ----------------------------------------------------------------------------- predictions
 
 
-def _label_text(v) -> str:
-    """A group label as the fit's level labels write it (integer-valued floats as integers)."""
-    if isinstance(v, float | np.floating) and float(v).is_integer():
-        return str(int(v))
-    return str(v)
-
-
 def predict_multi(fit: MultiFit, newdata=None, re_form=None,
                   allow_new_levels: bool = False) -> np.ndarray:
     """lme4's ``predict`` for several factors: x₀ᵀβ̂ + Σ_k z₀ₖᵀb̂ₖ over the factors whose level
     the row has; with ``allow_new_levels`` an unseen level (a new class in a known school, a
     new school) contributes 0 at that level only (lme4's ``allow.new.levels = TRUE``).
-    ``re_form`` None uses every factor; ``"NA"``, ``"~0"`` or NaN the fixed part only.
+    ``re_form`` None uses every factor; ``"NA"``, ``"~0"`` or NaN the fixed part only; a
+    formula such as ``"~(1 | school)"`` only the effects it names
+    (:func:`twolevel.models.inference.predict_multi.re_form_effects`).
 
     Parameters
     ----------
     fit : the fit.  newdata : a data frame (None: the fitted rows).
-    re_form : None or "NA"/"~0"/NaN.  allow_new_levels : predict unseen levels.
+    re_form : None, "NA"/"~0"/NaN or a formula of bars.  allow_new_levels : predict unseen
+        levels.
 
     Returns
     -------
@@ -480,64 +495,22 @@ def predict_multi(fit: MultiFit, newdata=None, re_form=None,
     DataError
         An unseen level without ``allow_new_levels``, a missing grouping column, or the
         errors of :func:`twolevel.models.design.newdata.new_model_matrices`.
+    TwolevelError
+        An ``re_form`` naming a factor or effect the model does not have.
 
     Examples
     --------
     >>> predict_multi(fit, new_rows, allow_new_levels=True)   # doctest: +SKIP
     """
-    from twolevel.data.errors import DataError, TwolevelError
-    from twolevel.models.design.formula import parse_formula
-    from twolevel.models.design.multi import expand_group
-    from twolevel.models.design.newdata import (
-        _all_names,
-        _as_frame,
-        _check_columns,
-        _check_finite,
-        _matrix,
-    )
+    from twolevel.models.inference.predict_multi import multi_new_rows
 
-    d = fit.design
-    fixed_only = re_form is not None and (
-        (isinstance(re_form, float) and math.isnan(re_form))
-        or str(re_form).replace(" ", "") in ("NA", "~0"))
-    if re_form is not None and not fixed_only:
-        raise TwolevelError(f"re_form '{re_form}' is not available with several grouping "
-                            "factors; use None (every factor) or 'NA' (fixed part only)")
-    if newdata is None:
-        return d.X @ fit.state.beta if fixed_only else fit.fitted()
-    nd = _as_frame(newdata)
-    parsed = parse_formula(d.formula)
-    used = _check_columns(d, nd, [parsed.fixed] + [b.lhs for b in parsed.bars])
-    _check_finite(nd, used)
-    out = _matrix(d, parsed.fixed, nd, d.x_names) @ fit.state.beta
-    if fixed_only:
-        return out
-    cols: dict[tuple[str, str], np.ndarray] = {}
-    for bar in parsed.bars:
-        names = _all_names(d, bar.lhs)
-        mat = _matrix(d, bar.lhs, nd, names)
-        for fname, _ in expand_group(bar.group):
-            for k, nm in enumerate(names):
-                cols[fname, nm] = mat[:, k]
-    for k, f in enumerate(d.factors):
-        absent = [c for c in f.columns if c not in nd.columns]
-        if absent:
-            raise DataError(f"newdata lacks grouping column(s) {', '.join(map(repr, absent))} "
-                            f"of factor '{f.name}'; add them (or predict with re_form='NA')")
-        labels = [":".join(_label_text(v) for v in row)
-                  for row in nd[list(f.columns)].itertuples(index=False)]
-        pos = {lab: i for i, lab in enumerate(f.levels)}
-        idx = np.array([pos.get(lab, -1) for lab in labels], dtype=np.intp)
-        if np.any(idx < 0) and not allow_new_levels:
-            new = list(dict.fromkeys(lab for lab, i in zip(labels, idx, strict=True) if i < 0))
-            raise DataError(
-                f"newdata has level(s) of '{f.name}' the fit never saw ({', '.join(new[:5])}); "
-                "use allow_new_levels=True to predict them with that level's effect 0"
-            )
-        Z0 = np.column_stack([cols[f.name, nm] for nm in f.z_names])
-        b = fit._b(k)
-        known = idx >= 0
-        out[known] += np.einsum("nq,nq->n", Z0[known], b[idx[known]])
+    rows = multi_new_rows(fit, newdata, re_form, allow_new_levels)
+    out = rows.X @ fit.state.beta
+    for k in range(len(fit.design.factors)):
+        known = rows.idx[k] >= 0
+        if rows.masks[k].any() and known.any():
+            out[known] += np.einsum("nq,nq->n", rows.Z[k][known] * rows.masks[k],
+                                    fit._b(k)[rows.idx[k][known]])
     return out
 
 

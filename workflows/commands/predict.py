@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_data_argument(p)
-    p.add_argument("formula", metavar="FORMULA", help="lme4 formula with one grouping factor")
+    p.add_argument("formula", metavar="FORMULA",
+                   help="lme4 formula (several grouping factors, e.g. (1 | school/class): "
+                        "REML with confidence or prediction intervals)")
     p.add_argument("--newdata", metavar="CSV", required=True,
                    help="CSV/Parquet file of the rows to predict (the formula's columns)")
     p.add_argument("--out", metavar="CSV", required=True, help="write the predictions here")

@@ -1,7 +1,13 @@
 """``twolevel run``: the lecture workflow on any students-in-schools data set.
 
-    twolevel run --data FILE --y Y --x X --group G [--level2 W ...] [--out DIR] [--quick] [--seed N]
-                 [--family gaussian|binomial|poisson] [--nagq N]
+    twolevel run --data FILE --y Y --x X --group G [--group G2 ...] [--level2 W ...]
+                 [--out DIR] [--quick] [--seed N] [--family gaussian|binomial|poisson] [--nagq N]
+
+Repeating ``--group`` (outermost first: ``--group school --group class``) runs the several-level
+workflow instead (``twolevel.workflows.lecture3``): ``Y ~ 1 + X (+ W) + (1 | school/class)`` and its
+null model by REML, the variance decomposition by level (share of each level and the correlation of
+two students sharing it), the ML likelihood-ratio test for the class level, the conditional modes
+and a caterpillar plot per level, and the report (Markdown, HTML, CSV tables, figures).
 
 Fits ``Y ~ 1 + cX + (1 + cX | G)`` and ``Y ~ 1 + cX + (1 | G)`` (cX = X centred on its group means,
 recorded in the report; each level-2 predictor W adds ``W + W:cX``) by REML and NUTS, and writes the
@@ -73,7 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"CSV/Parquet file or built-in name ({', '.join(BUILTIN_DATASETS)})")
     p.add_argument("--y", required=True, help="response column (level 1)")
     p.add_argument("--x", required=True, help="level-1 predictor, centred within groups")
-    p.add_argument("--group", required=True, help="grouping column (schools)")
+    p.add_argument("--group", required=True, action="append", metavar="G",
+                   help="grouping column (schools); repeat it for three or more levels, outermost "
+                        "first (--group school --group class: classes nested in schools)")
     p.add_argument("--level2", nargs="+", default=[], metavar="W",
                    help="level-2 predictors (constant within a group); each adds W and W:cX")
     p.add_argument("--x-centered", default=None, metavar="NAME",
@@ -105,11 +113,37 @@ def check_family_options(args: argparse.Namespace) -> None:
                             "Gauss-Hermite quadrature); use e.g. --nagq 12")
 
 
+def run_multilevel(args: argparse.Namespace) -> int:
+    """Several ``--group`` columns: the several-level workflow
+    (:mod:`twolevel.workflows.lecture3`), normal outcomes with random intercepts at every level."""
+    if args.family != "gaussian":
+        raise TwolevelError(f"--family {args.family} is not available with several --group "
+                            "columns (the several-level workflow fits normal outcomes); drop "
+                            "--family or give one --group")
+    if args.x_centered is not None:
+        raise TwolevelError("--x-centered applies to the two-level workflow (one --group); with "
+                            f"several --group columns '{args.x}' enters as it is: centre it "
+                            "yourself if you want")
+    if len(set(args.group)) < len(args.group):
+        raise TwolevelError(f"--group lists a column twice ({', '.join(args.group)}); give each "
+                            "grouping column once, outermost first")
+    from twolevel.workflows.lecture3 import MultilevelSpec, run_multilevel_workflow
+
+    spec = MultilevelSpec(data=args.data, y=args.y, x=args.x, groups=tuple(args.group),
+                          level2=tuple(args.level2))
+    out = check_output_folder(args.out or f"outputs/run-{Path(args.data).stem}")
+    run_multilevel_workflow(spec, RunSettings(seed=args.seed, quick=args.quick), out)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the workflow; the report folder is only replaced when every step succeeded."""
     check_family_options(args)
+    if len(args.group) > 1:
+        return run_multilevel(args)
     name = Path(args.data).name
-    common = dict(data=args.data, y=args.y, x=args.x, group=args.group,
+    group = args.group[0]
+    common = dict(data=args.data, y=args.y, x=args.x, group=group,
                   level2=tuple(args.level2), x_centered=args.x_centered)
     if args.family != "gaussian":
         from twolevel.workflows.lecture_glmm import (
@@ -121,14 +155,14 @@ def run(args: argparse.Namespace) -> int:
         spec = GlmmWorkflowSpec(
             **common, family=args.family, nagq=args.nagq or 12,
             y_label=f"{args.y} = 1" if args.family == "binomial" else args.y,
-            title=f"Two-level {args.family} model of {args.y} on {args.x} within {args.group} "
+            title=f"Two-level {args.family} model of {args.y} on {args.x} within {group} "
                   f"({name})")
         out = check_output_folder(args.out or f"outputs/run-{Path(args.data).stem}")
         run_glmm_workflow(spec, glmm_run_settings(seed=args.seed, quick=args.quick), out)
         return 0
     spec = WorkflowSpec(
         **common,
-        title=f"Two-level model of {args.y} on {args.x} within {args.group} ({name})",
+        title=f"Two-level model of {args.y} on {args.x} within {group} ({name})",
     )
     out = check_output_folder(args.out or f"outputs/run-{Path(args.data).stem}")
     run_workflow(spec, RunSettings(seed=args.seed, quick=args.quick), out)

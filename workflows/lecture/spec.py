@@ -113,16 +113,17 @@ class Progress:
     emit: Callable[[str], None] = print
     timings: list[tuple[str, float]] = field(default_factory=list)
     k: int = 0
+    n_steps: int = N_STEPS
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
         self.k += 1
-        self.emit(f"[{self.k}/{N_STEPS}] {name} ...")
+        self.emit(f"[{self.k}/{self.n_steps}] {name} ...")
         t0 = time.perf_counter()
         yield
         dt = time.perf_counter() - t0
         self.timings.append((name, dt))
-        self.emit(f"[{self.k}/{N_STEPS}] {name}: done in {dt:.1f} s")
+        self.emit(f"[{self.k}/{self.n_steps}] {name}: done in {dt:.1f} s")
 
     def note(self, text: str) -> None:
         self.emit(f"      {text}")
