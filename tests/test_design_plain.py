@@ -14,7 +14,7 @@ import pytest
 
 import twolevel as tl
 from twolevel.models.design.formula import _plain_columns_plan
-from twolevel.models.design.matrices import _find_simple_plan
+from twolevel.models.design.factor_plan import _find_simple_plan
 
 
 def frame(n: int = 80) -> pd.DataFrame:

@@ -1,5 +1,6 @@
-"""Model matrices with factors and interactions built column by column, ``formulae`` reading only a
-few rows: the design stage of a large in-memory frame.
+"""Model matrices without ``formulae`` evaluating every row: plain numeric columns
+(:func:`_find_simple_plan`) and factors with interactions built column by column, ``formulae``
+reading only a few rows (:func:`factor_model_matrix`): the design stage of a large in-memory frame.
 
 ``formulae`` evaluates a factor on every row by sorting its values (``numpy.unique``), about 2 s a
 million rows for strings, and builds the whole matrix in a data frame; the DuckDB engine computes
@@ -25,6 +26,54 @@ _HEAD_ROWS = 64
 def _is_factor(dtype) -> bool:
     """A column ``formulae`` treats as categorical: not numeric (strings, categoricals)."""
     return not pd.api.types.is_numeric_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype)
+
+
+def _head_common(response: str, rhs: str, head: pd.DataFrame):
+    """``formulae``'s fitted right-hand side (``design_matrices(...).common``) on a few rows, or
+    None when it has no terms or fails (the evaluation on every row then reports the error)."""
+    import formulae
+
+    try:
+        return formulae.design_matrices(f"{response} ~ {rhs}", head, na_action="error").common
+    except Exception:
+        return None
+
+
+def _find_simple_plan(
+    response: str, rhs: str, head: pd.DataFrame
+) -> tuple[tuple[str | None, ...], tuple[str, ...]] | None:
+    common = _head_common(response, rhs, head)
+    if common is None:
+        return None
+    sources: list[str | None] = []
+    for term_name, term in common.terms.items():
+        kind = getattr(term, "kind", None)
+        if kind == "intercept":
+            sources.append(None)
+            continue
+        comps = getattr(term, "components", None)
+        if kind != "numeric" or not comps or len(comps) != 1:
+            return None
+        comp = comps[0]
+        name = getattr(comp, "name", None)
+        if (type(comp).__name__ != "Variable" or name != term_name or name not in head.columns
+                or list(term.labels) != [name]):
+            return None
+        s = head[name]
+        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            return None
+        sources.append(name)
+    from twolevel.models.design.matrices import _column_names
+
+    names = _column_names(common)
+    if len(names) != len(sources):
+        return None
+    mat = np.empty((len(head), len(sources)))
+    for k, src in enumerate(sources):
+        mat[:, k] = 1.0 if src is None else head[src].to_numpy(dtype=float)
+    if not np.array_equal(mat, np.asarray(common.design_matrix, dtype=float)):
+        return None
+    return tuple(sources), tuple(names)
 
 
 def _column_recipe(labels, components, levels) -> list[tuple] | None:
@@ -96,7 +145,7 @@ def factor_model_matrix(response: str, rhs: str, variables: list[str], md):
     >>> tl.make_design("y ~ x * f + (1 | g)", d).x_names
     ('(Intercept)', 'x', 'fb', 'fc', 'x:fb', 'x:fc')
     """
-    from twolevel.models.design.matrices import _column_names, _head_common
+    from twolevel.models.design.matrices import _column_names
 
     dtypes = dict(md.dtypes)
     factors = [v for v in variables if v in dtypes and _is_factor(dtypes[v])]

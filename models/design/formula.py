@@ -169,7 +169,7 @@ def _plain_columns_plan(
     in the order written, named as the column. Importing ``formulae`` costs more than a whole
     lecture fit (it loads ``scipy.interpolate`` and ``scipy.sparse.linalg``), so the command line
     and the first fit of a session skip it here; ``tests/test_design_plain.py`` holds this
-    function to ``matrices._find_simple_plan`` (``formulae``'s answer) on random right-hand
+    function to ``factor_plan._find_simple_plan`` (``formulae``'s answer) on random right-hand
     sides."""
     sources: list[str | None] = [None]
     for token in rhs.split("+"):

@@ -319,57 +319,13 @@ def _simple_plan(
         return _PLANS[key]
     plan = _plain_columns_plan(rhs, dict(dtypes))
     if plan is None:
+        from twolevel.models.design.factor_plan import _find_simple_plan
+
         plan = _find_simple_plan(response, rhs, head())
     if len(_PLANS) >= _FORMULA_CACHE:
         _PLANS.pop(next(iter(_PLANS)))
     _PLANS[key] = plan
     return plan
-
-
-def _head_common(response: str, rhs: str, head: pd.DataFrame):
-    """``formulae``'s fitted right-hand side (``design_matrices(...).common``) on a few rows, or
-    None when it has no terms or fails (the evaluation on every row then reports the error)."""
-    import formulae
-
-    try:
-        return formulae.design_matrices(f"{response} ~ {rhs}", head, na_action="error").common
-    except Exception:
-        return None
-
-
-def _find_simple_plan(
-    response: str, rhs: str, head: pd.DataFrame
-) -> tuple[tuple[str | None, ...], tuple[str, ...]] | None:
-    common = _head_common(response, rhs, head)
-    if common is None:
-        return None
-    sources: list[str | None] = []
-    for term_name, term in common.terms.items():
-        kind = getattr(term, "kind", None)
-        if kind == "intercept":
-            sources.append(None)
-            continue
-        comps = getattr(term, "components", None)
-        if kind != "numeric" or not comps or len(comps) != 1:
-            return None
-        comp = comps[0]
-        name = getattr(comp, "name", None)
-        if (type(comp).__name__ != "Variable" or name != term_name or name not in head.columns
-                or list(term.labels) != [name]):
-            return None
-        s = head[name]
-        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
-            return None
-        sources.append(name)
-    names = _column_names(common)
-    if len(names) != len(sources):
-        return None
-    mat = np.empty((len(head), len(sources)))
-    for k, src in enumerate(sources):
-        mat[:, k] = 1.0 if src is None else head[src].to_numpy(dtype=float)
-    if not np.array_equal(mat, np.asarray(common.design_matrix, dtype=float)):
-        return None
-    return tuple(sources), tuple(names)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
