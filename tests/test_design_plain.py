@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 import twolevel as tl
-from twolevel.models.design.formula import _plain_columns_plan
 from twolevel.models.design.factor_plan import _find_simple_plan
+from twolevel.models.design.formula import _plain_columns_plan
 
 
 def frame(n: int = 80) -> pd.DataFrame:
