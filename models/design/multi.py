@@ -274,9 +274,11 @@ class MultiDesign:
         if (all(t.names == ("(Intercept)",) for t in self.terms)
                 and len(self.terms) == len(self.factors)):
             v = []
-            for f in self.factors:
-                means = np.bincount(f.codes, weights=self.y) / np.bincount(f.codes)
-                v.append(float(np.var(means[f.codes], ddof=1)))
+            for f in self.factors:  # var(ave(y, f)) from the group counts and means
+                counts = np.bincount(f.codes, minlength=f.n_levels).astype(float)
+                means = np.bincount(f.codes, weights=self.y, minlength=f.n_levels) / counts
+                grand = float(counts @ means) / self.n
+                v.append(float(counts @ (means - grand) ** 2) / (self.n - 1))
             v_e = float(np.var(self.y, ddof=1)) - sum(v)
             if v_e > 0:
                 for k, vf in enumerate(v):
@@ -312,21 +314,32 @@ def _interaction_codes(cols: tuple[str, ...], coded: dict[str, tuple[np.ndarray,
     if len(cols) == 1:
         codes, levels = coded[cols[0]]
         return codes, np.asarray([str(v) for v in levels], dtype=object)
-    key = np.zeros(coded[cols[0]][0].shape[0], dtype=np.int64)
-    for c in cols:
-        codes, levels = coded[c]
-        key = key * len(levels) + codes
-    uniq, inv = np.unique(key, return_inverse=True)
-    parts = []
-    rem = uniq.copy()
-    for c in reversed(cols):
-        levels = coded[c][1]
-        text = np.asarray([str(v) for v in levels], dtype=object)
-        parts.append(pd.Series(text[rem % len(levels)]))
-        rem //= len(levels)
-    parts.reverse()
-    labels = parts[0].str.cat(parts[1:], sep=":") if len(parts) > 1 else parts[0]
-    return inv.astype(np.intp), labels.to_numpy(dtype=object)
+    codes, levels0 = coded[cols[0]]
+    n_comb = len(levels0)
+    comp = [np.arange(n_comb)]  # per combined level, each column's level code
+    for c in cols[1:]:
+        cb, lb = coded[c]
+        nb = len(lb)
+        only = np.full(n_comb, -1, dtype=np.intp)
+        only[codes] = cb
+        if np.array_equal(only[codes], cb):  # the columns so far determine c (nested): same codes
+            comp.append(only)
+            continue
+        key = codes.astype(np.int64) * nb + cb
+        if n_comb * nb <= 4 * key.shape[0] + 1024:  # dense key range: an O(n) table
+            present = np.zeros(n_comb * nb, dtype=bool)
+            present[key] = True
+            uniq = np.flatnonzero(present)
+            codes = (np.cumsum(present, dtype=np.intp) - 1)[key]
+        else:  # hashing, then the unique keys sorted (np.unique's answer without sorting n keys)
+            codes, uniq = pd.factorize(key, sort=True)
+        comp = [x[uniq // nb] for x in comp] + [uniq % nb]
+        n_comb = len(uniq)
+    labels = None
+    for c, lv in zip(cols, comp, strict=True):
+        text = np.asarray([str(v) for v in coded[c][1]], dtype=object)[lv]
+        labels = text if labels is None else labels + ":" + text  # per-element str concatenation
+    return np.asarray(codes, dtype=np.intp), np.asarray(labels, dtype=object)
 
 
 def _reused_label_notes(factors: list[Factor], cols_of: dict[str, tuple[str, ...]],

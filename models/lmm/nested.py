@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from twolevel.models.design.multi import MultiDesign
 from twolevel.models.design.multi_stats import NestedStats
-from twolevel.models.lmm.nested_kernels import eliminate_level
+from twolevel.models.lmm import cnested
 
 __all__ = ["MultiState", "criterion_from_parts", "nested_deviance", "nested_state"]
 
@@ -115,6 +115,13 @@ def _scale(C: np.ndarray, T: np.ndarray) -> np.ndarray:
     return (np.swapaxes(CT, 1, 2).reshape(n * d, d) @ T).reshape(n, d, d).swapaxes(1, 2)
 
 
+def _kernel(design: MultiDesign, stats: NestedStats) -> cnested.NestedKernel:
+    """The compiled elimination's arrays for ``stats``."""
+    return cnested.NestedKernel.from_stats(stats.C, stats.q,
+                                           tuple(f.n_levels for f in design.factors),
+                                           stats.parents)
+
+
 def nested_state(design: MultiDesign, stats: NestedStats, theta: np.ndarray,
                  modes: bool = False) -> MultiState:
     """Block elimination at θ (module docstring); with ``modes`` also the conditional modes and
@@ -131,8 +138,12 @@ def nested_state(design: MultiDesign, stats: NestedStats, theta: np.ndarray,
     ld = 0.0
     steps = []
     diagonal = not modes and not np.any(T - np.diag(np.diag(T)))
-    G = stats.C if diagonal else _scale(stats.C, T)
-    if not modes:  # the criterion only: one compiled pass per level, no per-group factors kept
+    if not modes and cnested.compiled(stats.C.shape[1]):  # the criterion only: one C call
+        ld, G = _kernel(design, stats).eliminate(T, diagonal)
+    elif not modes:  # numba: one compiled pass per level, no per-group factors kept
+        from twolevel.models.lmm.nested_kernels import eliminate_level
+
+        G = stats.C if diagonal else _scale(stats.C, T)
         for k in range(K):
             t = np.diag(T) if diagonal and k == 0 else np.ones(G.shape[1])
             q = stats.q[k]
@@ -147,6 +158,8 @@ def nested_state(design: MultiDesign, stats: NestedStats, theta: np.ndarray,
             ld += ldk
             G = out
         G = G[0]
+    else:
+        G = _scale(stats.C, T)
     for k in range(K if modes else 0):  # with the modes: keep every level's factors
         q = stats.q[k]
         idx = np.arange(q)
@@ -228,4 +241,15 @@ def nested_deviance(design: MultiDesign, stats: NestedStats,
             return float("inf")
         return criterion_from_parts(st.ldL2, st.ldRX2, st.r2, stats.n, stats.p, reml)
 
-    return fn
+    if not cnested.compiled(stats.C.shape[1]):
+        return fn
+    kern = _kernel(design, stats)
+
+    def fn_c(theta: np.ndarray) -> float:
+        T = _T_full(design, np.asarray(theta, dtype=float))
+        parts = kern.parts(T, not np.any(T - np.diag(np.diag(T))))
+        if parts is None:
+            return float("inf")
+        return criterion_from_parts(*parts, stats.n, stats.p, reml)
+
+    return fn_c
