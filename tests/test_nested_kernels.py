@@ -18,11 +18,9 @@ from twolevel.models.lmm.nested import (
     _T_full,
     criterion_from_parts,
     nested_deviance,
+    nested_group_sums,
     nested_state,
 )
-
-pytestmark = pytest.mark.skipif(not cnested.compiled(2),
-                                reason="the compiled cnested library is not built")
 
 
 def _three_levels(seed: int, schools: int = 30, classes: int = 4, students: int = 6,
@@ -156,3 +154,14 @@ def test_interaction_codes_equal_np_unique():
         ref_codes, ref_labels = _unique_reference(cols, coded)
         np.testing.assert_array_equal(codes, ref_codes)
         assert list(labels) == ref_labels, cols
+
+
+def test_theta_start_from_the_statistics_equals_counting_rows():
+    d = _three_levels(8, districts=5)
+    for formula in ("y ~ x + (1 | district/school/klass)", "y ~ x + (1 | school/klass)"):
+        design = make_multi_design(formula, d)
+        sums = nested_group_sums(design, nested_stats(design))
+        assert sums is not None
+        np.testing.assert_allclose(design.theta_start(sums), design.theta_start(), rtol=1e-12)
+    design = make_multi_design("y ~ x + (1 + x | school/klass)", d)  # slopes: θ0 is 1s and 0s
+    assert nested_group_sums(design, nested_stats(design)) is None

@@ -17,7 +17,6 @@ takes microseconds to a few milliseconds.
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -91,26 +90,27 @@ def group_crossprods(codes: np.ndarray, columns: list[np.ndarray], n_groups: int
     return C
 
 
-@dataclass(frozen=True)
 class NestedKernel:
-    """The compiled block elimination for one nested design's statistics: the arrays it needs,
-    made contiguous once (``C`` (n_1, d, d), ``q`` and ``n_levels`` per level innermost first,
-    the parents of levels 1..K−1 concatenated)."""
+    """The compiled block elimination for one nested design's statistics, prepared once: the
+    arrays made contiguous (``C`` (n_1, d, d), ``q`` and ``n_levels`` per level innermost first,
+    the parents of levels 1..K−1 concatenated), their addresses, and the work and result
+    buffers (reused by every call: one call at a time)."""
 
-    C: np.ndarray
-    q: np.ndarray
-    n_levels: np.ndarray
-    parents: np.ndarray
-
-    @property
-    def work_size(self) -> int:
-        """Doubles of the accumulators of the levels above the innermost: Σ_{k≥1} ℓ_k m_k²
-        with m_k = d − q_0 − … − q_{k−1}."""
-        m, total = self.C.shape[1], 0
-        for k in range(1, self.q.shape[0]):
-            m -= int(self.q[k - 1])
-            total += int(self.n_levels[k]) * m * m
-        return total
+    def __init__(self, C: np.ndarray, q: np.ndarray, n_levels: np.ndarray, parents: np.ndarray):
+        self.C, self.q, self.n_levels, self.parents = C, q, n_levels, parents
+        d = C.shape[1]
+        pm = d - int(q.sum())
+        m, total = d, 0
+        for k in range(1, q.shape[0]):
+            m -= int(q[k - 1])
+            total += int(n_levels[k]) * m * m
+        self.work_size = total  # Σ_{k≥1} ℓ_k m_k², m_k = d − q_0 − … − q_{k−1}
+        self._F, self._out, self._acc = np.empty((pm, pm)), np.zeros(3), np.empty(max(total, 1))
+        self._args = (C.ctypes.data, d, q.shape[0], q.ctypes.data, n_levels.ctypes.data,
+                      parents.ctypes.data)
+        self._bufs = (self._acc.ctypes.data, self._F.ctypes.data, self._out.ctypes.data)
+        lib = _lib()
+        self._eliminate, self._parts = lib.twolevel_nested_eliminate, lib.twolevel_nested_parts
 
     @classmethod
     def from_stats(cls, C: np.ndarray, q: tuple[int, ...], n_levels: tuple[int, ...],
@@ -122,33 +122,28 @@ class NestedKernel:
                    q=np.asarray(q, dtype=np.int64), n_levels=np.asarray(n_levels, dtype=np.int64),
                    parents=np.ascontiguousarray(par))
 
-    def _call(self, fn, T: np.ndarray, diagonal: bool) -> tuple[int, np.ndarray, np.ndarray]:
-        T = np.ascontiguousarray(T, dtype=np.float64)
-        d = self.C.shape[1]
-        pm = d - int(self.q.sum())
-        F, out, acc = np.empty((pm, pm)), np.zeros(3), np.zeros(max(self.work_size, 1))
-        status = fn(self.C.ctypes.data, T.ctypes.data, d, self.q.shape[0], self.q.ctypes.data,
-                    self.n_levels.ctypes.data, self.parents.ctypes.data, int(diagonal),
-                    acc.ctypes.data, F.ctypes.data, out.ctypes.data)
-        return int(status), F, out
+    def _call(self, fn, T: np.ndarray, diagonal: bool) -> int:
+        if T.dtype != np.float64 or not T.flags.c_contiguous:
+            T = np.ascontiguousarray(T, dtype=np.float64)
+        C, d, K, q, nl, par = self._args
+        return int(fn(C, T.ctypes.data, d, K, q, nl, par, int(diagonal), *self._bufs))
 
     def eliminate(self, T: np.ndarray, diagonal: bool) -> tuple[float, np.ndarray]:
         """(log|L|², F): every level eliminated at the full d × d scaling T (block diagonal
-        T_1 … T_K, I); F is the (p+1)² Schur complement on [X y].
+        T_1 … T_K, I); F is the (p+1)² Schur complement on [X y] (a new array).
 
         Raises
         ------
         numpy.linalg.LinAlgError
             When a block is not positive definite.
         """
-        status, F, out = self._call(_lib().twolevel_nested_eliminate, T, diagonal)
-        if status != OK:
+        if self._call(self._eliminate, T, diagonal) != OK:
             raise np.linalg.LinAlgError("not positive definite")
-        return float(out[0]), F
+        return float(self._out[0]), self._F.copy()
 
     def parts(self, T: np.ndarray, diagonal: bool) -> tuple[float, float, float] | None:
         """(log|L|², log|L_X|², r²) at T, or None when a block (or F) is not positive definite."""
-        status, _, out = self._call(_lib().twolevel_nested_parts, T, diagonal)
-        if status != OK:
+        if self._call(self._parts, T, diagonal) != OK:
             return None
+        out = self._out
         return float(out[0]), float(out[1]), float(out[2])

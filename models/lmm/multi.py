@@ -26,7 +26,12 @@ from twolevel.models.design.multi_stats import (
 )
 from twolevel.models.lmm.crossed import crossed_deviance, crossed_state
 from twolevel.models.lmm.multi_results import MultiFit
-from twolevel.models.lmm.nested import MultiState, nested_deviance, nested_state
+from twolevel.models.lmm.nested import (
+    MultiState,
+    nested_deviance,
+    nested_group_sums,
+    nested_state,
+)
 from twolevel.models.lmm.optimize import MODES, optimize_theta, refit_ml_theta
 from twolevel.models.lmm.satterthwaite import (
     EIGEN_TOL,
@@ -93,7 +98,8 @@ def fit_multi_design(design: MultiDesign, REML: bool = True, optimizer: str = "l
             )
     st = nested_stats(design) if engine == "nested" else crossed_stats(design)
     fn = _deviance_fn(engine)(design, st, reml=REML)
-    opt = optimize_theta(fn, design.theta_start(), design.theta_lower, mode=optimizer)
+    theta0 = design.theta_start(nested_group_sums(design, st) if engine == "nested" else None)
+    opt = optimize_theta(fn, theta0, design.theta_lower, mode=optimizer)
     state = _state_fn(engine)(design, st, opt.theta, modes=True)
     return MultiFit(design=design, stats=st, engine=engine, reml=REML,
                     theta=np.asarray(opt.theta, dtype=float), state=state, optsum=opt,
