@@ -165,3 +165,51 @@ def test_theta_start_from_the_statistics_equals_counting_rows():
         np.testing.assert_allclose(design.theta_start(sums), design.theta_start(), rtol=1e-12)
     design = make_multi_design("y ~ x + (1 + x | school/klass)", d)  # slopes: θ0 is 1s and 0s
     assert nested_group_sums(design, nested_stats(design)) is None
+
+
+def _crossed(seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = 1500
+    a = rng.integers(0, 120, n)
+    b = rng.integers(0, 25, n)
+    x = rng.normal(size=n)
+    y = (0.5 * x + rng.normal(size=120)[a] + rng.normal(size=25)[b]
+         + rng.normal(0, 0.5, 25)[b] * x + rng.normal(size=n))
+    return pd.DataFrame({"a": a, "b": b, "x": x, "y": y})
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | a) + (1 | b)",
+                                     "y ~ x + (1 | a) + (1 + x | b)",  # T_r block diagonal
+                                     "y ~ x + (1 | a) + (1 + x || b)"])
+def test_crossed_criterion_equals_reference(formula):
+    from twolevel.models.design.multi_stats import crossed_stats
+    from twolevel.models.lmm.crossed import crossed_deviance, crossed_state
+
+    design = make_multi_design(formula, _crossed(2))
+    st = crossed_stats(design)
+    fn = crossed_deviance(design, st)
+    assert fn.__name__ == "fn_c"  # the compiled path (first factor scalar)
+    rng = np.random.default_rng(3)
+    lower = design.theta_lower
+    for _ in range(4):
+        theta = rng.normal(0.0, 0.8, design.n_theta)
+        theta[np.isfinite(lower)] = np.abs(theta[np.isfinite(lower)])
+        ref = crossed_state(design, st, theta)
+        want = criterion_from_parts(ref.ldL2, ref.ldRX2, ref.r2, st.n, st.p, True)
+        assert fn(theta) == pytest.approx(want, rel=1e-12)
+
+
+def test_scaled_gram_equals_scipy_and_checks_its_target():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(9)
+    A = sp.random(40, 300, density=0.1, random_state=np.random.RandomState(1), format="csr")
+    w = rng.uniform(0.1, 2.0, 300)
+    gram = cnested.ScaledGram(A)
+    S = np.eye(40)
+    gram.subtract_from(S, w)
+    want = np.eye(40) - (A @ sp.diags(w) @ A.T).toarray()
+    np.testing.assert_allclose(np.tril(S), np.tril(want), rtol=1e-13, atol=1e-14)
+    assert np.array_equal(np.triu(S, 1), np.zeros((40, 40)))  # upper triangle untouched
+    with pytest.raises(ValueError, match="C-contiguous float64"):
+        gram.subtract_from(np.eye(40).T[:, :39], w)

@@ -22,7 +22,7 @@ import numpy as np
 
 from twolevel.models import native
 
-__all__ = ["DMAX", "MODULE", "NestedKernel", "compiled", "group_crossprods"]
+__all__ = ["DMAX", "MODULE", "NestedKernel", "ScaledGram", "compiled", "group_crossprods"]
 
 MODULE = "twolevel.models.lmm._cnested"
 DMAX = 64  # cnested.c's fixed work arrays: d = Σq_k + p + 1 ≤ DMAX
@@ -36,6 +36,8 @@ def _lib() -> ctypes.CDLL:
         vp, i64 = ctypes.c_void_p, ctypes.c_int64
         lib.twolevel_group_crossprods.restype = None
         lib.twolevel_group_crossprods.argtypes = [vp, vp, vp, i64, i64, i64, vp, vp]
+        lib.twolevel_sub_scaled_gram.restype = None
+        lib.twolevel_sub_scaled_gram.argtypes = [vp, vp, vp, i64, vp, i64, vp]
         for fn in (lib.twolevel_nested_eliminate, lib.twolevel_nested_parts):
             fn.restype = i64
             fn.argtypes = [vp, vp, i64, i64, vp, vp, vp, i64, vp, vp, vp]
@@ -147,3 +149,33 @@ class NestedKernel:
             return None
         out = self._out
         return float(out[0]), float(out[1]), float(out[2])
+
+
+class ScaledGram:
+    """S −= A diag(w) Aᵀ on the lower triangle of S, in C, for one sparse matrix A (m × n), its
+    columns' structure kept (int64 CSC, sorted) so that each call passes only w (``cnested.c``'s
+    ``twolevel_sub_scaled_gram``); the reference is SciPy's ``A @ diags(w) @ A.T``."""
+
+    def __init__(self, A):
+        csc = A.tocsc()
+        csc.sort_indices()
+        self.m, self.n = csc.shape
+        self.indptr = np.ascontiguousarray(csc.indptr, dtype=np.int64)
+        self.indices = np.ascontiguousarray(csc.indices, dtype=np.int64)
+        self.data = np.ascontiguousarray(csc.data, dtype=np.float64)
+        self._fn = _lib().twolevel_sub_scaled_gram
+
+    def subtract_from(self, S: np.ndarray, w: np.ndarray) -> None:
+        """S −= A diag(w) Aᵀ in place on S's lower triangle (S: C-contiguous float64 m × m;
+        the strict upper triangle is left as it was).
+
+        Raises
+        ------
+        ValueError
+            When S is not a C-contiguous float64 (m, m) array.
+        """
+        if S.shape != (self.m, self.m) or S.dtype != np.float64 or not S.flags.c_contiguous:
+            raise ValueError("S must be a C-contiguous float64 (m, m) array")
+        w = np.ascontiguousarray(w, dtype=np.float64)
+        self._fn(self.indptr.ctypes.data, self.indices.ctypes.data, self.data.ctypes.data,
+                 self.n, w.ctypes.data, self.m, S.ctypes.data)

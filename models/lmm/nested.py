@@ -17,6 +17,11 @@ This is lme4's sparse Cholesky of ΛᵀZᵀZΛ + I under the "each class, then i
 (no fill-in) and MixedModels.jl's blocked Cholesky; the cost per evaluation is linear in the
 number of groups and independent of N. The conditional modes come back top-down:
 u_k = L⁻ᵀ(R_yᵀ − R_outerᵀ v_outer) with v_outer the ancestors' modes and β̂.
+
+The criterion (steps 1–4, no modes) runs in one C call per evaluation
+(:mod:`twolevel.models.lmm.cnested`); the NumPy code of the ``modes=True`` path is its reference
+in the tests, and numba's loop (:mod:`twolevel.models.lmm.nested_kernels`) the fallback without
+the compiled library.
 """
 
 from __future__ import annotations
