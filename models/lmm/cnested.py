@@ -36,6 +36,8 @@ def _lib() -> ctypes.CDLL:
         vp, i64 = ctypes.c_void_p, ctypes.c_int64
         lib.twolevel_group_crossprods.restype = None
         lib.twolevel_group_crossprods.argtypes = [vp, vp, vp, i64, i64, i64, vp, vp]
+        lib.twolevel_nested_parts_packed.restype = i64
+        lib.twolevel_nested_parts_packed.argtypes = [vp]
         lib.twolevel_sub_scaled_gram.restype = None
         lib.twolevel_sub_scaled_gram.argtypes = [vp, vp, vp, i64, vp, i64, vp]
         for fn in (lib.twolevel_nested_eliminate, lib.twolevel_nested_parts):
@@ -113,6 +115,9 @@ class NestedKernel:
         self._bufs = (self._acc.ctypes.data, self._F.ctypes.data, self._out.ctypes.data)
         lib = _lib()
         self._eliminate, self._parts = lib.twolevel_nested_eliminate, lib.twolevel_nested_parts
+        self._packed_fn = lib.twolevel_nested_parts_packed
+        self._packed: np.ndarray | None = None  # the packed arguments for one fixed T buffer
+        self._T: np.ndarray | None = None
 
     @classmethod
     def from_stats(cls, C: np.ndarray, q: tuple[int, ...], n_levels: tuple[int, ...],
@@ -142,6 +147,21 @@ class NestedKernel:
         if self._call(self._eliminate, T, diagonal) != OK:
             raise np.linalg.LinAlgError("not positive definite")
         return float(self._out[0]), self._F.copy()
+
+    def parts_into(self, T: np.ndarray, diagonal: bool) -> tuple[float, float, float] | None:
+        """:meth:`parts` for a caller that refills one T buffer (C-contiguous float64, kept
+        alive by the caller) at every call: the arguments are packed once per buffer and the
+        call converts one pointer."""
+        if self._T is not T or self._packed is None or self._packed[7] != int(diagonal):
+            C, d, K, q, nl, par = self._args
+            self._packed = np.array([C, T.ctypes.data, d, K, q, nl, par, int(diagonal),
+                                     *self._bufs], dtype=np.int64)
+            self._packed_addr = self._packed.ctypes.data
+            self._T = T
+        if self._packed_fn(self._packed_addr) != OK:
+            return None
+        out = self._out
+        return float(out[0]), float(out[1]), float(out[2])
 
     def parts(self, T: np.ndarray, diagonal: bool) -> tuple[float, float, float] | None:
         """(log|L|², log|L_X|², r²) at T, or None when a block (or F) is not positive definite."""

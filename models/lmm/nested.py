@@ -284,7 +284,7 @@ def nested_deviance(design: MultiDesign, stats: NestedStats,
 
     def fn_c(theta: np.ndarray) -> float:
         T.flat[pos] = np.asarray(theta, dtype=float)[which]
-        parts = kern.parts(T, diagonal)
+        parts = kern.parts_into(T, diagonal)
         if parts is None:
             return float("inf")
         return criterion_from_parts(*parts, n, p, reml)
