@@ -109,9 +109,15 @@ def crossed_state(design: MultiDesign, stats: CrossedStats, theta: np.ndarray,
         Pinv = np.tril(Pinv) + np.tril(Pinv, -1).T
     cvs = []
     Y = R[:Qr].T.tocsr()  # (ℓ_1 q_1, Qr): rows L_ℓ⁻¹ blocks of the coupling
-    YP = np.asarray(Y @ Pinv).reshape(f1.n_levels, q1, Qr)
-    Yd = Y.toarray().reshape(f1.n_levels, q1, Qr)
-    inner = np.eye(q1)[None] + np.einsum("nar,nbr->nab", YP, Yd)
+    YP = np.asarray(Y @ Pinv)
+    if q1 == 1:  # 1 + y_ℓᵀP⁻¹y_ℓ: the sparse rows times YP's, without Y as a dense matrix
+        rows = np.repeat(np.arange(Y.shape[0]), np.diff(Y.indptr))
+        inner = 1.0 + np.bincount(rows, weights=Y.data * YP[rows, Y.indices],
+                                  minlength=Y.shape[0]).reshape(f1.n_levels, 1, 1)
+    else:
+        YP = YP.reshape(f1.n_levels, q1, Qr)
+        Yd = Y.toarray().reshape(f1.n_levels, q1, Qr)
+        inner = np.eye(q1)[None] + np.einsum("nar,nbr->nab", YP, Yd)
     cvs.append(np.einsum("nqa,nqb,nbc->nac", Linv, inner, Linv))
     o = 0
     for f in design.factors[1:]:
@@ -180,15 +186,16 @@ def crossed_parts(design: MultiDesign, stats: CrossedStats, theta: np.ndarray,
     M = lam * lam * stats.A11[:, 0, 0] + 1.0  # L_ℓ² (> 0: λ² A_ℓ ≥ 0)
     S = np.array(stats.Arr, dtype=float, order="C")
     gram.subtract_from(S, lam * lam / M)  # the lower triangle
-    Tr = _T_rest(design, theta)
-    coo = Tr.tocoo()
-    if np.any(coo.row != coo.col):  # vector-valued terms: T_r is block diagonal
-        S = np.tril(S) + np.tril(S, -1).T
-        S = np.ascontiguousarray(Tr.T @ (Tr.T @ S).T)
-    else:
-        t = Tr.diagonal()
+    rest = design.factors[1:]
+    if all(f.q == 1 for f in rest):  # scalar terms: T_r = diag(t)
+        t = np.concatenate([np.full(f.n_levels, design.factor_T(theta, k + 1)[0, 0])
+                            for k, f in enumerate(rest)] + [np.ones(stats.p + 1)])
         S *= t[:, None]
         S *= t[None, :]
+    else:  # vector-valued terms: T_r is block diagonal
+        Tr = _T_rest(design, theta)
+        S = np.tril(S) + np.tril(S, -1).T
+        S = np.ascontiguousarray(Tr.T @ (Tr.T @ S).T)
     Qr = sum(stats.q_rest)
     S[np.arange(Qr), np.arange(Qr)] += 1.0
     # S's lower triangle is the upper one of the Fortran-ordered view S.T (no copy)
