@@ -213,3 +213,22 @@ def test_scaled_gram_equals_scipy_and_checks_its_target():
     assert np.array_equal(np.triu(S, 1), np.zeros((40, 40)))  # upper triangle untouched
     with pytest.raises(ValueError, match="C-contiguous float64"):
         gram.subtract_from(np.eye(40).T[:, :39], w)
+
+
+def test_crossed_schur_equals_numpy_and_checks_its_inputs():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(12)
+    A = sp.random(30, 200, density=0.1, random_state=np.random.RandomState(2), format="csr")
+    B = rng.normal(size=(30, 30))
+    Arr = B @ B.T
+    t, w = rng.uniform(0.2, 1.5, 30), rng.uniform(0.1, 1.0, 200)
+    S = cnested.ScaledGram(A).schur(Arr, t, 25, w)
+    want = (Arr - (A @ sp.diags(w) @ A.T).toarray()) * np.outer(t, t)
+    want[np.arange(25), np.arange(25)] += 1.0
+    np.testing.assert_allclose(np.tril(S), np.tril(want), rtol=1e-12, atol=1e-13)
+    gram = cnested.ScaledGram(A)
+    with pytest.raises(ValueError, match="Arr must be a C-contiguous"):
+        gram.schur(np.asfortranarray(Arr[:, :29]), t, 25, w)
+    with pytest.raises(ValueError, match="t must have the 30 entries"):
+        gram.schur(Arr, t[:5], 25, w)

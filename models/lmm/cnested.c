@@ -312,6 +312,32 @@ TL_EXPORT void twolevel_sub_scaled_gram(const int64_t *indptr, const int64_t *in
     }
 }
 
+/* The dense Schur block of crossed factors with scalar terms, lower triangle, in one pass:
+ * S = D (Arr - A diag(w) A') D + (I_qr + 0) with D = diag(t); Arr m x m (full, symmetric),
+ * A as in twolevel_sub_scaled_gram, S m x m row-major (its strict upper triangle not written). */
+TL_EXPORT void twolevel_crossed_schur(const double *Arr, const double *t, int64_t m, int64_t qr,
+                                      const int64_t *indptr, const int64_t *indices,
+                                      const double *data, int64_t n, const double *w,
+                                      double *S) {
+    for (int64_t i = 0; i < m; i++) {
+        const double ti = t[i];
+        for (int64_t j = 0; j <= i; j++) S[i * m + j] = Arr[i * m + j] * ti * t[j];
+    }
+    for (int64_t l = 0; l < n; l++) {
+        const double wl = w[l];
+        for (int64_t a = indptr[l]; a < indptr[l + 1]; a++) {
+            const int64_t ra = indices[a];
+            const double xa = wl * data[a] * t[ra];
+            double *row = S + ra * m;
+            for (int64_t b = indptr[l]; b <= a; b++) {
+                const int64_t rb = indices[b];
+                row[rb] -= xa * (data[b] * t[rb]);
+            }
+        }
+    }
+    for (int64_t i = 0; i < qr; i++) S[i * m + i] += 1.0;
+}
+
 #ifdef TWOLEVEL_PYINIT
 /* setup.py builds this file as an extension module; the Windows linker wants its init symbol
  * exported. Never called: Python loads the library with ctypes (twolevel/models/native.py). */

@@ -38,6 +38,8 @@ def _lib() -> ctypes.CDLL:
         lib.twolevel_group_crossprods.argtypes = [vp, vp, vp, i64, i64, i64, vp, vp]
         lib.twolevel_nested_parts_packed.restype = i64
         lib.twolevel_nested_parts_packed.argtypes = [vp]
+        lib.twolevel_crossed_schur.restype = None
+        lib.twolevel_crossed_schur.argtypes = [vp, vp, i64, i64, vp, vp, vp, i64, vp, vp]
         lib.twolevel_sub_scaled_gram.restype = None
         lib.twolevel_sub_scaled_gram.argtypes = [vp, vp, vp, i64, vp, i64, vp]
         for fn in (lib.twolevel_nested_eliminate, lib.twolevel_nested_parts):
@@ -184,6 +186,7 @@ class ScaledGram:
         self.indices = np.ascontiguousarray(csc.indices, dtype=np.int64)
         self.data = np.ascontiguousarray(csc.data, dtype=np.float64)
         self._fn = _lib().twolevel_sub_scaled_gram
+        self._schur = _lib().twolevel_crossed_schur
 
     def subtract_from(self, S: np.ndarray, w: np.ndarray) -> None:
         """S −= A diag(w) Aᵀ in place on S's lower triangle (S: C-contiguous float64 m × m;
@@ -199,3 +202,25 @@ class ScaledGram:
         w = np.ascontiguousarray(w, dtype=np.float64)
         self._fn(self.indptr.ctypes.data, self.indices.ctypes.data, self.data.ctypes.data,
                  self.n, w.ctypes.data, self.m, S.ctypes.data)
+
+    def schur(self, Arr: np.ndarray, t: np.ndarray, qr: int, w: np.ndarray) -> np.ndarray:
+        """The lower triangle of D(Arr − A diag(w) Aᵀ)D + (I_qr ⊕ 0), D = diag(t), in one C pass
+        (a new C-contiguous (m, m) array whose strict upper triangle is not set).
+
+        Raises
+        ------
+        ValueError
+            When Arr is not a C-contiguous float64 (m, m) array or t is not of length m.
+        """
+        m = self.m
+        if Arr.shape != (m, m) or Arr.dtype != np.float64 or not Arr.flags.c_contiguous:
+            raise ValueError("Arr must be a C-contiguous float64 (m, m) array")
+        if t.shape != (m,):
+            raise ValueError(f"t must have the {m} entries of the block's rows")
+        t = np.ascontiguousarray(t, dtype=np.float64)
+        w = np.ascontiguousarray(w, dtype=np.float64)
+        S = np.empty((m, m))
+        self._schur(Arr.ctypes.data, t.ctypes.data, m, int(qr), self.indptr.ctypes.data,
+                    self.indices.ctypes.data, self.data.ctypes.data, self.n, w.ctypes.data,
+                    S.ctypes.data)
+        return S

@@ -184,20 +184,19 @@ def crossed_parts(design: MultiDesign, stats: CrossedStats, theta: np.ndarray,
     theta = np.asarray(theta, dtype=float)
     lam = float(design.factor_T(theta, 0)[0, 0])
     M = lam * lam * stats.A11[:, 0, 0] + 1.0  # L_ℓ² (> 0: λ² A_ℓ ≥ 0)
-    S = np.array(stats.Arr, dtype=float, order="C")
-    gram.subtract_from(S, lam * lam / M)  # the lower triangle
     rest = design.factors[1:]
-    if all(f.q == 1 for f in rest):  # scalar terms: T_r = diag(t)
+    Qr = sum(stats.q_rest)
+    if all(f.q == 1 for f in rest):  # scalar terms: T_r = diag(t), S in one C pass
         t = np.concatenate([np.full(f.n_levels, design.factor_T(theta, k + 1)[0, 0])
                             for k, f in enumerate(rest)] + [np.ones(stats.p + 1)])
-        S *= t[:, None]
-        S *= t[None, :]
+        S = gram.schur(np.ascontiguousarray(stats.Arr), t, Qr, lam * lam / M)
     else:  # vector-valued terms: T_r is block diagonal
+        S = np.array(stats.Arr, dtype=float, order="C")
+        gram.subtract_from(S, lam * lam / M)  # the lower triangle
         Tr = _T_rest(design, theta)
         S = np.tril(S) + np.tril(S, -1).T
         S = np.ascontiguousarray(Tr.T @ (Tr.T @ S).T)
-    Qr = sum(stats.q_rest)
-    S[np.arange(Qr), np.arange(Qr)] += 1.0
+        S[np.arange(Qr), np.arange(Qr)] += 1.0
     # S's lower triangle is the upper one of the Fortran-ordered view S.T (no copy)
     LS, info = sla.lapack.dpotrf(S.T, lower=0, clean=0, overwrite_a=1)
     if info != 0:
