@@ -57,6 +57,14 @@ def _deviance_fn(engine: str):
     return nested_deviance if engine == "nested" else crossed_deviance
 
 
+def _theta_start(design: MultiDesign, st, engine: str) -> np.ndarray:
+    """``design.theta_start()``; for an in-memory nested design (whose method would count the
+    rows again) from the nested statistics' group sums (:func:`nested_group_sums`)."""
+    if engine == "nested" and type(design) is MultiDesign:
+        return design.theta_start(nested_group_sums(design, st))
+    return design.theta_start()
+
+
 def fit_multi_design(design: MultiDesign, REML: bool = True, optimizer: str = "lme4",
                      data_name: str = "data") -> MultiFit:
     """Fit a :class:`~twolevel.models.design.multi.MultiDesign` (lme4's ``mkLmerDevfun`` →
@@ -98,7 +106,7 @@ def fit_multi_design(design: MultiDesign, REML: bool = True, optimizer: str = "l
             )
     st = nested_stats(design) if engine == "nested" else crossed_stats(design)
     fn = _deviance_fn(engine)(design, st, reml=REML)
-    theta0 = design.theta_start(nested_group_sums(design, st) if engine == "nested" else None)
+    theta0 = _theta_start(design, st, engine)
     opt = optimize_theta(fn, theta0, design.theta_lower, mode=optimizer)
     state = _state_fn(engine)(design, st, opt.theta, modes=True)
     return MultiFit(design=design, stats=st, engine=engine, reml=REML,
