@@ -53,6 +53,8 @@ KERNELS = [
     Kernel("twolevel.models.bayes._ckernels", "models/bayes/ckernels.c",
            ("-O2", "-fno-fast-math", "-ffp-contract=off")),
     Kernel("twolevel.models.lmm._creml", "models/lmm/creml.c", ("-O3", "-ffp-contract=off")),
+    Kernel("twolevel.models.lmm._cnested", "models/lmm/cnested.c",
+           ("-O3", "-ffp-contract=off", "-fno-semantic-interposition", "-fno-tree-vectorize")),
     Kernel("twolevel.models.bayes._cagq", "models/bayes/cagq.c", ("-O2", "-fno-fast-math"),
            openmp=True),
 ]

@@ -263,10 +263,13 @@ class MultiDesign:
         T[m] = np.asarray(theta, dtype=float)[tm[m]]
         return T
 
-    def theta_start(self) -> np.ndarray:
+    def theta_start(self, group_sums: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
+                    ) -> np.ndarray:
         """lme4's starting θ (``mkLmerDevfun``): 1 on each T's diagonal, 0 off it; when every
         term is a random intercept of its own factor, θ0_f = sqrt(v_f / v_e) with
-        v_f = var(ave(y, f)) and v_e = var(y) − Σ_f v_f, if v_e > 0."""
+        v_f = var(ave(y, f)) and v_e = var(y) − Σ_f v_f, if v_e > 0. ``group_sums``: per factor
+        (rows, Σy) of every level when already at hand (the nested statistics hold them),
+        otherwise counted here."""
         th = np.zeros(self.n_theta)
         for tm in self.templates:
             d = np.diag(tm)
@@ -274,9 +277,15 @@ class MultiDesign:
         if (all(t.names == ("(Intercept)",) for t in self.terms)
                 and len(self.terms) == len(self.factors)):
             v = []
-            for f in self.factors:
-                means = np.bincount(f.codes, weights=self.y) / np.bincount(f.codes)
-                v.append(float(np.var(means[f.codes], ddof=1)))
+            for k, f in enumerate(self.factors):  # var(ave(y, f)) from group counts and means
+                if group_sums is None:
+                    counts = np.bincount(f.codes, minlength=f.n_levels).astype(float)
+                    sums = np.bincount(f.codes, weights=self.y, minlength=f.n_levels)
+                else:
+                    counts, sums = group_sums[k]
+                means = sums / counts
+                grand = float(counts @ means) / self.n
+                v.append(float(counts @ (means - grand) ** 2) / (self.n - 1))
             v_e = float(np.var(self.y, ddof=1)) - sum(v)
             if v_e > 0:
                 for k, vf in enumerate(v):
@@ -305,28 +314,47 @@ def needs_multi(formula: str) -> bool:
     return len(facs) > 1 or any(":" in f for f in facs)
 
 
+def _level_text(levels: np.ndarray) -> np.ndarray:
+    """``str`` of every level, as an object array (numbers through Python's own ints and floats,
+    which print alike and convert several times faster than NumPy scalars)."""
+    fast = levels.dtype.kind in "biuUO" or levels.dtype == np.float64  # str(x) unchanged
+    values = levels.tolist() if fast else list(levels)
+    return np.asarray([str(v) for v in values], dtype=object)
+
+
 def _interaction_codes(cols: tuple[str, ...], coded: dict[str, tuple[np.ndarray, np.ndarray]]
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Codes and labels of the interaction of ``cols`` (lme4's ``%i%``): levels ordered by the
     first column's levels, then the next; labels pasted with ':'; unused combinations dropped."""
     if len(cols) == 1:
         codes, levels = coded[cols[0]]
-        return codes, np.asarray([str(v) for v in levels], dtype=object)
-    key = np.zeros(coded[cols[0]][0].shape[0], dtype=np.int64)
-    for c in cols:
-        codes, levels = coded[c]
-        key = key * len(levels) + codes
-    uniq, inv = np.unique(key, return_inverse=True)
-    parts = []
-    rem = uniq.copy()
-    for c in reversed(cols):
-        levels = coded[c][1]
-        text = np.asarray([str(v) for v in levels], dtype=object)
-        parts.append(pd.Series(text[rem % len(levels)]))
-        rem //= len(levels)
-    parts.reverse()
-    labels = parts[0].str.cat(parts[1:], sep=":") if len(parts) > 1 else parts[0]
-    return inv.astype(np.intp), labels.to_numpy(dtype=object)
+        return codes, _level_text(levels)
+    codes, levels0 = coded[cols[0]]
+    n_comb = len(levels0)
+    comp = [np.arange(n_comb)]  # per combined level, each column's level code
+    for c in cols[1:]:
+        cb, lb = coded[c]
+        nb = len(lb)
+        only = np.full(n_comb, -1, dtype=np.intp)
+        only[codes] = cb
+        if np.array_equal(only[codes], cb):  # the columns so far determine c (nested): same codes
+            comp.append(only)
+            continue
+        key = codes.astype(np.int64) * nb + cb
+        if n_comb * nb <= 4 * key.shape[0] + 1024:  # dense key range: an O(n) table
+            present = np.zeros(n_comb * nb, dtype=bool)
+            present[key] = True
+            uniq = np.flatnonzero(present)
+            codes = (np.cumsum(present, dtype=np.intp) - 1)[key]
+        else:  # hashing, then the unique keys sorted (np.unique's answer without sorting n keys)
+            codes, uniq = pd.factorize(key, sort=True)
+        comp = [x[uniq // nb] for x in comp] + [uniq % nb]
+        n_comb = len(uniq)
+    labels = None
+    for c, lv in zip(cols, comp, strict=True):
+        text = _level_text(coded[c][1])[lv]
+        labels = text if labels is None else labels + ":" + text  # per-element str concatenation
+    return np.asarray(codes, dtype=np.intp), np.asarray(labels, dtype=object)
 
 
 def _reused_label_notes(factors: list[Factor], cols_of: dict[str, tuple[str, ...]],
@@ -436,6 +464,8 @@ def make_multi_design(formula: str, data: pd.DataFrame) -> MultiDesign:
         )
     bad = np.zeros(len(data), dtype=bool)
     for s in series.values():
+        if isinstance(s.dtype, np.dtype) and s.dtype.kind in "biu":  # NumPy ints: never missing
+            continue
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
             bad |= ~np.isfinite(s.to_numpy(dtype=float, na_value=np.nan))
         else:

@@ -48,6 +48,20 @@ def _group_crossprods(codes: np.ndarray, W: np.ndarray, n_groups: int) -> np.nda
     return C
 
 
+def _nested_crossprods(design: MultiDesign) -> np.ndarray:
+    """C_c of every innermost group: one pass in C over the columns of [Z_1 … Z_K X y] as they
+    are (:func:`twolevel.models.lmm.cnested.group_crossprods`), or :func:`_group_crossprods` (the
+    reference) without the compiled library."""
+    from twolevel.models.lmm import cnested
+
+    fs = design.factors
+    cols = [f.Z[:, j] for f in fs for j in range(f.q)]
+    cols += [design.X[:, j] for j in range(design.p)] + [design.y]
+    if cnested.compiled(len(cols)):
+        return cnested.group_crossprods(fs[0].codes, cols, fs[0].n_levels)
+    return _group_crossprods(fs[0].codes, np.column_stack(cols), fs[0].n_levels)
+
+
 @dataclass(frozen=True)
 class NestedStats:
     """Per-innermost-group cross-products of a nested design.
@@ -71,8 +85,7 @@ def nested_stats(design: MultiDesign) -> NestedStats:
     """The :class:`NestedStats` of a nested design (factors innermost first, as in
     ``design.factors``). One pass over the rows."""
     fs = design.factors
-    W = np.column_stack([f.Z for f in fs] + [design.X, design.y])
-    C = _group_crossprods(fs[0].codes, W, fs[0].n_levels)
+    C = _nested_crossprods(design)
     parents = []
     for k in range(len(fs) - 1):
         par = np.zeros(fs[k].n_levels, dtype=np.intp)

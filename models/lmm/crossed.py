@@ -23,13 +23,14 @@ from collections.abc import Callable
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from twolevel.models.design.multi import MultiDesign
 from twolevel.models.design.multi_stats import CrossedStats
+from twolevel.models.lmm import cnested
 from twolevel.models.lmm.nested import MultiState, criterion_from_parts
 
-__all__ = ["crossed_deviance", "crossed_state"]
+__all__ = ["crossed_deviance", "crossed_parts", "crossed_state"]
 
 
 def _block_diag_sparse(blocks: np.ndarray) -> sp.csr_matrix:
@@ -102,12 +103,21 @@ def crossed_state(design: MultiDesign, stats: CrossedStats, theta: np.ndarray,
         o += f.n_levels * f.q
     # conditional covariances: the rest from (L_rr L_rrᵀ)⁻¹, the first factor by its Schur term
     Lrr = LS[:Qr, :Qr]
-    Pinv = sla.cho_solve((Lrr, True), np.eye(Qr)) if Qr else np.zeros((0, 0))
+    Pinv = np.zeros((0, 0))
+    if Qr:  # (L_rr L_rrᵀ)⁻¹ from the factor (LAPACK dpotri: a third of cho_solve's work)
+        Pinv, _ = sla.lapack.dpotri(Lrr, lower=1)
+        Pinv = np.tril(Pinv) + np.tril(Pinv, -1).T
     cvs = []
     Y = R[:Qr].T.tocsr()  # (ℓ_1 q_1, Qr): rows L_ℓ⁻¹ blocks of the coupling
-    YP = np.asarray(Y @ Pinv).reshape(f1.n_levels, q1, Qr)
-    Yd = Y.toarray().reshape(f1.n_levels, q1, Qr)
-    inner = np.eye(q1)[None] + np.einsum("nar,nbr->nab", YP, Yd)
+    YP = np.asarray(Y @ Pinv)
+    if q1 == 1:  # 1 + y_ℓᵀP⁻¹y_ℓ: the sparse rows times YP's, without Y as a dense matrix
+        rows = np.repeat(np.arange(Y.shape[0]), np.diff(Y.indptr))
+        inner = 1.0 + np.bincount(rows, weights=Y.data * YP[rows, Y.indices],
+                                  minlength=Y.shape[0]).reshape(f1.n_levels, 1, 1)
+    else:
+        YP = YP.reshape(f1.n_levels, q1, Qr)
+        Yd = Y.toarray().reshape(f1.n_levels, q1, Qr)
+        inner = np.eye(q1)[None] + np.einsum("nar,nbr->nab", YP, Yd)
     cvs.append(np.einsum("nqa,nqb,nbc->nac", Linv, inner, Linv))
     o = 0
     for f in design.factors[1:]:
@@ -148,4 +158,50 @@ def crossed_deviance(design: MultiDesign, stats: CrossedStats,
             return float("inf")
         return criterion_from_parts(st.ldL2, st.ldRX2, st.r2, stats.n, stats.p, reml)
 
-    return fn
+    if design.factors[0].q != 1 or not cnested.compiled(2):
+        return fn
+    gram = cnested.ScaledGram(stats.Ar1)
+    blas = ThreadpoolController()  # found once: each limit() is then cheap
+
+    def fn_c(theta: np.ndarray) -> float:
+        with blas.limit(limits=1, user_api="blas"):  # one BLAS thread, as crossed_state
+            parts = crossed_parts(design, stats, theta, gram)
+        if parts is None:
+            return float("inf")
+        return criterion_from_parts(*parts, stats.n, stats.p, reml)
+
+    return fn_c
+
+
+def crossed_parts(design: MultiDesign, stats: CrossedStats, theta: np.ndarray,
+                  gram: cnested.ScaledGram) -> tuple[float, float, float] | None:
+    """(log|L|², log|L_X|², r²) of :func:`crossed_state` (its reference) when the first factor is
+    scalar; the caller limits BLAS to one thread. K = blockdiag(Λ_1L_ℓ⁻ᵀ) is then the diagonal
+    k_ℓ = λ_1/L_ℓ, so RRᵀ = T_rᵀA_r1 diag(k²)A_r1ᵀT_r and
+    S = T_rᵀ(A_rr − A_r1 diag(k²)A_r1ᵀ)T_r + (I ⊕ 0); the sparse product runs in C over A_r1's
+    fixed structure (``gram``, built once per design). None where a block is not positive
+    definite."""
+    theta = np.asarray(theta, dtype=float)
+    lam = float(design.factor_T(theta, 0)[0, 0])
+    M = lam * lam * stats.A11[:, 0, 0] + 1.0  # L_ℓ² (> 0: λ² A_ℓ ≥ 0)
+    rest = design.factors[1:]
+    Qr = sum(stats.q_rest)
+    if all(f.q == 1 for f in rest):  # scalar terms: T_r = diag(t), S in one C pass
+        t = np.concatenate([np.full(f.n_levels, design.factor_T(theta, k + 1)[0, 0])
+                            for k, f in enumerate(rest)] + [np.ones(stats.p + 1)])
+        S = gram.schur(np.ascontiguousarray(stats.Arr), t, Qr, lam * lam / M)
+    else:  # vector-valued terms: T_r is block diagonal
+        S = np.array(stats.Arr, dtype=float, order="C")
+        gram.subtract_from(S, lam * lam / M)  # the lower triangle
+        Tr = _T_rest(design, theta)
+        S = np.tril(S) + np.tril(S, -1).T
+        S = np.ascontiguousarray(Tr.T @ (Tr.T @ S).T)
+        S[np.arange(Qr), np.arange(Qr)] += 1.0
+    # S's lower triangle is the upper one of the Fortran-ordered view S.T (no copy)
+    LS, info = sla.lapack.dpotrf(S.T, lower=0, clean=0, overwrite_a=1)
+    if info != 0:
+        return None
+    dg = np.diag(LS)
+    p = stats.p
+    ldL2 = float(np.sum(np.log(M))) + 2.0 * float(np.sum(np.log(dg[:Qr])))
+    return ldL2, 2.0 * float(np.sum(np.log(dg[Qr:Qr + p]))), float(dg[-1] ** 2)

@@ -26,7 +26,12 @@ from twolevel.models.design.multi_stats import (
 )
 from twolevel.models.lmm.crossed import crossed_deviance, crossed_state
 from twolevel.models.lmm.multi_results import MultiFit
-from twolevel.models.lmm.nested import MultiState, nested_deviance, nested_state
+from twolevel.models.lmm.nested import (
+    MultiState,
+    nested_deviance,
+    nested_group_sums,
+    nested_state,
+)
 from twolevel.models.lmm.optimize import MODES, optimize_theta, refit_ml_theta
 from twolevel.models.lmm.satterthwaite import (
     EIGEN_TOL,
@@ -50,6 +55,14 @@ def _state_fn(engine: str):
 
 def _deviance_fn(engine: str):
     return nested_deviance if engine == "nested" else crossed_deviance
+
+
+def _theta_start(design: MultiDesign, st, engine: str) -> np.ndarray:
+    """``design.theta_start()``; for an in-memory nested design (whose method would count the
+    rows again) from the nested statistics' group sums (:func:`nested_group_sums`)."""
+    if engine == "nested" and type(design) is MultiDesign:
+        return design.theta_start(nested_group_sums(design, st))
+    return design.theta_start()
 
 
 def fit_multi_design(design: MultiDesign, REML: bool = True, optimizer: str = "lme4",
@@ -96,7 +109,8 @@ def fit_multi_design(design: MultiDesign, REML: bool = True, optimizer: str = "l
     st = stats if stats is not None else (
         nested_stats(design) if engine == "nested" else crossed_stats(design))
     fn = _deviance_fn(engine)(design, st, reml=REML)
-    opt = optimize_theta(fn, design.theta_start(), design.theta_lower, mode=optimizer)
+    theta0 = _theta_start(design, st, engine)
+    opt = optimize_theta(fn, theta0, design.theta_lower, mode=optimizer)
     state = _state_fn(engine)(design, st, opt.theta, modes=True)
     return MultiFit(design=design, stats=st, engine=engine, reml=REML,
                     theta=np.asarray(opt.theta, dtype=float), state=state, optsum=opt,

@@ -17,6 +17,11 @@ This is lme4's sparse Cholesky of ΛᵀZᵀZΛ + I under the "each class, then i
 (no fill-in) and MixedModels.jl's blocked Cholesky; the cost per evaluation is linear in the
 number of groups and independent of N. The conditional modes come back top-down:
 u_k = L⁻ᵀ(R_yᵀ − R_outerᵀ v_outer) with v_outer the ancestors' modes and β̂.
+
+The criterion (steps 1–4, no modes) runs in one C call per evaluation
+(:mod:`twolevel.models.lmm.cnested`); the NumPy code of the ``modes=True`` path is its reference
+in the tests, and numba's loop (:mod:`twolevel.models.lmm.nested_kernels`) the fallback without
+the compiled library.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ import scipy.sparse as sp
 
 from twolevel.models.design.multi import MultiDesign
 from twolevel.models.design.multi_stats import NestedStats
-from twolevel.models.lmm.nested_kernels import eliminate_level
+from twolevel.models.lmm import cnested
 
-__all__ = ["MultiState", "criterion_from_parts", "nested_deviance", "nested_state"]
+__all__ = ["MultiState", "criterion_from_parts", "nested_deviance", "nested_group_sums",
+           "nested_state"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -115,6 +121,32 @@ def _scale(C: np.ndarray, T: np.ndarray) -> np.ndarray:
     return (np.swapaxes(CT, 1, 2).reshape(n * d, d) @ T).reshape(n, d, d).swapaxes(1, 2)
 
 
+def nested_group_sums(design: MultiDesign, stats: NestedStats
+                      ) -> tuple[tuple[np.ndarray, np.ndarray], ...] | None:
+    """Per factor (rows, Σy) of every level, from the innermost groups' cross-products
+    (C_c[0, 0] = n_c and C_c[0, −1] = Σ_c y when the first column is an intercept) summed up the
+    levels; None unless every term is a random intercept of its own factor (the case in which
+    :meth:`MultiDesign.theta_start` uses them)."""
+    if not (all(t.names == ("(Intercept)",) for t in design.terms)
+            and len(design.terms) == len(design.factors)):
+        return None
+    counts, sums = stats.C[:, 0, 0].copy(), stats.C[:, 0, -1].copy()
+    out = [(counts, sums)]
+    for k, par in enumerate(stats.parents):
+        n_up = design.factors[k + 1].n_levels
+        counts = np.bincount(par, weights=counts, minlength=n_up)
+        sums = np.bincount(par, weights=sums, minlength=n_up)
+        out.append((counts, sums))
+    return tuple(out)
+
+
+def _kernel(design: MultiDesign, stats: NestedStats) -> cnested.NestedKernel:
+    """The compiled elimination's arrays for ``stats``."""
+    return cnested.NestedKernel.from_stats(stats.C, stats.q,
+                                           tuple(f.n_levels for f in design.factors),
+                                           stats.parents)
+
+
 def nested_state(design: MultiDesign, stats: NestedStats, theta: np.ndarray,
                  modes: bool = False) -> MultiState:
     """Block elimination at θ (module docstring); with ``modes`` also the conditional modes and
@@ -131,8 +163,12 @@ def nested_state(design: MultiDesign, stats: NestedStats, theta: np.ndarray,
     ld = 0.0
     steps = []
     diagonal = not modes and not np.any(T - np.diag(np.diag(T)))
-    G = stats.C if diagonal else _scale(stats.C, T)
-    if not modes:  # the criterion only: one compiled pass per level, no per-group factors kept
+    if not modes and cnested.compiled(stats.C.shape[1]):  # the criterion only: one C call
+        ld, G = _kernel(design, stats).eliminate(T, diagonal)
+    elif not modes:  # numba: one compiled pass per level, no per-group factors kept
+        from twolevel.models.lmm.nested_kernels import eliminate_level
+
+        G = stats.C if diagonal else _scale(stats.C, T)
         for k in range(K):
             t = np.diag(T) if diagonal and k == 0 else np.ones(G.shape[1])
             q = stats.q[k]
@@ -147,6 +183,8 @@ def nested_state(design: MultiDesign, stats: NestedStats, theta: np.ndarray,
             ld += ldk
             G = out
         G = G[0]
+    else:
+        G = _scale(stats.C, T)
     for k in range(K if modes else 0):  # with the modes: keep every level's factors
         q = stats.q[k]
         idx = np.arange(q)
@@ -177,7 +215,7 @@ def nested_state(design: MultiDesign, stats: NestedStats, theta: np.ndarray,
             outer = outer[par]
             J = J[par]
         rhs = Rt[:, :, -1] - np.einsum("nqa,na->nq", Rt[:, :, :-1], outer)
-        Linv = np.linalg.inv(L)
+        Linv = 1.0 / L if L.shape[1] == 1 else np.linalg.inv(L)
         u = np.einsum("nqa,nq->na", Linv, rhs)  # L⁻ᵀ(L⁻¹(g_y − G_outer v)); rhs has L⁻¹
         us[k] = u
         own = np.einsum("nqa,nqb->nab", Linv, Linv)
@@ -228,4 +266,27 @@ def nested_deviance(design: MultiDesign, stats: NestedStats,
             return float("inf")
         return criterion_from_parts(st.ldL2, st.ldRX2, st.r2, stats.n, stats.p, reml)
 
-    return fn
+    if not cnested.compiled(stats.C.shape[1]):
+        return fn
+    kern = _kernel(design, stats)
+    # T's entries that θ fills, once: T.flat[pos] = θ[which]; structurally diagonal T (scalar
+    # terms only) takes the kernel's diagonal scaling
+    d = stats.C.shape[1]
+    T, pos, which, o = np.eye(d), [], [], 0
+    for tm in design.templates:
+        r, c = np.nonzero(tm >= 0)
+        pos.append((o + r) * d + o + c)
+        which.append(tm[r, c])
+        o += tm.shape[0]
+    pos, which = np.concatenate(pos), np.concatenate(which)
+    diagonal = bool(np.all(pos // d == pos % d))
+    n, p = stats.n, stats.p
+
+    def fn_c(theta: np.ndarray) -> float:
+        T.flat[pos] = np.asarray(theta, dtype=float)[which]
+        parts = kern.parts_into(T, diagonal)
+        if parts is None:
+            return float("inf")
+        return criterion_from_parts(*parts, n, p, reml)
+
+    return fn_c
