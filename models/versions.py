@@ -48,7 +48,8 @@ def kernel_report() -> dict[str, object]:
     route: ``glmer``, ``bayes_collapsed``, ``bayes_glmm``, ``bayes_other``, ``reml``),
     ``vector_path`` (the x86-64 variant loaded: ``avx512``, ``avx2``, ``baseline``; ``none``
     without compiled kernels), ``baseline_forced``, ``threads`` (OpenMP threads of glmer's
-    kernels; 1 without OpenMP) and ``dependencies`` (name → version or None)."""
+    kernels; 1 without OpenMP), ``omp_wait_policy`` (``PASSIVE`` unless the user set one:
+    :func:`twolevel.models.native.openmp_waits_passively`) and ``dependencies`` (name → version or None)."""
     from twolevel import __version__
     from twolevel.models import native
     from twolevel.models.bayes import ckernels
@@ -72,6 +73,7 @@ def kernel_report() -> dict[str, object]:
         "baseline_forced": native.baseline_forced(),
         "threads": threads,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "omp_wait_policy": os.environ.get(native.OMP_WAIT_ENV),
         "dependencies": {name: _version(name) for name in DEPENDENCIES},
     }
 
@@ -102,7 +104,7 @@ def show_versions(file=None) -> None:
     lines += [(f"kernels.{k}", v) for k, v in r["kernels"].items()]
     lines += [("vector path", r["vector_path"] + (" (TWOLEVEL_KERNEL_BASELINE)"
                                                   if r["baseline_forced"] else "")),
-              ("threads", r["threads"])]
+              ("threads", r["threads"]), ("OpenMP wait policy", r["omp_wait_policy"])]
     lines += [(k, v if v is not None else "not installed") for k, v in r["dependencies"].items()]
     for k, v in lines:
         print(f"{k:<24}{v}", file=out)
