@@ -49,7 +49,8 @@ def kernel_report() -> dict[str, object]:
     ``vector_path`` (the x86-64 variant loaded: ``avx512``, ``avx2``, ``baseline``; ``none``
     without compiled kernels), ``baseline_forced``, ``threads`` (OpenMP threads of glmer's
     kernels; 1 without OpenMP), ``omp_wait_policy`` (``PASSIVE`` unless the user set one:
-    :func:`twolevel.models.native.openmp_waits_passively`) and ``dependencies`` (name → version or None)."""
+    :func:`~twolevel.models.native.openmp_waits_passively`) and ``dependencies`` (name →
+    version or None)."""
     from twolevel import __version__
     from twolevel.models import native
     from twolevel.models.bayes import ckernels
