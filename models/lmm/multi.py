@@ -159,13 +159,18 @@ def lmer_multi(formula: str, data: pd.DataFrame, REML: bool = True, optimizer: s
     design = make_multi_design(formula, data)
     for note in design.notes:
         warnings.warn(note, UserWarning, stacklevel=3)
-    fit = fit_multi_design(design, REML=REML, optimizer=optimizer, data_name=data_name)
+    return warn_fit(fit_multi_design(design, REML=REML, optimizer=optimizer,
+                                     data_name=data_name))
+
+
+def warn_fit(fit: MultiFit, stacklevel: int = 4) -> MultiFit:
+    """lme4's two warnings after a fit (a boundary fit, no convergence); returns ``fit``."""
     if fit.is_singular():
         warnings.warn("boundary (singular) fit: see help('isSingular')", UserWarning,
-                      stacklevel=3)
+                      stacklevel=stacklevel)
     if not fit.converged:
         warnings.warn(f"optimizer did not converge ({fit.optsum.status_message})", UserWarning,
-                      stacklevel=3)
+                      stacklevel=stacklevel)
     return fit
 
 

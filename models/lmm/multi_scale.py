@@ -49,7 +49,7 @@ def lmer_multi_scale(formula: str, data, engine: str = "duckdb", REML: bool = Tr
     """
     from twolevel.models.design.multi_scale import nested_stats_scale
     from twolevel.models.design.sources import require_scale_extra
-    from twolevel.models.lmm.multi import fit_multi_design
+    from twolevel.models.lmm.multi import fit_multi_design, warn_fit
 
     require_scale_extra(engine)
     if engine == "duckdb":
@@ -66,12 +66,5 @@ def lmer_multi_scale(formula: str, data, engine: str = "duckdb", REML: bool = Tr
         warnings.warn(note, UserWarning, stacklevel=3)
     if data_name == "data":
         data_name = design.source
-    fit = fit_multi_design(design, REML=REML, optimizer=optimizer, data_name=data_name,
-                           stats=stats)
-    if fit.is_singular():
-        warnings.warn("boundary (singular) fit: see help('isSingular')", UserWarning,
-                      stacklevel=3)
-    if not fit.converged:
-        warnings.warn(f"optimizer did not converge ({fit.optsum.status_message})", UserWarning,
-                      stacklevel=3)
-    return fit
+    return warn_fit(fit_multi_design(design, REML=REML, optimizer=optimizer,
+                                     data_name=data_name, stats=stats))
