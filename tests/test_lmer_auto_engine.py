@@ -70,3 +70,13 @@ def test_changed_frame_is_refused_when_rows_are_built(data, low_threshold):
     d.loc[d.index[:10], "y"] = np.nan  # the frame edited in place after the fit
     with pytest.raises(tl.ScaleError, match="no longer matches this fit"):
         fit.residuals()
+
+
+def test_rows_of_a_fit_from_files_are_refused_with_what_to_do(data, tmp_path):
+    path = tmp_path / "d.parquet"
+    data.to_parquet(path)
+    fit = tl.lmer("y ~ x + (1 | school)", str(path), engine="duckdb")
+    with pytest.raises(tl.ScaleError, match="stay in .*refit with engine='memory'"):
+        fit.design.rows_design
+    with pytest.raises(tl.ScaleError, match="per-student quantity"):
+        fit.design.X
