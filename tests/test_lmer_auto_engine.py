@@ -77,6 +77,6 @@ def test_rows_of_a_fit_from_files_are_refused_with_what_to_do(data, tmp_path):
     data.to_parquet(path)
     fit = tl.lmer("y ~ x + (1 | school)", str(path), engine="duckdb")
     with pytest.raises(tl.ScaleError, match="stay in .*refit with engine='memory'"):
-        fit.design.rows_design
+        _ = fit.design.rows_design
     with pytest.raises(tl.ScaleError, match="per-student quantity"):
-        fit.design.X
+        _ = fit.design.X
