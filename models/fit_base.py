@@ -20,8 +20,8 @@ import html
 import numpy as np
 import pandas as pd
 
-__all__ = ["BayesSummary", "FitSummary", "MixedFit", "as_generator", "require_lmm", "seed_of",
-           "short_repr"]
+__all__ = ["BayesSummary", "FitSummary", "MixedFit", "as_generator", "has_several_factors",
+           "require_lmm", "seed_of", "short_repr"]
 
 REPR_MAX = 299  # repr(fit) is shorter than 300 characters
 
@@ -66,6 +66,30 @@ def seed_of(rng=None, seed=None, default=None):
     if isinstance(rng, np.random.Generator):
         return None
     return rng if rng is not None else seed if seed is not None else default
+
+
+def has_several_factors(fit) -> bool:
+    """True for a fit with several grouping factors (a
+    :class:`~twolevel.models.lmm.multi_results.MultiFit`, whose design lists its ``factors``),
+    told without importing the several-factors modules (the command line's start-up).
+
+    Parameters
+    ----------
+    fit : object
+        A fit of ``tl.lmer``, ``tl.glmer`` or ``tl.fit_bayes``.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> from twolevel.models.fit_base import has_several_factors
+    >>> has_several_factors(tl.lmer("g1rscore ~ famsesc + (1 | schid)", tl.load_data("lecture")))
+    False
+    """
+    return hasattr(getattr(fit, "design", None), "factors")
 
 
 def short_repr(cls: str, fields: list[tuple[str, object]], formula: str) -> str:

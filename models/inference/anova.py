@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from twolevel.data.errors import TwolevelError
+from twolevel.models.fit_base import has_several_factors
 from twolevel.models.lmm.lmer import refit_ml
 from twolevel.models.lmm.results import LmerFit
 from twolevel.models.rformat import format_pval, print_char_matrix, r_format, r_round, zapsmall
@@ -338,7 +339,7 @@ def anova(*fits: LmerFit, names: list[str] | None = None, refit: bool = True) ->
         raise TwolevelError(LRT_REFUSED)
     if len(fits) < 2:
         raise TwolevelError("anova needs at least two fitted models to compare")
-    if any(hasattr(f.design, "factors") for f in fits):
+    if any(has_several_factors(f) for f in fits):
         raise TwolevelError("a model has several grouping factors: compare it with "
                             "anova_multi(small, big) (likelihood-ratio test with ML refits)")
     names = list(names) if names is not None else [f"m{i + 1}" for i in range(len(fits))]

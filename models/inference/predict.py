@@ -43,6 +43,7 @@ from twolevel.models.design.newdata import (
     newdata_frame,
     parse_re_form,
 )
+from twolevel.models.fit_base import has_several_factors
 from twolevel.models.lmm.deviance import _forward_solve, unscaled_vcov
 
 __all__ = [
@@ -190,7 +191,7 @@ def predict(
         return fit.predict(newdata, re_form, allow_new_levels, type=type or "link")
     if type not in (None, "link", "response"):
         raise TwolevelError(f"type must be 'link' or 'response', got {type!r}")
-    if hasattr(fit.design, "factors"):  # several grouping factors (a MultiFit)
+    if has_several_factors(fit):
         if interval is None:
             return fit.predict(newdata, re_form, allow_new_levels)
         if interval == "bootstrap":

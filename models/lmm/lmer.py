@@ -20,6 +20,7 @@ from twolevel.data.errors import FormulaError, TwolevelError
 from twolevel.models.design import Design, GroupCrossprods, group_crossprods, make_design
 from twolevel.models.design.multi import needs_multi
 from twolevel.models.design.sources import ScaleDesign, choose_engine, crossprods_from
+from twolevel.models.fit_base import has_several_factors
 from twolevel.models.lmm.deviance import criterion, deviance_gradient, make_deviance, pls_state
 from twolevel.models.lmm.optimize import MODES, optimize_theta, refit_ml_theta
 from twolevel.models.lmm.results import LmerFit
@@ -261,7 +262,7 @@ def refit_ml(fit: LmerFit) -> LmerFit:
     """
     if not fit.reml:
         return fit
-    if hasattr(fit.design, "factors"):  # several grouping factors (a MultiFit)
+    if has_several_factors(fit):
         from twolevel.models.lmm.multi import refit_ml_multi
 
         return refit_ml_multi(fit)

@@ -15,9 +15,9 @@ import argparse
 import json
 import warnings
 
+from twolevel.models.fit_base import has_several_factors
 from twolevel.models.inference.anova import anova
 from twolevel.models.lmm.lmer import lmer
-from twolevel.models.lmm.multi_results import MultiFit
 from twolevel.workflows.commands import (
     add_data_argument,
     add_engine_arguments,
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             small = lmer(args.small, df, data_name=name, engine=engine, **opts)
             big = lmer(args.big, df, data_name=name, engine=engine, **opts)
-    if isinstance(small, MultiFit) or isinstance(big, MultiFit):  # several grouping factors
+    if has_several_factors(small) or has_several_factors(big):
         from twolevel.models.lmm.multi import anova_multi
 
         out = anova_multi(small, big, names=("small", "big"))

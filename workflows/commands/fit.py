@@ -27,6 +27,7 @@ from pathlib import Path
 
 from twolevel.data.errors import TwolevelError
 from twolevel.data.loaders import BUILTIN_DATASETS, load_data
+from twolevel.models.fit_base import has_several_factors
 from twolevel.models.lmm.lmer import lmer
 from twolevel.workflows import inference
 from twolevel.workflows.commands import (
@@ -209,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
                    **(opts | ({"per_group_x": True}
                               if opts and (args.hlm or args.schools or args.confint == "boot")
                               else {})))
-    if hasattr(fit.design, "factors"):  # several grouping factors (a MultiFit, as lmer() tells)
+    if has_several_factors(fit):
         return _run_several(fit, args, caught)
     with warnings.catch_warnings(record=True) as caught_extra:
         warnings.simplefilter("always")
