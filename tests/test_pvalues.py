@@ -61,3 +61,11 @@ def test_edges():
     assert t_sf2(1.959963984540054, math.inf) == pytest.approx(0.05, rel=1e-14)
     assert f_sf(0.0, 2.0, 3.0) == 1.0 and math.isnan(f_sf(-1.0, 2.0, 3.0))
     assert betainc_reg(2.0, 3.0, 0.0) == 0.0 and betainc_reg(2.0, 3.0, 1.0) == 1.0
+
+
+def test_continued_fraction_that_does_not_converge_says_so(monkeypatch):
+    import twolevel.models.pvalues as pv
+
+    monkeypatch.setattr(pv, "_MAX_ITER", 2)
+    with pytest.raises(ArithmeticError, match=r"did not converge \(a=0.5, b=50.0\)"):
+        pv.t_sf2(1.0, 100.0)
