@@ -145,7 +145,7 @@ def test_cli_json_and_ranef(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--confint", "profile"], "--confint profile not available yet with several grouping"),
+    (["--hlm"], "--hlm not available yet with several grouping factors"),
     (["--ddf", "hlm"], "--ddf hlm is for one grouping factor"),
 ])
 def test_cli_errors(tmp_path, capsys, argv, message):
@@ -266,13 +266,11 @@ def test_one_factor_models_name_the_nesting_operator():
 def test_wald_intervals(tmp_path, capsys):
     d = _three()
     fit = lmer("y ~ x + (1 | school/class)", d)
-    ci = fit.confint()
+    ci = fit.confint("Wald")
     assert list(ci.index) == [".sig01", ".sig02", ".sigma", "(Intercept)", "x"]
     assert ci.loc["x"].to_numpy() == pytest.approx(fit.fixef()["x"] + np.array([-1, 1])
                                                    * 1.959963984540054 * fit.se()["x"])
     assert ci.loc[".sigma"].isna().all()
-    with pytest.raises(TwolevelError, match="confint method 'profile' is not available"):
-        fit.confint(method="profile")
     csv = tmp_path / "three.csv"
     d.to_csv(csv, index=False)
     assert main(["fit", str(csv), "y ~ x + (1 | school/class)", "--json", "--confint",

@@ -18,7 +18,7 @@ from scipy import stats
 
 from twolevel.data.errors import TwolevelError
 from twolevel.models.design import Design, GroupCrossprods
-from twolevel.models.fit_base import as_generator
+from twolevel.models.fit_base import as_generator, has_several_factors
 from twolevel.models.inference.profile import parameter_names, profile
 from twolevel.models.inference.simulate import norm_inter, parametric_bootstrap
 
@@ -159,6 +159,9 @@ def confint(
         )
     if not 0.0 < level < 1.0:
         raise TwolevelError(f"confidence level must be between 0 and 1 (e.g. 0.95), got {level}")
+    if has_several_factors(fit):
+        gen = rng if rng is not None else (seed if seed is not None else 1)
+        return fit.confint(method, level, nsim=nsim, seed=gen, progress=progress)
     if hasattr(fit, "family"):  # a GlmerFit
         if method == "Wald":
             return fit.confint_wald(level)

@@ -62,8 +62,10 @@ __all__ = [
     "cv_to_sv",
     "ml_refit",
     "parameter_names",
+    "ProfileProblem",
     "profile",
     "profile_lrt",
+    "profile_traces",
     "sv_to_cv",
 ]
 
@@ -436,24 +438,100 @@ def profile(
     """
     cp = cp if cp is not None else group_crossprods(design)
     refit = ml_refit(design, cp, theta_start)
+
+    def fixed_deviance(k: int, value: float) -> Callable[[np.ndarray], float]:
+        cpk = _drop_fixed(cp, k, value)
+        return lambda th: float(ml_deviance(pls_state(cpk, design.theta_to_T(th))))
+
+    lower, upper = _sv_bounds(design)
+    return profile_traces(
+        ProfileProblem(
+            variance_names=parameter_names(design), fixed_names=list(design.x_names),
+            sv_opt=cv_to_sv(design, refit.theta, refit.sigma), sv_lower=lower, sv_upper=upper,
+            sv_deviance=_ml_dev_sv(design, cp), fixed_deviance=fixed_deviance,
+            theta_lower=design.theta_lower, refit=refit),
+        which=which, alphamax=alphamax, maxpts=maxpts, delta_cutoff=delta_cutoff,
+        maxmult=maxmult, progress=progress)
+
+
+@dataclass(frozen=True)
+class ProfileProblem:
+    """What the profile of an ML fit needs, for one grouping factor or several.
+
+    Fields
+    ------
+    variance_names, fixed_names : the parameters, in lme4's order.
+    sv_opt : the ML estimate on the sdcor scale (SDs, correlations, σ).
+    sv_lower, sv_upper : bounds on that scale (sd ≥ 0, −1 ≤ cor ≤ 1, σ ≥ 0).
+    sv_deviance : lme4's ``devfun2``, the ML deviance at a point of the sdcor scale (β profiled).
+    fixed_deviance : (k, b) ↦ the ML criterion θ ↦ D(θ) of the model with β_k held at b.
+    theta_lower : θ's lower bounds.  refit : the ML refit (:class:`MLRefit`).
+    """
+
+    variance_names: list[str]
+    fixed_names: list[str]
+    sv_opt: np.ndarray
+    sv_lower: np.ndarray
+    sv_upper: np.ndarray
+    sv_deviance: Callable[[np.ndarray], float]
+    fixed_deviance: Callable[[int, float], Callable[[np.ndarray], float]]
+    theta_lower: np.ndarray
+    refit: MLRefit
+
+
+def profile_traces(
+    prob: ProfileProblem,
+    *,
+    which: Sequence[str] | None = None,
+    alphamax: float = 0.01,
+    maxpts: int = 100,
+    delta_cutoff: float = 1.0 / 8.0,
+    maxmult: float = 10.0,
+    progress: Callable[[str], None] | None = None,
+) -> Profile:
+    """lme4's ``profile.merMod`` on a :class:`ProfileProblem` (module docstring, steps 2–4):
+    for each wanted parameter, points (ψ, ζ) stepping away from the ML estimate on both sides.
+
+    Parameters
+    ----------
+    prob : the problem.  which, alphamax, maxpts, delta_cutoff, maxmult, progress : as
+        :func:`profile`.
+
+    Returns
+    -------
+    Profile
+
+    Raises
+    ------
+    TwolevelError
+        A wanted name that is not a parameter.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> pr = tl.profile(fit.design, fit.crossprods, which=["famsesc"], theta_start=fit.theta)
+    >>> list(pr.traces)
+    ['famsesc']
+    """
+    refit = prob.refit
     theta_ml, sig_ml, base, beta_ml, se_ml = (
         refit.theta, refit.sigma, refit.deviance, refit.beta, refit.se
     )
-
-    vnames = parameter_names(design)
-    names = vnames + list(design.x_names)
+    vnames = list(prob.variance_names)
+    names = vnames + list(prob.fixed_names)
     nptot = len(names)
-    sv_opt = cv_to_sv(design, theta_ml, sig_ml)
+    sv_opt = prob.sv_opt
     cutoff = float(np.sqrt(stats.chi2.ppf(1.0 - alphamax, nptot)))
     delta = cutoff * delta_cutoff
-    lower, upper = _sv_bounds(design)
+    lower, upper = prob.sv_lower, prob.sv_upper
     wanted = names if which is None else list(which)
     unknown = [w for w in wanted if w not in names]
     if unknown:
         raise TwolevelError(
             f"cannot profile {', '.join(map(repr, unknown))}: parameters are {', '.join(names)}"
         )
-    dev2 = _ml_dev_sv(design, cp)
+    dev2 = prob.sv_deviance
     msgs: list[str] = []
     traces: dict[str, ProfileTrace] = {}
 
@@ -491,7 +569,7 @@ def profile(
         )
         traces[name] = _trace(name, up_rows + lo_rows, pw, lower[w], upper[w])
 
-    for k, name in enumerate(design.x_names):
+    for k, name in enumerate(prob.fixed_names):
         if name not in wanted:
             continue
         if progress:
@@ -499,12 +577,8 @@ def profile(
         est = float(beta_ml[k])
 
         def fe_zeta(fw: float, _s: np.ndarray, k: int = k, est: float = est):
-            cpk = _drop_fixed(cp, k, fw)
-
-            def f(th: np.ndarray) -> float:
-                return float(ml_deviance(pls_state(cpk, design.theta_to_T(th))))
-
-            lo_t = design.theta_lower
+            f = prob.fixed_deviance(k, fw)
+            lo_t = prob.theta_lower
             th, fv = _minimize(f, theta_ml, lo_t, np.full(lo_t.shape, np.inf))
             dd = fv - base
             return float(np.sign(fw - est) * np.sqrt(dd)) if dd >= 0 else np.nan, th

@@ -338,14 +338,60 @@ class MultiFit:
         """lme4's ``predict`` (:func:`predict_multi`)."""
         return predict_multi(self, newdata, re_form, allow_new_levels)
 
-    def confint(self, level: float = 0.95, method: str = "Wald") -> pd.DataFrame:
-        """lme4's ``confint(method = "Wald")``: β̂ ± z·SE, with NaN rows ``.sig01`` … and
-        ``.sigma`` for the variance parameters (only Wald with several factors)."""
-        if method != "Wald":
-            from twolevel.data.errors import TwolevelError
+    def confint(self, method: str = "profile", level: float = 0.95, *, nsim: int = 500,
+                seed=1, progress: bool = False) -> pd.DataFrame:
+        """lme4's ``confint(fit, method = ...)`` with several grouping factors.
 
-            raise TwolevelError(f"confint method '{method}' is not available with several "
-                                "grouping factors yet; use method='Wald'")
+        Parameters
+        ----------
+        method : {"profile", "Wald", "boot"}
+            ``"profile"`` (lme4's default): likelihood-profile intervals of every parameter
+            from an ML refit (:func:`twolevel.models.inference.profile_multi.profile_multi`).
+            ``"Wald"``: β̂ ± z·SE, NaN rows ``.sig01`` … ``.sigma``. ``"boot"``: parametric
+            bootstrap percentile intervals (``nsim`` refits,
+            :func:`twolevel.models.inference.simulate_multi.bootstrap_multi`).
+        level : confidence level in (0, 1).
+        nsim, seed : bootstrap replicates and their seed or ``numpy.random.Generator``
+            (``"boot"`` only).
+        progress : print which parameter is being profiled on stderr (``"profile"`` only).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Rows ``.sig01`` …, ``.sigma``, the fixed effects; columns "2.5 %", "97.5 %".
+
+        Raises
+        ------
+        TwolevelError
+            An unknown method, a level outside (0, 1), ``nsim`` < 2.
+
+        Examples
+        --------
+        >>> fit.confint("Wald").columns.tolist()   # doctest: +SKIP
+        ['2.5 %', '97.5 %']
+        """
+        from twolevel.data.errors import TwolevelError
+
+        meth = {"wald": "Wald"}.get(str(method).lower(), str(method).lower())
+        if meth not in ("profile", "Wald", "boot"):
+            raise TwolevelError(f"unknown confint method '{method}'; choose one of: profile, "
+                                "Wald, boot")
+        if not 0.0 < level < 1.0:
+            raise TwolevelError(f"confidence level must be between 0 and 1 (e.g. 0.95), got "
+                                f"{level}")
+        if meth == "profile":
+            import sys
+
+            from twolevel.models.inference.profile_multi import profile_multi
+
+            say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else None
+            return profile_multi(self, progress=say).confint(level)
+        if meth == "boot":
+            from twolevel.models.inference.simulate_multi import bootstrap_multi
+
+            if nsim < 2:
+                raise TwolevelError(f"the bootstrap needs nsim >= 2 simulations, got {nsim}")
+            return bootstrap_multi(self, nsim, seed).confint(level)
         from twolevel.models.inference.intervals import confint_wald
 
         var = [f".sig{i + 1:02d}" for i in range(self.design.n_theta)] + [".sigma"]

@@ -154,17 +154,15 @@ def run_glmer(args: argparse.Namespace) -> int:
 def _run_several(fit, args: argparse.Namespace, caught) -> int:
     """Several grouping factors: summary or JSON (``random`` keyed by lme4's factor names,
     ``residual``), ``--ranef`` as long rows factor, level, effect, mode, condsd."""
-    bad = [flag for flag, on in (("--confint " + str(args.confint),
-                                  args.confint not in (None, "wald", "boot")),
-                                 ("--hlm", args.hlm), ("--schools", args.schools)) if on]
+    bad = [flag for flag, on in (("--hlm", args.hlm), ("--schools", args.schools)) if on]
     if bad:
         raise TwolevelError(f"{', '.join(bad)} not available yet with several grouping factors; "
-                            "use --json, --ranef, --ddf, --confint wald|boot")
+                            "use --json, --ranef, --ddf, --confint wald|profile|boot")
     ddf = inference.DDF_CHOICES[args.ddf or "satterthwaite"]
     if ddf == "HLM":
         raise TwolevelError("--ddf hlm is for one grouping factor; with several use "
                             "--ddf satterthwaite or kenward-roger")
-    ci = fit.confint(args.level) if args.confint == "wald" else None
+    ci = fit.confint(args.confint, args.level) if args.confint in ("wald", "profile") else None
     if args.confint == "boot":
         from twolevel.models.inference.simulate_multi import bootstrap_multi
 
@@ -183,8 +181,8 @@ def _run_several(fit, args: argparse.Namespace, caught) -> int:
     else:
         print(fit.summary(ddf))
         if ci is not None:
-            title = ("Wald" if args.confint == "wald" else
-                     f"parametric bootstrap, {args.nsim} simulations, seed {args.seed}")
+            title = {"wald": "Wald", "profile": "likelihood profile"}.get(
+                args.confint, f"parametric bootstrap, {args.nsim} simulations, seed {args.seed}")
             print(f"\nConfidence intervals ({title}):\n"
                   + ci.to_string(float_format=lambda v: f"{v:.4f}", na_rep="NA"))
         for w in caught:
