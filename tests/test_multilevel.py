@@ -135,6 +135,7 @@ def test_cli_json_and_ranef(tmp_path, capsys):
                                             "correlations"}
     assert out["random"]["class:school"]["ngroups"] == 36
     assert out["residual"] == pytest.approx(out["sigma"] ** 2)
+    assert out["engine"] == "memory" and out["rows_read"] == len(_three())
     re_ = pd.read_csv(out_re)
     assert list(re_.columns) == ["factor", "level", "effect", "mode", "condsd"]
     assert len(re_) == 36 + 12

@@ -154,3 +154,15 @@ def test_cli_fit_with_engine_duckdb(parquet, tmp_path):
     assert out["criterion"] == pytest.approx(mem.criterion, rel=1e-9, abs=0)
     assert set(out["random"]) == {"class:school", "school"}
     assert out["random"]["class:school"]["ngroups"] == 400
+
+
+def test_cli_json_names_the_engine_and_the_rows_read(parquet, capsys):
+    import json
+
+    from twolevel.workflows.cli import main
+
+    d, glob = parquet
+    assert main(["fit", glob, "y ~ x + (1 | school/class)", "--json", "--engine", "duckdb"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["engine"] == "duckdb" and out["rows_read"] == len(d)
+    assert list(out["random"]) == ["class:school", "school"]

@@ -151,9 +151,10 @@ def run_glmer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_several(fit, args: argparse.Namespace, caught) -> int:
+def _run_several(fit, args: argparse.Namespace, caught, source: dict) -> int:
     """Several grouping factors: summary or JSON (``random`` keyed by lme4's factor names,
-    ``residual``), ``--ranef`` as long rows factor, level, effect, mode, condsd."""
+    ``residual``, and ``source``'s ``engine`` and ``rows_read`` as for one factor), ``--ranef``
+    as long rows factor, level, effect, mode, condsd."""
     bad = [flag for flag, on in (("--hlm", args.hlm), ("--schools", args.schools)) if on]
     if bad:
         raise TwolevelError(f"{', '.join(bad)} not available yet with several grouping factors; "
@@ -171,7 +172,7 @@ def _run_several(fit, args: argparse.Namespace, caught) -> int:
                                 f"{args.nsim}")
         ci = bootstrap_multi(fit, args.nsim, args.seed).confint(args.level)
     if args.json:
-        out = fit.to_dict(ddf)
+        out = fit.to_dict(ddf) | source
         if ci is not None:
             out["confint"] = {str(n): [None if math.isnan(v) else float(v) for v in row]
                               for n, row in zip(ci.index, ci.to_numpy(), strict=True)}
@@ -209,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
                               if opts and (args.hlm or args.schools or args.confint == "boot")
                               else {})))
     if has_several_factors(fit):
-        return _run_several(fit, args, caught)
+        return _run_several(fit, args, caught, {"engine": engine, "rows_read": rows_read(fit, df)})
     with warnings.catch_warnings(record=True) as caught_extra:
         warnings.simplefilter("always")
         extras = inference.compute(fit, args)  # before any output: errors leave nothing half-done
