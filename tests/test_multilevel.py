@@ -146,7 +146,7 @@ def test_cli_json_and_ranef(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--hlm"], "--hlm not available yet with several grouping factors"),
+    (["--schools", "s.csv"], "--schools not available yet with several grouping factors"),
     (["--ddf", "hlm"], "--ddf hlm is for one grouping factor"),
 ])
 def test_cli_errors(tmp_path, capsys, argv, message):

@@ -166,3 +166,22 @@ def test_cli_json_names_the_engine_and_the_rows_read(parquet, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["engine"] == "duckdb" and out["rows_read"] == len(d)
     assert list(out["random"]) == ["class:school", "school"]
+
+
+def test_predictions_on_new_data_from_a_duckdb_fit(parquet, tmp_path):
+    """Plain numeric columns are rebuilt by name (the in-memory predictions to 1e-10); a side the
+    engine built in SQL (a text column's dummies) is refused with what to do."""
+    d, glob = parquet
+    f = "y ~ x + (1 | school/class)"
+    duck, mem = lmer(f, glob, engine="duckdb"), lmer(f, d)
+    nd = d.iloc[:6].copy()
+    nd.loc[nd.index[0], "class"] = 999  # a new class in a known school
+    np.testing.assert_allclose(duck.predict(nd, allow_new_levels=True),
+                               mem.predict(nd, allow_new_levels=True), rtol=0, atol=1e-10)
+    d2 = d.assign(g=np.where(d["x"] > 0, "hi", "lo"))
+    path = tmp_path / "g.parquet"
+    d2.to_parquet(path, index=False)
+    fg = lmer("y ~ x + g + (1 | school/class)", str(path), engine="duckdb")
+    with pytest.raises(FormulaError, match="cannot rebuild 'x \\+ g' on new data: duckdb built "
+                                           "its columns in the query .*\\(engine='memory'\\)"):
+        fg.predict(d2.iloc[:3], allow_new_levels=True)

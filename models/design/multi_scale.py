@@ -184,6 +184,16 @@ def _theta_start(design: MultiDesign, stats: NestedStats, cell_codes: list[np.nd
     return tuple(float(t) for t in th)
 
 
+def _plain_specs(sides: dict[str, tuple[str, ...]], types: dict) -> dict:
+    """``model_specs`` entries (no formulae spec, the column names) for every right-hand side
+    whose columns are all ``(Intercept)`` or numeric data columns: new data rebuilds those by
+    name (:func:`twolevel.models.design.newdata._matrix`). Other sides (factor or transformed
+    columns, which the engine built in SQL) get none, and predicting new data says so."""
+    return {rhs.strip(): (None, tuple(names)) for rhs, names in sides.items()
+            if all(nm == "(Intercept)" or (nm in types and is_numeric_type(types[nm]))
+                   for nm in names)}
+
+
 def nested_stats_scale(formula: str, runner) -> tuple[ScaleMultiDesign, NestedStats]:
     """The row-less design and the :class:`NestedStats` of a nested formula from a runner
     (:class:`~twolevel.models.design.duckdb_source.DuckDBRunner` or
@@ -274,7 +284,8 @@ def nested_stats_scale(formula: str, runner) -> tuple[ScaleMultiDesign, NestedSt
         n_na_dropped=sd.n_na_dropped, dropped_columns=sd.dropped_columns,
         notes=tuple(n.replace(f"'{CELL}'", "a grouping column") for n in sd.notes),
         n_rows=int(cp.n), engine=runner.engine, source=runner.description,
-        rows_read=int(runner.rows_read))
+        rows_read=int(runner.rows_read),
+        model_specs=_plain_specs({parsed.fixed: sd.x_names, lhs: sd.z_names}, types))
     stats = NestedStats(C=C, parents=tuple(parents), q=(q,) * K, n=int(cp.n), p=p)
     cell_codes = [fl[2][order] for fl in factors_list]
     from dataclasses import replace

@@ -98,6 +98,14 @@ def _all_names(design: Design, rhs: str) -> tuple[str, ...]:
     """R's names of every column of the model matrix of ``rhs`` at fit time."""
     rec = design.model_specs.get(rhs.strip())
     if rec is None:
+        engine = getattr(design, "engine", None)
+        if engine in ("duckdb", "dask"):
+            raise FormulaError(
+                f"cannot rebuild '{rhs}' on new data: {engine} built its columns in the query "
+                "and predictions on new data rebuild only an intercept and numeric columns by "
+                "name; fit the model from a data frame (engine='memory') to predict with factor "
+                "or transformed columns"
+            )
         raise FormulaError(
             f"cannot rebuild '{rhs}' on new data: the design does not record how it was built; "
             "refit the model with this version of twolevel"
@@ -108,6 +116,8 @@ def _all_names(design: Design, rhs: str) -> tuple[str, ...]:
 def _matrix(design: Design, rhs: str, nd: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
     """Columns ``names`` of the model matrix of ``rhs`` on ``nd``, as the fit built them."""
     rec = design.model_specs.get(rhs.strip())
+    if rec is None and getattr(design, "engine", None) in ("duckdb", "dask"):
+        _all_names(design, rhs)  # the engine built this side in SQL: say so
     spec = None if rec is None else rec[0]
     if isinstance(spec, str):
         raise FormulaError(
