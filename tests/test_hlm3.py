@@ -121,6 +121,7 @@ def test_eg_variance_components_are_lme4_ml(eg_fit):
         want = np.asarray(want)
         np.testing.assert_allclose(got, want, atol=1e-4 * np.max(np.abs(want)), rtol=0)
     assert eg_fit.criterion == pytest.approx(EG["deviance"], rel=1e-7)
+    assert np.all(np.abs(eg_fit.state.beta - EG["beta"]) <= 1e-4 * eg_fit.se().to_numpy())
 
 
 def test_eg_statistics_equal_dense_reference(eg_fit):
