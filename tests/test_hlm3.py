@@ -214,6 +214,24 @@ def test_slopes_at_both_levels_and_insufficient_classes():
     assert "units of 'school:class' with sufficient data" in h.summary()
 
 
+def test_school_precision_is_rb_delta_form():
+    """With the same columns at both levels and every class's OLS defined, P_k equals R&B's
+    Σ_j (V̂_jk + T_π)⁻¹ with V̂_jk = σ̂²(Z_jkᵀZ_jk)⁻¹ (the multivariate Δ_jk = V_jk + T_π)."""
+    from twolevel.models.inference.hlm3 import school_gls
+
+    fit = lmer("y ~ x + (1 + x | school/class)", _three(slope=True), REML=False)
+    h = hlm3_statistics_fit(fit)
+    A = fit.stats.C[:, :2, :2]
+    delta = fit.sigma**2 * np.linalg.inv(A) + h.tau_class
+    P = np.zeros((15, 2, 2))
+    np.add.at(P, fit.stats.parents[0], np.linalg.inv(delta))
+    np.testing.assert_allclose(school_gls(fit).precision, P, rtol=1e-9)
+    tb = np.diag(h.tau_school)
+    Vd = np.diagonal(np.linalg.inv(P), axis1=1, axis2=2)
+    np.testing.assert_allclose(h.school_reliability, np.mean(tb / (tb + Vd), axis=0),
+                               rtol=1e-9)
+
+
 def test_slope_random_at_school_only():
     """π_x does not vary over classes (no class slope) but β_x varies over schools: the school
     GLS still estimates it; the class table has the intercept only."""

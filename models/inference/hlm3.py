@@ -14,8 +14,8 @@ HLM's notation (Raudenbush & Bryk 2002, ch. 8) against lme4's terms
 Statistics (all from the per-class cross-products of :class:`NestedStats` and γ̂; r = y − Xγ̂)
     * **Class (level-1-coefficient) reliability** of π_p: mean over the classes with sufficient
       data (n_jk > q₁ and Z₁ᵀZ₁ of full rank) of τ_π,pp / (τ_π,pp + v_pjk), with
-      v_pjk = σ̂²[(Z₁ᵀZ₁)⁻¹]_pp the sampling variance of the class's OLS estimate (R&B eq. 8.x;
-      for a random intercept τ_π / (τ_π + σ²/n_jk)).
+      v_pjk = σ̂²[(Z₁ᵀZ₁)⁻¹]_pp the sampling variance of the class's OLS estimate (R&B 2002,
+      eq. 3.58 one level up; for a random intercept τ_π / (τ_π + σ²/n_jk)).
     * **School (level-2-coefficient) reliability** of β_q: mean over schools of
       τ_β,qq / (τ_β,qq + [P_k⁻¹]_qq), where P_k = Σ_j Z₂ᵀV_jk⁻¹Z₂ is the precision of the
       school's GLS estimate given T_π and σ² (V_jk = σ²I + Z₁T_πZ₁ᵀ, the class's marginal
