@@ -152,7 +152,7 @@ def test_eg_values_as_recorded_in_docs(eg_fit):
         assert h.school_chi2[name][:2] == (pytest.approx(c, abs=0.005), df)
     assert h.n_classes_sufficient == rec["sufficient"] and h.n_schools_sufficient == 60
     text = h.summary()
-    assert "Random level-2 coefficient (schoolid)" in text
+    assert "Random level-2 coefficient, varying over 'schoolid'" in text
     assert f"{rec['rel3'][0]:.3f}" in text and "1716 of 1721" in text
 
 
@@ -211,7 +211,7 @@ def test_slopes_at_both_levels_and_insufficient_classes():
     js = h.to_dict()
     assert set(js["reliability"]) == {"school:class", "school"}
     assert js["chi2_tau"]["school"]["x"]["df"] == h.school_chi2["x"][1]
-    assert "units of 'school:class' with sufficient data" in h.summary()
+    assert "of 'school:class' with sufficient data" in h.summary()
 
 
 def test_school_precision_is_rb_delta_form():

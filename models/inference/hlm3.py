@@ -429,18 +429,18 @@ class HLM3Statistics:
         """HLM3-style text: reliabilities at levels 2 and 3, variance components with their χ²
         tests."""
         w = max([len(n) for n in self.class_coefficients + self.school_coefficients] + [12])
-        lines = [f" Random level-1 coefficient ({self.class_factor})   Reliability estimate",
-                 " " + "-" * 60]
+        lines = [f" Random level-1 coefficient, varying over '{self.class_factor}'",
+                 f"  {'coefficient':<{w + 4}}{'reliability':>12}", " " + "-" * (w + 17)]
         for i, n in enumerate(self.class_coefficients):
-            lines.append(f"  {n:<{w + 30}}{self.class_reliability[i]:>8.3f}")
-        lines += ["", f" Random level-2 coefficient ({self.school_factor})   Reliability "
-                  "estimate", " " + "-" * 60]
+            lines.append(f"  {n:<{w + 4}}{self.class_reliability[i]:>12.3f}")
+        lines += ["", f" Random level-2 coefficient, varying over '{self.school_factor}'",
+                  f"  {'coefficient':<{w + 4}}{'reliability':>12}", " " + "-" * (w + 17)]
         for i, n in enumerate(self.school_coefficients):
-            lines.append(f"  {n:<{w + 30}}{self.school_reliability[i]:>8.3f}")
+            lines.append(f"  {n:<{w + 4}}{self.school_reliability[i]:>12.3f}")
         if self.n_classes_sufficient < self.n_classes:
-            lines += ["", f" Class reliabilities and level-2 χ² use the "
-                      f"{self.n_classes_sufficient} of {self.n_classes} units of "
-                      f"'{self.class_factor}' with sufficient data."]
+            lines += ["", f" Level-1-coefficient reliabilities and level-2 χ² use the "
+                      f"{self.n_classes_sufficient} of {self.n_classes} units",
+                      f" of '{self.class_factor}' with sufficient data for their own OLS."]
         head = (f"  {'random effect':<{w + 4}}{'SD':>10}{'variance':>12}{'df':>7}"
                 f"{'chi-square':>13}{'p':>9}")
         lines += ["", f" Final estimation of level-1 and level-2 variance components "
