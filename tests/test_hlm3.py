@@ -269,8 +269,9 @@ def test_error_without_rows(tmp_path):
     path = tmp_path / "three.parquet"
     _three().to_parquet(path)
     fit = lmer("y ~ x + (1 | school/class)", str(path), engine="duckdb")
-    with pytest.raises(TwolevelError, match="HLM's three-level statistics need the rows.*"
-                       "engine='memory'"):
+    with pytest.raises(TwolevelError, match=r"HLM's three-level statistics need the rows .* "
+                       r"came from duckdb without them; refit with engine='memory' "
+                       r"\(command line: --engine memory\)"):
         hlm3_statistics_fit(fit)
 
 

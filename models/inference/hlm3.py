@@ -105,7 +105,12 @@ def require_three_levels(fit) -> None:
             f"HLM's three-level statistics are for two nested grouping factors (HLM3: level 1 "
             f"in classes in schools); '{fit.design.formula}' has {len(names)}: "
             f"{', '.join(names)}; fit the three levels you need")
-    fit._need_rows("HLM's three-level statistics")
+    if not fit.has_rows:
+        raise TwolevelError(
+            f"HLM's three-level statistics need the rows (which columns are class- and "
+            f"school-level predictors, each class's size), and this fit's statistics came from "
+            f"{getattr(fit.design, 'engine', 'an engine')} without them; refit with "
+            "engine='memory' (command line: --engine memory)")
 
 
 def _group_mean(x: np.ndarray, g: np.ndarray, n: int, w: np.ndarray | None = None
