@@ -15,6 +15,7 @@ the variance components, for ``(… | school/class)`` fits.
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -243,6 +244,28 @@ def test_slope_random_at_school_only():
     ref = _dense_reference(fit)
     np.testing.assert_allclose(h.school_reliability, ref["rel3"], rtol=1e-8)
     assert h.school_chi2["x"][0] == pytest.approx(ref["chi3"][1][0], rel=1e-8)
+
+
+def test_chi2_calibrated_under_the_null():
+    """No slope variance at either level (in the data), a random slope at both (in the model):
+    both slope χ² are within 3 SD (√(2 df)) of their df, while the intercepts' are rejected.
+    Seed 0 of a check over seeds 0–3 (z between −1.7 and 0.9)."""
+    rng = np.random.default_rng(0)
+    S, C, n = 300, 5, 8
+    school = np.repeat(np.arange(S), C * n)
+    klass = np.tile(np.repeat(np.arange(C), n), S)
+    x = rng.normal(size=school.size)
+    y = (1 + 0.5 * x + rng.normal(size=S)[school]
+         + rng.normal(scale=0.5, size=S * C)[school * C + klass] + rng.normal(size=school.size))
+    d = pd.DataFrame({"school": school, "klass": klass, "x": x, "y": y})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the slope variances are near zero (singular fit)
+        fit = lmer("y ~ x + (1 + x | school/klass)", d, REML=False)
+    h = hlm3_statistics_fit(fit)
+    for chi, df in ((h.class_chi2, S * (C - 1)), (h.school_chi2, S - 1)):
+        c, got_df, p = chi["x"]
+        assert got_df == df and abs(c - df) < 3 * np.sqrt(2 * df) and 0.01 < p < 0.99
+        assert chi["(Intercept)"][2] < 1e-6
 
 
 # ----------------------------------------------------------------------------------- errors
