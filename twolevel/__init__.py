@@ -71,6 +71,7 @@ _API: dict[str, str] = {
     "kenward_roger_fit": "twolevel.models.inference.kenward_roger",
     "hlm_statistics_fit": "twolevel.models.inference.hlm",
     "HLMStatistics": "twolevel.models.inference.hlm",
+    "HLM3Statistics": "twolevel.models.inference.hlm3",
     "school_table_fit": "twolevel.models.inference.residuals",
     "predict": "twolevel.models.inference.predict",
     "simulate": "twolevel.models.inference.simulate",
@@ -169,6 +170,7 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time names load lazil
         snijders_bosker,
     )
     from twolevel.models.inference.hlm import HLMStatistics, hlm_statistics_fit  # noqa: F401
+    from twolevel.models.inference.hlm3 import HLM3Statistics  # noqa: F401
     from twolevel.models.inference.intervals import confint  # noqa: F401
     from twolevel.models.inference.kenward_roger import kenward_roger_fit  # noqa: F401
     from twolevel.models.inference.predict import predict  # noqa: F401

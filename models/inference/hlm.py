@@ -489,7 +489,7 @@ def hlm_statistics(
 # ------------------------------------------------------------------------ LmerFit adapters
 
 
-def hlm_statistics_fit(fit) -> HLMStatistics:
+def hlm_statistics_fit(fit):
     """:func:`hlm_statistics` at a fitted model (``twolevel.models.lmm.lmer.lmer``'s
     :class:`LmerFit`).
 
@@ -501,12 +501,15 @@ def hlm_statistics_fit(fit) -> HLMStatistics:
     -------
     HLMStatistics
         HLM's reliabilities, χ² tests of the variance components, plausible ranges, df and
-        robust SEs.
+        robust SEs. For a fit with two nested grouping factors (``(… | school/class)``), HLM3's
+        statistics instead: :class:`~twolevel.models.inference.hlm3.HLM3Statistics`
+        (:func:`~twolevel.models.inference.hlm3.hlm3_statistics_fit`).
 
     Raises
     ------
     TwolevelError
-        For a glmer fit (HLM's HGLM output is not implemented).
+        For a glmer fit (HLM's HGLM output is not implemented); for several grouping factors
+        that are not two nested ones.
 
     Examples
     --------
@@ -519,6 +522,12 @@ def hlm_statistics_fit(fit) -> HLMStatistics:
 
     require_lmm(fit, "hlm_statistics_fit", "HLM's statistics for a binomial or Poisson model "
                 "(HGLM) are not implemented")
+    from twolevel.models.fit_base import has_several_factors
+
+    if has_several_factors(fit):
+        from twolevel.models.inference.hlm3 import hlm3_statistics_fit
+
+        return hlm3_statistics_fit(fit)
     return hlm_statistics(fit.design, fit.crossprods, fit.theta, fit.sigma, fit.beta)
 
 

@@ -154,11 +154,17 @@ def run_glmer(args: argparse.Namespace) -> int:
 def _run_several(fit, args: argparse.Namespace, caught, source: dict) -> int:
     """Several grouping factors: summary or JSON (``random`` keyed by lme4's factor names,
     ``residual``, and ``source``'s ``engine`` and ``rows_read`` as for one factor), ``--ranef``
-    as long rows factor, level, effect, mode, condsd."""
-    bad = [flag for flag, on in (("--hlm", args.hlm), ("--schools", args.schools)) if on]
-    if bad:
-        raise TwolevelError(f"{', '.join(bad)} not available yet with several grouping factors; "
-                            "use --json, --ranef, --ddf, --confint wald|profile|boot")
+    as long rows factor, level, effect, mode, condsd; ``--hlm`` adds HLM3's reliabilities and χ²
+    tests (two nested factors; JSON keys ``reliability``, ``chi2_tau``, each keyed by factor then
+    coefficient)."""
+    if args.schools:
+        raise TwolevelError("--schools not available yet with several grouping factors; use "
+                            "--json, --ranef, --ddf, --hlm, --confint wald|profile|boot")
+    hlm3 = None
+    if args.hlm:
+        from twolevel.models.inference.hlm3 import hlm3_statistics_fit
+
+        hlm3 = hlm3_statistics_fit(fit)  # before any output: an error leaves nothing half-done
     ddf = inference.DDF_CHOICES[args.ddf or "satterthwaite"]
     if ddf == "HLM":
         raise TwolevelError("--ddf hlm is for one grouping factor; with several use "
@@ -176,6 +182,8 @@ def _run_several(fit, args: argparse.Namespace, caught, source: dict) -> int:
         if ci is not None:
             out["confint"] = {str(n): [None if math.isnan(v) else float(v) for v in row]
                               for n, row in zip(ci.index, ci.to_numpy(), strict=True)}
+        if hlm3 is not None:
+            out |= hlm3.to_dict()
         print(json.dumps(out, indent=2))
         for w in caught:
             print(f"twolevel fit: note: {w.message}", file=sys.stderr)
@@ -186,6 +194,8 @@ def _run_several(fit, args: argparse.Namespace, caught, source: dict) -> int:
                 args.confint, f"parametric bootstrap, {args.nsim} simulations, seed {args.seed}")
             print(f"\nConfidence intervals ({title}):\n"
                   + ci.to_string(float_format=lambda v: f"{v:.4f}", na_rep="NA"))
+        if hlm3 is not None:
+            print("\nHLM3 statistics:\n" + hlm3.summary())
         for w in caught:
             print(str(w.message))
     if args.ranef:
