@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from twolevel.models.design.multi_stats import CrossedStats, NestedStats
-from twolevel.models.inference.profile import (
+from twolevel.models.inference.profile_core import (
     MLRefit,
     Profile,
     ProfileProblem,
