@@ -317,9 +317,16 @@ def test_fit_bayes_three_levels(small_fit):
     assert abs(z) < 1.0
     assert abs(tab.loc["sigma", "mean"] - m.sigma) < 3 * tab.loc["sigma", "sd"]
     re = fit.ranef("school")
-    assert list(re.columns) == ["level", "effect", "mean", "sd"] and len(re) == 24
+    assert list(re.columns) == ["level", "effect", "mean", "sd", "q2.5", "q97.5", "size"]
+    assert len(re) == 24 and re["size"].sum() == 2 * len(data)
     with pytest.raises(TwolevelError, match="'class' is not a grouping factor"):
         fit.ranef("class")
+    sh = fit.shrinkage_table("school:cls")
+    assert len(sh) == 36 and sh["size"].sum() == len(data)
+    # partial pooling: the posterior intercepts are pulled towards 0
+    assert np.abs(sh["posterior"]).sum() < np.abs(sh["raw"]).sum()
+    with pytest.raises(TwolevelError, match="'class' is not a grouping factor"):
+        fit.shrinkage_table("class")
 
 
 def test_effects_drawn_exactly_given_draws(small_fit):
@@ -356,3 +363,20 @@ def test_fit_bayes_several_factors_refuses_other_families():
         from twolevel.models.bayes.fit_multi import fit_bayes_multi
 
         fit_bayes_multi("y ~ x + (1 | school/cls)", data.to_dict())
+
+
+def test_level_figures(small_fit):
+    import twolevel as tl
+    from twolevel.workflows.bayes_levels import level_caterpillar_figures, level_shrinkage_figures
+
+    fit, data = small_fit
+    m = tl.lmer(fit.formula, data)
+    cats = level_caterpillar_figures(fit, m)
+    assert list(cats) == ["school:cls", "school"]
+    shr = level_shrinkage_figures(fit)
+    assert list(shr) == ["school:cls", "school"]
+    import matplotlib.pyplot as plt
+
+    for fig in [*cats.values(), *shr.values()]:
+        assert fig.axes
+        plt.close(fig)

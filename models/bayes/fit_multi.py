@@ -178,8 +178,9 @@ class MultiBayesFit:
         return self._table(rows, prob, "component")
 
     def ranef(self, factor: str) -> pd.DataFrame:
-        """Posterior mean and SD of ``factor``'s effects per level (long: ``level``, ``effect``,
-        ``mean``, ``sd``) — what caterpillar and shrinkage plots draw.
+        """Posterior mean, SD and 95% interval of ``factor``'s effects per level (long:
+        ``level``, ``effect``, ``mean``, ``sd``, ``q2.5``, ``q97.5``, ``size`` = rows of the group)
+        — what caterpillar and shrinkage plots draw.
 
         Raises
         ------
@@ -194,7 +195,42 @@ class MultiBayesFit:
         levels = [str(v) for v in f.levels]
         return pd.DataFrame({
             "level": np.repeat(levels, f.q), "effect": np.tile(list(f.z_names), len(levels)),
-            "mean": b.mean(0).ravel(), "sd": b.std(0, ddof=1).ravel()})
+            "mean": b.mean(0).ravel(), "sd": b.std(0, ddof=1).ravel(),
+            "q2.5": np.quantile(b, 0.025, axis=0).ravel(),
+            "q97.5": np.quantile(b, 0.975, axis=0).ravel(),
+            "size": np.repeat(np.bincount(f.codes, minlength=f.n_levels), f.q)})
+
+    def shrinkage_table(self, factor: str) -> pd.DataFrame:
+        """Per level of ``factor``: its intercept without pooling and with it. ``raw`` is the
+        mean over the group's rows of y − Xβ̄ − Σ_outer z b̄_outer (the posterior-mean fixed part
+        and outer levels' effects removed), ``posterior`` the posterior mean of the group's
+        intercept, ``size`` its rows; partial pooling pulls ``posterior`` towards 0 the more the
+        smaller the group.
+
+        Raises
+        ------
+        TwolevelError
+            An unknown factor, or a factor without a random intercept.
+        """
+        if factor not in self.factor_names:
+            raise TwolevelError(f"'{factor}' is not a grouping factor of '{self.formula}'; "
+                                f"use one of {', '.join(self.factor_names)}")
+        k = self.factor_names.index(factor)
+        f = self.design.factors[k]
+        if "(Intercept)" not in f.z_names:
+            raise TwolevelError(f"'{factor}' has no random intercept in '{self.formula}'; the "
+                                "shrinkage table compares group intercepts")
+        d = self.design
+        r = d.y - d.X @ self.draws("beta", "fixed").mean(0)
+        for g in self.design.factors[k + 1:]:
+            b = self.draws(f"b_{g.name}", g.name, f"effect_{g.name}").mean(0)
+            r = r - (g.Z * b[g.codes]).sum(1)
+        size = np.bincount(f.codes, minlength=f.n_levels)
+        raw = np.bincount(f.codes, weights=r, minlength=f.n_levels) / size
+        post = self.draws(f"b_{factor}", factor, f"effect_{factor}").mean(0)
+        return pd.DataFrame({"level": [str(v) for v in f.levels], "raw": raw,
+                             "posterior": post[:, f.z_names.index("(Intercept)")],
+                             "size": size})
 
     def __repr__(self) -> str:
         d = self.diagnostics
