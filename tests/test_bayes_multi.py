@@ -203,7 +203,7 @@ def _tensor_loglik(design, cp):
             "n_levels": cp.n_levels}
     ll = collapsed_multi_loglik(data, design.n, beta, Lam, sigma)
     inputs = [beta, sigma, *packs]
-    return pytensor.function(inputs, [ll, *pt.grad(ll, inputs)])
+    return pytensor.function(inputs, [ll, *pt.grad(ll, inputs)], mode="NUMBA")
 
 
 def test_tensor_graph_value_and_gradient():

@@ -318,6 +318,12 @@ def fit_bayes(
 ) -> BayesFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) by NUTS and run the diagnostic gate.
 
+    Several nested grouping factors (``(1 | school/class)``, ``(1 + x | school) +
+    (1 | school:class)``, …; normal outcomes, rows in a data frame):
+    :func:`twolevel.models.bayes.fit_multi.fit_bayes_multi` — every level's effects integrated
+    out by block elimination, drawn afterwards from their exact conditional — returning a
+    :class:`~twolevel.models.bayes.fit_multi.MultiBayesFit` (``b_<factor>`` per factor).
+
     ``pv`` (plausible values: a list of response columns) or a list of imputed frames as
     ``data``: one fit per set, draws stacked (:mod:`twolevel.models.survey.bayes`).
 
