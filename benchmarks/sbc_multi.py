@@ -151,8 +151,9 @@ def main() -> None:
     print(res.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"per fit (median, after the first): {per_fit:.2f} s; 500 replicates would take "
           f"about {500 * per_fit / 60:.0f} min; load {os.getloadavg()[0]:.2f}")
-    print("target: no parameter rejected at 1% with 500 replicates:",
-          "not rejected" if not res["rejected at 1%"].any() else "REJECTED")
+    print(f"target: no parameter rejected at 1% (the acceptance run has 500 replicates); "
+          f"{a.reps} replicates here: "
+          + ("not rejected" if not res["rejected at 1%"].any() else "REJECTED"))
 
 
 if __name__ == "__main__":

@@ -100,13 +100,9 @@ class MultiBuiltModel:
     crossprods: NestedCrossprods
 
 
-def _safe(name: str) -> str:
-    return name
-
-
-def _factor_covariance(k: int, f, prior_sd, corr, structure: str):
-    """Factor k's L (a q × q tensor) with ``sd_F`` / ``corr_F`` deterministics."""
-    F = _safe(f.name)
+def _factor_covariance(f, prior_sd, corr, structure: str):
+    """Factor f's L (a q × q tensor) with ``sd_F`` / ``corr_F`` deterministics."""
+    F = f.name
     if structure == "lkj":
         chol, _, sds = pm.LKJCholeskyCov(
             f"chol_cov_{F}", n=f.q, eta=float(corr.param("eta")),
@@ -154,7 +150,7 @@ def build_multi_model(design: MultiDesign, priors: MultiPriors | None = None, *,
     cp = crossprods if crossprods is not None else nested_crossprods(design)
     coords = {"fixed": list(design.x_names)}
     for f in design.factors:
-        F = _safe(f.name)
+        F = f.name
         coords[F] = [str(v) for v in f.levels]
         coords[f"effect_{F}"] = list(f.z_names)
         coords[f"effect_{F}_b"] = list(f.z_names)
@@ -163,7 +159,7 @@ def build_multi_model(design: MultiDesign, priors: MultiPriors | None = None, *,
     with pm.Model(coords=coords) as model:
         beta = _rv("beta", priors.beta, design.p, dims="fixed")
         sigma = _rv("sigma", priors.sigma)
-        Ls = [_factor_covariance(k, f, priors.sd[k], priors.corr, structures[k])
+        Ls = [_factor_covariance(f, priors.sd[k], priors.corr, structures[k])
               for k, f in enumerate(design.factors)]
         if likelihood == "collapsed":
             data = {
@@ -182,7 +178,7 @@ def build_multi_model(design: MultiDesign, priors: MultiPriors | None = None, *,
             X = pm.Data("X", design.X, dims=("obs", "fixed"))
             mu = pt.dot(X, beta)
             for f, L in zip(design.factors, Ls, strict=True):
-                F = _safe(f.name)
+                F = f.name
                 z = pm.Normal(f"z_{F}", 0.0, 1.0, dims=(F, f"effect_{F}"))
                 b = pm.Deterministic(f"b_{F}", pt.dot(z, L.T), dims=(F, f"effect_{F}"))
                 Z = pm.Data(f"Z_{F}", np.asarray(f.Z, float), dims=("obs", f"effect_{F}"))
