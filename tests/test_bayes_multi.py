@@ -5,6 +5,8 @@ non-centred PyMC reference model's structure, and a small seeded fit."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -288,8 +290,11 @@ def small_fit():
 
     data = simulate(seed=4, n_school=12, n_class=3, n_stud=6)
     s = tl.SamplerSettings(chains=2, draws=300, tune=300, seed=3)
-    return tl.fit_bayes("y ~ x + (1 + x | school) + (1 | school:cls)", data, settings=s,
-                        progress=False), data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the gate at 2 × 300 draws
+        fit = tl.fit_bayes("y ~ x + (1 + x | school) + (1 | school:cls)", data, settings=s,
+                           progress=False)
+    return fit, data
 
 
 def test_fit_bayes_three_levels(small_fit):
