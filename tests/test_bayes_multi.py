@@ -334,6 +334,18 @@ def test_fit_bayes_three_levels(small_fit):
         fit.shrinkage_table("class")
 
 
+def test_save_and_json(small_fit, tmp_path):
+    import xarray as xr
+
+    fit, _ = small_fit
+    fit.save(tmp_path / "fit.nc")
+    back = xr.open_datatree(tmp_path / "fit.nc", engine="h5netcdf")
+    np.testing.assert_array_equal(back["posterior"]["b_school:cls"].to_numpy(),
+                                  fit.posterior["b_school:cls"].to_numpy())
+    js = fit.posterior_json()
+    assert set(js["sigma"]) == {"mean", "sd", "q2.5", "q97.5"}
+
+
 def test_effects_drawn_exactly_given_draws(small_fit):
     """The stored effects are draws of the exact conditional: their mean over draws equals the
     average conditional mean (Rao–Blackwell) within Monte Carlo error."""

@@ -274,6 +274,19 @@ class MultiBayesFit:
         return BayesSummary("\n".join(lines), table=table, gate=d.to_frame(),
                             priors=self.priors, header=lines[:3])
 
+    def save(self, path) -> None:
+        """Write the DataTree as NetCDF (reopen with ``xarray.open_datatree``); sampler
+        statistics of object dtype are left out, as :meth:`BayesFit.save` does."""
+        dt = self.datatree.copy()
+        for grp in ("sample_stats", "warmup_sample_stats"):
+            if grp in dt:
+                ds = dt[grp].to_dataset()
+                drop = [v for v in ds.data_vars if ds[v].dtype == object]
+                dt[grp] = xr.DataTree(ds.drop_vars(drop))
+        dt.attrs = {**dt.attrs, "twolevel_formula": self.formula,
+                    "twolevel_likelihood": self.likelihood}
+        dt.to_netcdf(path, engine="h5netcdf")
+
     def posterior_json(self) -> dict[str, dict[str, float]]:
         """``{name: {mean, sd, q2.5, q97.5}}`` for the CLI's ``--json``."""
         f = self.to_frame()
