@@ -332,6 +332,11 @@ def test_fit_bayes_three_levels(small_fit):
     assert np.abs(sh["posterior"]).sum() < np.abs(sh["raw"]).sum()
     with pytest.raises(TwolevelError, match="'class' is not a grouping factor"):
         fit.shrinkage_table("class")
+    import dataclasses
+
+    slope_only = make_multi_design("y ~ x + (0 + x | school) + (1 | school:cls)", data)
+    with pytest.raises(TwolevelError, match="'school' has no random intercept"):
+        dataclasses.replace(fit, design=slope_only).shrinkage_table("school")
 
 
 def test_save_and_json(small_fit, tmp_path):
