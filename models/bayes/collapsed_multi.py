@@ -352,7 +352,7 @@ def draw_nested_effects(cp: NestedCrossprods, beta: np.ndarray, Ls: list[np.ndar
     ----------
     cp : NestedCrossprods
     beta : (S, p).  Ls : per level (S, q_k, q_k).  sigma : (S,).
-    rng : numpy Generator (standard normals e, level by level).
+    rng : numpy Generator (standard normals e, per block of draws, level by level).
 
     Returns
     -------
@@ -363,18 +363,19 @@ def draw_nested_effects(cp: NestedCrossprods, beta: np.ndarray, Ls: list[np.ndar
     K = len(Ls)
     ops = _NumpyOps()
     out = [np.empty((S, cp.n_levels[k], cp.q_levels[k])) for k in range(K)]
-    noise = [rng.standard_normal((S, cp.n_levels[k], cp.q_levels[k])) for k in range(K)]
     anc = [cp.ancestors(k) for k in range(K)]
     for s0 in range(0, S, _CHUNK):
         sl = slice(s0, min(S, s0 + _CHUNK))
         sig = sigma[sl]
+        m = sl.stop - sl.start
+        noise = [rng.standard_normal((m, cp.n_levels[k], cp.q_levels[k])) for k in range(K)]
         _, _, steps = eliminate(cp, beta[sl], _lam_numpy([L[sl] for L in Ls], sig), ops,
                                 keep=True)
         w_levels: list[list] = [None] * K
         for k in range(K - 1, -1, -1):
             st = steps[k]
             q = cp.q_levels[k]
-            rhs = [st.v[i] + sig[:, None] * noise[k][sl, :, i] for i in range(q)]
+            rhs = [st.v[i] + sig[:, None] * noise[k][:, :, i] for i in range(q)]
             col = 0
             for j in range(k + 1, K):  # the ancestors' effects at level j
                 idx = anc[k][j - k - 1]
