@@ -367,8 +367,8 @@ def draw_nested_effects(cp: NestedCrossprods, beta: np.ndarray, Ls: list[np.ndar
     for s0 in range(0, S, _CHUNK):
         sl = slice(s0, min(S, s0 + _CHUNK))
         sig = sigma[sl]
-        m = sl.stop - sl.start
-        noise = [rng.standard_normal((m, cp.n_levels[k], cp.q_levels[k])) for k in range(K)]
+        ns = sl.stop - sl.start
+        noise = [rng.standard_normal((ns, cp.n_levels[k], cp.q_levels[k])) for k in range(K)]
         _, _, steps = eliminate(cp, beta[sl], _lam_numpy([L[sl] for L in Ls], sig), ops,
                                 keep=True)
         w_levels: list[list] = [None] * K
