@@ -31,7 +31,8 @@ MODEL_RANK = {"rformat": 0, "native": 0, "pvalues": 0, "fit_base": 0, "design": 
 
 
 # the Bayesian builder modules: the only ones that import PyMC / PyTensor
-PYMC_BUILDERS = {"twolevel.models.bayes.pymc_model", "twolevel.models.bayes.pymc_glmm"}
+PYMC_BUILDERS = {"twolevel.models.bayes.pymc_model", "twolevel.models.bayes.pymc_glmm",
+                 "twolevel.models.bayes.pymc_multi"}
 
 
 def _modules() -> dict[str, Path]:

@@ -62,6 +62,7 @@ from twolevel.models.bayes.scale import (
     summarise_school_effects,
 )
 from twolevel.models.design import Design, GroupCrossprods
+from twolevel.models.design.multi import needs_multi
 from twolevel.models.fit_base import BayesSummary, short_repr
 
 __all__ = [
@@ -317,6 +318,12 @@ def fit_bayes(
 ) -> BayesFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) by NUTS and run the diagnostic gate.
 
+    Several nested grouping factors (``(1 | school/class)``, ``(1 + x | school) +
+    (1 | school:class)``, …; normal outcomes, rows in a data frame):
+    :func:`twolevel.models.bayes.fit_multi.fit_bayes_multi` — every level's effects integrated
+    out by block elimination, drawn afterwards from their exact conditional — returning a
+    :class:`~twolevel.models.bayes.fit_multi.MultiBayesFit` (``b_<factor>`` per factor).
+
     ``pv`` (plausible values: a list of response columns) or a list of imputed frames as
     ``data``: one fit per set, draws stacked (:mod:`twolevel.models.survey.bayes`).
 
@@ -375,6 +382,10 @@ def fit_bayes(
                               centering=centering, settings=settings, progress=progress,
                               log_likelihood=log_likelihood, family=family, link=link,
                               weights=weights)
+    if isinstance(formula, str) and needs_multi(formula):  # several grouping factors
+        return _fit_bayes_multi(formula, data, priors=priors, likelihood=likelihood,
+                                settings=settings, progress=progress, family=family,
+                                weights=weights, engine=engine)
     if family != "gaussian":
         from twolevel.models.bayes.glmm_fit import fit_bayes_glmm
 
@@ -446,6 +457,21 @@ def fit_bayes(
         n_centered=n_centered, settings=settings, datatree=dt, diagnostics=diag,
         timings=timings, sampler=sampler,
     )
+
+
+def _fit_bayes_multi(formula: str, data, *, priors, likelihood: str, settings, progress: bool,
+                     family: str, weights, engine: str):
+    """:func:`fit_bayes` with several (nested) grouping factors:
+    :func:`twolevel.models.bayes.fit_multi.fit_bayes_multi` (Gaussian, rows in memory)."""
+    from twolevel.models.bayes.fit_multi import fit_bayes_multi
+
+    if family != "gaussian" or weights is not None or engine not in ("auto", "memory"):
+        raise TwolevelError(
+            f"fit_bayes with several grouping factors ('{formula}') fits normal outcomes without "
+            "weights from a data frame in memory; drop family=/weights=/engine=, or fit "
+            "twolevel.glmer / twolevel.lmer for the other cases")
+    return fit_bayes_multi(formula, data, priors=priors, settings=settings, progress=progress,
+                           likelihood=likelihood)
 
 
 def _with_school_effects(post: xr.Dataset, design: Design, cp: GroupCrossprods,

@@ -120,10 +120,12 @@ def _flat_params(post: xr.Dataset) -> dict[str, np.ndarray]:
     return out
 
 
-def diagnose(dt) -> Diagnostics:
+def diagnose(dt, params: dict[str, np.ndarray] | None = None) -> Diagnostics:
     """R̂, bulk/tail ESS (ArviZ's algorithms, vectorised: :mod:`twolevel.models.bayes.diagnostics`),
-    divergences and BFMI of a posterior DataTree, and the gate."""
-    params = _flat_params(dt["posterior"].to_dataset())
+    divergences and BFMI of a posterior DataTree, and the gate. ``params``: the scalar
+    parameters to check as (chain, draw) arrays by name (default :func:`_flat_params`)."""
+    if params is None:
+        params = _flat_params(dt["posterior"].to_dataset())
     names = list(params)
     arr = np.stack([params[n] for n in names], axis=-1)  # (chain, draw, K)
     rhat, ess_b, ess_t = rhat_ess(arr)
