@@ -334,9 +334,17 @@ class MultiFit:
             out[name] = c
         return out
 
-    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False) -> np.ndarray:
-        """lme4's ``predict`` (:func:`predict_multi`)."""
-        return predict_multi(self, newdata, re_form, allow_new_levels)
+    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False,
+                interval: str | None = None, level: float = 0.95, **kwargs):
+        """lme4's ``predict`` (:func:`predict_multi`); with ``interval`` ("confidence",
+        "prediction" or "bootstrap"; ``nsim``, ``rng`` for the bootstrap) a frame with
+        intervals (:func:`twolevel.models.inference.predict_multi.predict_intervals_multi`)."""
+        if interval is None:
+            return predict_multi(self, newdata, re_form, allow_new_levels)
+        from twolevel.models.inference.predict_multi import predict_intervals_multi
+
+        return predict_intervals_multi(self, newdata, re_form, allow_new_levels, interval, level,
+                                       **kwargs)
 
     def confint(self, level: float = 0.95, method: str = "Wald") -> pd.DataFrame:
         """lme4's ``confint(method = "Wald")``: β̂ ± z·SE, with NaN rows ``.sig01`` … and
