@@ -22,17 +22,23 @@ level by O(1/J): measured 0.949 for all three cases at 60 schools, 0.9488 / 0.95
 0.0006 / 0.0004 / 0.0002) at 200 schools (1000 data sets each, 2026-12-06, load ≈ 5).
 
 ``--interval bootstrap`` adds, on the same data sets, the studentized parametric-bootstrap
-prediction intervals (``interval="bootstrap"``,
+prediction intervals (``interval="bootstrap"``: bootstrap-t with the mixture quantiles of
 :func:`twolevel.models.inference.predict_multi_boot.bootstrap_predict_multi`, ``--boot-nsim``
-refits per data set; 199 makes the 2.5% and 97.5% quantiles order statistics), scored the same
-way, and prints both tables (coverage, MC SE, z = (coverage − 0.95)/SE; target |z| ≤ 2). The
-bootstrap's own Monte-Carlo noise is part of each data set's coverage, so it is in the MC SE.
+refits per data set), scored the same way, and prints both tables (coverage, MC SE,
+z = (coverage − 0.95)/SE; target |z| ≤ 2). The bootstrap's own Monte-Carlo noise is part of each
+data set's coverage, so it is in the MC SE. Measured at 60 schools, 600 data sets × 199 refits
+(``--seed 1``, 2026-12-06; 687 s CPU, 1696 s wall at load ≈ 5 on 2 shared cores), coverage
+(MC SE, z):
+
+* known class: plug-in 0.9497 (0.0008, −0.4), bootstrap 0.9499 (0.0008, −0.1);
+* new class, known school: plug-in 0.9492 (0.0006, −1.4), bootstrap 0.9496 (0.0006, −0.8);
+* new school: plug-in 0.9490 (0.0005, −2.2), bootstrap 0.9501 (0.0005, +0.1).
 
 Usage::
 
     nice -n 10 .venv/bin/python benchmarks/prediction_coverage_multi.py --nsim 1000 --seed 1
     nice -n 10 .venv/bin/python benchmarks/prediction_coverage_multi.py --interval bootstrap \
-        --nsim 400 --boot-nsim 199 --seed 1
+        --nsim 600 --boot-nsim 199 --seed 1
 """
 
 from __future__ import annotations
@@ -163,7 +169,7 @@ def main() -> None:
             print(f"  {k:26s} coverage {r['coverage']:.4f} (MC SE {r['mc_se']:.4f}, "
                   f"z {dev:+.1f}) {'ok' if abs(dev) <= 2 else 'OUTSIDE'}{extra}")
     print("(the plug-in intervals plug in theta-hat: they fall short of 0.95 by O(1/schools), "
-          "about 0.001 at 60 schools)")
+          "about 0.001 at 60 schools; the bootstrap-t intervals carry theta-hat's uncertainty)")
 
 
 if __name__ == "__main__":
