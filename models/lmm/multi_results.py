@@ -510,16 +510,9 @@ def predict_multi(fit: MultiFit, newdata=None, re_form=None,
     --------
     >>> predict_multi(fit, new_rows, allow_new_levels=True)   # doctest: +SKIP
     """
-    from twolevel.models.inference.predict_multi import multi_new_rows
+    from twolevel.models.inference.predict_multi import multi_new_rows, point_predictions_multi
 
-    rows = multi_new_rows(fit, newdata, re_form, allow_new_levels)
-    out = rows.X @ fit.state.beta
-    for k in range(len(fit.design.factors)):
-        known = rows.idx[k] >= 0
-        if rows.masks[k].any() and known.any():
-            out[known] += np.einsum("nq,nq->n", rows.Z[k][known] * rows.masks[k],
-                                    fit._b(k)[rows.idx[k][known]])
-    return out
+    return point_predictions_multi(fit, multi_new_rows(fit, newdata, re_form, allow_new_levels))
 
 
 def icc_by_group(fit: MultiFit) -> dict[str, float]:
