@@ -35,6 +35,11 @@ the MC SE. Measured at 60 schools, 600 data sets × 199 refits
 * new class, known school: plug-in 0.9492 (0.0006, −1.4), bootstrap 0.9496 (0.0006, −0.8);
 * new school: plug-in 0.9490 (0.0005, −2.2), bootstrap 0.9501 (0.0005, +0.1).
 
+The paired gain of the bootstrap over the plug-in (``--nsim 150 --seed 2``, 172 s CPU, load ≈ 6):
++0.0002 (SE 0.0002), +0.0004 (0.0001) and +0.0011 (0.0001) for the three cases: the plug-in's
+O(1/J) shortfall is mostly the new school's (whose interval leans on σ̂²_school, estimated from
+60 schools), and the bootstrap-t restores it.
+
 Usage::
 
     nice -n 10 .venv/bin/python benchmarks/prediction_coverage_multi.py --nsim 1000 --seed 1
