@@ -124,7 +124,8 @@ def test_coverage_by_simulation_is_nominal():
 def test_interval_messages():
     fit = lmer("y ~ x + (1 | school/class)", _three())
     with pytest.raises(TwolevelError, match="unknown interval 'wide' for several grouping "
-                                            "factors; choose one of: confidence, prediction"):
+                                            "factors; choose one of: confidence, prediction, "
+                                            "bootstrap"):
         predict_intervals_multi(fit, NEW, interval="wide", allow_new_levels=True)
     with pytest.raises(TwolevelError, match="level must be between 0 and 1"):
         predict_intervals_multi(fit, NEW, level=95, allow_new_levels=True)
@@ -132,9 +133,6 @@ def test_interval_messages():
                                             r"'NA' \(none\), not '~\(1 \| school\)'"):
         predict(fit, NEW, re_form="~(1 | school)", interval="prediction",
                 allow_new_levels=True)
-    with pytest.raises(TwolevelError, match="interval='bootstrap' is not available with several "
-                                            "grouping factors yet"):
-        predict(fit, NEW, interval="bootstrap", allow_new_levels=True)
 
 
 R_PREDICT = r"""

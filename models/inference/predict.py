@@ -194,13 +194,10 @@ def predict(
     if has_several_factors(fit):
         if interval is None:
             return fit.predict(newdata, re_form, allow_new_levels)
-        if interval == "bootstrap":
-            raise TwolevelError(
-                "interval='bootstrap' is not available with several grouping factors yet; use "
-                "'confidence' or 'prediction' (or bootstrap_multi refits)")
         from twolevel.models.inference.predict_multi import predict_intervals_multi
 
-        return predict_intervals_multi(fit, newdata, re_form, allow_new_levels, interval, level)
+        return predict_intervals_multi(fit, newdata, re_form, allow_new_levels, interval, level,
+                                       nsim=nsim, rng=rng, seed=seed)
     d = fit.design
     mask = re_form_mask(d, re_form)
     cond = bool(mask.any())

@@ -23,6 +23,9 @@ Intervals (normal quantiles; all plug in θ̂ and σ̂, as for one factor in
   sum runs over the factors whose level is new (their effects are unknown and drawn from
   N(0, Σ̂ₖ), Σ̂ₖ = σ̂²TₖTₖᵀ). A new class in a known school adds the class variance; a new school
   adds the school's and the class's.
+* ``"bootstrap"``: studentized parametric-bootstrap prediction intervals (bootstrap-t) that
+  carry the uncertainty of θ̂ and σ̂ the plug-in ignores
+  (:mod:`twolevel.models.inference.predict_multi_boot`).
 
 A is sparse with lme4's pattern; it is factorised once per fit (SuperLU), and each row's w has
 only q_k nonzeros per factor plus p.
@@ -40,10 +43,11 @@ from scipy.sparse.linalg import splu
 
 from twolevel.data.errors import TwolevelError
 
-__all__ = ["MultiNewRows", "joint_system", "multi_new_rows", "predict_intervals_multi",
-           "prediction_error_variance_multi", "re_form_effects"]
+__all__ = ["MultiNewRows", "joint_system", "multi_new_rows", "plugin_variance_multi",
+           "point_predictions_multi", "predict_intervals_multi",
+           "prediction_error_variance_multi", "raw_crossprods", "re_form_effects"]
 
-INTERVALS = ("confidence", "prediction")
+INTERVALS = ("confidence", "prediction", "bootstrap")
 
 
 def _label_text(v) -> str:
@@ -183,25 +187,58 @@ def multi_new_rows(fit, newdata=None, re_form=None,
     return MultiNewRows(X0, tuple(Zs), tuple(idxs), tuple(masks))
 
 
-def _zlambda(design, theta: np.ndarray) -> sp.csr_matrix:
-    """The sparse N × Σℓ_kq_k matrix ZΛ: row i holds z_kiᵀT_k at the columns of its level of
-    every factor k (factors in ``design.factors`` order, levels × effects within a factor)."""
+def _expanded_z(design) -> sp.csr_matrix:
+    """The sparse N × Σℓ_kq_k matrix Z: row i holds z_kiᵀ at the columns of its level of every
+    factor k (factors in ``design.factors`` order, levels × effects within a factor)."""
     blocks = []
-    for k, f in enumerate(design.factors):
-        ZT = np.asarray(f.Z, dtype=float) @ design.factor_T(theta, k)
-        n, q = ZT.shape
+    for f in design.factors:
+        Z = np.asarray(f.Z, dtype=float)
+        n, q = Z.shape
         ind = (f.codes[:, None] * q + np.arange(q)[None, :]).ravel()
-        blocks.append(sp.csr_matrix((ZT.ravel(), ind, np.arange(0, n * q + 1, q)),
+        blocks.append(sp.csr_matrix((Z.ravel(), ind, np.arange(0, n * q + 1, q)),
                                     shape=(n, f.n_levels * q)))
     return sp.hstack(blocks, format="csr")
 
 
-def joint_system(fit) -> sp.csc_matrix:
-    """The unscaled penalised matrix A of the module docstring at θ̂ (sparse, symmetric).
+def raw_crossprods(design) -> sp.csc_matrix:
+    """M = [Z X]ᵀ[Z X] (Z of :func:`_expanded_z`), independent of θ and of y: the bootstrap's
+    refits on the same design share it."""
+    W = sp.hstack([_expanded_z(design), sp.csr_matrix(np.asarray(design.X, dtype=float))],
+                  format="csc")
+    return (W.T @ W).tocsc()
+
+
+def _lambda_full(design, theta: np.ndarray) -> sp.csc_matrix:
+    """D = blockdiag(I_ℓ₁ ⊗ T₁, …, I_ℓK ⊗ T_K, I_p), so that [ZΛ X] = [Z X] D (built from its
+    arrays: column ℓq + c of a factor's block holds T[:, c] at rows ℓq … ℓq + q − 1)."""
+    data, rows, cols = [], [], []
+    off = 0
+    for k, f in enumerate(design.factors):
+        T = design.factor_T(theta, k)
+        q, n = f.q, f.n_levels
+        base = off + np.arange(n)[:, None, None] * q  # (ℓ, 1, 1)
+        r = base + np.arange(q)[None, :, None]  # (ℓ, q_r, 1)
+        c = base + np.arange(q)[None, None, :]  # (ℓ, 1, q_c)
+        data.append(np.broadcast_to(T, (n, q, q)).ravel())
+        rows.append(np.broadcast_to(r, (n, q, q)).ravel())
+        cols.append(np.broadcast_to(c, (n, q, q)).ravel())
+        off += n * q
+    data.append(np.ones(design.p))
+    rows.append(off + np.arange(design.p))
+    cols.append(off + np.arange(design.p))
+    size = off + design.p
+    return sp.csc_matrix((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(size, size))
+
+
+def joint_system(fit, raw: sp.csc_matrix | None = None) -> sp.csc_matrix:
+    """The unscaled penalised matrix A of the module docstring at θ̂ (sparse, symmetric):
+    A = DᵀMD + (I_q ⊕ 0) with M = [Z X]ᵀ[Z X] and D = blockdiag(I ⊗ T_k, I_p).
 
     Parameters
     ----------
     fit : a :class:`~twolevel.models.lmm.multi_results.MultiFit` with its rows in memory.
+    raw : M of :func:`raw_crossprods` for the fit's design (None: computed from the rows).
 
     Returns
     -------
@@ -213,21 +250,21 @@ def joint_system(fit) -> sp.csc_matrix:
     >>> A = joint_system(fit)   # doctest: +SKIP
     """
     d = fit.design
-    ZL = _zlambda(d, fit.theta)
-    X = sp.csr_matrix(np.asarray(d.X, dtype=float))
-    W = sp.hstack([ZL, X], format="csc")
-    A = (W.T @ W).tolil()
-    q = ZL.shape[1]
-    A[np.arange(q), np.arange(q)] = A.diagonal()[:q] + 1.0
-    return A.tocsc()
+    M = raw_crossprods(d) if raw is None else raw
+    D = _lambda_full(d, fit.theta)
+    A = (D.T @ M @ D).tocsc()
+    q = M.shape[0] - d.p
+    A.setdiag(A.diagonal()[:q] + 1.0)
+    return A
 
 
-def _factorised(fit):
+def _factorised(fit, raw: sp.csc_matrix | None = None):
     """SuperLU of A, kept on the fit (a frozen dataclass: in its ``__dict__``, as
     ``cached_property`` does)."""
     lu = fit.__dict__.get("_joint_splu")
     if lu is None:
-        lu = fit.__dict__["_joint_splu"] = splu(joint_system(fit), permc_spec="MMD_AT_PLUS_A")
+        lu = fit.__dict__["_joint_splu"] = splu(joint_system(fit, raw),
+                                                permc_spec="MMD_AT_PLUS_A")
     return lu
 
 
@@ -249,7 +286,7 @@ def _w_matrix(fit, rows, use: list[np.ndarray]) -> np.ndarray:
     return w
 
 
-def prediction_error_variance_multi(fit, rows) -> np.ndarray:
+def prediction_error_variance_multi(fit, rows, raw: sp.csc_matrix | None = None) -> np.ndarray:
     """PEV = σ̂² wᵀA⁻¹w of each new row (module docstring), over the factors whose level the
     row has and ``re_form`` keeps.
 
@@ -257,6 +294,7 @@ def prediction_error_variance_multi(fit, rows) -> np.ndarray:
     ----------
     fit : the MultiFit.
     rows : :class:`~twolevel.models.lmm.multi_results.MultiNewRows`.
+    raw : M of :func:`raw_crossprods` (None: computed from the rows).
 
     Returns
     -------
@@ -269,12 +307,74 @@ def prediction_error_variance_multi(fit, rows) -> np.ndarray:
     """
     use = [(rows.idx[k] >= 0) & bool(rows.masks[k].any()) for k in range(len(rows.idx))]
     w = _w_matrix(fit, rows, use)
-    sol = _factorised(fit).solve(np.ascontiguousarray(w.T))
+    sol = _factorised(fit, raw).solve(np.ascontiguousarray(w.T))
     return fit.sigma**2 * np.einsum("mj,jm->m", w, sol)
 
 
+def point_predictions_multi(fit, rows) -> np.ndarray:
+    """x₀ᵀβ̂ + Σ_k z₀ₖᵀb̃ₖ over the factors whose level the row has and ``re_form`` keeps
+    (lme4's ``predict``; an unseen level contributes 0).
+
+    Parameters
+    ----------
+    fit : the MultiFit.  rows : :class:`MultiNewRows`.
+
+    Returns
+    -------
+    numpy.ndarray
+        One prediction per row.
+
+    Examples
+    --------
+    >>> point_predictions_multi(fit, multi_new_rows(fit, nd))   # doctest: +SKIP
+    """
+    pred = rows.X @ fit.state.beta
+    for k in range(len(fit.design.factors)):
+        known = rows.idx[k] >= 0
+        if rows.masks[k].any() and known.any():
+            pred[known] += np.einsum("nq,nq->n", rows.Z[k][known] * rows.masks[k],
+                                     fit._b(k)[rows.idx[k][known]])
+    return pred
+
+
+def plugin_variance_multi(fit, rows, interval: str = "prediction",
+                          raw: sp.csc_matrix | None = None) -> np.ndarray:
+    """The plug-in variance behind each row's interval (module docstring): PEV for
+    ``"confidence"``; PEV + Σ_{k unseen} z₀ₖᵀΣ̂ₖz₀ₖ + σ̂² for ``"prediction"``.
+
+    Parameters
+    ----------
+    fit : the MultiFit.  rows : :class:`MultiNewRows`.
+    interval : "confidence" or "prediction".
+    raw : M of :func:`raw_crossprods` (None: computed from the rows).
+
+    Returns
+    -------
+    numpy.ndarray
+        One variance per row.
+
+    Examples
+    --------
+    >>> plugin_variance_multi(fit, multi_new_rows(fit, nd), "prediction")   # doctest: +SKIP
+    """
+    d = fit.design
+    var = prediction_error_variance_multi(fit, rows, raw)
+    if interval == "prediction":
+        s2 = fit.sigma**2
+        for k in range(len(d.factors)):
+            new = ~((rows.idx[k] >= 0) & bool(rows.masks[k].any()))
+            if new.any():
+                T = d.factor_T(fit.theta, k)
+                Sig = s2 * T @ T.T
+                var[new] += np.einsum("mq,qr,mr->m", rows.Z[k][new], Sig, rows.Z[k][new])
+        var += s2
+    return var
+
+
 def predict_intervals_multi(fit, newdata=None, re_form=None, allow_new_levels: bool = False,
-                            interval: str = "prediction", level: float = 0.95) -> pd.DataFrame:
+                            interval: str = "prediction", level: float = 0.95, *,
+                            nsim: int = 1000, rng=None, seed: int | None = None
+                            ) -> pd.DataFrame:
     """Predictions with confidence or prediction intervals for a several-factor fit.
 
     Parameters
@@ -283,18 +383,25 @@ def predict_intervals_multi(fit, newdata=None, re_form=None, allow_new_levels: b
     re_form : None (every factor) or "NA"/"~0" (fixed part only).
     allow_new_levels : predict levels the fit never saw (their effect 0, their variance added
         to a prediction interval).
-    interval : "confidence" or "prediction".  level : coverage.
+    interval : "confidence", "prediction" or "bootstrap" (studentized parametric-bootstrap
+        prediction intervals, which carry the uncertainty of θ̂:
+        :func:`twolevel.models.inference.predict_multi_boot.bootstrap_predict_multi`).
+    level : coverage.
+    nsim, rng : bootstrap replicates and random numbers, a seed or a
+        ``numpy.random.Generator`` (``interval="bootstrap"`` only; default seed 1; ``seed=`` is
+        the older spelling).
 
     Returns
     -------
     pandas.DataFrame
-        ``fit``, ``se``, ``lwr``, ``upr``, one row per new row.
+        ``fit``, ``se`` (the SD behind the interval; NaN for "bootstrap"), ``lwr``, ``upr``, one
+        row per new row.
 
     Raises
     ------
     TwolevelError
-        An unknown interval, a level outside (0, 1), or a partial ``re_form`` (intervals need
-        every factor or none).
+        An unknown interval, a level outside (0, 1), a partial ``re_form`` (intervals need
+        every factor or none), or (bootstrap) ``nsim`` not a positive whole number.
 
     Examples
     --------
@@ -311,25 +418,18 @@ def predict_intervals_multi(fit, newdata=None, re_form=None, allow_new_levels: b
     if any(partial) or len(kinds) > 1:
         raise TwolevelError(f"intervals need re_form=None (every factor) or 'NA' (none), not "
                             f"{re_form!r}")
-    d = fit.design
-    pred = rows.X @ fit.state.beta
-    for k in range(len(d.factors)):
-        known = rows.idx[k] >= 0
-        if rows.masks[k].any() and known.any():
-            pred[known] += np.einsum("nq,nq->n", rows.Z[k][known] * rows.masks[k],
-                                     fit._b(k)[rows.idx[k][known]])
-    var = prediction_error_variance_multi(fit, rows)
-    if interval == "prediction":
-        s2 = fit.sigma**2
-        for k in range(len(d.factors)):
-            new = ~((rows.idx[k] >= 0) & bool(rows.masks[k].any()))
-            if new.any():
-                T = d.factor_T(fit.theta, k)
-                Sig = s2 * T @ T.T
-                var[new] += np.einsum("mq,qr,mr->m", rows.Z[k][new], Sig, rows.Z[k][new])
-        var += s2
+    pred = point_predictions_multi(fit, rows)
+    index = newdata.index if isinstance(newdata, pd.DataFrame) else pd.RangeIndex(len(pred))
+    if interval == "bootstrap":
+        from twolevel.models.fit_base import as_generator
+        from twolevel.models.inference.predict_multi_boot import bootstrap_predict_multi
+
+        bp = bootstrap_predict_multi(fit, rows, nsim=nsim, level=level,
+                                     rng=as_generator(rng, seed, default=1))
+        return pd.DataFrame({"fit": pred, "se": np.nan, "lwr": bp.lwr, "upr": bp.upr},
+                            index=index)
+    var = plugin_variance_multi(fit, rows, interval)
     se = np.sqrt(var)
     z = float(stats.norm.ppf(0.5 + float(level) / 2.0))
-    index = newdata.index if isinstance(newdata, pd.DataFrame) else pd.RangeIndex(len(pred))
     return pd.DataFrame({"fit": pred, "se": se, "lwr": pred - z * se, "upr": pred + z * se},
                         index=index)

@@ -334,9 +334,17 @@ class MultiFit:
             out[name] = c
         return out
 
-    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False) -> np.ndarray:
-        """lme4's ``predict`` (:func:`predict_multi`)."""
-        return predict_multi(self, newdata, re_form, allow_new_levels)
+    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False,
+                interval: str | None = None, level: float = 0.95, **kwargs):
+        """lme4's ``predict`` (:func:`predict_multi`); with ``interval`` ("confidence",
+        "prediction" or "bootstrap"; ``nsim``, ``rng`` for the bootstrap) a frame with
+        intervals (:func:`twolevel.models.inference.predict_multi.predict_intervals_multi`)."""
+        if interval is None:
+            return predict_multi(self, newdata, re_form, allow_new_levels)
+        from twolevel.models.inference.predict_multi import predict_intervals_multi
+
+        return predict_intervals_multi(self, newdata, re_form, allow_new_levels, interval, level,
+                                       **kwargs)
 
     def confint(self, method: str = "profile", level: float = 0.95, *, nsim: int = 500,
                 seed=1, progress: bool = False) -> pd.DataFrame:
@@ -548,16 +556,9 @@ def predict_multi(fit: MultiFit, newdata=None, re_form=None,
     --------
     >>> predict_multi(fit, new_rows, allow_new_levels=True)   # doctest: +SKIP
     """
-    from twolevel.models.inference.predict_multi import multi_new_rows
+    from twolevel.models.inference.predict_multi import multi_new_rows, point_predictions_multi
 
-    rows = multi_new_rows(fit, newdata, re_form, allow_new_levels)
-    out = rows.X @ fit.state.beta
-    for k in range(len(fit.design.factors)):
-        known = rows.idx[k] >= 0
-        if rows.masks[k].any() and known.any():
-            out[known] += np.einsum("nq,nq->n", rows.Z[k][known] * rows.masks[k],
-                                    fit._b(k)[rows.idx[k][known]])
-    return out
+    return point_predictions_multi(fit, multi_new_rows(fit, newdata, re_form, allow_new_levels))
 
 
 def icc_by_group(fit: MultiFit) -> dict[str, float]:

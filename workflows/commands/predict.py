@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_argument(p)
     p.add_argument("formula", metavar="FORMULA",
                    help="lme4 formula (several grouping factors, e.g. (1 | school/class): "
-                        "REML with confidence or prediction intervals)")
+                        "REML with confidence, prediction or bootstrap intervals)")
     p.add_argument("--newdata", metavar="CSV", required=True,
                    help="CSV/Parquet file of the rows to predict (the formula's columns)")
     p.add_argument("--out", metavar="CSV", required=True, help="write the predictions here")
