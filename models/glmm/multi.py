@@ -29,7 +29,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 from scipy import special
 
 from twolevel.data.errors import FormulaError, TwolevelError
@@ -88,18 +87,35 @@ def unit_deviance(code: int, y: np.ndarray, mu: np.ndarray, w: np.ndarray) -> np
 
 def weighted_crossprods(codes: np.ndarray, V: np.ndarray, W: np.ndarray,
                         n_groups: int) -> np.ndarray:
-    """C_c = Σ_{i∈c} W_i v_i v_iᵀ (n_groups, d, d) of the rows v_i of V (n, d): one sparse
-    one-hot product P (n_groups × n) with the row-wise products W_i v_ia v_ib of the upper
-    triangle."""
+    """C_c = Σ_{i∈c} W_i v_i v_iᵀ (n_groups, d, d) of the rows v_i of V (n, d): one pass in C
+    (:func:`twolevel.models.lmm.cnested.group_crossprods` with row weights W), or one
+    ``numpy.bincount`` per entry of the upper triangle (the reference) without the compiled
+    library."""
+    from twolevel.models.lmm import cnested
+
     n, d = V.shape
-    iu, ju = np.triu_indices(d)
-    prods = V[:, iu] * (V[:, ju] * W[:, None])
-    P = sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_groups, n))
-    S = np.asarray(P @ prods)
+    cols = [V[:, a] for a in range(d)]
+    if cnested.compiled(d):
+        return cnested.group_crossprods(codes, cols, n_groups, weights=W)
     C = np.empty((n_groups, d, d))
-    C[:, iu, ju] = S
-    C[:, ju, iu] = S
+    for a in range(d):
+        wa = cols[a] * W
+        for b in range(a, d):
+            C[:, a, b] = np.bincount(codes, weights=wa * cols[b], minlength=n_groups)
+            C[:, b, a] = C[:, a, b]
     return C
+
+
+def _sum_to_parents(F: np.ndarray, parent: np.ndarray, n_parent: int) -> np.ndarray:
+    """Σ over the children of every parent of the symmetric stack F (n, m, m): one
+    ``numpy.bincount`` per entry of the upper triangle."""
+    m = F.shape[1]
+    out = np.empty((n_parent, m, m))
+    for a in range(m):
+        for b in range(a, m):
+            out[:, a, b] = np.bincount(parent, weights=F[:, a, b], minlength=n_parent)
+            out[:, b, a] = out[:, a, b]
+    return out
 
 
 def _eliminate_block(G: np.ndarray, q: int):
@@ -111,8 +127,9 @@ def _eliminate_block(G: np.ndarray, q: int):
             raise np.linalg.LinAlgError("not positive definite")
         lv = np.sqrt(g)
         L = lv[:, None, None]
-        Rt = G[:, :1, 1:] / L
-        ld = 2.0 * float(np.sum(np.log(lv)))
+        r = G[:, 0, 1:] / lv[:, None]
+        F = G[:, 1:, 1:] - r[:, :, None] * r[:, None, :]
+        return L, r[:, None, :], F, 2.0 * float(np.sum(np.log(lv)))
     else:
         L = np.linalg.cholesky(G[:, :q, :q])
         Rt = np.linalg.solve(L, G[:, :q, q:])
@@ -169,11 +186,7 @@ def eliminate(C: np.ndarray, parents: tuple[np.ndarray, ...], q: tuple[int, ...]
         ld += ldk
         steps.append((L, Rt))
         if k < K - 1:
-            par = parents[k]
-            m = F.shape[1]
-            P = sp.csr_matrix((np.ones(F.shape[0]), (par, np.arange(F.shape[0]))),
-                              shape=(n_levels[k + 1], F.shape[0]))
-            G = np.asarray(P @ F.reshape(F.shape[0], m * m)).reshape(n_levels[k + 1], m, m)
+            G = _sum_to_parents(F, parents[k], n_levels[k + 1])
         else:
             G = F.sum(axis=0)
     if p:
@@ -188,10 +201,11 @@ def eliminate(C: np.ndarray, parents: tuple[np.ndarray, ...], q: tuple[int, ...]
         L, Rt = steps[k]
         if k < K - 1:
             outer = outer[parents[k]]
-        rhs = Rt[:, :, -1] - np.einsum("nqa,na->nq", Rt[:, :, :-1], outer)
         if L.shape[1] == 1:
-            u = rhs / L[:, :, 0]
+            rhs = Rt[:, 0, -1] - np.sum(Rt[:, 0, :-1] * outer, axis=1)
+            u = (rhs / L[:, 0, 0])[:, None]
         else:
+            rhs = Rt[:, :, -1] - np.einsum("nqa,na->nq", Rt[:, :, :-1], outer)
             u = np.linalg.solve(np.swapaxes(L, 1, 2), rhs[:, :, None])[:, :, 0]
         us[k] = u
         outer = np.concatenate([u, outer], axis=1)
@@ -394,10 +408,14 @@ class MultiGlmmProblem:
     def _start_u_only(self, beta: np.ndarray, with_x: bool) -> np.ndarray:
         """The warm start's cross-products with Xβ moved into the offset: ž' = ž − Xβ, so
         C' = MᵀC0M with M the identity but for −β in the X rows of the ž column."""
-        d = self.C0.shape[1]
-        Mm = np.eye(d)
-        Mm[self.Qz:self.Qz + self.p, d - 1] = -beta
-        C = np.einsum("nab,ac,bd->ncd", self.C0, Mm, Mm, optimize=True)
+        C0 = self.C0
+        d = C0.shape[1]
+        xs = slice(self.Qz, self.Qz + self.p)
+        v = C0[:, :, xs] @ beta  # (n, d): C0[:, a, X] β
+        C = C0.copy()
+        C[:, :, d - 1] -= v
+        C[:, d - 1, :] -= v
+        C[:, d - 1, d - 1] = C0[:, d - 1, d - 1] - 2.0 * v[:, d - 1] + v[:, xs] @ beta
         if with_x:
             return C
         keep = np.r_[np.arange(self.Qz), d - 1]

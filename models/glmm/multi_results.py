@@ -225,6 +225,24 @@ class MultiGlmerFit:
         return pd.DataFrame({"Estimate": b, "Std. Error": se, "z value": z,
                              "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z))})
 
+    def confint(self, level: float = 0.95, method: str = "Wald") -> pd.DataFrame:
+        """Wald intervals β̂ ± z·SE for the fixed effects (``confint(fit, method = "Wald")``;
+        lme4 gives NA for the variance parameters there, omitted here).
+
+        Raises
+        ------
+        TwolevelError
+            For another method (profile intervals are not available for several factors of a
+            GLMM yet).
+        """
+        if str(method).lower() != "wald":
+            raise TwolevelError(f"confint method '{method}' is not available for a glmer fit "
+                                "with several grouping factors; use method='Wald'")
+        z = stats.norm.ppf(0.5 + level / 2)
+        b, se = self.fixef(), self.se()
+        lo, hi = f"{100 * (1 - level) / 2:.1f} %", f"{100 * (1 + level) / 2:.1f} %"
+        return pd.DataFrame({lo: b - z * se, hi: b + z * se})
+
     # ----------------------------------------------------------------- random effects
     def VarCorr(self) -> GlmmMultiVarCorr:
         """Σ = T_kT_kᵀ per term (lme4's order and names; no Residual)."""
