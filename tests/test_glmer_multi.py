@@ -110,7 +110,7 @@ def test_cond_var_matches_dense_inverse():
     lam = np.concatenate([np.full(f.n_levels, t) for f, t in zip(fit.design.factors, fit.theta,
                                                                   strict=True)])
     ZL = Z * lam
-    W = fit.state.weights
+    W = prob.working_weights(fit.state)
     Minv = np.linalg.inv(ZL.T @ (W[:, None] * ZL) + np.eye(ZL.shape[1]))
     sd = np.sqrt(np.diag(Minv)) * lam
     re = fit.ranef()
@@ -210,3 +210,27 @@ def test_predict_and_residual_errors():
         fit.predict(type="probability")
     with pytest.raises(TwolevelError, match="type must be 'deviance', 'pearson'"):
         fit.residuals("working")
+
+
+@pytest.mark.parametrize("family, link", [("binomial", "logit"), ("binomial", "probit"),
+                                          ("binomial", "cloglog"), ("poisson", "log")])
+def test_sweep_kernel_matches_numpy_reference(family, link):
+    from twolevel.models.glmm.multi import family_rows, unit_deviance
+    from twolevel.models.glmm.multi_kernels import sweep_kernel
+
+    d = _data()
+    fam = get_family(family, link)
+    resp_col = "y" if family == "binomial" else "k"
+    design, resp = glmer_design(f"{resp_col} ~ x + (1 | school/class)", d, fam, multi=True)
+    prob = MultiGlmmProblem(design, resp, fam)
+    rng = np.random.default_rng(1)
+    eta = rng.normal(0, 1.5, design.n)
+    off = rng.normal(0, 0.1, design.n)
+    C = np.empty((prob.n_levels[0], prob.VZX.shape[1] + 1, prob.VZX.shape[1] + 1))
+    dev = sweep_kernel(fam.code, eta, off, resp.y, resp.w, prob.VZX, prob.codes64, C, True)
+    mu, dmu, V = family_rows(fam.code, eta)
+    assert dev == pytest.approx(unit_deviance(fam.code, resp.y, mu, resp.w).sum(), rel=1e-12)
+    W = dmu * dmu * resp.w / V
+    z = eta - off + (resp.y - mu) / dmu
+    ref = weighted_crossprods(prob.codes, np.column_stack([prob.VZX, z]), W, prob.n_levels[0])
+    np.testing.assert_allclose(C, ref, rtol=1e-11, atol=1e-11)

@@ -8,8 +8,9 @@ Tolerances (issue 22, glmer line): −2 log L ≤ glmer's + 1e-6 relative, fixed
 1e-4 SE, SEs 1e-4 relative, variance components 1e-4 relative to the largest, conditional modes
 within 1e-3 of their conditional SD (and the conditional SDs 1e-4 relative). glmer's default
 controls are compared with ``optimizer="lme4"`` (the same objective, lagged log-determinant, and
-lme4's optimizer path, NLopt's BOBYQA standing in for minqa's in stage 1). Skipped without
-Rscript + lme4 + jsonlite.
+lme4's optimizer path, NLopt's BOBYQA standing in for minqa's in stage 1); random slopes at the
+school level and at both levels are included. glmer refitted with tight controls is compared
+with ``optimizer="tight"`` at 5e-6 SE. Skipped without Rscript + lme4 + jsonlite.
 """
 
 from __future__ import annotations
@@ -35,19 +36,26 @@ if (!ok) quit(status = 3)
 suppressPackageStartupMessages(library(lme4))
 d <- read.csv(args[1]); fam <- get(args[3])(link = args[4])
 for (v in c("school", "class")) d[[v]] <- factor(d[[v]])
-m <- if (args[5] == "trials") {
-  suppressWarnings(glmer(as.formula(args[2]), data = d, family = fam, weights = trials))
-} else suppressWarnings(glmer(as.formula(args[2]), data = d, family = fam))
+fit <- function(ctrl) if (args[5] == "trials") {
+  suppressWarnings(glmer(as.formula(args[2]), data = d, family = fam, weights = trials,
+                         control = ctrl))
+} else suppressWarnings(glmer(as.formula(args[2]), data = d, family = fam, control = ctrl))
+m <- fit(glmerControl())
+if (identical(args[6], "tight")) {
+  n <- length(getME(m, "theta")) + length(fixef(m))
+  m <- fit(glmerControl(tolPwrss = 1e-12, optCtrl = list(xt = rep(1e-10, n), maxfun = 1e5)))
+}
 re <- ranef(m, condVar = TRUE)
 rl <- lapply(names(re), function(nm) {
   r <- re[[nm]]; pv <- attr(r, "postVar")
-  list(levels = rownames(r), modes = unname(as.matrix(r))[, 1],
-       condsd = sqrt(pv[1, 1, ]))
+  list(levels = rownames(r), effects = colnames(r), modes = unname(as.matrix(r)),
+       condsd = do.call(rbind, lapply(seq_len(dim(pv)[3]),
+                                      function(j) sqrt(diag(as.matrix(pv[, , j]))))))
 })
 names(rl) <- names(re)
 vc <- as.data.frame(VarCorr(m))
 cat(jsonlite::toJSON(list(
-  m2ll = -2 * as.numeric(logLik(m)), fixef = unname(fixef(m)),
+  m2ll = -2 * as.numeric(logLik(m)), fixef = unname(fixef(m)), theta = unname(getME(m, "theta")),
   se = unname(sqrt(diag(as.matrix(vcov(m))))), vcov = vc$vcov, grp = vc$grp,
   ranef = rl, deviance = deviance(m), fitted = unname(fitted(m)), link = unname(predict(m)),
   pop = unname(predict(m, re.form = NA)), aic = AIC(m), bic = BIC(m),
@@ -79,13 +87,22 @@ def simulate(kind: str, seed: int, S: int = 40, C: int = 4, n: int = 8
                     "logit", None)
         d["p"], d["trials"] = s / t, t
         return d, "p ~ x + w + (1 | school/class)", "binomial", "logit", "trials"
+    if kind in ("slope", "slope_nested"):
+        s1 = 0.4 * rng.normal(size=S)[school - 1]
+        if kind == "slope_nested":
+            s1 = s1 + 0.4 * rng.normal(size=S * C)[(school - 1) * C + klass - 1]
+        eta = -0.2 + 0.6 * x + 0.3 * w + bs + bc + s1 * x
+        d["y"] = rng.binomial(1, 1 / (1 + np.exp(-eta)))
+        f = ("y ~ x + w + (1 + x | school) + (1 | school:class)" if kind == "slope"
+             else "y ~ x + w + (1 + x | school/class)")
+        return d, f, "binomial", "logit", None
     eta = -0.2 + 0.6 * x + 0.3 * w + bs + bc
     d["y"] = rng.binomial(1, 1 / (1 + np.exp(-eta)))
     link = {"bernoulli": "logit", "probit": "probit", "cloglog": "cloglog"}[kind]
     return d, "y ~ x + w + (1 | school/class)", "binomial", link, None
 
 
-def r_fit(tmp_path, d, formula, family, link, weights) -> dict:
+def r_fit(tmp_path, d, formula, family, link, weights, control: str = "default") -> dict:
     """glmer's numbers for one data set (one Rscript call)."""
     if shutil.which("Rscript") is None:
         pytest.skip("Rscript not found")
@@ -93,7 +110,7 @@ def r_fit(tmp_path, d, formula, family, link, weights) -> dict:
     d.to_csv(csv, index=False)
     script.write_text(R_SCRIPT)
     res = subprocess.run(["Rscript", str(script), str(csv), formula, family, link,
-                          weights or "none"], capture_output=True, text=True, timeout=600)
+                          weights or "none", control], capture_output=True, text=True, timeout=600)
     if res.returncode == 3:
         pytest.skip("lme4 or jsonlite missing")
     assert res.returncode == 0, res.stderr
@@ -119,10 +136,12 @@ def check_against_r(fit, r: dict, beta_se: float = 1e-4, se_rel: float = 1e-4,
         fr = re[name]
         ours = fr.set_axis(fr.index.astype(str))
         m = ours.loc[rr["levels"]]
-        csd = np.asarray(rr["condsd"], dtype=float)
-        worst = max(worst, float(np.max(np.abs(m["(Intercept)"].to_numpy() - rr["modes"]) / csd)))
-        worst_sd = max(worst_sd, float(np.max(np.abs(m["condsd_(Intercept)"].to_numpy() / csd
-                                                     - 1))))
+        eff = [rr["effects"]] if isinstance(rr["effects"], str) else rr["effects"]
+        csd = np.asarray(rr["condsd"], dtype=float).reshape(len(m), len(eff))
+        modes = np.asarray(rr["modes"], dtype=float).reshape(len(m), len(eff))
+        worst = max(worst, float(np.max(np.abs(m[eff].to_numpy() - modes) / csd)))
+        ours_sd = m[[f"condsd_{e}" for e in eff]].to_numpy()
+        worst_sd = max(worst_sd, float(np.max(np.abs(ours_sd / csd - 1))))
     got["mode_sd"], got["condsd_rel"] = worst, worst_sd
     assert got["m2ll_rel"] <= 1e-6, got
     assert got["beta_se"] < beta_se, got
@@ -133,19 +152,25 @@ def check_against_r(fit, r: dict, beta_se: float = 1e-4, se_rel: float = 1e-4,
     return got
 
 
-CASES = [("bernoulli", 11), ("poisson", 12), ("cbind", 13), ("proportion", 13), ("probit", 14),
-         ("cloglog", 15)]
+# (kind, seed, β tolerance in SEs). Nelder–Mead stops when the simplex is within
+# xt = 5e-4·xst = 1e-4·SE in β, so glmer's and our stopping points (NLopt's BOBYQA instead of
+# minqa's in stage 1, rounding) differ by up to about that much: the random-slope case, with
+# four θ, measured 3e-5 … 1.3e-4 SE across builds and is held to 2e-4 (its tight refit below to
+# 5e-6).
+CASES = [("bernoulli", 11, 1e-4), ("poisson", 12, 1e-4), ("cbind", 13, 1e-4),
+         ("proportion", 13, 1e-4), ("probit", 14, 1e-4), ("cloglog", 15, 1e-4),
+         ("slope", 16, 2e-4)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, seed", CASES)
-def test_glmer_multi_live_parity(tmp_path, kind, seed):
+@pytest.mark.parametrize("kind, seed, beta_se", CASES)
+def test_glmer_multi_live_parity(tmp_path, kind, seed, beta_se):
     d, formula, family, link, weights = simulate(kind, seed)
     r = r_fit(tmp_path, d, formula, family, link, weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit = glmer(formula, d, family=family, link=link, weights=weights)
-    check_against_r(fit, r)
+    check_against_r(fit, r, beta_se=beta_se)
     assert fit.df_resid == r["dfres"]
     assert abs(fit.aic - r["aic"]) < 1e-6 * abs(r["aic"]) + 1e-6
     assert abs(fit.bic - r["bic"]) < 1e-6 * abs(r["bic"]) + 1e-6
@@ -153,3 +178,36 @@ def test_glmer_multi_live_parity(tmp_path, kind, seed):
     np.testing.assert_allclose(fit.predict(), r["link"], atol=1e-3)
     np.testing.assert_allclose(fit.predict(type="response"), r["fitted"], atol=1e-3)
     np.testing.assert_allclose(fit.predict(re_form="NA"), r["pop"], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_glmer_multi_live_parity_slopes_at_both_levels(tmp_path):
+    """``(1 + x | school/class)``: six θ, the school slope variance near its boundary (θ₆ ≈
+    2e-4). Both optimizers stop within their simplex tolerance in a flat direction, so β agrees
+    to about 1.2e-4 SE (5e-4 allowed here); the objective, SEs, variances and modes at the
+    issue's tolerances."""
+    d, formula, family, link, weights = simulate("slope_nested", 17)
+    r = r_fit(tmp_path, d, formula, family, link, weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = glmer(formula, d, family=family, link=link)
+    check_against_r(fit, r, beta_se=5e-4)
+
+
+TIGHT = [("bernoulli", 11), ("poisson", 12), ("cbind", 13), ("slope", 16)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, seed", TIGHT)
+def test_glmer_multi_live_parity_tight(tmp_path, kind, seed):
+    """``optimizer="tight"`` (the converged Laplace objective, minimised tightly) against glmer
+    refitted with ``glmerControl(tolPwrss = 1e-12, optCtrl = list(xt = rep(1e-10, n)))``:
+    fixed effects within 5e-6 SE (measured 4e-7 … 1.7e-6). Canonical links only: with cloglog
+    glmer's value at tolPwrss = 1e-12 is still 6e-6 below the converged Laplace at its own
+    optimum (the stale log-determinant of Fisher scoring), so the two objectives differ."""
+    d, formula, family, link, weights = simulate(kind, seed)
+    r = r_fit(tmp_path, d, formula, family, link, weights, control="tight")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = glmer(formula, d, family=family, link=link, weights=weights, optimizer="tight")
+    check_against_r(fit, r, beta_se=5e-6)

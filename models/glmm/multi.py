@@ -221,7 +221,8 @@ class MultiPirlsState:
     value : the objective (Laplace, lme4's).  u : per level (ℓ_k, q_k) spherical modes ũ.
     beta : β.  eta : (n,) η.  RX : (p, p) lower factor (joint mode or ``want_rx``).
     ldL2, aic, devsum, usq : the pieces of the value.  iterations : PIRLS iterations.
-    theta : θ.  weights : (n,) the working weights of the last factorisation (lagged).
+    theta : θ.  eta_fac : (n,) the η whose working weights the last factorisation used (lme4's
+    lagged weights; η itself with ``exact``).
     """
 
     value: float
@@ -235,7 +236,7 @@ class MultiPirlsState:
     usq: float
     iterations: int
     theta: np.ndarray
-    weights: np.ndarray
+    eta_fac: np.ndarray
 
 
 class MultiGlmmProblem:
@@ -271,6 +272,9 @@ class MultiGlmmProblem:
         self.Zall = np.column_stack([f.Z for f in fs]).astype(float)
         self.Qz = self.Zall.shape[1]
         self.X = np.asarray(design.X, dtype=float)
+        self.VZ = np.ascontiguousarray(self.Zall)
+        self.VZX = np.ascontiguousarray(np.column_stack([self.Zall, self.X]))
+        self.codes64 = np.ascontiguousarray(self.codes, dtype=np.int64)
         self.p = design.p
         self.n_theta = design.n_theta
         self.csat = resp.saturated_constant(family)
@@ -305,7 +309,7 @@ class MultiGlmmProblem:
         return out
 
     def _working(self, eta: np.ndarray, offset: np.ndarray):
-        """(W, ž) at η: W = μ'² w / V, ž = η − offset + (y − μ)/μ'."""
+        """(W, ž) at η: W = μ'² w / V, ž = η − offset + (y − μ)/μ' (NumPy)."""
         mu, dmu, V = family_rows(self.code, eta)
         W = dmu * dmu * self.resp.w / V
         z = eta - offset + (self.resp.y - mu) / dmu
@@ -315,9 +319,18 @@ class MultiGlmmProblem:
         V = np.column_stack([self.Zall, self.X, z] if with_x else [self.Zall, z])
         return weighted_crossprods(self.codes, V, W, self.n_levels[0])
 
-    def _pdev(self, eta):
-        mu, _, _ = family_rows(self.code, eta)
-        return float(np.sum(unit_deviance(self.code, self.resp.y, mu, self.resp.w)))
+    def _sweep(self, eta: np.ndarray, offset: np.ndarray, with_x: bool
+               ) -> tuple[float, np.ndarray]:
+        """(Σ d_i, C) at η: the unit deviances and the weighted cross-products of
+        [Z (X) ž] per innermost group (:func:`~twolevel.models.glmm.multi_kernels.sweep_kernel`)."""
+        from twolevel.models.glmm.multi_kernels import sweep_kernel
+
+        V = self.VZX if with_x else self.VZ
+        d = V.shape[1] + 1
+        C = np.empty((self.n_levels[0], d, d))
+        dev = sweep_kernel(self.code, eta, np.ascontiguousarray(offset), self.resp.y,
+                           self.resp.w, V, self.codes64, C, True)
+        return float(dev), C
 
     def _pirls(self, theta, offset, eta, *, joint: bool, beta=None, want_rx: bool = False,
                exact: bool = False, C0: np.ndarray | None = None) -> MultiPirlsState:
@@ -333,28 +346,24 @@ class MultiGlmmProblem:
         u = tuple(np.zeros((n, q)) for n, q in zip(self.n_levels, self.q, strict=True))
         tol, maxit = (TOL_EXACT, 4 * MAXIT) if exact else (TOL_PWRSS, MAXIT)
         oldpdev = np.finfo(float).max
-        W, z = self._working(eta, off)
-        C = C0
+        C = C0 if C0 is not None else self._sweep(eta, off, with_x)[1]
         status, it, ldL2, RX = "maxit", 0, np.nan, np.zeros((p, p))
-        Wlast = W
+        eta_fac = eta
         pdev = dev = np.nan
         for _ in range(maxit):
             it += 1
             u_old, b_old = u, b
-            if C is None:
-                C = self._crossprods(W, z, with_x)
             try:
                 ldL2, RX, bnew, u = eliminate(C, self.parents, self.q, self.n_levels, Tb,
                                               p if with_x else 0, joint)
             except np.linalg.LinAlgError:
                 status = "notpd"
                 break
-            Wlast = W
-            C = None
+            eta_fac = eta
             if joint:
                 b = bnew
             lin = off + self.linear_re(Tb, u) + (self.X @ b if joint else 0.0)
-            dev = self._pdev(lin)
+            dev, C = self._sweep(lin, off, with_x)
             pdev = dev + sum(float(np.sum(x * x)) for x in u)
             if abs((oldpdev - pdev) / pdev) < tol:
                 status = "ok"
@@ -367,7 +376,7 @@ class MultiGlmmProblem:
                     if joint:
                         b = 0.5 * (b_old + b)
                     lin = off + self.linear_re(Tb, u) + (self.X @ b if joint else 0.0)
-                    dev = self._pdev(lin)
+                    dev, C = self._sweep(lin, off, with_x)
                     pdev = dev + sum(float(np.sum(x * x)) for x in u)
                     k += 1
                 if math.isnan(pdev):
@@ -377,7 +386,6 @@ class MultiGlmmProblem:
                     status = "halving"
                     break
             eta = lin
-            W, z = self._working(eta, off)
             oldpdev = pdev
         if status != "ok":
             raise MultiPirlsError({
@@ -387,23 +395,21 @@ class MultiGlmmProblem:
                 "nan": "PIRLS loop resulted in NaN value",
                 "halving": "(maxstephalfit) PIRLS step-halvings failed to reduce deviance in "
                            "pwrssUpdate"}[status])
-        if exact:  # L (and RX) at the final weights
-            W, z = self._working(eta, off)
-            ldL2, RX, _, _ = eliminate(self._crossprods(W, z, with_x), self.parents, self.q,
-                                       self.n_levels, Tb, p if with_x else 0, False)
-            Wlast = W
+        if exact:  # L (and RX) at the final weights: C was left by the last sweep
+            ldL2, RX, _, _ = eliminate(C, self.parents, self.q, self.n_levels, Tb,
+                                       p if with_x else 0, False)
+            eta_fac = eta
         usq = sum(float(np.sum(x * x)) for x in u)
         aic = dev + self.csat
         return MultiPirlsState(ldL2 + usq + aic, u, b, eta, RX, ldL2, aic, dev, usq, it, theta,
-                               Wlast)
+                               eta_fac)
 
     def set_warm_start(self, state: MultiPirlsState) -> None:
         """``updateGlmerDevfun``: lp0 ← Xβ + ZΛu of ``state``; the weights and the joint
         cross-products of [Z X ž] at η = o + lp0 (independent of θ) are computed once."""
         self.lp0 = state.eta - self.resp.offset
         self.eta0 = self.resp.offset + self.lp0
-        W, z = self._working(self.eta0, self.resp.offset)
-        self.C0 = self._crossprods(W, z, True)
+        self.C0 = self._sweep(self.eta0, self.resp.offset, True)[1]
 
     def _start_u_only(self, beta: np.ndarray, with_x: bool) -> np.ndarray:
         """The warm start's cross-products with Xβ moved into the offset: ž' = ž − Xβ, so
@@ -447,13 +453,18 @@ class MultiGlmmProblem:
         """Stage-2 objective value at (θ, β)."""
         return self.stage2_state(par, exact=exact).value
 
+    def working_weights(self, state: MultiPirlsState) -> np.ndarray:
+        """W = μ'² w / V at the η of the state's last factorisation."""
+        mu, dmu, V = family_rows(self.code, state.eta_fac)
+        return dmu * dmu * self.resp.w / V
+
     def cond_var_u(self, state: MultiPirlsState) -> tuple[np.ndarray, ...]:
         """Per level (ℓ_k, q_k, q_k) the blocks of (ΛᵀZᵀWZΛ + I)⁻¹ at the weights of the last
         factorisation (lme4's ``condVar``, β fixed), by the nested engine's top-down pass."""
         from twolevel.models.design.multi_stats import NestedStats
         from twolevel.models.lmm.nested import nested_state
 
-        W = state.weights
+        W = self.working_weights(state)
         z = np.ones(self.design.n)
         C = self._crossprods(W, z, False)
         stats = NestedStats(C=C, parents=self.parents, q=self.q, n=self.design.n, p=0)
