@@ -234,3 +234,28 @@ def test_sweep_kernel_matches_numpy_reference(family, link):
     z = eta - off + (resp.y - mu) / dmu
     ref = weighted_crossprods(prob.codes, np.column_stack([prob.VZX, z]), W, prob.n_levels[0])
     np.testing.assert_allclose(C, ref, rtol=1e-11, atol=1e-11)
+
+
+def test_rows_with_a_missing_group_are_dropped_and_counted():
+    d = _data()
+    d.loc[3, "class"] = np.nan
+    d.loc[7, "x"] = np.nan
+    with pytest.warns(UserWarning, match="2 row"):
+        fit = tl.glmer("y ~ x + (1 | school/class)", d, family="binomial")
+    assert fit.nobs == len(d) - 2
+    ref = _fit("y ~ x + (1 | school/class)", d.drop(index=[3, 7]), family="binomial")
+    assert fit.minus2loglik == pytest.approx(ref.minus2loglik, rel=1e-12)
+
+
+def test_anova_of_glmer_fits_with_several_factors():
+    from twolevel.models.lmm.multi import anova_multi
+
+    d = _data()
+    small = _fit("y ~ x + (1 | school)", d, family="binomial")
+    big = _fit("y ~ x + (1 | school/class)", d, family="binomial")
+    out = anova_multi(small, big)
+    assert out["chisq"] == pytest.approx(2 * (big.loglik - small.loglik), abs=1e-9)
+    assert out["df"] == 1.0 and out["mixture"] == "0.5*chi2(0) + 0.5*chi2(1)"
+    lm = tl.lmer("y ~ x + (1 | school/class)", d)
+    with pytest.raises(TwolevelError, match="not of one family"):
+        anova_multi(small, lm)

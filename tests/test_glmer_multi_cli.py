@@ -65,3 +65,12 @@ def test_fit_family_several_factors_refusals(capsys, three_csv):
     code, _, err = run_cli(capsys, "fit", three_csv, "y ~ x + (1 | school/class)", "--family",
                            "binomial", "--confint", "profile")
     assert code == 2 and "use method='Wald'" in err
+
+
+def test_anova_family_several_factors(capsys, three_csv):
+    code, out, _ = run_cli(capsys, "anova", three_csv, "y ~ x + (1 | school)",
+                           "y ~ x + (1 | school/class)", "--family", "binomial", "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert d["df"] == 1.0 and d["chisq"] >= 0
+    assert [m["npar"] for m in d["models"]] == [3, 4]
