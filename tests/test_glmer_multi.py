@@ -144,8 +144,8 @@ def test_summary_layout_and_extractors():
     d = _data()
     fit = _fit("k ~ x + (1 | school/class)", d, family="poisson")
     s = fit.summary()
-    assert s.startswith("Generalized linear mixed model fit by maximum likelihood (Laplace "
-                        "Approximation) ['glmerMod']")
+    assert s.startswith("Generalized linear mixed model fit by maximum likelihood (Laplace\n"
+                        "  Approximation) [glmerMod]")
     assert " Family: poisson  ( log )" in s
     assert "Residual" not in s
     assert "Number of obs: 270, groups:  class:school, 45; school, 15" in s

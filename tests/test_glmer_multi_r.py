@@ -59,7 +59,8 @@ cat(jsonlite::toJSON(list(
   se = unname(sqrt(diag(as.matrix(vcov(m))))), vcov = vc$vcov, grp = vc$grp,
   ranef = rl, deviance = deviance(m), fitted = unname(fitted(m)), link = unname(predict(m)),
   pop = unname(predict(m, re.form = NA)), aic = AIC(m), bic = BIC(m),
-  dfres = df.residual(m)), digits = NA, auto_unbox = TRUE))
+  dfres = df.residual(m), summary = paste(capture.output(print(summary(m))), collapse = "\n")),
+  digits = NA, auto_unbox = TRUE))
 """
 
 
@@ -178,6 +179,10 @@ def test_glmer_multi_live_parity(tmp_path, kind, seed, beta_se):
     np.testing.assert_allclose(fit.predict(), r["link"], atol=1e-3)
     np.testing.assert_allclose(fit.predict(type="response"), r["fitted"], atol=1e-3)
     np.testing.assert_allclose(fit.predict(re_form="NA"), r["pop"], atol=1e-3)
+    if kind in ("bernoulli", "cbind"):  # agreement to ~1e-8: the whole printout is lme4's
+        ours = fit.summary().replace("   Data: data", "   Data: d")
+        theirs = [ln for ln in r["summary"].splitlines() if not ln.startswith("Control:")]
+        assert ours.splitlines() == theirs
 
 
 @pytest.mark.slow

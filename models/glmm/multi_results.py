@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import textwrap
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -27,6 +28,7 @@ from twolevel.models.glmm.results import SINGULAR_TOL, GlmerOptInfo, _deparse
 from twolevel.models.lmm.multi_results import MultiVarCorr
 from twolevel.models.rformat import (
     abbreviate,
+    cat_fill,
     print_char_matrix,
     print_coefmat,
     print_named,
@@ -365,8 +367,12 @@ class MultiGlmerFit:
     def _title(self) -> str:
         approx = ("Laplace Approximation" if self.nagq == 1
                   else f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nagq}")
-        return (f"Generalized linear mixed model fit by maximum likelihood ({approx}) "
-                "['glmerMod']")
+        title = f"Generalized linear mixed model fit by maximum likelihood ({approx})"
+        if len(title) + 5 + len("glmerMod") > 80:  # R's strwrap, as GlmerFit's title
+            lines = textwrap.wrap(title, width=77, subsequent_indent="  ",
+                                  break_on_hyphens=False)
+            return cat_fill([*lines, " [", "glmerMod", "]"])
+        return f"{title} ['glmerMod']"
 
     def summary(self) -> str:
         """glmer's ``summary(fit)`` printout (lme4 1.1-31 layout, digits = 4) for several
