@@ -55,7 +55,7 @@ def test_fit_family_several_factors_summary(capsys, three_csv):
                            "--family", "binomial")
     assert code == 0
     assert "Number of obs: 216, groups:  school:class, 36; school, 12" in out
-    assert "Laplace Approximation" in out
+    assert "(Laplace\n  Approximation) [glmerMod]" in out
 
 
 def test_fit_family_several_factors_refusals(capsys, three_csv):
