@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 
 import twolevel as tl
-from twolevel.data.errors import FormulaError, TwolevelError
+from twolevel.data.errors import DataError, FormulaError, TwolevelError
 from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.multi import (
     MultiGlmmProblem,
@@ -204,8 +204,18 @@ def test_pirls_failure_message():
 def test_predict_and_residual_errors():
     d = _data()
     fit = _fit("y ~ x + (1 | school/class)", d, family="binomial")
-    with pytest.raises(TwolevelError, match="not available for a glmer fit with several"):
-        fit.predict(newdata=d)
+    np.testing.assert_allclose(fit.predict(newdata=d), fit.predict(), rtol=1e-12)
+    np.testing.assert_allclose(fit.predict(newdata=d, re_form="NA"), fit.predict(re_form="NA"),
+                               rtol=1e-12)
+    new = d.iloc[:2].assign(school=99)
+    with pytest.raises(DataError, match="never saw"):
+        fit.predict(newdata=new)
+    np.testing.assert_allclose(fit.predict(newdata=new, allow_new_levels=True),
+                               fit.fixef()["(Intercept)"] + fit.fixef()["x"] * new["x"])
+    d["z"] = d["x"] ** 2
+    fi = _fit("y ~ I(x^2) + (1 | school/class)", d, family="binomial")
+    with pytest.raises(TwolevelError, match="does not rebuild I"):
+        fi.predict(newdata=d)
     with pytest.raises(TwolevelError, match="type must be 'link' or 'response'"):
         fit.predict(type="probability")
     with pytest.raises(TwolevelError, match="type must be 'deviance', 'pearson'"):

@@ -53,13 +53,20 @@ rl <- lapply(names(re), function(nm) {
                                       function(j) sqrt(diag(as.matrix(pv[, , j]))))))
 })
 names(rl) <- names(re)
+nd <- read.csv(args[7])
+for (v in c("school", "class")) nd[[v]] <- factor(nd[[v]])
 vc <- as.data.frame(VarCorr(m))
 cat(jsonlite::toJSON(list(
   m2ll = -2 * as.numeric(logLik(m)), fixef = unname(fixef(m)), theta = unname(getME(m, "theta")),
   se = unname(sqrt(diag(as.matrix(vcov(m))))), vcov = vc$vcov, grp = vc$grp,
   ranef = rl, deviance = deviance(m), fitted = unname(fitted(m)), link = unname(predict(m)),
   pop = unname(predict(m, re.form = NA)), aic = AIC(m), bic = BIC(m),
-  dfres = df.residual(m), summary = paste(capture.output(print(summary(m))), collapse = "\n")),
+  dfres = df.residual(m),
+  newlink = unname(predict(m, newdata = nd, allow.new.levels = TRUE)),
+  newresp = unname(predict(m, newdata = nd, allow.new.levels = TRUE, type = "response")),
+  newschool = unname(predict(m, newdata = nd, allow.new.levels = TRUE,
+                             re.form = ~ (1 | school))),
+  summary = paste(capture.output(print(summary(m))), collapse = "\n")),
   digits = NA, auto_unbox = TRUE))
 """
 
@@ -103,15 +110,25 @@ def simulate(kind: str, seed: int, S: int = 40, C: int = 4, n: int = 8
     return d, "y ~ x + w + (1 | school/class)", "binomial", link, None
 
 
+def new_rows(d: pd.DataFrame) -> pd.DataFrame:
+    """Rows to predict: three fitted rows, the same with a new class (9) in their school, and
+    with a new school (999)."""
+    base = d.iloc[[0, 40, 300]]
+    return pd.concat([base, base.assign(**{"class": 9}), base.assign(school=999)],
+                     ignore_index=True)
+
+
 def r_fit(tmp_path, d, formula, family, link, weights, control: str = "default") -> dict:
     """glmer's numbers for one data set (one Rscript call)."""
     if shutil.which("Rscript") is None:
         pytest.skip("Rscript not found")
-    csv, script = tmp_path / "d.csv", tmp_path / "fit.R"
+    csv, script, new = tmp_path / "d.csv", tmp_path / "fit.R", tmp_path / "new.csv"
     d.to_csv(csv, index=False)
+    new_rows(d).to_csv(new, index=False)
     script.write_text(R_SCRIPT)
     res = subprocess.run(["Rscript", str(script), str(csv), formula, family, link,
-                          weights or "none", control], capture_output=True, text=True, timeout=600)
+                          weights or "none", control, str(new)],
+                         capture_output=True, text=True, timeout=600)
     if res.returncode == 3:
         pytest.skip("lme4 or jsonlite missing")
     assert res.returncode == 0, res.stderr
@@ -179,6 +196,15 @@ def test_glmer_multi_live_parity(tmp_path, kind, seed, beta_se):
     np.testing.assert_allclose(fit.predict(), r["link"], atol=1e-3)
     np.testing.assert_allclose(fit.predict(type="response"), r["fitted"], atol=1e-3)
     np.testing.assert_allclose(fit.predict(re_form="NA"), r["pop"], atol=1e-3)
+    if kind not in ("slope",):  # lme4's predict(newdata, allow.new.levels = TRUE)
+        nd = new_rows(d)
+        np.testing.assert_allclose(fit.predict(nd, allow_new_levels=True), r["newlink"],
+                                   atol=1e-3)
+        np.testing.assert_allclose(fit.predict(nd, allow_new_levels=True, type="response"),
+                                   r["newresp"], atol=1e-3)
+        np.testing.assert_allclose(fit.predict(nd, allow_new_levels=True,
+                                               re_form="~(1 | school)"), r["newschool"],
+                                   atol=1e-3)
     if kind in ("bernoulli", "cbind"):  # agreement to ~1e-8: the whole printout is lme4's
         ours = fit.summary().replace("   Data: data", "   Data: d")
         theirs = [ln for ln in r["summary"].splitlines() if not ln.startswith("Control:")]

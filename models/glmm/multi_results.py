@@ -315,30 +315,57 @@ class MultiGlmerFit:
         """μ̃ of the final evaluation (``fitted(fit)``)."""
         return self._rows[0].copy()
 
-    def predict(self, newdata=None, re_form: str | None = None, type: str = "link"
-                ) -> np.ndarray:
-        """lme4's ``predict(fit, re.form, type)`` for the fitted rows: η̃ = o + Xβ̂ + Zb̃ of the
-        final evaluation (``type="link"``) or μ̃ (``"response"``); ``re_form="NA"`` (or
-        ``"~0"``) gives o + Xβ̂.
+    def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False,
+                type: str = "link") -> np.ndarray:
+        """lme4's ``predict(fit, newdata, re.form, allow.new.levels, type)``: η = o + Xβ̂ +
+        Σ_k Z_k b̃_k (``type="link"``) or μ = g⁻¹(η) (``"response"``). Without ``newdata`` the
+        fitted rows (η̃ of the final evaluation); with it the rows rebuilt as the fit built them
+        (:func:`twolevel.models.inference.predict_multi.multi_new_rows`; ``offset(...)``
+        evaluated on ``newdata``). ``re_form`` None uses every factor, ``"NA"``/``"~0"`` none,
+        ``"~(1 | school)"`` the factors it names; with ``allow_new_levels`` an unseen level (a
+        new class in a known school, a new school) contributes 0 at that level only.
 
         Raises
         ------
         TwolevelError
-            For ``newdata`` (not available for several factors of a GLMM yet) or an unknown
-            ``type``.
+            An unknown ``type``, or ``newdata`` for a formula with ``I(...)`` terms.
+        DataError
+            An unseen level without ``allow_new_levels``, a missing column or value.
         """
-        from twolevel.models.design.newdata import parse_re_form
+        import dataclasses
+        import types
+
+        from twolevel.models.design.formula import parse_formula
+        from twolevel.models.glmm.response import _eval, _inner_formula, _split_offsets
+        from twolevel.models.inference.predict_multi import multi_new_rows
 
         if type not in ("link", "response"):
             raise TwolevelError(f"type must be 'link' or 'response', got {type!r}")
-        if newdata is not None:
-            raise TwolevelError("predict(newdata) is not available for a glmer fit with several "
-                                "grouping factors yet; predict() gives the fitted rows (add "
-                                "the new rows to the data and refit, or use fit_bayes)")
-        if parse_re_form(re_form):
+        if newdata is None and re_form is None:
             eta = self.state.eta.copy()
         else:
-            eta = self.problem.resp.offset + self.design.X @ self.beta
+            parsed = parse_formula(self.design.formula)
+            fixed, offsets = _split_offsets(parsed.fixed)
+            inner, _, _, icols, _ = _inner_formula(parsed, fixed or "1")
+            if icols and newdata is not None:
+                raise TwolevelError("predict(newdata) of a glmer fit with several grouping "
+                                    "factors does not rebuild I(...) terms; compute them as "
+                                    "columns, refit, and predict")
+            shim = types.SimpleNamespace(design=dataclasses.replace(self.design, formula=inner),
+                                         _need_rows=lambda what: None)
+            rows = multi_new_rows(shim, newdata, re_form, allow_new_levels)
+            eta = rows.X @ self.beta
+            if newdata is None:
+                eta = eta + self.problem.resp.offset
+            else:
+                nd = newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(newdata)
+                for expr in offsets:
+                    eta = eta + _eval(expr, nd)
+            for k in range(len(self.design.factors)):
+                known = rows.idx[k] >= 0
+                if rows.masks[k].any() and known.any():
+                    eta[known] += np.einsum("nq,nq->n", rows.Z[k][known] * rows.masks[k],
+                                            self._b(k)[rows.idx[k][known]])
         return eta if type == "link" else self.family.linkinv(eta)
 
     def residuals(self, type: str = "deviance") -> np.ndarray:
