@@ -19,6 +19,9 @@ value is lme4's ``glmerLaplace``: ldL2 + ‖ũ‖² + a(μ̃), with ldL2 from th
 the last iteration (§2.5), the loop, convergence test and step-halving those of ``pwrssUpdate``
 (§2.3), and the warm start lp0 of ``updateGlmerDevfun`` (§2.4).
 
+Random slopes at any level work the same way (q_k × q_k blocks per group). The deviance and the
+cross-products of a sweep come from one numba pass over the rows
+(:mod:`twolevel.models.glmm.multi_kernels`); the NumPy functions here are its reference.
 Crossed factors and nAGQ > 1 are refused (lme4 refuses nAGQ > 1 for several terms too).
 """
 
@@ -307,13 +310,6 @@ class MultiGlmmProblem:
             else:
                 out += np.einsum("nq,nq->n", f.Z, b[f.codes])
         return out
-
-    def _working(self, eta: np.ndarray, offset: np.ndarray):
-        """(W, ž) at η: W = μ'² w / V, ž = η − offset + (y − μ)/μ' (NumPy)."""
-        mu, dmu, V = family_rows(self.code, eta)
-        W = dmu * dmu * self.resp.w / V
-        z = eta - offset + (self.resp.y - mu) / dmu
-        return W, z
 
     def _crossprods(self, W, z, with_x: bool) -> np.ndarray:
         V = np.column_stack([self.Zall, self.X, z] if with_x else [self.Zall, z])
