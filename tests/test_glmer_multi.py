@@ -269,3 +269,15 @@ def test_anova_of_glmer_fits_with_several_factors():
     lm = tl.lmer("y ~ x + (1 | school/class)", d)
     with pytest.raises(TwolevelError, match="not of one family"):
         anova_multi(small, lm)
+
+
+def test_tight_and_newton_optimizers():
+    d = _data()
+    a = _fit("k ~ x + (1 | school/class)", d, family="poisson")
+    t = _fit("k ~ x + (1 | school/class)", d, family="poisson", optimizer="tight")
+    nw = _fit("k ~ x + (1 | school/class)", d, family="poisson", optimizer="newton")
+    prob = t.problem
+    # the converged objective at the tight optimum is no worse than at glmer's point
+    assert t.minus2loglik <= prob.stage2(np.r_[a.theta, a.beta], exact=True) + 1e-9
+    assert nw.optinfo.stage2_optimizer in ("Newton", "Nelder_Mead")
+    np.testing.assert_allclose(nw.beta, a.beta, atol=1e-2 * float(a.se().min()))
