@@ -58,7 +58,9 @@ for (v in c("school", "class")) nd[[v]] <- factor(nd[[v]])
 vc <- as.data.frame(VarCorr(m))
 cat(jsonlite::toJSON(list(
   m2ll = -2 * as.numeric(logLik(m)), fixef = unname(fixef(m)), theta = unname(getME(m, "theta")),
-  se = unname(sqrt(diag(as.matrix(vcov(m))))), vcov = vc$vcov, grp = vc$grp,
+  se = unname(sqrt(diag(as.matrix(vcov(m))))), vcov = vc$vcov,
+  se_rx = unname(sqrt(diag(as.matrix(suppressWarnings(vcov(m, use.hessian = FALSE)))))),
+  grp = vc$grp,
   ranef = rl, deviance = deviance(m), fitted = unname(fitted(m)), link = unname(predict(m)),
   pop = unname(predict(m, re.form = NA)), aic = AIC(m), bic = BIC(m),
   dfres = df.residual(m),
@@ -193,6 +195,8 @@ def test_glmer_multi_live_parity(tmp_path, kind, seed, beta_se):
     assert abs(fit.aic - r["aic"]) < 1e-6 * abs(r["aic"]) + 1e-6
     assert abs(fit.bic - r["bic"]) < 1e-6 * abs(r["bic"]) + 1e-6
     assert abs(fit.deviance() - r["deviance"]) < 1e-4 * r["deviance"]
+    se_rx = np.sqrt(np.diag(fit.vcov(use_hessian=False).to_numpy()))
+    np.testing.assert_allclose(se_rx, r["se_rx"], rtol=1e-4)
     np.testing.assert_allclose(fit.predict(), r["link"], atol=1e-3)
     np.testing.assert_allclose(fit.predict(type="response"), r["fitted"], atol=1e-3)
     np.testing.assert_allclose(fit.predict(re_form="NA"), r["pop"], atol=1e-3)
