@@ -184,6 +184,12 @@ def test_nagq_above_one_refused_as_lme4():
         tl.glmer("y ~ x + (1 | school/class)", d, family="binomial", nAGQ=2)
 
 
+def test_nagq_above_one_with_one_interaction_factor_says_what_to_do():
+    d = _data()
+    with pytest.raises(FormulaError, match="make it one column"):
+        tl.glmer("y ~ x + (1 | school:class)", d, family="binomial", nAGQ=5)
+
+
 def test_crossed_factors_refused():
     d = _data()
     d["rater"] = np.arange(len(d)) % 7

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from twolevel.data.errors import FormulaError
+from twolevel.models.design.multi import grouping_factors
 from twolevel.models.glmm.family import Family
 from twolevel.models.glmm.multi import NAGQ_MULTI_MESSAGE, MultiGlmmProblem, MultiPirlsError
 from twolevel.models.glmm.multi_results import MultiGlmerFit
@@ -69,6 +70,12 @@ def glmer_multi(formula: str, data: pd.DataFrame, fam: Family, nagq: int = 1,
     >>> fit.VarCorr().groups
     ('klass:school', 'school')
     """
+    facs = grouping_factors(formula)
+    if nagq > 1 and len(facs) == 1:
+        raise FormulaError(
+            f"nAGQ = {nagq} with the interaction grouping factor '{facs[0]}' is not available "
+            "here: make it one column (e.g. data['g'] = data['school'].astype(str) + ':' + "
+            "data['class'].astype(str)) and write '(1 | g)', which adaptive quadrature fits")
     if nagq > 1:
         raise FormulaError(
             f"{NAGQ_MULTI_MESSAGE}: '{formula}' has several grouping factors; use nAGQ = 1 "
