@@ -54,8 +54,9 @@ def _dense_Z(prob: MultiGlmmProblem) -> np.ndarray:
     return np.hstack(blocks)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("joint", [True, False])
-def test_eliminate_matches_dense_penalised_least_squares(joint):
+def test_eliminate_matches_dense_penalised_least_squares(joint, compiled):
     d = _data()
     design, resp = glmer_design("y ~ x + (1 | school/class)", d, get_family("binomial"),
                                 multi=True)
@@ -67,7 +68,7 @@ def test_eliminate_matches_dense_penalised_least_squares(joint):
     C = weighted_crossprods(prob.codes, np.column_stack([prob.Zall, prob.X, z]), W,
                             prob.n_levels[0])
     ld, RX, beta, u = eliminate(C, prob.parents, prob.q, prob.n_levels, prob.T_blocks(theta),
-                                design.p, joint)
+                                design.p, joint, compiled=compiled)
     Z = _dense_Z(prob)
     lam = np.concatenate([np.full(f.n_levels, t) for f, t in zip(design.factors, theta,
                                                                   strict=True)])
@@ -89,6 +90,28 @@ def test_eliminate_matches_dense_penalised_least_squares(joint):
     S = X.T @ (W[:, None] * X) - X.T @ (W[:, None] * ZL) @ np.linalg.solve(
         M, ZL.T @ (W[:, None] * X))
     np.testing.assert_allclose(RX @ RX.T, S, rtol=1e-10)
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_compiled_elimination_matches_numpy_four_levels(joint):
+    """numba's scalar elimination against the NumPy reference on a four-level chain
+    (pupils in classes in schools in districts: three factors) and one factor alone."""
+    d = _data(S=16)
+    d["district"] = (d["school"] - 1) // 4
+    rng = np.random.default_rng(4)
+    for formula in ("y ~ x + (1 | district/school/class)", "y ~ x + (1 | school:class)"):
+        design, resp = glmer_design(formula, d, get_family("binomial"), multi=True)
+        prob = MultiGlmmProblem(design, resp, get_family("binomial"))
+        W, z = rng.uniform(0.1, 0.3, design.n), rng.normal(size=design.n)
+        C = weighted_crossprods(prob.codes, np.column_stack([prob.Zall, prob.X, z]), W,
+                                prob.n_levels[0])
+        Tb = prob.T_blocks(rng.uniform(0.3, 1.5, design.n_theta))
+        a = eliminate(C, prob.parents, prob.q, prob.n_levels, Tb, design.p, joint)
+        b = eliminate(C, prob.parents, prob.q, prob.n_levels, Tb, design.p, joint,
+                      compiled=False)
+        assert a[0] == pytest.approx(b[0], rel=1e-13)
+        for x, y in zip([a[1], a[2], *a[3]], [b[1], b[2], *b[3]], strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-13)
 
 
 def test_weighted_crossprods_match_bincount():

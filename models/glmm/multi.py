@@ -143,7 +143,8 @@ def _eliminate_block(G: np.ndarray, q: int):
 
 def eliminate(C: np.ndarray, parents: tuple[np.ndarray, ...], q: tuple[int, ...],
               n_levels: tuple[int, ...], T_blocks: tuple[np.ndarray, ...], p: int,
-              joint: bool) -> tuple[float, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+              joint: bool, compiled: bool = True
+              ) -> tuple[float, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
     """Penalised weighted least squares of one PIRLS iteration by block elimination.
 
     With T = diag(T_1, …, T_K, I_{p+1}) and G_c = TᵀC_cT: at each level k (innermost first)
@@ -152,6 +153,10 @@ def eliminate(C: np.ndarray, parents: tuple[np.ndarray, ...], q: tuple[int, ...]
     and, in the joint mode, β = RX⁻ᵀRX⁻¹(its Xž column). The modes come back top-down,
     u_k = L⁻ᵀ(Rᵀ_ž − Rᵀ_outer v_outer) with v_outer the ancestors' modes and β (β = 0 in the
     u-only mode, where Xβ is in the offset).
+
+    With ``compiled`` and a scalar random effect for every factor the loops run in numba
+    (:func:`twolevel.models.glmm.multi_kernels.eliminate_scalar_kernel`); this NumPy code is
+    their reference.
 
     Returns
     -------
@@ -167,6 +172,8 @@ def eliminate(C: np.ndarray, parents: tuple[np.ndarray, ...], q: tuple[int, ...]
     d = C.shape[1]
     t = np.ones(d)
     diagonal = all(b.shape == (1, 1) for b in T_blocks)
+    if compiled and diagonal:  # every factor a scalar random effect: numba's loops
+        return _eliminate_scalar(C, parents, n_levels, T_blocks, p, joint)
     if diagonal:
         t[:K] = [float(b[0, 0]) for b in T_blocks]
         G = C * (t[:, None] * t[None, :])
@@ -192,12 +199,7 @@ def eliminate(C: np.ndarray, parents: tuple[np.ndarray, ...], q: tuple[int, ...]
             G = _sum_to_parents(F, parents[k], n_levels[k + 1])
         else:
             G = F.sum(axis=0)
-    if p:
-        RX = np.linalg.cholesky(G[:p, :p])
-        beta = (np.linalg.solve(RX.T, np.linalg.solve(RX, G[:p, p])) if joint
-                else np.zeros(p))
-    else:
-        RX, beta = np.zeros((0, 0)), np.zeros(0)
+    RX, beta = _fixed_block(G, p, joint)
     us: list[np.ndarray] = [np.empty(0)] * K
     outer = np.broadcast_to(beta, (n_levels[K - 1], p))
     for k in range(K - 1, -1, -1):
@@ -213,6 +215,43 @@ def eliminate(C: np.ndarray, parents: tuple[np.ndarray, ...], q: tuple[int, ...]
         us[k] = u
         outer = np.concatenate([u, outer], axis=1)
     return ld, RX, beta, tuple(us)
+
+
+def _fixed_block(G: np.ndarray, p: int, joint: bool) -> tuple[np.ndarray, np.ndarray]:
+    """RX = chol(G[:p, :p]) of the top block and, in the joint mode, β = RX⁻ᵀRX⁻¹G[:p, p]
+    (zeros otherwise)."""
+    if not p:
+        return np.zeros((0, 0)), np.zeros(0)
+    RX = np.linalg.cholesky(G[:p, :p])
+    beta = (np.linalg.solve(RX.T, np.linalg.solve(RX, G[:p, p])) if joint else np.zeros(p))
+    return RX, beta
+
+
+def _eliminate_scalar(C, parents, n_levels, T_blocks, p, joint):
+    """:func:`eliminate` for scalar random effects at every level, in numba."""
+    from twolevel.models.glmm.multi_kernels import eliminate_scalar_kernel, modes_scalar_kernel
+
+    K = len(n_levels)
+    d = C.shape[1]
+    t = np.ones(d)
+    t[:K] = [float(b[0, 0]) for b in T_blocks]
+    n_lv = np.asarray(n_levels, dtype=np.int64)
+    par_all = (np.concatenate(parents).astype(np.int64) if parents
+               else np.zeros(1, dtype=np.int64))
+    poff = np.zeros(K, dtype=np.int64)
+    for k in range(1, K):
+        poff[k] = poff[k - 1] + n_levels[k - 1]
+    total = int(n_lv.sum())
+    l_all, R_all = np.empty(total), np.empty((total, d - 1))
+    ld, top = eliminate_scalar_kernel(np.ascontiguousarray(C), t, par_all, poff, n_lv, l_all,
+                                      R_all)
+    if not np.isfinite(ld):
+        raise np.linalg.LinAlgError("not positive definite")
+    RX, beta = _fixed_block(top, p, joint)
+    u_all = np.empty(total)
+    modes_scalar_kernel(l_all, R_all, par_all, poff, n_lv, beta, u_all)
+    bounds = np.cumsum([0, *n_levels])
+    return ld, RX, beta, tuple(u_all[bounds[k]:bounds[k + 1], None] for k in range(K))
 
 
 @dataclass
