@@ -108,7 +108,10 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
           nAGQ: int = 1, optimizer: str = "lme4", weights=None,
           data_name: str = "data", conditional_weights: bool = False,
           weight_scaling: str = "none", pv=None, df_com: float | None = None) -> GlmerFit:
-    """Fit ``formula`` (lme4 syntax, one grouping factor) to ``data`` as ``lme4::glmer``.
+    """Fit ``formula`` (lme4 syntax) to ``data`` as ``lme4::glmer``. Several grouping factors
+    (``(1 | school/class)``, ``(1 | school) + (1 | school:class)``) must be nested; they are
+    fitted by :func:`twolevel.models.glmm.multi_fit.glmer_multi` (Laplace or nAGQ = 0; a
+    :class:`~twolevel.models.glmm.multi_results.MultiGlmerFit`).
 
     Parameters
     ----------
@@ -174,6 +177,12 @@ def glmer(formula: str, data: pd.DataFrame, family: str = "binomial", link: str 
     nagq = int(nAGQ)
     if nagq != nAGQ or not 0 <= nagq <= MAX_AGQ:
         raise FormulaError(f"nAGQ = {nAGQ} is not allowed: use an integer from 0 to {MAX_AGQ}")
+    from twolevel.models.design.multi import needs_multi
+
+    if needs_multi(formula):  # several grouping factors: nested, Laplace (multi_fit.py)
+        from twolevel.models.glmm.multi_fit import glmer_multi
+
+        return glmer_multi(formula, data, fam, nagq, optimizer, weights, data_name)
     design, resp = glmer_design(formula, data, fam, weights)
     if nagq > 1 and (design.q != 1 or len(design.terms) != 1):
         raise FormulaError(

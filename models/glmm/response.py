@@ -193,13 +193,14 @@ def _first_bad(mask: np.ndarray, values: np.ndarray, index) -> str:
 
 
 def glmer_design(
-    formula: str, data: pd.DataFrame, family: Family, weights=None
+    formula: str, data: pd.DataFrame, family: Family, weights=None, multi: bool = False
 ) -> tuple[Design, GlmResponse]:
     """Design (X, Z, groups) and response arrays of a glmer formula on ``data``.
 
     Rows with a missing value in any variable of the model (response parts, offset inputs,
     weights, covariates, group) are dropped, as R's ``na.omit``. Raises DataError for responses
-    glmer cannot fit, naming the column and an offending value.
+    glmer cannot fit, naming the column and an offending value. ``multi``: several grouping
+    factors, the design of :func:`twolevel.models.design.multi.make_multi_design`.
     """
     if not isinstance(data, pd.DataFrame):
         raise DataError("data must be a pandas DataFrame")
@@ -281,9 +282,24 @@ def glmer_design(
     inner, fixed, bar_lhs, icols, inames = _inner_formula(parsed, fixed)
     frame = data.assign(**{_Y: yv}, **{c: _eval(e, data) for c, e in icols.items()})
     frame.attrs = {}
-    design = make_design(inner, frame)
-    design = dataclasses.replace(design, formula=formula, response=lhs)
-    if inames:
+    if multi:
+        from twolevel.models.design.multi import expand_group, make_multi_design
+
+        design = make_multi_design(inner, frame)
+        design = dataclasses.replace(design, formula=formula, response=lhs)
+        group_cols = [c for b in parsed.bars for _, cols in expand_group(b.group) for c in cols]
+    else:
+        design = make_design(inner, frame)
+        design = dataclasses.replace(design, formula=formula, response=lhs)
+        group_cols = [parsed.bars[0].group]
+    if inames and multi:
+        def rn(names):
+            return tuple(inames.get(n, n) for n in names)
+        design = dataclasses.replace(
+            design, x_names=rn(design.x_names),
+            factors=tuple(dataclasses.replace(f, z_names=rn(f.z_names)) for f in design.factors),
+            terms=tuple(dataclasses.replace(t, names=rn(t.names)) for t in design.terms))
+    elif inames:
         def rn(names):
             return tuple(inames.get(n, n) for n in names)
         design = dataclasses.replace(
@@ -292,7 +308,7 @@ def glmer_design(
     # the rows make_design kept: the same complete-case rule on the same columns
     exprs = [fixed] + bar_lhs
     used = list(dict.fromkeys([v for e in exprs for v in _variables(e, frame.columns)]
-                              + [parsed.bars[0].group, _Y]))
+                              + group_cols + [_Y]))
     keep = np.ones(len(frame), dtype=bool)
     for c in used:
         s_ = frame[c]

@@ -288,8 +288,9 @@ def _pattern(fit) -> set[tuple[str, str, str]]:
 
 def anova_multi(small, big, names: tuple[str, str] = ("small", "big")) -> dict:
     """Likelihood-ratio test of two nested fits, at least one with several factors (lme4's
-    ``anova``: ML refits, χ² = 2Δ logLik on Δnpar df; with the ½χ²_k + ½χ²_{k+1} boundary
-    mixture when ``big`` adds one random effect and its k covariances).
+    ``anova``: ML refits of lmer fits, glmer fits as they are; χ² = 2Δ logLik on Δnpar df;
+    with the ½χ²_k + ½χ²_{k+1} boundary mixture when ``big`` adds one random effect and its k
+    covariances).
 
     Parameters
     ----------
@@ -325,7 +326,14 @@ def anova_multi(small, big, names: tuple[str, str] = ("small", "big")) -> dict:
     """
     from twolevel.models.lmm.lmer import refit_ml
 
-    fits = [refit_ml_multi(f) if isinstance(f, MultiFit) else refit_ml(f) for f in (small, big)]
+    fams = [getattr(getattr(f, "family", None), "name", None) for f in (small, big)]
+    if fams[0] != fams[1]:
+        raise TwolevelError(
+            f"models '{names[0]}' and '{names[1]}' are not of one family "
+            f"({fams[0] or 'gaussian'}, {fams[1] or 'gaussian'}); a likelihood-ratio test "
+            "compares two lmer fits or two glmer fits of the same family")
+    fits = [f if fams[0] else refit_ml_multi(f) if isinstance(f, MultiFit) else refit_ml(f)
+            for f in (small, big)]  # glmer fits are maximum likelihood already
     if fits[0].npar > fits[1].npar:
         fits.reverse()
         names = (names[1], names[0])

@@ -144,7 +144,9 @@ def run_glmer(args: argparse.Namespace) -> int:
         for w in caught:
             if str(w.message) not in shown:
                 print(str(w.message))
-    if args.ranef:
+    if args.ranef and has_several_factors(fit):  # long rows: factor, level, effect, mode, condsd
+        write_csv_atomic(fit.ranef_long(), args.ranef)
+    elif args.ranef:
         re = fit.ranef(cond_var=True)
         keep = list(fit.design.z_names) + [f"condsd_{n}" for n in fit.design.z_names]
         write_csv_atomic(re[keep].reset_index(), args.ranef)
