@@ -312,3 +312,17 @@ def test_tight_and_newton_optimizers():
     assert t.minus2loglik <= prob.stage2(np.r_[a.theta, a.beta], exact=True) + 1e-9
     assert nw.optinfo.stage2_optimizer in ("Newton", "Nelder_Mead")
     np.testing.assert_allclose(nw.beta, a.beta, atol=1e-2 * float(a.se().min()))
+
+
+def test_confint_wald_in_every_fit_s_argument_order():
+    """``fit.confint(method, level)`` as for every other fit, and ``tl.confint`` routes here;
+    profile intervals are refused with what to use."""
+    fit = _fit("y ~ x + (1 | school/class)", _data(), family="binomial")
+    ci = tl.confint(fit, method="Wald", level=0.9)
+    assert list(ci.columns) == ["5 %", "95 %"]  # R's names
+    np.testing.assert_allclose(ci.to_numpy(), fit.confint("Wald", 0.9).to_numpy())
+    z = 1.6448536269514722
+    np.testing.assert_allclose(ci.iloc[:, 1] - ci.iloc[:, 0], 2 * z * fit.se(), rtol=1e-12)
+    with pytest.raises(TwolevelError, match="confint method 'profile' is not available for a "
+                                            "glmer fit with several grouping factors"):
+        tl.confint(fit)

@@ -227,9 +227,10 @@ class MultiGlmerFit:
         return pd.DataFrame({"Estimate": b, "Std. Error": se, "z value": z,
                              "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z))})
 
-    def confint(self, level: float = 0.95, method: str = "Wald") -> pd.DataFrame:
+    def confint(self, method: str = "Wald", level: float = 0.95) -> pd.DataFrame:
         """Wald intervals β̂ ± z·SE for the fixed effects (``confint(fit, method = "Wald")``;
-        lme4 gives NA for the variance parameters there, omitted here).
+        lme4 gives NA for the variance parameters there, omitted here). The arguments are in
+        the order of every other fit's ``confint`` (method, then level).
 
         Raises
         ------
@@ -242,7 +243,7 @@ class MultiGlmerFit:
                                 "with several grouping factors; use method='Wald'")
         z = stats.norm.ppf(0.5 + level / 2)
         b, se = self.fixef(), self.se()
-        lo, hi = f"{100 * (1 - level) / 2:.1f} %", f"{100 * (1 + level) / 2:.1f} %"
+        lo, hi = f"{100 * (1 - level) / 2:.3g} %", f"{100 * (1 + level) / 2:.3g} %"  # R's
         return pd.DataFrame({lo: b - z * se, hi: b + z * se})
 
     # ----------------------------------------------------------------- random effects

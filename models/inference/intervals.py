@@ -159,6 +159,8 @@ def confint(
         )
     if not 0.0 < level < 1.0:
         raise TwolevelError(f"confidence level must be between 0 and 1 (e.g. 0.95), got {level}")
+    if has_several_factors(fit) and hasattr(fit, "family"):  # glmer with several factors
+        return fit.confint(method, level)
     if has_several_factors(fit):
         gen = rng if rng is not None else (seed if seed is not None else 1)
         return fit.confint(method, level, nsim=nsim, seed=gen, progress=progress)
