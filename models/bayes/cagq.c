@@ -321,6 +321,32 @@ static void pass_fast(const agq_data *a, long lo, long hi, const double *eta0, c
     const long m = hi - lo;
     const double *restrict s = a->s + lo, *restrict tr = a->tr + lo, *restrict e0 = eta0 + lo;
     double *restrict dd = d;
+    if (q == 2 && a->link == 0) { /* the common case in one vectorised loop with reductions */
+        const double *restrict A2 = A + 2 * lo, u0 = u[0], u1 = u[1];
+        double g0 = 0.0, g1 = 0.0, h00 = 0.0, h10 = 0.0, h11 = 0.0;
+#pragma omp simd reduction(+ : g0, g1, h00, h10, h11)
+        for (long r = 0; r < m; r++) {
+            const double a0 = A2[2 * r], a1 = A2[2 * r + 1];
+            const double E = exp(-(e0[r] + a0 * u0 + a1 * u1)); /* as below */
+            const double mu = 1.0 / (1.0 + E), omu = 1.0 / (1.0 + 1.0 / E), v = mu * omu;
+            const double d1 = s[r] - tr[r] * mu, d2 = -tr[r] * v;
+            dd[3 * r] = d1;
+            dd[3 * r + 1] = d2;
+            dd[3 * r + 2] = d2 * (omu - mu);
+            g0 += d1 * a0;
+            g1 += d1 * a1;
+            h00 -= d2 * a0 * a0;
+            h10 -= d2 * a1 * a0;
+            h11 -= d2 * a1 * a1;
+        }
+        o->f = 0.0;
+        o->g[0] = g0 - u0;
+        o->g[1] = g1 - u1;
+        o->H[0] = h00 + 1.0;
+        o->H[1] = o->H[2] = h10;
+        o->H[3] = h11 + 1.0;
+        return;
+    }
     /* d's three slots per row hold η, then e^η (or e^{−|η|}), then the derivatives */
     if (q == 1) {
         const double *restrict A1 = A + lo;
@@ -446,7 +472,7 @@ static void nodes_fast(const agq_data *a, long lo, long hi, const double *ex, do
     memset(F, 0, sizeof(double) * (size_t)nF * T);
     double ub = 0.0; /* an upper bound of log prod_t over the nodes */
     for (long r = lo; r < hi; r++) {
-        const double *er = ex + (r - lo) * (2 + KQ);
+        const double *er = ex + (r - lo) * (1 + KQ);
         const double E0 = er[0], sr = a->s[r], nr = a->tr[r];
         if (q == 1) {
             for (int t = 0; t < K; t++) e[t] = E0 * er[1 + t];
@@ -469,7 +495,7 @@ static void nodes_fast(const agq_data *a, long lo, long hi, const double *ex, do
                 e[t] = sr - e[t];
             }
         } else if (nr == 1.0) {
-            const double rb = fmax(er[1 + KQ], 0.0) + 0.6931471805599453;
+            const double rb = fmax(ex[(hi - lo) * (1 + KQ) + (r - lo)], 0.0) + 0.6931471805599453;
             if (ub + rb > 700.0) {
                 for (int t = 0; t < T; t++) {
                     lsum[t] += log(prod[t]);
@@ -529,9 +555,9 @@ static double school_agq(const agq_data *a, long j, const double *L, const doubl
     const int want = gb != NULL;
     const int stride = 1 + p + 2 * q + q; /* log term, F1 (p), F2 (q), u_k (q), x_k (q) */
     /* logit and log links: e^η at a node is e^η̂ Π_d e^{α_d x_d} (α = Sᵀa), so the K^q nodes
-     * need 1 + qK exponentials per row instead of K^q exponentials and logarithms (fewer: the
-     * rule is symmetric, e^{α x_{K−1−k}} = 1/e^{α x_k}); Σ_i log(1 + e^η_i) over Bernoulli rows
-     * is the logarithm of a product. Each row then updates all nodes at once (loops over the
+     * need 1 + qK exponentials per row (computed for the school's rows in one vectorised loop)
+     * instead of K^q exponentials and logarithms; Σ_i log(1 + e^η_i) over Bernoulli rows is
+     * the logarithm of a product. Each row then updates all nodes at once (loops over the
      * nodes the compiler vectorises: nodes_fast). */
     const int KQ = q * K;
     int fast = (a->link == 0 || a->link == 3) && ex != NULL;
@@ -539,8 +565,8 @@ static double school_agq(const agq_data *a, long j, const double *L, const doubl
     if (fast) {
         double xmax = 0.0;
         for (int k = 0; k < K; k++) xmax = fmax(xmax, fabs(a->xk[k]));
-        int sym = 1;
-        for (int k = 0; k < K; k++) sym &= a->xk[K - 1 - k] == -a->xk[k];
+        const long m = hi - lo;
+        double *bnd = ex + m * (1 + KQ); /* the rows' bounds of η over the nodes */
         for (long r = lo; r < hi && fast; r++) {
             const double *ar = A + r * q;
             double etah = eta0[r], al[QMAX], bound;
@@ -552,27 +578,23 @@ static double school_agq(const agq_data *a, long j, const double *L, const doubl
                 al[dd] = t;
                 bound += fabs(t) * xmax;
                 sA[dd] += a->s[r] * t;
+                if (fabs(t) * xmax > 300.0) bound = INFINITY; /* each factor finite too */
             }
             if (bound > 300.0) {
                 fast = 0;
                 break;
             }
             sE += a->s[r] * etah;
-            double *er = ex + (r - lo) * (2 + KQ);
-            er[0] = exp(etah);
-            er[1 + KQ] = bound; /* (the slot after the row's factors: nodes_fast's overflow bound) */
-            for (int dd = 0; dd < q; dd++) {
-                double *e = er + 1 + dd * K;
-                if (sym) {
-                    for (int k = 0; k < K / 2; k++) {
-                        e[k] = exp(al[dd] * a->xk[k]);
-                        e[K - 1 - k] = 1.0 / e[k];
-                    }
-                    if (K % 2) e[K / 2] = 1.0;
-                } else {
-                    for (int k = 0; k < K; k++) e[k] = exp(al[dd] * a->xk[k]);
-                }
-            }
+            double *er = ex + (r - lo) * (1 + KQ); /* the exponents first */
+            er[0] = etah;
+            bnd[r - lo] = bound;
+            for (int dd = 0; dd < q; dd++)
+                for (int k = 0; k < K; k++) er[1 + dd * K + k] = al[dd] * a->xk[k];
+        }
+        if (fast) { /* then their exponentials in one loop the compiler vectorises */
+            const long ne = m * (1 + KQ);
+#pragma omp simd
+            for (long i = 0; i < ne; i++) ex[i] = exp(ex[i]);
         }
     }
     if (fast) {
