@@ -39,6 +39,8 @@
  * libmvec's exp in the loops marked omp simd without fast-math's other assumptions */
 #pragma omp declare simd notinbranch
 extern double exp(double);
+#pragma omp declare simd notinbranch
+extern double log(double);
 #endif
 
 #define A_HEADER 12
@@ -51,6 +53,8 @@ typedef struct {
     int q, p, strct, link, K, nthreads;
     long J, n;
     const double *pb, *pd, *xk, *lwk, *starts, *cj, *X, *Z, *s, *tr, *off, *b0;
+    int zx[QMAX]; /* the column of X equal to column k of Z (−1: none; z_in_x) */
+    const double *tab; /* node t's x_t (q) and log-weight (NULL: computed per school) */
 } agq_data;
 
 static agq_data get_data(const double *d) {
@@ -87,7 +91,40 @@ static agq_data get_data(const double *d) {
     a.off = p;
     p += a.n;
     a.b0 = p;
+    for (int k = 0; k < QMAX; k++) a.zx[k] = -1;
+    a.tab = NULL;
     return a;
+}
+
+/* the product rule's nodes x_t (q) and log-weights Σ_d lw_{t_d} in t order (t = t_0 + K t_1 +
+ * K² t_2), T (q + 1) doubles, the same for every school */
+static void node_table(const agq_data *a, double *tab) {
+    int T = 1;
+    for (int k = 0; k < a->q; k++) T *= a->K;
+    for (int t = 0; t < T; t++) {
+        double *tb = tab + (long)t * (a->q + 1), lw = 0.0;
+        int rem = t;
+        for (int k = 0; k < a->q; k++) {
+            const int ik = rem % a->K;
+            rem /= a->K;
+            tb[k] = a->xk[ik];
+            lw += a->lwk[ik];
+        }
+        tb[a->q] = lw;
+    }
+}
+
+/* which columns of Z are columns of X (a random slope of a fixed effect: their per-node sums
+ * Σ_r ℓ'_rt z_rk are then the X column's, computed once) */
+static void z_in_x(agq_data *a) {
+    for (int k = 0; k < a->q; k++) {
+        a->zx[k] = -1;
+        for (int l = 0; l < a->p && a->zx[k] < 0; l++) {
+            long r = 0;
+            while (r < a->n && a->X[r * a->p + l] == a->Z[r * a->q + k]) r++;
+            if (r == a->n) a->zx[k] = l;
+        }
+    }
 }
 
 /* ------------------------------------------------------------------ one row's log-likelihood */
@@ -519,6 +556,7 @@ static void nodes_fast(const agq_data *a, long lo, long hi, const double *ex, do
         if (want) {
             const double *xr = a->X + r * p, *zr = a->Z + r * q;
             for (int l = 0; l < p + q; l++) {
+                if (l >= p && a->zx[l - p] >= 0) continue; /* an X column's sums */
                 const double c = l < p ? xr[l] : zr[l - p];
                 double *restrict Fl = F + (long)l * T;
 #pragma omp simd
@@ -526,10 +564,15 @@ static void nodes_fast(const agq_data *a, long lo, long hi, const double *ex, do
             }
         }
     }
+#pragma omp simd
+    for (int t = 0; t < T; t++) lsum[t] += log(prod[t]);
     for (int t = 0; t < T; t++) {
         double *nd = node + (long)t * ns;
-        nd[0] = -(lsum[t] + log(prod[t]));
-        for (int l = 0; l < nF; l++) nd[1 + l] = F[(long)l * T + t];
+        nd[0] = -lsum[t];
+        for (int l = 0; l < nF; l++) {
+            const int src = l >= p && a->zx[l - p] >= 0 ? a->zx[l - p] : l;
+            nd[1 + l] = F[(long)src * T + t];
+        }
     }
 }
 
@@ -604,13 +647,20 @@ static double school_agq(const agq_data *a, long j, const double *L, const doubl
     for (int t = 0; t < total; t++) {
         double *nd = node + (long)t * (stride + q);
         double xv[QMAX], uk[QMAX], lw = 0.0, half = 0.0;
-        int rem = t;
-        for (int k = 0; k < q; k++) {
-            const int ik = rem % K;
-            rem /= K;
-            xv[k] = a->xk[ik];
-            lw += a->lwk[ik];
-            half += 0.5 * xv[k] * xv[k];
+        if (a->tab) { /* the rule's table (node_table) */
+            const double *tb = a->tab + (long)t * (q + 1);
+            for (int k = 0; k < q; k++) xv[k] = tb[k];
+            lw = tb[q];
+            for (int k = 0; k < q; k++) half += 0.5 * xv[k] * xv[k];
+        } else {
+            int rem = t;
+            for (int k = 0; k < q; k++) {
+                const int ik = rem % K;
+                rem /= K;
+                xv[k] = a->xk[ik];
+                lw += a->lwk[ik];
+                half += 0.5 * xv[k] * xv[k];
+            }
         }
         for (int k = 0; k < q; k++) {
             double s = u[k];
@@ -649,8 +699,15 @@ static double school_agq(const agq_data *a, long j, const double *L, const doubl
             memcpy(nd + 1 + p + 2 * q, xv, sizeof(double) * q);
         }
     }
-    double sum = 0.0;
-    for (int t = 0; t < total; t++) sum += exp(node[(long)t * (stride + q)] - mx);
+    /* the nodes' unnormalised weights, contiguous (nodes_fast's scratch, free again) for a
+     * vectorised exp */
+    double *restrict wt = node + (long)total * (stride + q), sum = 0.0;
+    for (int t = 0; t < total; t++) wt[t] = node[(long)t * (stride + q)] - mx;
+#pragma omp simd reduction(+ : sum)
+    for (int t = 0; t < total; t++) {
+        wt[t] = exp(wt[t]);
+        sum += wt[t];
+    }
     const double Q = a->cj[j] + logdetS + mx + log(sum);
     if (!want) return Q;
 
@@ -658,7 +715,7 @@ static double school_agq(const agq_data *a, long j, const double *L, const doubl
     double v[QMAX] = {0}, GS[QMAX * QMAX] = {0}, Lf2u[QMAX * QMAX] = {0};
     for (int t = 0; t < total; t++) {
         const double *nd = node + (long)t * (stride + q);
-        const double w = exp(nd[0] - mx) / sum;
+        const double w = wt[t] / sum;
         const double *F1 = nd + 1, *F2 = nd + 1 + p, *uk = nd + 1 + p + q,
                      *xv = nd + 1 + p + 2 * q;
         for (int l = 0; l < p; l++) gb[l] += w * F1[l];
@@ -961,12 +1018,18 @@ static int n_nodes(const agq_data *a) {
 
 /* per-school Q_j into qj (J), and when gj is not NULL each school's gradient (p + q²) into gj;
  * schools split over the data's threads; 0 on success, −1 when memory ran out */
-static int schools(const agq_data *a, const double *beta, const double *L, double *qj,
+static int schools(const agq_data *a0, const double *beta, const double *L, double *qj,
                    double *gj, double *uj, double *Rj) {
-    const int q = a->q, p = a->p, G = p + q * q;
-    double *eta0 = malloc(sizeof(double) * a->n * (1 + q));
+    agq_data ad = *a0;
+    z_in_x(&ad);
+    const int q = ad.q, p = ad.p, G = p + q * q;
+    const long T = n_nodes(&ad);
+    double *eta0 = malloc(sizeof(double) * (ad.n * (1 + q) + T * (q + 1)));
     if (!eta0) return -1;
-    double *A = eta0 + a->n;
+    double *A = eta0 + ad.n;
+    node_table(&ad, A + ad.n * q);
+    ad.tab = A + ad.n * q;
+    const agq_data *a = &ad;
     fill_eta_A(a, beta, L, eta0, A);
     const long nmax = max_school(a);
     const long nodesz = (long)n_nodes(a) * (1 + p + 4 * q + 3 + p + q); /* + nodes_fast's */
