@@ -43,7 +43,7 @@ from twolevel.models.bayes.priors import ModelPriors, default_glmm_priors
 from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.response import glmer_design
 
-__all__ = ["GIL_FREE_ROWS", "SAMPLERS", "fit_bayes_glmm", "glmm_reliabilities"]
+__all__ = ["GIL_FREE_ROWS", "INTEGRATED_TUNE", "SAMPLERS", "fit_bayes_glmm", "glmm_reliabilities"]
 
 SAMPLERS = ("auto", "integrated", "full")
 
@@ -52,6 +52,13 @@ SAMPLERS = ("auto", "integrated", "full")
 # sample 2.6× faster per iteration than through the cached Python callback, which holds the GIL);
 # below it the cached route's start-up wins.
 GIL_FREE_ROWS = 5000
+
+# Tuning steps of the integrated sampler's default settings (otherwise SamplerSettings()'s): its
+# posterior has p + q(q+1)/2 dimensions (5 at the lecture design), sampled as (β, log SDs,
+# atanh of the partial correlations); at the lecture design 300 tuning steps gave 4 × 1,000
+# draws with min ESS 1,419 (tail, slope SD), 400 steps per 400 draws ESS 0.48 per draw, against
+# 0.45 per draw after 1,000 steps (benchmarks/bayes_glmm.py); 500 keeps a margin.
+INTEGRATED_TUNE = 500
 
 
 def glmm_reliabilities(formula: str, data: pd.DataFrame, family: str, link: str,
@@ -103,10 +110,11 @@ def fit_bayes_glmm(
     dimension, default :func:`twolevel.models.bayes.agq.default_agq_nodes`); ``"auto"`` the
     integrated sampler where it applies (logit/probit/cloglog binomial, log Poisson, 1–3
     effects, non-centred, compiled priors, a C compiler) and otherwise the full one, saying why
-    in one warning. Not the default: at the lecture design (742 schools of ~15 students, two
-    effects) a gradient of the integrated density with 25 nodes costs ~16 times the full
-    model's, and the full sampler's trajectories there are as short, so the integrated fit took
-    several times longer (``benchmarks/agq_nodes.py``, docs/bayes-agq.md)."""
+    in one warning; its default settings are ``SamplerSettings(tune=INTEGRATED_TUNE)``. Not the
+    default: at the lecture design (742 schools of ~15 students, two effects) a gradient of the
+    integrated density with 25 nodes costs ~8 times the full model's (``benchmarks/bayes_glmm.py
+    --grad-timing``) for trajectories of ~7 steps against the full sampler's longer ones, so the
+    integrated fit is still slower there (``benchmarks/bayes_glmm.py --full``)."""
     if log_likelihood not in LOG_LIKELIHOODS:
         raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "
                             f"{', '.join(LOG_LIKELIHOODS)}; use one of those")
@@ -228,7 +236,7 @@ def _fit_integrated(formula: str, design, resp, fam, priors, settings, progress:
     error)."""
     from twolevel.models.bayes.agq_sampler import LL_SCHOOL, quadrature_error, sample_agq
 
-    settings = settings or SamplerSettings()
+    settings = settings or SamplerSettings(tune=INTEGRATED_TUNE)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     dt, model, t_s = sample_agq(
