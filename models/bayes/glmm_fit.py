@@ -114,7 +114,8 @@ def fit_bayes_glmm(
     default: at the lecture design (742 schools of ~15 students, two effects) a gradient of the
     integrated density with 25 nodes costs ~8 times the full model's (``benchmarks/bayes_glmm.py
     --grad-timing``) for trajectories of ~7 steps against the full sampler's longer ones, so the
-    integrated fit is still slower there (``benchmarks/bayes_glmm.py --full``)."""
+    integrated fit is about as fast in min-ESS per second there, not faster
+    (``benchmarks/bayes_glmm.py --full``; benchmarks/results/agq_lecture.txt)."""
     if log_likelihood not in LOG_LIKELIHOODS:
         raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "
                             f"{', '.join(LOG_LIKELIHOODS)}; use one of those")
