@@ -56,7 +56,7 @@ KERNELS = [
     Kernel("twolevel.models.lmm._cnested", "models/lmm/cnested.c",
            ("-O3", "-ffp-contract=off", "-fno-semantic-interposition", "-fno-tree-vectorize")),
     Kernel("twolevel.models.bayes._cagq", "models/bayes/cagq.c", ("-O2", "-fno-fast-math"),
-           openmp=True),
+           openmp=True, mvec=True),
 ]
 
 # x86-64 variants: suffix → GCC/Clang flags (the loader's names: twolevel.models.native.VARIANTS)

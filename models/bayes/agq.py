@@ -67,7 +67,7 @@ from twolevel.models.bayes import kernel_layout as layout
 
 __all__ = ["AGQ_LINK_CODES", "DEFAULT_MH_STEPS", "agq_logp", "agq_schools", "default_agq_nodes",
            "draw_school_effects_agq", "load", "pack_agq", "unconstrained_from_posterior",
-           "with_start"]
+           "with_sampling_coordinates", "with_start"]
 
 MODULE = "twolevel.models.bayes._cagq"  # cagq.c, compiled with the package (setup.py)
 _LIB: dict[str, ctypes.CDLL] = {}
@@ -80,6 +80,7 @@ PMAX = 64
 DEFAULT_MH_STEPS = 8
 DEFAULT_THREADS = 2
 LOG2PI = math.log(2.0 * math.pi)
+SD_CPC = 2  # the structure code of LKJ data in NUTS's coordinates (with_sampling_coordinates)
 
 
 def default_agq_nodes(q: int) -> int:
@@ -202,6 +203,21 @@ def with_start(data: np.ndarray, b0: np.ndarray) -> np.ndarray:
     out = data.copy()
     b0 = np.ascontiguousarray(b0, dtype=float).ravel()
     out[out.size - b0.size:] = b0
+    return out
+
+
+def with_sampling_coordinates(data: np.ndarray) -> np.ndarray:
+    """A copy of packed LKJ data whose log density takes NUTS's coordinates
+    x = [β | log sd (q) | atanh of the canonical partial correlations (q(q−1)/2)] (Stan's
+    ``cholesky_factor_corr``; the density of the same posterior, with the Jacobian), and whose
+    expand callback writes each draw as the packed factor with log diagonal (the canonical x of
+    every other function here). Sampled this way, the slope SD near 0 does not pinch the
+    off-diagonal of the factor into a funnel (the packed factor's L₂₁ = sd₂ ρ): on the lecture
+    design NUTS takes shorter trajectories for the same ESS (``benchmarks/bayes_glmm.py``).
+    Independent SDs (already log sd) are returned unchanged."""
+    out = data.copy()
+    if int(out[4]) == layout.LKJ:
+        out[4] = SD_CPC
     return out
 
 

@@ -97,6 +97,7 @@ class AgqModel(CompiledModel):
     J: int
     structure: str
     n_expanded: int
+    sampling_data: np.ndarray  # what nutpie's callbacks read (agq.with_sampling_coordinates)
 
     def expand(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The model's variables and per-school log-likelihoods (:func:`_expand`)."""
@@ -151,6 +152,8 @@ def compile_agq(design: Design, y, w, offset, family: str, link: str, priors,
     if warm_start:
         data = agq.with_start(data, newton_start(data, x0, q, p, structure))
     data.flags.writeable = False
+    sampling = agq.with_sampling_coordinates(data)
+    sampling.flags.writeable = False
     effects = list(design.z_names)
     schools = [str(s) for s in design.group_levels]
     cov_name = "chol_cov_cholesky-cov-packed__" if structure == "lkj" else "sd_log__"
@@ -163,7 +166,7 @@ def compile_agq(design: Design, y, w, offset, family: str, link: str, priors,
     if structure == "lkj":
         dims["corr"] = ("effect", "effect_b")
     return AgqModel(data=data, n_dim=n_dim, q=q, p=p, J=J, structure=structure, x0=x0,
-                    dims=dims, coords=coords, n_expanded=n_dim + J)
+                    dims=dims, coords=coords, n_expanded=n_dim + J, sampling_data=sampling)
 
 
 def _unconstrained(post: xr.Dataset, structure: str) -> np.ndarray:

@@ -16,7 +16,9 @@
  *   sd prior (2q) | x_k (K) | lw_k (K) | school starts (J+1) | c_j (J) | X (n p) | Z (n q) |
  *   s (n) | trials (n) | offset (n) | b0 (J q: where Newton starts, in b = L u), rows sorted by
  *   school.
- * x: [β (p) | LKJ packed factor with log diagonal (q(q+1)/2), or log sd (q)].
+ * x: [β (p) | LKJ packed factor with log diagonal (q(q+1)/2), or log sd (q)]; with struct
+ * SD_CPC (2, the sampler's coordinates for LKJ) [β | log sd (q) | atanh of the canonical
+ * partial correlations (q(q−1)/2)], the expand callback writing the draw in the packed form.
  * link: 0 binomial logit, 1 binomial probit, 2 binomial cloglog, 3 Poisson log.
  */
 #include <math.h>
@@ -32,15 +34,27 @@
 #define TL_EXPORT __attribute__((visibility("default")))
 #endif
 
+#ifdef TWOLEVEL_MVEC
+/* glibc declares its vector exp only under -ffast-math; declaring it lets the compiler call
+ * libmvec's exp in the loops marked omp simd without fast-math's other assumptions */
+#pragma omp declare simd notinbranch
+extern double exp(double);
+#pragma omp declare simd notinbranch
+extern double log(double);
+#endif
+
 #define A_HEADER 12
 enum { A_Q, A_P, A_J, A_N, A_STRUCT, A_ETA, A_FBETA, A_FSD, A_CONST, A_LINK, A_K, A_THREADS };
 #define QMAX 3
+#define SD_CPC 2 /* struct code: LKJ sampled as log SDs and canonical partial correlations */
 #define LOG_SQRT_2PI 0.91893853320467274178
 
 typedef struct {
     int q, p, strct, link, K, nthreads;
     long J, n;
     const double *pb, *pd, *xk, *lwk, *starts, *cj, *X, *Z, *s, *tr, *off, *b0;
+    int zx[QMAX]; /* the column of X equal to column k of Z (−1: none; z_in_x) */
+    const double *tab; /* node t's x_t (q) and log-weight (NULL: computed per school) */
 } agq_data;
 
 static agq_data get_data(const double *d) {
@@ -77,7 +91,40 @@ static agq_data get_data(const double *d) {
     a.off = p;
     p += a.n;
     a.b0 = p;
+    for (int k = 0; k < QMAX; k++) a.zx[k] = -1;
+    a.tab = NULL;
     return a;
+}
+
+/* the product rule's nodes x_t (q) and log-weights Σ_d lw_{t_d} in t order (t = t_0 + K t_1 +
+ * K² t_2), T (q + 1) doubles, the same for every school */
+static void node_table(const agq_data *a, double *tab) {
+    int T = 1;
+    for (int k = 0; k < a->q; k++) T *= a->K;
+    for (int t = 0; t < T; t++) {
+        double *tb = tab + (long)t * (a->q + 1), lw = 0.0;
+        int rem = t;
+        for (int k = 0; k < a->q; k++) {
+            const int ik = rem % a->K;
+            rem /= a->K;
+            tb[k] = a->xk[ik];
+            lw += a->lwk[ik];
+        }
+        tb[a->q] = lw;
+    }
+}
+
+/* which columns of Z are columns of X (a random slope of a fixed effect: their per-node sums
+ * Σ_r ℓ'_rt z_rk are then the X column's, computed once) */
+static void z_in_x(agq_data *a) {
+    for (int k = 0; k < a->q; k++) {
+        a->zx[k] = -1;
+        for (int l = 0; l < a->p && a->zx[k] < 0; l++) {
+            long r = 0;
+            while (r < a->n && a->X[r * a->p + l] == a->Z[r * a->q + k]) r++;
+            if (r == a->n) a->zx[k] = l;
+        }
+    }
 }
 
 /* ------------------------------------------------------------------ one row's log-likelihood */
@@ -302,6 +349,93 @@ static void pass_mode(const agq_data *a, long lo, long hi, const double *eta0, c
     memcpy(o->H, H, sizeof(H));
 }
 
+/* pass_mode's want = 1 pass for the logit and log links with d (ℓ', ℓ'', ℓ''' per row): the
+ * linear predictors and the exponentials of a school's rows first, in loops the compiler
+ * vectorises, then the score and information */
+static void pass_fast(const agq_data *a, long lo, long hi, const double *eta0, const double *A,
+                      const double *u, double *d, pass_out *o) {
+    const int q = a->q;
+    const long m = hi - lo;
+    const double *restrict s = a->s + lo, *restrict tr = a->tr + lo, *restrict e0 = eta0 + lo;
+    double *restrict dd = d;
+    if (q == 2 && a->link == 0) { /* the common case in one vectorised loop with reductions */
+        const double *restrict A2 = A + 2 * lo, u0 = u[0], u1 = u[1];
+        double g0 = 0.0, g1 = 0.0, h00 = 0.0, h10 = 0.0, h11 = 0.0;
+#pragma omp simd reduction(+ : g0, g1, h00, h10, h11)
+        for (long r = 0; r < m; r++) {
+            const double a0 = A2[2 * r], a1 = A2[2 * r + 1];
+            const double E = exp(-(e0[r] + a0 * u0 + a1 * u1)); /* as below */
+            const double mu = 1.0 / (1.0 + E), omu = 1.0 / (1.0 + 1.0 / E), v = mu * omu;
+            const double d1 = s[r] - tr[r] * mu, d2 = -tr[r] * v;
+            dd[3 * r] = d1;
+            dd[3 * r + 1] = d2;
+            dd[3 * r + 2] = d2 * (omu - mu);
+            g0 += d1 * a0;
+            g1 += d1 * a1;
+            h00 -= d2 * a0 * a0;
+            h10 -= d2 * a1 * a0;
+            h11 -= d2 * a1 * a1;
+        }
+        o->f = 0.0;
+        o->g[0] = g0 - u0;
+        o->g[1] = g1 - u1;
+        o->H[0] = h00 + 1.0;
+        o->H[1] = o->H[2] = h10;
+        o->H[3] = h11 + 1.0;
+        return;
+    }
+    /* d's three slots per row hold η, then e^η (or e^{−|η|}), then the derivatives */
+    if (q == 1) {
+        const double *restrict A1 = A + lo;
+        for (long r = 0; r < m; r++) dd[3 * r] = e0[r] + A1[r] * u[0];
+    } else {
+        for (long r = 0; r < m; r++) {
+            const double *ar = A + (lo + r) * q;
+            double eta = e0[r];
+            for (int k = 0; k < q; k++) eta += ar[k] * u[k];
+            dd[3 * r] = eta;
+        }
+    }
+    if (a->link == 3) {
+#pragma omp simd
+        for (long r = 0; r < m; r++) {
+            const double mu = exp(dd[3 * r]);
+            dd[3 * r] = s[r] - mu;
+            dd[3 * r + 1] = -mu;
+            dd[3 * r + 2] = -mu;
+        }
+    } else {
+#pragma omp simd
+        for (long r = 0; r < m; r++) {
+            const double eta = dd[3 * r];
+            /* μ = 1/(1 + E), 1 − μ = 1/(1 + 1/E) with E = e^{−η} (right for E = 0 and ∞): no
+             * branch, so the loop is vectorised */
+            const double E = exp(-eta);
+            const double mu = 1.0 / (1.0 + E), omu = 1.0 / (1.0 + 1.0 / E), v = mu * omu;
+            dd[3 * r] = s[r] - tr[r] * mu;
+            dd[3 * r + 1] = -tr[r] * v;
+            dd[3 * r + 2] = -tr[r] * v * (omu - mu);
+        }
+    }
+    double g[QMAX] = {0}, H[QMAX * QMAX] = {0};
+    for (long r = 0; r < m; r++) {
+        const double *ar = A + (lo + r) * q;
+        const double d1 = dd[3 * r], d2 = dd[3 * r + 1];
+        for (int k = 0; k < q; k++) {
+            g[k] += d1 * ar[k];
+            for (int l = 0; l <= k; l++) H[k * q + l] -= d2 * ar[k] * ar[l];
+        }
+    }
+    for (int k = 0; k < q; k++) {
+        g[k] -= u[k];
+        H[k * q + k] += 1.0;
+        for (int l = 0; l < k; l++) H[l * q + k] = H[k * q + l];
+    }
+    o->f = 0.0;
+    memcpy(o->g, g, sizeof(g));
+    memcpy(o->H, H, sizeof(H));
+}
+
 /* the mode û by Newton's method with step halving from u = 0; returns the pass at û (with d)
  * and R = chol(H(û)); 0 when it fails */
 static int find_mode(const agq_data *a, long j, const double *L, const double *eta0,
@@ -314,7 +448,11 @@ static int find_mode(const agq_data *a, long j, const double *L, const double *e
         for (int m = 0; m < k; m++) t -= L[k * q + m] * u[m];
         u[k] = t / L[k * q + k];
     }
-    pass_mode(a, lo, hi, eta0, A, u, 1, d, o);
+    const int fastp = a->link == 0 || a->link == 3;
+    if (fastp)
+        pass_fast(a, lo, hi, eta0, A, u, d, o);
+    else
+        pass_mode(a, lo, hi, eta0, A, u, 1, d, o);
     for (int it = 0; it < 100; it++) {
         if (!chol(q, o->H, R)) return 0;
         double step[QMAX], un[QMAX];
@@ -331,7 +469,10 @@ static int find_mode(const agq_data *a, long j, const double *L, const double *e
         for (int k = 0; k < q; k++) slope0 += o->g[k] * step[k];
         for (int h = 0; h < 60; h++) {
             for (int k = 0; k < q; k++) un[k] = u[k] + t * step[k];
-            pass_mode(a, lo, hi, eta0, A, un, 1, d, &on);
+            if (fastp)
+                pass_fast(a, lo, hi, eta0, A, un, d, &on);
+            else
+                pass_mode(a, lo, hi, eta0, A, un, 1, d, &on);
             double slope1 = 0.0;
             for (int k = 0; k < q; k++) slope1 += on.g[k] * step[k];
             if (isfinite(slope1) && slope1 >= -slope0) break;
@@ -347,10 +488,98 @@ static int find_mode(const agq_data *a, long j, const double *L, const double *e
     return chol(q, o->H, R);
 }
 
+/* The fast path's sums over a school's rows for all T = K^q nodes at once (logit and log links):
+ * with e_rt = e^{η_rt} = er[0] Π_d er[1 + dK + t_d] (t = t_0 + K t_1 + K² t_2), node t gets
+ * nd[0] = −Σ_r n_r log(1 + e_rt) (logit; Bernoulli rows as the log of a running product,
+ * flushed before it can overflow) or −Σ_r e_rt (log), and with want F1 = Σ_r ℓ'_rt x_r and
+ * F2 = Σ_r ℓ'_rt z_r at nd[1..p], nd[1+p..p+q] (ℓ' = s − n e/(1 + e), or s − e). The per-node
+ * accumulators are laid out node-contiguous in acc (T (3 + p + q) doubles after the node array),
+ * so each row's update is a loop over the nodes the compiler vectorises. */
+static void nodes_fast(const agq_data *a, long lo, long hi, const double *ex, double *node,
+                       int T, int want) {
+    const int q = a->q, p = a->p, K = a->K, KQ = q * K, ns = 1 + p + 4 * q;
+    double *acc = node + (long)T * ns;
+    double *restrict e = acc, *restrict prod = acc + T, *restrict lsum = acc + 2 * T,
+                     *restrict F = acc + 3 * T; /* F: (p + q) rows of T */
+    const int nF = want ? p + q : 0;
+    for (int t = 0; t < T; t++) {
+        prod[t] = 1.0;
+        lsum[t] = 0.0;
+    }
+    memset(F, 0, sizeof(double) * (size_t)nF * T);
+    double ub = 0.0; /* an upper bound of log prod_t over the nodes */
+    for (long r = lo; r < hi; r++) {
+        const double *er = ex + (r - lo) * (1 + KQ);
+        const double E0 = er[0], sr = a->s[r], nr = a->tr[r];
+        if (q == 1) {
+            for (int t = 0; t < K; t++) e[t] = E0 * er[1 + t];
+        } else if (q == 2) {
+            for (int i1 = 0; i1 < K; i1++) {
+                const double c = E0 * er[1 + K + i1];
+                for (int i0 = 0; i0 < K; i0++) e[i1 * K + i0] = c * er[1 + i0];
+            }
+        } else {
+            for (int i2 = 0; i2 < K; i2++)
+                for (int i1 = 0; i1 < K; i1++) {
+                    const double c = E0 * er[1 + 2 * K + i2] * er[1 + K + i1];
+                    for (int i0 = 0; i0 < K; i0++) e[(i2 * K + i1) * K + i0] = c * er[1 + i0];
+                }
+        }
+        if (a->link == 3) {
+#pragma omp simd
+            for (int t = 0; t < T; t++) {
+                lsum[t] += e[t];
+                e[t] = sr - e[t];
+            }
+        } else if (nr == 1.0) {
+            const double rb = fmax(ex[(hi - lo) * (1 + KQ) + (r - lo)], 0.0) + 0.6931471805599453;
+            if (ub + rb > 700.0) {
+                for (int t = 0; t < T; t++) {
+                    lsum[t] += log(prod[t]);
+                    prod[t] = 1.0;
+                }
+                ub = 0.0;
+            }
+            ub += rb;
+#pragma omp simd
+            for (int t = 0; t < T; t++) {
+                const double one = 1.0 + e[t];
+                prod[t] *= one;
+                e[t] = sr - e[t] / one;
+            }
+        } else {
+            for (int t = 0; t < T; t++) {
+                lsum[t] += nr * log1p(e[t]);
+                e[t] = sr - nr * (e[t] / (1.0 + e[t]));
+            }
+        }
+        if (want) {
+            const double *xr = a->X + r * p, *zr = a->Z + r * q;
+            for (int l = 0; l < p + q; l++) {
+                if (l >= p && a->zx[l - p] >= 0) continue; /* an X column's sums */
+                const double c = l < p ? xr[l] : zr[l - p];
+                double *restrict Fl = F + (long)l * T;
+#pragma omp simd
+                for (int t = 0; t < T; t++) Fl[t] += e[t] * c;
+            }
+        }
+    }
+#pragma omp simd
+    for (int t = 0; t < T; t++) lsum[t] += log(prod[t]);
+    for (int t = 0; t < T; t++) {
+        double *nd = node + (long)t * ns;
+        nd[0] = -lsum[t];
+        for (int l = 0; l < nF; l++) {
+            const int src = l >= p && a->zx[l - p] >= 0 ? a->zx[l - p] : l;
+            nd[1 + l] = F[(long)src * T + t];
+        }
+    }
+}
+
 /* Q_j of one school and (when gb/gL not NULL) its gradient in β (p) and L (q×q lower, row-major)
  * added to gb/gL. eta0 = o + Xβ and A (rows a_i = Lᵀz_i) are the whole data's; d scratch of
- * 3·(hi − lo); node scratch of K^q·(1 + p + 4q) doubles; ex (NULL: no fast path) scratch of
- * (hi − lo)·(1 + qK) doubles. u_out receives û and R_out R. */
+ * 3·(hi − lo); node scratch of K^q·(1 + p + 4q + 3 + p + q) doubles; ex (NULL: no fast path)
+ * scratch of (hi − lo)·(2 + qK) doubles. u_out receives û and R_out R. */
 static double school_agq(const agq_data *a, long j, const double *L, const double *eta0,
                          const double *A, double *d, double *node, double *ex, double *gb,
                          double *gL, double *u_out, double *R_out) {
@@ -369,14 +598,18 @@ static double school_agq(const agq_data *a, long j, const double *L, const doubl
     const int want = gb != NULL;
     const int stride = 1 + p + 2 * q + q; /* log term, F1 (p), F2 (q), u_k (q), x_k (q) */
     /* logit and log links: e^η at a node is e^η̂ Π_d e^{α_d x_d} (α = Sᵀa), so the K^q nodes
-     * need 1 + qK exponentials per row instead of K^q exponentials and logarithms; Σ_i
-     * log(1 + e^η_i) over Bernoulli rows is the logarithm of a product */
+     * need 1 + qK exponentials per row (computed for the school's rows in one vectorised loop)
+     * instead of K^q exponentials and logarithms; Σ_i log(1 + e^η_i) over Bernoulli rows is
+     * the logarithm of a product. Each row then updates all nodes at once (loops over the
+     * nodes the compiler vectorises: nodes_fast). */
     const int KQ = q * K;
     int fast = (a->link == 0 || a->link == 3) && ex != NULL;
     double sE = 0.0, sA[QMAX] = {0};
     if (fast) {
         double xmax = 0.0;
         for (int k = 0; k < K; k++) xmax = fmax(xmax, fabs(a->xk[k]));
+        const long m = hi - lo;
+        double *bnd = ex + m * (1 + KQ); /* the rows' bounds of η over the nodes */
         for (long r = lo; r < hi && fast; r++) {
             const double *ar = A + r * q;
             double etah = eta0[r], al[QMAX], bound;
@@ -388,101 +621,93 @@ static double school_agq(const agq_data *a, long j, const double *L, const doubl
                 al[dd] = t;
                 bound += fabs(t) * xmax;
                 sA[dd] += a->s[r] * t;
+                if (fabs(t) * xmax > 300.0) bound = INFINITY; /* each factor finite too */
             }
             if (bound > 300.0) {
                 fast = 0;
                 break;
             }
             sE += a->s[r] * etah;
-            double *er = ex + (r - lo) * (1 + KQ);
-            er[0] = exp(etah);
+            double *er = ex + (r - lo) * (1 + KQ); /* the exponents first */
+            er[0] = etah;
+            bnd[r - lo] = bound;
             for (int dd = 0; dd < q; dd++)
-                for (int k = 0; k < K; k++) er[1 + dd * K + k] = exp(al[dd] * a->xk[k]);
+                for (int k = 0; k < K; k++) er[1 + dd * K + k] = al[dd] * a->xk[k];
         }
+        if (fast) { /* then their exponentials in one loop the compiler vectorises */
+            const long ne = m * (1 + KQ);
+#pragma omp simd
+            for (long i = 0; i < ne; i++) ex[i] = exp(ex[i]);
+        }
+    }
+    if (fast) {
+        nodes_fast(a, lo, hi, ex, node, total, want);
     }
     double mx = -INFINITY;
     for (int t = 0; t < total; t++) {
         double *nd = node + (long)t * (stride + q);
         double xv[QMAX], uk[QMAX], lw = 0.0, half = 0.0;
-        int rem = t;
-        for (int k = 0; k < q; k++) {
-            const int ik = rem % K;
-            rem /= K;
-            xv[k] = a->xk[ik];
-            lw += a->lwk[ik];
-            half += 0.5 * xv[k] * xv[k];
+        if (a->tab) { /* the rule's table (node_table) */
+            const double *tb = a->tab + (long)t * (q + 1);
+            for (int k = 0; k < q; k++) xv[k] = tb[k];
+            lw = tb[q];
+            for (int k = 0; k < q; k++) half += 0.5 * xv[k] * xv[k];
+        } else {
+            int rem = t;
+            for (int k = 0; k < q; k++) {
+                const int ik = rem % K;
+                rem /= K;
+                xv[k] = a->xk[ik];
+                lw += a->lwk[ik];
+                half += 0.5 * xv[k] * xv[k];
+            }
         }
         for (int k = 0; k < q; k++) {
             double s = u[k];
             for (int l = k; l < q; l++) s += S[k * q + l] * xv[l];
             uk[k] = s;
         }
-        double f = 0.0, F1[64], F2[QMAX] = {0};
-        for (int l = 0; l < p; l++) F1[l] = 0.0;
-        if (fast) {
-            int ik[QMAX];
-            int rm = t;
-            for (int k = 0; k < q; k++) {
-                ik[k] = 1 + k * K + rm % K;
-                rm /= K;
-            }
-            f = sE;
+        double f = 0.0;
+        if (fast) { /* nodes_fast left −Σ log(1 + e^η) (or −Σ e^η) in nd[0], F1, F2 in place */
+            f = sE + nd[0];
             for (int k = 0; k < q; k++) f += sA[k] * xv[k];
-            double prod = 1.0, lsum = 0.0;
+        } else {
+            double F1[64], F2[QMAX] = {0};
+            for (int l = 0; l < p; l++) F1[l] = 0.0;
             for (long r = lo; r < hi; r++) {
-                const double *er = ex + (r - lo) * (1 + KQ);
-                double e = er[0];
-                for (int k = 0; k < q; k++) e *= er[ik[k]];
-                double d1;
-                const double nr = a->tr[r];
-                if (a->link == 3) {
-                    lsum += e;
-                    d1 = a->s[r] - e;
-                } else {
-                    const double one = 1.0 + e;
-                    if (nr == 1.0) {
-                        prod *= one;
-                        if (prod > 1e200) {
-                            lsum += log(prod);
-                            prod = 1.0;
-                        }
-                    } else {
-                        lsum += nr * log1p(e);
-                    }
-                    d1 = a->s[r] - nr * (e / one);
-                }
+                const double *ar = A + r * q;
+                double eta = eta0[r];
+                for (int k = 0; k < q; k++) eta += ar[k] * uk[k];
+                double d1, d2, d3;
+                f += row_ll(a->link, eta, a->s[r], a->tr[r], &d1, &d2, &d3);
                 if (want) {
                     const double *xr = a->X + r * p, *zr = a->Z + r * q;
                     for (int l = 0; l < p; l++) F1[l] += d1 * xr[l];
                     for (int k = 0; k < q; k++) F2[k] += d1 * zr[k];
                 }
             }
-            f -= lsum + log(prod);
-        }
-        for (long r = fast ? hi : lo; r < hi; r++) {
-            const double *ar = A + r * q;
-            double eta = eta0[r];
-            for (int k = 0; k < q; k++) eta += ar[k] * uk[k];
-            double d1, d2, d3;
-            f += row_ll(a->link, eta, a->s[r], a->tr[r], &d1, &d2, &d3);
             if (want) {
-                const double *xr = a->X + r * p, *zr = a->Z + r * q;
-                for (int l = 0; l < p; l++) F1[l] += d1 * xr[l];
-                for (int k = 0; k < q; k++) F2[k] += d1 * zr[k];
+                memcpy(nd + 1, F1, sizeof(double) * p);
+                memcpy(nd + 1 + p, F2, sizeof(double) * q);
             }
         }
         for (int k = 0; k < q; k++) f -= 0.5 * uk[k] * uk[k];
         nd[0] = lw + f + half;
         if (nd[0] > mx) mx = nd[0];
         if (want) {
-            memcpy(nd + 1, F1, sizeof(double) * p);
-            memcpy(nd + 1 + p, F2, sizeof(double) * q);
             memcpy(nd + 1 + p + q, uk, sizeof(double) * q);
             memcpy(nd + 1 + p + 2 * q, xv, sizeof(double) * q);
         }
     }
-    double sum = 0.0;
-    for (int t = 0; t < total; t++) sum += exp(node[(long)t * (stride + q)] - mx);
+    /* the nodes' unnormalised weights, contiguous (nodes_fast's scratch, free again) for a
+     * vectorised exp */
+    double *restrict wt = node + (long)total * (stride + q), sum = 0.0;
+    for (int t = 0; t < total; t++) wt[t] = node[(long)t * (stride + q)] - mx;
+#pragma omp simd reduction(+ : sum)
+    for (int t = 0; t < total; t++) {
+        wt[t] = exp(wt[t]);
+        sum += wt[t];
+    }
     const double Q = a->cj[j] + logdetS + mx + log(sum);
     if (!want) return Q;
 
@@ -490,7 +715,7 @@ static double school_agq(const agq_data *a, long j, const double *L, const doubl
     double v[QMAX] = {0}, GS[QMAX * QMAX] = {0}, Lf2u[QMAX * QMAX] = {0};
     for (int t = 0; t < total; t++) {
         const double *nd = node + (long)t * (stride + q);
-        const double w = exp(nd[0] - mx) / sum;
+        const double w = wt[t] / sum;
         const double *F1 = nd + 1, *F2 = nd + 1 + p, *uk = nd + 1 + p + q,
                      *xv = nd + 1 + p + 2 * q;
         for (int l = 0; l < p; l++) gb[l] += w * F1[l];
@@ -614,9 +839,36 @@ static double positive_logp(int code, double v, double a, double b, double *dv) 
     }
 }
 
+/* the correlation factor Lc (row-major lower, unit rows) from the canonical partial
+ * correlations z = tanh(y) (Stan's cholesky_factor_corr transform): row i ≥ 1 has
+ * Lc_i0 = z_i0, Lc_ij = z_ij (1 − Σ_{l<j} Lc_il²)^{1/2}, Lc_ii = (1 − Σ_{l<i} Lc_il²)^{1/2};
+ * y in row order (1,0), (2,0), (2,1) */
+static void cpc_factor(const double *y, int q, double *Lc) {
+    int k = 0;
+    memset(Lc, 0, sizeof(double) * q * q);
+    Lc[0] = 1.0;
+    for (int i = 1; i < q; i++) {
+        double ss = 0.0;
+        for (int j = 0; j < i; j++) {
+            const double z = tanh(y[k++]);
+            Lc[i * q + j] = z * sqrt(1.0 - ss);
+            ss += Lc[i * q + j] * Lc[i * q + j];
+        }
+        Lc[i * q + i] = sqrt(1.0 - ss);
+    }
+}
+
 static void unpack_L(const double *x, int k0, int strct, int q, double *L) {
     int k = k0;
     memset(L, 0, sizeof(double) * q * q);
+    if (strct == SD_CPC) { /* L = diag(sd) Lc */
+        cpc_factor(x + k0 + q, q, L);
+        for (int i = 0; i < q; i++) {
+            const double sd = exp(x[k0 + i]);
+            for (int j = 0; j <= i; j++) L[i * q + j] *= sd;
+        }
+        return;
+    }
     if (strct == 0) {
         for (int i = 0; i < q; i++)
             for (int j = 0; j <= i; j++) {
@@ -672,6 +924,56 @@ static void cov_prior(double *lp_, const double *x, double *grad, int k0, int st
                 }
                 k++;
             }
+    } else if (strct == SD_CPC) {
+        /* x = [log sd (q) | y (q(q−1)/2)], L = diag(sd) Lc(tanh y): the density of (sd, corr)
+         * is Π p(sd_i) · LKJ(η), here with the Jacobians of sd = e^x and of the CPC transform:
+         * log p = Σ_i [log p(sd_i) + x_i] + Σ_{i≥1} (q − i − 1 + 2η − 2) log Lc_ii
+         *         + Σ log(1 − z²) + Σ_{i, 1≤j<i} ½ log(1 − Σ_{l<j} Lc_il²)
+         * (Stan's lkj_corr_cholesky and cholesky_factor_corr; 0-based i). The gradient of the
+         * likelihood part, G_L = GL, is carried back row by row (reverse mode). */
+        for (int i = 0; i < q; i++) {
+            double sd = 0.0, gl = 0.0;
+            sd = exp(x[k0 + i]);
+            for (int j = 0; j <= i; j++) gl += GL[i * q + j] * L[i * q + j];
+            v = positive_logp(fd, sd, pd[2 * i], pd[2 * i + 1], &dv);
+            lp += v + x[k0 + i];
+            grad[k0 + i] = gl + sd * dv + 1.0;
+        }
+        const double *y = x + k0 + q;
+        double *gy = grad + k0 + q;
+        int k = 0;
+        for (int i = 1; i < q; i++) {
+            const double sd = exp(x[k0 + i]);
+            double z[QMAX], ssb[QMAX + 1], Lc[QMAX], Lb[QMAX], ssbar[QMAX + 1];
+            double ss = 0.0;
+            for (int j = 0; j < i; j++) {
+                z[j] = tanh(y[k + j]);
+                ssb[j] = ss; /* Σ_{l<j} Lc_il² */
+                Lc[j] = z[j] * sqrt(1.0 - ss);
+                ss += Lc[j] * Lc[j];
+                lp += log1p(-z[j] * z[j]);
+                if (j >= 1) lp += 0.5 * log1p(-ssb[j]);
+            }
+            ssb[i] = ss;
+            const double coef = q - i - 1 + 2.0 * eta - 2.0, dii = sqrt(1.0 - ss);
+            lp += coef * log(dii);
+            for (int j = 0; j < i; j++) Lb[j] = GL[i * q + j] * sd;
+            /* the diagonal Lc_ii = (1 − ss_i)^{1/2}: its likelihood term and the LKJ term */
+            ssbar[i] = -GL[i * q + i] * sd / (2.0 * dii) - 0.5 * coef / (1.0 - ss);
+            double zb[QMAX];
+            for (int j = i - 1; j >= 0; j--) {
+                /* ss_{j+1} = ss_j + Lc_j²;  Lc_j = z_j (1 − ss_j)^{1/2};  Jacobian ½ log(1 − ss_j) */
+                Lb[j] += 2.0 * Lc[j] * ssbar[j + 1];
+                ssbar[j] = ssbar[j + 1];
+                const double w = sqrt(1.0 - ssb[j]);
+                zb[j] = Lb[j] * w;
+                if (j >= 1) {
+                    ssbar[j] += -Lb[j] * z[j] / (2.0 * w) - 0.5 / (1.0 - ssb[j]);
+                }
+            }
+            for (int j = 0; j < i; j++) gy[k + j] = zb[j] * (1.0 - z[j] * z[j]) - 2.0 * z[j];
+            k += i;
+        }
     } else {
         for (int i = 0; i < q; i++) {
             v = positive_logp(fd, L[i * q + i], pd[2 * i], pd[2 * i + 1], &dv);
@@ -716,21 +1018,27 @@ static int n_nodes(const agq_data *a) {
 
 /* per-school Q_j into qj (J), and when gj is not NULL each school's gradient (p + q²) into gj;
  * schools split over the data's threads; 0 on success, −1 when memory ran out */
-static int schools(const agq_data *a, const double *beta, const double *L, double *qj,
+static int schools(const agq_data *a0, const double *beta, const double *L, double *qj,
                    double *gj, double *uj, double *Rj) {
-    const int q = a->q, p = a->p, G = p + q * q;
-    double *eta0 = malloc(sizeof(double) * a->n * (1 + q));
+    agq_data ad = *a0;
+    z_in_x(&ad);
+    const int q = ad.q, p = ad.p, G = p + q * q;
+    const long T = n_nodes(&ad);
+    double *eta0 = malloc(sizeof(double) * (ad.n * (1 + q) + T * (q + 1)));
     if (!eta0) return -1;
-    double *A = eta0 + a->n;
+    double *A = eta0 + ad.n;
+    node_table(&ad, A + ad.n * q);
+    ad.tab = A + ad.n * q;
+    const agq_data *a = &ad;
     fill_eta_A(a, beta, L, eta0, A);
     const long nmax = max_school(a);
-    const long nodesz = (long)n_nodes(a) * (1 + p + 3 * q + q);
+    const long nodesz = (long)n_nodes(a) * (1 + p + 4 * q + 3 + p + q); /* + nodes_fast's */
     int fail = 0;
     int nt = a->nthreads > 0 ? a->nthreads : 1;
     if (nt > a->J) nt = (int)a->J;
 #pragma omp parallel num_threads(nt) reduction(| : fail)
     {
-        double *d = malloc(sizeof(double) * (3 * nmax + nodesz + nmax * (1 + q * a->K)));
+        double *d = malloc(sizeof(double) * (3 * nmax + nodesz + nmax * (2 + q * a->K)));
         if (!d) {
             fail = 1;
         } else {
@@ -752,7 +1060,7 @@ static int schools(const agq_data *a, const double *beta, const double *L, doubl
 static double agq_logp_grad(const double *x, double *grad, const double *data, int *err) {
     const agq_data a = get_data(data);
     const int q = a.q, p = a.p, G = p + q * q;
-    const int m = a.strct == 0 ? q * (q + 1) / 2 : q;
+    const int m = a.strct == 1 ? q : q * (q + 1) / 2;
     double L[QMAX * QMAX], GL[QMAX * QMAX] = {0};
     unpack_L(x, p, a.strct, q, L);
     double *qj = malloc(sizeof(double) * a.J * (1 + G));
@@ -805,6 +1113,11 @@ TL_EXPORT int64_t twolevel_expand_agq(uint64_t dim, uint64_t n_expanded, const d
     memcpy(out, x, sizeof(double) * dim);
     double L[QMAX * QMAX];
     unpack_L(x, a.p, a.strct, a.q, L);
+    if (a.strct == SD_CPC) { /* the draw as the canonical x: packed L with log diagonal */
+        int k = a.p;
+        for (int i = 0; i < a.q; i++)
+            for (int j = 0; j <= i; j++) out[k++] = i == j ? log(L[i * a.q + i]) : L[i * a.q + j];
+    }
     if (schools(&a, x, L, out + dim, NULL, NULL, NULL) != 0) return 4;
     return 0;
 }

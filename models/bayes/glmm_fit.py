@@ -43,7 +43,7 @@ from twolevel.models.bayes.priors import ModelPriors, default_glmm_priors
 from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.response import glmer_design
 
-__all__ = ["GIL_FREE_ROWS", "SAMPLERS", "fit_bayes_glmm", "glmm_reliabilities"]
+__all__ = ["GIL_FREE_ROWS", "INTEGRATED_TUNE", "SAMPLERS", "fit_bayes_glmm", "glmm_reliabilities"]
 
 SAMPLERS = ("auto", "integrated", "full")
 
@@ -52,6 +52,13 @@ SAMPLERS = ("auto", "integrated", "full")
 # sample 2.6× faster per iteration than through the cached Python callback, which holds the GIL);
 # below it the cached route's start-up wins.
 GIL_FREE_ROWS = 5000
+
+# Tuning steps of the integrated sampler's default settings (otherwise SamplerSettings()'s): its
+# posterior has p + q(q+1)/2 dimensions (5 at the lecture design), sampled as (β, log SDs,
+# atanh of the partial correlations); at the lecture design 300 tuning steps gave 4 × 1,000
+# draws with min ESS 1,419 (tail, slope SD), 400 steps per 400 draws ESS 0.48 per draw, against
+# 0.45 per draw after 1,000 steps (benchmarks/bayes_glmm.py); 500 keeps a margin.
+INTEGRATED_TUNE = 500
 
 
 def glmm_reliabilities(formula: str, data: pd.DataFrame, family: str, link: str,
@@ -103,10 +110,12 @@ def fit_bayes_glmm(
     dimension, default :func:`twolevel.models.bayes.agq.default_agq_nodes`); ``"auto"`` the
     integrated sampler where it applies (logit/probit/cloglog binomial, log Poisson, 1–3
     effects, non-centred, compiled priors, a C compiler) and otherwise the full one, saying why
-    in one warning. Not the default: at the lecture design (742 schools of ~15 students, two
-    effects) a gradient of the integrated density with 25 nodes costs ~16 times the full
-    model's, and the full sampler's trajectories there are as short, so the integrated fit took
-    several times longer (``benchmarks/agq_nodes.py``, docs/bayes-agq.md)."""
+    in one warning; its default settings are ``SamplerSettings(tune=INTEGRATED_TUNE)``. Not the
+    default: at the lecture design (742 schools of ~15 students, two effects) a gradient of the
+    integrated density with 25 nodes costs ~8 times the full model's (``benchmarks/bayes_glmm.py
+    --grad-timing``) for trajectories of ~7 steps against the full sampler's longer ones, so the
+    integrated fit is about as fast in min-ESS per second there, not faster
+    (``benchmarks/bayes_glmm.py --full``; benchmarks/results/agq_lecture.txt)."""
     if log_likelihood not in LOG_LIKELIHOODS:
         raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "
                             f"{', '.join(LOG_LIKELIHOODS)}; use one of those")
@@ -213,10 +222,50 @@ def _glmm_log_likelihoods(post: xr.Dataset, design, resp, family: str, link: str
         ll[design.response] = (("chain", "draw", "obs"), student_loglik_glmm(
             design.X, design.Z, design.group_index, resp.y, w, resp.offset, family, link, beta,
             b).reshape(C, D, -1))
-    ll[f"{design.response}_by_school"] = (("chain", "draw", "school"), school_loglik_agq(
-        design.X, design.Z, design.group_index, design.n_groups, resp.y, w, resp.offset, family,
-        link, beta, cholesky_draws(post, design.q), nodes).reshape(C, D, -1))
+    L = cholesky_draws(post, design.q)
+    by_school = _school_loglik_c(design, resp, family, link, beta, L, nodes)
+    if by_school is None:
+        by_school = school_loglik_agq(design.X, design.Z, design.group_index, design.n_groups,
+                                      resp.y, w, resp.offset, family, link, beta, L, nodes)
+    ll[f"{design.response}_by_school"] = (("chain", "draw", "school"),
+                                          by_school.reshape(C, D, -1))
     return xr.Dataset(ll, coords={"school": [str(s) for s in design.group_levels]})
+
+
+def _school_loglik_c(design, resp, family: str, link: str, beta: np.ndarray, L: np.ndarray,
+                     nodes: int | None) -> np.ndarray | None:
+    """The per-school integrated log-likelihood of every draw, (S, J), by the integrated
+    sampler's C kernel (:func:`twolevel.models.bayes.agq.agq_schools`, both cores) with
+    :func:`~twolevel.models.bayes.glmm_loglik.school_loglik_agq`'s nodes — the same AGQ rule
+    (for the canonical links logit and log the observed and expected curvature coincide; a test
+    holds the two to 1e-9) in about half its CPU time (lecture design, 25 nodes: 7.5 against 17
+    ms per draw, measured under load); None where the kernel does not apply (other links,
+    q > 3, no compiled kernel)."""
+    from twolevel.data.errors import TwolevelError
+    from twolevel.models.bayes import agq
+    from twolevel.models.bayes.glmm_loglik import default_nodes
+
+    q, p = design.q, design.p
+    if (family, link) not in (("binomial", "logit"), ("poisson", "log")) or q > agq.QMAX \
+            or p > agq.PMAX or not np.all(np.diagonal(L, axis1=1, axis2=2) > 0):
+        return None
+    try:
+        agq.load()
+    except (TwolevelError, OSError):
+        return None
+    from twolevel.models.bayes.sampler import effect_structure
+
+    structure = effect_structure(design)
+    pri = default_glmm_priors(design, resp.y, resp.w, resp.offset, family, link)  # (unused)
+    data = agq.pack_agq(design, resp.y, resp.w, resp.offset, family, link, pri, structure,
+                        nodes or default_nodes(q), agq.DEFAULT_THREADS)
+    rows, cols = np.tril_indices(q) if structure == "lkj" else (np.arange(q), np.arange(q))
+    out = np.empty((beta.shape[0], design.n_groups))
+    for i in range(beta.shape[0]):
+        v = L[i][rows, cols].copy()
+        v[rows == cols] = np.log(v[rows == cols])
+        out[i] = agq.agq_schools(np.concatenate([beta[i], v]), data)
+    return out
 
 
 def _fit_integrated(formula: str, design, resp, fam, priors, settings, progress: bool,
@@ -228,7 +277,7 @@ def _fit_integrated(formula: str, design, resp, fam, priors, settings, progress:
     error)."""
     from twolevel.models.bayes.agq_sampler import LL_SCHOOL, quadrature_error, sample_agq
 
-    settings = settings or SamplerSettings()
+    settings = settings or SamplerSettings(tune=INTEGRATED_TUNE)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     dt, model, t_s = sample_agq(

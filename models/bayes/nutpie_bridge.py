@@ -122,7 +122,8 @@ def run_nuts(model, settings, cores: int, progress: bool, lib=None):
     lib = lib or nutpie_lib()
     logp_addr, copy_addr, owner = model.callbacks()
     keep = (model, owner)  # alive while the sampler runs
-    ptr = model.data.ctypes.data
+    # the data the callbacks read: a model may sample other coordinates than its data's
+    ptr = getattr(model, "sampling_data", model.data).ctypes.data
     logp_fn = lib.LogpFunc(logp_addr, ptr, keep)
     n_expanded = getattr(model, "n_expanded", model.n_dim)  # the draw and what expand adds
     expand_fn = lib.ExpandFunc(model.n_dim, n_expanded, copy_addr, ptr, keep)
