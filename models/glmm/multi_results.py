@@ -25,7 +25,7 @@ from twolevel.models.glmm.multi import (
     unit_deviance,
 )
 from twolevel.models.glmm.results import SINGULAR_TOL, GlmerOptInfo, _deparse
-from twolevel.models.lmm.multi_results import MultiVarCorr
+from twolevel.models.lmm.multi_results import FactorEffects, MultiVarCorr
 from twolevel.models.rformat import (
     abbreviate,
     cat_fill,
@@ -81,7 +81,7 @@ class GlmmMultiVarCorr(MultiVarCorr):
 
 
 @dataclass(frozen=True, repr=False)
-class MultiGlmerFit:
+class MultiGlmerFit(FactorEffects):
     """A fitted binomial or Poisson GLMM with nested grouping factors (lme4's ``glmerMod``).
 
     Fields
@@ -285,31 +285,6 @@ class MultiGlmerFit:
             out[f.name] = fr
         return out
 
-    def ranef_long(self) -> pd.DataFrame:
-        """Long rows: factor, level, effect, mode, condsd (the CLI's ``--ranef`` layout)."""
-        rows = []
-        for name, fr in self.ranef(cond_var=True).items():
-            f = next(f for f in self.design.factors if f.name == name)
-            for nm in f.z_names:
-                rows.append(pd.DataFrame({"factor": name, "level": fr.index.astype(str),
-                                          "effect": nm, "mode": fr[nm].to_numpy(),
-                                          "condsd": fr[f"condsd_{nm}"].to_numpy()}))
-        return pd.concat(rows, ignore_index=True)
-
-    def coef(self) -> dict[str, pd.DataFrame]:
-        """lme4's ``coef``: per factor, the fixed effects plus that factor's modes."""
-        fe = self.fixef()
-        out = {}
-        for name, fr in self.ranef(cond_var=False).items():
-            c = pd.DataFrame(np.tile(fe.to_numpy(), (len(fr), 1)), index=fr.index,
-                             columns=fe.index)
-            for nm in fr.columns:
-                if nm in c.columns:
-                    c[nm] += fr[nm]
-                else:
-                    c[nm] = fr[nm]
-            out[name] = c
-        return out
 
     # ----------------------------------------------------------------- fitted values
     def fitted(self) -> np.ndarray:

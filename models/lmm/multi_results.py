@@ -33,7 +33,40 @@ from twolevel.models.rformat import (
     zapsmall,
 )
 
-__all__ = ["MultiFit", "MultiVarCorr", "icc_by_group", "predict_multi"]
+__all__ = ["FactorEffects", "MultiFit", "MultiVarCorr", "icc_by_group", "predict_multi"]
+
+
+class FactorEffects:
+    """``ranef_long`` and ``coef`` of a fit with several grouping factors, from its ``ranef``
+    (per factor a frame of modes with ``condsd_<effect>`` columns), ``fixef`` and ``design``:
+    shared by the linear (:class:`MultiFit`) and generalized
+    (:class:`~twolevel.models.glmm.multi_results.MultiGlmerFit`) fits."""
+
+    def ranef_long(self) -> pd.DataFrame:
+        """Long rows: factor, level, effect, mode, condsd (the CLI's ``--ranef`` layout)."""
+        rows = []
+        for name, fr in self.ranef(cond_var=True).items():
+            f = next(f for f in self.design.factors if f.name == name)
+            for nm in f.z_names:
+                rows.append(pd.DataFrame({"factor": name, "level": fr.index.astype(str),
+                                          "effect": nm, "mode": fr[nm].to_numpy(),
+                                          "condsd": fr[f"condsd_{nm}"].to_numpy()}))
+        return pd.concat(rows, ignore_index=True)
+
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """lme4's ``coef``: per factor, the fixed effects plus that factor's modes."""
+        fe = self.fixef()
+        out = {}
+        for name, fr in self.ranef(cond_var=False).items():
+            c = pd.DataFrame(np.tile(fe.to_numpy(), (len(fr), 1)), index=fr.index,
+                             columns=fe.index)
+            for nm in fr.columns:
+                if nm in c.columns:
+                    c[nm] += fr[nm]
+                else:
+                    c[nm] = fr[nm]
+            out[name] = c
+        return out
 
 
 @dataclass(frozen=True)
@@ -119,7 +152,7 @@ class MultiVarCorr:
 
 
 @dataclass(frozen=True)
-class MultiFit:
+class MultiFit(FactorEffects):
     """A linear mixed model with several grouping factors fitted by REML or ML.
 
     Fields
@@ -306,32 +339,6 @@ class MultiFit:
                 for j, nm in enumerate(f.z_names):
                     fr[f"condsd_{nm}"] = sd[:, j]
             out[f.name] = fr
-        return out
-
-    def ranef_long(self) -> pd.DataFrame:
-        """Long rows: factor, level, effect, mode, condsd (the CLI's ``--ranef`` layout)."""
-        rows = []
-        for name, fr in self.ranef(cond_var=True).items():
-            f = next(f for f in self.design.factors if f.name == name)
-            for nm in f.z_names:
-                rows.append(pd.DataFrame({"factor": name, "level": fr.index.astype(str),
-                                          "effect": nm, "mode": fr[nm].to_numpy(),
-                                          "condsd": fr[f"condsd_{nm}"].to_numpy()}))
-        return pd.concat(rows, ignore_index=True)
-
-    def coef(self) -> dict[str, pd.DataFrame]:
-        """lme4's ``coef``: per factor, the fixed effects plus that factor's modes."""
-        fe = self.fixef()
-        out = {}
-        for name, fr in self.ranef(cond_var=False).items():
-            c = pd.DataFrame(np.tile(fe.to_numpy(), (len(fr), 1)), index=fr.index,
-                             columns=fe.index)
-            for nm in fr.columns:
-                if nm in c.columns:
-                    c[nm] += fr[nm]
-                else:
-                    c[nm] = fr[nm]
-            out[name] = c
         return out
 
     def predict(self, newdata=None, re_form=None, allow_new_levels: bool = False,
