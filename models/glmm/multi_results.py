@@ -24,7 +24,7 @@ from twolevel.models.glmm.multi import (
     family_rows,
     unit_deviance,
 )
-from twolevel.models.glmm.results import SINGULAR_TOL, GlmerOptInfo, _deparse
+from twolevel.models.glmm.results import SINGULAR_TOL, GlmerOptInfo, GlmmCriteria, _deparse
 from twolevel.models.lmm.multi_results import FactorEffects, MultiVarCorr
 from twolevel.models.rformat import (
     abbreviate,
@@ -81,7 +81,7 @@ class GlmmMultiVarCorr(MultiVarCorr):
 
 
 @dataclass(frozen=True, repr=False)
-class MultiGlmerFit(FactorEffects):
+class MultiGlmerFit(FactorEffects, GlmmCriteria):
     """A fitted binomial or Poisson GLMM with nested grouping factors (lme4's ``glmerMod``).
 
     Fields
@@ -138,38 +138,6 @@ class MultiGlmerFit(FactorEffects):
     def ngroups(self) -> dict[str, int]:
         """Levels of every grouping factor (lme4's ``ngrps``)."""
         return {f.name: f.n_levels for f in self.design.factors}
-
-    @property
-    def reml(self) -> bool:
-        """False: a GLMM is fitted by maximum likelihood."""
-        return False
-
-    @property
-    def npar(self) -> int:
-        """p + length(θ) (no scale parameter)."""
-        return self.design.p + self.design.n_theta
-
-    @property
-    def loglik(self) -> float:
-        """−(objective)/2."""
-        return -self.value / 2.0
-
-    @property
-    def minus2loglik(self) -> float:
-        """−2 logLik (the "deviance" column of summary())."""
-        return float(self.value)
-
-    @property
-    def aic(self) -> float:
-        return self.value + 2.0 * self.npar
-
-    @property
-    def bic(self) -> float:
-        return self.value + math.log(self.nobs) * self.npar
-
-    @property
-    def df_resid(self) -> int:
-        return self.nobs - self.npar
 
     @cached_property
     def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -284,7 +252,6 @@ class MultiGlmerFit(FactorEffects):
                     fr[f"condsd_{nm}"] = sd[:, j]
             out[f.name] = fr
         return out
-
 
     # ----------------------------------------------------------------- fitted values
     def fitted(self) -> np.ndarray:

@@ -61,8 +61,46 @@ class GlmerOptInfo:
     stage2_optimizer: str = "Nelder_Mead"
 
 
+class GlmmCriteria:
+    """A GLMM's likelihood criteria from its objective ``value`` (−2 logLik), ``design`` (p and
+    θ's length) and ``nobs``: shared by the one-factor (:class:`GlmerFit`) and several-factor
+    (:class:`~twolevel.models.glmm.multi_results.MultiGlmerFit`) fits."""
+
+    @property
+    def reml(self) -> bool:
+        """False: a GLMM is fitted by maximum likelihood (lme4's ``isREML``)."""
+        return False
+
+    @property
+    def npar(self) -> int:
+        """p + length(θ) (no scale parameter)."""
+        return self.design.p + self.design.n_theta
+
+    @property
+    def loglik(self) -> float:
+        """−(objective)/2; for nAGQ > 1 without the saturated constant, as lme4 1.1-31."""
+        return -self.value / 2.0
+
+    @property
+    def minus2loglik(self) -> float:
+        """−2 logLik (the "deviance" column of summary(), lme4's ``devCrit``)."""
+        return float(self.value)
+
+    @property
+    def aic(self) -> float:
+        return self.value + 2.0 * self.npar
+
+    @property
+    def bic(self) -> float:
+        return self.value + math.log(self.nobs) * self.npar
+
+    @property
+    def df_resid(self) -> int:
+        return self.nobs - self.npar
+
+
 @dataclass(frozen=True, repr=False)
-class GlmerFit(MixedFit):
+class GlmerFit(MixedFit, GlmmCriteria):
     """A fitted binomial or Poisson two-level model (lme4's ``glmerMod``).
 
     Fields
@@ -112,38 +150,6 @@ class GlmerFit(MixedFit):
     @property
     def ngroups(self) -> int:
         return self.design.n_groups
-
-    @property
-    def reml(self) -> bool:
-        """False: a GLMM is fitted by maximum likelihood (lme4's ``isREML``)."""
-        return False
-
-    @property
-    def npar(self) -> int:
-        """p + length(θ) (no scale parameter)."""
-        return self.design.p + self.design.n_theta
-
-    @property
-    def loglik(self) -> float:
-        """−(objective)/2; for nAGQ > 1 without the saturated constant, as lme4 1.1-31."""
-        return -self.value / 2.0
-
-    @property
-    def minus2loglik(self) -> float:
-        """−2 logLik (the "deviance" column of summary(), lme4's ``devCrit``)."""
-        return float(self.value)
-
-    @property
-    def aic(self) -> float:
-        return self.value + 2.0 * self.npar
-
-    @property
-    def bic(self) -> float:
-        return self.value + math.log(self.nobs) * self.npar
-
-    @property
-    def df_resid(self) -> int:
-        return self.nobs - self.npar
 
     def deviance(self) -> float:
         """lme4's ``deviance(fit)`` for a GLMM: Σ d_i(μ̃), the sum of squared deviance residuals
