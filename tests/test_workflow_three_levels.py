@@ -56,16 +56,19 @@ def test_three_level_run_writes_its_report(tmp_path):
     proc = _cli("run", "--data", str(path), "--y", "y", "--x", "x", "--group", "school",
                 "--group", "class", "--level2", "w", "--quick", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[7/7]" in proc.stdout
+    assert "[8/8]" in proc.stdout
     md = (out / "report.md").read_text()
     for s in ("1. Data", "2. Variance decomposition by level", "3. REML fit",
               "4. Likelihood-ratio test for the 'class' level",
               "5. Conditional modes and caterpillar plots per level",
-              "6. Predictions for a new student", "7. Reproducibility"):
+              "6. Predictions for a new student", "7. Bayesian fit: every level integrated out",
+              "8. Reproducibility"):
         assert s in md, s
     assert "REML criterion at convergence" in md and "Satterthwaite" in md
     assert "labels are reused across 'school' groups" in md
-    for f in ("caterpillar_school", "caterpillar_class_in_school"):
+    for f in ("caterpillar_school", "caterpillar_class_in_school", "bayes_caterpillar_school",
+              "bayes_caterpillar_class_in_school", "bayes_shrinkage_school",
+              "bayes_shrinkage_class_in_school"):
         assert (out / "figures" / f"{f}.png").stat().st_size > 1000, f
     # the numbers in the report are the library's, for the same formulas
     m1 = lmer("y ~ 1 + x + w + (1 | school/class)", d)
@@ -95,6 +98,13 @@ def test_three_level_run_writes_its_report(tmp_path):
     modes = pd.read_csv(out / "tables" / "modes_by_level.csv")
     assert list(modes["level"]) == ["school", "class:school"]
     assert list(modes["ngroups"]) == [25, 100]
+    # the Bayesian step: each level's variance beside the report's own REML estimate
+    bv = pd.read_csv(out / "tables" / "bayes_variances_m1.csv").set_index("component")
+    assert list(bv.index) == ["class:school:(Intercept)", "school:(Intercept)", "Residual"]
+    vc = m1.VarCorr().to_frame()
+    np.testing.assert_allclose(bv["reml"], vc["vcov"], rtol=1e-8)
+    assert np.all((bv["q2.5"] < bv["posterior_mean"]) & (bv["posterior_mean"] < bv["q97.5"]))
+    assert "Only the Bayesian step draws random numbers" in md
 
 
 def test_several_groups_refuse_binary_outcomes_and_x_centered(tmp_path):

@@ -89,8 +89,9 @@ def level_shrinkage_figures(bfit) -> dict[str, Figure]:
         ax.set_ylim(-lim, lim)
         ax.set_xlabel(f"'{g}' intercept without pooling (mean residual of its rows)")
         ax.set_ylabel("posterior mean of the intercept")
-        ax.set_title(f"Shrinkage at level '{g}': {len(tab)} groups of "
-                     f"{int(size.min())}–{int(size.max())} rows", fontsize=10)
+        rows = (f"{int(size.min())}" if size.min() == size.max()
+                else f"{int(size.min())}–{int(size.max())}")
+        ax.set_title(f"Shrinkage at level '{g}': {len(tab)} groups of {rows} rows", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
         ax.grid(alpha=0.3)
         out[g] = fig

@@ -1,4 +1,4 @@
-"""The several-level workflow's orchestrator: :func:`run_multilevel_workflow` runs the seven steps
+"""The several-level workflow's orchestrator: :func:`run_multilevel_workflow` runs the eight steps
 in order and writes the report folder atomically (HTML, Markdown, CSV tables, figures, JSON).
 """
 
@@ -11,16 +11,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from twolevel.workflows.lecture.bayes import gate_line
 from twolevel.workflows.lecture.record import command_line, jsonable, software_versions
 from twolevel.workflows.lecture.spec import Progress, RunSettings
 from twolevel.workflows.lecture3.spec import N_STEPS, MultilevelSpec
 from twolevel.workflows.lecture3.steps import (
+    add_bayes_section,
     add_data_section,
     add_decomposition_section,
     add_lrt_section,
     add_modes_section,
     add_prediction_section,
     add_reml_section,
+    fit_bayes_levels,
     fit_models,
     load_levels,
     r_code,
@@ -36,12 +39,12 @@ def run_multilevel_workflow(
     command: str | None = None,
     emit: Callable[[str], None] = print,
 ) -> Path:
-    """Run the seven steps and write the report folder ``out`` (atomically). Returns its path.
+    """Run the eight steps and write the report folder ``out`` (atomically). Returns its path.
 
     Parameters
     ----------
     spec : what to fit (grouping columns outermost first).
-    settings : the run's seed and ``quick`` flag (recorded; no step samples).
+    settings : the run's seed and ``quick`` flag (the Bayesian step's chains, draws and seed).
     out : the report folder, replaced only when every step succeeded.
     command : the command line to record (default: this process's).
     emit : where the progress lines go.
@@ -76,7 +79,8 @@ def run_multilevel_workflow(
         s_lrt = rep.section(f"4. Likelihood-ratio test for the '{spec.groups[-1]}' level")
         s_modes = rep.section("5. Conditional modes and caterpillar plots per level")
         s_pred = rep.section("6. Predictions for a new student: known and new groups")
-        s_repro = rep.section("7. Reproducibility: command, R code, software, timings, files")
+        s_bayes = rep.section("7. Bayesian fit: every level integrated out (NUTS)")
+        s_repro = rep.section("8. Reproducibility: command, R code, software, timings, files")
 
         with progress.step("data: rows and groups per level"):
             d = load_levels(spec)
@@ -105,6 +109,12 @@ def run_multilevel_workflow(
             progress.note("prediction SEs: " + ", ".join(
                 f"{c} {v:.3f}" for c, v in zip(tab["case"], tab["pred_se"], strict=True)))
 
+        with progress.step("Bayes: NUTS with every level integrated out, effects per level"):
+            bfit = fit_bayes_levels(spec, d, eff)
+            progress.note(gate_line("m1", bfit) + f" ({bfit.timings.get('compile+sample', 0):.1f} "
+                          "s sampling)")
+            add_bayes_section(s_bayes, spec, fits, bfit, eff)
+
         with progress.step("report: HTML, Markdown, CSV, figures"):
             s_repro.text("Command that produced this report:")
             s_repro.pre(command or command_line())
@@ -114,9 +124,9 @@ def run_multilevel_workflow(
                 json.dumps(jsonable(summary_numbers(fits)), indent=2, sort_keys=True)))
             rep.save_file("settings.json", lambda p: p.write_text(json.dumps(
                 jsonable(settings_record(spec, eff.quick, eff.seed)), indent=2, sort_keys=True)))
-            s_repro.text("No step of this workflow draws random numbers (REML only)"
-                         + ("; --quick was given and changes nothing here." if eff.quick
-                            else "."))
+            s_repro.text(f"Only the Bayesian step draws random numbers: seed {eff.seed} (its "
+                         f"sampler's {bfit.settings.seed})"
+                         + ("; --quick shortened its chains." if eff.quick else "."))
             s_repro.table("software", software_versions(), caption="Software")
             tim = pd.DataFrame(progress.timings, columns=["step", "seconds"])
             tim.loc[len(tim)] = ["total until the report was written",

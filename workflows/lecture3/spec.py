@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-N_STEPS = 7
+N_STEPS = 8
 
 
 @dataclass(frozen=True)

@@ -275,3 +275,61 @@ def summary_numbers(fits: dict[str, Any]) -> dict:
                 "p_mixture": lrt.get("p_mixture")},
     }
 
+
+
+def fit_bayes_levels(spec: MultilevelSpec, d: LevelData, eff) -> Any:
+    """The model m1 by NUTS (:func:`twolevel.models.bayes.fit.fit_bayes`: every level integrated
+    out, each level's effects drawn afterwards), with the run's sampler settings and the seed of
+    its step ``bayes_m1``."""
+    from twolevel.models.bayes.fit import SamplerSettings, fit_bayes
+
+    settings = SamplerSettings(chains=eff.chains, draws=eff.draws, tune=eff.tune,
+                               seed=eff.seed_for("bayes_m1"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the gate's verdict is reported in the section
+        return fit_bayes(spec.formula_m1, d.frame, settings=settings, progress=False)
+
+
+def bayes_variance_table(bfit, m1) -> pd.DataFrame:
+    """Posterior mean and 95% interval of each variance beside its REML estimate (lme4's
+    ``VarCorr``), one row per level and effect and the residual."""
+    post = bfit.variance_components()
+    vc = m1.VarCorr().to_frame()
+    vc = vc[vc["var2"].isna()]
+    reml = {("Residual" if g == "Residual" else f"{g}:{v}"): c
+            for g, v, c in zip(vc["grp"], vc["var1"], vc["vcov"], strict=True)}
+    out = pd.DataFrame({"component": post.index, "posterior_mean": post["mean"].to_numpy(),
+                        "q2.5": post["q2.5"].to_numpy(), "q97.5": post["q97.5"].to_numpy(),
+                        "reml": [reml.get(c, float("nan")) for c in post.index]})
+    out["difference_in_posterior_sd"] = ((out["posterior_mean"] - out["reml"])
+                                         / post["sd"].to_numpy())
+    return out
+
+
+def add_bayes_section(sec, spec: MultilevelSpec, fits: dict[str, Any], bfit, eff) -> None:
+    """Step 7's section: the Bayesian fit of m1 — the diagnostic gate, the variances per level
+    beside REML, caterpillar plots per level (REML beside Bayes) and the shrinkage per level."""
+    from twolevel.workflows.bayes_levels import (
+        level_caterpillar_figures,
+        level_shrinkage_figures,
+    )
+    from twolevel.workflows.lecture.bayes import gate_line
+
+    m1 = fits["m1"]
+    st = bfit.settings
+    sec.text(f"The model `{spec.formula_m1}` by NUTS: LKJ/SD priors per level; NUTS samples only "
+             "the fixed effects, σ and each level's SDs, with every level's effects integrated "
+             "out by the same block elimination as REML; the effects are then drawn for every "
+             f"posterior draw from their exact conditional. {st.chains} chains × {st.draws} draws "
+             f"after {st.tune} tuning steps, seed {st.seed}.")
+    sec.text("Diagnostics: " + gate_line("m1", bfit).removeprefix("m1: ") + "."
+             + (" **--quick run: too few draws to report; the gate is expected to fail on "
+                "effective sample size.**" if eff.quick else ""))
+    sec.table("bayes_variances_m1", bayes_variance_table(bfit, m1), digits=4,
+              caption="Variance per level: posterior mean and 95% interval beside REML")
+    for g, fig in level_caterpillar_figures(bfit, m1).items():
+        sec.figure(f"bayes_caterpillar_{g.replace(':', '_in_')}", fig,
+                   caption=f"'{g}' intercepts: REML modes beside posterior means")
+    for g, fig in level_shrinkage_figures(bfit).items():
+        sec.figure(f"bayes_shrinkage_{g.replace(':', '_in_')}", fig,
+                   caption=f"Shrinkage of the '{g}' intercepts: no pooling against the posterior")
