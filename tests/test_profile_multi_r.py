@@ -3,10 +3,22 @@
 simulated data: three levels with a random slope at the school level, and partially crossed
 factors.
 
-Tolerance: 2e-3 relative to the interval's width (the one-factor acceptance,
-``tests/test_profile.py``): lme4 interpolates a spline through its own grid of profile points,
-found by its own optimizer runs, so the ends agree to the spline's accuracy, not to the
-optimizer's. Skipped without Rscript + lme4 + jsonlite.
+Two comparisons, because lme4's interval is a spline through its own profile points:
+
+* **the profile itself**: at every point lme4 lists in ``as.data.frame(profile(fit))`` our ζ
+  (:func:`~twolevel.models.inference.profile_core.profile_zeta`, an exact minimisation with the
+  parameter held) is never a worse optimum than lme4's (|ζ| ≤ |ζ_lme4| + 1e-5); per parameter
+  the median gap is ≤ 1e-4 and the largest ≤ 2e-2 (lme4's inner optimisations stop early at a
+  few points, by up to 8.1e-3 in ζ, differently from run to run; observed 2026-12-07);
+* **the interval ends**, within 2e-3 of the interval's width (the one-factor acceptance,
+  ``tests/test_profile.py``). Where a correlation's profile reaches ±1, lme4's ζ at that singular
+  point is not reproducible from run to run of the same script (3.21 or 4.48 on the first model;
+  measured 2026-12-07, lme4 1.1-31 on R 4.2.2), and the spline through it moves the upper end of
+  ``.sig03`` by up to 1.1e-2 of the width (0.8572 or 0.8643; the exact crossing is 0.8646,
+  ours 0.8645): there the tolerance is 2e-2 and our end is checked instead against the exact
+  profile, |ζ(end)| within 5e-3 of the normal quantile.
+
+Skipped without Rscript + lme4 + jsonlite.
 """
 
 from __future__ import annotations
@@ -20,6 +32,8 @@ import numpy as np
 import pytest
 from test_multilevel_r_parity import crossed, three_levels
 
+from twolevel.models.inference.profile_core import profile_zeta
+from twolevel.models.inference.profile_multi import multi_profile_problem
 from twolevel.models.lmm.lmer import lmer
 
 pytestmark = pytest.mark.needs_r
@@ -33,8 +47,12 @@ suppressPackageStartupMessages(library(lme4))
 d <- read.csv(args[1])
 for (v in c("school", "class", "a", "b")) if (!is.null(d[[v]])) d[[v]] <- factor(d[[v]])
 m <- lmer(as.formula(args[2]), data = d)
-ci <- suppressMessages(suppressWarnings(confint(m, method = "profile")))
-cat(jsonlite::toJSON(list(names = rownames(ci), lo = unname(ci[, 1]), hi = unname(ci[, 2])),
+p <- suppressMessages(suppressWarnings(profile(m)))
+ci <- suppressMessages(suppressWarnings(confint(p)))
+pts <- as.data.frame(p)
+val <- vapply(seq_len(nrow(pts)), function(i) pts[i, as.character(pts$.par[i])], 0)
+cat(jsonlite::toJSON(list(names = rownames(ci), lo = unname(ci[, 1]), hi = unname(ci[, 2]),
+                          par = as.character(pts$.par), value = val, zeta = pts$.zeta),
                      digits = NA))
 """
 
@@ -64,10 +82,37 @@ def test_profile_intervals_match_lme4(tmp_path, case, formula):
     r = _r_confint(tmp_path, data, formula)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ci = lmer(formula, data).confint("profile")
+        fit = lmer(formula, data)
+        ci = fit.confint("profile")
     assert list(ci.index) == r["names"]
+    prob = multi_profile_problem(fit)
+    bounds = dict(zip(prob.variance_names, zip(prob.sv_lower, prob.sv_upper, strict=True),
+                      strict=True))
+
+    # the profile at lme4's own points (observed 2026-12-07: ours never above lme4's |ζ|; per
+    # parameter the median gap ≤ 2e-5, the largest 8.1e-3, where lme4's optimiser stopped early)
+    singular, gaps = set(), {}
+    for name, value, z_r in zip(r["par"], r["value"], r["zeta"], strict=True):
+        if abs(z_r) < 1e-3:      # the estimate itself
+            continue
+        lo_b, hi_b = bounds.get(name, (-np.inf, np.inf))
+        if name in bounds and lo_b == -1.0 and value in (-1.0, 1.0):
+            singular.add(name)   # a correlation at ±1: lme4's ζ there is not reproducible
+        z = profile_zeta(prob, name, value)
+        assert abs(z) <= abs(z_r) + 1e-5, (name, value, z, z_r)
+        if lo_b < value < hi_b:
+            gaps.setdefault(name, []).append(abs(z - z_r))
+    for name, g in gaps.items():
+        assert np.median(g) <= 1e-4 and max(g) <= 2e-2, (name, np.median(g), max(g))
+
+    # the interval ends (observed 2026-12-07: ≤ 4e-6 of the width for every parameter whose
+    # profile stays inside its bounds)
     lo, hi = np.asarray(r["lo"], dtype=float), np.asarray(r["hi"], dtype=float)
-    # each end within 2e-3 of its own interval's width (observed 2026-12-06: ≤ 2.7e-4, the
-    # school-level correlation; ≤ 4e-6 for every other parameter)
     err = np.maximum(np.abs(ci.iloc[:, 0] - lo), np.abs(ci.iloc[:, 1] - hi)) / (hi - lo)
-    assert np.all(err <= 2e-3), dict(zip(r["names"], err, strict=True))
+    tol = np.array([2e-2 if n in singular else 2e-3 for n in r["names"]])
+    assert np.all(err <= tol), dict(zip(r["names"], err, strict=True))
+    zq = 1.959963984540054
+    for name in singular:
+        for end, sign in zip(ci.loc[name], (-1.0, 1.0), strict=True):
+            if bounds[name][0] < end < bounds[name][1]:
+                assert abs(profile_zeta(prob, name, float(end)) - sign * zq) <= 5e-3, (name, end)

@@ -70,6 +70,7 @@ __all__ = [
     "ProfileProblem",
     "profile",
     "profile_lrt",
+    "profile_problem",
     "profile_traces",
     "sv_to_cv",
 ]
@@ -201,6 +202,35 @@ def profile(
     >>> pr.confint().index.tolist()
     ['sd_(Intercept)|schid', 'sigma', '(Intercept)', 'famsesc']
     """
+    return profile_traces(
+        profile_problem(design, cp, theta_start=theta_start),
+        which=which, alphamax=alphamax, maxpts=maxpts, delta_cutoff=delta_cutoff,
+        maxmult=maxmult, progress=progress)
+
+
+def profile_problem(
+    design: Design, cp: GroupCrossprods | None = None, *, theta_start: np.ndarray | None = None
+) -> ProfileProblem:
+    """The :class:`ProfileProblem` of a one-factor model: its ML refit (started at
+    ``theta_start``), the ML deviance on the sdcor scale and, for β_k held at b, the ML criterion
+    of the model with x_k·b moved into an offset.
+
+    Parameters
+    ----------
+    design, cp : the model (cross-products computed when not given).
+    theta_start : where the ML refit starts (e.g. the REML θ̂).
+
+    Returns
+    -------
+    ProfileProblem
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> profile_problem(fit.design, fit.crossprods, theta_start=fit.theta).fixed_names
+    ['(Intercept)', 'famsesc']
+    """
     cp = cp if cp is not None else group_crossprods(design)
     refit = ml_refit(design, cp, theta_start)
 
@@ -209,14 +239,11 @@ def profile(
         return lambda th: float(ml_deviance(pls_state(cpk, design.theta_to_T(th))))
 
     lower, upper = _sv_bounds(design)
-    return profile_traces(
-        ProfileProblem(
-            variance_names=parameter_names(design), fixed_names=list(design.x_names),
-            sv_opt=cv_to_sv(design, refit.theta, refit.sigma), sv_lower=lower, sv_upper=upper,
-            sv_deviance=_ml_dev_sv(design, cp), fixed_deviance=fixed_deviance,
-            theta_lower=design.theta_lower, refit=refit),
-        which=which, alphamax=alphamax, maxpts=maxpts, delta_cutoff=delta_cutoff,
-        maxmult=maxmult, progress=progress)
+    return ProfileProblem(
+        variance_names=parameter_names(design), fixed_names=list(design.x_names),
+        sv_opt=cv_to_sv(design, refit.theta, refit.sigma), sv_lower=lower, sv_upper=upper,
+        sv_deviance=_ml_dev_sv(design, cp), fixed_deviance=fixed_deviance,
+        theta_lower=design.theta_lower, refit=refit)
 
 
 def confint_profile(

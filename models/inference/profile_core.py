@@ -24,7 +24,7 @@ from scipy.interpolate import CubicSpline
 from twolevel.data.errors import TwolevelError
 
 __all__ = ["MLRefit", "Profile", "ProfileProblem", "ProfileTrace", "back_spline_predict",
-           "profile_traces"]
+           "profile_traces", "profile_zeta"]
 
 
 def _chol_psd(S: np.ndarray) -> np.ndarray | None:
@@ -358,7 +358,6 @@ def profile_traces(
         raise TwolevelError(
             f"cannot profile {', '.join(map(repr, unknown))}: parameters are {', '.join(names)}"
         )
-    dev2 = prob.sv_deviance
     msgs: list[str] = []
     traces: dict[str, ProfileTrace] = {}
 
@@ -369,19 +368,7 @@ def profile_traces(
             progress(f"profiling {name}")
         pw = float(sv_opt[w])
         others0 = np.delete(sv_opt, w)
-        lo_o, up_o = np.delete(lower, w), np.delete(upper, w)
-
-        def zeta(xx: float, s: np.ndarray, w: int = w, pw: float = pw, lo_o=lo_o, up_o=up_o,
-                 name: str = name):
-            def f(o: np.ndarray) -> float:
-                return dev2(np.insert(o, w, xx))
-
-            o, fv = _minimize(f, s, lo_o, up_o)
-            dd = fv - base
-            if dd < -1e-6:
-                msgs.append(f"profiling {name} found a lower deviance ({dd:.3g}): the ML fit "
-                            "had not converged")
-            return float(np.sign(xx - pw) * np.sqrt(max(dd, 0.0))), o
+        zeta = _variance_zeta(prob, w, msgs)
 
         shift = 1e-3 if pw == 0 else pw * 1.01
         zs, os_ = zeta(shift, others0)
@@ -403,12 +390,7 @@ def profile_traces(
             progress(f"profiling {name}")
         est = float(beta_ml[k])
 
-        def fe_zeta(fw: float, _s: np.ndarray, k: int = k, est: float = est):
-            f = prob.fixed_deviance(k, fw)
-            lo_t = prob.theta_lower
-            th, fv = _minimize(f, theta_ml, lo_t, np.full(lo_t.shape, np.inf))
-            dd = fv - base
-            return float(np.sign(fw - est) * np.sqrt(dd)) if dd >= 0 else np.nan, th
+        fe_zeta = _fixed_zeta(prob, k)
 
         first = est + delta * se_ml[k]
         zf, tf = fe_zeta(first, theta_ml)
@@ -424,6 +406,89 @@ def profile_traces(
         traces=traces, ml_theta=theta_ml, ml_sigma=sig_ml, ml_beta=beta_ml, base_deviance=base,
         cutoff=cutoff, delta=delta, warnings=tuple(dict.fromkeys(msgs)),
     )
+
+
+def _variance_zeta(prob: ProfileProblem, w: int, msgs: list[str]):
+    """ζ(ψ) of variance parameter ``w`` (sdcor scale): the signed root of
+    min over the other parameters of D(ψ, others) − D_min, started from ``s``;
+    returns (ζ, the minimising others)."""
+    name, pw = prob.variance_names[w], float(prob.sv_opt[w])
+    lo_o, up_o = np.delete(prob.sv_lower, w), np.delete(prob.sv_upper, w)
+    base, dev2 = prob.refit.deviance, prob.sv_deviance
+
+    def zeta(xx: float, s: np.ndarray) -> tuple[float, np.ndarray]:
+        def f(o: np.ndarray) -> float:
+            return dev2(np.insert(o, w, xx))
+
+        o, fv = _minimize(f, s, lo_o, up_o)
+        dd = fv - base
+        if dd < -1e-6:
+            msgs.append(f"profiling {name} found a lower deviance ({dd:.3g}): the ML fit "
+                        "had not converged")
+        return float(np.sign(xx - pw) * np.sqrt(max(dd, 0.0))), o
+
+    return zeta
+
+
+def _fixed_zeta(prob: ProfileProblem, k: int):
+    """ζ(b) of fixed effect ``k``: sign(b − β̂_k)·√(min_θ D(θ | β_k = b) − D_min), the
+    minimisation over θ started at the ML θ̂; returns (ζ, the minimising θ)."""
+    est, base, theta_ml = float(prob.refit.beta[k]), prob.refit.deviance, prob.refit.theta
+
+    def fe_zeta(fw: float, _s: np.ndarray) -> tuple[float, np.ndarray]:
+        f = prob.fixed_deviance(k, fw)
+        lo_t = prob.theta_lower
+        th, fv = _minimize(f, theta_ml, lo_t, np.full(lo_t.shape, np.inf))
+        dd = fv - base
+        return float(np.sign(fw - est) * np.sqrt(dd)) if dd >= 0 else np.nan, th
+
+    return fe_zeta
+
+
+def profile_zeta(prob: ProfileProblem, name: str, value: float) -> float:
+    """The profile ζ of one parameter at one value: sign(ψ − ψ̂)·√(D_prof(ψ) − D_min), where
+    D_prof(ψ) minimises the ML deviance over every other parameter (β profiled) with ``name``
+    held at ``value`` — the exact quantity whose points ``profile_traces`` interpolates and
+    lme4's ``as.data.frame(profile(fit))`` lists as ``.zeta``.
+
+    Parameters
+    ----------
+    prob : the problem (:func:`~twolevel.models.inference.profile.profile_problem`,
+        :func:`~twolevel.models.inference.profile_multi.multi_profile_problem`).
+    name : a variance parameter (``.sig01`` …, ``.sigma``) or a fixed effect.
+    value : the value held (sdcor scale for variance parameters).
+
+    Returns
+    -------
+    float
+        ζ; 0 at the ML estimate.
+
+    Raises
+    ------
+    TwolevelError
+        ``name`` is not a parameter.
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> from twolevel.models.inference.profile import profile_problem
+    >>> fit = tl.lmer("g1rscore ~ 1 + famsesc + (1 | schid)", tl.load_data("lecture"))
+    >>> prob = profile_problem(fit.design, fit.crossprods, theta_start=fit.theta)
+    >>> b, se = prob.refit.beta[1], prob.refit.se[1]   # two Wald SEs above the estimate
+    >>> round(profile_zeta(prob, "famsesc", b + 2 * se), 3)
+    2.0
+    """
+    vnames, fnames = list(prob.variance_names), list(prob.fixed_names)
+    if name in vnames:
+        w = vnames.index(name)
+        z, _ = _variance_zeta(prob, w, [])(float(value), np.delete(prob.sv_opt, w))
+        return z
+    if name in fnames:
+        k = fnames.index(name)
+        z, _ = _fixed_zeta(prob, k)(float(value), prob.refit.theta)
+        return z
+    raise TwolevelError(
+        f"cannot profile {name!r}: parameters are {', '.join(vnames + fnames)}")
 
 
 def _trace(name: str, rows: list[tuple[float, float]], est: float, lo: float, hi: float):

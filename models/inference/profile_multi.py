@@ -38,7 +38,7 @@ from twolevel.models.inference.profile_core import (
 )
 
 __all__ = ["drop_fixed_stats", "multi_cv_to_sv", "multi_parameter_names", "multi_sv_bounds",
-           "multi_sv_to_cv", "profile_multi"]
+           "multi_profile_problem", "multi_sv_to_cv", "profile_multi"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 _BIG = 1e300
@@ -229,6 +229,37 @@ def profile_multi(
     >>> profile_multi(fit, which=["x"]).confint().index.tolist()
     ['x']
     """
+    return profile_traces(
+        multi_profile_problem(fit), which=which, alphamax=alphamax, maxpts=maxpts,
+        delta_cutoff=delta_cutoff, maxmult=maxmult, progress=progress)
+
+
+def multi_profile_problem(fit) -> ProfileProblem:
+    """The :class:`ProfileProblem` of a several-factor fit: its ML refit (lme4's ``refitML``),
+    the ML deviance on the sdcor scale from the fit's statistics and, for β_k held at b, the ML
+    criterion of the reduced model (MᵀCM of the statistics, module docstring).
+
+    Parameters
+    ----------
+    fit : MultiFit
+
+    Returns
+    -------
+    ProfileProblem
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> import twolevel as tl
+    >>> rng = np.random.default_rng(1)   # 20 schools, 2 classes each, 8 students a class
+    >>> d = pd.DataFrame({"school": np.repeat(np.arange(20), 16),
+    ...                   "klass": np.tile(np.repeat([1, 2], 8), 20)})
+    >>> d["x"] = rng.normal(size=len(d))
+    >>> d["y"] = (1 + 0.5 * d["x"] + np.repeat(rng.normal(size=20), 16)
+    ...           + np.repeat(rng.normal(scale=0.7, size=40), 8) + rng.normal(size=len(d)))
+    >>> multi_profile_problem(tl.lmer("y ~ x + (1 | school/klass)", d)).variance_names
+    ['.sig01', '.sig02', '.sigma']
+    """
     from twolevel.models.lmm.multi import refit_ml_multi
 
     design, engine, stats = fit.design, fit.engine, fit.stats
@@ -259,11 +290,8 @@ def profile_multi(
         return lambda theta: min(float(crit(theta)), _BIG)
 
     lower, upper = multi_sv_bounds(design)
-    return profile_traces(
-        ProfileProblem(
-            variance_names=multi_parameter_names(design), fixed_names=list(design.x_names),
-            sv_opt=multi_cv_to_sv(design, refit.theta, refit.sigma), sv_lower=lower,
-            sv_upper=upper, sv_deviance=sv_deviance, fixed_deviance=fixed_deviance,
-            theta_lower=design.theta_lower, refit=refit),
-        which=which, alphamax=alphamax, maxpts=maxpts, delta_cutoff=delta_cutoff,
-        maxmult=maxmult, progress=progress)
+    return ProfileProblem(
+        variance_names=multi_parameter_names(design), fixed_names=list(design.x_names),
+        sv_opt=multi_cv_to_sv(design, refit.theta, refit.sigma), sv_lower=lower,
+        sv_upper=upper, sv_deviance=sv_deviance, fixed_deviance=fixed_deviance,
+        theta_lower=design.theta_lower, refit=refit)
