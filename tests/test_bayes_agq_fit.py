@@ -138,3 +138,23 @@ def test_what_the_integrated_sampler_cannot_fit():
         fit = fit_bayes(f4, d, family="poisson", settings=s, progress=False,
                         log_likelihood="none", sampler="auto")
     assert "integrated" not in fit.sampler
+
+
+def test_without_log_likelihood_the_sampler_stores_the_draws_only():
+    """``log_likelihood="none"``: nutpie's expand callback gets no room for the Q_j (no
+    evaluation per draw), and the fit has the same posterior draws as with them."""
+    d = _sim(J=12)
+    f = "count ~ 1 + x + offset(log(expo)) + (1 + x | g)"
+    s = SamplerSettings(draws=50, tune=50, chains=2, seed=3, adaptation="diag")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = fit_bayes(f, d, family="poisson", sampler="integrated", settings=s, progress=False,
+                      log_likelihood="none")
+        b = fit_bayes(f, d, family="poisson", sampler="integrated", settings=s, progress=False,
+                      log_likelihood="school")
+    assert "log_likelihood" not in a.datatree.children
+    assert "_ll_school" not in a.posterior and "_ll_school" not in b.posterior
+    assert b.datatree["log_likelihood"]["count_by_school"].sizes["school"] == 12
+    np.testing.assert_array_equal(a.posterior["beta"].to_numpy(), b.posterior["beta"].to_numpy())
+    np.testing.assert_array_equal(a.posterior["b_school"].to_numpy(),
+                                  b.posterior["b_school"].to_numpy())

@@ -83,7 +83,8 @@ def _expand(x: np.ndarray, q: int, p: int, J: int, structure: str) -> dict[str, 
         out.update(chol_cov=packed, sd=sd, corr=np.einsum("...ik,...jk->...ij", Ls, Ls))
     else:
         out["sd"] = np.exp(x[..., p:p + q])
-    out[LL_SCHOOL] = x[..., p + m:p + m + J].copy()
+    if x.shape[-1] >= p + m + J:
+        out[LL_SCHOOL] = x[..., p + m:p + m + J].copy()
     return out
 
 
@@ -134,10 +135,12 @@ def newton_start(data: np.ndarray, x0: np.ndarray, q: int, p: int, structure: st
 
 
 def compile_agq(design: Design, y, w, offset, family: str, link: str, priors,
-                nodes: int | None = None, threads: int = 1, warm_start: bool = True
-                ) -> AgqModel:
+                nodes: int | None = None, threads: int = 1, warm_start: bool = True,
+                store_loglik: bool = True) -> AgqModel:
     """The :class:`AgqModel` of a design (the C library is built once per installation);
-    ``warm_start``: Newton starts at :func:`newton_start`'s modes instead of 0."""
+    ``warm_start``: Newton starts at :func:`newton_start`'s modes instead of 0;
+    ``store_loglik``: every draw carries each school's Q_j (one evaluation without gradient per
+    draw; False: the draw only)."""
     from twolevel.models.bayes.sampler import _location_params, _positive_support
 
     structure = effect_structure(design)
@@ -158,15 +161,18 @@ def compile_agq(design: Design, y, w, offset, family: str, link: str, priors,
     schools = [str(s) for s in design.group_levels]
     cov_name = "chol_cov_cholesky-cov-packed__" if structure == "lkj" else "sd_log__"
     unc = ([f"beta_{i}" for i in range(p)] + [f"{cov_name}_{i}" for i in range(m)]
-           + [f"loglik_school_{j}" for j in range(J)])
+           + ([f"loglik_school_{j}" for j in range(J)] if store_loglik else []))
     coords = {"fixed": pd.Index(list(design.x_names)), "effect": pd.Index(effects),
               "effect_b": pd.Index(effects), "school": pd.Index(schools),
               "effect_nc": pd.Index(effects), "unconstrained_parameter": pd.Index(unc)}
-    dims = {"beta": ("fixed",), "sd": ("effect",), LL_SCHOOL: ("school",)}
+    dims = {"beta": ("fixed",), "sd": ("effect",)}
+    if store_loglik:
+        dims[LL_SCHOOL] = ("school",)
     if structure == "lkj":
         dims["corr"] = ("effect", "effect_b")
     return AgqModel(data=data, n_dim=n_dim, q=q, p=p, J=J, structure=structure, x0=x0,
-                    dims=dims, coords=coords, n_expanded=n_dim + J, sampling_data=sampling)
+                    dims=dims, coords=coords, n_expanded=n_dim + (J if store_loglik else 0),
+                    sampling_data=sampling)
 
 
 def _unconstrained(post: xr.Dataset, structure: str) -> np.ndarray:
@@ -218,12 +224,13 @@ def quadrature_error(model: AgqModel, post: xr.Dataset, n_points: int = 8,
 def sample_agq(design: Design, y, w, offset, family: str, link: str, priors, *, draws: int,
                tune: int, chains: int, cores: int, seed: int, target_accept: float,
                progress: bool, adaptation: str = "low_rank", nodes: int | None = None,
-               mh_steps: int = agq.DEFAULT_MH_STEPS) -> tuple[xr.DataTree, AgqModel, dict]:
+               mh_steps: int = agq.DEFAULT_MH_STEPS, store_loglik: bool = True
+               ) -> tuple[xr.DataTree, AgqModel, dict]:
     """NUTS on the integrated GLMM, then the school effects drawn per posterior draw; returns
     the DataTree (``posterior`` with ``beta``, ``chol_cov``/``sd``/``corr``, ``z``,
-    ``b_school``; ``sample_stats``; ``warmup_*``; the per-school log-likelihoods stored by the
-    sampler are in ``posterior[_ll_school]`` until the caller moves them), the model and
-    timings."""
+    ``b_school``; ``sample_stats``; ``warmup_*``; with ``store_loglik`` the per-school
+    log-likelihoods stored by the sampler are in ``posterior[_ll_school]`` until the caller
+    moves them), the model and timings."""
     import time
     from importlib.metadata import version
 
@@ -234,7 +241,8 @@ def sample_agq(design: Design, y, w, offset, family: str, link: str, priors, *, 
                              chains=chains, target_accept=target_accept)
     # the chains already use every core when there are at least as many as cores
     threads = 1 if chains >= cores else max(1, cores // max(chains, 1))
-    model = compile_agq(design, y, w, offset, family, link, priors, nodes, threads)
+    model = compile_agq(design, y, w, offset, family, link, priors, nodes, threads,
+                        store_loglik=store_loglik)
     draw_batches, stat_batches = run_nuts(model, settings, cores, progress, lib)
     raw = settings.as_dict()
     attrs = {"inference_library": "nutpie", "inference_library_version": version("nutpie"),

@@ -1104,12 +1104,12 @@ TL_EXPORT int64_t twolevel_logp_agq(uint64_t dim, const double *x, double *grad,
     return isfinite(lp) ? 0 : 4;
 }
 
-/* nutpie's expand callback: the draw, then each school's integrated log-likelihood Q_j */
+/* nutpie's expand callback: the draw, then (when n_expanded leaves room for them) each school's
+ * integrated log-likelihood Q_j; n_expanded = dim stores the draw only */
 TL_EXPORT int64_t twolevel_expand_agq(uint64_t dim, uint64_t n_expanded, const double *x, double *out,
                             void *user) {
     const double *data = (const double *)user;
     const agq_data a = get_data(data);
-    (void)n_expanded;
     memcpy(out, x, sizeof(double) * dim);
     double L[QMAX * QMAX];
     unpack_L(x, a.p, a.strct, a.q, L);
@@ -1118,6 +1118,7 @@ TL_EXPORT int64_t twolevel_expand_agq(uint64_t dim, uint64_t n_expanded, const d
         for (int i = 0; i < a.q; i++)
             for (int j = 0; j <= i; j++) out[k++] = i == j ? log(L[i * a.q + i]) : L[i * a.q + j];
     }
+    if (n_expanded < dim + (uint64_t)a.J) return 0;
     if (schools(&a, x, L, out + dim, NULL, NULL, NULL) != 0) return 4;
     return 0;
 }

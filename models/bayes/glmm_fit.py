@@ -43,7 +43,8 @@ from twolevel.models.bayes.priors import ModelPriors, default_glmm_priors
 from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.response import glmer_design
 
-__all__ = ["GIL_FREE_ROWS", "INTEGRATED_TUNE", "SAMPLERS", "fit_bayes_glmm", "glmm_reliabilities"]
+__all__ = ["GIL_FREE_ROWS", "INTEGRATED_TARGET_ACCEPT", "INTEGRATED_TUNE", "SAMPLERS",
+           "fit_bayes_glmm", "glmm_reliabilities"]
 
 SAMPLERS = ("auto", "integrated", "full")
 
@@ -59,6 +60,11 @@ GIL_FREE_ROWS = 5000
 # draws with min ESS 1,419 (tail, slope SD), 400 steps per 400 draws ESS 0.48 per draw, against
 # 0.45 per draw after 1,000 steps (benchmarks/bayes_glmm.py); 500 keeps a margin.
 INTEGRATED_TUNE = 500
+# and its target acceptance rate: at the lecture design (benchmarks/bayes_glmm.py, 4 × 1,000
+# draws, low-rank adaptation, idle machine, 2026-12-07) 0.9 took 6.7 leapfrog steps per draw and
+# gave 15.0 min-ESS/s, 0.8 took 5.6 and gave 19.8 (21.2 without the per-school log-likelihood),
+# no divergence either way; diagonal adaptation at 0.8 gave 15.6
+INTEGRATED_TARGET_ACCEPT = 0.8
 
 
 def glmm_reliabilities(formula: str, data: pd.DataFrame, family: str, link: str,
@@ -110,12 +116,15 @@ def fit_bayes_glmm(
     dimension, default :func:`twolevel.models.bayes.agq.default_agq_nodes`); ``"auto"`` the
     integrated sampler where it applies (logit/probit/cloglog binomial, log Poisson, 1–3
     effects, non-centred, compiled priors, a C compiler) and otherwise the full one, saying why
-    in one warning; its default settings are ``SamplerSettings(tune=INTEGRATED_TUNE)``. Not the
-    default: at the lecture design (742 schools of ~15 students, two effects) a gradient of the
-    integrated density with 25 nodes costs ~8 times the full model's (``benchmarks/bayes_glmm.py
-    --grad-timing``) for trajectories of ~7 steps against the full sampler's longer ones, so the
-    integrated fit is about as fast in min-ESS per second there, not faster
-    (``benchmarks/bayes_glmm.py --full``; benchmarks/results/agq_lecture.txt)."""
+    in one warning; its default settings are ``SamplerSettings(tune=INTEGRATED_TUNE,
+    target_accept=INTEGRATED_TARGET_ACCEPT)``. Not yet the default: at the lecture design (742
+    schools of ~15 students, two effects) a gradient of the integrated density with 25 nodes
+    costs ~8 times the full model's (``benchmarks/bayes_glmm.py --grad-timing``) for
+    trajectories of ~6 steps against the full sampler's longer ones; the integrated fit gives
+    ~1.3 times the full sampler's min-ESS per second there (21 against 17, 2026-12-07), but at
+    the full sampler's settings (4 × 2,000 draws, diagonal adaptation) that the workflows pass it
+    would take longer than the full fit (``benchmarks/bayes_glmm.py --full``;
+    benchmarks/results/agq_lecture.txt)."""
     if log_likelihood not in LOG_LIKELIHOODS:
         raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "
                             f"{', '.join(LOG_LIKELIHOODS)}; use one of those")
@@ -277,19 +286,20 @@ def _fit_integrated(formula: str, design, resp, fam, priors, settings, progress:
     error)."""
     from twolevel.models.bayes.agq_sampler import LL_SCHOOL, quadrature_error, sample_agq
 
-    settings = settings or SamplerSettings(tune=INTEGRATED_TUNE)
+    settings = settings or SamplerSettings(tune=INTEGRATED_TUNE,
+                                           target_accept=INTEGRATED_TARGET_ACCEPT)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     dt, model, t_s = sample_agq(
         design, resp.y, resp.w, resp.offset, fam.name, fam.link, priors, draws=settings.draws,
         tune=settings.tune, chains=settings.chains, cores=settings.cores, seed=settings.seed,
         target_accept=settings.target_accept, adaptation=settings.adaptation, progress=progress,
-        nodes=nodes)
+        nodes=nodes, store_loglik=log_likelihood != "none")
     timings["compile+sample"] = t_s["sample"]
     timings["school effects"] = t_s["school effects"]
     post = dt["posterior"].to_dataset()
-    ll_school = post[LL_SCHOOL]
-    post = post.drop_vars(LL_SCHOOL)
+    ll_school = post.get(LL_SCHOOL)
+    post = post.drop_vars(LL_SCHOOL, errors="ignore")
     dt["posterior"] = xr.DataTree(post)
     if "warmup_posterior" in dt:
         dt["warmup_posterior"] = xr.DataTree(
