@@ -47,6 +47,9 @@ extern double log(double);
 enum { A_Q, A_P, A_J, A_N, A_STRUCT, A_ETA, A_FBETA, A_FSD, A_CONST, A_LINK, A_K, A_THREADS };
 #define QMAX 3
 #define SD_CPC 2 /* struct code: LKJ sampled as log SDs and canonical partial correlations */
+/* the per-school functions are inlined into specialisations with q and K known to the compiler
+ * (school_agq_spec): their loops over q, K and the K^q nodes are then unrolled or vectorised */
+#define TL_INLINE static inline __attribute__((always_inline))
 #define LOG_SQRT_2PI 0.91893853320467274178
 
 typedef struct {
@@ -233,7 +236,7 @@ static inline void row_d(int link, double eta, double s, double n, double *d1, d
 /* ----------------------------------------------------------------------- small dense algebra */
 
 /* lower Cholesky factor R of the q×q symmetric H (row-major); 0 if not positive definite */
-static int chol(int q, const double *H, double *R) {
+TL_INLINE int chol(int q, const double *H, double *R) {
     for (int i = 0; i < q; i++)
         for (int j = 0; j <= i; j++) {
             double t = H[i * q + j];
@@ -251,7 +254,7 @@ static int chol(int q, const double *H, double *R) {
 }
 
 /* solve R Rᵀ y = b in place */
-static void chol_solve(int q, const double *R, double *b) {
+TL_INLINE void chol_solve(int q, const double *R, double *b) {
     for (int i = 0; i < q; i++) {
         double t = b[i];
         for (int k = 0; k < i; k++) t -= R[i * q + k] * b[k];
@@ -265,7 +268,7 @@ static void chol_solve(int q, const double *R, double *b) {
 }
 
 /* S = R⁻ᵀ (upper), full q×q row-major */
-static void inv_t(int q, const double *R, double *S) {
+TL_INLINE void inv_t(int q, const double *R, double *S) {
     double Ri[QMAX * QMAX];
     for (int c = 0; c < q; c++)
         for (int i = 0; i < q; i++) {
@@ -290,7 +293,7 @@ typedef struct {
 /* one pass over the school's rows lo..hi at u: want 0: f only; want 1: the score g and
  * H = −∇²f (f not computed);
  * d (3 per row) receives ℓ', ℓ'', ℓ''' when not NULL */
-static void pass_mode(const agq_data *a, long lo, long hi, const double *eta0, const double *A,
+TL_INLINE void pass_mode(const agq_data *a, long lo, long hi, const double *eta0, const double *A,
                       const double *u, int want, double *d, pass_out *o) {
     const int q = a->q;
     double f = 0.0, g[QMAX] = {0}, H[QMAX * QMAX] = {0};
@@ -352,7 +355,7 @@ static void pass_mode(const agq_data *a, long lo, long hi, const double *eta0, c
 /* pass_mode's want = 1 pass for the logit and log links with d (ℓ', ℓ'', ℓ''' per row): the
  * linear predictors and the exponentials of a school's rows first, in loops the compiler
  * vectorises, then the score and information */
-static void pass_fast(const agq_data *a, long lo, long hi, const double *eta0, const double *A,
+TL_INLINE void pass_fast(const agq_data *a, long lo, long hi, const double *eta0, const double *A,
                       const double *u, double *d, pass_out *o) {
     const int q = a->q;
     const long m = hi - lo;
@@ -438,7 +441,7 @@ static void pass_fast(const agq_data *a, long lo, long hi, const double *eta0, c
 
 /* the mode û by Newton's method with step halving from u = 0; returns the pass at û (with d)
  * and R = chol(H(û)); 0 when it fails */
-static int find_mode(const agq_data *a, long j, const double *L, const double *eta0,
+TL_INLINE int find_mode(const agq_data *a, long j, const double *L, const double *eta0,
                      const double *A, double *u, double *d, pass_out *o, double *R) {
     const int q = a->q;
     const long lo = (long)a->starts[j], hi = (long)a->starts[j + 1];
@@ -495,7 +498,7 @@ static int find_mode(const agq_data *a, long j, const double *L, const double *e
  * F2 = Σ_r ℓ'_rt z_r at nd[1..p], nd[1+p..p+q] (ℓ' = s − n e/(1 + e), or s − e). The per-node
  * accumulators are laid out node-contiguous in acc (T (3 + p + q) doubles after the node array),
  * so each row's update is a loop over the nodes the compiler vectorises. */
-static void nodes_fast(const agq_data *a, long lo, long hi, const double *ex, double *node,
+TL_INLINE void nodes_fast(const agq_data *a, long lo, long hi, const double *ex, double *node,
                        int T, int want) {
     const int q = a->q, p = a->p, K = a->K, KQ = q * K, ns = 1 + p + 4 * q;
     double *acc = node + (long)T * ns;
@@ -580,7 +583,7 @@ static void nodes_fast(const agq_data *a, long lo, long hi, const double *ex, do
  * added to gb/gL. eta0 = o + Xβ and A (rows a_i = Lᵀz_i) are the whole data's; d scratch of
  * 3·(hi − lo); node scratch of K^q·(1 + p + 4q + 3 + p + q) doubles; ex (NULL: no fast path)
  * scratch of (hi − lo)·(2 + qK) doubles. u_out receives û and R_out R. */
-static double school_agq(const agq_data *a, long j, const double *L, const double *eta0,
+TL_INLINE double school_agq(const agq_data *a, long j, const double *L, const double *eta0,
                          const double *A, double *d, double *node, double *ex, double *gb,
                          double *gL, double *u_out, double *R_out) {
     const int q = a->q, p = a->p, K = a->K;
@@ -1016,6 +1019,32 @@ static int n_nodes(const agq_data *a) {
     return t;
 }
 
+/* school_agq with q and K constants (a copy of the data whose q and K the compiler sees) */
+#define SCHOOL_SPEC(NAME, Q, KK)                                                              \
+    static double NAME(const agq_data *a0, long j, const double *L, const double *eta0,      \
+                       const double *A, double *d, double *node, double *ex, double *gb,     \
+                       double *gL, double *u_out, double *R_out) {                           \
+        agq_data b = *a0;                                                                     \
+        b.q = Q;                                                                              \
+        b.K = KK;                                                                             \
+        return school_agq(&b, j, L, eta0, A, d, node, ex, gb, gL, u_out, R_out);              \
+    }
+SCHOOL_SPEC(school_agq_q1k9, 1, 9)
+SCHOOL_SPEC(school_agq_q2k5, 2, 5)
+SCHOOL_SPEC(school_agq_q3k3, 3, 3)
+
+static double school_agq_spec(const agq_data *a, long j, const double *L, const double *eta0,
+                              const double *A, double *d, double *node, double *ex, double *gb,
+                              double *gL, double *u_out, double *R_out) {
+    if (a->q == 2 && a->K == 5)
+        return school_agq_q2k5(a, j, L, eta0, A, d, node, ex, gb, gL, u_out, R_out);
+    if (a->q == 1 && a->K == 9)
+        return school_agq_q1k9(a, j, L, eta0, A, d, node, ex, gb, gL, u_out, R_out);
+    if (a->q == 3 && a->K == 3)
+        return school_agq_q3k3(a, j, L, eta0, A, d, node, ex, gb, gL, u_out, R_out);
+    return school_agq(a, j, L, eta0, A, d, node, ex, gb, gL, u_out, R_out);
+}
+
 /* per-school Q_j into qj (J), and when gj is not NULL each school's gradient (p + q²) into gj;
  * schools split over the data's threads; 0 on success, −1 when memory ran out */
 static int schools(const agq_data *a0, const double *beta, const double *L, double *qj,
@@ -1046,7 +1075,7 @@ static int schools(const agq_data *a0, const double *beta, const double *L, doub
             for (long j = 0; j < a->J; j++) {
                 double *g = gj ? gj + j * G : NULL;
                 if (g) memset(g, 0, sizeof(double) * G);
-                qj[j] = school_agq(a, j, L, eta0, A, d, d + 3 * nmax, d + 3 * nmax + nodesz,
+                qj[j] = school_agq_spec(a, j, L, eta0, A, d, d + 3 * nmax, d + 3 * nmax + nodesz,
                                    g, g ? g + p : NULL,
                                    uj ? uj + j * q : NULL, Rj ? Rj + j * q * q : NULL);
             }
