@@ -14,6 +14,16 @@ from twolevel.models.bayes.diagnostics import rhat_ess
 
 GATE = {"max_rhat": 1.01, "min_ess": 400.0, "min_bfmi": 0.3}
 
+# The integrated GLMM sampler's defaults (school effects integrated out by quadrature; NUTS on
+# p + q(q+1)/2 hyperparameters, 5 at the lecture design, as (β, log SDs, atanh of the partial
+# correlations)). Tuning: at the lecture design 300 steps gave 4 × 1,000 draws with min ESS
+# 1,419 (tail, slope SD), 400 steps per 400 draws ESS 0.48 per draw, against 0.45 per draw after
+# 1,000 steps; 500 keeps a margin. Target acceptance: 0.9 took 6.7 leapfrog steps per draw and
+# gave 15.0 min-ESS/s, 0.8 took 5.6 and gave 19.8 with the same ESS, no divergence either way
+# (benchmarks/bayes_glmm.py, idle machine, 2026-12-07); diagonal adaptation at 0.8 gave 15.6.
+INTEGRATED_TUNE = 500
+INTEGRATED_TARGET_ACCEPT = 0.8
+
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,8 @@ class SamplerSettings:
     2
     >>> tl.SamplerSettings.for_family("binomial").adaptation
     'diag'
+    >>> tl.SamplerSettings.for_family("binomial", sampler="integrated").tune
+    500
     """
 
     chains: int = 4
@@ -49,17 +61,26 @@ class SamplerSettings:
     adaptation: str = "low_rank"
 
     @classmethod
-    def for_family(cls, family: str = "gaussian", **overrides) -> SamplerSettings:
-        """The default settings for ``family`` with ``overrides``. ``"gaussian"``: the class
-        defaults. ``"binomial"``/``"poisson"`` (non-centred school effects sampled, J·q more
+    def for_family(cls, family: str = "gaussian", sampler: str = "full",
+                   **overrides) -> SamplerSettings:
+        """The default settings for ``family`` (and, for binary and count outcomes, the
+        ``sampler``) with ``overrides``. ``"gaussian"``: the class defaults.
+        ``"binomial"``/``"poisson"`` with ``sampler="integrated"`` (the school effects integrated
+        out): the class defaults with ``tune=INTEGRATED_TUNE`` (500) and
+        ``target_accept=INTEGRATED_TARGET_ACCEPT`` (0.8), measured as the comment above them
+        says. With ``sampler="full"`` (non-centred school effects sampled, J·q more
         parameters): ``adaptation="diag"``, ``target_accept=0.8``, ``draws=2000``. Measured at
         the lecture design (742 schools, Bernoulli, random slope, 4 chains, 2 cores): nutpie's
         low-rank adaptation there gave 1,016 divergent transitions in 890 s; the diagonal one
         none, in 158 s at 0.9 with max R-hat 1.0104 over the 1,490 school effects at 1,000 draws,
         and in 135 s at 0.8 with 2,000 draws, max R-hat 1.0035 and min ESS 1,078 (the gate's R-hat
         ≤ 1.01 over every school effect needs the longer chains)."""
-        base = {} if family == "gaussian" else {"adaptation": "diag", "target_accept": 0.8,
-                                                 "draws": 2000}
+        if family == "gaussian":
+            base = {}
+        elif sampler == "integrated":
+            base = {"tune": INTEGRATED_TUNE, "target_accept": INTEGRATED_TARGET_ACCEPT}
+        else:
+            base = {"adaptation": "diag", "target_accept": 0.8, "draws": 2000}
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 

@@ -37,6 +37,7 @@ from twolevel.models.bayes.fit import (
     cholesky_draws,
     diagnose,
 )
+from twolevel.models.bayes.gate import INTEGRATED_TARGET_ACCEPT, INTEGRATED_TUNE
 from twolevel.models.bayes.glmm_loglik import school_loglik_agq, student_loglik_glmm
 from twolevel.models.bayes.glmm_sampler import compiled_glmm_supported
 from twolevel.models.bayes.priors import ModelPriors, default_glmm_priors
@@ -44,7 +45,7 @@ from twolevel.models.glmm.family import get_family
 from twolevel.models.glmm.response import glmer_design
 
 __all__ = ["GIL_FREE_ROWS", "INTEGRATED_TARGET_ACCEPT", "INTEGRATED_TUNE", "SAMPLERS",
-           "fit_bayes_glmm", "glmm_reliabilities"]
+           "fit_bayes_glmm", "glmm_reliabilities", "integrated_sampler_reason"]
 
 SAMPLERS = ("auto", "integrated", "full")
 
@@ -54,17 +55,6 @@ SAMPLERS = ("auto", "integrated", "full")
 # below it the cached route's start-up wins.
 GIL_FREE_ROWS = 5000
 
-# Tuning steps of the integrated sampler's default settings (otherwise SamplerSettings()'s): its
-# posterior has p + q(q+1)/2 dimensions (5 at the lecture design), sampled as (β, log SDs,
-# atanh of the partial correlations); at the lecture design 300 tuning steps gave 4 × 1,000
-# draws with min ESS 1,419 (tail, slope SD), 400 steps per 400 draws ESS 0.48 per draw, against
-# 0.45 per draw after 1,000 steps (benchmarks/bayes_glmm.py); 500 keeps a margin.
-INTEGRATED_TUNE = 500
-# and its target acceptance rate: at the lecture design (benchmarks/bayes_glmm.py, 4 × 1,000
-# draws, low-rank adaptation, idle machine, 2026-12-07) 0.9 took 6.7 leapfrog steps per draw and
-# gave 15.0 min-ESS/s, 0.8 took 5.6 and gave 19.8 (21.2 without the per-school log-likelihood),
-# no divergence either way; diagonal adaptation at 0.8 gave 15.6
-INTEGRATED_TARGET_ACCEPT = 0.8
 
 
 def glmm_reliabilities(formula: str, data: pd.DataFrame, family: str, link: str,
@@ -83,6 +73,42 @@ def glmm_reliabilities(formula: str, data: pd.DataFrame, family: str, link: str,
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(tau > 0, 1.0 - cv / tau, 0.0)
     return np.clip(rel, 0.0, 1.0)
+
+
+def integrated_sampler_reason(formula: str, data: pd.DataFrame, family: str,
+                              link: str | None = None, *, weights=None,
+                              priors: ModelPriors | None = None) -> str | None:
+    """Why the integrated sampler (school effects integrated out by adaptive Gauss–Hermite
+    quadrature) cannot fit this model, in one line; None when it can — what
+    ``fit_bayes(..., sampler="auto")`` decides.
+
+    Parameters
+    ----------
+    formula, data, family, link, weights : as :func:`fit_bayes_glmm`.
+    priors : ModelPriors, optional
+        Default :func:`~twolevel.models.bayes.priors.default_glmm_priors`.
+
+    Returns
+    -------
+    str or None
+
+    Examples
+    --------
+    >>> import twolevel as tl
+    >>> d = tl.load_data("lecture")
+    >>> integrated_sampler_reason("g1below ~ famsesc + (1 | schid)", d, "binomial") is None
+    True
+    >>> integrated_sampler_reason("g1below ~ famsesc + (1 + famsesc + ses + meanses | schid)",
+    ...                           d, "binomial")[:25]
+    '4 random effects per scho'
+    """
+    from twolevel.models.bayes.agq_sampler import agq_supported
+
+    fam = get_family(family, link)
+    design, resp = glmer_design(formula, data, fam, weights)
+    priors = priors or default_glmm_priors(design, resp.y, resp.w, resp.offset, fam.name,
+                                           fam.link)
+    return agq_supported(fam.name, fam.link, design.q, design.p, priors)
 
 
 def fit_bayes_glmm(
@@ -116,8 +142,8 @@ def fit_bayes_glmm(
     dimension, default :func:`twolevel.models.bayes.agq.default_agq_nodes`); ``"auto"`` the
     integrated sampler where it applies (logit/probit/cloglog binomial, log Poisson, 1–3
     effects, non-centred, compiled priors, a C compiler) and otherwise the full one, saying why
-    in one warning; its default settings are ``SamplerSettings(tune=INTEGRATED_TUNE,
-    target_accept=INTEGRATED_TARGET_ACCEPT)``. Not yet the default: at the lecture design (742
+    in one warning; its default settings are ``SamplerSettings.for_family(family,
+    sampler="integrated")``. Not yet the default: at the lecture design (742
     schools of ~15 students, two effects) a gradient of the integrated density with 25 nodes
     costs ~8 times the full model's (``benchmarks/bayes_glmm.py --grad-timing``) for
     trajectories of ~6 steps against the full sampler's longer ones; the integrated fit gives
@@ -286,8 +312,7 @@ def _fit_integrated(formula: str, design, resp, fam, priors, settings, progress:
     error)."""
     from twolevel.models.bayes.agq_sampler import LL_SCHOOL, quadrature_error, sample_agq
 
-    settings = settings or SamplerSettings(tune=INTEGRATED_TUNE,
-                                           target_accept=INTEGRATED_TARGET_ACCEPT)
+    settings = settings or SamplerSettings.for_family(fam.name, sampler="integrated")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     dt, model, t_s = sample_agq(

@@ -12,7 +12,8 @@ Steps (each prints a progress line and is timed)::
                      per-school ML fails (separation: schools with all 0 or all 1, counted)
     2 ml             m1 (1 + x | g) and m2 (1 | g) by Laplace, m2 also by AGQ (nAGQ nodes),
                      glmer summaries, odds ratios with Wald intervals, the LRT (mixture p)
-    3 bayes          the same two models by NUTS (school effects sampled non-centred), the gate
+    3 bayes          the same two models by NUTS (school effects integrated out by quadrature
+                     and drawn afterwards; sampled non-centred where that does not apply)
     4 compare        PSIS-LOO per student and leave-one-school-out (effects integrated out by
                      AGQ per draw), beside the LRT
     5 caterpillar    u0j, u1j and β0j, β1j on the log-odds scale, odds ratios in the tables

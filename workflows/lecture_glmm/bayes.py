@@ -1,6 +1,7 @@
-"""Step 3, Bayes: m1 and m2 by NUTS (school effects sampled non-centred, the family's default
-priors and sampler settings), the diagnostic gate, posterior tables with odds ratios, the posterior
-beside the Laplace estimates, the saved posteriors, and the report section.
+"""Step 3, Bayes: m1 and m2 by NUTS (the school effects integrated out by adaptive quadrature and
+drawn afterwards where the integrated sampler applies, else sampled non-centred; the family's
+default priors and sampler settings), the diagnostic gate, posterior tables with odds ratios, the
+posterior beside the Laplace estimates, the saved posteriors, and the report section.
 """
 
 from __future__ import annotations
@@ -17,29 +18,42 @@ from twolevel.workflows.lecture.compare import _compare_words, bayes_vs_reml
 from twolevel.workflows.lecture.spec import Progress, RunSettings
 from twolevel.workflows.lecture.views import bayes_view, reml_view
 from twolevel.workflows.lecture_glmm.prepare import PreparedGlmmData
-from twolevel.workflows.lecture_glmm.spec import GlmmWorkflowSpec
+from twolevel.workflows.lecture_glmm.spec import FULL_DRAWS, FULL_TUNE, GlmmWorkflowSpec
 
 
 def fit_bayes_glmm(spec: GlmmWorkflowSpec, d: PreparedGlmmData, ml: dict[str, Any],
                    eff: RunSettings, progress: Progress) -> dict[str, Any]:
     """m1 and m2 by NUTS (:func:`twolevel.models.bayes.fit.fit_bayes` with ``family``), each
-    with its own seed derived from the run's seed. Returns ``m1``, ``m2``
+    with its own seed derived from the run's seed: the integrated sampler (school effects
+    integrated out by quadrature, drawn afterwards; the per-school log-likelihood stored while
+    sampling) where it applies, else every school effect sampled with at least
+    ``FULL_DRAWS`` draws after ``FULL_TUNE`` tuning steps (unless quick). Returns ``m1``, ``m2``
     (:class:`~twolevel.models.bayes.fit.BayesFit`), ``view`` (the m1 posterior, schools in the
     glmer fit's order) and ``warnings`` (sampler messages other than the gate's)."""
     import warnings
 
     from twolevel.models.bayes.fit import SamplerSettings
     from twolevel.models.bayes.fit import fit_bayes as nuts
+    from twolevel.models.bayes.glmm_fit import integrated_sampler_reason
 
     out: dict[str, Any] = {"warnings": []}
     for m, formula in (("m1", spec.formula_m1), ("m2", spec.formula_m2)):
         t0 = time.perf_counter()
-        settings = SamplerSettings.for_family(spec.family, chains=eff.chains, draws=eff.draws,
-                                              tune=eff.tune, seed=eff.seed_for(f"bayes_{m}"))
+        why = integrated_sampler_reason(formula, d.frame, spec.family, spec.link)
+        if why is None:
+            sampler, draws, tune = "integrated", eff.draws, eff.tune
+        else:  # every school effect sampled: the gate needs the full sampler's longer chains
+            sampler = "full"
+            draws, tune = ((eff.draws, eff.tune) if eff.quick
+                           else (max(eff.draws, FULL_DRAWS), max(eff.tune, FULL_TUNE)))
+            progress.note(f"{m}: {why}; sampling every school effect ({draws} draws)")
+        settings = SamplerSettings.for_family(spec.family, sampler=sampler, chains=eff.chains,
+                                              draws=draws, tune=tune,
+                                              seed=eff.seed_for(f"bayes_{m}"))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             fit = nuts(formula, d.frame, family=spec.family, link=spec.link, settings=settings,
-                       progress=False)
+                       progress=False, sampler=sampler)
         keep_sampler_notes(caught, out["warnings"])
         out[m] = fit
         progress.note(f"{gate_line(m, fit)} ({time.perf_counter() - t0:.1f} s: "

@@ -12,6 +12,7 @@ from twolevel.data.errors import TwolevelError
 from twolevel.workflows.lecture.spec import RunSettings, WorkflowSpec
 
 FAMILIES = ("binomial", "poisson")
+FULL_DRAWS, FULL_TUNE = 2000, 1000  # every school effect sampled (SamplerSettings.for_family)
 LINKS = {"binomial": "logit", "poisson": "log"}
 
 
@@ -54,9 +55,14 @@ LECTURE_BINARY_SPEC = GlmmWorkflowSpec(
 
 
 def glmm_run_settings(seed: int = RunSettings.seed, quick: bool = False) -> RunSettings:
-    """The run settings of a binary or count outcome: 4 chains × 2,000 draws after 1,000 tuning
-    steps (the binary/count defaults of
-    :meth:`twolevel.models.bayes.fit.SamplerSettings.for_family`: the school effects are
-    sampled, and the gate's R-hat ≤ 1.01 over every one of them needs the longer chains);
-    ``quick``: 2 × 150 as the normal workflow."""
-    return RunSettings(seed=seed, quick=quick, chains=4, draws=2000, tune=1000)
+    """The run settings of a binary or count outcome: 4 chains × 1,000 draws after
+    ``INTEGRATED_TUNE`` (500) tuning steps, the integrated sampler's defaults
+    (:meth:`twolevel.models.bayes.fit.SamplerSettings.for_family` with
+    ``sampler="integrated"``: the school effects integrated out, so NUTS samples the
+    hyperparameters only); where that sampler does not apply, the workflow samples every school
+    effect with at least ``FULL_DRAWS`` draws after ``FULL_TUNE`` tuning steps (the gate's
+    R-hat ≤ 1.01 over every school effect needs the longer chains); ``quick``: 2 × 150 as the
+    normal workflow."""
+    from twolevel.models.bayes.gate import INTEGRATED_TUNE
+
+    return RunSettings(seed=seed, quick=quick, chains=4, draws=1000, tune=INTEGRATED_TUNE)
