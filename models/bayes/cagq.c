@@ -1019,7 +1019,8 @@ static int n_nodes(const agq_data *a) {
     return t;
 }
 
-/* school_agq with q and K constants (a copy of the data whose q and K the compiler sees) */
+/* school_agq with q and K constants (a copy of the data whose q and K the compiler sees), for
+ * the default nodes per dimension (agq.default_agq_nodes: 7, 5, 3 for q = 1, 2, 3) */
 #define SCHOOL_SPEC(NAME, Q, KK)                                                              \
     static double NAME(const agq_data *a0, long j, const double *L, const double *eta0,      \
                        const double *A, double *d, double *node, double *ex, double *gb,     \
@@ -1029,7 +1030,7 @@ static int n_nodes(const agq_data *a) {
         b.K = KK;                                                                             \
         return school_agq(&b, j, L, eta0, A, d, node, ex, gb, gL, u_out, R_out);              \
     }
-SCHOOL_SPEC(school_agq_q1k9, 1, 9)
+SCHOOL_SPEC(school_agq_q1k7, 1, 7)
 SCHOOL_SPEC(school_agq_q2k5, 2, 5)
 SCHOOL_SPEC(school_agq_q3k3, 3, 3)
 
@@ -1038,8 +1039,8 @@ static double school_agq_spec(const agq_data *a, long j, const double *L, const 
                               double *gL, double *u_out, double *R_out) {
     if (a->q == 2 && a->K == 5)
         return school_agq_q2k5(a, j, L, eta0, A, d, node, ex, gb, gL, u_out, R_out);
-    if (a->q == 1 && a->K == 9)
-        return school_agq_q1k9(a, j, L, eta0, A, d, node, ex, gb, gL, u_out, R_out);
+    if (a->q == 1 && a->K == 7)
+        return school_agq_q1k7(a, j, L, eta0, A, d, node, ex, gb, gL, u_out, R_out);
     if (a->q == 3 && a->K == 3)
         return school_agq_q3k3(a, j, L, eta0, A, d, node, ex, gb, gL, u_out, R_out);
     return school_agq(a, j, L, eta0, A, d, node, ex, gb, gL, u_out, R_out);
