@@ -243,6 +243,24 @@ def test_cli_bayes_family_json():
                             "y ~ 1 + x + (1 | g)", "--link", "probit"], capture_output=True,
                            text=True)
         assert r.returncode == 2 and "--link needs --family" in r.stderr
+        r = subprocess.run([sys.executable, "-m", "twolevel", "bayes", str(path),
+                            "y ~ 1 + x + (1 | g)", "--family", "binomial", "--sampler",
+                            "integrated", "--chains", "2", "--draws", "200"],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        assert "integrated out by adaptive Gauss-Hermite quadrature" in r.stdout
+        assert "Chains: 2 x 200 draws after 500 tuning steps" in r.stdout
+        assert "target_accept 0.8" in r.stdout
+        r = subprocess.run([sys.executable, "-m", "twolevel", "bayes", str(path),
+                            "y ~ 1 + x + (1 | g)", "--family", "binomial", "--link", "cloglog",
+                            "--sampler", "auto", "--chains", "1", "--draws", "30", "--tune",
+                            "30", "--json"], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run([sys.executable, "-m", "twolevel", "bayes", str(path),
+                            "y ~ 1 + x + (1 | g)", "--sampler", "integrated"],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "--sampler needs --family binomial or --family " \
+                                     "poisson" in r.stderr
 
 
 def test_family_refuses_statistics_engines(tmp_path):
@@ -269,6 +287,8 @@ def test_sampler_defaults_per_family():
     assert (b.adaptation, b.target_accept, b.draws, b.tune) == ("diag", 0.8, 300, 1000)
     p = SamplerSettings.for_family("poisson")
     assert (p.adaptation, p.target_accept, p.draws) == ("diag", 0.8, 2000)
+    i = SamplerSettings.for_family("binomial", sampler="integrated", draws=300)
+    assert (i.adaptation, i.target_accept, i.draws, i.tune) == ("low_rank", 0.8, 300, 500)
 
 
 def test_normal_model_settings_on_a_glmm_warn():

@@ -8,8 +8,9 @@ Prints the summary with the diagnostic gate (divergences, R-hat, ESS over every 
 BFMI), or with ``--json`` one object with divergences, max_rhat, min_ess_bulk, min_ess_tail,
 wall_seconds, draws, chains and posterior ({name: {mean, sd, q2.5, q97.5}} for fixef:<name>,
 sd:<effect>, corr:<a>:<b>, sigma). ``--family binomial|poisson [--link L]`` fits a binary or
-count outcome (glmer's response forms; link-scale priors; school effects sampled non-centred; no
-sigma). ``--out DIR`` saves the posterior as ``DIR/posterior.nc``
+count outcome (glmer's response forms; link-scale priors; school effects sampled non-centred, or
+with ``--sampler integrated`` integrated out by adaptive Gauss–Hermite quadrature inside NUTS and
+drawn afterwards, ``--sampler auto`` that where it applies; no sigma). ``--out DIR`` saves the posterior as ``DIR/posterior.nc``
 (reopen with ``arviz.from_netcdf``; with each school's log-likelihood, its effects integrated out,
 for leave-one-school-out) and the summary as ``DIR/summary.txt``.
 """
@@ -53,7 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--draws", type=int, default=None,
                    help=f"draws per chain (default {d.draws}; {d.for_family('binomial').draws} "
                         "for binomial/poisson)")
-    p.add_argument("--tune", type=int, default=d.tune)
+    p.add_argument("--tune", type=int, default=None,
+                   help=f"tuning steps per chain (default {d.tune}; "
+                        f"{d.for_family('binomial', sampler='integrated').tune} with --sampler "
+                        "integrated)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--target-accept", type=float, default=None,
                    help=f"default {d.target_accept} ({d.for_family('binomial').target_accept} "
@@ -65,6 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="binomial (0/1, cbind(s, f)) or poisson (counts, offset(log(e))) outcomes: "
                         "school effects sampled non-centred; default %(default)s")
     p.add_argument("--link", help="binomial: logit (default), probit, cloglog; poisson: log")
+    p.add_argument("--sampler", choices=("full", "integrated", "auto"), default=None,
+                   help="binomial/poisson: 'full' (default) samples every school effect "
+                        "non-centred; 'integrated' integrates each school's effects out by "
+                        "adaptive Gauss-Hermite quadrature inside NUTS and draws them afterwards; "
+                        "'auto' the integrated sampler where it applies")
     p.add_argument("--out", metavar="DIR", help="save posterior.nc and summary.txt here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -75,6 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _check(args: argparse.Namespace) -> None:
     if args.link and args.family == "gaussian":
         raise TwolevelError("--link needs --family binomial or --family poisson")
+    if args.sampler and args.family == "gaussian":
+        raise TwolevelError("--sampler needs --family binomial or --family poisson (a normal "
+                            "outcome's school effects are always integrated out exactly)")
     for name in ("chains", "draws", "tune", "cores"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise TwolevelError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -91,8 +103,17 @@ def run(args: argparse.Namespace) -> int:
     check_memory_engine_for_family(args)
     df, engine, opts = resolve_data(args)
     check_memory_engine_for_family(args, engine)
-    settings = SamplerSettings.for_family(args.family, chains=args.chains, draws=args.draws,
-                                          tune=args.tune, seed=args.seed,
+    sampler = args.sampler or "full"
+    if sampler == "auto":
+        from twolevel.models.bayes.glmm_fit import integrated_sampler_reason
+
+        why = integrated_sampler_reason(args.formula, df, args.family, args.link)
+        if why is not None:
+            print(f"twolevel bayes: {why}; sampling every school effect (--sampler full)",
+                  file=sys.stderr)
+        sampler = "integrated" if why is None else "full"
+    settings = SamplerSettings.for_family(args.family, sampler=sampler, chains=args.chains,
+                                          draws=args.draws, tune=args.tune, seed=args.seed,
                                           target_accept=args.target_accept, cores=args.cores)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -102,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
                         progress=not (args.no_progress or args.json),
                         log_likelihood="school" if args.out else "none",
                         family=args.family, link=args.link, engine=engine,
-                        memory_limit=opts.get("memory_limit"), scheduler=opts.get("scheduler"))
+                        memory_limit=opts.get("memory_limit"), scheduler=opts.get("scheduler"),
+                        sampler=sampler)
     wall = time.perf_counter() - t0
     d = fit.diagnostics
     if args.json:
