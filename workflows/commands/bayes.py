@@ -10,9 +10,10 @@ wall_seconds, draws, chains and posterior ({name: {mean, sd, q2.5, q97.5}} for f
 sd:<effect>, corr:<a>:<b>, sigma). ``--family binomial|poisson [--link L]`` fits a binary or
 count outcome (glmer's response forms; link-scale priors; school effects sampled non-centred, or
 with ``--sampler integrated`` integrated out by adaptive Gauss–Hermite quadrature inside NUTS and
-drawn afterwards, ``--sampler auto`` that where it applies; no sigma). ``--out DIR`` saves the posterior as ``DIR/posterior.nc``
-(reopen with ``arviz.from_netcdf``; with each school's log-likelihood, its effects integrated out,
-for leave-one-school-out) and the summary as ``DIR/summary.txt``.
+drawn afterwards, ``--sampler auto`` that where it applies; no sigma). ``--out DIR`` saves the
+posterior as ``DIR/posterior.nc`` (reopen with ``arviz.from_netcdf``; with each school's
+log-likelihood, its effects integrated out, for leave-one-school-out) and the summary as
+``DIR/summary.txt``.
 """
 
 from __future__ import annotations
