@@ -313,7 +313,7 @@ def fit_bayes(
     memory_limit: str | None = None,
     scheduler=None,
     pv=None,
-    sampler: str = "full",
+    sampler: str = "auto",
     nodes: int | None = None,
 ) -> BayesFit:
     """Fit ``formula`` (lme4 syntax, one grouping factor) by NUTS and run the diagnostic gate.
@@ -328,12 +328,14 @@ def fit_bayes(
     ``data``: one fit per set, draws stacked (:mod:`twolevel.models.survey.bayes`).
 
     ``family="binomial"`` (links logit, probit, cloglog) or ``"poisson"`` (log) fits a binary or
-    count outcome (:func:`twolevel.models.bayes.glmm_fit.fit_bayes_glmm`: school effects sampled,
-    non-centred unless ``centering`` says otherwise; ``likelihood`` does not apply). There
-    ``sampler="full"`` (default) samples every school effect; ``"integrated"`` (or ``"auto"``:
-    where it applies) integrates each school's effects out by adaptive Gauss–Hermite quadrature
-    (``nodes`` per dimension) and samples the hyperparameters only
-    (:func:`~twolevel.models.bayes.glmm_fit.fit_bayes_glmm`).
+    count outcome (:func:`twolevel.models.bayes.glmm_fit.fit_bayes_glmm`; ``likelihood`` does
+    not apply). There ``sampler="auto"`` (default) integrates each school's effects out by
+    adaptive Gauss–Hermite quadrature (``nodes`` per dimension) inside NUTS, which samples the
+    fixed effects and the covariance factor only, and draws the school effects afterwards from
+    their exact conditional, where that applies (logit/probit/cloglog binomial, log Poisson, 1–3
+    effects, non-centred), and otherwise samples every school effect (non-centred unless
+    ``centering`` says otherwise) with one warning saying why; ``"integrated"`` insists (an
+    error where it does not apply), ``"full"`` samples every school effect.
 
     ``likelihood``/``centering``/``priors`` as in
     :func:`twolevel.models.bayes.pymc_model.build_model`

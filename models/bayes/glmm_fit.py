@@ -124,33 +124,32 @@ def fit_bayes_glmm(
     progress: bool = True,
     log_likelihood: str = "both",
     nodes: int | None = None,
-    sampler: str = "full",
+    sampler: str = "auto",
 ) -> BayesFit:
     """NUTS fit of a binary (``family="binomial"``: logit, probit, cloglog) or count
     (``"poisson"``: log) two-level model, with the diagnostic gate (module docstring).
 
-    ``centering``: "noncentered" (default), "centered", "auto" (reliability rule) or the number
-    of leading effects to centre. ``settings``: default ``SamplerSettings.for_family(family)``
-    (diagonal mass-matrix adaptation, target_accept 0.8, 4 × 2,000 draws). ``nodes``:
-    Gauss–Hermite nodes per dimension for the per-school log-likelihood (default 9 for one
-    random effect, 5 for two, 3 for more).
+    ``sampler``: ``"auto"`` (default) the integrated sampler where it applies
+    (logit/probit/cloglog binomial, log Poisson, 1–3 effects, non-centred, compiled priors, a C
+    compiler) and otherwise the full one, saying why in one warning; ``"integrated"`` samples
+    (β, the covariance factor) with each school's effects integrated out by adaptive
+    Gauss–Hermite quadrature and draws the school effects afterwards
+    (:mod:`twolevel.models.bayes.agq_sampler`; ``nodes`` per dimension, default
+    :func:`twolevel.models.bayes.agq.default_agq_nodes`), an error where it does not apply;
+    ``"full"`` samples every school effect (non-centred or ``centering``). At the lecture design
+    (742 schools of ~15 students, two effects) the integrated fit has 1.58 times the full
+    sampler's min-ESS per second (25.2 against 16.0, idle, 2026-12-07;
+    ``benchmarks/bayes_glmm.py --full``): a gradient costs 5.6 times the full model's, for
+    trajectories of ~6 leapfrog steps against the full sampler's longer ones.
 
-    ``sampler``: ``"full"`` (default) samples every school effect (non-centred or
-    ``centering``); ``"integrated"`` samples (β, the covariance factor) with each school's
-    effects integrated out by adaptive Gauss–Hermite quadrature and draws the school effects
-    afterwards (:mod:`twolevel.models.bayes.agq_sampler`; ``nodes`` is then its nodes per
-    dimension, default :func:`twolevel.models.bayes.agq.default_agq_nodes`); ``"auto"`` the
-    integrated sampler where it applies (logit/probit/cloglog binomial, log Poisson, 1–3
-    effects, non-centred, compiled priors, a C compiler) and otherwise the full one, saying why
-    in one warning; its default settings are ``SamplerSettings.for_family(family,
-    sampler="integrated")``. Not yet the default: at the lecture design (742
-    schools of ~15 students, two effects) a gradient of the integrated density with 25 nodes
-    costs ~8 times the full model's (``benchmarks/bayes_glmm.py --grad-timing``) for
-    trajectories of ~6 steps against the full sampler's longer ones; the integrated fit gives
-    ~1.3 times the full sampler's min-ESS per second there (21 against 17, 2026-12-07), but at
-    the full sampler's settings (4 × 2,000 draws, diagonal adaptation) that the workflows pass it
-    would take longer than the full fit (``benchmarks/bayes_glmm.py --full``;
-    benchmarks/results/agq_lecture.txt)."""
+    ``centering`` (full sampler): "noncentered" (default), "centered", "auto" (reliability rule)
+    or the number of leading effects to centre; anything but "noncentered" selects the full
+    sampler. ``settings``: default ``SamplerSettings.for_family(family, sampler=...)`` — the
+    integrated sampler: 4 × 1,000 draws after 500 tuning steps, low-rank adaptation,
+    target_accept 0.8; the full one: diagonal adaptation, target_accept 0.8, 4 × 2,000 draws.
+    ``nodes``: Gauss–Hermite nodes per dimension for the per-school log-likelihood (default: the
+    integrated sampler 7 for one random effect, 5 for two, 3 for three; the full sampler's
+    log-likelihood 9, 5, 3)."""
     if log_likelihood not in LOG_LIKELIHOODS:
         raise TwolevelError(f"log_likelihood {log_likelihood!r} is not one of "
                             f"{', '.join(LOG_LIKELIHOODS)}; use one of those")

@@ -8,12 +8,12 @@ Prints the summary with the diagnostic gate (divergences, R-hat, ESS over every 
 BFMI), or with ``--json`` one object with divergences, max_rhat, min_ess_bulk, min_ess_tail,
 wall_seconds, draws, chains and posterior ({name: {mean, sd, q2.5, q97.5}} for fixef:<name>,
 sd:<effect>, corr:<a>:<b>, sigma). ``--family binomial|poisson [--link L]`` fits a binary or
-count outcome (glmer's response forms; link-scale priors; school effects sampled non-centred, or
-with ``--sampler integrated`` integrated out by adaptive Gauss–Hermite quadrature inside NUTS and
-drawn afterwards, ``--sampler auto`` that where it applies; no sigma). ``--out DIR`` saves the
-posterior as ``DIR/posterior.nc`` (reopen with ``arviz.from_netcdf``; with each school's
-log-likelihood, its effects integrated out, for leave-one-school-out) and the summary as
-``DIR/summary.txt``.
+count outcome (glmer's response forms; link-scale priors; no sigma): the school effects
+integrated out by adaptive Gauss–Hermite quadrature inside NUTS and drawn afterwards where that
+applies (``--sampler auto``, default), else (or with ``--sampler full``) sampled non-centred.
+``--out DIR`` saves the posterior as ``DIR/posterior.nc`` (reopen with ``arviz.from_netcdf``;
+with each school's log-likelihood, its effects integrated out, for leave-one-school-out) and the
+summary as ``DIR/summary.txt``.
 """
 
 from __future__ import annotations
@@ -71,10 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "school effects sampled non-centred; default %(default)s")
     p.add_argument("--link", help="binomial: logit (default), probit, cloglog; poisson: log")
     p.add_argument("--sampler", choices=("full", "integrated", "auto"), default=None,
-                   help="binomial/poisson: 'full' (default) samples every school effect "
-                        "non-centred; 'integrated' integrates each school's effects out by "
-                        "adaptive Gauss-Hermite quadrature inside NUTS and draws them afterwards; "
-                        "'auto' the integrated sampler where it applies")
+                   help="binomial/poisson: 'auto' (default) the integrated sampler where it "
+                        "applies, else 'full' with a line saying why; 'integrated' integrates "
+                        "each school's effects out by adaptive Gauss-Hermite quadrature inside "
+                        "NUTS and draws them afterwards; 'full' samples every school effect "
+                        "non-centred")
     p.add_argument("--out", metavar="DIR", help="save posterior.nc and summary.txt here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -104,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
     check_memory_engine_for_family(args)
     df, engine, opts = resolve_data(args)
     check_memory_engine_for_family(args, engine)
-    sampler = args.sampler or "full"
-    if sampler == "auto":
+    sampler = args.sampler or "auto"
+    if sampler == "auto" and args.family != "gaussian":
         from twolevel.models.bayes.glmm_fit import integrated_sampler_reason
 
         why = integrated_sampler_reason(args.formula, df, args.family, args.link)
