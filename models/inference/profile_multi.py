@@ -249,15 +249,9 @@ def multi_profile_problem(fit) -> ProfileProblem:
 
     Examples
     --------
-    >>> import numpy as np, pandas as pd
     >>> import twolevel as tl
-    >>> rng = np.random.default_rng(1)   # 20 schools, 2 classes each, 8 students a class
-    >>> d = pd.DataFrame({"school": np.repeat(np.arange(20), 16),
-    ...                   "klass": np.tile(np.repeat([1, 2], 8), 20)})
-    >>> d["x"] = rng.normal(size=len(d))
-    >>> d["y"] = (1 + 0.5 * d["x"] + np.repeat(rng.normal(size=20), 16)
-    ...           + np.repeat(rng.normal(scale=0.7, size=40), 8) + rng.normal(size=len(d)))
-    >>> multi_profile_problem(tl.lmer("y ~ x + (1 | school/klass)", d)).variance_names
+    >>> fit = tl.lmer("mAch ~ ses + (1 | sector/school)", tl.load_data("hsb"))  # schools in sectors
+    >>> multi_profile_problem(fit).variance_names
     ['.sig01', '.sig02', '.sigma']
     """
     from twolevel.models.lmm.multi import refit_ml_multi
