@@ -39,7 +39,7 @@ from twolevel.models.bayes.collapsed_multi import (
     nested_crossprods,
 )
 from twolevel.models.bayes.diagnostics import rhat_ess
-from twolevel.models.bayes.gate import Diagnostics, SamplerSettings, diagnose
+from twolevel.models.bayes.gate import Diagnostics, SamplerSettings, _flat_params, diagnose
 from twolevel.models.bayes.multi_priors import MultiPriors
 from twolevel.models.design.multi import MultiDesign, make_multi_design
 from twolevel.models.fit_base import BayesSummary, short_repr
@@ -70,23 +70,7 @@ def flat_params_multi(post: xr.Dataset, design: MultiDesign) -> dict[str, np.nda
     names = ["beta", "sigma"]
     for f in design.factors:
         names += [f"sd_{f.name}", f"corr_{f.name}", f"b_{f.name}"]
-    out: dict[str, np.ndarray] = {}
-    for name in names:
-        if name not in post:
-            continue
-        da = post[name]
-        other = [d for d in da.dims if d not in ("chain", "draw")]
-        arr = da.transpose("chain", "draw", *other).to_numpy()
-        if not other:
-            out[name] = arr
-            continue
-        labels = [[str(v) for v in da[d].to_numpy()] for d in other]
-        for idx in np.ndindex(*arr.shape[2:]):
-            if name.startswith("corr_") and idx[0] <= idx[1]:
-                continue
-            out[f"{name}[{','.join(labels[k][i] for k, i in enumerate(idx))}]"] = \
-                arr[(slice(None), slice(None), *idx)]
-    return out
+    return _flat_params(post, names)
 
 
 @dataclass(frozen=True, repr=False)

@@ -4,6 +4,7 @@ them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,12 +119,14 @@ class Diagnostics:
         }])
 
 
-def _flat_params(post: xr.Dataset) -> dict[str, np.ndarray]:
-    """Every scalar parameter of the posterior as (chain, draw) arrays named like
-    ``beta[(Intercept)]``, ``corr[famsesc,(Intercept)]`` (below the diagonal only: the diagonal is
-    1), ``b_school[1001,famsesc]``."""
+def _flat_params(post: xr.Dataset, names: Sequence[str] = ("beta", "sigma", "sd", "corr",
+                                                          "b_school")) -> dict[str, np.ndarray]:
+    """Every scalar parameter of the posterior's variables ``names`` (those present) as
+    (chain, draw) arrays named like ``beta[(Intercept)]``, ``corr[famsesc,(Intercept)]`` (a
+    correlation, ``corr`` or ``corr_<factor>``: below the diagonal only, the diagonal is 1),
+    ``b_school[1001,famsesc]``."""
     out: dict[str, np.ndarray] = {}
-    for name in ("beta", "sigma", "sd", "corr", "b_school"):
+    for name in names:
         if name not in post:
             continue
         da = post[name]
@@ -134,7 +137,7 @@ def _flat_params(post: xr.Dataset) -> dict[str, np.ndarray]:
             continue
         labels = [[str(v) for v in da[d].to_numpy()] for d in other]
         for idx in np.ndindex(*arr.shape[2:]):
-            if name == "corr" and idx[0] <= idx[1]:
+            if (name == "corr" or name.startswith("corr_")) and idx[0] <= idx[1]:
                 continue
             lab = ",".join(labels[k][i] for k, i in enumerate(idx))
             out[f"{name}[{lab}]"] = arr[(slice(None), slice(None), *idx)]
