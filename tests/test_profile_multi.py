@@ -148,3 +148,17 @@ def test_cli_profile_intervals(tmp_path, capsys):
     np.testing.assert_allclose(out["confint"][".sig02"], ci.loc[".sig02"].to_numpy())
     assert main(["fit", str(csv), "y ~ x + (1 | school/class)", "--confint", "profile"]) == 0
     assert "Confidence intervals (likelihood profile):" in capsys.readouterr().out
+
+
+def test_profile_zeta_names_the_unknown_parameter():
+    import twolevel as tl
+    from twolevel.data.errors import TwolevelError
+    from twolevel.models.inference.profile_core import profile_zeta
+    from twolevel.models.inference.profile_multi import multi_profile_problem
+
+    prob = multi_profile_problem(tl.lmer("mAch ~ ses + (1 | sector/school)",
+                                         tl.load_data("hsb")))
+    with pytest.raises(TwolevelError, match=r"cannot profile 'sd_ses': parameters are \.sig01, "
+                                            r"\.sig02, \.sigma, \(Intercept\), ses"):
+        profile_zeta(prob, "sd_ses", 1.0)
+    assert profile_zeta(prob, "ses", float(prob.refit.beta[1]) + 2 * prob.refit.se[1]) > 1.5
