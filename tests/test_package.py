@@ -241,9 +241,13 @@ d = tl.load_data("lecture")
 g = tl.glmer("g1below ~ 1 + famsesc + (1 + famsesc | schid)", d, family="binomial")
 b = tl.fit_bayes("g1rscore ~ 1 + famsesc + (1 + famsesc | schid)", d, progress=False,
                  settings=tl.SamplerSettings(chains=2, draws=300, tune=300))
+s = d[d.schid.isin(sorted(d.schid.unique())[:60])]  # the integrated GLMM sampler's kernel (cagq)
+i = tl.fit_bayes("g1below ~ 1 + famsesc + (1 | schid)", s, family="binomial", progress=False,
+                 settings=tl.SamplerSettings(chains=1, draws=50, tune=50))
 tl.show_versions()
 r = kernel_report()
-print(json.dumps({"glmer": g.problem.route, "bayes": b.sampler, "report": r["kernels"],
+print(json.dumps({"glmer": g.problem.route, "bayes": b.sampler, "integrated": i.sampler,
+                  "report": r["kernels"],
                   "path": r["vector_path"], "deviance": g.minus2loglik}))
 """
 
@@ -251,9 +255,10 @@ print(json.dumps({"glmer": g.problem.route, "bayes": b.sampler, "report": r["ker
 @pytest.mark.slow
 def test_wheel_without_a_compiler_runs_compiled_kernels_and_writes_no_cache(dist, tmp_path):
     """The issue's acceptance check: the wheel in a fresh virtual environment, a PATH with no C
-    compiler, a folder holding the user's ``models.py``: a glmer fit and a fit_bayes fit on the
-    lecture data both run on the compiled kernels (``tl.show_versions()`` says so), and nothing
-    is written under TWOLEVEL_CACHE_DIR (an empty folder) or the user's folder."""
+    compiler, a folder holding the user's ``models.py``: a glmer fit, a fit_bayes fit and an
+    integrated binary fit_bayes fit on the lecture data run on the compiled kernels
+    (``tl.show_versions()`` says so), and nothing is written under TWOLEVEL_CACHE_DIR (an empty
+    folder) or the user's folder."""
     import shutil
 
     py, env = _fresh_venv(dist, tmp_path)
@@ -274,6 +279,7 @@ def test_wheel_without_a_compiler_runs_compiled_kernels_and_writes_no_cache(dist
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["glmer"] == "c"
     assert "compiled from C" in out["bayes"], out["bayes"]
+    assert "integrated out by adaptive Gauss-Hermite quadrature" in out["integrated"]
     assert out["report"]["glmer"] == "compiled" and out["report"]["bayes_collapsed"] == "compiled"
     assert out["path"] in {"avx512", "avx2", "baseline"}
     assert "kernels.glmer           compiled" in r.stdout
