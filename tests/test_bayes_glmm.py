@@ -107,6 +107,36 @@ def test_student_loglik_is_the_binomial_and_poisson_pmf():
     np.testing.assert_allclose(const, -special.gammaln(c + 1))
 
 
+@pytest.mark.parametrize(("family", "link"), [("binomial", "logit"), ("binomial", "probit"),
+                                           ("binomial", "cloglog"), ("poisson", "log")])
+def test_student_loglik_in_blocks_of_draws_is_the_pmf_of_every_draw(family, link):
+    """Blocks of draws (7 at a time, two threads, 30 draws: a last block of 2) give each draw's
+    and student's log-pmf with η = xβ + o + z b_j, as SciPy computes it."""
+    rng = np.random.default_rng(11)
+    N, J, S = 60, 9, 30
+    g = rng.integers(0, J, N)
+    X = np.c_[np.ones(N), rng.normal(size=N)]
+    Z = X.copy()
+    off = 0.1 * rng.normal(size=N)
+    beta, b = 0.3 * rng.normal(size=(S, 2)), 0.3 * rng.normal(size=(S, J, 2))
+    n = rng.integers(1, 5, N).astype(float) if family == "binomial" else np.ones(N)
+    eta = beta @ X.T + off + np.einsum("sik,ik->si", b[:, g, :], Z)
+    if family == "poisson":
+        c = rng.poisson(2.0, N).astype(float)
+        ref = stats.poisson.logpmf(c, np.exp(eta))
+        y = c
+    else:
+        k = rng.binomial(n.astype(int), 0.4)
+        inv = {"logit": special.expit, "probit": special.ndtr,
+               "cloglog": lambda e: -np.expm1(-np.exp(e))}[link]
+        ref = stats.binom.logpmf(k, n, inv(eta))
+        y = k / n
+    got = student_loglik_glmm(X, Z, g, y, n, off, family, link, beta, b, chunk=7, threads=2)
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+    one = student_loglik_glmm(X, Z, g, y, n, off, family, link, beta, b, threads=1)
+    np.testing.assert_array_equal(got, one)
+
+
 def _sim(J=40, seed=4, g00=-0.4, g10=0.7, sd0=0.8, sd1=0.4, rho=-0.3):
     rng = np.random.default_rng(seed)
     nj = rng.integers(15, 30, J)

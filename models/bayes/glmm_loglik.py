@@ -275,20 +275,51 @@ def school_loglik_agq(X, Z, group_index, n_groups, y, n, offset, family, link, b
                        xk, logwk, out)
 
 
-def student_loglik_glmm(X, Z, group_index, y, n, offset, family, link, beta, b) -> np.ndarray:
+def student_loglik_glmm(X, Z, group_index, y, n, offset, family, link, beta, b,
+                        chunk: int = 128, threads: int = 2) -> np.ndarray:
     """Per-student log-likelihood ℓ_ij for every draw: ``beta`` (S, p), ``b`` (S, J, q) school
-    effects; returns (S, N)."""
-    from scipy import special
+    effects; returns (S, N). Computed ``chunk`` draws at a time (η for a block of draws, then
+    the family's log density in place, no (S, N, q) temporary), the blocks shared among
+    ``threads`` threads (NumPy releases the GIL in its loops)."""
+    from concurrent.futures import ThreadPoolExecutor
 
     s, const = row_constants(y, n, family)
-    eta = beta @ X.T + offset[None, :] + np.einsum("sik,ik->si", b[:, group_index, :], Z)
-    if family == "poisson":
-        return const + s * eta - np.exp(eta)
-    if link == "logit":
-        return const + s * eta - n * np.logaddexp(0.0, eta)
-    if link == "probit":
-        mu = special.ndtr(eta)
+    S, N = beta.shape[0], X.shape[0]
+    out = np.empty((S, N))
+    Zc = [np.ascontiguousarray(Z[:, k], dtype=float) for k in range(Z.shape[1])]
+
+    def block(lo: int) -> None:
+        hi = min(S, lo + chunk)
+        eta = out[lo:hi]
+        np.matmul(beta[lo:hi], X.T, out=eta)
+        eta += offset[None, :]
+        for k, zk in enumerate(Zc):
+            eta += np.take(np.ascontiguousarray(b[lo:hi, :, k]), group_index, axis=1) * zk
+        _loglik_in_place(eta, s, n, const, family, link)
+
+    starts = range(0, S, chunk)
+    if threads > 1 and S > chunk:
+        with ThreadPoolExecutor(max_workers=threads) as ex:
+            list(ex.map(block, starts))
     else:
-        mu = -np.expm1(-np.exp(eta))
-    mu = np.clip(mu, _EPS, 1 - _EPS)
-    return const + s * np.log(mu) + (n - s) * np.log1p(-mu)
+        for lo in starts:
+            block(lo)
+    return out
+
+
+def _loglik_in_place(eta: np.ndarray, s, n, const, family: str, link: str) -> None:
+    """Overwrite η (draws × rows) with the rows' log-likelihood: Poisson c + sη − e^η; logit
+    c + sη − n log(1 + e^η); probit and cloglog c + s log μ + (n − s) log(1 − μ)."""
+    from scipy import special
+
+    if family == "poisson" or link == "logit":
+        tmp = np.exp(eta) if family == "poisson" else np.logaddexp(0.0, eta)
+        if family != "poisson":
+            tmp *= n
+        eta *= s
+        eta -= tmp
+        eta += const
+        return
+    mu = special.ndtr(eta) if link == "probit" else -np.expm1(-np.exp(eta))
+    np.clip(mu, _EPS, 1 - _EPS, out=mu)
+    eta[...] = const + s * np.log(mu) + (n - s) * np.log1p(-mu)
