@@ -75,6 +75,7 @@ def add_comparison_section(sec, spec: WorkflowSpec, reml: dict[str, Any], bayes:
     import arviz as az
 
     from twolevel.models.bayes.loo import loo as bayes_loo
+    from twolevel.models.bayes.loo import relative_efficiency
     from twolevel.models.tables.lecture_answers import comparison_verdict
 
     gl = spec.group_label
@@ -84,9 +85,11 @@ def add_comparison_section(sec, spec: WorkflowSpec, reml: dict[str, Any], bayes:
     loo: dict[str, dict[str, Any]] = {m: {} for m in models}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # high Pareto k is reported below, in a table and figure
-        for m in models:
+        for m in models:  # r_eff (ArviZ's default) is the model's, the same at both levels
+            reff = relative_efficiency(bayes[m].datatree["posterior"].to_dataset())
             for lev, v in var.items():
-                loo[m][lev] = bayes_loo(bayes[m].datatree, var_name=v)  # ArviZ's PSIS-LOO, compiled
+                # ArviZ's PSIS-LOO, compiled
+                loo[m][lev] = bayes_loo(bayes[m].datatree, var_name=v, reff=reff)
     sec.text(
         f"PSIS-LOO estimates how well each model predicts data it has not seen. **Per student**: "
         f"a new student in one of these {gl}s (the log-likelihood of each student given the "
