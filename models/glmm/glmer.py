@@ -11,7 +11,8 @@ lme4's convergence checks. ``optimizer="tight"`` then minimises the *converged* 
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -223,6 +224,39 @@ def fit_glmm(design, resp, fam, nagq: int, optimizer: str, formula: str, data_na
         info = GlmerOptInfo(optimizer, theta1, fe1, 0, "", None, None)
         return GlmerFit(prob, 0, theta, st.beta.copy(), st, st.value, None, info, formula,
                         data_name, tuple(notes))
+    s2 = fit_stage2(prob, prob.stage2, theta1, fe1, st1, optimizer, notes)
+    return GlmerFit(prob, nagq, s2.theta, s2.beta, s2.state, s2.state.value, s2.vcov_h, s2.info,
+                    formula, data_name, tuple(notes))
+
+
+@dataclass(frozen=True)
+class Stage2:
+    """What glmer's second stage found (:func:`fit_stage2`): θ and β, the problem's state there
+    (with RX), the β block of the inverse finite-difference Hessian as the covariance (None
+    when it is not positive definite: then RX's), the record of the optimisation, and whether
+    some θ on its lower bound 0 makes the fit singular."""
+
+    theta: np.ndarray
+    beta: np.ndarray
+    state: Any
+    vcov_h: np.ndarray | None
+    info: GlmerOptInfo
+    singular: bool
+
+
+def fit_stage2(prob, objective2, theta1: np.ndarray, fe1: int, st1, optimizer: str,
+               notes: list) -> Stage2:
+    """glmer's second stage (lme4's ``optimizeGlmer(stage = 2)``) from the first stage's θ₁ and
+    state ``st1``, for one grouping factor (:class:`GlmmProblem`) or several: θ and β together
+    by Newton (``optimizer="newton"``; Nelder–Mead where Newton declines) or Nelder–Mead from
+    (θ₁, β₁) with initial steps 0.2·(0.1, min(SE₁, 10)), the boundary check, the ``"tight"``
+    polish of the exact deviance, lme4's finite-difference Hessian (``deriv12``) whose inverse's
+    β block, symmetrised as lme4 does (V + Vᵀ), is the covariance, and lme4's convergence
+    messages (warned, kept in the record; a note is added to ``notes`` when the Hessian's
+    covariance falls back to RX's). ``objective2`` is the deviance the optimisers minimise (the
+    problem's ``stage2``, or a wrapper of it)."""
+    design = prob.design
+    lower_t = design.theta_lower
     prob.set_warm_start(st1)
     L = np.tril(st1.RX)
     se1 = np.sqrt(np.diag(np.linalg.inv(L @ L.T)))
@@ -231,20 +265,20 @@ def fit_glmm(design, resp, fam, nagq: int, optimizer: str, formula: str, data_na
     upper = np.full(x0.size, np.inf)
     xst = 0.2 * np.concatenate([np.full(design.n_theta, 0.1), np.minimum(se1, 10.0)])
     g = H = None
-    nr = newton_stage2(prob.stage2, x0, lower, xst) if optimizer == "newton" else None
+    nr = newton_stage2(objective2, x0, lower, xst) if optimizer == "newton" else None
     if nr is not None and nr.ok:
         feval2, message2, stage2_name = nr.feval, nr.message, "Newton"
-        par, fval = check_boundary(prob.stage2, nr.x, nr.fval, lower)
+        par, fval = check_boundary(objective2, nr.x, nr.fval, lower)
         if np.array_equal(par, nr.x):
             g, H = nr.gradient, nr.hessian
     else:
-        nm = nelder_mead(prob.stage2, x0, lower, upper, xst, 5e-4 * xst)
+        nm = nelder_mead(objective2, x0, lower, upper, xst, 5e-4 * xst)
         feval2, message2, stage2_name = nm.feval, nm.message, "Nelder_Mead"
         if nr is not None:  # Newton declined: lme4's path, said so in the record
             feval2 += nr.feval
             message2 = f"Newton declined ({nr.message}); Nelder-Mead: {nm.message}"
-        par, fval = check_boundary(prob.stage2, nm.x, nm.fval, lower)
-    objective = prob.stage2
+        par, fval = check_boundary(objective2, nm.x, nm.fval, lower)
+    objective = objective2
     polish_feval = 0
     if optimizer == "tight":
         def objective(x):
@@ -268,7 +302,7 @@ def fit_glmm(design, resp, fam, nagq: int, optimizer: str, formula: str, data_na
         msg = ("variance-covariance matrix computed from finite-difference Hessian is not "
                "positive definite or contains NA values: falling back to var-cov estimated "
                "from RX")
-        warnings.warn(msg, stacklevel=3)
+        warnings.warn(msg, stacklevel=4)
         notes.append(msg)
     st = prob.stage2_state(par, exact=(optimizer == "tight"), want_rx=True)
     theta = par[:n_t].copy()
@@ -276,8 +310,7 @@ def fit_glmm(design, resp, fam, nagq: int, optimizer: str, formula: str, data_na
     msgs = _conv_messages(H, g, singular, n_t)
     msgs = list(dict.fromkeys(msgs))
     for m in msgs:
-        warnings.warn(m, stacklevel=3)
+        warnings.warn(m, stacklevel=4)
     info = GlmerOptInfo(optimizer, theta1, fe1, feval2, message2, g, H, polish_feval,
                         tuple(msgs), stage2_name)
-    return GlmerFit(prob, nagq, theta, par[n_t:].copy(), st, st.value, vcov_h, info, formula,
-                    data_name, tuple(notes))
+    return Stage2(theta, par[n_t:].copy(), st, vcov_h, info, singular)

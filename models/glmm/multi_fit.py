@@ -22,13 +22,9 @@ from twolevel.models.glmm.multi_results import MultiGlmerFit
 from twolevel.models.glmm.optimize import (
     bobyqa_stage1,
     check_boundary,
-    deriv12,
-    nelder_mead,
-    newton_stage2,
-    polish,
 )
 from twolevel.models.glmm.response import glmer_design
-from twolevel.models.glmm.results import SINGULAR_TOL, GlmerOptInfo
+from twolevel.models.glmm.results import GlmerOptInfo
 
 __all__ = ["glmer_multi", "fit_glmm_multi"]
 
@@ -91,7 +87,7 @@ def glmer_multi(formula: str, data: pd.DataFrame, fam: Family, nagq: int = 1,
 def fit_glmm_multi(prob: MultiGlmmProblem, nagq: int, optimizer: str, formula: str,
                    data_name: str, notes: list) -> MultiGlmerFit:
     """glmer's two stages on a built problem (module docstring)."""
-    from twolevel.models.glmm.glmer import _conv_messages
+    from twolevel.models.glmm.glmer import fit_stage2
 
     design = prob.design
     lower_t = design.theta_lower
@@ -103,13 +99,6 @@ def fit_glmm_multi(prob: MultiGlmmProblem, nagq: int, optimizer: str, formula: s
         info = GlmerOptInfo(optimizer, theta1, fe1, 0, "", None, None)
         return MultiGlmerFit(prob, 0, theta, st.beta.copy(), st, st.value, None, info, formula,
                              data_name, tuple(notes))
-    prob.set_warm_start(st1)
-    L = np.tril(st1.RX)
-    se1 = np.sqrt(np.diag(np.linalg.inv(L @ L.T)))
-    x0 = np.concatenate([theta1, st1.beta])
-    lower = np.concatenate([lower_t, np.full(design.p, -np.inf)])
-    upper = np.full(x0.size, np.inf)
-    xst = 0.2 * np.concatenate([np.full(design.n_theta, 0.1), np.minimum(se1, 10.0)])
 
     def stage2(x):
         try:
@@ -117,55 +106,8 @@ def fit_glmm_multi(prob: MultiGlmmProblem, nagq: int, optimizer: str, formula: s
         except MultiPirlsError:  # PIRLS failed far from the optimum: not a candidate
             return np.inf
 
-    g = H = None
-    nr = newton_stage2(stage2, x0, lower, xst) if optimizer == "newton" else None
-    if nr is not None and nr.ok:
-        feval2, message2, stage2_name = nr.feval, nr.message, "Newton"
-        par, fval = check_boundary(stage2, nr.x, nr.fval, lower)
-        if np.array_equal(par, nr.x):
-            g, H = nr.gradient, nr.hessian
-    else:
-        nm = nelder_mead(stage2, x0, lower, upper, xst, 5e-4 * xst)
-        feval2, message2, stage2_name = nm.feval, nm.message, "Nelder_Mead"
-        if nr is not None:
-            feval2 += nr.feval
-            message2 = f"Newton declined ({nr.message}); Nelder-Mead: {nm.message}"
-        par, fval = check_boundary(stage2, nm.x, nm.fval, lower)
-    objective = stage2
-    polish_feval = 0
-    if optimizer == "tight":
-        def objective(x):
-            return prob.stage2(x, exact=True)
-        f_lme4 = objective(par)
-        p2, f2, polish_feval = polish(objective, par, lower, xst * 0.1)
-        if f2 < f_lme4:
-            par = p2
-        par, fval = check_boundary(objective, par, objective(par), lower)
-    if H is None:
-        g, H = deriv12(objective, par, fx=fval)
-    n_t = design.n_theta
-    vcov_h = None
-    try:
-        Hinv = np.linalg.inv(H)
-        Vb = Hinv[n_t:, n_t:]
-        Vb = Vb + Vb.T
-        np.linalg.cholesky(Vb)
-        vcov_h = Vb
-    except np.linalg.LinAlgError:
-        msg = ("variance-covariance matrix computed from finite-difference Hessian is not "
-               "positive definite or contains NA values: falling back to var-cov estimated "
-               "from RX")
-        warnings.warn(msg, stacklevel=3)
-        notes.append(msg)
-    st = prob.stage2_state(par, exact=(optimizer == "tight"), want_rx=True)
-    theta = par[:n_t].copy()
-    singular = bool(np.any(theta[lower_t == 0] < SINGULAR_TOL))
-    msgs = list(dict.fromkeys(_conv_messages(H, g, singular, n_t)))
-    for m in msgs:
-        warnings.warn(m, stacklevel=3)
-    if singular:
+    s2 = fit_stage2(prob, stage2, theta1, fe1, st1, optimizer, notes)
+    if s2.singular:
         warnings.warn("boundary (singular) fit: see help('isSingular')", stacklevel=3)
-    info = GlmerOptInfo(optimizer, theta1, fe1, feval2, message2, g, H, polish_feval,
-                        tuple(msgs), stage2_name)
-    return MultiGlmerFit(prob, nagq, theta, par[n_t:].copy(), st, st.value, vcov_h, info,
-                         formula, data_name, tuple(notes))
+    return MultiGlmerFit(prob, nagq, s2.theta, s2.beta, s2.state, s2.state.value, s2.vcov_h,
+                         s2.info, formula, data_name, tuple(notes))
