@@ -258,7 +258,9 @@ def sample_agq(design: Design, y, w, offset, family: str, link: str, priors, *, 
     L = _factors(xs, design.q, design.p, model.structure)
     b = np.einsum("skl,sjl->sjk", L, u)
     q, J = design.q, design.n_groups
-    post = post.assign_coords(effect_nc=list(design.z_names))
+    # the schools' labels too: without a stored Q_j no variable of the trace carries them
+    post = post.assign_coords(effect_nc=list(design.z_names),
+                              school=[str(s) for s in design.group_levels])
     post["z"] = (("chain", "draw", "school", "effect_nc"), u.reshape(C, D, J, q))
     post["b_school"] = (("chain", "draw", "school", "effect"), b.reshape(C, D, J, q))
     post.attrs["agq_mh_acceptance"] = float(acc.mean())
