@@ -10,8 +10,9 @@ Normal(0, 2.5), slope Normal(0, 2.5/sd(x)), SDs Gamma(2, 2/s), LKJ(2)): the defa
 prior is centred on g(ȳ) of the data, which an SBC cannot use because the data are drawn from
 it. (γ, SDs, ρ, school effects, y) are drawn from the PyMC model's prior predictive (the
 specification), each data set is fitted by NUTS with the binary-outcome sampler defaults
-(``SamplerSettings.for_family("binomial")``: diagonal adaptation, target_accept 0.8) on the same
-sampler the default fit uses — the school effects integrated out by adaptive Gauss–Hermite
+(``SamplerSettings.for_family("binomial", sampler=...)``: for the integrated sampler low-rank
+adaptation, target_accept 0.8; for the full one diagonal adaptation, target_accept 0.8) on the
+same sampler the default fit uses — the school effects integrated out by adaptive Gauss–Hermite
 quadrature (:func:`twolevel.models.bayes.agq_sampler.sample_agq`; ``--route c``: the non-centred
 C log density and gradient through nutpie, :func:`twolevel.models.bayes.glmm_sampler.sample_glmm`;
 ``--route pymc``: the PyMC model compiled once, the response swapped in by
@@ -83,7 +84,8 @@ def main() -> None:
     ys = prior["prior_predictive"][design.response].to_numpy().reshape(a.reps, -1)
     true = pd.DataFrame({"gamma00": beta[:, 0], "gamma10": beta[:, 1], "sd0": sd[:, 0],
                          "sd1": sd[:, 1], "rho": corr})
-    st = SamplerSettings.for_family("binomial")
+    st = SamplerSettings.for_family("binomial",
+                                    sampler="integrated" if a.route == "agq" else "full")
     print(f"priors: {priors.to_dict()}")
     print(f"route: {a.route}; sampler: {st.adaptation} adaptation, "
           f"target_accept {st.target_accept}, 4 chains x {a.draws} draws after {a.draws} "
