@@ -131,8 +131,9 @@ def main() -> None:
         chi2, pval = stats.chisquare(counts)
         rows.append({"parameter": p, "chi2": chi2, "df": bins - 1, "p": pval,
                      "uniformity rejected at 1%": pval < 0.01})
-    print(f"\nSBC (Bernoulli, non-centred): {a.reps} replicates, ranks among {L} thinned draws, "
-          f"{bins} bins; {sum(divs)} divergent transitions in all (in {sum(d > 0 for d in divs)} "
+    n_div = sum(d > 0 for d in divs)
+    print(f"\nSBC (Bernoulli, route {a.route}): {a.reps} replicates, ranks among {L} thinned "
+          f"draws, {bins} bins; {sum(divs)} divergent transitions in all (in {n_div} "
           f"replicates); {time.perf_counter() - t0:.0f} s")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
