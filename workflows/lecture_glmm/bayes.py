@@ -18,7 +18,7 @@ from twolevel.workflows.lecture.compare import _compare_words, bayes_vs_reml
 from twolevel.workflows.lecture.spec import Progress, RunSettings
 from twolevel.workflows.lecture.views import bayes_view, reml_view
 from twolevel.workflows.lecture_glmm.prepare import PreparedGlmmData
-from twolevel.workflows.lecture_glmm.spec import FULL_DRAWS, FULL_TUNE, GlmmWorkflowSpec
+from twolevel.workflows.lecture_glmm.spec import GlmmWorkflowSpec
 
 
 def fit_bayes_glmm(spec: GlmmWorkflowSpec, d: PreparedGlmmData, ml: dict[str, Any],
@@ -27,7 +27,8 @@ def fit_bayes_glmm(spec: GlmmWorkflowSpec, d: PreparedGlmmData, ml: dict[str, An
     with its own seed derived from the run's seed: the integrated sampler (school effects
     integrated out by quadrature, drawn afterwards; the per-school log-likelihood stored while
     sampling) where it applies, else every school effect sampled with at least
-    ``FULL_DRAWS`` draws after ``FULL_TUNE`` tuning steps (unless quick). Returns ``m1``, ``m2``
+    the full sampler's default draws and tuning steps (``SamplerSettings.for_family(family,
+    sampler="full")``: 2,000 after 1,000; unless quick). Returns ``m1``, ``m2``
     (:class:`~twolevel.models.bayes.fit.BayesFit`), ``view`` (the m1 posterior, schools in the
     glmer fit's order) and ``warnings`` (sampler messages other than the gate's)."""
     import warnings
@@ -43,9 +44,9 @@ def fit_bayes_glmm(spec: GlmmWorkflowSpec, d: PreparedGlmmData, ml: dict[str, An
         if why is None:
             sampler, draws, tune = "integrated", eff.draws, eff.tune
         else:  # every school effect sampled: the gate needs the full sampler's longer chains
-            sampler = "full"
+            sampler, full = "full", SamplerSettings.for_family(spec.family, sampler="full")
             draws, tune = ((eff.draws, eff.tune) if eff.quick
-                           else (max(eff.draws, FULL_DRAWS), max(eff.tune, FULL_TUNE)))
+                           else (max(eff.draws, full.draws), max(eff.tune, full.tune)))
             progress.note(f"{m}: {why}; sampling every school effect ({draws} draws)")
         settings = SamplerSettings.for_family(spec.family, sampler=sampler, chains=eff.chains,
                                               draws=draws, tune=tune,

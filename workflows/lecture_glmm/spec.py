@@ -12,7 +12,6 @@ from twolevel.data.errors import TwolevelError
 from twolevel.workflows.lecture.spec import RunSettings, WorkflowSpec
 
 FAMILIES = ("binomial", "poisson")
-FULL_DRAWS, FULL_TUNE = 2000, 1000  # every school effect sampled (SamplerSettings.for_family)
 LINKS = {"binomial": "logit", "poisson": "log"}
 
 
@@ -60,7 +59,7 @@ def glmm_run_settings(seed: int = RunSettings.seed, quick: bool = False) -> RunS
     (:meth:`twolevel.models.bayes.fit.SamplerSettings.for_family` with
     ``sampler="integrated"``: the school effects integrated out, so NUTS samples the
     hyperparameters only); where that sampler does not apply, the workflow samples every school
-    effect with at least ``FULL_DRAWS`` draws after ``FULL_TUNE`` tuning steps (the gate's
+    effect with at least the full sampler's default draws and tuning steps (the gate's
     R-hat ≤ 1.01 over every school effect needs the longer chains); ``quick``: 2 × 150 as the
     normal workflow."""
     from twolevel.models.bayes.gate import INTEGRATED_TUNE
